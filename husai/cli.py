@@ -1,0 +1,69 @@
+"""The `husai` command line. Each stage registers its commands from its own module.
+
+Every command runs inside `main()`, which turns any error into one line on stderr and a
+non-zero exit (2 for bad input, 1 for anything unexpected); set HUSAI_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="husai",
+    help="Do sparse autoencoders learn real, reproducible features? Train a grokked modular-addition "
+    "model, SAEs on it with many seeds, and check them against the Fourier ground truth.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# Command modules, one per stage; each defines `register(app)`.
+from . import cli_model  # noqa: E402
+
+cli_model.register(app)
+for _name in ("cli_sae", "cli_analysis", "cli_study", "cli_doctor"):
+    try:
+        _mod = __import__(f"husai.{_name}", fromlist=["register"])
+    except ModuleNotFoundError as _e:  # a stage not built yet
+        if _e.name != f"husai.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    from .errors import HusaiError
+
+    try:
+        app(standalone_mode=False)
+    except HusaiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # never a traceback for users; HUSAI_DEBUG=1 shows one
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        if os.environ.get("HUSAI_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
