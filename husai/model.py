@@ -115,32 +115,37 @@ class Block(nn.Module):
         self.mlp.W_out = nn.Parameter(torch.empty(m, d))
         self.mlp.register_buffer("b_out", torch.zeros(d))
 
-    def _qkv_from_tables(self, tokens: torch.Tensor, table: torch.Tensor, Q: int):
-        """Fast path for block 0, whose input only takes n_ctx * d_vocab distinct values.
+    def forward_fast(self, tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Fast path for a 1-layer model in training: resid_post at `=` only, no hooks.
 
-        table: [P, d_vocab, d_model], table[j, t] = W_E[t] + W_pos[j]. Projecting the table once
-        ([P*d_vocab, d_model] @ [d_model, 3*H*e]) and gathering rows replaces three
-        [B*P, d_model] matmuls; autograd turns the gather into a scatter-add. Same numbers as
-        the plain path up to float rounding (tests/test_model.py checks it).
+        tokens: [B, P] int64; table: [P, d_vocab, d_model] with table[j, t] = W_E[t] + W_pos[j].
+        Returns [B, d_model]. Block 0's input takes only P * d_vocab distinct values, so q, k, v
+        are projected once per (position, token) and gathered, and the attention scores
+        q_= . k_j are a [P, H, d_vocab, d_vocab] table indexed by (token at `=`, token at j): no
+        per-example q/k tensors at all. Autograd turns each gather into a scatter-add. Equal to
+        `forward(..., last_only=True)` up to float rounding (tests/test_model.py).
         """
-        a = self.attn
+        a, mlp = self.attn, self.mlp
         P, V, d = table.shape
-        B = tokens.shape[0]
         H, _, e = a.W_Q.shape
-        W = torch.cat([a.W_Q, a.W_K, a.W_V], dim=2).permute(1, 0, 2).reshape(d, 3 * H * e)
-        qt, kt, vt = (table.reshape(P * V, d) @ W).view(P, V, 3, H, e).unbind(2)  # each [P, V, H, e]
-        # Slice the small tables, then gather: slicing a gathered [B, ...] tensor would make its
-        # backward allocate and zero-fill a batch-sized buffer per slice.
+        B = tokens.shape[0]
+        W = torch.cat([a.W_Q, a.W_K, a.W_V], dim=2).permute(1, 0, 2).reshape(d, H * 3 * e)
+        qkv = (table.reshape(P * V, d) @ W).view(P, V, H, 3, e)
+        qt = qkv[P - 1, :, :, 0] + a.b_Q  # [V, H, e]: queries at the last position
+        kt = qkv[:, :, :, 1] + a.b_K  # [P, V, H, e]
+        vt = qkv[:, :, :, 2] + a.b_V
+        S = torch.einsum("uhe,pvhe->phuv", qt, kt) / math.sqrt(e)  # [P, H, V(query tok), V(key tok)]
         pos = torch.arange(P, device=tokens.device)
-        q = qt[pos[P - Q:], tokens[:, P - Q:]] + a.b_Q
-        return q, kt[pos, tokens] + a.b_K, vt[pos, tokens] + a.b_V
+        heads = torch.arange(H, device=tokens.device)
+        scores = S[pos[None, :, None], heads[None, None, :], tokens[:, -1, None, None], tokens[:, :, None]]  # [B, P, H]
+        pattern = scores.softmax(dim=1)
+        z = (pattern.unsqueeze(-1) * vt[pos, tokens]).sum(1)  # [B, H, e]
+        resid_mid = torch.addmm(a.b_O, z.reshape(B, H * e), a.W_O.reshape(H * e, d)) + table[-1][tokens[:, -1]]
+        post = F.relu(torch.addmm(mlp.b_in, resid_mid, mlp.W_in), inplace=True)
+        return torch.addmm(mlp.b_out, post, mlp.W_out).add_(resid_mid)
 
-    def forward(self, x: torch.Tensor, hook, prefix: str, last_only: bool,
-                tokens: torch.Tensor | None = None, table: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B, P, d_model] -> [B, Q, d_model], Q = 1 if last_only else P.
-
-        tokens/table (block 0 only, no hooks): take the table fast path for q, k, v.
-        """
+    def forward(self, x: torch.Tensor, hook, prefix: str, last_only: bool) -> torch.Tensor:
+        """x: [B, P, d_model] -> [B, Q, d_model], Q = 1 if last_only else P. The plain path."""
         a = self.attn
         B, P, d = x.shape
         H, _, e = a.W_Q.shape
@@ -148,20 +153,25 @@ class Block(nn.Module):
         xq = x[:, -1:] if last_only else x
         Q = xq.shape[1]
         # [H, d, e] -> [d, H*e]: one matmul for all heads instead of an einsum per head.
-        if tokens is None:
-            q = (xq @ a.W_Q.permute(1, 0, 2).reshape(d, H * e)).view(B, Q, H, e) + a.b_Q
-            k = (x @ a.W_K.permute(1, 0, 2).reshape(d, H * e)).view(B, P, H, e) + a.b_K
-            v = (x @ a.W_V.permute(1, 0, 2).reshape(d, H * e)).view(B, P, H, e) + a.b_V
-        else:
-            q, k, v = self._qkv_from_tables(tokens, table, Q)
+        q = (xq @ a.W_Q.permute(1, 0, 2).reshape(d, H * e)).view(B, Q, H, e) + a.b_Q
+        k = (x @ a.W_K.permute(1, 0, 2).reshape(d, H * e)).view(B, P, H, e) + a.b_K
+        v = (x @ a.W_V.permute(1, 0, 2).reshape(d, H * e)).view(B, P, H, e) + a.b_V
         q, k, v = hook(prefix + "attn.hook_q", q), hook(prefix + "attn.hook_k", k), hook(prefix + "attn.hook_v", v)
-        scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / math.sqrt(e)  # [B, H, Q, P]
-        if Q > 1:  # causal mask; a single query at the last position sees everything
-            mask = torch.ones(Q, P, dtype=torch.bool, device=x.device).triu(1)
+        if Q == 1:
+            # One query (at `=`) sees every position, so no mask. With 3 keys, batched 1x32 @ 32x3
+            # matmuls cost more in dispatch than the arithmetic; a broadcast multiply-sum is ~10x faster.
+            scores = ((q * k).sum(-1) / math.sqrt(e)).transpose(1, 2).unsqueeze(2)  # [B, H, 1, P]
+        else:
+            scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / math.sqrt(e)  # [B, H, Q, P]
+            mask = torch.ones(Q, k.shape[1], dtype=torch.bool, device=x.device).triu(1)  # causal
             scores = scores.masked_fill(mask, float("-inf"))
         scores = hook(prefix + "attn.hook_attn_scores", scores)
         pattern = hook(prefix + "attn.hook_pattern", scores.softmax(dim=-1))
-        z = hook(prefix + "attn.hook_z", (pattern @ v.transpose(1, 2)).transpose(1, 2))  # [B, Q, H, e]
+        if Q == 1:
+            z = (pattern[:, :, 0].transpose(1, 2).unsqueeze(-1) * v).sum(1, keepdim=True)  # [B, 1, H, e]
+        else:
+            z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # [B, Q, H, e]
+        z = hook(prefix + "attn.hook_z", z)
         attn_out = hook(prefix + "hook_attn_out", z.reshape(B, Q, H * e) @ a.W_O.reshape(H * e, d) + a.b_O)
         resid_mid = hook(prefix + "hook_resid_mid", xq + attn_out)
         pre = hook(prefix + "mlp.hook_pre", resid_mid @ self.mlp.W_in + self.mlp.b_in)
@@ -214,17 +224,13 @@ class Transformer(nn.Module):
         W_pos = self.pos_embed.W_pos[: tokens.shape[1]]
         n = len(self.blocks)
         if hook is _noop and last_only and n == 1:
-            # Training fast path: block 0 reads its q, k, v from per-(position, token) tables and
-            # its residual at `=` from the table row; nothing else at positions 0, 1 is needed.
             table = self.embed.W_E[None] + W_pos[:, None]  # [P, d_vocab, d_model]
-            x = table[-1][tokens[:, -1]].unsqueeze(1)  # [B, 1, d_model]: resid_pre at `=`
-            x = self.blocks[0](x, hook, "blocks.0.", True, tokens, table)
-        else:
-            embed = hook("hook_embed", self.embed.W_E[tokens])
-            pos = hook("hook_pos_embed", W_pos.expand_as(embed))
-            x = embed + pos
-            for l, block in enumerate(self.blocks):
-                x = block(x, hook, f"blocks.{l}.", last_only and l == n - 1)
+            return torch.addmm(self.unembed.b_U, self.blocks[0].forward_fast(tokens, table), self.unembed.W_U)
+        embed = hook("hook_embed", self.embed.W_E[tokens])
+        pos = hook("hook_pos_embed", W_pos.expand_as(embed))
+        x = embed + pos
+        for l, block in enumerate(self.blocks):
+            x = block(x, hook, f"blocks.{l}.", last_only and l == n - 1)
         logits = x @ self.unembed.W_U + self.unembed.b_U
         return logits[:, -1] if last_only else logits
 

@@ -1,0 +1,307 @@
+"""Sparse autoencoders, stacked over S seeds: one SAE is simply S = 1.
+
+Every parameter carries a leading seed axis, so S independent SAEs train in one pass with one
+batched matmul (torch.baddbmm) per layer per step (openai/sparse_autoencoder style shapes):
+
+    W_enc [S, d_in, d_sae]   b_enc [S, d_sae]   W_dec [S, d_sae, d_in]   b_dec [S, d_in]
+
+    pre   = (x - b_dec) @ W_enc + b_enc                                   [S, B, d_sae]
+    z     = activation(pre)            (architecture-specific, below)     [S, B, d_sae]
+    x_hat = z @ W_dec + b_dec                                             [S, B, d_in]
+
+An input batch x [B, d_in] is shared by all seeds (it broadcasts against b_dec [S, 1, d_in]).
+Each seed's loss depends only on its own slice of the parameters, and the training loss is the
+sum of the per-seed losses, so every seed's gradient is exactly what it would be if trained
+alone; Adam is elementwise, so the optimiser state is per-seed too (tests/test_sae_train.py).
+
+Architectures (each a small class):
+  TopKSAE       Gao et al. 2024, sec. 2.3: z = ReLU(TopK_k(pre)); AuxK loss for dead latents.
+  BatchTopKSAE  Bussmann et al. 2024: keep the k*B largest pre-activations of the whole batch;
+                at inference a JumpReLU with a learned global threshold (as SAELens saves it).
+  ReLUSAE       z = ReLU(pre); loss = MSE + l1_coeff * sum_i z_i ||W_dec,i|| (Anthropic, April
+                2024 update: the L1 is weighted by decoder norms, the decoder is unconstrained).
+  JumpReLUSAE   Rajamanoharan et al. 2024 ("Jumping Ahead"): z = pre * H(pre - theta), loss =
+                MSE + l0_coeff * ||z||_0, trained with straight-through pseudo-derivatives (sec. 4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class StackedSAE(nn.Module):
+    """Base class: parameters, init, encode/decode. Subclasses define `activate` and the loss."""
+
+    architecture = "base"
+    unit_norm_decoder = True  # keep decoder rows unit-norm during training (Gao et al. sec. 2.3)
+
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int):
+        super().__init__()
+        self.n_seeds, self.d_in, self.d_sae = n_seeds, d_in, d_sae
+        self.W_enc = nn.Parameter(torch.zeros(n_seeds, d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(n_seeds, d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(n_seeds, d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(n_seeds, d_in))
+        self.hparams: dict = {}  # constructor arguments beyond (n_seeds, d_in, d_sae)
+
+    @torch.no_grad()
+    def init_weights(self, seeds: list[int], b_dec_init: torch.Tensor) -> "StackedSAE":
+        """Gao et al. sec. 2.3: W_dec rows random unit vectors, W_enc = W_dec^T, b_enc = 0,
+        b_dec = b_dec_init [d_in] (the geometric median of the data).
+
+        Each seed draws from its own CPU torch.Generator, so seed 42's SAE is the same whichever
+        seeds are trained beside it, and on every device.
+        """
+        assert len(seeds) == self.n_seeds
+        for s, seed in enumerate(seeds):
+            gen = torch.Generator().manual_seed(int(seed))
+            W = torch.randn(self.d_sae, self.d_in, generator=gen)  # [d_sae, d_in]
+            W = W / W.norm(dim=1, keepdim=True)
+            self.W_dec[s].copy_(W)
+            self.W_enc[s].copy_(W.T)
+        self.b_enc.zero_()
+        self.b_dec.copy_(b_dec_init.to(self.b_dec).expand(self.n_seeds, -1))
+        return self
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, d_in] or [S, B, d_in] -> pre-activations [S, B, d_sae]."""
+        xc = x - self.b_dec.unsqueeze(1)  # [S, B, d_in]
+        return torch.baddbmm(self.b_enc.unsqueeze(1), xc, self.W_enc)
+
+    def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """pre [S, B, d_sae] -> latents z [S, B, d_sae] (non-negative)."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, d_in] or [S, B, d_in] -> z [S, B, d_sae] (inference-time activation)."""
+        return self.activate(self.pre_acts(x), training=False)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [S, B, d_sae] -> x_hat [S, B, d_in]."""
+        return torch.baddbmm(self.b_dec.unsqueeze(1), z, self.W_dec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, d_in] -> reconstruction x_hat [S, B, d_in]."""
+        return self.decode(self.encode(x))
+
+    def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
+        """Per-seed auxiliary/sparsity loss [S]; zero by default."""
+        return x_hat.new_zeros(self.n_seeds)
+
+    def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """x [B, d_in], dead [S, d_sae] bool -> (sum over seeds of the loss, per-seed stats).
+
+        MSE is per-sample squared error summed over d_in, averaged over the batch (SAELens's
+        convention). Stats (detached, shape [S]): loss, mse, l0, ev; plus z [S, B, d_sae].
+        """
+        pre = self.pre_acts(x)
+        z = self.activate(pre, training=True)
+        x_hat = self.decode(z)
+        mse = (x_hat - x).pow(2).sum(-1).mean(1)  # [S]
+        loss = mse + self.sparsity_loss(x, pre, z, x_hat, dead)
+        with torch.no_grad():
+            var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+            stats = dict(loss=loss.detach(), mse=mse.detach(), l0=(z > 0).float().sum(-1).mean(1),
+                         ev=1 - mse.detach() / var, z=z.detach())
+        return loss.sum(), stats
+
+    @torch.no_grad()
+    def remove_parallel_grads(self) -> None:
+        """Drop the component of each decoder row's gradient parallel to the row (Gao et al.
+        sec. 2.3), so the Adam step moves along the unit sphere rather than off it."""
+        if self.unit_norm_decoder and self.W_dec.grad is not None:
+            W, G = self.W_dec, self.W_dec.grad
+            G.sub_((G * W).sum(-1, keepdim=True) * W)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Renormalise decoder rows to unit norm after each step."""
+        if self.unit_norm_decoder:
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def after_step(self, stats: dict) -> None:
+        self.normalize_decoder()
+
+    def select(self, s: int) -> "StackedSAE":
+        """A copy holding only seed slot s (S = 1), e.g. to save or evaluate one seed."""
+        one = type(self)(1, self.d_in, self.d_sae, **self.hparams)
+        one.load_state_dict({k: v.detach()[s:s + 1].clone() for k, v in self.state_dict().items()})
+        return one
+
+
+def _auxk_loss(x, x_hat, pre, W_dec, dead, k_aux: int) -> torch.Tensor:
+    """Gao et al. sec. A.2 AuxK: reconstruct the residual e = x - x_hat (detached) from the top
+    k_aux pre-activations among dead latents; normalised by the residual's variance. -> [S]."""
+    S, B, d_sae = pre.shape
+    if not bool(dead.any()):
+        return pre.new_zeros(S)
+    k_aux = min(k_aux, d_sae)
+    e = (x - x_hat).detach()  # [S, B, d_in]
+    masked = pre.masked_fill(~dead.unsqueeze(1), float("-inf"))
+    vals, idx = masked.topk(k_aux, dim=-1, sorted=False)  # [S, B, k_aux]
+    z_aux = torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))  # relu(-inf) = 0 when few dead
+    e_hat = torch.bmm(z_aux, W_dec)
+    err = (e_hat - e).pow(2).sum(-1).mean(1)
+    var = (e - e.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).clamp_min(1e-12)
+    # A seed with no dead latent gets no aux loss (its masked row is all -inf -> z_aux = 0, but
+    # e_hat = 0 would still give err = ||e||^2, so zero it explicitly).
+    return torch.where(dead.any(-1), err / var, torch.zeros_like(err))
+
+
+class TopKSAE(StackedSAE):
+    """z = ReLU(TopK_k(pre)) per input (Gao et al. 2024, eq. 3); loss = MSE + aux_coeff * AuxK."""
+
+    architecture = "topk"
+
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int, k_aux: int | None = None,
+                 aux_coeff: float = 1 / 32):
+        super().__init__(n_seeds, d_in, d_sae)
+        self.k, self.aux_coeff = k, aux_coeff
+        self.k_aux = k_aux if k_aux is not None else max(1, d_in // 2)  # Gao et al. A.2: ~d_model/2
+        self.hparams = dict(k=k, k_aux=k_aux, aux_coeff=aux_coeff)
+
+    def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
+        vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
+
+    def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
+        return self.aux_coeff * _auxk_loss(x, x_hat, pre, self.W_dec, dead, self.k_aux)
+
+
+class BatchTopKSAE(TopKSAE):
+    """Training: per seed, keep the k*B largest pre-activations across the whole batch (ReLU'd),
+    so the *average* L0 is k (Bussmann et al. 2024, sec. 3). Inference: z = ReLU(pre) * (pre >
+    threshold[s]) with threshold an EMA of the smallest kept activation per batch (SAELens's
+    estimator, rate `threshold_lr`)."""
+
+    architecture = "batchtopk"
+
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int, k_aux: int | None = None,
+                 aux_coeff: float = 1 / 32, threshold_lr: float = 0.01):
+        super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff)
+        self.threshold_lr = threshold_lr
+        self.hparams["threshold_lr"] = threshold_lr
+        self.register_buffer("threshold", torch.zeros(n_seeds))  # [S]
+
+    def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
+        if not training:
+            return F.relu(pre) * (pre > self.threshold.view(-1, 1, 1))
+        S, B, d_sae = pre.shape
+        flat = pre.reshape(S, B * d_sae)
+        vals, idx = flat.topk(min(self.k * B, B * d_sae), dim=-1, sorted=False)
+        return torch.zeros_like(flat).scatter(-1, idx, F.relu(vals)).view(S, B, d_sae)
+
+    @torch.no_grad()
+    def after_step(self, stats: dict) -> None:
+        super().after_step(stats)
+        z = stats["z"]  # [S, B, d_sae]
+        pos = torch.where(z > 0, z, torch.full_like(z, float("inf"))).flatten(1).min(1).values
+        fired = torch.isfinite(pos)
+        lr = self.threshold_lr
+        self.threshold.copy_(torch.where(fired, (1 - lr) * self.threshold + lr * pos, self.threshold))
+
+
+class ReLUSAE(StackedSAE):
+    """z = ReLU(pre); loss = MSE + l1_coeff * sum_i z_i * ||W_dec,i|| (decoder-norm-weighted L1,
+    so shrinking z while growing W_dec cannot cheat the penalty; the decoder is unconstrained)."""
+
+    architecture = "relu"
+    unit_norm_decoder = False
+
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, l1_coeff: float):
+        super().__init__(n_seeds, d_in, d_sae)
+        self.l1_coeff = l1_coeff
+        self.hparams = dict(l1_coeff=l1_coeff)
+
+    def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
+        return F.relu(pre)
+
+    def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
+        norms = self.W_dec.norm(dim=-1).unsqueeze(1)  # [S, 1, d_sae]
+        return self.l1_coeff * (z * norms).sum(-1).mean(1)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """z = pre * H(pre - theta). Backward (Rajamanoharan et al. 2024, eq. 11): d z/d pre = H(pre -
+    theta) (straight through); d z/d theta = -(theta/eps) K((pre - theta)/eps), K = rectangle."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, eps):
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.eps
+        rect = ((pre - theta).abs() < eps / 2).to(g)
+        g_theta = (-(theta / eps) * rect * g).sum(1, keepdim=True)
+        return (pre > theta).to(g) * g, g_theta, None
+
+
+class _Step(torch.autograd.Function):
+    """H(pre - theta), with d/d theta = -(1/eps) K((pre - theta)/eps) and no gradient to pre
+    (Rajamanoharan et al. 2024, eq. 12)."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, eps):
+        ctx.save_for_backward(pre, theta)
+        ctx.eps = eps
+        return (pre > theta).to(pre)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta = ctx.saved_tensors
+        rect = ((pre - theta).abs() < ctx.eps / 2).to(g)
+        return None, (-(1.0 / ctx.eps) * rect * g).sum(1, keepdim=True), None
+
+
+class JumpReLUSAE(StackedSAE):
+    """z = pre * H(pre - theta) with a learned per-latent threshold theta [S, d_sae] >= 0;
+    loss = MSE + l0_coeff * sum_i H(pre_i - theta_i) (Rajamanoharan et al. 2024, sec. 3-4)."""
+
+    architecture = "jumprelu"
+
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, l0_coeff: float,
+                 bandwidth: float = 1e-3, init_threshold: float = 1e-3):
+        super().__init__(n_seeds, d_in, d_sae)
+        self.l0_coeff, self.bandwidth = l0_coeff, bandwidth
+        self.hparams = dict(l0_coeff=l0_coeff, bandwidth=bandwidth, init_threshold=init_threshold)
+        self.threshold = nn.Parameter(torch.full((n_seeds, d_sae), float(init_threshold)))
+
+    def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
+        theta = self.threshold.unsqueeze(1)  # [S, 1, d_sae]
+        if training:
+            return _JumpReLU.apply(pre, theta, self.bandwidth)
+        return pre * (pre > theta)
+
+    def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
+        l0 = _Step.apply(pre, self.threshold.unsqueeze(1), self.bandwidth).sum(-1).mean(1)
+        return self.l0_coeff * l0
+
+    @torch.no_grad()
+    def after_step(self, stats: dict) -> None:
+        super().after_step(stats)
+        self.threshold.clamp_(min=0.0)  # a negative threshold would let negative pre through
+
+
+ARCHITECTURES = {c.architecture: c for c in (TopKSAE, BatchTopKSAE, ReLUSAE, JumpReLUSAE)}
+
+
+@torch.no_grad()
+def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: argmin_m sum_n ||x_n - m||. x [N, d] -> [d] (float64 inside)."""
+    x = x.double()
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-12)
+        m_new = (w[:, None] * x).sum(0) / w.sum()
+        if (m_new - m).norm() <= tol * max(1.0, float(m.norm())):
+            m = m_new
+            break
+        m = m_new
+    return m.float()
