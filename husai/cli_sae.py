@@ -1,0 +1,194 @@
+"""`husai train-sae` and `husai extract-activations`.
+
+train-sae output (written to a staging folder beside OUT, then moved into place, so an error
+never leaves a half-written OUT):
+    one seed:    OUT/cfg.json, OUT/sae_weights.safetensors, OUT/metrics.json
+    many seeds:  OUT/seed_42/{cfg.json, sae_weights.safetensors}, ..., OUT/metrics.json
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from .errors import HusaiError
+
+
+def _device(name: str) -> str:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise HusaiError(f"unknown --device {name!r} (use cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HusaiError(f"--device {name}: CUDA is not available on this machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise HusaiError(f"--device {name}: MPS is not available on this machine")
+    return name
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the finished staging folder to OUT, replacing an earlier OUT only at the very end."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, old / "out")
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_train_sae(cfg, save_dir: str | Path, seeds: list[int], transformer_checkpoint=None, activations=None,
+                  layer=None, hook=None, split: str = "all", device: str = "cpu", wandb: bool = False,
+                  progress: bool = True) -> dict:
+    """The whole train-sae command: inputs -> trained SAEs + metrics.json in save_dir. Returns metrics."""
+    from .activations import load_activations, model_activations, extract
+    from .sae_io import save_sae
+    from .sae_metrics import decoder_drift, reconstruction_metrics, spliced_metrics
+    from .train_sae import train_saes
+
+    out = Path(save_dir)
+    if out.exists() and not out.is_dir():
+        raise HusaiError(f"--save-dir {out} exists and is not a folder")
+    if (transformer_checkpoint is None) == (activations is None):
+        raise HusaiError("give exactly one of --transformer-checkpoint DIR or --activations FILE")
+    model = None
+    if activations is not None:
+        if layer is not None or hook is not None:
+            raise HusaiError("--layer/--hook pick activations from a model; they cannot be used with --activations")
+        acts, meta = load_activations(activations)
+        eval_acts, info = acts, dict(hook_name=meta.get("hook_name"), activations_path=str(activations))
+    else:
+        from .checkpoint import load_model
+        from .data import make_dataset
+
+        acts, info = model_activations(transformer_checkpoint, layer, hook, split, device)
+        model, mcfg = load_model(transformer_checkpoint, device=device)
+        data = make_dataset(mcfg["p"], mcfg["train_frac"], mcfg["split_seed"], mcfg["operation"])
+        tokens, labels = data.tokens.to(device), data.labels.to(device)
+        eval_acts = acts if split == "all" else extract(model, info["hook_name"], tokens).cpu()
+    cfg.validate(acts.shape[1])
+
+    run = None
+    if wandb:
+        from .wandb_log import init_run
+
+        run = init_run("husai-sae", dict(cfg.to_dict(), seeds=seeds, **info), out.parent / ".wandb", name=out.name)
+    bar, on_step = None, None
+    if progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("train-sae"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.fields[info]}"), transient=False)
+        task = bar.add_task("", total=None, info="")
+
+        def on_step(step, total, stats, dead):
+            if step % 10 == 0 or step == total:
+                bar.update(task, completed=step, total=total, info=(
+                    f"loss {stats['loss'].mean():.4g}  L0 {stats['l0'].mean():.1f}  "
+                    f"EV {stats['ev'].mean():.3f}  dead {dead.mean():.2%}"))
+
+    def on_epoch(row):
+        if run is not None:
+            run.log({k: (sum(v) / len(v) if isinstance(v, list) else v) for k, v in row.items()})
+
+    if bar is not None:
+        bar.start()
+    try:
+        res = train_saes(acts, cfg, seeds, device, on_step=on_step, on_epoch=on_epoch)
+    finally:
+        if bar is not None:
+            bar.stop()
+        if run is not None:
+            run.finish()
+
+    sae = res.sae
+    per_seed = reconstruction_metrics(sae, eval_acts.to(device))
+    base = {}
+    if model is not None:
+        spliced, base = spliced_metrics(sae, model, info["hook_name"], tokens, labels, eval_acts.to(device))
+        per_seed.update(spliced)
+    per_seed["decoder_drift"] = decoder_drift(sae.W_dec.detach(), res.W_dec_init)
+    keys = list(per_seed)
+    metrics = dict(
+        config=cfg.to_dict(), seeds=seeds, source=info, steps=res.steps, wall_seconds=res.wall_seconds,
+        diverged_at_step=res.diverged_at_step, baselines=base, history=res.history,
+        per_seed={str(s): dict({k: per_seed[k][i] for k in keys}, wall_seconds=res.wall_seconds)
+                  for i, s in enumerate(seeds)},
+        mean={k: sum(per_seed[k]) / len(seeds) for k in keys},
+    )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        for i, s in enumerate(seeds):
+            meta = dict(info, hook_name=info.get("hook_name"), seed=s, husai_config=cfg.to_dict(),
+                        diverged_at_step=res.diverged_at_step)
+            save_sae(stage if len(seeds) == 1 else stage / f"seed_{s}", sae, i, meta)
+        from .io import write_json
+
+        write_json(stage / "metrics.json", metrics)
+        _publish(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if res.diverged_at_step is not None:
+        raise HusaiError(f"training diverged: NaN loss at step {res.diverged_at_step}; the last good checkpoint "
+                         f"(end of epoch {len(res.history)}) is saved in {out}")
+    return metrics
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-sae")
+    def train_sae_cmd(
+        save_dir: Path = typer.Option(..., "--save-dir", help="Output folder (SAELens format + metrics.json)."),
+        transformer_checkpoint: Optional[Path] = typer.Option(None, help="husai model run folder."),
+        activations: Optional[Path] = typer.Option(None, help="Safetensors file with one 2-D tensor [n, d] (instead of a model)."),
+        config: Optional[Path] = typer.Option(None, help="YAML config (keys of husai.train_sae.SAETrainConfig)."),
+        layer: Optional[int] = typer.Option(None, help="Shorthand for --hook blocks.L.hook_resid_post (default 0)."),
+        hook: Optional[str] = typer.Option(None, help="Any hook name of the model."),
+        split: str = typer.Option("all", help="Train on all p^2 inputs, or only the train or test split."),
+        seed: int = typer.Option(42, help="SAE seed (ignored when --seeds is given)."),
+        seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds trained together, e.g. 42,123,456."),
+        architecture: Optional[str] = typer.Option(None, help="topk, batchtopk, relu or jumprelu."),
+        epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+        lr: Optional[float] = typer.Option(None), k: Optional[int] = typer.Option(None),
+        expansion: Optional[int] = typer.Option(None), l1_coeff: Optional[float] = typer.Option(None),
+        device: str = typer.Option("cpu"), wandb: bool = typer.Option(False, help="Log to Weights & Biases."),
+        quiet: bool = typer.Option(False, help="No progress bar."),
+    ):
+        """Train sparse autoencoders (one per seed, all in one pass) on a model's activations."""
+        from .train_sae import SAETrainConfig, load_config, parse_seeds
+
+        cfg = load_config(config) if config is not None else SAETrainConfig()
+        overrides = dict(architecture=architecture, epochs=epochs, batch_size=batch_size, lr=lr, k=k,
+                         expansion=expansion, l1_coeff=l1_coeff)
+        cfg = replace(cfg, **{key: v for key, v in overrides.items() if v is not None}).validate()
+        seed_list = parse_seeds(seeds) if seeds is not None else [seed]
+        m = run_train_sae(cfg, save_dir, seed_list, transformer_checkpoint, activations, layer, hook, split,
+                          _device(device), wandb, progress=not quiet)
+        mean = m["mean"]
+        typer.echo(f"saved {len(seed_list)} SAE(s) to {save_dir}: EV {mean['explained_variance']:.4f}  "
+                   f"L0 {mean['l0']:.1f}  dead {mean['frac_dead']:.2%}  ({m['wall_seconds']:.1f}s)")
+
+    @app.command("extract-activations")
+    def extract_cmd(
+        transformer_checkpoint: Path = typer.Option(..., help="husai model run folder."),
+        out: Path = typer.Option(..., help="Safetensors file to write."),
+        layer: Optional[int] = typer.Option(None, help="Shorthand for --hook blocks.L.hook_resid_post (default 0)."),
+        hook: Optional[str] = typer.Option(None, help="Any hook name of the model."),
+        split: str = typer.Option("all", help="all (p^2 rows, row a*p+b), train or test."),
+        device: str = typer.Option("cpu"),
+    ):
+        """Save the activations at the `=` position of one hook to a safetensors file."""
+        from .activations import model_activations, save_activations
+
+        acts, info = model_activations(transformer_checkpoint, layer, hook, split, _device(device))
+        save_activations(out, acts, info)
+        typer.echo(f"saved activations {list(acts.shape)} of {info['hook_name']} ({split}) to {out}")
