@@ -20,6 +20,7 @@ is what an untrained SAE has and is harmless for the others.
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable
 
 import numpy as np
@@ -85,10 +86,12 @@ def null_stats(value: float | None, samples) -> dict:
 
 def null_samples(d_in: int, d_sae: int, n_pairs: int = 10, acts: torch.Tensor | None = None,
                  init_fn: InitFn | None = None, kinds: tuple[str, ...] = ("isotropic", "activation", "untrained"),
-                 threshold: float = SHARED_THRESHOLD, seed: int = 0) -> dict:
+                 threshold: float = SHARED_THRESHOLD, seed: int = 0, init_seeds: list[int] | None = None) -> dict:
     """Draw `n_pairs` dictionary pairs per null kind and compute every `pair_metrics` metric on each.
 
     acts: [N, d_in] real activations, needed for the "activation" null (skipped without them).
+    init_seeds: the compared SAEs' own seeds; the "untrained" null then uses the pairs of their actual
+    initialisations (the first n_pairs seed pairs), i.e. what the comparison would give with no training.
     Returns {kind: {metric: [n_pairs floats]}}. Seeds are seed + 1000 * kind index + 2 * pair (+1),
     so nulls are reproducible and never reuse an SAE's own training seed range.
     Cost: n_pairs Hungarian problems of size d_sae per kind (tied encoders reuse the decoder matching;
@@ -97,12 +100,15 @@ def null_samples(d_in: int, d_sae: int, n_pairs: int = 10, acts: torch.Tensor | 
     L = covariance_factor(acts) if acts is not None else None
     init = init_fn or tied_init
     out: dict[str, dict[str, list]] = {}
+    own = list(itertools.combinations(init_seeds, 2))[:n_pairs] if init_seeds and len(init_seeds) > 1 else None
     for ki, kind in enumerate(kinds):
         if kind == "activation" and L is None:
             continue
         res: dict[str, list] = {}
-        for t in range(n_pairs):
+        for t in range(len(own) if (kind == "untrained" and own) else n_pairs):
             s1, s2 = seed + 1000 * ki + 2 * t, seed + 1000 * ki + 2 * t + 1
+            if kind == "untrained" and own:
+                s1, s2 = own[t]
             if kind == "isotropic":
                 D1, D2 = isotropic_dictionary(d_sae, d_in, s1), isotropic_dictionary(d_sae, d_in, s2)
                 E1, E2 = D1, D2
@@ -130,3 +136,20 @@ def with_nulls(values: dict, nulls: dict) -> dict:
     """
     return {k: {"value": v, "nulls": {kind: null_stats(v, d.get(k, [])) for kind, d in nulls.items()}}
             for k, v in values.items()}
+
+
+def untrained_latent_acts(x: torch.Tensor, W_dec_init: torch.Tensor, b_dec: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """Latent activations of an SAE at its tied initialisation: the Fourier-purity null.
+
+    x: [N, d_in]; W_dec_init: [d_sae, d_in] (W_enc = W_dec^T, b_enc = 0 at init); b_dec: [d_in]
+    (the trained SAE's, ~ the geometric median it was initialised to); k: TopK's k, else ReLU.
+    pre = (x - b_dec) W_dec_init^T [N, d_sae]; z = ReLU(TopK_k(pre)) or ReLU(pre). Because the
+    residual itself is Fourier-structured, such random latents are already partly pure; a trained
+    SAE's fourier_overlap must be compared with this, not with 0.
+    """
+    pre = (x.to(torch.float64) - b_dec.to(torch.float64)) @ W_dec_init.to(torch.float64).T
+    if k is None:
+        return torch.relu(pre)
+    vals, idx = pre.topk(k, dim=1)
+    return torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
+

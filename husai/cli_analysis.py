@@ -1,0 +1,273 @@
+"""`husai fourier` (are the latents Fourier features?) and `husai compare` (do seeds agree?).
+
+Both read SAELens-format folders (cfg.json + sae_weights.safetensors) through husai.sae_io. A folder
+holding seed_*/cfg.json (a multi-seed `husai train-sae` output) stands for all its seeds.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import HusaiError
+
+
+def _expand(dirs: list[Path]) -> list[Path]:
+    """SAE folders, with a multi-seed output folder replaced by its seed_* subfolders (by seed)."""
+    out = []
+    for d in dirs:
+        if not d.exists():
+            raise HusaiError(f"SAE folder not found: {d}")
+        if (d / "cfg.json").is_file():
+            out.append(d)
+            continue
+        subs = [s.parent for s in d.glob("seed_*/cfg.json")]
+        if not subs:
+            raise HusaiError(f"{d} is not an SAE folder: it has no cfg.json (nor seed_*/cfg.json)")
+        out += sorted(subs, key=lambda s: (len(s.name), s.name))
+    if len({p.resolve() for p in out}) != len(out):
+        raise HusaiError("the same SAE folder is given more than once")
+    return out
+
+
+def _meta(sae) -> dict:
+    return sae.cfg.get("metadata") or {}
+
+
+def _hook(sae) -> str | None:
+    return _meta(sae).get("hook_name") or sae.cfg.get("hook_name")
+
+
+def _load(dirs: list[Path]) -> list:
+    from .sae_io import load_sae
+
+    return [load_sae(d) for d in dirs]
+
+
+def _check_compatible(saes, dirs, force: bool) -> list[str]:
+    """Refuse SAEs that cannot be compared: different d_in always; different model or hook unless --force."""
+    d_ins = {s.W_dec.shape[1] for s in saes}
+    if len(d_ins) > 1:
+        raise HusaiError("SAEs have different d_in (" + ", ".join(f"{d}: {s.W_dec.shape[1]}" for d, s in zip(dirs, saes))
+                         + "): their atoms live in different spaces and cannot be compared")
+    warnings = []
+    for what, get in (("hook", _hook), ("model", lambda s: _meta(s).get("model_path"))):
+        vals = {str(get(s)) for s in saes}
+        if len(vals) > 1:
+            msg = f"SAEs were trained on different {what}s ({', '.join(sorted(vals))})"
+            if not force:
+                raise HusaiError(msg + "; pass --force to compare them anyway")
+            warnings.append(msg + " (compared because of --force)")
+    if len({s.W_dec.shape[0] for s in saes}) > 1:
+        warnings.append("SAEs have different d_sae: Hungarian matching pairs min(d_sae) latents")
+    return warnings
+
+
+def _model_ctx(model_dir: Path, hook: str, cache: dict) -> dict:
+    """{p, acts [p*p, d] at `hook` (row a*p + b), key_freqs} for a model run folder (cached per hook)."""
+    if hook in cache:
+        return cache[hook]
+    from .activations import extract, model_activations
+    from .checkpoint import load_model
+    from .data import make_tokens
+    from .fourier import key_frequencies
+    from .io import read_json
+
+    acts, info = model_activations(model_dir, hook=hook, split="all")
+    metrics = model_dir / "metrics.json"
+    keys = read_json(metrics, "model metrics").get("key_frequencies") if metrics.is_file() else None
+    if keys is None:  # not analysed yet: detect from the MLP neurons (Nanda et al. 2023)
+        model, _ = load_model(model_dir)
+        keys = key_frequencies(extract(model, "blocks.0.mlp.hook_post", make_tokens(info["p"])), info["p"])[0]
+    cache[hook] = dict(p=info["p"], acts=acts.double(), key_freqs=[int(k) for k in keys])
+    return cache[hook]
+
+
+def _init_fn(d_in: int, d_sae: int, seed: int):
+    """The exact initial weights husai's SAE trainer draws for `seed` (Gao et al. tied init)."""
+    import torch
+
+    from .sae import StackedSAE
+
+    s = StackedSAE(1, d_in, d_sae).init_weights([seed], torch.zeros(d_in))
+    return s.W_enc.detach()[0].double(), s.W_dec.detach()[0].double()
+
+
+def _fourier(sae, ctx: dict, n_null: int) -> dict:
+    """fourier_report for one SAE plus its untrained-SAE null for fourier_overlap and frac_pure."""
+    import torch
+
+    from .nulls import null_stats, untrained_latent_acts
+    from .sae_fourier import fourier_report
+
+    x = ctx["acts"]
+    if x.shape[1] != sae.W_dec.shape[1]:
+        raise HusaiError(f"the SAE's d_in is {sae.W_dec.shape[1]} but the model's activations have {x.shape[1]} dims")
+    with torch.no_grad():
+        z = sae.encode(x.float()).double()
+    rep = fourier_report(z, ctx["p"], ctx["key_freqs"], W_dec=sae.W_dec.double(), resid_acts=x)
+    seed = int(_meta(sae).get("seed", 0))
+    k = sae.cfg.get("k") if sae.cfg.get("architecture") == "topk" else None
+    samples = {"fourier_overlap": [], "frac_pure": []}
+    for i in range(n_null):
+        _, W0 = _init_fn(x.shape[1], sae.W_dec.shape[0], seed if i == 0 else 10**6 + i)
+        r0 = fourier_report(untrained_latent_acts(x, W0, sae.b_dec, k), ctx["p"], ctx["key_freqs"])
+        for m in samples:
+            samples[m].append(r0[m])
+    rep["nulls_untrained"] = {m: null_stats(rep[m], v) for m, v in samples.items()}
+    return rep
+
+
+def _fmt(x, nd=3) -> str:
+    return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("fourier")
+    def fourier_cmd(
+        sae_dirs: List[Path] = typer.Argument(..., help="SAE folders (SAELens format) or multi-seed output folders."),
+        model: Path = typer.Option(..., "--model", help="The model run folder the SAEs were trained on."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
+        n_null: int = typer.Option(3, "--n-null", help="Untrained-SAE draws for the purity null."),
+    ):
+        """Check every latent against the model's Fourier ground truth (purity, frequency, coverage)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from .io import write_json
+
+        dirs = _expand(sae_dirs)
+        saes, cache, out = _load(dirs), {}, []
+        for d, sae in zip(dirs, saes):
+            if _hook(sae) is None:
+                raise HusaiError(f"{d}/cfg.json names no hook (metadata.hook_name): cannot rebuild its inputs")
+            ctx = _model_ctx(model, _hook(sae), cache)
+            out.append(dict(path=str(d), seed=_meta(sae).get("seed"), architecture=sae.cfg.get("architecture"),
+                            hook_name=_hook(sae), **_fourier(sae, ctx, n_null)))
+        t = Table(title=f"Fourier validation (key frequencies {out[0]['key_frequencies']}; chance purity {out[0]['chance_purity']:.4f})")
+        for c in ("SAE", "arch", "live", "fourier_overlap", "untrained null", "frac pure", "covered", "non-key pure"):
+            t.add_column(c)
+        for r in out:
+            nu = r["nulls_untrained"]["fourier_overlap"]
+            t.add_row(Path(r["path"]).name, str(r["architecture"]), f"{r['n_live']}/{r['n_latents']}", _fmt(r["fourier_overlap"]),
+                      f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})", _fmt(r["frac_pure"]),
+                      f"{r['covered']} / {r['key_frequencies']}", str(r["non_key_pure"]["n"]))
+        Console().print(t)
+        if json_out:
+            write_json(json_out, {"model": str(model), "saes": out})
+            typer.echo(f"report written to {json_out}")
+
+    @app.command("compare")
+    def compare_cmd(
+        sae_dirs: List[Path] = typer.Argument(..., help="Two or more SAE folders (or multi-seed output folders)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full comparison here (required)."),
+        plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for the heatmap and frequency histogram PNGs."),
+        force: bool = typer.Option(False, "--force", help="Compare SAEs trained on different models or hooks."),
+        model: Optional[Path] = typer.Option(None, "--model", help="Model run folder (default: the SAEs' metadata.model_path)."),
+        n_null: int = typer.Option(10, "--n-null", help="Dictionary pairs per null kind."),
+        threshold: float = typer.Option(0.7, "--threshold", help="Shared-fraction cosine threshold (Paulo & Belrose)."),
+    ):
+        """Cross-seed stability (PW-MCC, mean-max |cos|, shared fraction, frequency subspaces) with nulls."""
+        import numpy as np
+        from rich.console import Console
+        from rich.table import Table
+
+        from .io import write_json
+        from .nulls import null_samples, null_stats
+        from .stability import frequency_set_stability, pairwise_matrices, pw_mcc, subspace_stability
+
+        t0 = time.perf_counter()
+        if json_out is None:
+            raise HusaiError("compare needs --json OUT (the file the comparison is written to)")
+        dirs = _expand(sae_dirs)
+        if len(dirs) < 2:
+            raise HusaiError("compare needs at least two SAEs (got one); give two or more SAE folders")
+        saes = _load(dirs)
+        warnings = _check_compatible(saes, dirs, force)
+        labels = [f"seed {_meta(s)['seed']}" if "seed" in _meta(s) else d.name for d, s in zip(dirs, saes)]
+        decs = [s.W_dec.double() for s in saes]
+        encs = [s.W_enc.double().T for s in saes]
+        atom = pairwise_matrices(decs, encs, threshold)
+        model = model or (Path(_meta(saes[0])["model_path"]) if _meta(saes[0]).get("model_path") else None)
+        ctx = _model_ctx(model, _hook(saes[0]), {}) if model is not None and _hook(saes[0]) else None
+        if model is None or ctx is None:
+            warnings.append("no model given (--model) or recorded: activation null and Fourier analysis skipped")
+        seeds = [_meta(s).get("seed") for s in saes]
+        known = all(isinstance(s, int) for s in seeds)
+        try:
+            init = _init_fn
+            init(2, 2, 0)
+        except ImportError:  # husai.sae absent: the nulls module's own tied init
+            init = None
+        d_in, d_sae = decs[0].shape[1], min(D.shape[0] for D in decs)
+        nulls = null_samples(d_in, d_sae, n_null, ctx["acts"] if ctx else None, init, threshold=threshold,
+                             init_seeds=seeds if known else None)
+        for m, r in atom.items():
+            r["nulls"] = {kind: null_stats(r["mean"], v.get(m, [])) for kind, v in nulls.items()}
+        result = dict(saes=[dict(path=str(d), label=lab, seed=_meta(s).get("seed"), architecture=s.cfg.get("architecture"),
+                                 d_in=s.W_dec.shape[1], d_sae=s.W_dec.shape[0], hook_name=_hook(s),
+                                 model_path=_meta(s).get("model_path")) for d, s, lab in zip(dirs, saes, labels)],
+                      warnings=warnings, threshold=threshold, n_null=n_null, atom_level=atom, null_samples=nulls)
+        if known and init is not None:  # how far did training move each decoder? (science brief, section 5)
+            result["moved_from_init"] = {lab: dict(pw_mcc_to_init=pw_mcc(D, init(d_in, D.shape[0], s)[1]),
+                                                   mean_row_cos_to_init=float((D / D.norm(dim=1, keepdim=True) * init(d_in, D.shape[0], s)[1]).sum(1).mean()))
+                                         for lab, D, s in zip(labels, decs, seeds)}
+        if ctx is not None:
+            from .fourier import PURITY_THRESHOLD
+
+            reps = [_fourier(s, ctx, 1) for s in saes]
+            result["p"], result["key_frequencies"] = ctx["p"], ctx["key_freqs"]
+            result["fourier"] = {lab: {k: r[k] for k in ("fourier_overlap", "frac_pure", "n_live", "covered", "missing", "coverage",
+                                                         "non_key_pure", "pure_per_frequency", "nulls_untrained", "weight_space")
+                                       if k in r} for lab, r in zip(labels, reps)}
+            freqs = [np.array(r["latents"]["frequency"]) * ((np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
+                                                           & np.array(r["latents"]["live"])) for r in reps]
+            result["frequency_level"] = dict(
+                frequency_sets=frequency_set_stability([set(r["pure_per_frequency"]) for r in reps]),
+                subspaces=subspace_stability(decs, freqs, ctx["key_freqs"]))
+        result["wall_seconds"] = time.perf_counter() - t0
+        write_json(json_out, result)
+        if plots is not None:
+            from .plots_stability import frequency_histogram, stability_heatmap
+
+            iso = atom["pw_mcc_dec"]["nulls"].get("isotropic", {}).get("null_mean")
+            stability_heatmap(atom["pw_mcc_dec"]["matrix"], labels, plots / "pw_mcc_decoder.png", "PW-MCC (decoder)", iso)
+            stability_heatmap(atom["mean_max_abs_cos_dec"]["matrix"], labels, plots / "mean_max_abs_cos_decoder.png",
+                              "mean-max |cos| (decoder; public HUSAI 'PWMCC')",
+                              atom["mean_max_abs_cos_dec"]["nulls"].get("isotropic", {}).get("null_mean"))
+            if ctx is not None:
+                frequency_histogram([result["fourier"][lab]["pure_per_frequency"] for lab in labels], labels,
+                                    ctx["key_freqs"], ctx["p"], plots / "frequency_histogram.png")
+        _print_compare(Console(), result, Table)
+        typer.echo(f"comparison of {len(saes)} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
+
+
+def _print_compare(console, res: dict, Table) -> None:
+    kinds = [k for k in ("isotropic", "activation", "untrained") if k in res["null_samples"]]
+    t = Table(title=f"stability across {len(res['saes'])} SAEs (mean over pairs; null mean (z))")
+    for c in ["metric", "value (mean ± std)"] + [f"{k} null" for k in kinds]:
+        t.add_column(c)
+    names = {"pw_mcc_dec": "PW-MCC dec", "pw_mcc_enc": "PW-MCC enc", "mean_max_abs_cos_dec": "max|cos| dec*",
+             "mean_max_abs_cos_enc": "max|cos| enc*", "shared_fraction": f"shared >{res['threshold']}"}
+    for m, r in res["atom_level"].items():
+        t.add_row(names.get(m, m), f"{r['mean']:.3f} ± {r['std']:.3f}",
+                  *[f"{_fmt(r['nulls'][k]['null_mean'])} ({_fmt(r['nulls'][k]['z'], 1)})" for k in kinds])
+    console.print(t)
+    console.print("PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, "
+                  "what public HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & Belrose 2025)")
+    if "fourier" in res:
+        ft = Table(title=f"Fourier per seed (key frequencies {res['key_frequencies']})")
+        for c in ("SAE", "fourier_overlap", "frac pure", "covered", "non-key pure"):
+            ft.add_column(c)
+        for lab, r in res["fourier"].items():
+            ft.add_row(lab, _fmt(r["fourier_overlap"]), _fmt(r["frac_pure"]), str(r["covered"]), str(r["non_key_pure"]["n"]))
+        console.print(ft)
+        sub = res["frequency_level"]["subspaces"]
+        console.print("frequency subspaces (overlap / atom PW-MCC / null): " + "; ".join(
+            f"k={k}: {_fmt(v['overlap_mean'], 2)}/{_fmt(v['atom_pw_mcc_mean'], 2)}/{_fmt(v['null_overlap_mean'], 2)}"
+            for k, v in sub.items()))
+    for w in res["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}")
