@@ -148,14 +148,16 @@ def register(app: typer.Typer) -> None:
             out.append(dict(path=str(d), seed=_meta(sae).get("seed"), architecture=sae.cfg.get("architecture"),
                             hook_name=_hook(sae), **_fourier(sae, ctx, n_null)))
         t = Table(title=f"Fourier validation (key frequencies {out[0]['key_frequencies']}; chance purity {out[0]['chance_purity']:.4f})")
-        for c in ("SAE", "arch", "live", "fourier_overlap", "untrained null", "frac pure", "covered", "non-key pure"):
+        for c in ("SAE", "arch", "live", "overlap", "untrained null (z)", "pure", "covered/key", "non-key"):
             t.add_column(c)
         for r in out:
             nu = r["nulls_untrained"]["fourier_overlap"]
             t.add_row(Path(r["path"]).name, str(r["architecture"]), f"{r['n_live']}/{r['n_latents']}", _fmt(r["fourier_overlap"]),
                       f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})", _fmt(r["frac_pure"]),
-                      f"{r['covered']} / {r['key_frequencies']}", str(r["non_key_pure"]["n"]))
+                      f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(r["non_key_pure"]["n"]))
         Console().print(t)
+        typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; "
+                   "covered: key frequencies with a pure latent; non-key: pure latents on other frequencies")
         if json_out:
             write_json(json_out, {"model": str(model), "saes": out})
             typer.echo(f"report written to {json_out}")
