@@ -1,0 +1,34 @@
+# Two commands on a fresh machine:
+#   make run    - set up .venv and run the main job
+#   make test   - set up .venv (with the test extras) and run the whole test suite
+# torch is installed first and pinned (constraints.txt): a bare `torch` requirement with no torch
+# present would download several GB of CUDA packages.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: run test install install-test clean
+
+$(VENV)/.core: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[study]"
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) -e ".[study,test,interop,wandb,notebook,ray]"
+	touch $@
+
+install: $(VENV)/.core
+install-test: $(VENV)/.test
+
+run: $(VENV)/.core
+	$(VENV)/bin/husai train-model --preset fast --out runs/model --overwrite
+
+test: $(VENV)/.test
+	WANDB_MODE=offline $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

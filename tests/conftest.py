@@ -1,0 +1,31 @@
+"""Shared fixtures. Models are trained once per session with a small p so the suite stays fast."""
+
+import pytest
+import torch
+
+from husai.train_model import TrainConfig, train
+
+# On 2 cores, one thread per process is faster for these small tensors and keeps
+# concurrently running subprocess tests from oversubscribing the CPU.
+torch.set_num_threads(1)
+torch.set_flush_denormal(True)
+
+GROKKED_P = 47  # the smallest p that groks in well under a minute with the default architecture
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A p=23 model trained for 100 epochs (not grokked): for file-format and error tests."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    m = train(TrainConfig(p=23, train_frac=0.6, epochs=100, eval_every=25, checkpoint_every=50), out, progress=False)
+    return out, m
+
+
+@pytest.fixture(scope="session")
+def grokked_run(tmp_path_factory):
+    """A grokked p=47 model (test accuracy >= 99%, ~1000 epochs, ~20 s on one core)."""
+    out = tmp_path_factory.mktemp("grokked") / "run"
+    cfg = TrainConfig(p=GROKKED_P, train_frac=0.5, lr=3e-3, epochs=3000, eval_every=50, checkpoint_every=1000,
+                      stop_test_acc=0.995, stop_frac_single_freq=0.0)
+    m = train(cfg, out, progress=False)
+    return out, m
