@@ -114,6 +114,9 @@ def run_train_sae(cfg, save_dir: str | Path, seeds: list[int], transformer_check
     if model is not None:
         spliced, base = spliced_metrics(sae, model, info["hook_name"], tokens, labels, eval_acts.to(device))
         per_seed.update(spliced)
+    else:  # activations from a file: no model to splice into; keep the keys, as null
+        for key in ("spliced_acc", "spliced_ce", "delta_ce", "ce_loss_recovered_zero", "ce_loss_recovered_mean"):
+            per_seed[key] = [None] * len(seeds)
     per_seed["decoder_drift"] = decoder_drift(sae.W_dec.detach(), res.W_dec_init)
     keys = list(per_seed)
     metrics = dict(
@@ -121,7 +124,7 @@ def run_train_sae(cfg, save_dir: str | Path, seeds: list[int], transformer_check
         diverged_at_step=res.diverged_at_step, baselines=base, history=res.history,
         per_seed={str(s): dict({k: per_seed[k][i] for k in keys}, wall_seconds=res.wall_seconds)
                   for i, s in enumerate(seeds)},
-        mean={k: sum(per_seed[k]) / len(seeds) for k in keys},
+        mean={k: (None if None in per_seed[k] else sum(per_seed[k]) / len(seeds)) for k in keys},
     )
 
     out.parent.mkdir(parents=True, exist_ok=True)
