@@ -1,0 +1,39 @@
+"""`husai study` and `husai report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "study.yaml"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("study")
+    def study_cmd(
+        config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Study YAML (grid of SAE runs)."),
+        out: Path = typer.Option(Path("runs/study"), "--out", help="Study folder; rerun the same command to resume."),
+        executor: str = typer.Option("local", "--executor", help="local (in-process), process (pool) or ray."),
+        workers: int = typer.Option(2, "--workers", help="Processes for --executor process."),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+        retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo cells recorded as failed."),
+    ):
+        """Model -> SAEs over a grid of seeds -> Fourier validation and stability with nulls -> report."""
+        from .errors import HusaiError
+        from .study import run_study
+
+        if workers < 1:
+            raise HusaiError(f"--workers must be >= 1, got {workers}")
+        run_study(config, out, executor, workers, address, retry_failed)
+
+    @app.command("report")
+    def report_cmd(run_dir: Path = typer.Argument(..., help="A study folder (holding study.yaml).")):
+        """Rebuild results.csv/parquet, report.md, report.html and figures from a study's finished runs."""
+        from .errors import HusaiError
+        from .report import write_report
+
+        if not (run_dir / "study.yaml").is_file():
+            raise HusaiError(f"{run_dir} is not a study folder (no study.yaml)")
+        typer.echo(f"report: {write_report(run_dir)}")

@@ -1,0 +1,187 @@
+"""The study report: report.md, a self-contained report.html (figures embedded) and figures/*.png.
+
+Everything is computed from the study folder, so `husai report RUN_DIR` rebuilds it at any time.
+Success criteria follow the plan users already run: L0 within 28-36 for k = 32, explained
+variance > 0.85, dead latents < 15%, Fourier overlap > 0.5.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+from .io import atomic_write_bytes, read_json, read_jsonl
+from .study_config import load_study
+
+Z_STABLE = 3.0
+"""A stability number counts as above chance when it beats every null by >= 3 null std."""
+
+
+def criteria(row: dict) -> dict[str, bool | None]:
+    """Pass/fail of the plan's success criteria for one SAE row (None: not applicable / missing)."""
+    def ok(v, test):
+        return None if v is None else bool(test(v))
+    l0 = None
+    if row["architecture"] in ("topk", "batchtopk") and row.get("k") == 32:
+        l0 = ok(row.get("l0"), lambda v: 28 <= v <= 36)
+    return {"L0 28-36 (k=32)": l0, "EV > 0.85": ok(row.get("explained_variance"), lambda v: v > 0.85),
+            "dead < 15%": ok(row.get("frac_dead"), lambda v: v < 0.15),
+            "Fourier overlap > 0.5": ok(row.get("fourier_overlap"), lambda v: v > 0.5)}
+
+
+def _fmt(v, nd=3):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def _mark(v):
+    return "n/a" if v is None else ("PASS" if v else "FAIL")
+
+
+def verdict(cells: list[dict]) -> list[str]:
+    """Plain-language conclusions computed from the numbers."""
+    lines = []
+    for c in cells:
+        a = c["analysis"].get("atom_level", {}).get("pw_mcc_dec")
+        if not a:
+            lines.append(f"{c['name']}: no stability result ({c['status']}).")
+            continue
+        zs = {k: n.get("z") for k, n in a.get("nulls", {}).items()}
+        finite = [z for z in zs.values() if z is not None]
+        stable = bool(finite) and min(finite) >= Z_STABLE
+        zt = ", ".join(f"{k} null {_fmt(a['nulls'][k].get('null_mean'))} (z = {_fmt(z, 1)})" for k, z in zs.items())
+        word = "stable above chance" if stable else "NOT distinguishable from chance"
+        fo = [r.get("fourier_overlap") for r in c["rows"] if r.get("fourier_overlap") is not None]
+        fo_txt = f"; mean Fourier overlap {sum(fo) / len(fo):.3f}" if fo else ""
+        sh = c["analysis"]["atom_level"].get("shared_fraction", {})
+        lines.append(f"{c['name']}: PW-MCC {_fmt(a['mean'])} ± {_fmt(a['std'])} across {len(c['rows'])} seeds vs "
+                     f"{zt}: {word}; shared fraction {_fmt(sh.get('mean'))}{fo_txt}.")
+    return lines
+
+
+def write_report(root: str | Path) -> Path:
+    """Build report.md, report.html and figures/ for a study folder; returns report.html."""
+    from . import report_figures as rf
+    from .results import build_table
+
+    root = Path(root)
+    cfg = load_study(root / "study.yaml")
+    rows = build_table(root, cfg)
+    figdir = root / "figures"
+    figs: list[tuple[str, Path, str]] = []  # (section, png, caption)
+    sections: list[tuple[str, str]] = []  # (title, markdown body)
+
+    for ms in cfg.model_seeds:
+        mdir = root / "models" / f"seed{ms}"
+        m = read_json(mdir / "metrics.json", "model metrics")
+        hist = read_jsonl(mdir / "history.jsonl")
+        figs.append(("model", rf.training_curves(hist, m.get("grokked_epoch"), m.get("clean_epoch"),
+                                                 figdir / f"model_seed{ms}_training.png"),
+                     f"Model seed {ms}: training curves (grokking epoch marked)."))
+        figs.append(("model", rf.fourier_spectrum(m, figdir / f"model_seed{ms}_spectrum.png"),
+                     f"Model seed {ms}: Fourier spectrum; key frequencies {m.get('key_frequencies')}."))
+        sections.append((f"Model (seed {ms})", "\n".join([
+            f"- test accuracy {_fmt(m.get('test_acc'), 4)}, test loss {_fmt(m.get('test_loss'), 6)}, "
+            f"train loss {_fmt(m.get('train_loss'), 6)}",
+            f"- epochs {m.get('epochs_trained')}, grokked at {m.get('grokked_epoch')}, clean at {m.get('clean_epoch')}",
+            f"- key frequencies {m.get('key_frequencies')}; single-frequency neurons "
+            f"{_fmt(m.get('frac_neurons_single_freq'))}",
+            f"- restricted loss {_fmt(m.get('restricted_loss'), 6)}, excluded loss {_fmt(m.get('excluded_loss'))}"])))
+
+    cells = []
+    for run in cfg.runs():
+        folder = run.folder(root)
+        crow = [r for r in rows if r["run"] == str(folder.relative_to(root))]
+        an = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
+        cells.append(dict(name=f"{run.name} @ {run.hook} (model seed {run.model_seed})", rows=crow, analysis=an,
+                          status=crow[0]["status"] if crow else "missing", arch=run.cfg.architecture))
+
+    # Per-SAE quality with the plan's criteria.
+    head = ["run", "seed", "EV", "L0", "dead", "spliced acc", "CE rec (zero)", "CE rec (mean)", "Fourier overlap",
+            "decoder drift"] + list(criteria(rows[0]).keys() if rows else [])
+    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r["status"] != "ok":
+            table.append(f"| {r['run']} | {r['seed']} | FAILED: {r['error']} |" + " |" * (len(head) - 3))
+            continue
+        table.append("| " + " | ".join([r["run"].split("/")[-1], str(r["seed"]), _fmt(r["explained_variance"]),
+                                         _fmt(r["l0"], 1), _fmt(r["frac_dead"]), _fmt(r["spliced_acc"]),
+                                         _fmt(r["ce_loss_recovered_zero"]), _fmt(r["ce_loss_recovered_mean"]),
+                                         _fmt(r["fourier_overlap"]), _fmt(r["decoder_drift"])]
+                                        + [_mark(v) for v in criteria(r).values()]) + " |")
+    sections.append(("SAE quality", "\n".join(table)))
+
+    ok_cells = [c for c in cells if c["analysis"].get("atom_level")]
+    if ok_cells:
+        figs.append(("stability", rf.stability_heatmaps(ok_cells, figdir / "stability_heatmaps.png"),
+                     "PW-MCC between seeds (Hungarian-matched decoder cosine), one panel per SAE cell."))
+        figs.append(("stability", rf.stability_vs_null(ok_cells, figdir / "stability_vs_null.png"),
+                     "PW-MCC and shared fraction (bars: mean ± std over seed pairs) against their nulls (markers)."))
+        figs.append(("stability", rf.frequency_coverage(ok_cells, figdir / "frequency_coverage.png"),
+                     "Pure latents (purity >= 0.85) per key frequency, per seed."))
+    stab = ["| cell | metric | value | isotropic null (z) | activation null (z) | untrained null (z) |",
+            "|---|---|---|---|---|---|"]
+    for c in ok_cells:
+        for m, name in (("pw_mcc_dec", "PW-MCC"), ("mean_max_abs_cos_dec", "mean-max abs cos (public HUSAI 'PWMCC')"),
+                        ("shared_fraction", "shared fraction")):
+            a = c["analysis"]["atom_level"].get(m, {})
+            nl = a.get("nulls", {})
+            stab.append(f"| {c['name']} | {name} | {_fmt(a.get('mean'))} ± {_fmt(a.get('std'))} | " + " | ".join(
+                f"{_fmt(nl.get(k, {}).get('null_mean'))} ({_fmt(nl.get(k, {}).get('z'), 1)})"
+                for k in ("isotropic", "activation", "untrained")) + " |")
+        fl = c["analysis"].get("frequency_level", {})
+        if fl:
+            stab.append(f"| {c['name']} | frequency level | {html.escape(_summary(fl))} | | | |")
+    sections.append(("Stability across seeds", "\n".join(stab)))
+    failed = [r for r in rows if r["status"] != "ok"]
+    verdict_lines = verdict(cells) + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
+    sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
+
+    md = ["# husai study report", ""]
+    for title, body in sections:
+        md += [f"## {title}", "", body, ""]
+    md += ["## Figures", ""] + [f"![{cap}](figures/{p.name})\n\n*{cap}*\n" for _, p, cap in figs]
+    atomic_write_bytes(root / "report.md", "\n".join(md).encode())
+    atomic_write_bytes(root / "report.html", _html(sections, figs).encode())
+    return root / "report.html"
+
+
+def _summary(fl: dict) -> str:
+    fs, sub = fl.get("frequency_sets", {}), fl.get("subspaces", {})
+    parts = []
+    if isinstance(fs, dict) and fs.get("mean_jaccard") is not None:
+        parts.append(f"frequency-set Jaccard {_fmt(fs['mean_jaccard'])}")
+    if isinstance(sub, dict) and sub.get("mean_overlap") is not None:
+        parts.append(f"subspace overlap {_fmt(sub['mean_overlap'])}")
+    return "; ".join(parts) or "see analysis.json"
+
+
+def _md_table_to_html(body: str) -> str:
+    lines = [l for l in body.splitlines() if l.startswith("|")]
+    if not lines:
+        return "<ul>" + "".join(f"<li>{html.escape(l[2:] if l.startswith('- ') else l)}</li>"
+                                for l in body.splitlines() if l.strip()) + "</ul>"
+    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines if not set(l) <= set("|-")]
+    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>"]
+    for r in cells[1:]:
+        out.append("<tr>" + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" for c in r) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def _html(sections, figs) -> str:
+    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+           "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}td.pass{background:#dfd}td.fail{background:#fdd}"
+           "img{max-width:100%}figure{margin:1.5em 0}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>husai study report</title><style>{css}</style>"
+             "</head><body><h1>husai study report</h1>"]
+    for title, body in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>{_md_table_to_html(body)}")
+    parts.append("<h2>Figures</h2>")
+    for _, png, cap in figs:
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(cap)}'>"
+                     f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+    return "\n".join(parts + ["</body></html>"])

@@ -1,0 +1,188 @@
+"""`husai study`: from nothing to a stability report, resumable, on one machine or a Ray cluster.
+
+    OUT/study.yaml                          the config as given (a rerun must match it)
+    OUT/models/seed{S}/                     train-model run folders (resumed if killed)
+    OUT/saes/model_seed{S}/{hook}/{arch}_x{E}_{knob}/
+        seed_{N}/cfg.json + sae_weights.safetensors   SAELens folders
+        metrics.json                        per-seed SAE metrics (from husai train-sae)
+        analysis.json                       Fourier validation + cross-seed stability with nulls
+        failed.json                         only if the cell failed: the error, kept in the table
+    OUT/results.csv, OUT/results.parquet    one row per SAE, rebuilt from the folders
+    OUT/report.md, OUT/report.html, OUT/figures/*.png
+
+A cell's SAE folder appears only once training has finished (train-sae stages and renames), and
+analysis.json is written atomically, so after a kill -9 the same command skips every finished
+cell and redoes only the one that was running. Every step is seeded, so the table is identical.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .errors import HusaiError
+from .io import read_json, write_json
+from .study_config import SAERun, StudyConfig, load_study
+
+EXECUTORS = ("local", "process", "ray")
+
+
+def model_dir(out: Path, seed: int) -> Path:
+    return out / "models" / f"seed{seed}"
+
+
+def ensure_model(cfg: StudyConfig, out: Path, seed: int, progress: bool = True) -> Path:
+    """Train the model for `seed`, resume it if a killed run left a checkpoint, or reuse it."""
+    from dataclasses import replace
+
+    from .train_model import train
+
+    d = model_dir(out, seed)
+    if (d / "model.safetensors").is_file() and (d / "metrics.json").is_file():
+        return d
+    resume = (d / "config.json").is_file()
+    if resume and not any((d / "checkpoints").glob("epoch_*.safetensors")):
+        shutil.rmtree(d)  # killed before its first checkpoint: nothing worth keeping
+        resume = False
+    train(replace(cfg.model, seed=seed), d, resume=resume, overwrite=not resume, progress=progress)
+    return d
+
+
+def cell_spec(run: SAERun, out: Path, cfg: StudyConfig) -> dict:
+    """Everything a worker needs, as plain data (picklable for process pools and Ray)."""
+    return dict(folder=str(run.folder(out)), model_dir=str(model_dir(out, run.model_seed)), hook=run.hook,
+                sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold, null_pairs=cfg.null_pairs)
+
+
+def cell_done(folder: Path) -> bool:
+    return (folder / "failed.json").is_file() or (folder / "analysis.json").is_file()
+
+
+def run_cell(spec: dict, threads: int | None = None) -> dict:
+    """Train one grid cell's SAEs (all seeds at once) and analyse them. Never raises: a failure is
+    written to failed.json so the study goes on and the table shows it."""
+    import torch
+
+    from .cli_sae import run_train_sae
+    from .compare import compare_saes
+    from .train_sae import config_from_dict
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder = Path(spec["folder"])
+    t0 = time.time()
+    try:
+        if not (folder / "metrics.json").is_file():
+            for stale in folder.parent.glob(f".{folder.name}.*"):  # staging left by a kill
+                shutil.rmtree(stale, ignore_errors=True)
+            run_train_sae(config_from_dict(spec["sae_cfg"]), folder, spec["seeds"],
+                          transformer_checkpoint=spec["model_dir"], hook=spec["hook"], progress=False)
+        dirs = [folder / f"seed_{s}" for s in spec["seeds"]] if len(spec["seeds"]) > 1 else [folder]
+        result = compare_saes(dirs, Path(spec["model_dir"]), threshold=spec["threshold"], n_null=spec["null_pairs"],
+                              plots=folder / "figures") if len(dirs) > 1 else None
+        write_json(folder / "analysis.json", result or {})
+        return dict(folder=str(folder), status="ok", seconds=time.time() - t0)
+    except Exception as e:  # recorded, reported, never silently dropped
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        write_json(folder / "failed.json", dict(error=f"{type(e).__name__}: {msg}", spec=spec))
+        return dict(folder=str(folder), status="failed", error=msg, seconds=time.time() - t0)
+
+
+def execute(specs: list[dict], executor: str, workers: int, address: str | None, on_done) -> None:
+    """Run cells locally, in a process pool, or as Ray tasks; on_done(result) as each finishes."""
+    if executor == "local":
+        for s in specs:
+            on_done(run_cell(s))
+    elif executor == "process":
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        import os
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            for fut in cf.as_completed([pool.submit(run_cell, s, threads) for s in specs]):
+                on_done(fut.result())
+    else:
+        try:
+            import ray
+        except ImportError:
+            raise HusaiError("--executor ray needs Ray: pip install 'husai[ray]'") from None
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        task = ray.remote(num_cpus=1)(run_cell)
+        pending = [task.remote(s, 1) for s in specs]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            on_done(ray.get(ready[0]))
+
+
+def check_config_matches(out: Path, raw: dict) -> None:
+    saved = out / "study.yaml"
+    if saved.is_file():
+        import yaml
+
+        if yaml.safe_load(saved.read_text()) != raw:
+            raise HusaiError(f"{out} holds a study with a different config; use another --out or the same config")
+
+
+def run_study(config: str | Path, out: str | Path, executor: str = "local", workers: int = 2,
+              address: str | None = None, retry_failed: bool = False, progress: bool = True) -> Path:
+    """The whole study. Returns the path of report.html."""
+    import yaml
+    from rich.console import Console
+
+    from .io import atomic_write_bytes
+    from .model import ModelConfig, Transformer
+    from .report import write_report
+    from .results import build_table
+
+    console = Console(quiet=not progress)
+    if executor not in EXECUTORS:
+        raise HusaiError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    cfg = load_study(config)
+    valid = Transformer(ModelConfig(p=cfg.model.p, n_layers=cfg.model.n_layers)).hook_names()
+    bad = [h for h in cfg.hooks if h not in valid]
+    if bad:
+        raise HusaiError(f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: {', '.join(valid)}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise HusaiError(f"--out {out} is a file, not a folder")
+    check_config_matches(out, cfg.raw)
+    atomic_write_bytes(out / "study.yaml", yaml.safe_dump(cfg.raw, sort_keys=False).encode())
+
+    runs = cfg.runs()
+    console.rule(f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} seeds")
+    for i, s in enumerate(cfg.model_seeds, 1):
+        console.print(f"[bold]stage 1/4[/] model {i}/{len(cfg.model_seeds)} (seed {s})")
+        ensure_model(cfg, out, s, progress)
+    if retry_failed:
+        for r in runs:
+            if (r.folder(out) / "failed.json").is_file():
+                shutil.rmtree(r.folder(out))
+    todo = [r for r in runs if not cell_done(r.folder(out))]
+    console.print(f"[bold]stage 2/4[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run ({executor})")
+    done = [0]
+
+    def on_done(res: dict) -> None:
+        done[0] += 1
+        rel = Path(res["folder"]).relative_to(out / "saes")
+        status = "ok" if res["status"] == "ok" else f"[red]FAILED[/]: {res['error']}"
+        console.print(f"  [{done[0]}/{len(todo)}] {rel}  {status}  ({res['seconds']:.0f} s)")
+
+    with console.status("training and analysing SAE cells") if progress else _nullcontext():
+        execute([cell_spec(r, out, cfg) for r in todo], executor, workers, address, on_done)
+    console.print("[bold]stage 3/4[/] results table")
+    build_table(out, cfg)
+    console.print("[bold]stage 4/4[/] report")
+    html = write_report(out)
+    console.print(f"report: {html}")
+    return html
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
