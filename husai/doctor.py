@@ -1,0 +1,143 @@
+"""`husai doctor`: the five-step pipeline self-test, each check printed with its figures.
+
+    1. load the transformer        parameter count, modulus, test accuracy
+    2. extract activations         shape, mean, std
+    3. train a TopK SAE, 1 epoch   L0 against k, explained variance, dead fraction
+    4. Fourier overlap             of that SAE's latents, against the chance value
+    5. save and load the SAE       max weight difference (should be ~0)
+
+Without --transformer-checkpoint it first trains a small model (p = 47, ~1 minute on a CPU).
+A failed check prints what to try (husai.troubleshoot). Exit code 0 only when 5/5 pass.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .troubleshoot import model_hints, oom_hint, sae_hints
+
+DOCTOR_P = 47
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool = False
+    figures: str = ""
+    hints: list[str] = field(default_factory=list)
+
+
+def environment() -> dict:
+    return dict(husai=__version__, torch=torch.__version__, python=platform.python_version(),
+                device="cuda" if torch.cuda.is_available() else "cpu", threads=torch.get_num_threads())
+
+
+def _run(check: Check, fn) -> bool:
+    """Run one check; any exception (including OOM) fails it with a one-line reason."""
+    try:
+        fn(check)
+    except torch.OutOfMemoryError:
+        check.passed, check.hints = False, [oom_hint()]
+    except Exception as e:  # a broken stage must not hide the remaining report
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        check.passed, check.figures = False, f"error: {msg}"
+        if "out of memory" in msg.lower():
+            check.hints.append(oom_hint())
+    return check.passed
+
+
+def run_doctor(checkpoint: Path | None, work: Path, say=print, k: int = 32, expansion: int = 16) -> list[Check]:
+    from .activations import model_activations
+    from .analyze import loss_acc
+    from .checkpoint import load_model
+    from .data import make_dataset
+    from .sae_fourier import chance_purity, compute_fourier_overlap
+    from .sae_io import load_sae, save_sae
+    from .sae_metrics import reconstruction_metrics
+    from .train_model import TrainConfig, train
+    from .train_sae import SAETrainConfig, train_saes
+
+    torch.set_flush_denormal(True)
+    if checkpoint is None:
+        checkpoint = work / "model"
+        say(f"no --transformer-checkpoint: training a small model (p = {DOCTOR_P}) in {checkpoint} ...")
+        t0 = time.time()
+        train(TrainConfig(p=DOCTOR_P, train_frac=0.5, lr=3e-3, epochs=3000, eval_every=50, stop_test_acc=0.995,
+                          stop_frac_single_freq=0.0), checkpoint, progress=False)
+        say(f"  trained in {time.time() - t0:.0f} s")
+    state: dict = {}
+    checks = [Check("load transformer"), Check("extract activations"), Check("train TopK SAE (1 epoch)"),
+              Check("Fourier overlap"), Check("save and load SAE")]
+
+    def c1(c):
+        model, cfg = load_model(checkpoint)
+        data = make_dataset(cfg["p"], cfg["train_frac"], cfg["split_seed"], cfg["operation"])
+        _, acc = loss_acc(model, data.tokens[data.test_idx], data.labels[data.test_idx])
+        n = sum(p.numel() for p in model.parameters())
+        c.figures = f"{n:,} parameters, p = {cfg['p']}, test accuracy {acc:.2%}"
+        c.hints = model_hints(acc)
+        c.passed = not c.hints
+        state.update(p=cfg["p"])
+
+    def c2(c):
+        acts, info = model_activations(checkpoint, layer=0)
+        c.figures = f"{info['hook_name']}: shape {list(acts.shape)}, mean {acts.mean():.4f}, std {acts.std():.4f}"
+        c.passed = acts.shape[0] == state["p"] ** 2 and bool(torch.isfinite(acts).all()) and float(acts.std()) > 0
+        state.update(acts=acts, info=info)
+
+    def c3(c):
+        cfg = SAETrainConfig(architecture="topk", expansion=expansion, k=k, epochs=1)
+        res = train_saes(state["acts"], cfg, [42])
+        m = reconstruction_metrics(res.sae, state["acts"])
+        l0, ev, dead = m["l0"][0], m["explained_variance"][0], m["frac_dead"][0]
+        c.figures = f"L0 {l0:.1f} (k = {k}), explained variance {ev:.3f}, dead {dead:.1%}"
+        c.hints = sae_hints("topk", k, l0, dead)
+        c.passed = not c.hints
+        state.update(sae=res.sae)
+
+    def c4(c):
+        with torch.no_grad():
+            z = state["sae"].encode(state["acts"])[0].double()
+        fo, chance = compute_fourier_overlap(z, state["p"]), chance_purity(state["p"], 20_000)
+        c.figures = f"Fourier overlap {fo:.3f} (chance {chance:.4f})"
+        c.hints = sae_hints("topk", None, 0.0, 0.0, fourier_overlap=fo)
+        c.passed = not c.hints
+
+    def c5(c):
+        folder = work / "sae"
+        save_sae(folder, state["sae"], 0, dict(state["info"], seed=42))
+        loaded = load_sae(folder)
+        sae = state["sae"]
+        diff = max(float((loaded.W_enc - sae.W_enc[0].detach()).abs().max()),
+                   float((loaded.W_dec - sae.W_dec[0].detach()).abs().max()),
+                   float((loaded.b_enc - sae.b_enc[0].detach()).abs().max()),
+                   float((loaded.b_dec - sae.b_dec[0].detach()).abs().max()))
+        c.figures = f"max weight difference {diff:.2e}"
+        c.passed = diff < 1e-6
+
+    for i, (check, fn) in enumerate(zip(checks, (c1, c2, c3, c4, c5)), 1):
+        if i > 1 and not checks[i - 2].passed and i in (2, 3, 4, 5) and not state.get(("acts", "p", "sae", "sae")[i - 2]):
+            check.figures = "skipped: an earlier check failed"
+        else:
+            _run(check, fn)
+        say(f"[{i}/5] {check.name:<26} {'PASS' if check.passed else 'FAIL'}  {check.figures}")
+        for h in check.hints:
+            say(f"      -> {h}")
+    n = sum(c.passed for c in checks)
+    say(f"{n}/5 checks passed")
+    return checks
+
+
+def doctor_main(checkpoint: Path | None, say=print) -> int:
+    env = environment()
+    say("husai doctor: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    with tempfile.TemporaryDirectory(prefix="husai-doctor-") as tmp:
+        checks = run_doctor(checkpoint, Path(tmp), say)
+    return 0 if all(c.passed for c in checks) else 1

@@ -1,0 +1,43 @@
+"""What to try when something falls short: the plan's troubleshooting guide, as code.
+
+Each function takes measured figures and returns a list of hints (empty when all is well). The
+doctor prints them under a failed check; train-model and train-sae print them after a run.
+"""
+
+from __future__ import annotations
+
+GROKKED_ACC = 0.95
+DEAD_MAX = 0.30
+OVERLAP_MIN = 0.3
+
+
+def model_hints(test_acc: float, frac_single: float | None = None) -> list[str]:
+    hints = []
+    if test_acc < GROKKED_ACC:
+        hints.append(f"model not grokked (test accuracy {test_acc:.1%} < {GROKKED_ACC:.0%}): train longer "
+                     "(--epochs) or use the fast preset (husai train-model --preset fast)")
+    elif frac_single is not None and frac_single < 0.5:
+        hints.append(f"model grokked but its circuit is not clean yet ({frac_single:.0%} single-frequency neurons): "
+                     "train longer so weight decay finishes the clean-up (Nanda et al. 2023, section 5)")
+    return hints
+
+
+def sae_hints(architecture: str, k: int | None, l0: float, frac_dead: float, fourier_overlap: float | None = None,
+              explained_variance: float | None = None) -> list[str]:
+    hints = []
+    if architecture in ("topk", "batchtopk") and k and not 0.5 * k <= l0 <= 1.1 * k:
+        hints.append(f"L0 {l0:.1f} is far from k = {k}: check the TopK configuration (k, expansion; TopK then ReLU "
+                     "can only lower L0 when pre-activations are negative, so a tiny L0 means a bad b_enc/b_dec init)")
+    if frac_dead > DEAD_MAX:
+        hints.append(f"{frac_dead:.0%} dead latents (> {DEAD_MAX:.0%}): keep AuxK on (aux_coeff 1/32, Gao et al. A.2) "
+                     "and lower the learning rate (--lr)")
+    if fourier_overlap is not None and fourier_overlap < OVERLAP_MIN:
+        hints.append(f"Fourier overlap {fourier_overlap:.2f} < {OVERLAP_MIN}: verify the model grokked "
+                     "(husai analyze-model) and train the SAE longer (--epochs)")
+    if explained_variance is not None and explained_variance < 0.5:
+        hints.append(f"explained variance {explained_variance:.2f} is low: train longer or raise k / expansion")
+    return hints
+
+
+def oom_hint() -> str:
+    return "out of memory: use a smaller --batch-size or --expansion (or run on a larger device)"
