@@ -248,18 +248,21 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_compare(console, res: dict, Table) -> None:
-    kinds = [k for k in ("isotropic", "activation", "untrained") if k in res["null_samples"]]
-    t = Table(title=f"stability across {len(res['saes'])} SAEs (mean over pairs; null mean (z))")
-    for c in ["metric", "value (mean ± std)"] + [f"{k} null" for k in kinds]:
+    short = {"isotropic": "iso", "activation": "act-cov", "subspace": "act-sub", "untrained": "init"}
+    kinds = [k for k in short if k in res["null_samples"]]
+    t = Table(title=f"stability across {len(res['saes'])} SAEs: mean ± std over pairs; null mean (z)")
+    for c in ["metric", "value"] + [short[k] for k in kinds]:
         t.add_column(c)
     names = {"pw_mcc_dec": "PW-MCC dec", "pw_mcc_enc": "PW-MCC enc", "mean_max_abs_cos_dec": "max|cos| dec*",
              "mean_max_abs_cos_enc": "max|cos| enc*", "shared_fraction": f"shared >{res['threshold']}"}
     for m, r in res["atom_level"].items():
-        t.add_row(names.get(m, m), f"{r['mean']:.3f} ± {r['std']:.3f}",
+        t.add_row(names.get(m, m), f"{r['mean']:.3f}±{r['std']:.3f}",
                   *[f"{_fmt(r['nulls'][k]['null_mean'])} ({_fmt(r['nulls'][k]['z'], 1)})" for k in kinds])
     console.print(t)
     console.print("PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, "
-                  "what public HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & Belrose 2025)")
+                  "what public HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & "
+                  "Belrose 2025). Nulls: iso = random unit vectors, act-cov = random directions with the activations' "
+                  "covariance, act-sub = uniform in their 99%-variance subspace, init = the SAEs' untrained inits.")
     if "fourier" in res:
         ft = Table(title=f"Fourier per seed (key frequencies {res['key_frequencies']})")
         for c in ("SAE", "fourier_overlap", "frac pure", "covered", "non-key pure"):

@@ -62,6 +62,24 @@ def activation_dictionary(n: int, L: torch.Tensor, seed: int) -> torch.Tensor:
     return A / A.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def principal_subspace(L: torch.Tensor, energy: float = 0.99) -> torch.Tensor:
+    """Orthonormal basis [d, r] of the fewest principal directions holding >= `energy` of the variance.
+
+    L: the `covariance_factor` (columns = eigenvectors * sqrt(eigenvalues), ascending order)."""
+    var = L.pow(2).sum(dim=0)  # eigenvalues
+    order = var.argsort(descending=True)
+    cum = var[order].cumsum(0) / var.sum().clamp_min(1e-300)
+    r = int((cum < energy - 1e-12).sum()) + 1
+    Q = L[:, order[:r]]
+    return Q / Q.norm(dim=0, keepdim=True).clamp_min(1e-300)
+
+
+def subspace_dictionary(n: int, Q: torch.Tensor, seed: int) -> torch.Tensor:
+    """n atoms uniform on the unit sphere of span(Q), Q [d, r] orthonormal: normalise(g Q^T). -> [n, d]."""
+    A = torch.randn(n, Q.shape[1], generator=_gen(seed), dtype=torch.float64) @ Q.T
+    return A / A.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 def tied_init(d_in: int, d_sae: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gao et al. 2024 init: W_dec rows unit-norm random, W_enc = W_dec^T. -> (W_enc [d_in, d_sae], W_dec [d_sae, d_in])."""
     W_dec = isotropic_dictionary(d_sae, d_in, seed)
@@ -85,11 +103,11 @@ def null_stats(value: float | None, samples) -> dict:
 
 
 def null_samples(d_in: int, d_sae: int, n_pairs: int = 10, acts: torch.Tensor | None = None,
-                 init_fn: InitFn | None = None, kinds: tuple[str, ...] = ("isotropic", "activation", "untrained"),
+                 init_fn: InitFn | None = None, kinds: tuple[str, ...] = ("isotropic", "activation", "subspace", "untrained"),
                  threshold: float = SHARED_THRESHOLD, seed: int = 0, init_seeds: list[int] | None = None) -> dict:
     """Draw `n_pairs` dictionary pairs per null kind and compute every `pair_metrics` metric on each.
 
-    acts: [N, d_in] real activations, needed for the "activation" null (skipped without them).
+    acts: [N, d_in] real activations, needed for the "activation" and "subspace" nulls (skipped without).
     init_seeds: the compared SAEs' own seeds; the "untrained" null then uses the pairs of their actual
     initialisations (the first n_pairs seed pairs), i.e. what the comparison would give with no training.
     Returns {kind: {metric: [n_pairs floats]}}. Seeds are seed + 1000 * kind index + 2 * pair (+1),
@@ -102,7 +120,7 @@ def null_samples(d_in: int, d_sae: int, n_pairs: int = 10, acts: torch.Tensor | 
     out: dict[str, dict[str, list]] = {}
     own = list(itertools.combinations(init_seeds, 2))[:n_pairs] if init_seeds and len(init_seeds) > 1 else None
     for ki, kind in enumerate(kinds):
-        if kind == "activation" and L is None:
+        if kind in ("activation", "subspace") and L is None:
             continue
         res: dict[str, list] = {}
         for t in range(len(own) if (kind == "untrained" and own) else n_pairs):
@@ -114,6 +132,10 @@ def null_samples(d_in: int, d_sae: int, n_pairs: int = 10, acts: torch.Tensor | 
                 E1, E2 = D1, D2
             elif kind == "activation":
                 D1, D2 = activation_dictionary(d_sae, L, s1), activation_dictionary(d_sae, L, s2)
+                E1, E2 = D1, D2
+            elif kind == "subspace":
+                Q = principal_subspace(L)
+                D1, D2 = subspace_dictionary(d_sae, Q, s1), subspace_dictionary(d_sae, Q, s2)
                 E1, E2 = D1, D2
             elif kind == "untrained":
                 (We1, D1), (We2, D2) = init(d_in, d_sae, s1), init(d_in, d_sae, s2)

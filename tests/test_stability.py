@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from husai.nulls import (activation_dictionary, covariance_factor, isotropic_dictionary, null_samples,
-                         null_stats, with_nulls)
+                         null_stats, principal_subspace, subspace_dictionary, with_nulls)
 from husai.stability import (compute_pwmcc, cosine_matrix, frequency_set_stability, mean_max_abs_cos,
                              pair_metrics, pairwise_matrices, principal_cosines, pw_mcc, span_basis,
                              subspace_overlap, subspace_stability)
@@ -135,9 +135,16 @@ def test_activation_null_lives_in_the_activation_subspace():
     assert torch.allclose(A.norm(dim=1), torch.ones(100, dtype=torch.float64))
     resid = A - (A @ basis) @ basis.T
     assert resid.abs().max() < 1e-6
+    # the uniform-in-subspace null: also inside span(basis), equal to a 3-D isotropic null
+    Q = principal_subspace(covariance_factor(acts))
+    assert Q.shape == (16, 3)
+    S = subspace_dictionary(100, Q, 14)
+    assert (S - (S @ basis) @ basis.T).abs().max() < 1e-6
     # so random directions there agree far more than isotropic ones
-    nulls = null_samples(16, 100, n_pairs=3, acts=acts, kinds=("isotropic", "activation"))
+    nulls = null_samples(16, 100, n_pairs=3, acts=acts, kinds=("isotropic", "activation", "subspace"))
     assert np.mean(nulls["activation"]["pw_mcc_dec"]) > np.mean(nulls["isotropic"]["pw_mcc_dec"]) + 0.2
+    iso3 = null_samples(3, 100, n_pairs=3, kinds=("isotropic",))["isotropic"]["pw_mcc_dec"]
+    assert np.mean(nulls["subspace"]["pw_mcc_dec"]) == pytest.approx(np.mean(iso3), abs=0.03)
 
 
 def test_untrained_null_uses_the_given_init():
@@ -204,7 +211,11 @@ def test_span_basis_ignores_a_small_stray_component():
 def test_frequency_set_stability():
     r = frequency_set_stability([{1, 2, 3}, {2, 3, 4}, {2, 3}])
     assert r["jaccard"][0][1] == pytest.approx(2 / 4) and r["jaccard"][0][2] == pytest.approx(2 / 3)
+    assert r["jaccard_mean"] == pytest.approx((2 / 4 + 2 / 3 + 2 / 3) / 3)
     assert r["in_all"] == [2, 3] and r["in_any"] == [1, 2, 3, 4]
+    # seeds that recover no frequency do not "agree perfectly"
+    r = frequency_set_stability([set(), set(), {5}])
+    assert math.isnan(r["jaccard"][0][1]) and r["jaccard_mean"] == 0.0
 
 
 # ---------------------------------------------------------------- CLI: husai compare / husai fourier
@@ -271,7 +282,7 @@ def test_compare_cli_writes_json_plots_and_nulls(saes, capsys, monkeypatch):
     assert M[0, 1] == pytest.approx(1.0) and M[0, 2] < 0.5  # permuted copy vs independent dictionary
     assert res["atom_level"]["shared_fraction"]["matrix"][0][1] == pytest.approx(1.0)
     nulls = res["atom_level"]["pw_mcc_dec"]["nulls"]
-    assert set(nulls) == {"isotropic", "activation", "untrained"}
+    assert set(nulls) == {"isotropic", "activation", "subspace", "untrained"}
     assert all(set(v) >= {"value", "null_mean", "null_std", "z"} for v in nulls.values())
     assert len(res["null_samples"]["untrained"]["pw_mcc_dec"]) == 3  # the seed pairs (1,2), (1,3), (2,3)
     assert set(res["fourier"]) == {"seed 1", "seed 2", "seed 3"} and "frequency_level" in res
