@@ -121,6 +121,14 @@ def _fourier(sae, ctx: dict, n_null: int) -> dict:
     return rep
 
 
+def _console():
+    """A rich console; 120 columns when output is not a terminal (logs, pipes), where rich would use 80."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=120)
+
+
 def _fmt(x, nd=3) -> str:
     return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
@@ -134,7 +142,6 @@ def register(app: typer.Typer) -> None:
         n_null: int = typer.Option(3, "--n-null", help="Untrained-SAE draws for the purity null."),
     ):
         """Check every latent against the model's Fourier ground truth (purity, frequency, coverage)."""
-        from rich.console import Console
         from rich.table import Table
 
         from .io import write_json
@@ -155,7 +162,7 @@ def register(app: typer.Typer) -> None:
             t.add_row(Path(r["path"]).name, str(r["architecture"]), f"{r['n_live']}/{r['n_latents']}", _fmt(r["fourier_overlap"]),
                       f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})", _fmt(r["frac_pure"]),
                       f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(r["non_key_pure"]["n"]))
-        Console().print(t)
+        _console().print(t)
         typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; "
                    "covered: key frequencies with a pure latent; non-key: pure latents on other frequencies")
         if json_out:
@@ -174,7 +181,6 @@ def register(app: typer.Typer) -> None:
     ):
         """Cross-seed stability (PW-MCC, mean-max |cos|, shared fraction, frequency subspaces) with nulls."""
         import numpy as np
-        from rich.console import Console
         from rich.table import Table
 
         from .io import write_json
@@ -221,6 +227,11 @@ def register(app: typer.Typer) -> None:
             from .fourier import PURITY_THRESHOLD
 
             reps = [_fourier(s, ctx, 1) for s in saes]
+            # one untrained draw per seed (its own init), pooled: the null distribution for every seed
+            for m in ("fourier_overlap", "frac_pure"):
+                pool = [r["nulls_untrained"][m]["null_mean"] for r in reps]
+                for r in reps:
+                    r["nulls_untrained"][m] = null_stats(r[m], pool)
             result["p"], result["key_frequencies"] = ctx["p"], ctx["key_freqs"]
             result["fourier"] = {lab: {k: r[k] for k in ("fourier_overlap", "frac_pure", "n_live", "covered", "missing", "coverage",
                                                          "non_key_pure", "pure_per_frequency", "nulls_untrained", "weight_space")
@@ -243,7 +254,7 @@ def register(app: typer.Typer) -> None:
             if ctx is not None:
                 frequency_histogram([result["fourier"][lab]["pure_per_frequency"] for lab in labels], labels,
                                     ctx["key_freqs"], ctx["p"], plots / "frequency_histogram.png")
-        _print_compare(Console(), result, Table)
+        _print_compare(_console(), result, Table)
         typer.echo(f"comparison of {len(saes)} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
 
 

@@ -26,6 +26,8 @@ span of the 8 coefficient vectors of block k (rank <= 8). A decoder row w puts a
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -64,6 +66,7 @@ def compute_fourier_overlap(latent_acts: torch.Tensor, p: int, live: torch.Tenso
     return float(purity[live].mean()) if live.any() else float("nan")
 
 
+@functools.lru_cache(maxsize=32)  # deterministic (fixed seed), and every report asks for it
 def chance_purity(p: int, n_samples: int = 100_000, seed: int = 0) -> float:
     """E[purity] of an i.i.d. Gaussian function on the p x p grid (module docstring for the derivation).
 
