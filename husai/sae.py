@@ -36,6 +36,7 @@ class StackedSAE(nn.Module):
 
     architecture = "base"
     unit_norm_decoder = True  # keep decoder rows unit-norm during training (Gao et al. sec. 2.3)
+    normalized_mse = False  # reconstruction loss as FVU (see training_loss)
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int):
         super().__init__()
@@ -66,9 +67,16 @@ class StackedSAE(nn.Module):
         return self
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, d_in] or [S, B, d_in] -> pre-activations [S, B, d_sae]."""
-        xc = x - self.b_dec.unsqueeze(1)  # [S, B, d_in]
-        return torch.baddbmm(self.b_enc.unsqueeze(1), xc, self.W_enc)
+        """x [B, d_in] or [S, B, d_in] -> pre-activations [S, B, d_sae].
+
+        Computed as x @ W_enc + (b_enc - b_dec @ W_enc), equal to (x - b_dec) @ W_enc + b_enc:
+        x needs no gradient, so backward skips the [B, d_sae] x [d_sae, d_in] matmul that the
+        centred form would spend on d(x - b_dec); b_dec's gradient comes from a matrix-vector.
+        """
+        S, d_in = self.n_seeds, self.d_in
+        x = x.expand(S, -1, d_in) if x.ndim == 2 else x
+        bias = self.b_enc - torch.bmm(self.b_dec.unsqueeze(1), self.W_enc).squeeze(1)  # [S, d_sae]
+        return torch.baddbmm(bias.unsqueeze(1), x, self.W_enc)
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
         """pre [S, B, d_sae] -> latents z [S, B, d_sae] (non-negative)."""
@@ -94,17 +102,24 @@ class StackedSAE(nn.Module):
         """x [B, d_in], dead [S, d_sae] bool -> (sum over seeds of the loss, per-seed stats).
 
         MSE is per-sample squared error summed over d_in, averaged over the batch (SAELens's
-        convention). Stats (detached, shape [S]): loss, mse, l0, ev; plus z [S, B, d_sae].
+        convention). With `normalized_mse` (TopK family) the reconstruction term is MSE divided
+        by the batch's total variance, i.e. the fraction of variance unexplained, as in Gao et
+        al. sec. 2.1 and sparsify: the AuxK term is normalised the same way, so its coefficient
+        1/32 means the same thing whatever the scale of the activations.
+        Stats (detached, shape [S]): loss, mse, l0, ev; plus fired [S, d_sae] (bool: the latent
+        fired on some input of the batch).
         """
         pre = self.pre_acts(x)
         z = self.activate(pre, training=True)
         x_hat = self.decode(z)
         mse = (x_hat - x).pow(2).sum(-1).mean(1)  # [S]
-        loss = mse + self.sparsity_loss(x, pre, z, x_hat, dead)
         with torch.no_grad():
-            var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+            var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)  # batch total variance
+        recon = mse / var if self.normalized_mse else mse
+        loss = recon + self.sparsity_loss(x, pre, z, x_hat, dead)
+        with torch.no_grad():
             stats = dict(loss=loss.detach(), mse=mse.detach(), l0=(z > 0).float().sum(-1).mean(1),
-                         ev=1 - mse.detach() / var, z=z.detach())
+                         ev=1 - mse.detach() / var, fired=(z > 0).any(1))
         return loss.sum(), stats
 
     @torch.no_grad()
@@ -155,6 +170,7 @@ class TopKSAE(StackedSAE):
     """z = ReLU(TopK_k(pre)) per input (Gao et al. 2024, eq. 3); loss = MSE + aux_coeff * AuxK."""
 
     architecture = "topk"
+    normalized_mse = True
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int, k_aux: int | None = None,
                  aux_coeff: float = 1 / 32):
@@ -169,6 +185,72 @@ class TopKSAE(StackedSAE):
 
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
         return self.aux_coeff * _auxk_loss(x, x_hat, pre, self.W_dec, dead, self.k_aux)
+
+    def select_latents(self, pre: torch.Tensor):
+        """pre [S, B, d_sae] -> (vals [S, M] >= 0, rows [S, M], cols [S, M]): the active latents
+        as a coordinate list, M = B * k; vals keep their gradient."""
+        S, B, _ = pre.shape
+        vals, cols = pre.topk(self.k, dim=-1, sorted=False)  # [S, B, k]
+        rows = torch.arange(B, device=pre.device).repeat_interleave(self.k).expand(S, -1)
+        return F.relu(vals).reshape(S, -1), rows, cols.reshape(S, -1)
+
+    def decode_sparse(self, vals, rows, cols, B: int) -> torch.Tensor:
+        """x_hat[s, b] = b_dec[s] + sum over entries m with rows[s, m] = b of vals[s, m] W_dec[s, cols[s, m]].
+
+        One fused F.embedding_bag over the stacked decoder [S * d_sae, d_in]: forward and backward
+        touch only the B*k active rows instead of a dense [B, d_sae] x [d_sae, d_in] matmul
+        (Gao et al. sec. 5.3 use sparse kernels for the same reason). rows must be sorted per seed.
+        """
+        S, M = vals.shape
+        off = torch.arange(S, device=vals.device).unsqueeze(1)
+        idx = (cols + off * self.d_sae).reshape(-1)
+        bags = (rows + off * B).reshape(-1)
+        offsets = torch.cumsum(torch.bincount(bags, minlength=S * B), 0) - torch.bincount(bags, minlength=S * B)
+        out = F.embedding_bag(idx, self.W_dec.reshape(S * self.d_sae, self.d_in), offsets,
+                              mode="sum", per_sample_weights=vals.reshape(-1))
+        return out.view(S, B, self.d_in) + self.b_dec.unsqueeze(1)
+
+    def _dead_topk(self, pre: torch.Tensor, dead: torch.Tensor):
+        """Top-k_aux pre-activations among dead latents: (vals [S, B, k_aux], cols [S, B, k_aux]).
+        Searches only the dead columns (padded to the largest dead count with -inf), which is
+        much cheaper than a top-k over all d_sae when few latents are dead."""
+        S, B, d_sae = pre.shape
+        n_dead = int(dead.sum(1).max())
+        k_aux = min(self.k_aux, d_sae)
+        if n_dead > d_sae // 2:
+            return pre.masked_fill(~dead.unsqueeze(1), float("-inf")).topk(k_aux, dim=-1, sorted=False)
+        n = max(n_dead, k_aux)
+        dead_first = torch.sort(dead.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :n]  # [S, n]
+        is_dead = dead.gather(1, dead_first).unsqueeze(1)  # padding columns are live: masked out
+        cand = pre.gather(2, dead_first.unsqueeze(1).expand(S, B, n)).masked_fill(~is_dead, float("-inf"))
+        vals, j = cand.topk(k_aux, dim=-1, sorted=False)
+        return vals, dead_first.unsqueeze(1).expand(S, B, n).gather(2, j)
+
+    def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Same loss as StackedSAE.training_loss (FVU + aux_coeff * AuxK), computed sparsely."""
+        S, B = self.n_seeds, x.shape[0]
+        pre = self.pre_acts(x)
+        vals, rows, cols = self.select_latents(pre)
+        x_hat = self.decode_sparse(vals, rows, cols, B)
+        mse = (x_hat - x).pow(2).sum(-1).mean(1)  # [S]
+        with torch.no_grad():
+            var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        loss = mse / var
+        if bool(dead.any()):
+            e = (x - x_hat).detach()
+            avals, acols = self._dead_topk(pre, dead)  # [S, B, k_aux]
+            arows = torch.arange(B, device=x.device).repeat_interleave(acols.shape[-1]).expand(S, -1)
+            e_hat = self.decode_sparse(F.relu(avals).reshape(S, -1), arows, acols.reshape(S, -1), B) - self.b_dec.unsqueeze(1)
+            err = (e_hat - e).pow(2).sum(-1).mean(1)
+            evar = (e - e.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).clamp_min(1e-12)
+            loss = loss + self.aux_coeff * torch.where(dead.any(-1), err / evar, torch.zeros_like(err))
+        with torch.no_grad():
+            active = vals > 0
+            fired = torch.zeros(S, self.d_sae, device=x.device).scatter_add_(1, cols, active.float()) > 0
+            stats = dict(loss=loss.detach(), mse=mse.detach(), l0=active.float().sum(1) / B,
+                         ev=1 - mse.detach() / var, fired=fired,
+                         min_active=torch.where(active, vals.detach(), torch.full_like(vals, float("inf"))).min(1).values)
+        return loss.sum(), stats
 
 
 class BatchTopKSAE(TopKSAE):
@@ -194,11 +276,17 @@ class BatchTopKSAE(TopKSAE):
         vals, idx = flat.topk(min(self.k * B, B * d_sae), dim=-1, sorted=False)
         return torch.zeros_like(flat).scatter(-1, idx, F.relu(vals)).view(S, B, d_sae)
 
+    def select_latents(self, pre: torch.Tensor):
+        """The k*B largest pre-activations of each seed's batch, as a coordinate list sorted by row."""
+        S, B, d_sae = pre.shape
+        vals, flat = pre.reshape(S, B * d_sae).topk(min(self.k * B, B * d_sae), dim=-1, sorted=False)
+        flat, order = flat.sort(dim=1)  # group by input row for embedding_bag
+        return F.relu(vals.gather(1, order)), flat // d_sae, flat % d_sae
+
     @torch.no_grad()
     def after_step(self, stats: dict) -> None:
         super().after_step(stats)
-        z = stats["z"]  # [S, B, d_sae]
-        pos = torch.where(z > 0, z, torch.full_like(z, float("inf"))).flatten(1).min(1).values
+        pos = stats["min_active"]  # [S]: smallest positive kept activation (inf if none)
         fired = torch.isfinite(pos)
         lr = self.threshold_lr
         self.threshold.copy_(torch.where(fired, (1 - lr) * self.threshold + lr * pos, self.threshold))

@@ -208,7 +208,7 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
             sae.remove_parallel_grads()
             opt.step()
             sae.after_step(stats)
-            fired = (stats["z"] > 0).any(1)
+            fired = stats["fired"]
             since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0])
             sums += torch.stack([stats["loss"], stats["mse"], stats["l0"], stats["ev"]])
             step += 1

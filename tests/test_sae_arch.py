@@ -83,11 +83,12 @@ def test_auxk_reconstructs_residual_from_dead_latents_only():
     sae = _random_sae(TopKSAE, k=2, k_aux=3, aux_coeff=1.0)
     x = torch.randn(10, 6, generator=torch.Generator().manual_seed(4))
     dead = torch.zeros(3, 12, dtype=torch.bool)
+    var = ((x - x.mean(0)) ** 2).sum(1).mean()  # TopK's reconstruction term is the FVU (Gao et al. 2.1)
     _, none_dead = sae.training_loss(x, dead)
-    torch.testing.assert_close(none_dead["loss"], none_dead["mse"])  # no dead latent -> no aux loss
+    torch.testing.assert_close(none_dead["loss"], none_dead["mse"] / var)  # no dead latent -> no aux loss
     dead[0, :6] = True  # seed 0: latents 0-5 dead; seeds 1, 2: none
     _, stats = sae.training_loss(x, dead)
-    torch.testing.assert_close(stats["loss"][1:], stats["mse"][1:])
+    torch.testing.assert_close(stats["loss"][1:], stats["mse"][1:] / var)
     pre = (x - sae.b_dec[0]) @ sae.W_enc[0] + sae.b_enc[0]
     v, i = pre.topk(2, dim=-1)
     z = torch.zeros_like(pre).scatter(-1, i, F.relu(v))
@@ -97,7 +98,7 @@ def test_auxk_reconstructs_residual_from_dead_latents_only():
     za = torch.zeros_like(pd).scatter(-1, ia, F.relu(va))
     e_hat = za @ sae.W_dec[0, :6]
     aux = ((e_hat - e) ** 2).sum(1).mean() / ((e - e.mean(0)) ** 2).sum(1).mean()
-    torch.testing.assert_close(stats["loss"][0] - stats["mse"][0], aux.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(stats["loss"][0] - stats["mse"][0] / var, aux.detach(), rtol=1e-4, atol=1e-6)
 
 
 def test_parallel_gradient_removed_and_rows_renormalised():
@@ -122,8 +123,8 @@ def test_batchtopk_keeps_k_per_input_on_average_and_tracks_threshold():
         kept = z[s] > 0
         assert kept.sum() == 10  # k * B, all of them positive here
         assert pre[s][kept].min() >= pre[s][~kept].max()  # the largest across the whole batch
-    sae.after_step({"z": z})
     mins = torch.stack([z[s][z[s] > 0].min() for s in range(2)])
+    sae.after_step({"min_active": mins})
     torch.testing.assert_close(sae.threshold, 0.5 * mins)  # EMA from 0 with rate 0.5
     zi = sae.activate(pre, training=False)
     assert torch.equal(zi, F.relu(pre) * (pre > sae.threshold.view(2, 1, 1)))
@@ -158,3 +159,26 @@ def test_geometric_median_minimises_sum_of_distances():
     assert f(m) <= f(ref) + 1e-4
     assert np.linalg.norm(m - ref) < 1e-2
     assert np.linalg.norm(m) < 2  # the mean would be pulled to ~9 by the outliers
+
+
+@pytest.mark.parametrize("n_dead", [6, 10])  # few dead: search dead columns only; many: masked top-k
+@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE])
+def test_sparse_training_path_equals_dense_reference(cls, n_dead):
+    """TopK/BatchTopK train through embedding_bag on the active latents only; loss and every
+    gradient must equal the dense formula (StackedSAE.training_loss: dense activate + decode)."""
+    from husai.sae import StackedSAE
+
+    x = torch.randn(10, 6, generator=torch.Generator().manual_seed(4)) + 1
+    dead = torch.zeros(3, 12, dtype=torch.bool)
+    dead[0, :n_dead] = True
+    dead[2, 3] = True
+    fast, slow = _random_sae(cls, k=2, k_aux=3), _random_sae(cls, k=2, k_aux=3)
+    lf, sf = fast.training_loss(x, dead)
+    ls, ss = StackedSAE.training_loss(slow, x, dead)
+    lf.backward()
+    ls.backward()
+    torch.testing.assert_close(sf["loss"], ss["loss"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sf["l0"], ss["l0"])
+    assert torch.equal(sf["fired"], ss["fired"])
+    for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)

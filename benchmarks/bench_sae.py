@@ -1,0 +1,126 @@
+"""SAE training throughput: husai (S seeds at once), husai (one seed at a time), SAELens's SAETrainer.
+
+All three train TopK SAEs with the same config (d_sae = expansion * d_in, k, batch size, lr,
+epochs, Adam) on the same activations; SAELens's trainer is fed from an in-memory iterator that
+shuffles like husai (one permutation per epoch). Prints samples/s per seed (inputs processed per
+second of wall time, divided among the seeds trained together), and final EV and L0 over all
+inputs for each.
+
+    python benchmarks/bench_sae.py --transformer-checkpoint runs/model --epochs 5 --seeds 5
+    python benchmarks/bench_sae.py --synthetic --epochs 2    # no model needed: random low-rank data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def get_activations(args) -> torch.Tensor:
+    if args.synthetic or args.transformer_checkpoint is None:
+        g = torch.Generator().manual_seed(0)  # [p^2, d_model] like layer-0 resid_post, low rank
+        return torch.randn(12769, 32, generator=g) @ torch.randn(32, 128, generator=g) + 0.1 * torch.randn(12769, 128, generator=g)
+    from husai.activations import model_activations
+
+    acts, _ = model_activations(args.transformer_checkpoint, layer=args.layer)
+    return acts
+
+
+def ev_l0(encode, decode, x: torch.Tensor) -> tuple[float, float]:
+    from husai.sae_metrics import explained_variance
+
+    with torch.no_grad():
+        z = encode(x)
+        x_hat = decode(z)
+    return float(explained_variance(x, x_hat)), float((z > 0).float().sum(-1).mean())
+
+
+def bench_husai(x, cfg, seeds: list[int]) -> dict:
+    from husai.train_sae import train_saes
+
+    t = time.perf_counter()
+    res = train_saes(x, cfg, seeds)
+    wall = time.perf_counter() - t
+    evs, l0s = zip(*[_ev_l0_slot(res.sae, s, x) for s in range(len(seeds))])
+    return dict(wall_s=wall, samples_per_s_per_seed=x.shape[0] * cfg.epochs * len(seeds) / wall / len(seeds),
+                ev=sum(evs) / len(evs), l0=sum(l0s) / len(l0s))
+
+
+def _ev_l0_slot(sae, s: int, x):
+    one = sae.select(s)
+    return ev_l0(one.encode, one.decode, x)
+
+
+def bench_saelens(x, cfg, seed: int) -> dict:
+    from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+
+    torch.manual_seed(seed)
+    d_in = x.shape[1]
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=cfg.d_sae(d_in), k=cfg.k, aux_loss_coefficient=cfg.aux_coeff))
+    n, bs = x.shape[0], cfg.batch_size
+
+    def batches():
+        g = torch.Generator().manual_seed(cfg.data_seed)
+        while True:
+            perm = torch.randperm(n, generator=g)
+            for i in range(0, n - bs + 1, bs):  # SAELens needs full batches
+                yield x[perm[i:i + bs]]
+
+    total = (n // bs) * bs * cfg.epochs
+    tcfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=bs, lr=cfg.learning_rate(d_in), lr_end=cfg.learning_rate(d_in),
+                            adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, device="cpu",
+                            dead_feature_window=max(1, n // bs), feature_sampling_window=10**9,
+                            logger=LoggingConfig(log_to_wandb=False))
+    trainer = SAETrainer(tcfg, sae, batches())
+    t = time.perf_counter()
+    trainer.fit()
+    wall = time.perf_counter() - t
+    sae.eval()
+    ev, l0 = ev_l0(sae.encode, sae.decode, x)
+    return dict(wall_s=wall, samples_per_s_per_seed=total / wall, ev=ev, l0=l0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--transformer-checkpoint", default=None)
+    ap.add_argument("--synthetic", action="store_true")
+    ap.add_argument("--layer", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=5, help="number of seeds")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--expansion", type=int, default=16)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-saelens", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    from husai.train_sae import SAETrainConfig
+
+    x = get_activations(args)
+    cfg = SAETrainConfig(architecture="topk", expansion=args.expansion, k=args.k, epochs=args.epochs).validate(x.shape[1])
+    seeds = [42 + i for i in range(args.seeds)]
+    print(f"activations {list(x.shape)}, d_sae {cfg.d_sae(x.shape[1])}, k {cfg.k}, batch {cfg.batch_size}, "
+          f"epochs {cfg.epochs}, lr {cfg.learning_rate(x.shape[1]):.2e}, threads {args.threads}")
+    rows = {}
+    rows[f"husai {len(seeds)} seeds at once"] = bench_husai(x, cfg, seeds)
+    singles = [bench_husai(x, cfg, [s]) for s in seeds]
+    rows["husai one seed at a time"] = {k: sum(r[k] for r in singles) / len(singles) for k in singles[0]}
+    if not args.skip_saelens:
+        lens = [bench_saelens(x, cfg, s) for s in seeds[:2]]  # two seeds are enough for its mean speed
+        rows["SAELens SAETrainer, one seed"] = {k: sum(r[k] for r in lens) / len(lens) for k in lens[0]}
+    print(f"{'':34s} {'samples/s/seed':>15s} {'EV':>8s} {'L0':>7s} {'wall s':>8s}")
+    for name, r in rows.items():
+        print(f"{name:34s} {r['samples_per_s_per_seed']:15.0f} {r['ev']:8.4f} {r['l0']:7.2f} {r['wall_s']:8.2f}")
+    if args.json:
+        from husai.io import write_json
+
+        write_json(args.json, dict(config=cfg.to_dict(), shape=list(x.shape), threads=args.threads, results=rows))
+
+
+if __name__ == "__main__":
+    main()
