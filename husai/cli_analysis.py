@@ -6,6 +6,7 @@ holding seed_*/cfg.json (a multi-seed `husai train-sae` output) stands for all i
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -121,6 +122,20 @@ def _fourier(sae, ctx: dict, n_null: int) -> dict:
     return rep
 
 
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run with n torch threads, then restore. One is fastest here: the work is small LAPACK calls
+    and Hungarian matching, and multi-threaded LAPACK on shared cores was measured 10x slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _console():
     """A rich console; 120 columns when output is not a terminal (logs, pipes), where rich would use 80."""
     from rich.console import Console
@@ -133,6 +148,116 @@ def _fmt(x, nd=3) -> str:
     return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
+def _fourier_command(sae_dirs, model, json_out, n_null) -> None:
+    """Body of `husai fourier` (see register)."""
+    from rich.table import Table
+
+    from .io import write_json
+
+    dirs = _expand(sae_dirs)
+    saes, cache, out = _load(dirs), {}, []
+    for d, sae in zip(dirs, saes):
+        if _hook(sae) is None:
+            raise HusaiError(f"{d}/cfg.json names no hook (metadata.hook_name): cannot rebuild its inputs")
+        ctx = _model_ctx(model, _hook(sae), cache)
+        out.append(dict(path=str(d), seed=_meta(sae).get("seed"), architecture=sae.cfg.get("architecture"),
+                        hook_name=_hook(sae), **_fourier(sae, ctx, n_null)))
+    t = Table(title=f"Fourier validation (key frequencies {out[0]['key_frequencies']}; chance purity {out[0]['chance_purity']:.4f})")
+    for c in ("SAE", "arch", "live", "overlap", "untrained null (z)", "pure", "covered/key", "non-key"):
+        t.add_column(c)
+    for r in out:
+        nu = r["nulls_untrained"]["fourier_overlap"]
+        t.add_row(Path(r["path"]).name, str(r["architecture"]), f"{r['n_live']}/{r['n_latents']}", _fmt(r["fourier_overlap"]),
+                  f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})", _fmt(r["frac_pure"]),
+                  f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(r["non_key_pure"]["n"]))
+    _console().print(t)
+    typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; "
+               "covered: key frequencies with a pure latent; non-key: pure latents on other frequencies")
+    if json_out:
+        write_json(json_out, {"model": str(model), "saes": out})
+        typer.echo(f"report written to {json_out}")
+
+
+def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold) -> None:
+    """Body of `husai compare` (see register)."""
+    import numpy as np
+    from rich.table import Table
+
+    from .io import write_json
+    from .nulls import null_samples, null_stats
+    from .stability import frequency_set_stability, pairwise_matrices, pw_mcc, subspace_stability
+
+    t0 = time.perf_counter()
+    if json_out is None:
+        raise HusaiError("compare needs --json OUT (the file the comparison is written to)")
+    dirs = _expand(sae_dirs)
+    if len(dirs) < 2:
+        raise HusaiError("compare needs at least two SAEs (got one); give two or more SAE folders")
+    saes = _load(dirs)
+    warnings = _check_compatible(saes, dirs, force)
+    labels = [f"seed {_meta(s)['seed']}" if "seed" in _meta(s) else d.name for d, s in zip(dirs, saes)]
+    decs = [s.W_dec.double() for s in saes]
+    encs = [s.W_enc.double().T for s in saes]
+    atom = pairwise_matrices(decs, encs, threshold)
+    model = model or (Path(_meta(saes[0])["model_path"]) if _meta(saes[0]).get("model_path") else None)
+    ctx = _model_ctx(model, _hook(saes[0]), {}) if model is not None and _hook(saes[0]) else None
+    if model is None or ctx is None:
+        warnings.append("no model given (--model) or recorded: activation null and Fourier analysis skipped")
+    seeds = [_meta(s).get("seed") for s in saes]
+    known = all(isinstance(s, int) for s in seeds)
+    try:
+        init = _init_fn
+        init(2, 2, 0)
+    except ImportError:  # husai.sae absent: the nulls module's own tied init
+        init = None
+    d_in, d_sae = decs[0].shape[1], min(D.shape[0] for D in decs)
+    nulls = null_samples(d_in, d_sae, n_null, ctx["acts"] if ctx else None, init, threshold=threshold,
+                         init_seeds=seeds if known else None)
+    for m, r in atom.items():
+        r["nulls"] = {kind: null_stats(r["mean"], v.get(m, [])) for kind, v in nulls.items()}
+    result = dict(saes=[dict(path=str(d), label=lab, seed=_meta(s).get("seed"), architecture=s.cfg.get("architecture"),
+                             d_in=s.W_dec.shape[1], d_sae=s.W_dec.shape[0], hook_name=_hook(s),
+                             model_path=_meta(s).get("model_path")) for d, s, lab in zip(dirs, saes, labels)],
+                  warnings=warnings, threshold=threshold, n_null=n_null, atom_level=atom, null_samples=nulls)
+    if known and init is not None:  # how far did training move each decoder? (science brief, section 5)
+        result["moved_from_init"] = {lab: dict(pw_mcc_to_init=pw_mcc(D, init(d_in, D.shape[0], s)[1]),
+                                               mean_row_cos_to_init=float((D / D.norm(dim=1, keepdim=True) * init(d_in, D.shape[0], s)[1]).sum(1).mean()))
+                                     for lab, D, s in zip(labels, decs, seeds)}
+    if ctx is not None:
+        from .fourier import PURITY_THRESHOLD
+
+        reps = [_fourier(s, ctx, 1) for s in saes]
+        # one untrained draw per seed (its own init), pooled: the null distribution for every seed
+        for m in ("fourier_overlap", "frac_pure"):
+            pool = [r["nulls_untrained"][m]["null_mean"] for r in reps]
+            for r in reps:
+                r["nulls_untrained"][m] = null_stats(r[m], pool)
+        result["p"], result["key_frequencies"] = ctx["p"], ctx["key_freqs"]
+        result["fourier"] = {lab: {k: r[k] for k in ("fourier_overlap", "frac_pure", "n_live", "covered", "missing", "coverage",
+                                                     "non_key_pure", "pure_per_frequency", "nulls_untrained", "weight_space")
+                                   if k in r} for lab, r in zip(labels, reps)}
+        freqs = [np.array(r["latents"]["frequency"]) * ((np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
+                                                       & np.array(r["latents"]["live"])) for r in reps]
+        result["frequency_level"] = dict(
+            frequency_sets=frequency_set_stability([set(r["pure_per_frequency"]) for r in reps]),
+            subspaces=subspace_stability(decs, freqs, ctx["key_freqs"]))
+    result["wall_seconds"] = time.perf_counter() - t0
+    write_json(json_out, result)
+    if plots is not None:
+        from .plots_stability import frequency_histogram, stability_heatmap
+
+        iso = atom["pw_mcc_dec"]["nulls"].get("isotropic", {}).get("null_mean")
+        stability_heatmap(atom["pw_mcc_dec"]["matrix"], labels, plots / "pw_mcc_decoder.png", "PW-MCC (decoder)", iso)
+        stability_heatmap(atom["mean_max_abs_cos_dec"]["matrix"], labels, plots / "mean_max_abs_cos_decoder.png",
+                          "mean-max |cos| (decoder; public HUSAI 'PWMCC')",
+                          atom["mean_max_abs_cos_dec"]["nulls"].get("isotropic", {}).get("null_mean"))
+        if ctx is not None:
+            frequency_histogram([result["fourier"][lab]["pure_per_frequency"] for lab in labels], labels,
+                                ctx["key_freqs"], ctx["p"], plots / "frequency_histogram.png")
+    _print_compare(_console(), result, Table)
+    typer.echo(f"comparison of {len(saes)} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("fourier")
     def fourier_cmd(
@@ -140,34 +265,11 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Option(..., "--model", help="The model run folder the SAEs were trained on."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
         n_null: int = typer.Option(3, "--n-null", help="Untrained-SAE draws for the purity null."),
+        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
     ):
         """Check every latent against the model's Fourier ground truth (purity, frequency, coverage)."""
-        from rich.table import Table
-
-        from .io import write_json
-
-        dirs = _expand(sae_dirs)
-        saes, cache, out = _load(dirs), {}, []
-        for d, sae in zip(dirs, saes):
-            if _hook(sae) is None:
-                raise HusaiError(f"{d}/cfg.json names no hook (metadata.hook_name): cannot rebuild its inputs")
-            ctx = _model_ctx(model, _hook(sae), cache)
-            out.append(dict(path=str(d), seed=_meta(sae).get("seed"), architecture=sae.cfg.get("architecture"),
-                            hook_name=_hook(sae), **_fourier(sae, ctx, n_null)))
-        t = Table(title=f"Fourier validation (key frequencies {out[0]['key_frequencies']}; chance purity {out[0]['chance_purity']:.4f})")
-        for c in ("SAE", "arch", "live", "overlap", "untrained null (z)", "pure", "covered/key", "non-key"):
-            t.add_column(c)
-        for r in out:
-            nu = r["nulls_untrained"]["fourier_overlap"]
-            t.add_row(Path(r["path"]).name, str(r["architecture"]), f"{r['n_live']}/{r['n_latents']}", _fmt(r["fourier_overlap"]),
-                      f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})", _fmt(r["frac_pure"]),
-                      f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(r["non_key_pure"]["n"]))
-        _console().print(t)
-        typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; "
-                   "covered: key frequencies with a pure latent; non-key: pure latents on other frequencies")
-        if json_out:
-            write_json(json_out, {"model": str(model), "saes": out})
-            typer.echo(f"report written to {json_out}")
+        with _threads(threads):
+            _fourier_command(sae_dirs, model, json_out, n_null)
 
     @app.command("compare")
     def compare_cmd(
@@ -178,84 +280,11 @@ def register(app: typer.Typer) -> None:
         model: Optional[Path] = typer.Option(None, "--model", help="Model run folder (default: the SAEs' metadata.model_path)."),
         n_null: int = typer.Option(10, "--n-null", help="Dictionary pairs per null kind."),
         threshold: float = typer.Option(0.7, "--threshold", help="Shared-fraction cosine threshold (Paulo & Belrose)."),
+        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
     ):
         """Cross-seed stability (PW-MCC, mean-max |cos|, shared fraction, frequency subspaces) with nulls."""
-        import numpy as np
-        from rich.table import Table
-
-        from .io import write_json
-        from .nulls import null_samples, null_stats
-        from .stability import frequency_set_stability, pairwise_matrices, pw_mcc, subspace_stability
-
-        t0 = time.perf_counter()
-        if json_out is None:
-            raise HusaiError("compare needs --json OUT (the file the comparison is written to)")
-        dirs = _expand(sae_dirs)
-        if len(dirs) < 2:
-            raise HusaiError("compare needs at least two SAEs (got one); give two or more SAE folders")
-        saes = _load(dirs)
-        warnings = _check_compatible(saes, dirs, force)
-        labels = [f"seed {_meta(s)['seed']}" if "seed" in _meta(s) else d.name for d, s in zip(dirs, saes)]
-        decs = [s.W_dec.double() for s in saes]
-        encs = [s.W_enc.double().T for s in saes]
-        atom = pairwise_matrices(decs, encs, threshold)
-        model = model or (Path(_meta(saes[0])["model_path"]) if _meta(saes[0]).get("model_path") else None)
-        ctx = _model_ctx(model, _hook(saes[0]), {}) if model is not None and _hook(saes[0]) else None
-        if model is None or ctx is None:
-            warnings.append("no model given (--model) or recorded: activation null and Fourier analysis skipped")
-        seeds = [_meta(s).get("seed") for s in saes]
-        known = all(isinstance(s, int) for s in seeds)
-        try:
-            init = _init_fn
-            init(2, 2, 0)
-        except ImportError:  # husai.sae absent: the nulls module's own tied init
-            init = None
-        d_in, d_sae = decs[0].shape[1], min(D.shape[0] for D in decs)
-        nulls = null_samples(d_in, d_sae, n_null, ctx["acts"] if ctx else None, init, threshold=threshold,
-                             init_seeds=seeds if known else None)
-        for m, r in atom.items():
-            r["nulls"] = {kind: null_stats(r["mean"], v.get(m, [])) for kind, v in nulls.items()}
-        result = dict(saes=[dict(path=str(d), label=lab, seed=_meta(s).get("seed"), architecture=s.cfg.get("architecture"),
-                                 d_in=s.W_dec.shape[1], d_sae=s.W_dec.shape[0], hook_name=_hook(s),
-                                 model_path=_meta(s).get("model_path")) for d, s, lab in zip(dirs, saes, labels)],
-                      warnings=warnings, threshold=threshold, n_null=n_null, atom_level=atom, null_samples=nulls)
-        if known and init is not None:  # how far did training move each decoder? (science brief, section 5)
-            result["moved_from_init"] = {lab: dict(pw_mcc_to_init=pw_mcc(D, init(d_in, D.shape[0], s)[1]),
-                                                   mean_row_cos_to_init=float((D / D.norm(dim=1, keepdim=True) * init(d_in, D.shape[0], s)[1]).sum(1).mean()))
-                                         for lab, D, s in zip(labels, decs, seeds)}
-        if ctx is not None:
-            from .fourier import PURITY_THRESHOLD
-
-            reps = [_fourier(s, ctx, 1) for s in saes]
-            # one untrained draw per seed (its own init), pooled: the null distribution for every seed
-            for m in ("fourier_overlap", "frac_pure"):
-                pool = [r["nulls_untrained"][m]["null_mean"] for r in reps]
-                for r in reps:
-                    r["nulls_untrained"][m] = null_stats(r[m], pool)
-            result["p"], result["key_frequencies"] = ctx["p"], ctx["key_freqs"]
-            result["fourier"] = {lab: {k: r[k] for k in ("fourier_overlap", "frac_pure", "n_live", "covered", "missing", "coverage",
-                                                         "non_key_pure", "pure_per_frequency", "nulls_untrained", "weight_space")
-                                       if k in r} for lab, r in zip(labels, reps)}
-            freqs = [np.array(r["latents"]["frequency"]) * ((np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
-                                                           & np.array(r["latents"]["live"])) for r in reps]
-            result["frequency_level"] = dict(
-                frequency_sets=frequency_set_stability([set(r["pure_per_frequency"]) for r in reps]),
-                subspaces=subspace_stability(decs, freqs, ctx["key_freqs"]))
-        result["wall_seconds"] = time.perf_counter() - t0
-        write_json(json_out, result)
-        if plots is not None:
-            from .plots_stability import frequency_histogram, stability_heatmap
-
-            iso = atom["pw_mcc_dec"]["nulls"].get("isotropic", {}).get("null_mean")
-            stability_heatmap(atom["pw_mcc_dec"]["matrix"], labels, plots / "pw_mcc_decoder.png", "PW-MCC (decoder)", iso)
-            stability_heatmap(atom["mean_max_abs_cos_dec"]["matrix"], labels, plots / "mean_max_abs_cos_decoder.png",
-                              "mean-max |cos| (decoder; public HUSAI 'PWMCC')",
-                              atom["mean_max_abs_cos_dec"]["nulls"].get("isotropic", {}).get("null_mean"))
-            if ctx is not None:
-                frequency_histogram([result["fourier"][lab]["pure_per_frequency"] for lab in labels], labels,
-                                    ctx["key_freqs"], ctx["p"], plots / "frequency_histogram.png")
-        _print_compare(_console(), result, Table)
-        typer.echo(f"comparison of {len(saes)} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
+        with _threads(threads):
+            _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold)
 
 
 def _print_compare(console, res: dict, Table) -> None:

@@ -183,18 +183,19 @@ def frequency_set_stability(freq_sets: list[set[int]]) -> dict:
             "in_any": sorted(set.union(*map(set, freq_sets))) if freq_sets else []}
 
 
-def span_basis(A, energy: float = 0.95) -> torch.Tensor:
+def span_basis(A, rel: float = 0.05) -> torch.Tensor:
     """Orthonormal basis [d, r] of the span of the unit-normalised rows of A [m, d].
 
-    r = the fewest right singular vectors holding >= `energy` of sum s_i^2 (= m), so a few noisy
-    atoms do not inflate the dimension. m = 0 gives [d, 0].
+    Keeps the right singular vectors with s_i^2 >= rel * s_1^2, so a few noisy atoms do not inflate
+    the dimension. A relative cut (not a cumulative-energy one) keeps tied singular values together:
+    m orthonormal atoms give all of their m directions in every seed, whatever the row order.
+    m = 0 gives [d, 0].
     """
     U = unit_rows(A)
     if U.shape[0] == 0:
         return torch.zeros(U.shape[1], 0, dtype=torch.float64)
     _, s, Vh = torch.linalg.svd(U, full_matrices=False)
-    cum = (s**2).cumsum(0) / (s**2).sum()
-    r = int((cum < energy - 1e-12).sum()) + 1
+    r = int((s**2 >= rel * s[0] ** 2 * (1 - 1e-9)).sum())
     return Vh[:r].T
 
 
@@ -217,7 +218,7 @@ def subspace_overlap(Q1: torch.Tensor, Q2: torch.Tensor) -> float:
     return float(principal_cosines(Q1, Q2).pow(2).sum() / r) if r else float("nan")
 
 
-def subspace_stability(decoders: list, latent_freqs: list, freqs: list[int], energy: float = 0.95) -> dict:
+def subspace_stability(decoders: list, latent_freqs: list, freqs: list[int], rel: float = 0.05) -> dict:
     """Per frequency: are the latents assigned to it spanning the same subspace in every seed?
 
     decoders: N tensors [d_sae, d_in]; latent_freqs: N int tensors [d_sae] (frequency of each latent,
@@ -232,7 +233,7 @@ def subspace_stability(decoders: list, latent_freqs: list, freqs: list[int], ene
     out = {}
     for k in freqs:
         atoms = [_as_tensor(D)[torch.as_tensor(f) == k] for D, f in zip(decoders, latent_freqs)]
-        Qs = [span_basis(a, energy) for a in atoms]
+        Qs = [span_basis(a, rel) for a in atoms]
         pairs = []
         for i, j in itertools.combinations(range(len(Qs)), 2):
             if atoms[i].shape[0] == 0 or atoms[j].shape[0] == 0:
