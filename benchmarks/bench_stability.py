@@ -1,7 +1,7 @@
 """Benchmark of the stability analysis (issue 4's speed targets).
 
     python benchmarks/bench_stability.py [--d-sae 2048] [--d-in 128] [--seeds 10] [--n-null 10]
-                                         [--threads 2] [--repeats 3] [--json OUT]
+                                         [--threads 1] [--repeats 3] [--json OUT]
 
 Measures, on synthetic dictionaries (no trained model needed):
   1. Hungarian matching (PW-MCC) of two d_sae-latent dictionaries: independent random ones (the
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--d-in", type=int, default=128)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--n-null", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()

@@ -2,6 +2,15 @@
 
 Both read SAELens-format folders (cfg.json + sae_weights.safetensors) through husai.sae_io. A folder
 holding seed_*/cfg.json (a multi-seed `husai train-sae` output) stands for all its seeds.
+
+compare JSON: saes [{path, label, seed, architecture, d_in, d_sae, hook_name, model_path}], warnings,
+  atom_level {pw_mcc_dec, mean_max_abs_cos_dec, pw_mcc_enc, mean_max_abs_cos_enc, shared_fraction:
+    {matrix [N][N], mean, std, min, max, n_pairs, nulls {isotropic|activation|subspace|untrained:
+    {value, null_mean, null_std, z, exceeds_null_max, n_null}}}}, null_samples {kind: {metric: [..]}},
+  moved_from_init {label: {pw_mcc_to_init, mean_row_cos_to_init}}, and with a model: p, key_frequencies,
+  fourier {label: fourier_overlap, frac_pure, covered, missing, coverage, non_key_pure,
+    pure_per_frequency, nulls_untrained, weight_space}, frequency_level {frequency_sets, subspaces}.
+z compares the mean over seed pairs with the spread of single null pairs.
 """
 
 from __future__ import annotations
