@@ -247,9 +247,11 @@ def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold)
                                    if k in r} for lab, r in zip(labels, reps)}
         freqs = [np.array(r["latents"]["frequency"]) * ((np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
                                                        & np.array(r["latents"]["live"])) for r in reps]
+        wfreqs = [np.array(r["latents"]["weight_frequency"]) * np.array(r["latents"]["live"]) for r in reps]
         result["frequency_level"] = dict(
             frequency_sets=frequency_set_stability([set(r["pure_per_frequency"]) for r in reps]),
-            subspaces=subspace_stability(decs, freqs, ctx["key_freqs"]))
+            subspaces=subspace_stability(decs, freqs, ctx["key_freqs"]),
+            subspaces_by_weights=subspace_stability(decs, wfreqs, ctx["key_freqs"]))
     result["wall_seconds"] = time.perf_counter() - t0
     write_json(json_out, result)
     if plots is not None:
@@ -314,14 +316,18 @@ def _print_compare(console, res: dict, Table) -> None:
                   "covariance, act-sub = uniform in their 99%-variance subspace, init = the SAEs' untrained inits.")
     if "fourier" in res:
         ft = Table(title=f"Fourier per seed (key frequencies {res['key_frequencies']})")
-        for c in ("SAE", "fourier_overlap", "frac pure", "covered", "non-key pure"):
+        for c in ("SAE", "fourier_overlap (init null)", "frac pure", "covered", "non-key pure", "dec in key subspaces",
+                  "weight-assigned"):
             ft.add_column(c)
         for lab, r in res["fourier"].items():
-            ft.add_row(lab, _fmt(r["fourier_overlap"]), _fmt(r["frac_pure"]), str(r["covered"]), str(r["non_key_pure"]["n"]))
+            w = r.get("weight_space") or {}
+            ft.add_row(lab, f"{_fmt(r['fourier_overlap'])} ({_fmt(r['nulls_untrained']['fourier_overlap']['null_mean'])})",
+                       _fmt(r["frac_pure"]), str(r["covered"]), str(r["non_key_pure"]["n"]),
+                       _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
         console.print(ft)
-        sub = res["frequency_level"]["subspaces"]
-        console.print("frequency subspaces (overlap / atom PW-MCC / null): " + "; ".join(
-            f"k={k}: {_fmt(v['overlap_mean'], 2)}/{_fmt(v['atom_pw_mcc_mean'], 2)}/{_fmt(v['null_overlap_mean'], 2)}"
-            for k, v in sub.items()))
+        for key, how in (("subspaces", "by activation purity"), ("subspaces_by_weights", "by decoder weights")):
+            console.print(f"frequency subspaces, latents assigned {how} (overlap / atom PW-MCC / null): " + "; ".join(
+                f"k={k}: {_fmt(v['overlap_mean'], 2)}/{_fmt(v['atom_pw_mcc_mean'], 2)}/{_fmt(v['null_overlap_mean'], 2)}"
+                for k, v in res["frequency_level"][key].items()))
     for w in res["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")

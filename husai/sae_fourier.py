@@ -33,6 +33,12 @@ import torch
 
 from .fourier import PURITY_THRESHOLD, fourier_2d, frequency_fractions, get_fourier_basis  # noqa: F401
 
+WEIGHT_ASSIGN = 0.5
+"""Weight-space assignment: a latent belongs to key frequency k when more than half of its decoder
+row's squared norm lies in k's activation subspace. Needed because sparse latents (TopK, small k)
+fire on narrow bumps of phase, whose activation spectrum spreads over harmonics, so their
+activation purity stays low even when their decoder row sits squarely in one frequency's subspace."""
+
 _CHUNK = 256  # latents per frequency_fractions call: bounds the [p, p, n] float64 buffer (~26 MB at p=113)
 
 
@@ -158,12 +164,20 @@ def fourier_report(latent_acts: torch.Tensor, p: int, key_freqs: list[int], W_de
         subs = frequency_subspaces(resid_acts, p, keys)
         fr, union = decoder_frequency_fractions(W_dec, subs)
         d = W_dec.shape[1]
+        wmax, widx = fr.max(dim=1)
+        wfreq = torch.where(wmax > WEIGHT_ASSIGN, torch.tensor(keys)[widx], torch.zeros_like(widx))
         ws = {}
         for j, k in enumerate(keys):
             assigned = pure & (freq == k)
             ws[k] = {"dim": int(subs[k].shape[1]), "null": subs[k].shape[1] / d,
                      "mean_frac_live": float(fr[live, j].mean()) if n_live else None,
-                     "mean_frac_assigned": float(fr[assigned, j].mean()) if assigned.any() else None}
-        rep["weight_space"] = {"per_frequency": ws, "union_mean_live": float(union[live].mean()) if n_live else None,
-                               "union_dim": int(torch.linalg.matrix_rank(torch.cat(list(subs.values()), 1)))}
+                     "mean_frac_assigned": float(fr[assigned, j].mean()) if assigned.any() else None,
+                     "n_weight_assigned": int((live & (wfreq == k)).sum())}
+        rep["weight_space"] = {
+            "per_frequency": ws, "union_mean_live": float(union[live].mean()) if n_live else None,
+            "union_dim": int(torch.linalg.matrix_rank(torch.cat(list(subs.values()), 1))),
+            "weight_purity_mean_live": float(wmax[live].mean()) if n_live else None,
+            "frac_weight_assigned": float((live & (wfreq > 0)).sum()) / n_live if n_live else None}
+        rep["latents"]["weight_frequency"] = wfreq.tolist()
+        rep["latents"]["weight_purity"] = wmax.tolist()
     return rep

@@ -130,3 +130,23 @@ def test_report_weight_space_fields():
 def test_get_fourier_basis_is_orthonormal():
     F = get_fourier_basis(113)
     assert torch.allclose(F @ F.T, torch.eye(113, dtype=F.dtype), atol=1e-10)
+
+
+def test_sparse_bump_latent_is_impure_but_weight_assigned():
+    """A TopK-style latent firing on a narrow band of phase of frequency 3 spreads its activation over
+    harmonics (purity far below 0.85), yet its decoder row lies in frequency 3's subspace: the
+    weight-space view assigns it to 3. A row split over several subspaces stays unassigned."""
+    p, d = 31, 16
+    a, b = grid(p)
+    U = torch.linalg.qr(torch.randn(d, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64))[0].T
+    w3, w5 = 2 * math.pi * 3 / p, 2 * math.pi * 5 / p
+    x = torch.cos(w3 * a)[:, None] * U[0] + torch.sin(w3 * a)[:, None] * U[1] + torch.cos(w5 * b)[:, None] * U[2]
+    bump = torch.relu(torch.cos(w3 * a) - 0.9)[:, None]
+    lat = torch.cat([bump, bump], dim=1)
+    W_dec = torch.stack([U[0], U[0] + U[2] + U[3]])  # second: 1/3 in each of k=3, k=5 and elsewhere
+    rep = fourier_report(lat, p, [3, 5], W_dec=W_dec, resid_acts=x)
+    assert max(rep["latents"]["purity"]) < 0.6
+    assert rep["latents"]["weight_frequency"] == [3, 0]
+    assert rep["latents"]["weight_purity"] == pytest.approx([1.0, 1 / 3])
+    assert rep["weight_space"]["frac_weight_assigned"] == 0.5
+    assert rep["weight_space"]["per_frequency"][3]["n_weight_assigned"] == 1
