@@ -172,16 +172,19 @@ def _fourier_command(sae_dirs, model, json_out, n_null) -> None:
         out.append(dict(path=str(d), seed=_meta(sae).get("seed"), architecture=sae.cfg.get("architecture"),
                         hook_name=_hook(sae), **_fourier(sae, ctx, n_null)))
     t = Table(title=f"Fourier validation (key frequencies {out[0]['key_frequencies']}; chance purity {out[0]['chance_purity']:.4f})")
-    for c in ("SAE", "arch", "live", "overlap", "untrained null (z)", "pure", "covered/key", "non-key"):
+    for c in ("SAE", "arch", "live", "overlap", "untrained null (z)", "pure", "covered/key", "non-key", "dec in key", "w-assigned"):
         t.add_column(c)
     for r in out:
-        nu = r["nulls_untrained"]["fourier_overlap"]
+        nu, w = r["nulls_untrained"]["fourier_overlap"], r.get("weight_space") or {}
         t.add_row(Path(r["path"]).name, str(r["architecture"]), f"{r['n_live']}/{r['n_latents']}", _fmt(r["fourier_overlap"]),
                   f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})", _fmt(r["frac_pure"]),
-                  f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(r["non_key_pure"]["n"]))
+                  f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(r["non_key_pure"]["n"]),
+                  _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
     _console().print(t)
-    typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; "
-               "covered: key frequencies with a pure latent; non-key: pure latents on other frequencies")
+    typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; covered: key "
+               "frequencies with a pure latent; non-key: pure latents on other frequencies; dec in key: mean fraction "
+               "of live decoder rows in the key frequencies' activation subspaces; w-assigned: fraction of live "
+               "latents with > 50% of their decoder row in one key frequency's subspace")
     if json_out:
         write_json(json_out, {"model": str(model), "saes": out})
         typer.echo(f"report written to {json_out}")

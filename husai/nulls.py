@@ -108,8 +108,9 @@ def null_samples(d_in: int, d_sae: int, n_pairs: int = 10, acts: torch.Tensor | 
     """Draw `n_pairs` dictionary pairs per null kind and compute every `pair_metrics` metric on each.
 
     acts: [N, d_in] real activations, needed for the "activation" and "subspace" nulls (skipped without).
-    init_seeds: the compared SAEs' own seeds; the "untrained" null then uses the pairs of their actual
-    initialisations (the first n_pairs seed pairs), i.e. what the comparison would give with no training.
+    init_seeds: the compared SAEs' own seeds; the "untrained" null then starts with the pairs of their
+    actual initialisations (what the comparison would give with no training), topped up with fresh seeds
+    to n_pairs.
     Returns {kind: {metric: [n_pairs floats]}}. Seeds are seed + 1000 * kind index + 2 * pair (+1),
     so nulls are reproducible and never reuse an SAE's own training seed range.
     Cost: n_pairs Hungarian problems of size d_sae per kind (tied encoders reuse the decoder matching;
@@ -123,9 +124,9 @@ def null_samples(d_in: int, d_sae: int, n_pairs: int = 10, acts: torch.Tensor | 
         if kind in ("activation", "subspace") and L is None:
             continue
         res: dict[str, list] = {}
-        for t in range(len(own) if (kind == "untrained" and own) else n_pairs):
+        for t in range(n_pairs):
             s1, s2 = seed + 1000 * ki + 2 * t, seed + 1000 * ki + 2 * t + 1
-            if kind == "untrained" and own:
+            if kind == "untrained" and own and t < len(own):  # the SAEs' own inits first, then fresh seeds
                 s1, s2 = own[t]
             if kind == "isotropic":
                 D1, D2 = isotropic_dictionary(d_sae, d_in, s1), isotropic_dictionary(d_sae, d_in, s2)

@@ -177,7 +177,8 @@ def fourier_report(latent_acts: torch.Tensor, p: int, key_freqs: list[int], W_de
             "per_frequency": ws, "union_mean_live": float(union[live].mean()) if n_live else None,
             "union_dim": int(torch.linalg.matrix_rank(torch.cat(list(subs.values()), 1))),
             "weight_purity_mean_live": float(wmax[live].mean()) if n_live else None,
-            "frac_weight_assigned": float((live & (wfreq > 0)).sum()) / n_live if n_live else None}
+            "frac_weight_assigned": float((live & (wfreq > 0)).sum()) / n_live if n_live else None,
+            "covered_by_weights": [k for k in keys if ws[k]["n_weight_assigned"] > 0]}
         rep["latents"]["weight_frequency"] = wfreq.tolist()
         rep["latents"]["weight_purity"] = wmax.tolist()
     return rep

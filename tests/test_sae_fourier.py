@@ -150,3 +150,4 @@ def test_sparse_bump_latent_is_impure_but_weight_assigned():
     assert rep["latents"]["weight_purity"] == pytest.approx([1.0, 1 / 3])
     assert rep["weight_space"]["frac_weight_assigned"] == 0.5
     assert rep["weight_space"]["per_frequency"][3]["n_weight_assigned"] == 1
+    assert rep["weight_space"]["covered_by_weights"] == [3] and rep["covered"] == []
