@@ -334,3 +334,27 @@ def test_fourier_cli_matches_the_direct_computation(saes, capsys, monkeypatch):
     assert rep["n_live"] == int((z != 0).any(0).sum())
     assert set(rep["nulls_untrained"]["fourier_overlap"]) >= {"null_mean", "null_std", "z"}
     assert "Fourier validation" in out
+
+
+@pytest.mark.slow
+def test_fourier_cli_on_neurons_of_a_grokked_model_matches_the_model_analysis(grokked_run, tmp_path, capsys, monkeypatch):
+    """Oracle SAE: identity encoder/decoder on blocks.0.mlp.hook_post, so latents are the MLP neurons.
+    `husai fourier` must then reproduce the model analysis (husai.analyze, computed independently):
+    the same count of single-frequency neurons per key frequency, and far above the untrained null."""
+    run, _ = grokked_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    d = 512
+    eye = torch.eye(d, dtype=torch.float64)
+    folder = _sae(tmp_path / "oracle", eye, 0, run, hook="blocks.0.mlp.hook_post")
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg.update(architecture="standard")
+    cfg.pop("k")
+    write_json(folder / "cfg.json", cfg)
+    code, _, err = _cli(["fourier", folder, "--model", run, "--json", tmp_path / "f.json"], capsys, monkeypatch)
+    assert code == 0, err
+    rep = json.loads((tmp_path / "f.json").read_text())["saes"][0]
+    assert rep["key_frequencies"] == metrics["key_frequencies"]
+    assert {k: rep["pure_per_frequency"].get(k, 0) for k in metrics["neurons_per_key_frequency"]} == metrics["neurons_per_key_frequency"]
+    n_pure = sum(rep["pure_per_frequency"].values())
+    assert n_pure == round(metrics["frac_neurons_single_freq"] * d)
+    assert rep["nulls_untrained"]["fourier_overlap"]["exceeds_null_max"]
