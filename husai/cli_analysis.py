@@ -163,6 +163,8 @@ def _fourier_command(sae_dirs, model, json_out, n_null) -> None:
 
     from .io import write_json
 
+    if n_null < 1:
+        raise HusaiError(f"--n-null must be >= 1, got {n_null}")
     dirs = _expand(sae_dirs)
     saes, cache, out = _load(dirs), {}, []
     for d, sae in zip(dirs, saes):
@@ -202,6 +204,10 @@ def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold)
     t0 = time.perf_counter()
     if json_out is None:
         raise HusaiError("compare needs --json OUT (the file the comparison is written to)")
+    if n_null < 2:
+        raise HusaiError(f"--n-null must be >= 2 (a null needs a spread), got {n_null}")
+    if not -1 < threshold < 1:
+        raise HusaiError(f"--threshold is a cosine and must lie in (-1, 1), got {threshold}")
     dirs = _expand(sae_dirs)
     if len(dirs) < 2:
         raise HusaiError("compare needs at least two SAEs (got one); give two or more SAE folders")
@@ -211,7 +217,11 @@ def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold)
     decs = [s.W_dec.double() for s in saes]
     encs = [s.W_enc.double().T for s in saes]
     atom = pairwise_matrices(decs, encs, threshold)
-    model = model or (Path(_meta(saes[0])["model_path"]) if _meta(saes[0]).get("model_path") else None)
+    if model is None and _meta(saes[0]).get("model_path"):
+        model = Path(_meta(saes[0])["model_path"])
+        if not (model / "config.json").is_file():  # recorded path moved or deleted: analyse without it
+            warnings.append(f"the SAEs' recorded model {model} is not there (pass --model DIR)")
+            model = None
     ctx = _model_ctx(model, _hook(saes[0]), {}) if model is not None and _hook(saes[0]) else None
     if model is None or ctx is None:
         warnings.append("no model given (--model) or recorded: activation null and Fourier analysis skipped")

@@ -307,6 +307,7 @@ def test_compare_cli_refuses_bad_input(saes, capsys, monkeypatch):
     other_d = _sae(root / "d", isotropic_dictionary(48, 64, 5), 5, model)
     bad_shape = _sae(root / "s", isotropic_dictionary(48, 128, 6), 6, model, d_sae_cfg=32)
     cases += [([dirs[0], other_hook], "different hooks"), ([dirs[0], other_d], "different d_in"), ([dirs[0], bad_shape], "shape")]
+    cases += [([dirs[0], dirs[1], "--n-null", 1], "--n-null"), ([dirs[0], dirs[1], "--threshold", 1.5], "--threshold")]
     for args, msg in cases:
         code, _, err = _cli(["compare", *args] + (js if msg is not None else []), capsys, monkeypatch)
         assert code == 2 and (msg or "--json") in err and "Traceback" not in err, (args, err)
@@ -358,3 +359,16 @@ def test_fourier_cli_on_neurons_of_a_grokked_model_matches_the_model_analysis(gr
     n_pure = sum(rep["pure_per_frequency"].values())
     assert n_pure == round(metrics["frac_neurons_single_freq"] * d)
     assert rep["nulls_untrained"]["fourier_overlap"]["exceeds_null_max"]
+
+
+def test_compare_without_the_recorded_model_still_compares_atoms(tmp_path, capsys, monkeypatch):
+    gone = tmp_path / "deleted_model"
+    d1 = _sae(tmp_path / "s1", isotropic_dictionary(32, 128, 1), 1, gone)
+    d2 = _sae(tmp_path / "s2", isotropic_dictionary(32, 128, 2), 2, gone)
+    code, _, err = _cli(["compare", d1, d2, "--json", tmp_path / "c.json", "--n-null", 3], capsys, monkeypatch)
+    assert code == 0, err
+    res = json.loads((tmp_path / "c.json").read_text())
+    assert "fourier" not in res and set(res["atom_level"]["pw_mcc_dec"]["nulls"]) == {"isotropic", "untrained"}
+    assert any("not there" in w for w in res["warnings"])
+    # two independent random dictionaries sit inside their isotropic null
+    assert abs(res["atom_level"]["pw_mcc_dec"]["nulls"]["isotropic"]["z"]) < 5
