@@ -30,8 +30,9 @@ class SAETrainConfig:
     """d_sae = expansion * d_in."""
     k: int = 32
     """Active latents per input (topk) or on average per input (batchtopk)."""
-    l1_coeff: float = 3e-3
-    """ReLU SAE: weight of the decoder-norm-weighted L1 penalty."""
+    l1_coeff: float = 2.0
+    """ReLU SAE: weight of the decoder-norm-weighted L1 penalty (absolute: the MSE is not
+    normalised; 2.0 gives L0 ~30-40 on a grokked p=113 model's layer-0 residual, variance ~2000)."""
     l0_coeff: float = 1e-3
     """JumpReLU SAE: weight of the L0 penalty."""
     jumprelu_bandwidth: float = 1e-2
@@ -46,12 +47,17 @@ class SAETrainConfig:
     """A latent counts as dead for AuxK when it has not fired for this many passes over the data."""
     batchtopk_threshold_lr: float = 0.01
     """BatchTopK: EMA rate of the inference threshold (SAELens's estimator)."""
+    init: str = "data"
+    """Decoder init: random (isotropic unit rows, Gao et al.) or data (random centred data points).
+    On the grokked model's low-rank residual stream, random init leaves 15-40% of a 16x TopK SAE
+    dead after 20 epochs (AuxK does not revive them); data init leaves none (measured)."""
     batch_size: int = 256
     """Inputs per step, shared by all seeds."""
     epochs: int = 20
     """Passes over the activations."""
-    lr: typing.Optional[float] = None
-    """Adam learning rate; None = 2e-4 / sqrt(d_sae / 2^14) (Gao et al. sec. 2.4 scaling), at least 1e-4."""
+    lr: typing.Optional[float] = 3e-3
+    """Adam learning rate; null = 2e-4 / sqrt(d_sae / 2^14) (Gao et al. sec. 2.4 scaling rule, made
+    for LLM-scale runs; with only ~1000 steps here it under-trains: EV 0.70 vs 0.98 at 3e-3)."""
     beta1: float = 0.9
     """Adam beta1."""
     beta2: float = 0.999
@@ -60,6 +66,8 @@ class SAETrainConfig:
     """Seeds the batch order (shared by all SAE seeds)."""
 
     def validate(self, d_in: int | None = None) -> "SAETrainConfig":
+        if self.init not in ("random", "data"):
+            raise HusaiError(f"config key 'init': unknown {self.init!r}; choose random or data")
         if self.architecture not in ARCHITECTURES:
             raise HusaiError(f"config key 'architecture': unknown {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         for name in ("expansion", "batch_size", "epochs"):
@@ -184,7 +192,8 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     acts = acts.to(device=device, dtype=torch.float32)
     # b_dec init: geometric median of (a fixed subsample of) the data (Gao et al. sec. 2.3).
     sample = acts if N <= 8192 else acts[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(device)]
-    sae = build_sae(cfg, S, d_in).to(device).init_weights(seeds, geometric_median(sample.cpu()))
+    sae = build_sae(cfg, S, d_in).to(device).init_weights(
+        seeds, geometric_median(sample.cpu()), sample.cpu() if cfg.init == "data" else None)
     W_dec_init = sae.W_dec.detach().clone()
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(d_in), betas=(cfg.beta1, cfg.beta2))
     gen = torch.Generator().manual_seed(cfg.data_seed)
