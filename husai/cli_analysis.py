@@ -9,7 +9,8 @@ compare JSON: saes [{path, label, seed, architecture, d_in, d_sae, hook_name, mo
     {value, null_mean, null_std, z, exceeds_null_max, n_null}}}}, null_samples {kind: {metric: [..]}},
   moved_from_init {label: {pw_mcc_to_init, mean_row_cos_to_init}}, and with a model: p, key_frequencies,
   fourier {label: fourier_overlap, frac_pure, covered, missing, coverage, non_key_pure,
-    pure_per_frequency, nulls_untrained, weight_space}, frequency_level {frequency_sets, subspaces}.
+    pure_per_frequency, nulls_untrained, weight_space}, frequency_level {frequency_sets, subspaces,
+  subspaces_by_weights, summary} (means over key frequencies of the per-frequency overlaps).
 z compares the mean over seed pairs with the spread of single null pairs.
 """
 
@@ -180,7 +181,7 @@ def _fourier_command(sae_dirs, model, json_out, n_null) -> None:
         nu, w = r["nulls_untrained"]["fourier_overlap"], r.get("weight_space") or {}
         t.add_row(Path(r["path"]).name, str(r["architecture"]), f"{r['n_live']}/{r['n_latents']}", _fmt(r["fourier_overlap"]),
                   f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})", _fmt(r["frac_pure"]),
-                  f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(r["non_key_pure"]["n"]),
+                  f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(sum(r["non_key_pure"].values())),
                   _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
     _console().print(t)
     typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; covered: key "
@@ -193,21 +194,39 @@ def _fourier_command(sae_dirs, model, json_out, n_null) -> None:
 
 
 def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold) -> None:
-    """Body of `husai compare` (see register)."""
-    import numpy as np
+    """Body of `husai compare` (see register): validate, compare, write JSON, print."""
     from rich.table import Table
 
     from .io import write_json
-    from .nulls import null_samples, null_stats
-    from .stability import frequency_set_stability, pairwise_matrices, pw_mcc, subspace_stability
 
-    t0 = time.perf_counter()
     if json_out is None:
         raise HusaiError("compare needs --json OUT (the file the comparison is written to)")
     if n_null < 2:
         raise HusaiError(f"--n-null must be >= 2 (a null needs a spread), got {n_null}")
     if not -1 < threshold < 1:
         raise HusaiError(f"--threshold is a cosine and must lie in (-1, 1), got {threshold}")
+    result = compare_saes(sae_dirs, model, threshold, n_null, plots, force)
+    write_json(json_out, result)
+    _print_compare(_console(), result, Table)
+    typer.echo(f"comparison of {len(result['saes'])} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
+
+
+def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0.7, n_null: int = 10,
+                 plots: Path | None = None, force: bool = False) -> dict:
+    """Everything `husai compare` computes, as a JSON-ready dict (schema in the module docstring).
+
+    sae_dirs: SAE folders or multi-seed output folders (>= 2 SAEs in all); model: the model run folder
+    (default: the SAEs' metadata.model_path; without one, no Fourier analysis nor activation nulls);
+    plots: folder for the PNGs, or None. Raises HusaiError on incompatible or bad input.
+    """
+    import numpy as np
+
+    from .nulls import null_samples, null_stats
+    from .stability import frequency_set_stability, pairwise_matrices, pw_mcc, subspace_stability
+
+    t0 = time.perf_counter()
+    sae_dirs = [Path(d) for d in sae_dirs]
+    model = Path(model) if model is not None else None
     dirs = _expand(sae_dirs)
     if len(dirs) < 2:
         raise HusaiError("compare needs at least two SAEs (got one); give two or more SAE folders")
@@ -260,13 +279,23 @@ def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold)
                                    if k in r} for lab, r in zip(labels, reps)}
         freqs = [np.array(r["latents"]["frequency"]) * ((np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
                                                        & np.array(r["latents"]["live"])) for r in reps]
-        wfreqs = [np.array(r["latents"]["weight_frequency"]) * np.array(r["latents"]["live"]) for r in reps]
+        wfreqs = [np.array(r["latents"].get("weight_frequency", [0] * len(r["latents"]["live"]))) * np.array(r["latents"]["live"])
+                  for r in reps]
         result["frequency_level"] = dict(
             frequency_sets=frequency_set_stability([set(r["pure_per_frequency"]) for r in reps]),
             subspaces=subspace_stability(decs, freqs, ctx["key_freqs"]),
             subspaces_by_weights=subspace_stability(decs, wfreqs, ctx["key_freqs"]))
+        fl = result["frequency_level"]
+
+        def _avg(key, field):
+            v = [x[field] for x in fl[key].values() if x[field] is not None]
+            return float(np.mean(v)) if v else None
+        fl["summary"] = dict(jaccard_mean=fl["frequency_sets"]["jaccard_mean"],
+                             subspace_overlap_mean=_avg("subspaces", "overlap_mean"),
+                             subspace_overlap_by_weights_mean=_avg("subspaces_by_weights", "overlap_mean"),
+                             atom_pw_mcc_by_weights_mean=_avg("subspaces_by_weights", "atom_pw_mcc_mean"),
+                             null_overlap_by_weights_mean=_avg("subspaces_by_weights", "null_overlap_mean"))
     result["wall_seconds"] = time.perf_counter() - t0
-    write_json(json_out, result)
     if plots is not None:
         from .plots_stability import frequency_histogram, stability_heatmap
 
@@ -278,8 +307,7 @@ def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold)
         if ctx is not None:
             frequency_histogram([result["fourier"][lab]["pure_per_frequency"] for lab in labels], labels,
                                 ctx["key_freqs"], ctx["p"], plots / "frequency_histogram.png")
-    _print_compare(_console(), result, Table)
-    typer.echo(f"comparison of {len(saes)} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
+    return result
 
 
 def register(app: typer.Typer) -> None:
@@ -335,7 +363,7 @@ def _print_compare(console, res: dict, Table) -> None:
         for lab, r in res["fourier"].items():
             w = r.get("weight_space") or {}
             ft.add_row(lab, f"{_fmt(r['fourier_overlap'])} ({_fmt(r['nulls_untrained']['fourier_overlap']['null_mean'])})",
-                       _fmt(r["frac_pure"]), str(r["covered"]), str(r["non_key_pure"]["n"]),
+                       _fmt(r["frac_pure"]), str(r["covered"]), str(sum(r["non_key_pure"].values())),
                        _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
         console.print(ft)
         for key, how in (("subspaces", "by activation purity"), ("subspaces_by_weights", "by decoder weights")):

@@ -139,7 +139,7 @@ def fourier_report(latent_acts: torch.Tensor, p: int, key_freqs: list[int], W_de
     latent_acts: [p*p, d_sae]; key_freqs: the model's key frequencies; W_dec [d_sae, d] and
     resid_acts [p*p, d] (activations at the SAE's hook) enable the weight-space view.
     Keys: n_latents, n_live, fourier_overlap, frac_pure, chance_purity, key_frequencies, covered,
-    missing, coverage, pure_per_frequency {k: n}, non_key_pure {n, frequencies}, latents {purity, frequency,
+    missing, coverage, pure_per_frequency {k: n}, non_key_pure {k: n} (pure latents per non-key frequency), latents {purity, frequency,
     live} (per latent), and weight_space {k: {dim, mean_frac_live, mean_frac_assigned, null}, union_mean}.
     """
     purity, freq, live = latent_frequencies(latent_acts, p)
@@ -157,7 +157,7 @@ def fourier_report(latent_acts: torch.Tensor, p: int, key_freqs: list[int], W_de
         "key_frequencies": keys, "covered": covered, "missing": [k for k in keys if k not in covered],
         "coverage": len(covered) / len(keys) if keys else None,
         "pure_per_frequency": counts,
-        "non_key_pure": {"n": int(sum(non_key.values())), "frequencies": sorted(non_key)},
+        "non_key_pure": dict(sorted(non_key.items())),
         "latents": {"purity": purity.tolist(), "frequency": freq.tolist(), "live": live.tolist()},
     }
     if W_dec is not None and resid_acts is not None and keys:

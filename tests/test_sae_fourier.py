@@ -89,7 +89,7 @@ def test_report_coverage_and_non_key_frequencies():
     assert rep["key_frequencies"] == [3, 5]
     assert rep["covered"] == [3] and rep["missing"] == [5] and rep["coverage"] == 0.5
     assert rep["pure_per_frequency"] == {3: 2, 7: 1}
-    assert rep["non_key_pure"] == {"n": 1, "frequencies": [7]}
+    assert rep["non_key_pure"] == {7: 1}
     assert rep["frac_pure"] == pytest.approx(3 / 5)
     assert rep["n_live"] == 5
 

@@ -291,7 +291,7 @@ def test_compare_cli_writes_json_plots_and_nulls(saes, capsys, monkeypatch):
     assert len(res["null_samples"]["untrained"]["pw_mcc_dec"]) == 3  # the seed pairs (1,2), (1,3), (2,3)
     from husai.cli_analysis import _init_fn
     assert res["null_samples"]["untrained"]["pw_mcc_dec"][0] == pytest.approx(pw_mcc(_init_fn(128, 48, 1)[1], _init_fn(128, 48, 2)[1]))
-    assert set(res["fourier"]) == {"seed 1", "seed 2", "seed 3"} and "frequency_level" in res
+    assert set(res["fourier"]) == {"seed 1", "seed 2", "seed 3"} and "summary" in res["frequency_level"]
     assert res["moved_from_init"]["seed 1"]["pw_mcc_to_init"] < 0.5  # dictionary 1 is not husai's init for seed 1
     for f in ("pw_mcc_decoder.png", "mean_max_abs_cos_decoder.png", "frequency_histogram.png"):
         assert (root / "plots" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -372,3 +372,13 @@ def test_compare_without_the_recorded_model_still_compares_atoms(tmp_path, capsy
     assert any("not there" in w for w in res["warnings"])
     # two independent random dictionaries sit inside their isotropic null
     assert abs(res["atom_level"]["pw_mcc_dec"]["nulls"]["isotropic"]["z"]) < 5
+
+
+def test_compare_saes_python_api_matches_the_cli(saes):
+    from husai.cli_analysis import compare_saes
+
+    root, model, dirs = saes
+    res = compare_saes(dirs[:2], model, n_null=2)
+    assert res["atom_level"]["pw_mcc_dec"]["mean"] == pytest.approx(1.0)  # dirs[1] is a permuted dirs[0]
+    assert res["frequency_level"]["summary"].keys() >= {"jaccard_mean", "subspace_overlap_mean"}
+
