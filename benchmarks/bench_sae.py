@@ -3,8 +3,9 @@
 All three train TopK SAEs with the same config (d_sae = expansion * d_in, k, batch size, lr,
 epochs, Adam) on the same activations; SAELens's trainer is fed from an in-memory iterator that
 shuffles like husai (one permutation per epoch). Prints samples/s per seed (inputs processed per
-second of wall time, divided among the seeds trained together), and final EV and L0 over all
-inputs for each.
+second of wall time, counted once per seed: S seeds trained together in T seconds on N inputs
+score S*N/T), and final EV and L0 over all inputs for each. On a shared 2-core machine use
+--threads 1: with other processes running, 2 intra-op threads can be many times slower.
 
     python benchmarks/bench_sae.py --transformer-checkpoint runs/model --epochs 5 --seeds 5
     python benchmarks/bench_sae.py --synthetic --epochs 2    # no model needed: random low-rank data
@@ -45,7 +46,9 @@ def bench_husai(x, cfg, seeds: list[int]) -> dict:
     res = train_saes(x, cfg, seeds)
     wall = time.perf_counter() - t
     evs, l0s = zip(*[_ev_l0_slot(res.sae, s, x) for s in range(len(seeds))])
-    return dict(wall_s=wall, samples_per_s_per_seed=x.shape[0] * cfg.epochs * len(seeds) / wall / len(seeds),
+    # Per-seed throughput: inputs processed per second summed over the seeds trained together
+    # (S seeds in one pass each see every input, so the pass counts S times).
+    return dict(wall_s=wall, samples_per_s_per_seed=x.shape[0] * cfg.epochs * len(seeds) / wall,
                 ev=sum(evs) / len(evs), l0=sum(l0s) / len(l0s))
 
 
@@ -106,6 +109,9 @@ def main() -> None:
     seeds = [42 + i for i in range(args.seeds)]
     print(f"activations {list(x.shape)}, d_sae {cfg.d_sae(x.shape[1])}, k {cfg.k}, batch {cfg.batch_size}, "
           f"epochs {cfg.epochs}, lr {cfg.learning_rate(x.shape[1]):.2e}, threads {args.threads}")
+    from dataclasses import replace
+
+    bench_husai(x[:1024], replace(cfg, epochs=1), seeds)  # warm-up: first-call costs (allocator, BLAS init)
     rows = {}
     rows[f"husai {len(seeds)} seeds at once"] = bench_husai(x, cfg, seeds)
     singles = [bench_husai(x, cfg, [s]) for s in seeds]
