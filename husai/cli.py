@@ -48,14 +48,13 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as e:  # never a traceback for users; HUSAI_DEBUG=1 shows one
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
+        # Typer vendors its own click, so recognise click's exceptions by their interface.
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # usage errors, bad parameters
+            print(f"error: {e.format_message()} (see --help)", file=sys.stderr)
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+        if hasattr(e, "exit_code"):  # typer.Exit / click's Exit: a command's chosen exit status
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             print("error: aborted", file=sys.stderr)
             sys.exit(1)
         if os.environ.get("HUSAI_DEBUG"):

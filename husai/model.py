@@ -121,8 +121,8 @@ class Block(nn.Module):
         tokens: [B, P] int64; table: [P, d_vocab, d_model] with table[j, t] = W_E[t] + W_pos[j].
         Returns [B, d_model]. Block 0's input takes only P * d_vocab distinct values, so q, k, v
         are projected once per (position, token) and gathered, and the attention scores
-        q_= . k_j are a [P, H, d_vocab, d_vocab] table indexed by (token at `=`, token at j): no
-        per-example q/k tensors at all. Autograd turns each gather into a scatter-add. Equal to
+        q_= . k_j are a [P * d_vocab * d_vocab, H] table indexed by (j, token at `=`, token at j):
+        no per-example q/k tensors at all. Autograd turns each gather into an index_add. Equal to
         `forward(..., last_only=True)` up to float rounding (tests/test_model.py).
         """
         a, mlp = self.attn, self.mlp
@@ -134,13 +134,15 @@ class Block(nn.Module):
         qt = qkv[P - 1, :, :, 0] + a.b_Q  # [V, H, e]: queries at the last position
         kt = qkv[:, :, :, 1] + a.b_K  # [P, V, H, e]
         vt = qkv[:, :, :, 2] + a.b_V
-        S = torch.einsum("uhe,pvhe->phuv", qt, kt) / math.sqrt(e)  # [P, H, V(query tok), V(key tok)]
+        # All gathers go through F.embedding: its backward is a dense index_add that stays fast
+        # with 2 threads, where advanced-indexing's index_put(accumulate) was ~10x slower.
+        S = torch.einsum("uhe,pvhe->puvh", qt, kt).reshape(P * V * V, H) / math.sqrt(e)  # [(P, q tok, k tok), H]
         pos = torch.arange(P, device=tokens.device)
-        heads = torch.arange(H, device=tokens.device)
-        scores = S[pos[None, :, None], heads[None, None, :], tokens[:, -1, None, None], tokens[:, :, None]]  # [B, P, H]
-        pattern = scores.softmax(dim=1)
-        z = (pattern.unsqueeze(-1) * vt[pos, tokens]).sum(1)  # [B, H, e]
-        resid_mid = torch.addmm(a.b_O, z.reshape(B, H * e), a.W_O.reshape(H * e, d)) + table[-1][tokens[:, -1]]
+        scores = F.embedding(pos * V * V + tokens[:, -1:] * V + tokens, S)  # [B, P, H]
+        pattern = scores.softmax(dim=1)  # [B, P, H]
+        v = F.embedding(pos * V + tokens, vt.reshape(P * V, H * e)).view(B, P, H, e)
+        z = (pattern.unsqueeze(-1) * v).sum(1)  # [B, H, e]
+        resid_mid = torch.addmm(a.b_O, z.reshape(B, H * e), a.W_O.reshape(H * e, d)) + F.embedding(tokens[:, -1], table[-1])
         post = F.relu(torch.addmm(mlp.b_in, resid_mid, mlp.W_in), inplace=True)
         return torch.addmm(mlp.b_out, post, mlp.W_out).add_(resid_mid)
 

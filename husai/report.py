@@ -122,8 +122,8 @@ def write_report(root: str | Path) -> Path:
                      "PW-MCC and shared fraction (bars: mean ± std over seed pairs) against their nulls (markers)."))
         figs.append(("stability", rf.frequency_coverage(ok_cells, figdir / "frequency_coverage.png"),
                      "Pure latents (purity >= 0.85) per key frequency, per seed."))
-    stab = ["| cell | metric | value | isotropic null (z) | activation null (z) | untrained null (z) |",
-            "|---|---|---|---|---|---|"]
+    kinds = ("isotropic", "activation", "subspace", "untrained")
+    stab = ["| cell | metric | value | " + " | ".join(f"{k} null (z)" for k in kinds) + " |", "|---|---|---|---|---|---|---|"]
     for c in ok_cells:
         for m, name in (("pw_mcc_dec", "PW-MCC"), ("mean_max_abs_cos_dec", "mean-max abs cos (public HUSAI 'PWMCC')"),
                         ("shared_fraction", "shared fraction")):
@@ -131,10 +131,10 @@ def write_report(root: str | Path) -> Path:
             nl = a.get("nulls", {})
             stab.append(f"| {c['name']} | {name} | {_fmt(a.get('mean'))} ± {_fmt(a.get('std'))} | " + " | ".join(
                 f"{_fmt(nl.get(k, {}).get('null_mean'))} ({_fmt(nl.get(k, {}).get('z'), 1)})"
-                for k in ("isotropic", "activation", "untrained")) + " |")
+                for k in kinds) + " |")
         fl = c["analysis"].get("frequency_level", {})
         if fl:
-            stab.append(f"| {c['name']} | frequency level | {html.escape(_summary(fl))} | | | |")
+            stab.append(f"| {c['name']} | frequency level | {_summary(fl)} | | | | |")
     sections.append(("Stability across seeds", "\n".join(stab)))
     failed = [r for r in rows if r["status"] != "ok"]
     verdict_lines = verdict(cells) + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
@@ -150,12 +150,13 @@ def write_report(root: str | Path) -> Path:
 
 
 def _summary(fl: dict) -> str:
-    fs, sub = fl.get("frequency_sets", {}), fl.get("subspaces", {})
-    parts = []
-    if isinstance(fs, dict) and fs.get("mean_jaccard") is not None:
-        parts.append(f"frequency-set Jaccard {_fmt(fs['mean_jaccard'])}")
-    if isinstance(sub, dict) and sub.get("mean_overlap") is not None:
-        parts.append(f"subspace overlap {_fmt(sub['mean_overlap'])}")
+    """One line on frequency-level stability: same frequencies? same per-frequency subspaces?"""
+    sm = fl.get("summary", {})
+    parts = [f"{name} {_fmt(sm.get(key))}" for key, name in (
+        ("jaccard_mean", "frequency-set Jaccard"),
+        ("subspace_overlap_mean", "subspace overlap (latents by purity)"),
+        ("subspace_overlap_by_weights_mean", "subspace overlap (latents by decoder weights)"),
+        ("null_overlap_by_weights_mean", "random-subspace null")) if sm.get(key) is not None]
     return "; ".join(parts) or "see analysis.json"
 
 

@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 
 from .io import atomic_write_bytes  # noqa: E402
 
-NULL_STYLE = {"isotropic": ("x", "tab:gray"), "activation": ("^", "tab:purple"), "untrained": ("o", "tab:red")}
+NULL_STYLE = {"isotropic": ("x", "tab:gray"), "activation": ("^", "tab:purple"), "subspace": ("s", "tab:orange"),
+              "untrained": ("o", "tab:red")}
 
 
 def _save(fig, path: Path) -> Path:

@@ -21,7 +21,7 @@ SAE_METRICS = ("mse", "explained_variance", "l0", "frac_dead", "frac_dense", "sp
                "ce_loss_recovered_zero", "ce_loss_recovered_mean", "decoder_drift")
 FOURIER = ("fourier_overlap", "frac_pure", "coverage", "n_live")
 STABILITY = ("pw_mcc_dec", "pw_mcc_enc", "mean_max_abs_cos_dec", "shared_fraction")
-NULL_KINDS = ("isotropic", "activation", "untrained")
+NULL_KINDS = ("isotropic", "activation", "subspace", "untrained")
 
 
 def _num(x):
@@ -49,8 +49,7 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
         fr = analysis.get("fourier", {}).get(label, {})
         row.update({m: _num(fr.get(m)) for m in FOURIER})
         row["n_key_covered"] = len(fr["covered"]) if "covered" in fr else None
-        row["n_non_key_pure"] = (sum(fr["non_key_pure"].values()) if isinstance(fr.get("non_key_pure"), dict)
-                                 else len(fr["non_key_pure"]) if isinstance(fr.get("non_key_pure"), list) else None)
+        row["n_non_key_pure"] = sum(fr["non_key_pure"].values()) if isinstance(fr.get("non_key_pure"), dict) else None
         nu = fr.get("nulls_untrained", {}).get("fourier_overlap", {})
         row["fourier_overlap_null"], row["fourier_overlap_z"] = _num(nu.get("null_mean")), _num(nu.get("z"))
         atom = analysis.get("atom_level", {})

@@ -66,7 +66,7 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
     import torch
 
     from .cli_sae import run_train_sae
-    from .compare import compare_saes
+    from .cli_analysis import compare_saes
     from .train_sae import config_from_dict
 
     if threads:
