@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument("--expansion", type=int, default=16)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init", default="random", choices=["random", "data"])
     ap.add_argument("--skip-saelens", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -105,7 +106,10 @@ def main() -> None:
     from husai.train_sae import SAETrainConfig
 
     x = get_activations(args)
-    cfg = SAETrainConfig(architecture="topk", expansion=args.expansion, k=args.k, epochs=args.epochs).validate(x.shape[1])
+    # init="random" (Gao et al.'s isotropic decoder) as SAELens does, so EVs are comparable after
+    # a few epochs; husai's default data init needs ~20 epochs but leaves no dead latents.
+    cfg = SAETrainConfig(architecture="topk", expansion=args.expansion, k=args.k, epochs=args.epochs,
+                         init=args.init).validate(x.shape[1])
     seeds = [42 + i for i in range(args.seeds)]
     print(f"activations {list(x.shape)}, d_sae {cfg.d_sae(x.shape[1])}, k {cfg.k}, batch {cfg.batch_size}, "
           f"epochs {cfg.epochs}, lr {cfg.learning_rate(x.shape[1]):.2e}, threads {args.threads}")
