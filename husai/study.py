@@ -52,7 +52,7 @@ def ensure_model(cfg: StudyConfig, out: Path, seed: int, progress: bool = True) 
 
 def cell_spec(run: SAERun, out: Path, cfg: StudyConfig) -> dict:
     """Everything a worker needs, as plain data (picklable for process pools and Ray)."""
-    return dict(folder=str(run.folder(out)), model_dir=str(model_dir(out, run.model_seed)), hook=run.hook,
+    return dict(root=str(out), folder=str(run.folder(out)), model_dir=str(model_dir(out, run.model_seed)), hook=run.hook,
                 sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold, null_pairs=cfg.null_pairs)
 
 
@@ -86,6 +86,7 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
         return dict(folder=str(folder), status="ok", seconds=time.time() - t0)
     except Exception as e:  # recorded, reported, never silently dropped
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = msg.replace(spec["root"].rstrip("/") + "/", "")  # relative paths: the table must not depend on --out
         write_json(folder / "failed.json", dict(error=f"{type(e).__name__}: {msg}", spec=spec))
         return dict(folder=str(folder), status="failed", error=msg, seconds=time.time() - t0)
 
