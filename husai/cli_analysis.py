@@ -97,14 +97,34 @@ def _model_ctx(model_dir: Path, hook: str, cache: dict) -> dict:
     return cache[hook]
 
 
-def _init_fn(d_in: int, d_sae: int, seed: int):
-    """The exact initial weights husai's SAE trainer draws for `seed` (Gao et al. tied init)."""
+def _init_fn_for(sae, acts):
+    """init_fn(d_in, d_sae, seed) -> (W_enc [d_in, d_sae], W_dec [d_sae, d_in]) drawing exactly what
+    husai's trainer draws for `seed` with this SAE's recorded config: with `init: data` the initial
+    decoder rows are centred data points, so the activations are needed (acts [N, d_in], or None:
+    then the config's random init is used)."""
     import torch
 
-    from .sae import StackedSAE
+    from .train_sae import SAETrainConfig, config_from_dict, init_saes
 
-    s = StackedSAE(1, d_in, d_sae).init_weights([seed], torch.zeros(d_in))
-    return s.W_enc.detach()[0].double(), s.W_dec.detach()[0].double()
+    recorded = _meta(sae).get("husai_config")
+    try:
+        cfg = config_from_dict(recorded) if isinstance(recorded, dict) else SAETrainConfig(init="random")
+    except HusaiError:
+        cfg = SAETrainConfig(init="random")
+    if acts is None:
+        cfg.init = "random"
+
+    def init(d_in: int, d_sae: int, seed: int):
+        from dataclasses import replace
+
+        c = replace(cfg, expansion=max(1, d_sae // d_in))
+        x = acts.float() if acts is not None else torch.zeros(2, d_in)
+        s = init_saes(x, c, [seed]) if c.d_sae(d_in) == d_sae else None
+        if s is None:  # d_sae not a multiple of d_in: plain Gao et al. init of that size
+            from .sae import StackedSAE
+            s = StackedSAE(1, d_in, d_sae).init_weights([seed], torch.zeros(d_in))
+        return s.W_enc.detach()[0].double(), s.W_dec.detach()[0].double()
+    return init
 
 
 def _fourier(sae, ctx: dict, n_null: int) -> dict:
@@ -123,8 +143,9 @@ def _fourier(sae, ctx: dict, n_null: int) -> dict:
     seed = int(_meta(sae).get("seed", 0))
     k = sae.cfg.get("k") if sae.cfg.get("architecture") == "topk" else None
     samples = {"fourier_overlap": [], "frac_pure": []}
+    init_fn = _init_fn_for(sae, x)
     for i in range(n_null):
-        _, W0 = _init_fn(x.shape[1], sae.W_dec.shape[0], seed if i == 0 else 10**6 + i)
+        _, W0 = init_fn(x.shape[1], sae.W_dec.shape[0], seed if i == 0 else 10**6 + i)
         r0 = fourier_report(untrained_latent_acts(x, W0, sae.b_dec, k), ctx["p"], ctx["key_freqs"])
         for m in samples:
             samples[m].append(r0[m])
@@ -246,11 +267,7 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
         warnings.append("no model given (--model) or recorded: activation null and Fourier analysis skipped")
     seeds = [_meta(s).get("seed") for s in saes]
     known = all(isinstance(s, int) for s in seeds)
-    try:
-        init = _init_fn
-        init(2, 2, 0)
-    except ImportError:  # husai.sae absent: the nulls module's own tied init
-        init = None
+    init = _init_fn_for(saes[0], ctx["acts"] if ctx else None)
     d_in, d_sae = decs[0].shape[1], min(D.shape[0] for D in decs)
     nulls = null_samples(d_in, d_sae, n_null, ctx["acts"] if ctx else None, init, threshold=threshold,
                          init_seeds=seeds if known else None)

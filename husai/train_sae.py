@@ -181,6 +181,17 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu") -> StackedSAE:
+    """The SAEs exactly as training starts them, from acts [N, d_in]. Also the untrained-SAE null of
+    `husai compare`, which must be the architecture's real init (science brief, section 4)."""
+    N, d_in = acts.shape
+    acts = acts.to(device=device, dtype=torch.float32)
+    # b_dec init: geometric median of (a fixed subsample of) the data (Gao et al. sec. 2.3).
+    sample = acts if N <= 8192 else acts[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(device)]
+    return build_sae(cfg, len(seeds), d_in).to(device).init_weights(
+        seeds, geometric_median(sample.cpu()), sample.cpu() if cfg.init == "data" else None)
+
+
 def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
                on_step=None, on_epoch=None) -> TrainResult:
     """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and
@@ -190,10 +201,7 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     cfg.validate(d_in)
     S = len(seeds)
     acts = acts.to(device=device, dtype=torch.float32)
-    # b_dec init: geometric median of (a fixed subsample of) the data (Gao et al. sec. 2.3).
-    sample = acts if N <= 8192 else acts[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(device)]
-    sae = build_sae(cfg, S, d_in).to(device).init_weights(
-        seeds, geometric_median(sample.cpu()), sample.cpu() if cfg.init == "data" else None)
+    sae = init_saes(acts, cfg, seeds, device)
     W_dec_init = sae.W_dec.detach().clone()
     opt = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(d_in), betas=(cfg.beta1, cfg.beta2))
     gen = torch.Generator().manual_seed(cfg.data_seed)

@@ -289,8 +289,10 @@ def test_compare_cli_writes_json_plots_and_nulls(saes, capsys, monkeypatch):
     assert set(nulls) == {"isotropic", "activation", "subspace", "untrained"}
     assert all(set(v) >= {"value", "null_mean", "null_std", "z"} for v in nulls.values())
     assert len(res["null_samples"]["untrained"]["pw_mcc_dec"]) == 3  # the seed pairs (1,2), (1,3), (2,3)
-    from husai.cli_analysis import _init_fn
-    assert res["null_samples"]["untrained"]["pw_mcc_dec"][0] == pytest.approx(pw_mcc(_init_fn(128, 48, 1)[1], _init_fn(128, 48, 2)[1]))
+    from husai.cli_analysis import _init_fn_for
+    from husai.sae_io import load_sae
+    init = _init_fn_for(load_sae(dirs[0]), None)  # no recorded husai config: Gao et al.'s random init
+    assert res["null_samples"]["untrained"]["pw_mcc_dec"][0] == pytest.approx(pw_mcc(init(128, 48, 1)[1], init(128, 48, 2)[1]))
     assert set(res["fourier"]) == {"seed 1", "seed 2", "seed 3"} and "summary" in res["frequency_level"]
     assert res["moved_from_init"]["seed 1"]["pw_mcc_to_init"] < 0.5  # dictionary 1 is not husai's init for seed 1
     for f in ("pw_mcc_decoder.png", "mean_max_abs_cos_decoder.png", "frequency_histogram.png"):
