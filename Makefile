@@ -25,7 +25,7 @@ install: $(VENV)/.core
 install-test: $(VENV)/.test
 
 run: $(VENV)/.core
-	$(VENV)/bin/husai train-model --preset fast --out runs/model --overwrite
+	$(VENV)/bin/husai study --config configs/study.yaml --out runs/study
 
 test: $(VENV)/.test
 	WANDB_MODE=offline $(PY) -m pytest -q

@@ -3,7 +3,8 @@
     1. load the transformer        parameter count, modulus, test accuracy
     2. extract activations         shape, mean, std
     3. train a TopK SAE, 1 epoch   L0 against k, explained variance, dead fraction
-    4. Fourier overlap             of that SAE's latents, against the chance value
+    4. Fourier overlap             of that SAE's latents against chance, and the share of its
+                                   decoder weight in the key-frequency subspaces (husai.troubleshoot)
     5. save and load the SAE       max weight difference (should be ~0)
 
 Without --transformer-checkpoint it first trains a small model (p = 47, ~1 minute on a CPU).
@@ -58,7 +59,6 @@ def run_doctor(checkpoint: Path | None, work: Path, say=print, k: int = 32, expa
     from .analyze import loss_acc
     from .checkpoint import load_model
     from .data import make_dataset
-    from .sae_fourier import chance_purity, compute_fourier_overlap
     from .sae_io import load_sae, save_sae
     from .sae_metrics import reconstruction_metrics
     from .train_model import TrainConfig, train
@@ -93,7 +93,10 @@ def run_doctor(checkpoint: Path | None, work: Path, say=print, k: int = 32, expa
         state.update(acts=acts, info=info)
 
     def c3(c):
-        cfg = SAETrainConfig(architecture="topk", expansion=expansion, k=k, epochs=1)
+        # One epoch, in batches of 64 so that even a p = 47 model (2,209 inputs) gives 35 steps, from
+        # Gao et al.'s random init: husai's default data init reconstructs ~k times too large at first
+        # and needs several epochs to come down (EV -34 after this one epoch, against 0.69).
+        cfg = SAETrainConfig(architecture="topk", expansion=expansion, k=k, epochs=1, batch_size=64, init="random")
         res = train_saes(state["acts"], cfg, [42])
         m = reconstruction_metrics(res.sae, state["acts"])
         l0, ev, dead = m["l0"][0], m["explained_variance"][0], m["frac_dead"][0]
@@ -103,11 +106,23 @@ def run_doctor(checkpoint: Path | None, work: Path, say=print, k: int = 32, expa
         state.update(sae=res.sae)
 
     def c4(c):
+        from .analyze import neuron_acts
+        from .data import make_tokens
+        from .fourier import key_frequencies
+        from .sae_fourier import fourier_report
+
+        model, _ = load_model(checkpoint)
+        keys = key_frequencies(neuron_acts(model, make_tokens(state["p"])), state["p"])[0]
+        sae = state["sae"]
         with torch.no_grad():
-            z = state["sae"].encode(state["acts"])[0].double()
-        fo, chance = compute_fourier_overlap(z, state["p"]), chance_purity(state["p"], 20_000)
-        c.figures = f"Fourier overlap {fo:.3f} (chance {chance:.4f})"
-        c.hints = sae_hints("topk", None, 0.0, 0.0, fourier_overlap=fo)
+            z = sae.encode(state["acts"])[0].double()
+        rep = fourier_report(z, state["p"], keys, W_dec=sae.W_dec.detach()[0].double(), resid_acts=state["acts"].double())
+        fo, chance = rep["fourier_overlap"], rep["chance_purity"]
+        wf = rep.get("weight_space", {}).get("union_mean_live")
+        dim = rep.get("weight_space", {}).get("union_dim", 0)
+        c.figures = (f"Fourier overlap {fo:.3f} (chance {chance:.4f}); decoder weight in key-frequency subspaces "
+                     f"{wf:.0%} (random direction: {dim / state['acts'].shape[1]:.0%}); key frequencies {keys}")
+        c.hints = sae_hints("topk", None, 0.0, 0.0, fourier_overlap=fo, key_weight_frac=wf)
         c.passed = not c.hints
 
     def c5(c):

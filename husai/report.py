@@ -41,24 +41,64 @@ def _mark(v):
     return "n/a" if v is None else ("PASS" if v else "FAIL")
 
 
+def _null_words(a: dict) -> tuple[list[str], list[str]]:
+    """Names of the nulls a stability number beats by >= Z_STABLE null std, and of those it does not."""
+    beats, fails = [], []
+    for kind, n in a.get("nulls", {}).items():
+        z = n.get("z")
+        txt = f"{kind} {_fmt(n.get('null_mean'))} (z = {_fmt(z, 1)})"
+        (beats if z is not None and z >= Z_STABLE else fails).append(txt)
+    return beats, fails
+
+
 def verdict(cells: list[dict]) -> list[str]:
-    """Plain-language conclusions computed from the numbers."""
+    """Plain-language conclusions computed from the numbers, one per SAE cell.
+
+    Atom level: PW-MCC against every null. Beating isotropic vectors and untrained SAEs is the
+    minimum; beating random directions drawn from the activations' own distribution (activation
+    and subspace nulls) is what "the seeds learn the same features" needs on a low-rank residual.
+    Feature level: how much decoder weight lies in the key-frequency subspaces, and whether the
+    per-frequency subspaces agree across seeds (phases may rotate inside a stable plane).
+    """
     lines = []
     for c in cells:
-        a = c["analysis"].get("atom_level", {}).get("pw_mcc_dec")
+        an = c["analysis"]
+        a = an.get("atom_level", {}).get("pw_mcc_dec")
         if not a:
             lines.append(f"{c['name']}: no stability result ({c['status']}).")
             continue
-        zs = {k: n.get("z") for k, n in a.get("nulls", {}).items()}
-        finite = [z for z in zs.values() if z is not None]
-        stable = bool(finite) and min(finite) >= Z_STABLE
-        zt = ", ".join(f"{k} null {_fmt(a['nulls'][k].get('null_mean'))} (z = {_fmt(z, 1)})" for k, z in zs.items())
-        word = "stable above chance" if stable else "NOT distinguishable from chance"
+        beats, fails = _null_words(a)
+        if not fails:
+            word = "STABLE above chance: beats every null"
+        elif beats:
+            word = ("above the naive nulls but NOT above every null — the seeds agree no more than random "
+                    "directions of that kind would")
+        else:
+            word = "AT CHANCE: beats no null"
+        moved = [v.get("mean_row_cos_to_init") for v in an.get("moved_from_init", {}).values()]
+        moved_txt = ""
+        if moved and None not in moved:
+            m = sum(moved) / len(moved)
+            moved_txt = f" Decoder rows keep cosine {m:.2f} with their init" + (
+                " — they barely moved, so no stability number here means anything." if m > 0.9 else ".")
         fo = [r.get("fourier_overlap") for r in c["rows"] if r.get("fourier_overlap") is not None]
-        fo_txt = f"; mean Fourier overlap {sum(fo) / len(fo):.3f}" if fo else ""
-        sh = c["analysis"]["atom_level"].get("shared_fraction", {})
-        lines.append(f"{c['name']}: PW-MCC {_fmt(a['mean'])} ± {_fmt(a['std'])} across {len(c['rows'])} seeds vs "
-                     f"{zt}: {word}; shared fraction {_fmt(sh.get('mean'))}{fo_txt}.")
+        ws = [f.get("weight_space", {}).get("union_mean_live") for f in an.get("fourier", {}).values()]
+        ws = [w for w in ws if w is not None]
+        fs = an.get("frequency_level", {}).get("summary", {})
+        feat = []
+        if fo:
+            feat.append(f"mean Fourier purity of live latents {sum(fo) / len(fo):.3f}")
+        if ws:
+            feat.append(f"{sum(ws) / len(ws):.0%} of live decoder norm in the key-frequency subspaces")
+        if fs.get("subspace_overlap_by_weights_mean") is not None:
+            feat.append(f"per-frequency subspaces agree across seeds at {_fmt(fs['subspace_overlap_by_weights_mean'])} "
+                        f"(random subspaces {_fmt(fs.get('null_overlap_by_weights_mean'))})")
+        sh = an["atom_level"].get("shared_fraction", {})
+        lines.append(
+            f"{c['name']}: PW-MCC {_fmt(a['mean'])} ± {_fmt(a['std'])} over {len(c['rows'])} seeds is {word}. "
+            f"Beats: {', '.join(beats) or 'none'}. Does not beat: {', '.join(fails) or 'none'}. "
+            f"Shared fraction {_fmt(sh.get('mean'))}.{moved_txt}"
+            + (f" Features: {'; '.join(feat)}." if feat else ""))
     return lines
 
 
