@@ -38,7 +38,10 @@ def main() -> None:
     from .errors import HusaiError
 
     try:
-        app(standalone_mode=False)
+        # standalone_mode=False makes click return a command's exit status instead of exiting
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except HusaiError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
