@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from .errors import HusaiError
-from .io import read_json, write_json
+from .io import write_json
 from .study_config import SAERun, StudyConfig, load_study
 
 EXECUTORS = ("local", "process", "ray")
