@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .data import check_modulus
+from .data import OPERATIONS, check_modulus, check_seed
 from .errors import HusaiError
 from .io import load_tensors, read_json
 from .model import ModelConfig, Transformer
@@ -41,8 +41,18 @@ def model_config_from_json(cfg: dict, source: str = "config.json") -> ModelConfi
     for k in ("p", "n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
         if not isinstance(cfg[k], int) or isinstance(cfg[k], bool) or cfg[k] < 1:
             raise HusaiError(f"{source}: field {k!r} must be a positive integer, got {cfg[k]!r}")
+    tf = cfg["train_frac"]
+    if not isinstance(tf, (int, float)) or isinstance(tf, bool) or not 0 < tf < 1:
+        raise HusaiError(f"{source}: field 'train_frac' must be a number in (0, 1), got {tf!r}")
+    if cfg["operation"] not in OPERATIONS:
+        raise HusaiError(f"{source}: field 'operation' must be one of {', '.join(OPERATIONS)}, got {cfg['operation']!r}")
+    for k in ("training", "stopping"):
+        if not isinstance(cfg.get(k, {}), dict):
+            raise HusaiError(f"{source}: field {k!r} must be a mapping, got {type(cfg[k]).__name__}")
     try:
         check_modulus(cfg["p"])
+        check_seed(cfg["seed"], "field 'seed'")
+        check_seed(cfg["split_seed"], "field 'split_seed'")
     except HusaiError as e:
         raise HusaiError(f"{source}: {e}") from None
     mc = ModelConfig(p=cfg["p"], n_layers=cfg["n_layers"], d_model=cfg["d_model"], n_heads=cfg["n_heads"],

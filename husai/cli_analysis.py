@@ -36,6 +36,9 @@ def _expand(dirs: list[Path]) -> list[Path]:
             out.append(d)
             continue
         subs = [s.parent for s in d.glob("seed_*/cfg.json")]
+        broken = [s for s in d.glob("seed_*") if s.is_dir() and not (s / "cfg.json").is_file()]
+        if broken:
+            raise HusaiError(f"{broken[0]} is not an SAE folder: it has no cfg.json")
         if not subs:
             raise HusaiError(f"{d} is not an SAE folder: it has no cfg.json (nor seed_*/cfg.json)")
         out += sorted(subs, key=lambda s: (len(s.name), s.name))

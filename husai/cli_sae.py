@@ -127,8 +127,11 @@ def run_train_sae(cfg, save_dir: str | Path, seeds: list[int], transformer_check
         mean={k: (None if None in per_seed[k] else sum(per_seed[k]) / len(seeds)) for k in keys},
     )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    except OSError as e:
+        raise HusaiError(f"cannot write --save-dir {out}: {e.strerror or e}") from None
     try:
         for i, s in enumerate(seeds):
             meta = dict(info, hook_name=info.get("hook_name"), seed=s, husai_config=cfg.to_dict(),
@@ -138,8 +141,10 @@ def run_train_sae(cfg, save_dir: str | Path, seeds: list[int], transformer_check
 
         write_json(stage / "metrics.json", metrics)
         _publish(stage, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise HusaiError(f"cannot write --save-dir {out}: {e.strerror or e}") from None
         raise
     if res.diverged_at_step is not None:
         raise HusaiError(f"training diverged: NaN loss at step {res.diverged_at_step}; the last good checkpoint "

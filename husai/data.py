@@ -28,6 +28,14 @@ def check_modulus(p: int) -> None:
         raise HusaiError(f"p must be a prime >= 3 (the Fourier analysis needs a field Z_p), got {p}")
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+
+
+def check_seed(seed, name: str = "seed") -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not SEED_MIN <= seed <= SEED_MAX:
+        raise HusaiError(f"{name} must be an integer in [-2^63, 2^64 - 1], got {seed!r}")
+
+
 def all_pairs(p: int) -> torch.Tensor:
     """All p^2 pairs in row-major order: row a*p + b holds (a, b). Shape [p*p, 2], int64."""
     a = torch.arange(p).repeat_interleave(p)

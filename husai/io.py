@@ -9,6 +9,7 @@ unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -89,15 +90,32 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.is_file():
         return []
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HusaiError(f"{path} is not valid JSONL ({e})") from None
+    if not all(isinstance(r, dict) for r in rows):
+        raise HusaiError(f"{path} is not valid JSONL: every line must be a JSON object")
+    return rows
+
+
+CHECKSUM_KEY = "husai_sha256"
+"""Metadata key of the SHA-256 of a safetensors file's data section: safetensors itself has no
+checksum, so a flipped bit in the tensor bytes would otherwise load silently as a wrong weight."""
+
+
+def _data_section(raw: bytes) -> bytes:
+    n = int.from_bytes(raw[:8], "little")
+    return raw[8 + n:]
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Atomically write a safetensors file (tensors are made contiguous and moved to CPU)."""
+    """Atomically write a safetensors file (tensors are made contiguous and moved to CPU), with the
+    SHA-256 of its tensor bytes in the metadata so that `load_tensors` detects corruption."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(data, metadata={k: str(v) for k, v in (metadata or {}).items()}))
+    meta = {k: str(v) for k, v in (metadata or {}).items() if k != CHECKSUM_KEY}
+    # The data section does not depend on the metadata, so hash it from a first serialisation.
+    meta[CHECKSUM_KEY] = hashlib.sha256(_data_section(st_save(data, metadata=meta))).hexdigest()
+    atomic_write_bytes(path, st_save(data, metadata=meta))
 
 
 def load_tensors(path: str | Path, what: str = "tensor file", device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -107,11 +125,19 @@ def load_tensors(path: str | Path, what: str = "tensor file", device: str | torc
         raise HusaiError(f"{what} not found: {path}")
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            meta = f.metadata() or {}
+            meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises several types for truncated/corrupt headers
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise HusaiError(f"{what} {path} is truncated or corrupt ({first})") from None
+    digest = meta.pop(CHECKSUM_KEY, None)
+    if digest is not None:  # written by husai (files from elsewhere, e.g. SAELens, carry none)
+        try:
+            actual = hashlib.sha256(_data_section(path.read_bytes())).hexdigest()
+        except OSError as e:
+            raise HusaiError(f"cannot read {what} {path}: {e.strerror or e}") from None
+        if actual != digest:
+            raise HusaiError(f"{what} {path} is corrupt: its tensor data does not match the checksum it was saved with")
     for k, v in tensors.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise HusaiError(f"{what} {path}: tensor {k!r} holds NaN or Inf")

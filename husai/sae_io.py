@@ -100,6 +100,13 @@ def load_sae(folder: str | Path) -> LoadedSAE:
     if not folder.is_dir():
         raise HusaiError(f"SAE folder not found: {folder}")
     cfg = read_json(folder / CFG_FILE, "SAE config")
+    meta = cfg.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise HusaiError(f"{folder / CFG_FILE}: 'metadata' must be a mapping, got {type(meta).__name__}")
+    for key, typ in (("seed", int), ("hook_name", str), ("model_path", str)):
+        v = (meta or {}).get(key)
+        if v is not None and (not isinstance(v, typ) or isinstance(v, bool)):
+            raise HusaiError(f"{folder / CFG_FILE}: 'metadata.{key}' must be {typ.__name__}, got {v!r}")
     arch = cfg.get("architecture", "standard")
     if arch not in ("topk", "standard", "jumprelu"):
         raise HusaiError(f"{folder}: architecture {arch!r} is not supported (topk, standard, jumprelu)")

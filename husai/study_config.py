@@ -152,4 +152,6 @@ def load_study(path: str | Path) -> StudyConfig:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise HusaiError(f"study config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise HusaiError(f"study config {path} is not a text file (not UTF-8)") from None
     return parse_study(d, f"study config {path}")

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from . import __version__
 from .analyze import analyze_model, loss_acc, single_freq_fraction
 from .checkpoint import load_weights, model_config_from_json
-from .data import OPERATIONS, check_modulus, make_dataset
+from .data import OPERATIONS, check_modulus, check_seed, make_dataset
 from .errors import HusaiError
 from .io import read_json, read_jsonl, save_tensors, write_json, write_jsonl
 from .model import ModelConfig, Transformer
+from .troubleshoot import check_fits_in_memory
 
 
 @dataclass
@@ -79,7 +80,10 @@ class TrainConfig:
         for name in ("n_layers", "epochs", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise HusaiError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or self.weight_decay < 0:
+        check_seed(self.seed, "seed")
+        if self.split_seed is not None:
+            check_seed(self.split_seed, "split seed")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise HusaiError(f"need lr > 0 and weight decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
 
 
@@ -109,10 +113,32 @@ def config_json(cfg: TrainConfig, device: str) -> dict:
 
 def config_from_json(d: dict) -> TrainConfig:
     model_config_from_json(d)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    kw = {k: v for k, v in d.get("training", {}).items() if k in fields}
+    training = d.get("training", {})
+    if not isinstance(training, dict):
+        raise HusaiError(f"config.json: field 'training' must be a mapping, got {type(training).__name__}")
+    defaults = dataclasses.asdict(TrainConfig())
+    kw = {}
+    for k, v in training.items():
+        if k not in defaults:
+            continue
+        want = type(defaults[k])
+        ok = isinstance(v, bool) if want is bool else (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and (want is float or isinstance(v, int)))
+        if not ok:
+            raise HusaiError(f"config.json: field 'training.{k}' must be {want.__name__}, got {v!r}")
+        kw[k] = v
     return TrainConfig(p=d["p"], operation=d["operation"], n_layers=d["n_layers"], seed=d["seed"],
                        split_seed=d["split_seed"], train_frac=d["train_frac"], preset=d.get("preset", "custom"), **kw)
+
+
+def _train_bytes(cfg: TrainConfig) -> int:
+    """Rough lower bound on the memory full-batch training needs: weights with their gradients and
+    AdamW state (4 copies), plus the forward/backward activations and float64 logits of all p^2 inputs."""
+    mc = ModelConfig(p=cfg.p, n_layers=cfg.n_layers)
+    n_params = (2 * (cfg.p + 1) * mc.d_model + 3 * mc.d_model
+                + cfg.n_layers * (4 * mc.d_model * mc.n_heads * mc.d_head + 2 * mc.d_model * mc.d_mlp))
+    rows = cfg.p * cfg.p * 3
+    return 4 * 4 * n_params + rows * (8 * 3 * (cfg.p + 1) + 4 * 2 * cfg.n_layers * (mc.d_mlp + 4 * mc.d_model))
 
 
 OUR_FILES = ("config.json", "model.safetensors", "best.safetensors", "metrics.json", "history.jsonl")
@@ -166,8 +192,16 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", resume: bool =
     if resume and (out / "config.json").exists():
         cfg = config_from_json(read_json(out / "config.json", "model config"))
     cfg.validate()
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise HusaiError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise HusaiError(f"device {device!r} requested but CUDA is not available")
+    if threads is not None and threads < 0:
+        raise HusaiError(f"--threads must be >= 1 (or 0 for torch's choice), got {threads}")
+    check_fits_in_memory(_train_bytes(cfg), f"training a p = {cfg.p}, {cfg.n_layers}-layer model", device,
+                         "out of memory: use a smaller --p or fewer --n-layers (or run on a larger device)")
     _prepare_out(out, resume, overwrite)
     # AdamW with wd 1.0 pushes optimizer state into denormals, which are ~10x slower on CPUs.
     torch.set_flush_denormal(True)
@@ -191,7 +225,10 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", resume: bool =
         extra = load_weights(model, ckpt, "checkpoint")
         _load_optimizer(model, opt, extra, ckpt)
         start = int(extra["epoch"].item())
-        history = [r for r in read_jsonl(out / "history.jsonl") if r["epoch"] <= start]
+        rows = read_jsonl(out / "history.jsonl")
+        if not all(isinstance(r.get("epoch"), int) and isinstance(r.get("wall_seconds"), (int, float)) for r in rows):
+            raise HusaiError(f"{out / 'history.jsonl'} has rows without an integer 'epoch' and 'wall_seconds'")
+        history = [r for r in rows if r["epoch"] <= start]
         best = (float(extra["best_test_loss"].item()), int(extra["best_epoch"].item()))
     # Wall time accumulates across resumes (the rows kept say how long the run had taken).
     offset = history[-1]["wall_seconds"] if history else 0.0

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from .data import check_seed
 from .errors import HusaiError
+from .troubleshoot import check_fits_in_memory
 from .sae import ARCHITECTURES, BatchTopKSAE, JumpReLUSAE, ReLUSAE, StackedSAE, TopKSAE, geometric_median
 
 
@@ -79,6 +81,11 @@ class SAETrainConfig:
         for name in ("jumprelu_bandwidth",):
             if getattr(self, name) <= 0:
                 raise HusaiError(f"config key {name!r} must be > 0, got {getattr(self, name)}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise HusaiError(f"config key {f.name!r} must be a finite number, got {v}")
+        check_seed(self.data_seed, "config key 'data_seed'")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise HusaiError(f"config key 'lr' must be a positive number, got {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -141,6 +148,8 @@ def load_config(path: str | Path) -> SAETrainConfig:
         d = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise HusaiError(f"config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise HusaiError(f"config {path} is not a text file (not UTF-8)") from None
     return config_from_dict(d, f"config {path}")
 
 
@@ -178,6 +187,8 @@ def parse_seeds(text: str) -> list[int]:
         raise HusaiError("--seeds is empty")
     if len(set(seeds)) != len(seeds):
         raise HusaiError(f"--seeds has duplicates: {text}")
+    for s in seeds:
+        check_seed(s, "every SAE seed")
     return seeds
 
 
@@ -185,6 +196,12 @@ def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device:
     """The SAEs exactly as training starts them, from acts [N, d_in]. Also the untrained-SAE null of
     `husai compare`, which must be the architecture's real init (science brief, section 4)."""
     N, d_in = acts.shape
+    for s in seeds:
+        check_seed(s, "every SAE seed")
+    d_sae, B = cfg.d_sae(d_in), min(cfg.batch_size, N)
+    # weights, gradients and Adam state (x4) of W_enc and W_dec, plus a batch's [B, d_sae] pre-activations
+    need = 4 * len(seeds) * (4 * 2 * d_in * d_sae + 6 * B * d_sae)
+    check_fits_in_memory(need, f"{len(seeds)} SAE(s) with d_sae = {d_sae} (expansion {cfg.expansion})", str(device))
     acts = acts.to(device=device, dtype=torch.float32)
     # b_dec init: geometric median of (a fixed subsample of) the data (Gao et al. sec. 2.3).
     sample = acts if N <= 8192 else acts[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(device)]
