@@ -115,7 +115,17 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     meta = {k: str(v) for k, v in (metadata or {}).items() if k != CHECKSUM_KEY}
     # The data section does not depend on the metadata, so hash it from a first serialisation.
     meta[CHECKSUM_KEY] = hashlib.sha256(_data_section(st_save(data, metadata=meta))).hexdigest()
-    atomic_write_bytes(path, st_save(data, metadata=meta))
+    atomic_write_bytes(path, _canonical(st_save(data, metadata=meta)))
+
+
+def _canonical(raw: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes metadata in
+    Rust HashMap order, which changes from process to process, so identical tensors would otherwise
+    give different bytes. Offsets are relative to the data section, so only the header changes."""
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # safetensors pads the header to 8-byte alignment with spaces
+    return len(header).to_bytes(8, "little") + header + raw[8 + n:]
 
 
 def load_tensors(path: str | Path, what: str = "tensor file", device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -147,7 +147,8 @@ OUR_FILES = ("config.json", "model.safetensors", "best.safetensors", "metrics.js
 def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise HusaiError(f"output path {out} is a file, not a directory")
-    taken = out.is_dir() and any(out.iterdir())
+    # a hidden temp file left by a kill during a write (io.atomic_write_bytes) is not a run
+    taken = out.is_dir() and any(not (f.name.startswith(".") and f.name.endswith(".tmp")) for f in out.iterdir())
     if taken and not resume and not overwrite:
         raise HusaiError(f"{out} already holds files (another run?); pass --resume to continue it or --overwrite to replace it")
     if taken and overwrite and not resume:
