@@ -15,7 +15,8 @@ Metrics, for two dictionaries with cosine matrix C = unit(A) unit(B)^T [n, m]:
     n >= 2 (any derangement). `signed=False` matches on |C| instead (sign-agnostic variant).
   * mean-max |cos| (symmetrised, no assignment): (mean_i max_j |C_ij| + mean_j max_i |C_ij|) / 2.
     This is the number the public HUSAI repository calls "PWMCC"; it is NOT Song et al.'s PW-MCC
-    (no one-to-one constraint, sign ignored), and it is always >= the matched signed value.
+    (no one-to-one constraint, sign ignored), and for dictionaries of equal size it is always >= the
+    matched signed value (with unequal sizes the unmatched atoms pull it down: it can be lower).
   * shared fraction (Paulo & Belrose 2025, "Sparse Autoencoders Trained on the Same Data Learn
     Different Features"): after a Hungarian matching, the fraction of the matched pairs whose encoder
     cosine AND decoder cosine both exceed a threshold (0.7, recalled from the paper).
