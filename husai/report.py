@@ -161,7 +161,7 @@ def write_report(root: str | Path) -> Path:
         figs.append(("stability", rf.stability_vs_null(ok_cells, figdir / "stability_vs_null.png"),
                      "PW-MCC and shared fraction (bars: mean ± std over seed pairs) against their nulls (markers)."))
         figs.append(("stability", rf.frequency_coverage(ok_cells, figdir / "frequency_coverage.png"),
-                     "Pure latents (purity >= 0.85) per key frequency, per seed."))
+                     "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the row in that frequency's residual subspace), with activation-pure ones (purity >= 0.85) in brackets."))
     kinds = ("isotropic", "activation", "subspace", "untrained")
     stab = ["| cell | metric | value | " + " | ".join(f"{k} null (z)" for k in kinds) + " |", "|---|---|---|---|---|---|---|"]
     for c in ok_cells:

@@ -53,14 +53,16 @@ def fourier_spectrum(m: dict, path: Path) -> Path:
         k = np.arange(1, len(vals) + 1)
         ax.bar(k, vals, color=["tab:red" if i in keys else "tab:blue" for i in k])
         ax.set(xlabel="frequency k (cycles per p)", ylabel=ylabel, title=title)
-    ax2.bar([], [], color="tab:red", label=f"key frequencies {sorted(keys)}")
-    ax2.legend(fontsize=8)
+    from matplotlib.patches import Patch
+
+    ax2.legend(handles=[Patch(color="tab:red", label=f"key frequencies {sorted(keys)}"),
+                        Patch(color="tab:blue", label="other frequencies")], fontsize=8)
     return _save(fig, path)
 
 
 def stability_heatmaps(cells: list[dict], path: Path) -> Path:
     n = len(cells)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False, gridspec_kw={"wspace": 0.45})
     for ax, c in zip(axes[0], cells):
         a = c["analysis"]["atom_level"]["pw_mcc_dec"]
         M = np.array(a["matrix"], dtype=float)
@@ -99,18 +101,30 @@ def stability_vs_null(cells: list[dict], path: Path) -> Path:
 
 
 def frequency_coverage(cells: list[dict], path: Path) -> Path:
+    """Per seed and key frequency: latents assigned to that frequency by their decoder weights (> 50%
+    of the row in the frequency's residual subspace), and in brackets those pure by activation."""
     n = len(cells)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.6), squeeze=False, gridspec_kw={"wspace": 0.45})
     for ax, c in zip(axes[0], cells):
         an = c["analysis"]
         keys = an.get("key_frequencies", [])
         labels = [s["label"] for s in an.get("saes", [])]
         fr = an.get("fourier", {})
-        M = np.array([[float((fr.get(l, {}).get("pure_per_frequency") or {}).get(str(k), 0)) for k in keys]
-                      for l in labels]) if keys and labels else np.zeros((1, 1))
-        im = ax.imshow(M, cmap="magma", aspect="auto")
+
+        def count(l, k, what):
+            if what == "pure":
+                return float((fr.get(l, {}).get("pure_per_frequency") or {}).get(str(k), 0))
+            per = (fr.get(l, {}).get("weight_space") or {}).get("per_frequency", {}).get(str(k), {})
+            return float(per.get("n_weight_assigned") or 0)
+        W = np.array([[count(l, k, "weights") for k in keys] for l in labels]) if keys and labels else np.zeros((1, 1))
+        P = np.array([[count(l, k, "pure") for k in keys] for l in labels]) if keys and labels else np.zeros((1, 1))
+        im = ax.imshow(W, cmap="viridis", aspect="auto", vmin=0, vmax=max(1.0, float(W.max())))
+        for i in range(W.shape[0]):
+            for j in range(W.shape[1]):
+                ax.text(j, i, f"{W[i, j]:.0f} ({P[i, j]:.0f})", ha="center", va="center", fontsize=7,
+                        color="w" if W[i, j] < 0.6 * max(1.0, W.max()) else "k")
         ax.set_xticks(range(len(keys)), [str(k) for k in keys])
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.set(xlabel="key frequency k", title=c["name"].split(" @")[0])
-        fig.colorbar(im, ax=ax, fraction=0.046, label="pure latents (count)")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="latents assigned by decoder weights")
     return _save(fig, path)

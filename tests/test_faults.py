@@ -165,17 +165,7 @@ def test_a_stray_temp_file_does_not_block_a_fresh_run(tmp_path):
 
 # --------------------------------------------------------------------------------------------- study
 
-STUDY = {  # as tests/test_study.py: a grokked p=47 model, tiny SAEs, one cell that diverges
-    "model": {"preset": "fast", "p": 47, "seeds": [0], "stop_test_acc": 0.995, "stop_frac_single_freq": 0.0,
-              "eval_every": 50},
-    "seeds": [1, 2, 3],
-    "saes": [
-        {"architecture": "topk", "expansion": 2, "k": 4, "epochs": 2, "batch_size": 128},
-        {"architecture": "relu", "expansion": 2, "l1_coeff": 0.3, "epochs": 2, "batch_size": 128},
-        {"architecture": "relu", "expansion": 2, "l1_coeff": 0.1, "epochs": 2, "batch_size": 128, "lr": 1.0e6},
-    ],
-    "stability": {"null_pairs": 2},
-}
+from test_study import CONFIG as STUDY  # noqa: E402  the same tiny study: p=47 model, one diverging cell
 
 
 @pytest.mark.slow
