@@ -102,14 +102,16 @@ def verdict(cells: list[dict]) -> list[str]:
     return lines
 
 
-def write_report(root: str | Path) -> Path:
-    """Build report.md, report.html and figures/ for a study folder; returns report.html."""
+def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
+    """Build report.md, report.html and figures/ for a study folder; returns report.html.
+
+    rows: the results table just built by the caller; None rebuilds it from the folders."""
     from . import report_figures as rf
     from .results import build_table
 
     root = Path(root)
     cfg = load_study(root / "study.yaml")
-    rows = build_table(root, cfg)
+    rows = build_table(root, cfg) if rows is None else rows
     figdir = root / "figures"
     figs: list[tuple[str, Path, str]] = []  # (section, png, caption)
     sections: list[tuple[str, str]] = []  # (title, markdown body)

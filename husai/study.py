@@ -17,6 +17,7 @@ cell and redoes only the one that was running. Every step is seeded, so the tabl
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -170,19 +171,12 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
         status = "ok" if res["status"] == "ok" else f"[red]FAILED[/]: {res['error']}"
         console.print(f"  [{done[0]}/{len(todo)}] {rel}  {status}  ({res['seconds']:.0f} s)")
 
-    with console.status("training and analysing SAE cells") if progress else _nullcontext():
+    with console.status("training and analysing SAE cells") if progress else contextlib.nullcontext():
         execute([cell_spec(r, out, cfg) for r in todo], executor, workers, address, on_done)
     console.print("[bold]stage 3/4[/] results table")
-    build_table(out, cfg)
+    rows = build_table(out, cfg)
     console.print("[bold]stage 4/4[/] report")
-    html = write_report(out)
+    html = write_report(out, rows)
     console.print(f"report: {html}")
     return html
 
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
