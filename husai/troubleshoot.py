@@ -86,5 +86,7 @@ def check_fits_in_memory(n_bytes: int, what: str, device: str = "cpu", hint: str
 
     avail = available_memory(device)
     if avail is not None and n_bytes > avail:
-        raise HusaiError(f"{what} needs at least {n_bytes / 2**30:.1f} GiB but only {avail / 2**30:.1f} GiB is "
-                         f"available on {device}; {hint or oom_hint()}")
+        # The free amount is left out of the message on purpose: it changes from moment to moment,
+        # and the same bad input should give the same one-line error.
+        raise HusaiError(f"{what} needs at least {n_bytes / 2**30:.1f} GiB, more than is available on {device}; "
+                         f"{hint or oom_hint()}")
