@@ -164,7 +164,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("all", help="Train on all p^2 inputs, or only the train or test split."),
         seed: int = typer.Option(42, help="SAE seed (ignored when --seeds is given)."),
         seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds trained together, e.g. 42,123,456."),
-        architecture: Optional[str] = typer.Option(None, help="topk, batchtopk, relu or jumprelu."),
+        architecture: Optional[str] = typer.Option(None, help="topk, batchtopk, matryoshka, relu or jumprelu."),
         epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
         lr: Optional[float] = typer.Option(None), k: Optional[int] = typer.Option(None),
         expansion: Optional[int] = typer.Option(None), l1_coeff: Optional[float] = typer.Option(None),

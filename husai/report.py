@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from .io import atomic_write_bytes, read_json, read_jsonl
+from .sae import K_ARCHITECTURES
 from .study_config import load_study
 
 Z_STABLE = 3.0
@@ -24,7 +25,7 @@ def criteria(row: dict) -> dict[str, bool | None]:
     def ok(v, test):
         return None if v is None else bool(test(v))
     l0 = None
-    if row["architecture"] in ("topk", "batchtopk") and row.get("k") == 32:
+    if row["architecture"] in K_ARCHITECTURES and row.get("k") == 32:
         l0 = ok(row.get("l0"), lambda v: 28 <= v <= 36)
     return {"L0 28-36 (k=32)": l0, "EV > 0.85": ok(row.get("explained_variance"), lambda v: v > 0.85),
             "dead < 15%": ok(row.get("frac_dead"), lambda v: v < 0.15),

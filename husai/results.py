@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from .io import atomic_write_bytes, read_json
+from .sae import K_ARCHITECTURES
 from .study_config import StudyConfig
 
 SAE_METRICS = ("mse", "explained_variance", "l0", "frac_dead", "frac_dense", "spliced_acc", "spliced_ce", "delta_ce",
@@ -30,7 +31,7 @@ def _num(x):
 
 def cell_rows(folder: Path, run, root: Path) -> list[dict]:
     base = dict(model_seed=run.model_seed, hook=run.hook, architecture=run.cfg.architecture, expansion=run.cfg.expansion,
-                k=run.cfg.k if run.cfg.architecture in ("topk", "batchtopk") else None,
+                k=run.cfg.k if run.cfg.architecture in K_ARCHITECTURES else None,
                 l1_coeff=run.cfg.l1_coeff if run.cfg.architecture == "relu" else None,
                 l0_coeff=run.cfg.l0_coeff if run.cfg.architecture == "jumprelu" else None,
                 run=str(folder.relative_to(root)))

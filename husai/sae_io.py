@@ -25,7 +25,8 @@ from .io import load_tensors, read_json, save_tensors, write_json
 
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 SAELENS_VERSION = "6.54.0"  # the format version written; >= 6.0 skips SAELens's pre-6 conversion
-_SAELENS_ARCH = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
+_SAELENS_ARCH = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
+                 "matryoshka": "jumprelu"}
 
 
 def save_sae(folder: str | Path, sae, slot: int = 0, metadata: dict | None = None) -> None:
@@ -35,7 +36,7 @@ def save_sae(folder: str | Path, sae, slot: int = 0, metadata: dict | None = Non
     tensors = {"W_enc": sae.W_enc[slot], "W_dec": sae.W_dec[slot], "b_enc": sae.b_enc[slot], "b_dec": sae.b_dec[slot]}
     if arch == "jumprelu":
         tensors["threshold"] = sae.threshold[slot]
-    elif arch == "batchtopk":
+    elif arch in ("batchtopk", "matryoshka"):
         tensors["threshold"] = sae.threshold[slot].expand(sae.d_sae)
     cfg = dict(architecture=_SAELENS_ARCH[arch], d_in=sae.d_in, d_sae=sae.d_sae, dtype="float32", device="cpu",
                apply_b_dec_to_input=True, normalize_activations="none", reshape_activations="none")

@@ -10,7 +10,7 @@ import torch
 
 from torch import nn
 
-from .sae import StackedSAE
+from .sae_base import StackedSAE
 
 
 class _JumpReLU(torch.autograd.Function):

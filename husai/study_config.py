@@ -41,7 +41,8 @@ class SAERun:
     def name(self) -> str:
         """Folder name from the parameters that vary in a grid."""
         c = self.cfg
-        knob = {"topk": f"k{c.k}", "batchtopk": f"k{c.k}", "relu": f"l1_{c.l1_coeff:g}", "jumprelu": f"l0_{c.l0_coeff:g}"}
+        knob = {"topk": f"k{c.k}", "batchtopk": f"k{c.k}", "matryoshka": f"k{c.k}_levels{c.matryoshka_levels}",
+                "relu": f"l1_{c.l1_coeff:g}", "jumprelu": f"l0_{c.l0_coeff:g}"}
         return f"{c.architecture}_x{c.expansion}_{knob[c.architecture]}"
 
     def folder(self, root: Path) -> Path:

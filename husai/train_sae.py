@@ -19,7 +19,9 @@ import torch
 from .data import check_seed
 from .errors import HusaiError
 from .troubleshoot import check_fits_in_memory
-from .sae import ARCHITECTURES, BatchTopKSAE, JumpReLUSAE, ReLUSAE, StackedSAE, TopKSAE, geometric_median
+from .sae import (ARCHITECTURES, K_ARCHITECTURES, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, StackedSAE,
+                  TopKSAE, geometric_median)
+from .sae_topk import matryoshka_widths
 
 
 @dataclass
@@ -27,11 +29,11 @@ class SAETrainConfig:
     """Everything that defines an SAE training run (YAML keys are these field names)."""
 
     architecture: str = "topk"
-    """One of topk, batchtopk, relu, jumprelu."""
+    """One of topk, batchtopk, matryoshka, relu, jumprelu."""
     expansion: int = 16
     """d_sae = expansion * d_in."""
     k: int = 32
-    """Active latents per input (topk) or on average per input (batchtopk)."""
+    """Active latents per input (topk) or on average per input (batchtopk, matryoshka)."""
     l1_coeff: float = 2.0
     """ReLU SAE: weight of the decoder-norm-weighted L1 penalty (absolute: the MSE is not
     normalised; 2.0 gives L0 ~30-40 on a grokked p=113 model's layer-0 residual, variance ~2000)."""
@@ -48,7 +50,11 @@ class SAETrainConfig:
     dead_after_epochs: float = 1.0
     """A latent counts as dead for AuxK when it has not fired for this many passes over the data."""
     batchtopk_threshold_lr: float = 0.01
-    """BatchTopK: EMA rate of the inference threshold (SAELens's estimator)."""
+    """BatchTopK/Matryoshka: EMA rate of the inference threshold (SAELens's estimator)."""
+    matryoshka_levels: int = 4
+    """Matryoshka: nested dictionary widths, growing 4x per level up to d_sae (d_sae 2048, 4
+    levels: 32, 128, 512, 2048; husai.sae_topk.matryoshka_widths). Bussmann et al. 2025 nest a
+    few geometrically growing prefixes; the growth factor here is husai's choice."""
     init: str = "data"
     """Decoder init: random (isotropic unit rows, Gao et al.) or data (random centred data points).
     On the grokked model's low-rank residual stream, random init leaves 15-40% of a 16x TopK SAE
@@ -92,11 +98,17 @@ class SAETrainConfig:
             raise HusaiError("config keys 'beta1' and 'beta2' must lie in [0, 1)")
         if self.k_aux is not None and self.k_aux < 1:
             raise HusaiError(f"config key 'k_aux' must be >= 1, got {self.k_aux}")
-        if self.architecture in ("topk", "batchtopk"):
+        if self.architecture in K_ARCHITECTURES:
             if self.k < 1:
                 raise HusaiError(f"k must be >= 1, got {self.k}")
             if d_in is not None and self.k >= self.d_sae(d_in):
                 raise HusaiError(f"k must be smaller than d_sae = {self.d_sae(d_in)} (expansion {self.expansion} x d_in {d_in}), got k = {self.k}")
+        if self.architecture == "matryoshka":
+            if self.matryoshka_levels < 1:
+                raise HusaiError(f"config key 'matryoshka_levels' must be >= 1, got {self.matryoshka_levels}")
+            if d_in is not None and self.d_sae(d_in) < 4 ** (self.matryoshka_levels - 1):
+                raise HusaiError(f"config key 'matryoshka_levels': {self.matryoshka_levels} levels growing 4x need "
+                                 f"d_sae >= {4 ** (self.matryoshka_levels - 1)}, got d_sae = {self.d_sae(d_in)}")
         return self
 
     def d_sae(self, d_in: int) -> int:
@@ -159,6 +171,9 @@ def build_sae(cfg: SAETrainConfig, n_seeds: int, d_in: int) -> StackedSAE:
         return TopKSAE(n_seeds, d_in, d_sae, cfg.k, cfg.k_aux, cfg.aux_coeff)
     if cfg.architecture == "batchtopk":
         return BatchTopKSAE(n_seeds, d_in, d_sae, cfg.k, cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr)
+    if cfg.architecture == "matryoshka":
+        return MatryoshkaSAE(n_seeds, d_in, d_sae, cfg.k, matryoshka_widths(d_sae, cfg.matryoshka_levels),
+                             cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr)
     if cfg.architecture == "relu":
         return ReLUSAE(n_seeds, d_in, d_sae, cfg.l1_coeff)
     return JumpReLUSAE(n_seeds, d_in, d_sae, cfg.l0_coeff, cfg.jumprelu_bandwidth, cfg.jumprelu_init_threshold)
@@ -220,7 +235,9 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     acts = acts.to(device=device, dtype=torch.float32)
     sae = init_saes(acts, cfg, seeds, device)
     W_dec_init = sae.W_dec.detach().clone()
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(d_in), betas=(cfg.beta1, cfg.beta2))
+    # fused: one kernel per parameter instead of ~10 elementwise passes (measured 17.0 vs 19.8 ms per
+    # 5-seed step on 2 CPU cores); same update rule as the default implementation.
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(d_in), betas=(cfg.beta1, cfg.beta2), fused=True)
     gen = torch.Generator().manual_seed(cfg.data_seed)
     since_fired = torch.zeros(S, sae.d_sae, device=device)  # inputs seen since each latent last fired
     dead_after = max(1, math.ceil(cfg.dead_after_epochs * N))

@@ -6,6 +6,8 @@ doctor prints them under a failed check; train-model and train-sae print them af
 
 from __future__ import annotations
 
+from .sae import K_ARCHITECTURES
+
 GROKKED_ACC = 0.95
 DEAD_MAX = 0.30
 OVERLAP_MIN = 0.3
@@ -33,7 +35,7 @@ def sae_hints(architecture: str, k: int | None, l0: float, frac_dead: float, fou
     subspaces. The Fourier hint therefore fires only when the weights do not show the structure either.
     """
     hints = []
-    if architecture in ("topk", "batchtopk") and k and not 0.5 * k <= l0 <= 1.1 * k:
+    if architecture in K_ARCHITECTURES and k and not 0.5 * k <= l0 <= 1.1 * k:
         hints.append(f"L0 {l0:.1f} is far from k = {k}: check the TopK configuration (k, expansion; TopK then ReLU "
                      "can only lower L0 when pre-activations are negative, so a tiny L0 means a bad b_enc/b_dec init)")
     if frac_dead > DEAD_MAX:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from husai.sae import BatchTopKSAE, JumpReLUSAE, ReLUSAE, TopKSAE, geometric_median
+from husai.sae import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, TopKSAE, geometric_median
+from husai.sae_sparse import topk_rows
 
 torch.set_num_threads(1)
 
@@ -31,7 +32,8 @@ def test_topk_is_relu_of_topk():
 
 
 @pytest.mark.parametrize("cls,kw", [(TopKSAE, dict(k=3)), (ReLUSAE, dict(l1_coeff=0.1)),
-                                    (JumpReLUSAE, dict(l0_coeff=0.1)), (BatchTopKSAE, dict(k=3))])
+                                    (JumpReLUSAE, dict(l0_coeff=0.1)), (BatchTopKSAE, dict(k=3)),
+                                    (MatryoshkaSAE, dict(k=3, widths=[4, 12]))])
 def test_stacked_encode_decode_match_per_seed_reference(cls, kw):
     """Each seed slot computes exactly the 2-D SAE formula with its own parameters."""
     sae = _random_sae(cls, **kw)
@@ -161,18 +163,18 @@ def test_geometric_median_minimises_sum_of_distances():
     assert np.linalg.norm(m) < 2  # the mean would be pulled to ~9 by the outliers
 
 
-@pytest.mark.parametrize("n_dead", [6, 10])  # few dead: search dead columns only; many: masked top-k
-@pytest.mark.parametrize("cls", [TopKSAE, BatchTopKSAE])
-def test_sparse_training_path_equals_dense_reference(cls, n_dead):
-    """TopK/BatchTopK train through embedding_bag on the active latents only; loss and every
+@pytest.mark.parametrize("n_dead", [0, 6, 10])  # none: no AuxK; few: search dead columns only; many: masked top-k
+@pytest.mark.parametrize("cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (MatryoshkaSAE, dict(widths=[2, 5, 12]))])
+def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead):
+    """The TopK family trains through husai.sae_sparse on the active latents only; loss and every
     gradient must equal the dense formula (StackedSAE.training_loss: dense activate + decode)."""
     from husai.sae import StackedSAE
 
     x = torch.randn(10, 6, generator=torch.Generator().manual_seed(4)) + 1
     dead = torch.zeros(3, 12, dtype=torch.bool)
     dead[0, :n_dead] = True
-    dead[2, 3] = True
-    fast, slow = _random_sae(cls, k=2, k_aux=3), _random_sae(cls, k=2, k_aux=3)
+    dead[2, 3] = n_dead > 0
+    fast, slow = _random_sae(cls, k=2, k_aux=3, **kw), _random_sae(cls, k=2, k_aux=3, **kw)
     lf, sf = fast.training_loss(x, dead)
     ls, ss = StackedSAE.training_loss(slow, x, dead)
     lf.backward()
@@ -182,3 +184,30 @@ def test_sparse_training_path_equals_dense_reference(cls, n_dead):
     assert torch.equal(sf["fired"], ss["fired"])
     for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_matryoshka_loss_is_a_sum_of_nested_fvus_by_hand():
+    """Two levels, widths [2, 4], batch top-k over two inputs: the loss is FVU of the prefix
+    reconstruction (latents 0-1 only) plus FVU of the full one, each computed here by hand."""
+    sae = MatryoshkaSAE(1, 2, 4, k=2, widths=[2, 4])
+    with torch.no_grad():
+        sae.W_dec[0] = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0], [0, 1.0]])
+        sae.W_enc[0] = torch.tensor([[1.0, 0, 0.5, 0], [0, 1.0, 0, 0.5]])
+    x = torch.tensor([[2.0, 0.0], [0.0, 4.0]])  # pre = [[2, 0, 1, 0], [0, 4, 0, 2]]: batch top-4 keeps 2, 1, 4, 2
+    loss, stats = sae.training_loss(x, torch.zeros(1, 4, dtype=torch.bool))
+    var = ((x - x.mean(0)) ** 2).sum(1).mean()  # 8
+    inner = torch.tensor([[2.0, 0], [0, 4.0]])  # latents 0, 1 only
+    full = torch.tensor([[3.0, 0], [0, 6.0]])  # plus latents 2, 3
+    expected = ((inner - x) ** 2).sum(1).mean() / var + ((full - x) ** 2).sum(1).mean() / var
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(stats["mse"], ((full - x) ** 2).sum(1).mean().reshape(1))
+
+
+@pytest.mark.parametrize("shape,k", [((3, 7, 2048), 32), ((2, 5, 512), 64), ((4, 64), 4), ((4, 40), 3)])
+def test_topk_rows_selects_the_same_set_as_torch_topk(shape, k):
+    pre = torch.randn(shape, generator=torch.Generator().manual_seed(k))
+    pre[..., :5] = pre[..., :5] + 3  # clustered large values: several winners in one group
+    vals, idx = topk_rows(pre, k)
+    ref_vals, ref_idx = pre.topk(k, dim=-1)
+    assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
+    assert torch.equal(pre.gather(-1, idx), vals)

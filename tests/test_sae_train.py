@@ -3,19 +3,23 @@ divergence handling, and recovery of known sparse directions on synthetic data."
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from husai.errors import HusaiError
 from husai.sae import TopKSAE
-from husai.train_sae import SAETrainConfig, config_from_dict, parse_seeds, train_saes
+from husai.train_sae import SAETrainConfig, config_from_dict, load_config, parse_seeds, train_saes
 
 torch.set_num_threads(1)
 
 CFGS = {
     "topk": SAETrainConfig(architecture="topk", expansion=4, k=3, batch_size=32, epochs=3, lr=3e-3),
     "batchtopk": SAETrainConfig(architecture="batchtopk", expansion=4, k=3, batch_size=32, epochs=3, lr=3e-3),
+    "matryoshka": SAETrainConfig(architecture="matryoshka", expansion=4, k=3, matryoshka_levels=3, batch_size=32, epochs=3, lr=3e-3),
     "relu": SAETrainConfig(architecture="relu", expansion=4, l1_coeff=0.01, batch_size=32, epochs=3, lr=3e-3),
     "jumprelu": SAETrainConfig(architecture="jumprelu", expansion=4, l0_coeff=0.01, jumprelu_bandwidth=0.05,
                                jumprelu_init_threshold=0.05, batch_size=32, epochs=3, lr=3e-3),
@@ -126,6 +130,20 @@ def test_config_validation_names_the_key():
         config_from_dict({"k": 0})
     with pytest.raises(HusaiError, match="smaller than d_sae"):
         SAETrainConfig(expansion=1, k=8).validate(d_in=8)
+    with pytest.raises(HusaiError, match="'matryoshka_levels'.*d_sae >= 64"):
+        SAETrainConfig(architecture="matryoshka", expansion=4, k=2, matryoshka_levels=4).validate(d_in=8)
+    with pytest.raises(HusaiError, match="'matryoshka_levels' must be >= 1"):
+        config_from_dict({"architecture": "matryoshka", "matryoshka_levels": 0})
     with pytest.raises(HusaiError, match="duplicates"):
         parse_seeds("1,1")
     assert parse_seeds("42, 123") == [42, 123]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_configs_load_and_train(path):
+    """Every shipped example config validates, names its architecture in its file name, and trains."""
+    cfg = load_config(path)
+    assert path.stem.startswith(cfg.architecture)
+    res = train_saes(_acts(n=128), replace(cfg, epochs=1), [0])
+    assert res.diverged_at_step is None and res.steps >= 1
+    assert all(bool(torch.isfinite(p).all()) for p in res.sae.parameters())
