@@ -27,6 +27,7 @@ class StackedSAE(nn.Module):
         self.W_dec = nn.Parameter(torch.zeros(n_seeds, d_sae, d_in))
         self.b_dec = nn.Parameter(torch.zeros(n_seeds, d_in))
         self.hparams: dict = {}  # constructor arguments beyond (n_seeds, d_in, d_sae)
+        self._pre_buffer: torch.Tensor | None = None  # see pre_acts
 
     @property
     def W_enc(self) -> torch.Tensor:
@@ -61,8 +62,12 @@ class StackedSAE(nn.Module):
         self.b_dec.copy_(b_dec_init.to(self.b_dec).expand(self.n_seeds, -1))
         return self
 
-    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+    def pre_acts(self, x: torch.Tensor, reuse_buffer: bool = False) -> torch.Tensor:
         """x [B, d_in] or [S, B, d_in] -> pre-activations [S, B, d_sae].
+
+        reuse_buffer (training steps, no autograd): write into a buffer kept on the module and
+        overwritten by the next such call. A fresh 10 MB block per step is a fresh mmap whose page
+        faults cost as much as the matmul's bias fill (measured: 1.3-2 ms of a 19 ms 5-seed step).
 
         Computed as x @ W_enc + (b_enc - b_dec @ W_enc), equal to (x - b_dec) @ W_enc + b_enc:
         x needs no gradient, so backward skips the [B, d_sae] x [d_sae, d_in] matmul that the
@@ -75,7 +80,13 @@ class StackedSAE(nn.Module):
         # A shared batch: one matmul for all seeds (measured 2.3 ms vs 2.9 ms for a bmm over S = 5
         # copies of x). The result is [B, S, d_sae] in memory, returned as an [S, B, d_sae] view.
         W = self.W_enc_T.reshape(S * d_sae, d_in)
-        return torch.addmm(bias.reshape(1, -1), x, W.T).view(-1, S, d_sae).transpose(0, 1)
+        out = None
+        if reuse_buffer and not torch.is_grad_enabled():
+            buf = self._pre_buffer
+            if buf is None or buf.shape[0] < x.shape[0] or buf.shape[1] != S * d_sae or buf.device != x.device:
+                buf = self._pre_buffer = torch.empty(x.shape[0], S * d_sae, dtype=x.dtype, device=x.device)
+            out = buf[:x.shape[0]]  # the first rows: contiguous (an epoch's last batch may be short)
+        return torch.addmm(bias.reshape(1, -1), x, W.T, out=out).view(-1, S, d_sae).transpose(0, 1)
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
         """pre [S, B, d_sae] -> latents z [S, B, d_sae] (non-negative)."""

@@ -6,8 +6,9 @@ Shapes as in husai.sae: pre [S, B, d_sae], theta [S, d_sae].
 
 from __future__ import annotations
 
-import torch
+import math
 
+import torch
 from torch import nn
 
 from .sae_base import StackedSAE
@@ -60,7 +61,15 @@ class JumpReLUSAE(StackedSAE):
         super().__init__(n_seeds, d_in, d_sae)
         self.l0_coeff, self.bandwidth = l0_coeff, bandwidth
         self.hparams = dict(l0_coeff=l0_coeff, bandwidth=bandwidth, init_threshold=init_threshold)
-        self.threshold = nn.Parameter(torch.full((n_seeds, d_sae), float(init_threshold)))
+        # theta = exp(log_threshold), as SAELens trains it: Adam then moves theta by a fraction of
+        # itself per step, so a threshold can grow from 0.1 to tens within a short run (a linear
+        # parameter moved ~lr per step: 0.5 -> 0.65 in 1,000 steps on the grokked model, measured).
+        self.log_threshold = nn.Parameter(torch.full((n_seeds, d_sae), math.log(init_threshold)))
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        """theta [S, d_sae] > 0."""
+        return self.log_threshold.exp()
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
         theta = self.threshold.unsqueeze(1)  # [S, 1, d_sae]
@@ -71,8 +80,3 @@ class JumpReLUSAE(StackedSAE):
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
         l0 = _Step.apply(pre, self.threshold.unsqueeze(1), self.bandwidth).sum(-1).mean(1)
         return self.l0_coeff * l0
-
-    @torch.no_grad()
-    def after_step(self, stats: dict) -> None:
-        super().after_step(stats)
-        self.threshold.clamp_(min=0.0)  # a negative threshold would let negative pre through

@@ -60,24 +60,23 @@ class Codes:
         self.input = (rows + off * n_inputs).reshape(-1)  # [S*M] row of a stacked [S*B, d_in]
         self._by_latent = None
 
-    def by_latent(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(order [S*M], offsets [S*d_sae]): entries sorted by latent (stable, so each latent's
-        sum runs in input order whatever other seeds are trained beside it), bag offsets."""
+    def by_latent(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(order [S*M], input[order] [S*M], offsets [S*d_sae]): entries sorted by latent (stable,
+        so each latent's sum runs in input order whatever other seeds are trained beside it), the
+        stacked input row of each sorted entry, and the bag offsets."""
         if self._by_latent is None:
-            n = self.latent.numel()
-            key = self.latent.to(torch.int32) if n < 2**31 else self.latent
+            key = self.latent.to(torch.int32) if self.latent.numel() < 2**31 else self.latent
             order = torch.sort(key, stable=True).indices
             counts = torch.bincount(self.latent, minlength=self.rows.shape[0] * self.d_sae)
-            self._by_latent = (order, torch.cumsum(counts, 0) - counts)
+            self._by_latent = (order, self.input[order], torch.cumsum(counts, 0) - counts)
         return self._by_latent
 
 
-def _sum_rows_by_latent(codes: Codes, table: torch.Tensor, table_rows: torch.Tensor,
-                        weights: torch.Tensor) -> torch.Tensor:
-    """out[l] = sum over entries e with latent l of weights[e] * table[table_rows[e]].
-    table [R, d], table_rows [S*M], weights [S*M] -> [S*d_sae, d] (zero rows for idle latents)."""
-    order, offsets = codes.by_latent()
-    return F.embedding_bag(table_rows[order], table, offsets, mode="sum", per_sample_weights=weights[order])
+def _sum_rows_by_latent(codes: Codes, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[l] = sum over entries e with latent l of weights[e] * table[codes.input[e]].
+    table [S*R, d] (stacked per seed), weights [S*M] -> [S*d_sae, d] (zero rows for idle latents)."""
+    order, table_rows, offsets = codes.by_latent()
+    return F.embedding_bag(table_rows, table, offsets, mode="sum", per_sample_weights=weights[order])
 
 
 class _EncodeAt(torch.autograd.Function):
@@ -101,7 +100,7 @@ class _EncodeAt(torch.autograd.Function):
         S, d_sae, d_in = W_enc_T.shape
         g_b_enc = torch.zeros(S, d_sae, dtype=g.dtype, device=g.device).scatter_add_(1, codes.cols, g)
         centred = (x.unsqueeze(0) - b_dec.unsqueeze(1)).reshape(-1, d_in)  # [S * R, d_in], small
-        g_W = _sum_rows_by_latent(codes, centred, codes.input, g.reshape(-1)).view(S, d_sae, d_in)
+        g_W = _sum_rows_by_latent(codes, centred, g.reshape(-1)).view(S, d_sae, d_in)
         g_b_dec = -torch.bmm(g_b_enc.unsqueeze(1), W_enc_T).squeeze(1)
         return None, g_W, g_b_enc, g_b_dec, None, None
 
@@ -123,7 +122,7 @@ class _DecoderGrad(torch.autograd.Function):
         (z,) = ctx.saved_tensors
         codes = ctx.codes
         S, d_sae, d_in = ctx.shape
-        g_W = _sum_rows_by_latent(codes, g.reshape(-1, d_in), codes.input, z.reshape(-1))
+        g_W = _sum_rows_by_latent(codes, g.reshape(-1, d_in), z.reshape(-1))
         return g, g_W.view(S, d_sae, d_in), None, None
 
 

@@ -100,7 +100,7 @@ class TopKSAE(StackedSAE):
         S, B, L = self.n_seeds, x.shape[0], self.n_levels
         aux = bool(dead.any())
         with torch.no_grad():
-            pre = self.pre_acts(x)  # [S, B, d_sae]
+            pre = self.pre_acts(x, reuse_buffer=True)  # [S, B, d_sae], valid until the next step
             pvals, rows, cols = self.select_latents(pre)  # [S, M], sorted by row
             M = pvals.shape[1]
             if L > 1:

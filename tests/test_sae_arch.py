@@ -134,20 +134,21 @@ def test_batchtopk_keeps_k_per_input_on_average_and_tracks_threshold():
 
 def test_jumprelu_pseudo_derivatives_by_hand():
     """Rajamanoharan et al. 2024 eq. 11-12 with eps = 0.1, theta = 1: pre 1.02 lies inside the
-    kernel window (|pre - theta| < eps/2), pre 0.5 and 1.5 outside."""
+    kernel window (|pre - theta| < eps/2), pre 0.5 and 1.5 outside. The parameter is log theta,
+    so its gradient is theta * d/d theta, equal to d/d theta at theta = 1."""
     sae = JumpReLUSAE(1, 1, 3, l0_coeff=1.0, bandwidth=0.1, init_threshold=1.0)
     pre = torch.tensor([[[1.02, 0.5, 1.5]]], requires_grad=True)
     z = sae.activate(pre, training=True)
     assert torch.equal(z.detach(), torch.tensor([[[1.02, 0.0, 1.5]]]))
     z.sum().backward()
-    torch.testing.assert_close(sae.threshold.grad, torch.tensor([[-10.0, 0.0, 0.0]]))  # -(theta/eps) K
+    torch.testing.assert_close(sae.log_threshold.grad, torch.tensor([[-10.0, 0.0, 0.0]]))  # -(theta/eps) K
     torch.testing.assert_close(pre.grad, torch.tensor([[[1.0, 0.0, 1.0]]]))  # straight through H
-    sae.threshold.grad = None
+    sae.log_threshold.grad = None
     pre2 = pre.detach().requires_grad_(True)
     l0 = sae.sparsity_loss(None, pre2, None, None, None)
     assert l0.item() == 2.0
     l0.sum().backward()
-    torch.testing.assert_close(sae.threshold.grad, torch.tensor([[-10.0, 0.0, 0.0]]))  # -(1/eps) K
+    torch.testing.assert_close(sae.log_threshold.grad, torch.tensor([[-10.0, 0.0, 0.0]]))  # -(1/eps) K
     assert pre2.grad is None or pre2.grad.abs().sum() == 0
 
 
