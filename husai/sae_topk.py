@@ -158,13 +158,13 @@ class BatchTopKSAE(TopKSAE):
             return F.relu(pre) * (pre > self.threshold.view(-1, 1, 1))
         S, B, d_sae = pre.shape
         flat = pre.reshape(S, B * d_sae)
-        vals, idx = flat.topk(min(self.k * B, B * d_sae), dim=-1, sorted=False)
+        vals, idx = topk_rows(flat, min(self.k * B, B * d_sae))
         return torch.zeros_like(flat).scatter(-1, idx, F.relu(vals)).view(S, B, d_sae)
 
     def select_latents(self, pre: torch.Tensor):
         """The k*B largest pre-activations of each seed's batch, as a coordinate list sorted by row."""
         S, B, d_sae = pre.shape
-        vals, flat = pre.reshape(S, B * d_sae).topk(min(self.k * B, B * d_sae), dim=-1, sorted=False)
+        vals, flat = topk_rows(pre.reshape(S, B * d_sae), min(self.k * B, B * d_sae))
         flat, order = flat.sort(dim=1)  # group by input row for embedding_bag
         return vals.gather(1, order), flat // d_sae, flat % d_sae
 
