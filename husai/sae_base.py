@@ -83,7 +83,8 @@ class StackedSAE(nn.Module):
         out = None
         if reuse_buffer and not torch.is_grad_enabled():
             buf = self._pre_buffer
-            if buf is None or buf.shape[0] < x.shape[0] or buf.shape[1] != S * d_sae or buf.device != x.device:
+            if (buf is None or buf.shape[0] < x.shape[0] or buf.shape[1] != S * d_sae or buf.device != x.device
+                    or buf.dtype != x.dtype):
                 buf = self._pre_buffer = torch.empty(x.shape[0], S * d_sae, dtype=x.dtype, device=x.device)
             out = buf[:x.shape[0]]  # the first rows: contiguous (an epoch's last batch may be short)
         return torch.addmm(bias.reshape(1, -1), x, W.T, out=out).view(-1, S, d_sae).transpose(0, 1)

@@ -8,8 +8,8 @@
                                      b_dec [d_in], threshold [d_sae] (jumprelu)
 
 husai architecture -> SAELens inference architecture: topk -> topk, relu -> standard,
-jumprelu -> jumprelu, batchtopk -> jumprelu with a constant threshold (what SAELens itself saves
-after BatchTopK training). So `sae_lens.SAE.load_from_disk(FOLDER)` loads any husai SAE, and
+jumprelu -> jumprelu, batchtopk and matryoshka -> jumprelu with a constant threshold (what
+SAELens itself saves after BatchTopK and Matryoshka BatchTopK training). So `sae_lens.SAE.load_from_disk(FOLDER)` loads any husai SAE, and
 `load_sae(FOLDER)` loads those and SAEs saved by SAELens in these architectures.
 """
 

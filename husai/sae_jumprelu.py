@@ -51,13 +51,15 @@ class _Step(torch.autograd.Function):
 
 
 class JumpReLUSAE(StackedSAE):
-    """z = pre * H(pre - theta) with a learned per-latent threshold theta [S, d_sae] >= 0;
-    loss = MSE + l0_coeff * sum_i H(pre_i - theta_i) (Rajamanoharan et al. 2024, sec. 3-4)."""
+    """z = pre * H(pre - theta) with a learned per-latent threshold theta [S, d_sae] > 0;
+    loss = MSE + l0_coeff * sum_i H(pre_i - theta_i) (Rajamanoharan et al. 2024, sec. 3-4).
+    bandwidth and init_threshold are in activation units; the defaults suit the grokked model's
+    residual stream (pre-activations of tens; the paper's 1e-3 assumes normalised inputs)."""
 
     architecture = "jumprelu"
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, l0_coeff: float,
-                 bandwidth: float = 1e-3, init_threshold: float = 1e-3):
+                 bandwidth: float = 2.0, init_threshold: float = 1.0):
         super().__init__(n_seeds, d_in, d_sae)
         self.l0_coeff, self.bandwidth = l0_coeff, bandwidth
         self.hparams = dict(l0_coeff=l0_coeff, bandwidth=bandwidth, init_threshold=init_threshold)

@@ -8,7 +8,7 @@ without autograd. Everything after works on a coordinate list of active entries 
 
 and two custom autograd functions give the parameters their gradients from that list:
 
-    encode_at(...)  values pre[s, rows, cols] with gradients to W_enc, b_enc, b_dec
+    encode_at(...)  values pre[s, rows, cols] with gradients to W_enc_T, b_enc, b_dec
     decode(...)     x_hat[s, b] = b_dec[s] + sum_{m: rows[s, m] = b} z[s, m] W_dec[s, cols[s, m]]
 
 The plain-PyTorch reference is the dense path, StackedSAE.training_loss (dense activate and
@@ -29,8 +29,9 @@ def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k along the last dim (values, indices; unsorted), faster than torch.topk on CPU
     for k << d. pre [..., d] -> ([..., k], [..., k]).
 
-    Split each row into m = d / g strided groups {j, j + m, ..., j + (g - 1) m} of g elements. The k largest elements of a row lie in the k groups with the largest maxima
-    (any element above the k-th largest group maximum is in one of those groups), so a top-k over
+    Split each row into m = d / g strided groups {j, j + m, ..., j + (g - 1) m} of g elements.
+    The k largest elements of a row lie in the k groups with the largest maxima (any element
+    above the k-th largest group maximum is in one of those groups), so a top-k over
     the m group maxima and then over the k * g candidates gives the same set as a top-k over d.
     Strided groups make the group maximum a vectorised elementwise max over g rows of m.
     """
@@ -65,7 +66,8 @@ class Codes:
         so each latent's sum runs in input order whatever other seeds are trained beside it), the
         stacked input row of each sorted entry, and the bag offsets."""
         if self._by_latent is None:
-            key = self.latent.to(torch.int32) if self.latent.numel() < 2**31 else self.latent
+            n_keys = self.rows.shape[0] * self.d_sae
+            key = self.latent.to(torch.int32) if n_keys < 2**31 else self.latent  # int32 sorts 2x faster
             order = torch.sort(key, stable=True).indices
             counts = torch.bincount(self.latent, minlength=self.rows.shape[0] * self.d_sae)
             self._by_latent = (order, self.input[order], torch.cumsum(counts, 0) - counts)

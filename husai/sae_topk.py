@@ -95,7 +95,8 @@ class TopKSAE(StackedSAE):
         All reconstructions of the step come out of one sparse decode of R = (L + aux) * B rows:
         with L levels, level l's entries decode into rows l*B..(l+1)*B-1 (a prefix sum over levels
         gives the nested reconstructions); the AuxK entries decode into the last B rows (their
-        reconstruction e_hat of the residual). One sort and one encode serve every term.
+        reconstruction e_hat of the residual). One by-latent sort, one encode and one decode serve
+        every term.
         """
         S, B, L = self.n_seeds, x.shape[0], self.n_levels
         aux = bool(dead.any())

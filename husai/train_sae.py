@@ -226,6 +226,15 @@ def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device:
         seeds, geometric_median(sample.cpu()), sample.cpu() if cfg.init == "data" else None)
 
 
+def _adam(params: list, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam, fused where the device supports it: one kernel per parameter instead of ~10
+    elementwise passes (measured 17.0 vs 19.8 ms per 5-seed step on 2 CPU cores), same update rule."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, ValueError):  # a device (or an older torch) without the fused kernel
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
 def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
                on_step=None, on_epoch=None) -> TrainResult:
     """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and
@@ -237,9 +246,7 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     acts = acts.to(device=device, dtype=torch.float32)
     sae = init_saes(acts, cfg, seeds, device)
     W_dec_init = sae.W_dec.detach().clone()
-    # fused: one kernel per parameter instead of ~10 elementwise passes (measured 17.0 vs 19.8 ms per
-    # 5-seed step on 2 CPU cores); same update rule as the default implementation.
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.learning_rate(d_in), betas=(cfg.beta1, cfg.beta2), fused=True)
+    opt = _adam(list(sae.parameters()), cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2))
     gen = torch.Generator().manual_seed(cfg.data_seed)
     since_fired = torch.zeros(S, sae.d_sae, device=device)  # inputs seen since each latent last fired
     dead_after = max(1, math.ceil(cfg.dead_after_epochs * N))

@@ -164,18 +164,20 @@ def test_geometric_median_minimises_sum_of_distances():
     assert np.linalg.norm(m) < 2  # the mean would be pulled to ~9 by the outliers
 
 
+@pytest.mark.parametrize("d_sae", [12, 64])  # 64: the grouped top-k path of topk_rows (12 falls back to torch.topk)
 @pytest.mark.parametrize("n_dead", [0, 6, 10])  # none: no AuxK; few: search dead columns only; many: masked top-k
-@pytest.mark.parametrize("cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (MatryoshkaSAE, dict(widths=[2, 5, 12]))])
-def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead):
+@pytest.mark.parametrize("cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (MatryoshkaSAE, dict(widths=[2, 5]))])
+def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae):
     """The TopK family trains through husai.sae_sparse on the active latents only; loss and every
     gradient must equal the dense formula (StackedSAE.training_loss: dense activate + decode)."""
     from husai.sae import StackedSAE
 
     x = torch.randn(10, 6, generator=torch.Generator().manual_seed(4)) + 1
-    dead = torch.zeros(3, 12, dtype=torch.bool)
+    dead = torch.zeros(3, d_sae, dtype=torch.bool)
     dead[0, :n_dead] = True
     dead[2, 3] = n_dead > 0
-    fast, slow = _random_sae(cls, k=2, k_aux=3, **kw), _random_sae(cls, k=2, k_aux=3, **kw)
+    kw = dict(kw, widths=kw["widths"] + [d_sae]) if "widths" in kw else kw
+    fast, slow = (_random_sae(cls, d_sae=d_sae, k=2, k_aux=3, **kw) for _ in range(2))
     lf, sf = fast.training_loss(x, dead)
     ls, ss = StackedSAE.training_loss(slow, x, dead)
     lf.backward()
@@ -212,3 +214,15 @@ def test_topk_rows_selects_the_same_set_as_torch_topk(shape, k):
     ref_vals, ref_idx = pre.topk(k, dim=-1)
     assert torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
     assert torch.equal(pre.gather(-1, idx), vals)
+
+
+def test_pre_acts_buffer_reuse_matches_a_fresh_result():
+    """Training steps write pre-activations into a reused buffer: results must equal the plain
+    computation whatever came before (a longer batch, another dtype)."""
+    sae = _random_sae(TopKSAE, d_sae=16, k=2)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, dtype in [(10, torch.float32), (4, torch.float32), (12, torch.float32), (5, torch.float64)]:
+            sae.to(dtype)
+            x = torch.randn(n, 6, generator=g, dtype=dtype)
+            torch.testing.assert_close(sae.pre_acts(x, reuse_buffer=True), sae.pre_acts(x))
