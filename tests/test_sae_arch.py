@@ -127,7 +127,9 @@ def test_batchtopk_keeps_k_per_input_on_average_and_tracks_threshold():
         assert pre[s][kept].min() >= pre[s][~kept].max()  # the largest across the whole batch
     mins = torch.stack([z[s][z[s] > 0].min() for s in range(2)])
     sae.after_step({"min_active": mins})
-    torch.testing.assert_close(sae.threshold, 0.5 * mins)  # EMA from 0 with rate 0.5
+    torch.testing.assert_close(sae.threshold, mins)  # the EMA starts at the first batch's value
+    sae.after_step({"min_active": torch.tensor([3.0, float("inf")])})  # seed 1: nothing kept
+    torch.testing.assert_close(sae.threshold, torch.stack([0.5 * mins[0] + 1.5, mins[1]]))  # rate 0.5
     zi = sae.activate(pre, training=False)
     assert torch.equal(zi, F.relu(pre) * (pre > sae.threshold.view(2, 1, 1)))
 
