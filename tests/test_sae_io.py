@@ -10,19 +10,13 @@ import torch
 
 from husai.errors import HusaiError
 from husai.sae_io import load_sae, load_saes, save_sae
-from husai.train_sae import SAETrainConfig, train_saes
+from husai.train_sae import train_saes
+from tiny_sae_configs import tiny_configs
 
 torch.set_num_threads(1)
 import sae_lens  # noqa: E402  the interop extra is part of the test install: no skip
 
-CFGS = {
-    "topk": SAETrainConfig(architecture="topk", expansion=4, k=3, batch_size=32, epochs=2, lr=3e-3),
-    "batchtopk": SAETrainConfig(architecture="batchtopk", expansion=4, k=3, batch_size=32, epochs=2, lr=3e-3),
-    "matryoshka": SAETrainConfig(architecture="matryoshka", expansion=4, k=3, matryoshka_levels=2, batch_size=32, epochs=2, lr=3e-3),
-    "relu": SAETrainConfig(architecture="relu", expansion=4, l1_coeff=0.01, batch_size=32, epochs=2, lr=3e-3),
-    "jumprelu": SAETrainConfig(architecture="jumprelu", expansion=4, l0_coeff=0.01, jumprelu_bandwidth=0.05,
-                               jumprelu_init_threshold=0.05, batch_size=32, epochs=2, lr=3e-3),
-}
+CFGS = tiny_configs(epochs=2)
 SAELENS_ARCH = {"topk": "topk", "batchtopk": "jumprelu", "matryoshka": "jumprelu", "relu": "standard", "jumprelu": "jumprelu"}
 
 

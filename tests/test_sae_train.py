@@ -13,17 +13,11 @@ from scipy.optimize import linear_sum_assignment
 from husai.errors import HusaiError
 from husai.sae import TopKSAE
 from husai.train_sae import SAETrainConfig, config_from_dict, load_config, parse_seeds, train_saes
+from tiny_sae_configs import tiny_configs
 
 torch.set_num_threads(1)
 
-CFGS = {
-    "topk": SAETrainConfig(architecture="topk", expansion=4, k=3, batch_size=32, epochs=3, lr=3e-3),
-    "batchtopk": SAETrainConfig(architecture="batchtopk", expansion=4, k=3, batch_size=32, epochs=3, lr=3e-3),
-    "matryoshka": SAETrainConfig(architecture="matryoshka", expansion=4, k=3, matryoshka_levels=3, batch_size=32, epochs=3, lr=3e-3),
-    "relu": SAETrainConfig(architecture="relu", expansion=4, l1_coeff=0.01, batch_size=32, epochs=3, lr=3e-3),
-    "jumprelu": SAETrainConfig(architecture="jumprelu", expansion=4, l0_coeff=0.01, jumprelu_bandwidth=0.05,
-                               jumprelu_init_threshold=0.05, batch_size=32, epochs=3, lr=3e-3),
-}
+CFGS = tiny_configs(epochs=3)
 
 
 def _acts(n=300, d=8, seed=0):
