@@ -9,7 +9,7 @@ without autograd. Everything after works on a coordinate list of active entries 
 and two custom autograd functions give the parameters their gradients from that list:
 
     encode_at(...)  values pre[s, rows, cols] with gradients to W_enc_T, b_enc, b_dec
-    decode(...)     x_hat[s, b] = b_dec[s] + sum_{m: rows[s, m] = b} z[s, m] W_dec[s, cols[s, m]]
+    decode(...)     out[s, b] = sum_{m: rows[s, m] = b} z[s, m] W_dec[s, cols[s, m]]   (x_hat = out + b_dec)
 
 The plain-PyTorch reference is the dense path, StackedSAE.training_loss (dense activate and
 matmul decode); tests/test_sae_arch.py checks loss and every gradient against it.
@@ -54,7 +54,7 @@ class Codes:
     by the encoder's and the decoder's weight gradients."""
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_inputs: int, d_sae: int):
-        self.rows, self.cols, self.B, self.d_sae = rows, cols, n_inputs, d_sae
+        self.rows, self.cols, self.B, self.d_sae = rows, cols, n_inputs, d_sae  # B: rows per seed
         S = rows.shape[0]
         off = torch.arange(S, device=rows.device).unsqueeze(1)
         self.latent = (cols + off * d_sae).reshape(-1)  # [S*M] row of the stacked [S*d_sae, d_in]
@@ -69,7 +69,7 @@ class Codes:
             n_keys = self.rows.shape[0] * self.d_sae
             key = self.latent.to(torch.int32) if n_keys < 2**31 else self.latent  # int32 sorts 2x faster
             order = torch.sort(key, stable=True).indices
-            counts = torch.bincount(self.latent, minlength=self.rows.shape[0] * self.d_sae)
+            counts = torch.bincount(self.latent, minlength=n_keys)
             self._by_latent = (order, self.input[order], torch.cumsum(counts, 0) - counts)
         return self._by_latent
 
