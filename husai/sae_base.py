@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 
+def batch_variance(x: torch.Tensor) -> torch.Tensor:
+    """x [B, d_in] -> the batch's total variance (a scalar, no grad): the FVU denominator."""
+    with torch.no_grad():
+        return (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+
+
 class StackedSAE(nn.Module):
     """Base class: parameters, init, encode/decode. Subclasses define `activate` and the loss."""
 
@@ -124,8 +130,7 @@ class StackedSAE(nn.Module):
         z = self.activate(pre, training=True)
         x_hat = self.decode(z)
         mse = (x_hat - x).pow(2).sum(-1).mean(1)  # [S]
-        with torch.no_grad():
-            var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)  # batch total variance
+        var = batch_variance(x)
         recon = mse / var if self.normalized_mse else mse
         loss = recon + self.sparsity_loss(x, pre, z, x_hat, dead)
         with torch.no_grad():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sae_base import StackedSAE
+from .sae_base import StackedSAE, batch_variance
 from .sae_sparse import Codes, decode, encode_at, topk_rows
 
 
@@ -30,11 +30,14 @@ def _auxk_loss(x, x_hat, pre, W_dec, dead, k_aux: int) -> torch.Tensor:
     masked = pre.masked_fill(~dead.unsqueeze(1), float("-inf"))
     vals, idx = masked.topk(k_aux, dim=-1, sorted=False)  # [S, B, k_aux]
     z_aux = torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))  # relu(-inf) = 0 when few dead
-    e_hat = torch.bmm(z_aux, W_dec)
+    return _auxk_fvu(torch.bmm(z_aux, W_dec), e, dead)
+
+
+def _auxk_fvu(e_hat: torch.Tensor, e: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """e_hat, e [S, B, d_in], dead [S, d_sae] -> per-seed FVU of the residual's reconstruction [S].
+    A seed with no dead latent gets 0 (its e_hat is 0, which would still score ||e||^2)."""
     err = (e_hat - e).pow(2).sum(-1).mean(1)
     var = (e - e.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).clamp_min(1e-12)
-    # A seed with no dead latent gets no aux loss (its masked row is all -inf -> z_aux = 0, but
-    # e_hat = 0 would still give err = ||e||^2, so zero it explicitly).
     return torch.where(dead.any(-1), err / var, torch.zeros_like(err))
 
 
@@ -119,16 +122,12 @@ class TopKSAE(StackedSAE):
         out = decode(z, self.W_dec, codes)  # [S, R, d_in], without b_dec
         recon = out[:, :L * B].view(S, L, B, -1).cumsum(1) + self.b_dec[:, None, None]  # [S, L, B, d_in]
         x_hat = recon[:, -1]
-        with torch.no_grad():
-            var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        var = batch_variance(x)
         sq = (recon - x).pow(2).sum(-1).mean(-1)  # [S, L]
         mse = sq[:, -1]
         loss = sq.sum(1) / var
         if aux:
-            e = (x - x_hat).detach()
-            err = (out[:, L * B:] - e).pow(2).sum(-1).mean(1)
-            evar = (e - e.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).clamp_min(1e-12)
-            loss = loss + self.aux_coeff * torch.where(dead.any(-1), err / evar, torch.zeros_like(err))
+            loss = loss + self.aux_coeff * _auxk_fvu(out[:, L * B:], (x - x_hat).detach(), dead)
         with torch.no_grad():
             vals, cols = z[:, :M], cols[:, :M]
             active = vals > 0
@@ -214,12 +213,15 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
         """Dense reference: AuxK plus the inner levels' FVUs (the outer level is the main term)."""
-        var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
+        var = batch_variance(x)
         inner = sum(((torch.bmm(z[..., :w], self.W_dec[:, :w]) + self.b_dec.unsqueeze(1) - x).pow(2).sum(-1).mean(1)
                      for w in self.widths[:-1]), x_hat.new_zeros(self.n_seeds))
         return inner / var + super().sparsity_loss(x, pre, z, x_hat, dead)
 
 
-def matryoshka_widths(d_sae: int, levels: int, growth: int = 4) -> list[int]:
+MATRYOSHKA_GROWTH = 4  # width ratio between consecutive levels (husai's choice)
+
+
+def matryoshka_widths(d_sae: int, levels: int, growth: int = MATRYOSHKA_GROWTH) -> list[int]:
     """Nested widths growing `growth`-fold per level up to d_sae: (2048, 4) -> [32, 128, 512, 2048]."""
     return [max(1, d_sae // growth ** (levels - 1 - l)) for l in range(levels)]

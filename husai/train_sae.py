@@ -21,7 +21,7 @@ from .errors import HusaiError
 from .troubleshoot import check_fits_in_memory
 from .sae import (ARCHITECTURES, K_ARCHITECTURES, BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, StackedSAE,
                   TopKSAE, geometric_median)
-from .sae_topk import matryoshka_widths
+from .sae_topk import MATRYOSHKA_GROWTH, matryoshka_widths
 
 
 @dataclass
@@ -108,9 +108,10 @@ class SAETrainConfig:
         if self.architecture == "matryoshka":
             if self.matryoshka_levels < 1:
                 raise HusaiError(f"config key 'matryoshka_levels' must be >= 1, got {self.matryoshka_levels}")
-            if d_in is not None and self.d_sae(d_in) < 4 ** (self.matryoshka_levels - 1):
-                raise HusaiError(f"config key 'matryoshka_levels': {self.matryoshka_levels} levels growing 4x need "
-                                 f"d_sae >= {4 ** (self.matryoshka_levels - 1)}, got d_sae = {self.d_sae(d_in)}")
+            need = MATRYOSHKA_GROWTH ** (self.matryoshka_levels - 1)
+            if d_in is not None and self.d_sae(d_in) < need:
+                raise HusaiError(f"config key 'matryoshka_levels': {self.matryoshka_levels} levels growing "
+                                 f"{MATRYOSHKA_GROWTH}x need d_sae >= {need}, got d_sae = {self.d_sae(d_in)}")
         return self
 
     def d_sae(self, d_in: int) -> int:
