@@ -4,7 +4,13 @@ Answered on a small transformer that has grokked modular addition, whose true fe
 (a handful of Fourier frequencies) are known. See README.md.
 """
 
-import torch as _torch
+from .interrupts import guard_startup as _guard_startup
+
+# Before the seconds-long torch import: a Ctrl-C while the `husai` command starts must not print
+# a traceback (husai.interrupts).
+_guard_startup()
+
+import torch as _torch  # noqa: E402
 
 __version__ = "0.1.0"
 

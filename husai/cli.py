@@ -1,7 +1,8 @@
 """The `husai` command line. Each stage registers its commands from its own module.
 
 Every command runs inside `main()`, which turns any error into one line on stderr and a
-non-zero exit (2 for bad input, 1 for anything unexpected); set HUSAI_DEBUG=1 for tracebacks.
+non-zero exit (2 for bad input, 1 for anything unexpected, 130 for Ctrl-C with a line saying what
+was kept); set HUSAI_DEBUG=1 for tracebacks.
 """
 
 from __future__ import annotations
@@ -33,21 +34,29 @@ for _name in ("cli_sae", "cli_analysis", "cli_study", "cli_doctor"):
         continue
     _mod.register(app)
 
+from .interrupts import interruptible  # noqa: E402
+
+for _command in app.registered_commands:
+    _command.callback = interruptible(_command.callback)
+
 
 def main() -> None:
     from .errors import HusaiError
+    from .interrupts import CommandInterrupted, arm
 
+    arm()
     try:
         # standalone_mode=False makes click return a command's exit status instead of exiting
         rc = app(standalone_mode=False)
+        if rc == 130:  # typer's silent status for a Ctrl-C while it parsed the arguments
+            _interrupted("")
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except HusaiError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except (CommandInterrupted, KeyboardInterrupt) as e:
+        _interrupted(str(e))
     except SystemExit:
         raise
     except Exception as e:  # never a traceback for users; HUSAI_DEBUG=1 shows one
@@ -65,6 +74,16 @@ def main() -> None:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
         sys.exit(1)
+
+
+def _interrupted(note: str) -> None:
+    """Ctrl-C: one line saying what was kept and how to go on (husai.interrupts), exit 130."""
+    from .interrupts import disarm
+
+    disarm()
+    note = note or "stopped before the command finished; every file it had written is whole"
+    print(f"interrupted: {note}", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

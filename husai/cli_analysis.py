@@ -24,6 +24,8 @@ from typing import List, Optional
 import typer
 
 from .errors import HusaiError
+from .interrupts import on_interrupt
+from .outputs import COMPARE_JSON, FOURIER_JSON, PLOTS, claim_file, claim_folder, staged_folder
 
 
 def _expand(dirs: list[Path]) -> list[Path]:
@@ -182,7 +184,7 @@ def _fmt(x, nd=3) -> str:
     return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
-def _fourier_command(sae_dirs, model, json_out, n_null) -> None:
+def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
     """Body of `husai fourier` (see register)."""
     from rich.table import Table
 
@@ -190,6 +192,8 @@ def _fourier_command(sae_dirs, model, json_out, n_null) -> None:
 
     if n_null < 1:
         raise HusaiError(f"--n-null must be >= 1, got {n_null}")
+    if json_out:
+        claim_file(json_out, FOURIER_JSON, "--json", inputs=[*sae_dirs, model], overwrite=overwrite)
     dirs = _expand(sae_dirs)
     saes, cache, out = _load(dirs), {}, []
     for d, sae in zip(dirs, saes):
@@ -217,7 +221,7 @@ def _fourier_command(sae_dirs, model, json_out, n_null) -> None:
         typer.echo(f"report written to {json_out}")
 
 
-def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold) -> None:
+def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold, overwrite) -> None:
     """Body of `husai compare` (see register): validate, compare, write JSON, print."""
     from rich.table import Table
 
@@ -229,7 +233,13 @@ def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold)
         raise HusaiError(f"--n-null must be >= 2 (a null needs a spread), got {n_null}")
     if not -1 < threshold < 1:
         raise HusaiError(f"--threshold is a cosine and must lie in (-1, 1), got {threshold}")
-    result = compare_saes(sae_dirs, model, threshold, n_null, plots, force)
+    inputs = [*sae_dirs, model]
+    claim_file(json_out, COMPARE_JSON, "--json", inputs=inputs, overwrite=overwrite)
+    if plots is not None:
+        claim_folder(plots, PLOTS, "--plots", inputs=inputs, overwrite=overwrite)
+    # the plots are drawn into a staging folder that replaces --plots only once all are drawn
+    with staged_folder(plots, "--plots") if plots is not None else contextlib.nullcontext() as stage:
+        result = compare_saes(sae_dirs, model, threshold, n_null, stage, force)
     write_json(json_out, result)
     _print_compare(_console(), result, Table)
     typer.echo(f"comparison of {len(result['saes'])} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
@@ -338,10 +348,12 @@ def register(app: typer.Typer) -> None:
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
         n_null: int = typer.Option(3, "--n-null", help="Untrained-SAE draws for the purity null."),
         threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier Fourier report at --json."),
     ):
         """Check every latent against the model's Fourier ground truth (purity, frequency, coverage)."""
-        with _threads(threads):
-            _fourier_command(sae_dirs, model, json_out, n_null)
+        with _threads(threads), on_interrupt(f"nothing was written{f' to {json_out}' if json_out else ''}; "
+                                             "run the same command again"):
+            _fourier_command(sae_dirs, model, json_out, n_null, overwrite)
 
     @app.command("compare")
     def compare_cmd(
@@ -353,10 +365,12 @@ def register(app: typer.Typer) -> None:
         n_null: int = typer.Option(10, "--n-null", help="Dictionary pairs per null kind."),
         threshold: float = typer.Option(0.7, "--threshold", help="Shared-fraction cosine threshold (Paulo & Belrose)."),
         threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison at --json (and --plots)."),
     ):
         """Cross-seed stability (PW-MCC, mean-max |cos|, shared fraction, frequency subspaces) with nulls."""
-        with _threads(threads):
-            _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold)
+        with _threads(threads), on_interrupt(f"nothing was written to {json_out}{' or ' + str(plots) if plots else ''}"
+                                             "; run the same command again"):
+            _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold, overwrite)
 
 
 def _print_compare(console, res: dict, Table) -> None:

@@ -1,16 +1,14 @@
 """`husai train-sae` and `husai extract-activations`.
 
-train-sae output (written to a staging folder beside OUT, then moved into place, so an error
-never leaves a half-written OUT):
+train-sae output (claimed and staged through husai.outputs: written to a hidden folder beside OUT
+and swapped in only when complete, so an error or a Ctrl-C never leaves a half-written OUT and an
+earlier OUT, replaced only with --overwrite, stays whole until then):
     one seed:    OUT/cfg.json, OUT/sae_weights.safetensors, OUT/metrics.json
     many seeds:  OUT/seed_42/{cfg.json, sae_weights.safetensors}, ..., OUT/metrics.json
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -19,6 +17,8 @@ import torch
 import typer
 
 from .errors import HusaiError
+from .interrupts import on_interrupt
+from .outputs import ACTIVATIONS, SAE_OUTPUT, claim_file, claim_folder, staged_folder
 
 
 def _device(name: str) -> str:
@@ -33,29 +33,26 @@ def _device(name: str) -> str:
     return name
 
 
-def _publish(stage: Path, out: Path) -> None:
-    """Move the finished staging folder to OUT, replacing an earlier OUT only at the very end."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-        os.replace(out, old / "out")
-    os.replace(stage, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def run_train_sae(cfg, save_dir: str | Path, seeds: list[int], transformer_checkpoint=None, activations=None,
                   layer=None, hook=None, split: str = "all", device: str = "cpu", wandb: bool = False,
-                  progress: bool = True) -> dict:
-    """The whole train-sae command: inputs -> trained SAEs + metrics.json in save_dir. Returns metrics."""
+                  progress: bool = True, overwrite: bool = False) -> dict:
+    """The whole train-sae command: inputs -> trained SAEs + metrics.json in save_dir. Returns metrics.
+    An existing SAE output in save_dir is replaced only with overwrite (husai.outputs)."""
+    out = Path(save_dir)
+    mode = claim_folder(out, SAE_OUTPUT, "--save-dir", inputs=(transformer_checkpoint, activations), overwrite=overwrite)
+    kept = f"the earlier output in {out} is untouched" if mode == "overwrite" else f"nothing was written to {out}"
+    with on_interrupt(f"{kept} (SAEs are saved only when training finishes); run the same command again"):
+        return _train_sae(cfg, out, seeds, transformer_checkpoint, activations, layer, hook, split, device, wandb,
+                          progress)
+
+
+def _train_sae(cfg, out: Path, seeds, transformer_checkpoint, activations, layer, hook, split, device, wandb,
+               progress) -> dict:
     from .activations import load_activations, model_activations, extract
     from .sae_io import save_sae
     from .sae_metrics import decoder_drift, reconstruction_metrics, spliced_metrics
     from .train_sae import train_saes
 
-    out = Path(save_dir)
-    if out.exists() and not out.is_dir():
-        raise HusaiError(f"--save-dir {out} exists and is not a folder")
     if (transformer_checkpoint is None) == (activations is None):
         raise HusaiError("give exactly one of --transformer-checkpoint DIR or --activations FILE")
     model = None
@@ -127,25 +124,14 @@ def run_train_sae(cfg, save_dir: str | Path, seeds: list[int], transformer_check
         mean={k: (None if None in per_seed[k] else sum(per_seed[k]) / len(seeds)) for k in keys},
     )
 
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    except OSError as e:
-        raise HusaiError(f"cannot write --save-dir {out}: {e.strerror or e}") from None
-    try:
+    from .io import write_json
+
+    with staged_folder(out, "--save-dir") as stage:
         for i, s in enumerate(seeds):
             meta = dict(info, hook_name=info.get("hook_name"), seed=s, husai_config=cfg.to_dict(),
                         diverged_at_step=res.diverged_at_step)
             save_sae(stage if len(seeds) == 1 else stage / f"seed_{s}", sae, i, meta)
-        from .io import write_json
-
         write_json(stage / "metrics.json", metrics)
-        _publish(stage, out)
-    except BaseException as e:
-        shutil.rmtree(stage, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise HusaiError(f"cannot write --save-dir {out}: {e.strerror or e}") from None
-        raise
     if res.diverged_at_step is not None:
         raise HusaiError(f"training diverged: NaN loss at step {res.diverged_at_step}; the last good checkpoint "
                          f"(end of epoch {len(res.history)}) is saved in {out}")
@@ -170,6 +156,7 @@ def register(app: typer.Typer) -> None:
         expansion: Optional[int] = typer.Option(None), l1_coeff: Optional[float] = typer.Option(None),
         device: str = typer.Option("cpu"), wandb: bool = typer.Option(False, help="Log to Weights & Biases."),
         quiet: bool = typer.Option(False, help="No progress bar."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier train-sae output in --save-dir."),
     ):
         """Train sparse autoencoders (one per seed, all in one pass) on a model's activations."""
         from .train_sae import SAETrainConfig, load_config, parse_seeds
@@ -180,7 +167,7 @@ def register(app: typer.Typer) -> None:
         cfg = replace(cfg, **{key: v for key, v in overrides.items() if v is not None}).validate()
         seed_list = parse_seeds(seeds) if seeds is not None else [seed]
         m = run_train_sae(cfg, save_dir, seed_list, transformer_checkpoint, activations, layer, hook, split,
-                          _device(device), wandb, progress=not quiet)
+                          _device(device), wandb, progress=not quiet, overwrite=overwrite)
         mean = m["mean"]
         typer.echo(f"saved {len(seed_list)} SAE(s) to {save_dir}: EV {mean['explained_variance']:.4f}  "
                    f"L0 {mean['l0']:.1f}  dead {mean['frac_dead']:.2%}  ({m['wall_seconds']:.1f}s)")
@@ -193,10 +180,12 @@ def register(app: typer.Typer) -> None:
         hook: Optional[str] = typer.Option(None, help="Any hook name of the model."),
         split: str = typer.Option("all", help="all (p^2 rows, row a*p+b), train or test."),
         device: str = typer.Option("cpu"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier activation file at --out."),
     ):
         """Save the activations at the `=` position of one hook to a safetensors file."""
         from .activations import model_activations, save_activations
 
+        claim_file(out, ACTIVATIONS, "--out", inputs=(transformer_checkpoint,), overwrite=overwrite)
         acts, info = model_activations(transformer_checkpoint, layer, hook, split, _device(device))
         save_activations(out, acts, info)
         typer.echo(f"saved activations {list(acts.shape)} of {info['hook_name']} ({split}) to {out}")

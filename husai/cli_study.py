@@ -26,14 +26,24 @@ def register(app: typer.Typer) -> None:
 
         if workers < 1:
             raise HusaiError(f"--workers must be >= 1, got {workers}")
-        run_study(config, out, executor, workers, address, retry_failed)
+        res = run_study(config, out, executor, workers, address, retry_failed)
+        if res.failed:  # the table and report are written; the exit status still says it failed
+            first = res.failed[0].relative_to(out)
+            more = f" and {len(res.failed) - 1} more" if len(res.failed) > 1 else ""
+            typer.echo(f"error: {len(res.failed)} of {res.n_cells} SAE cells failed; their errors are in the report "
+                       f"and in {first}{more}; redo them with --retry-failed", err=True)
+            raise typer.Exit(1)
 
     @app.command("report")
     def report_cmd(run_dir: Path = typer.Argument(..., help="A study folder (holding study.yaml).")):
         """Rebuild results.csv/parquet, report.md, report.html and figures from a study's finished runs."""
         from .errors import HusaiError
+        from .interrupts import on_interrupt
+        from .outputs import STUDY, files_in
         from .report import write_report
 
-        if not (run_dir / "study.yaml").is_file():
+        if not run_dir.is_dir() or not STUDY.is_folder_of(files_in(run_dir)):
             raise HusaiError(f"{run_dir} is not a study folder (no study.yaml)")
-        typer.echo(f"report: {write_report(run_dir)}")
+        with on_interrupt(f"the files of {run_dir} are all whole (each is replaced atomically), some still from "
+                          f"the earlier report; rerun husai report {run_dir}"):
+            typer.echo(f"report: {write_report(run_dir)}")

@@ -23,6 +23,20 @@ from safetensors.torch import save as st_save
 from .errors import HusaiError
 
 
+def umask() -> int:
+    """This process's umask, read without changing it (os.umask can only set it) where Linux shows it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
@@ -32,6 +46,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise HusaiError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp creates 0600; give the file what a plain open() would (0644 under umask
+            # 022), so that results can be shared on a cluster.
+            os.fchmod(f.fileno(), 0o666 & ~umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

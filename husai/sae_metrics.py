@@ -16,6 +16,8 @@ Every function takes a stacked SAE (S seeds) and returns one value per seed (a l
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -38,11 +40,12 @@ def reconstruct(sae, x: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Ten
 
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """x [N, d], x_hat [..., N, d] -> EV [...] (centred: 1 - FVU; science brief sec. 3)."""
+    """x [N, d], x_hat [..., N, d] -> EV [...] (centred: 1 - FVU; science brief sec. 3); NaN when
+    x has no variance (0/0 is undefined, never a perfect score)."""
     x, x_hat = x.double(), x_hat.double()
     resid = (x - x_hat).pow(2).sum((-1, -2))
-    total = (x - x.mean(0)).pow(2).sum().clamp_min(1e-300)
-    return 1 - resid / total
+    total = (x - x.mean(0)).pow(2).sum()
+    return 1 - resid / total if total > 0 else torch.full_like(resid, float("nan"))
 
 
 def reconstruction_metrics(sae, x: torch.Tensor) -> dict[str, list[float]]:
@@ -51,7 +54,7 @@ def reconstruction_metrics(sae, x: torch.Tensor) -> dict[str, list[float]]:
     N = x.shape[0]
     return dict(
         mse=(x_hat.double() - x.double()).pow(2).mean((1, 2)).tolist(),
-        explained_variance=explained_variance(x, x_hat).tolist(),
+        explained_variance=[None if math.isnan(v) else v for v in explained_variance(x, x_hat).tolist()],
         l0=(l0.double() / N).tolist(),
         frac_dead=(counts == 0).double().mean(1).tolist(),
         frac_dense=(counts > DENSE_FRACTION * N).double().mean(1).tolist(),
@@ -102,7 +105,8 @@ def spliced_metrics(sae, model, hook_name: str, tokens: torch.Tensor, labels: to
     return out, base
 
 
-def _recovered(ablate: float, sae: float, clean: float) -> float:
-    """(CE_ablate - CE_sae) / (CE_ablate - CE_clean); NaN when ablation does not hurt at all."""
+def _recovered(ablate: float, sae: float, clean: float) -> float | None:
+    """(CE_ablate - CE_sae) / (CE_ablate - CE_clean); missing (None) when ablation does not hurt at
+    all, so that there is nothing to recover (0/0 is not a score)."""
     denom = ablate - clean
-    return (ablate - sae) / denom if abs(denom) > 1e-12 else float("nan")
+    return (ablate - sae) / denom if abs(denom) > 1e-12 else None

@@ -18,12 +18,16 @@ cell and redoes only the one that was running. Every step is seeded, so the tabl
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from .errors import HusaiError
-from .io import write_json
+from .interrupts import on_interrupt
+from .io import atomic_write_bytes, write_json
+from .outputs import STUDY, STUDY_CELL, claim_folder, remove_output
 from .study_config import SAERun, StudyConfig, load_study
 
 EXECUTORS = ("local", "process", "ray")
@@ -42,11 +46,8 @@ def ensure_model(cfg: StudyConfig, out: Path, seed: int, progress: bool = True) 
     d = model_dir(out, seed)
     if (d / "model.safetensors").is_file() and (d / "metrics.json").is_file():
         return d
-    resume = (d / "config.json").is_file()
-    if resume and not any((d / "checkpoints").glob("epoch_*.safetensors")):
-        shutil.rmtree(d)  # killed before its first checkpoint: nothing worth keeping
-        resume = False
-    train(replace(cfg.model, seed=seed), d, resume=resume, overwrite=not resume, progress=progress)
+    # a run killed before its first checkpoint resumes from epoch 0: the same seeded run
+    train(replace(cfg.model, seed=seed), d, resume=(d / "config.json").is_file(), progress=progress)
     return d
 
 
@@ -75,8 +76,6 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
     t0 = time.time()
     try:
         if not (folder / "metrics.json").is_file():
-            for stale in folder.parent.glob(f".{folder.name}.*"):  # staging left by a kill
-                shutil.rmtree(stale, ignore_errors=True)
             run_train_sae(config_from_dict(spec["sae_cfg"]), folder, spec["seeds"],
                           transformer_checkpoint=spec["model_dir"], hook=spec["hook"], progress=False)
         dirs = [folder / f"seed_{s}" for s in spec["seeds"]] if len(spec["seeds"]) > 1 else [folder]
@@ -100,11 +99,27 @@ def execute(specs: list[dict], executor: str, workers: int, address: str | None,
         import concurrent.futures as cf
         import multiprocessing as mp
         import os
+        import signal
 
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            for fut in cf.as_completed([pool.submit(run_cell, s, threads) for s in specs]):
+        pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        # A Ctrl-C reaches the whole process group. The workers are started with SIGINT blocked (a
+        # signal mask survives exec), so only this process handles it, and a worker never prints a
+        # traceback; on Ctrl-C it stops them and their unfinished cells are redone on resume.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            futures = [pool.submit(run_cell, s, threads) for s in specs]  # spawns every worker now
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        try:
+            for fut in cf.as_completed(futures):
                 on_done(fut.result())
+        except BaseException:
+            for proc in list(getattr(pool, "_processes", {}).values()):  # Python < 3.14 has no terminate_workers
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
         try:
             import ray
@@ -121,22 +136,29 @@ def execute(specs: list[dict], executor: str, workers: int, address: str | None,
 def check_config_matches(out: Path, raw: dict) -> None:
     saved = out / "study.yaml"
     if saved.is_file():
-        import yaml
-
         if yaml.safe_load(saved.read_text()) != raw:
             raise HusaiError(f"{out} holds a study with a different config; use another --out or the same config")
 
 
+@dataclass
+class StudyOutcome:
+    """What `run_study` leaves on disk."""
+
+    report: Path
+    """report.html."""
+    n_cells: int
+    """SAE cells in the grid."""
+    failed: list[Path]
+    """The failed.json of every cell that failed (its error is also in the table and report)."""
+
+
 def run_study(config: str | Path, out: str | Path, executor: str = "local", workers: int = 2,
-              address: str | None = None, retry_failed: bool = False, progress: bool = True) -> Path:
-    """The whole study. Returns the path of report.html."""
-    import yaml
+              address: str | None = None, retry_failed: bool = False, progress: bool = True) -> StudyOutcome:
+    """The whole study: claims `out` (new, or a study with the same config to resume; husai.outputs),
+    then model -> SAE cells -> table -> report. A failed cell does not stop the others."""
     from rich.console import Console
 
-    from .io import atomic_write_bytes
     from .model import ModelConfig, Transformer
-    from .report import write_report
-    from .results import build_table
 
     console = Console(quiet=not progress)
     if executor not in EXECUTORS:
@@ -147,12 +169,25 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
     if bad:
         raise HusaiError(f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: {', '.join(valid)}")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise HusaiError(f"--out {out} is a file, not a folder")
+    claim_folder(out, STUDY, "--out", inputs=(config,), resume=True)
     check_config_matches(out, cfg.raw)
-    atomic_write_bytes(out / "study.yaml", yaml.safe_dump(cfg.raw, sort_keys=False).encode())
-
     runs = cfg.runs()
+
+    def note() -> str:
+        done = sum(cell_done(r.folder(out)) for r in runs)
+        return (f"{out} keeps every finished step ({done} of {len(runs)} SAE cells); rerun the same command "
+                "to resume")
+
+    with on_interrupt(note):
+        return _run_study(cfg, runs, out, executor, workers, address, retry_failed, console, progress)
+
+
+def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, workers: int, address: str | None,
+               retry_failed: bool, console, progress: bool) -> StudyOutcome:
+    from .report import write_report
+    from .results import build_table
+
+    atomic_write_bytes(out / "study.yaml", yaml.safe_dump(cfg.raw, sort_keys=False).encode())
     console.rule(f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} seeds")
     for i, s in enumerate(cfg.model_seeds, 1):
         console.print(f"[bold]stage 1/4[/] model {i}/{len(cfg.model_seeds)} (seed {s})")
@@ -160,7 +195,7 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
     if retry_failed:
         for r in runs:
             if (r.folder(out) / "failed.json").is_file():
-                shutil.rmtree(r.folder(out))
+                remove_output(r.folder(out), STUDY_CELL)
     todo = [r for r in runs if not cell_done(r.folder(out))]
     console.print(f"[bold]stage 2/4[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run ({executor})")
     done = [0]
@@ -178,5 +213,6 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
     console.print("[bold]stage 4/4[/] report")
     html = write_report(out, rows)
     console.print(f"report: {html}")
-    return html
+    return StudyOutcome(html, len(runs), [r.folder(out) / "failed.json" for r in runs
+                                         if (r.folder(out) / "failed.json").is_file()])
 

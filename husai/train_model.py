@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,9 @@ from .checkpoint import load_weights, model_config_from_json
 from .data import OPERATIONS, check_modulus, check_seed, make_dataset
 from .errors import HusaiError
 from .io import read_json, read_jsonl, save_tensors, write_json, write_jsonl
+from .interrupts import on_interrupt
 from .model import ModelConfig, Transformer
+from .outputs import MODEL_RUN, claim_folder, staged_folder
 from .troubleshoot import check_fits_in_memory
 
 
@@ -141,26 +142,6 @@ def _train_bytes(cfg: TrainConfig) -> int:
     return 4 * 4 * n_params + rows * (8 * 3 * (cfg.p + 1) + 4 * 2 * cfg.n_layers * (mc.d_mlp + 4 * mc.d_model))
 
 
-OUR_FILES = ("config.json", "model.safetensors", "best.safetensors", "metrics.json", "history.jsonl")
-
-
-def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise HusaiError(f"output path {out} is a file, not a directory")
-    # a hidden temp file left by a kill during a write (io.atomic_write_bytes) is not a run
-    taken = out.is_dir() and any(not (f.name.startswith(".") and f.name.endswith(".tmp")) for f in out.iterdir())
-    if taken and not resume and not overwrite:
-        raise HusaiError(f"{out} already holds files (another run?); pass --resume to continue it or --overwrite to replace it")
-    if taken and overwrite and not resume:
-        if not (out / "config.json").exists():
-            raise HusaiError(f"{out} holds files but no husai run (no config.json); refusing to overwrite it")
-        for name in OUR_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    if resume and not (out / "config.json").exists():
-        raise HusaiError(f"nothing to resume in {out}: no config.json")
-
-
 def _latest_checkpoint(out: Path) -> Path | None:
     ckpts = sorted((out / "checkpoints").glob("epoch_*.safetensors"))
     return ckpts[-1] if ckpts else None
@@ -187,10 +168,17 @@ def _load_optimizer(model: Transformer, opt: torch.optim.Optimizer, extra: dict[
 
 def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", resume: bool = False, overwrite: bool = False,
           use_wandb: bool = False, threads: int | None = None, progress: bool = True) -> dict:
-    """Train (or resume) a model into run folder `out`; returns the final metrics dict."""
+    """Train (or resume) a model into run folder `out`; returns the final metrics dict.
+
+    `out` is claimed through husai.outputs: a new run goes straight into it (so that a killed run
+    can be resumed), `resume` continues the run there, and `overwrite` trains a replacement in a
+    staging folder beside it that is swapped in only when finished."""
     out = Path(out)
     t_start = time.time()
-    if resume and (out / "config.json").exists():
+    mode = claim_folder(out, MODEL_RUN, "--out", overwrite=overwrite, resume=resume)
+    if resume and mode != "resume":
+        raise HusaiError(f"nothing to resume in {out}: no model run there")
+    if mode == "resume":
         cfg = config_from_json(read_json(out / "config.json", "model config"))
     cfg.validate()
     try:
@@ -203,7 +191,25 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", resume: bool =
         raise HusaiError(f"--threads must be >= 1 (or 0 for torch's choice), got {threads}")
     check_fits_in_memory(_train_bytes(cfg), f"training a p = {cfg.p}, {cfg.n_layers}-layer model", device,
                          "out of memory: use a smaller --p or fewer --n-layers (or run on a larger device)")
-    _prepare_out(out, resume, overwrite)
+    if mode == "overwrite":
+        with staged_folder(out, "--out") as stage, on_interrupt(f"the earlier run in {out} is untouched; the "
+                                                               "replacement was discarded"):
+            return _train(cfg, stage, device, False, use_wandb, threads, progress, t_start)
+    with on_interrupt(lambda: _resume_note(out)):
+        return _train(cfg, out, device, mode == "resume", use_wandb, threads, progress, t_start)
+
+
+def _resume_note(out: Path) -> str:
+    if not (out / "config.json").is_file():
+        return f"nothing was written to {out}; run the same command again"
+    ckpt = _latest_checkpoint(out)
+    kept = f"its checkpoint {ckpt.name}" if ckpt else "its start (no checkpoint yet)"
+    return f"{out} keeps the run up to {kept}; continue it with husai train-model --out {out} --resume"
+
+
+def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bool, threads: int | None,
+           progress: bool, t_start: float) -> dict:
+    """The training loop proper, into `out` (which `train` has claimed)."""
     # AdamW with wd 1.0 pushes optimizer state into denormals, which are ~10x slower on CPUs.
     torch.set_flush_denormal(True)
     n_train = round(cfg.train_frac * cfg.p * cfg.p)

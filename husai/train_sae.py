@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .activations import check_informative
 from .data import check_seed
 from .errors import HusaiError
 from .troubleshoot import check_fits_in_memory
@@ -243,6 +244,7 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     torch.set_flush_denormal(True)  # Adam state under weight decay goes denormal (science brief sec. 1)
     N, d_in = acts.shape
     cfg.validate(d_in)
+    check_informative(acts)
     S = len(seeds)
     acts = acts.to(device=device, dtype=torch.float32)
     sae = init_saes(acts, cfg, seeds, device)

@@ -1,0 +1,82 @@
+"""Ctrl-C (SIGINT): one line that says what was kept and how to go on, never a traceback.
+
+Long-running commands wrap their work in `on_interrupt(note)`, where the note says what is on disk
+and how to resume; the CLI prints it as `interrupted: NOTE` and exits 130. Notes nest and the
+outermost wins: inside `husai study` the model trainer's "resume with train-model --resume"
+becomes the study's "rerun the same command".
+
+Importing husai takes seconds (torch), and Python turns a Ctrl-C during imports into a traceback
+before any command code could catch it. So when this process IS the `husai` command, a Ctrl-C
+before the CLI is armed (`arm`) ends it at once with one line: nothing has been written yet.
+This module must not import torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C, carrying one line about what was kept on disk and how to resume."""
+
+
+class CommandInterrupted(BaseException):
+    """A Ctrl-C on its way out of a CLI command. Typer swallows a KeyboardInterrupt into a silent
+    exit status 130, so each command's callback re-raises it as this (`interruptible`)."""
+
+
+def interruptible(command):
+    """Wrap a CLI command's callback so that its Ctrl-C reaches husai.cli.main with its note."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            raise CommandInterrupted(str(e)) from None
+
+    return run
+
+
+@contextmanager
+def on_interrupt(note: str | Callable[[], str]) -> Iterator[None]:
+    """Turn a KeyboardInterrupt in the block (or an inner note) into Interrupted(note); a callable
+    note is evaluated at the moment of the interrupt (e.g. to name the last checkpoint)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(note() if callable(note) else note) from None
+
+
+def _is_husai_command() -> bool:
+    """True in the `husai` console script and in `python -m husai.cli`."""
+    argv = getattr(sys, "orig_argv", sys.argv)
+    if os.path.basename(sys.argv[0] if sys.argv else "") == "husai":
+        return True
+    return any(a == "-m" and b == "husai.cli" for a, b in zip(argv, argv[1:]))
+
+
+def _quit_while_starting(signum, frame) -> None:
+    os.write(2, b"interrupted: husai was still starting; nothing was written\n")
+    os._exit(130)
+
+
+def guard_startup() -> None:
+    """In the husai command only: until `arm`, a Ctrl-C exits quietly (see the module docstring)."""
+    if _is_husai_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _quit_while_starting)
+
+
+def arm() -> None:
+    """From here on a Ctrl-C raises KeyboardInterrupt, which the CLI turns into its one line."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def disarm() -> None:
+    """Ignore further Ctrl-C while the CLI prints its last line and exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

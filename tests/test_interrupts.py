@@ -1,0 +1,147 @@
+"""Ctrl-C (issue 10, item 3): SIGINT sent to a real command's whole process group, as a terminal's
+Ctrl-C is, at random moments from interpreter start-up to the end of the run.
+
+Every time: exit status 130, exactly one line on stderr (`interrupted: ...`) saying what was kept
+and how to go on, no traceback (from the command or from any worker process it started), every
+file on disk whole. Following the line's own advice then finishes the job with the same result as
+an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_faults import ENV, HUSAI, TRAIN, check_tree
+from test_study import CONFIG as STUDY, assert_one_cell_failed
+
+
+def interrupt(argv: list[str], delay: float) -> subprocess.CompletedProcess | None:
+    """Run husai ARGV in its own process group and send SIGINT to the group after `delay` s.
+    Returns the finished process, or None if it finished before the signal. Waits until every
+    process of the group (pool workers included) is gone."""
+    proc = subprocess.Popen(HUSAI + argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        deadline = time.time() + 30
+        while time.time() < deadline:  # no worker outlives the command
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("processes of the interrupted command were still running 30 s later")
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    proc.communicate()
+    return None
+
+
+def assert_one_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 130, f"exit {r.returncode}: {r.stderr}"
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), r.stderr
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_train_model_interrupted_at_random_moments(tmp_path):
+    ref = tmp_path / "ref"
+    t0 = time.time()
+    r = subprocess.run(HUSAI + TRAIN + ["--out", str(ref)], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    full = time.time() - t0
+
+    out = tmp_path / "run"
+    rng = random.Random(1010)
+    argv = TRAIN + ["--out", str(out)]
+    notes = []
+    while len(notes) < 6:
+        r = interrupt(argv, rng.uniform(0.05, 0.9 * full))
+        if r is None:  # finished first: start over
+            shutil.rmtree(out)
+            argv = TRAIN + ["--out", str(out)]
+            continue
+        line = assert_one_line(r)
+        notes.append(line)
+        if out.exists():
+            check_tree(out)
+        # do what the line says
+        if "--resume" in line:
+            assert str(out) in line and (out / "config.json").is_file()
+            argv = TRAIN + ["--out", str(out), "--resume"]
+        else:
+            assert "run the same command again" in line or "still starting" in line, line
+    r = subprocess.run(HUSAI + argv, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+    assert any("--resume" in n for n in notes), notes  # the schedule reached the training loop
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "process"])
+def test_study_interrupted_at_random_moments(tmp_path, executor):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(yaml.safe_dump(STUDY))
+    ref = tmp_path / "ref"
+    t0 = time.time()
+    r = subprocess.run(HUSAI + ["study", "--config", str(cfg), "--out", str(ref)], env=ENV, capture_output=True,
+                       text=True)
+    assert_one_cell_failed(r)
+    full = time.time() - t0
+
+    out = tmp_path / "out"
+    argv = ["study", "--config", str(cfg), "--out", str(out), "--executor", executor]
+    rng = random.Random(77 if executor == "local" else 78)
+    n = 3 if executor == "local" else 2
+    hits = 0
+    for _ in range(4 * n):
+        if hits == n:
+            break
+        r = interrupt(argv, rng.uniform(0.05, 0.9 * full))
+        if r is None:
+            shutil.rmtree(out)
+            continue
+        hits += 1
+        line = assert_one_line(r)
+        assert "rerun the same command" in line or "still starting" in line, line
+        if out.exists():
+            check_tree(out)
+    assert hits == n, "the study finished before it could be interrupted"
+    r = subprocess.run(HUSAI + argv, env=ENV, capture_output=True, text=True)
+    assert_one_cell_failed(r)
+    check_tree(out)
+    assert (out / "results.csv").read_text() == (ref / "results.csv").read_text()
+    assert not list(out.rglob(".*partial*"))
+
+
+@pytest.mark.slow
+def test_interrupted_overwrite_leaves_the_earlier_output_whole(tiny_run, tmp_path):
+    run, _ = tiny_run
+    out = tmp_path / "sae"
+    args = ["train-sae", "--transformer-checkpoint", str(run), "--save-dir", str(out), "--expansion", "4", "--k", "4",
+            "--seeds", "1,2", "--epochs", "1500", "--quiet"]
+    t0 = time.time()
+    r = subprocess.run(HUSAI + args, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    full = time.time() - t0  # mostly training: interrupt the replacement late in it
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    r = interrupt(args + ["--overwrite"], 0.6 * full)
+    assert r is not None, "finished before the interrupt"
+    line = assert_one_line(r)
+    assert f"the earlier output in {out} is untouched" in line, line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
