@@ -114,12 +114,12 @@ def check_activations(acts: torch.Tensor, source: str = "activations") -> None:
         raise HusaiError(f"{source}: activations hold NaN or Inf")
 
 
-def check_informative(acts: torch.Tensor, source: str = "activations") -> None:
+def check_informative(acts: torch.Tensor) -> None:
     """Refuse activations [N, d] that carry no information: every row the same vector (up to float
     rounding). An SAE has nothing to learn from them, and explained variance is 0/0, undefined,
     which a naive formula reports as a perfect 1.0."""
     x = acts.double()
     total = (x - x.mean(0)).pow(2).sum()
     if total <= 1e-12 * x.pow(2).sum() or total == 0:
-        raise HusaiError(f"{source}: the activations have zero variance (all {x.shape[0]} rows are the same vector): "
-                         "there is nothing for an SAE to learn; pick another hook or file")
+        raise HusaiError(f"the activations have zero variance (all {x.shape[0]} rows are the same vector): there "
+                         "is nothing for an SAE to learn, and explained variance would be 0/0; pick another hook or file")

@@ -48,35 +48,56 @@ def run_train_sae(cfg, save_dir: str | Path, seeds: list[int], transformer_check
 
 def _train_sae(cfg, out: Path, seeds, transformer_checkpoint, activations, layer, hook, split, device, wandb,
                progress) -> dict:
-    from .activations import load_activations, model_activations, extract
+    from .io import write_json
     from .sae_io import save_sae
-    from .sae_metrics import decoder_drift, reconstruction_metrics, spliced_metrics
-    from .train_sae import train_saes
+
+    acts, eval_acts, info, model = _inputs(transformer_checkpoint, activations, layer, hook, split, device)
+    cfg.validate(acts.shape[1])
+    # Everything from here on is written into a staging folder that becomes `out` only once the
+    # SAEs are saved; W&B's offline run goes inside it, so it is part of the output.
+    with staged_folder(out, "--save-dir") as stage:
+        run = None
+        if wandb:
+            from .wandb_log import init_run
+
+            run = init_run("husai-sae", dict(cfg.to_dict(), seeds=seeds, **info), stage, name=out.name)
+        res = _train_with_progress(acts, cfg, seeds, device, progress, run)
+        metrics = _metrics(res, cfg, seeds, info, eval_acts, model, device)
+        for i, s in enumerate(seeds):
+            meta = dict(info, hook_name=info.get("hook_name"), seed=s, husai_config=cfg.to_dict(),
+                        diverged_at_step=res.diverged_at_step)
+            save_sae(stage if len(seeds) == 1 else stage / f"seed_{s}", res.sae, i, meta)
+        write_json(stage / "metrics.json", metrics)
+    if res.diverged_at_step is not None:
+        raise HusaiError(f"training diverged: NaN loss at step {res.diverged_at_step}; the last good checkpoint "
+                         f"(end of epoch {len(res.history)}) is saved in {out}")
+    return metrics
+
+
+def _inputs(transformer_checkpoint, activations, layer, hook, split, device):
+    """-> (acts [N, d] to train on, eval_acts [p^2 or N, d], info for cfg.json, model or None)."""
+    from .activations import extract, load_activations, model_activations
 
     if (transformer_checkpoint is None) == (activations is None):
         raise HusaiError("give exactly one of --transformer-checkpoint DIR or --activations FILE")
-    model = None
     if activations is not None:
         if layer is not None or hook is not None:
             raise HusaiError("--layer/--hook pick activations from a model; they cannot be used with --activations")
         acts, meta = load_activations(activations)
-        eval_acts, info = acts, dict(hook_name=meta.get("hook_name"), activations_path=str(activations))
-    else:
-        from .checkpoint import load_model
-        from .data import make_dataset
+        return acts, acts, dict(hook_name=meta.get("hook_name"), activations_path=str(activations)), None
+    from .checkpoint import load_model
+    from .data import make_tokens
 
-        acts, info = model_activations(transformer_checkpoint, layer, hook, split, device)
-        model, mcfg = load_model(transformer_checkpoint, device=device)
-        data = make_dataset(mcfg["p"], mcfg["train_frac"], mcfg["split_seed"], mcfg["operation"])
-        tokens, labels = data.tokens.to(device), data.labels.to(device)
-        eval_acts = acts if split == "all" else extract(model, info["hook_name"], tokens).cpu()
-    cfg.validate(acts.shape[1])
+    acts, info = model_activations(transformer_checkpoint, layer, hook, split, device)
+    model, _ = load_model(transformer_checkpoint, device=device)
+    eval_acts = acts if split == "all" else extract(model, info["hook_name"], make_tokens(info["p"]).to(device)).cpu()
+    return acts, eval_acts, info, model
 
-    run = None
-    if wandb:
-        from .wandb_log import init_run
 
-        run = init_run("husai-sae", dict(cfg.to_dict(), seeds=seeds, **info), out.parent / ".wandb", name=out.name)
+def _train_with_progress(acts, cfg, seeds, device, progress: bool, run):
+    """train_saes with a progress bar (unless not progress) and per-epoch W&B logging (run or None)."""
+    from .train_sae import train_saes
+
     bar, on_step = None, None
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -98,17 +119,25 @@ def _train_sae(cfg, out: Path, seeds, transformer_checkpoint, activations, layer
     if bar is not None:
         bar.start()
     try:
-        res = train_saes(acts, cfg, seeds, device, on_step=on_step, on_epoch=on_epoch)
+        return train_saes(acts, cfg, seeds, device, on_step=on_step, on_epoch=on_epoch)
     finally:
         if bar is not None:
             bar.stop()
         if run is not None:
             run.finish()
 
+
+def _metrics(res, cfg, seeds, info, eval_acts, model, device) -> dict:
+    """metrics.json of a train-sae output: per-seed SAE metrics over eval_acts, their means, the run."""
+    from .sae_metrics import decoder_drift, reconstruction_metrics, spliced_metrics
+
     sae = res.sae
     per_seed = reconstruction_metrics(sae, eval_acts.to(device))
     base = {}
     if model is not None:
+        from .data import make_labels, make_tokens
+
+        tokens, labels = make_tokens(info["p"]).to(device), make_labels(info["p"], info["operation"]).to(device)
         spliced, base = spliced_metrics(sae, model, info["hook_name"], tokens, labels, eval_acts.to(device))
         per_seed.update(spliced)
     else:  # activations from a file: no model to splice into; keep the keys, as null
@@ -116,26 +145,13 @@ def _train_sae(cfg, out: Path, seeds, transformer_checkpoint, activations, layer
             per_seed[key] = [None] * len(seeds)
     per_seed["decoder_drift"] = decoder_drift(sae.W_dec.detach(), res.W_dec_init)
     keys = list(per_seed)
-    metrics = dict(
+    return dict(
         config=cfg.to_dict(), seeds=seeds, source=info, steps=res.steps, wall_seconds=res.wall_seconds,
         diverged_at_step=res.diverged_at_step, baselines=base, history=res.history,
         per_seed={str(s): dict({k: per_seed[k][i] for k in keys}, wall_seconds=res.wall_seconds)
                   for i, s in enumerate(seeds)},
         mean={k: (None if None in per_seed[k] else sum(per_seed[k]) / len(seeds)) for k in keys},
     )
-
-    from .io import write_json
-
-    with staged_folder(out, "--save-dir") as stage:
-        for i, s in enumerate(seeds):
-            meta = dict(info, hook_name=info.get("hook_name"), seed=s, husai_config=cfg.to_dict(),
-                        diverged_at_step=res.diverged_at_step)
-            save_sae(stage if len(seeds) == 1 else stage / f"seed_{s}", sae, i, meta)
-        write_json(stage / "metrics.json", metrics)
-    if res.diverged_at_step is not None:
-        raise HusaiError(f"training diverged: NaN loss at step {res.diverged_at_step}; the last good checkpoint "
-                         f"(end of epoch {len(res.history)}) is saved in {out}")
-    return metrics
 
 
 def register(app: typer.Typer) -> None:

@@ -73,8 +73,11 @@ def guard_startup() -> None:
 
 
 def arm() -> None:
-    """From here on a Ctrl-C raises KeyboardInterrupt, which the CLI turns into its one line."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    """From here on a Ctrl-C raises KeyboardInterrupt, which the CLI turns into its one line;
+    unless SIGINT was ignored when the process started (nohup, a shell's background job): that
+    choice is the caller's and stays."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def disarm() -> None:

@@ -85,15 +85,14 @@ def _is_activation_file(path: Path) -> bool:
             and "hook_name" in (header.get("__metadata__") or {}))
 
 
-SAE_FILES = ("cfg.json", "sae_weights.safetensors", "metrics.json", "seed_*/cfg.json", "seed_*/sae_weights.safetensors")
+SAE_FILES = ("cfg.json", "sae_weights.safetensors", "metrics.json", "seed_*/cfg.json", "seed_*/sae_weights.safetensors",
+             "wandb/*")
 
 MODEL_RUN = OutputKind("model run", "husai train-model", markers=("config.json",), resumable=True, files=(
     "config.json", "model.safetensors", "best.safetensors", "metrics.json", "history.jsonl",
     "checkpoints/epoch_*.safetensors", "wandb/*"))
 SAE_OUTPUT = OutputKind("SAE output", "husai train-sae", markers=("metrics.json", "*cfg.json"), files=SAE_FILES)
-STUDY = OutputKind("study", "husai study", markers=("study.yaml",), resumable=True, files=(
-    "study.yaml", "results.csv", "results.parquet", "report.md", "report.html", "figures/*.png", "models/*",
-    "saes/*"))
+STUDY = OutputKind("study", "husai study", markers=("study.yaml",), resumable=True)  # resumed, never replaced
 STUDY_CELL = OutputKind("study cell", "husai study", files=SAE_FILES + ("analysis.json", "failed.json", "figures/*.png"))
 PLOTS = OutputKind("folder of stability plots", "husai compare --plots", markers=("*.png",), files=(
     "pw_mcc_decoder.png", "mean_max_abs_cos_decoder.png", "frequency_histogram.png"))

@@ -29,3 +29,26 @@ def grokked_run(tmp_path_factory):
                       stop_test_acc=0.995, stop_frac_single_freq=0.0)
     m = train(cfg, out, progress=False)
     return out, m
+
+
+@pytest.fixture(scope="session")
+def finished_study(tmp_path_factory):
+    """study_harness.CONFIG run once: (config path, study folder, stdout, seconds its SAE stages took
+    from start-up on: the wall time less the model's training)."""
+    import json
+    import time
+
+    import yaml
+
+    from study_harness import CONFIG, assert_one_cell_failed, study
+
+    root = tmp_path_factory.mktemp("study")
+    cfg = root / "study.yaml"
+    cfg.write_text(yaml.safe_dump(CONFIG))
+    t0 = time.time()
+    r = study(cfg, root / "A")
+    wall = time.time() - t0
+    assert_one_cell_failed(r)
+    assert (root / "A" / "report.html").is_file() and (root / "A" / "results.parquet").is_file()
+    model = json.loads((root / "A" / "models" / "seed0" / "metrics.json").read_text())["wall_seconds"]
+    return cfg, root / "A", r.stdout, wall - model

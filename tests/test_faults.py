@@ -165,29 +165,17 @@ def test_a_stray_temp_file_does_not_block_a_fresh_run(tmp_path):
 
 # --------------------------------------------------------------------------------------------- study
 
-from test_study import CONFIG as STUDY, assert_one_cell_failed  # noqa: E402  the same tiny study: one diverging cell
+from study_harness import assert_one_cell_failed, reuse_model  # noqa: E402  the shared tiny study: one diverging cell
 
 
 @pytest.mark.slow
-def test_study_survives_random_sigkills(tmp_path):
+def test_study_survives_random_sigkills(finished_study, tmp_path):
     import pyarrow.parquet as pq
 
-    cfg = tmp_path / "study.yaml"
-    cfg.write_text(yaml.safe_dump(STUDY))
-    ref = tmp_path / "ref"
-    r = subprocess.run(HUSAI + ["study", "--config", str(cfg), "--out", str(ref)], env=ENV, capture_output=True, text=True)
-    assert_one_cell_failed(r)
-
+    cfg, ref, _, full = finished_study  # full: how long its SAE stages take, to spread the kills over them
     out = tmp_path / "killed"
-    shutil.copytree(ref / "models", out / "models")  # reuse the trained model: the SAE stages are what we kill
+    reuse_model(ref, out)  # reuse the trained model: the SAE stages are what we kill
     argv = ["study", "--config", str(cfg), "--out", str(out)]
-    timing = tmp_path / "timing"  # how long the SAE stages take, to spread the kills over them
-    shutil.copytree(ref / "models", timing / "models")
-    t0 = time.time()
-    r = subprocess.run(HUSAI + ["study", "--config", str(cfg), "--out", str(timing)], env=ENV, capture_output=True, text=True)
-    assert_one_cell_failed(r)
-    full = time.time() - t0
-    shutil.rmtree(timing)
     rng = random.Random(7)
     kills = 0
     for _ in range(10):
@@ -197,7 +185,7 @@ def test_study_survives_random_sigkills(tmp_path):
         if rc is not None:
             assert rc == 1  # finished; its diverging cell failed
             shutil.rmtree(out)
-            shutil.copytree(ref / "models", out / "models")
+            reuse_model(ref, out)
             continue
         kills += 1
         check_tree(out)

@@ -395,7 +395,8 @@ def test_train_model_refuses_to_clobber_a_foreign_folder(work):
     (work / "mine" / "thesis.tex").write_text("years of work\n")
     before = snapshot(work)
     assert_clean_error(husai(work, "train-model", "--p", "23", "--epochs", "2", "--out", "W/mine"), "already holds")
-    assert_clean_error(husai(work, "train-model", "--p", "23", "--epochs", "2", "--out", "W/mine", "--overwrite"), "no husai run")
+    assert_clean_error(husai(work, "train-model", "--p", "23", "--epochs", "2", "--out", "W/mine", "--overwrite"),
+                       "thesis.tex")
     assert_unchanged(before, work)
 
 

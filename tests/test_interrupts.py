@@ -14,13 +14,11 @@ import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 
+from study_harness import assert_one_cell_failed, reuse_model
 from test_faults import ENV, HUSAI, TRAIN, check_tree
-from test_study import CONFIG as STUDY, assert_one_cell_failed
 
 
 def interrupt(argv: list[str], delay: float) -> subprocess.CompletedProcess | None:
@@ -69,7 +67,7 @@ def test_train_model_interrupted_at_random_moments(tmp_path):
     rng = random.Random(1010)
     argv = TRAIN + ["--out", str(out)]
     notes = []
-    while len(notes) < 6:
+    while len(notes) < 5:
         r = interrupt(argv, rng.uniform(0.05, 0.9 * full))
         if r is None:  # finished first: start over
             shutil.rmtree(out)
@@ -93,24 +91,17 @@ def test_train_model_interrupted_at_random_moments(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["local", "process"])
-def test_study_interrupted_at_random_moments(tmp_path, executor):
-    cfg = tmp_path / "study.yaml"
-    cfg.write_text(yaml.safe_dump(STUDY))
-    ref = tmp_path / "ref"
-    t0 = time.time()
-    r = subprocess.run(HUSAI + ["study", "--config", str(cfg), "--out", str(ref)], env=ENV, capture_output=True,
-                       text=True)
-    assert_one_cell_failed(r)
-    full = time.time() - t0
-
+def test_study_interrupted_at_random_moments(finished_study, tmp_path, executor):
+    cfg, ref, _, full = finished_study  # full: seconds of its SAE stages, start-up included
     out = tmp_path / "out"
     argv = ["study", "--config", str(cfg), "--out", str(out), "--executor", executor]
     rng = random.Random(77 if executor == "local" else 78)
-    n = 3 if executor == "local" else 2
     hits = 0
-    for _ in range(4 * n):
-        if hits == n:
+    for _ in range(8):
+        if hits == 2:
             break
+        if not out.exists():  # reuse the trained model: the SAE stages and the pool are what we interrupt
+            reuse_model(ref, out)
         r = interrupt(argv, rng.uniform(0.05, 0.9 * full))
         if r is None:
             shutil.rmtree(out)
@@ -118,9 +109,8 @@ def test_study_interrupted_at_random_moments(tmp_path, executor):
         hits += 1
         line = assert_one_line(r)
         assert "rerun the same command" in line or "still starting" in line, line
-        if out.exists():
-            check_tree(out)
-    assert hits == n, "the study finished before it could be interrupted"
+        check_tree(out)
+    assert hits == 2, "the study finished before it could be interrupted"
     r = subprocess.run(HUSAI + argv, env=ENV, capture_output=True, text=True)
     assert_one_cell_failed(r)
     check_tree(out)
@@ -133,7 +123,7 @@ def test_interrupted_overwrite_leaves_the_earlier_output_whole(tiny_run, tmp_pat
     run, _ = tiny_run
     out = tmp_path / "sae"
     args = ["train-sae", "--transformer-checkpoint", str(run), "--save-dir", str(out), "--expansion", "4", "--k", "4",
-            "--seeds", "1,2", "--epochs", "1500", "--quiet"]
+            "--seeds", "1,2", "--epochs", "300", "--quiet"]
     t0 = time.time()
     r = subprocess.run(HUSAI + args, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

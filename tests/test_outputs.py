@@ -176,3 +176,51 @@ def test_output_guard(work, cmd, case):
         r = _run(work, w, w.inside_input)
         assert_clean_error(r, "what it reads")
         assert snapshot(work) == before
+
+
+# --------------------------------------------------------------------------------------------- no information in
+
+
+def test_zero_variance_activations_are_refused(work):
+    from husai.activations import save_activations
+
+    save_activations(work / "const.safetensors", torch.full((200, 8), 3.25), {"hook_name": "constant"})
+    before = snapshot(work)
+    r = husai(work, "train-sae", "--activations", "W/const.safetensors", "--save-dir", "W/o", *SAE_ARGS)
+    assert_clean_error(r, "zero variance")
+    assert snapshot(work) == before and not (work / "o").exists()
+
+
+def test_train_saes_refuses_constant_data_but_not_a_constant_column():
+    from husai.errors import HusaiError
+    from husai.train_sae import SAETrainConfig, train_saes
+
+    cfg = SAETrainConfig(architecture="topk", expansion=2, k=2, epochs=1, batch_size=64)
+    with pytest.raises(HusaiError, match="zero variance"):
+        train_saes(torch.ones(100, 4), cfg, [0])
+    x = torch.randn(100, 4, generator=torch.Generator().manual_seed(0))
+    x[:, 2] = 7.0  # one dead dimension is information elsewhere, not none
+    assert train_saes(x, cfg, [0]).steps == 2
+
+
+# --------------------------------------------------------------------------------------------- file modes
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_files_follow_the_umask(work, mask):
+    """Every file and folder a command writes gets what a plain open()/mkdir would under the user's
+    umask (temp files are created 0600 and staging folders 0700, so this must be set on purpose)."""
+    old = os.umask(mask)
+    try:
+        r = husai(work, "train-sae", "--transformer-checkpoint", "W/run", "--save-dir", "W/o", "--seeds", "1,2",
+                  *SAE_ARGS)
+        r2 = husai(work, "compare", "W/o", "--n-null", "2", "--json", "W/cmp.json", "--plots", "W/plots")
+    finally:
+        os.umask(old)
+    _ok(r), _ok(r2)
+    written = [work / "o", work / "cmp.json", work / "plots"]
+    written += [p for d in (work / "o", work / "plots") for p in d.rglob("*")]
+    assert len(written) > 8
+    for p in written:
+        want = (0o777 if p.is_dir() else 0o666) & ~mask
+        assert stat.S_IMODE(p.stat().st_mode) == want, f"{p}: {oct(stat.S_IMODE(p.stat().st_mode))} != {oct(want)}"

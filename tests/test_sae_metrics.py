@@ -85,7 +85,14 @@ def test_decoder_drift_by_hand():
 def test_ce_loss_recovered_formula():
     assert _recovered(ablate=3.0, sae=2.0, clean=1.0) == 0.5
     assert _recovered(ablate=3.0, sae=1.0, clean=1.0) == 1.0
-    assert math.isnan(_recovered(ablate=1.0, sae=1.0, clean=1.0))
+    assert _recovered(ablate=1.0, sae=1.0, clean=1.0) is None  # nothing to recover: missing, not NaN or 1
+
+
+def test_explained_variance_of_constant_data_is_missing_not_perfect():
+    x = torch.ones(10, 3)
+    assert torch.isnan(explained_variance(x, x.expand(2, 10, 3))).all()  # 0/0
+    y = torch.arange(30.0).reshape(10, 3)
+    assert explained_variance(y, y.expand(2, 10, 3)).tolist() == [1.0, 1.0]
 
 
 def test_spliced_identity_and_mean_sae(model_data):

@@ -2,61 +2,21 @@
 failures recorded, and the Ray executor writing the same layout."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-HUSAI = [sys.executable, "-m", "husai.cli"]
-CONFIG = {
-    "model": {"preset": "fast", "p": 47, "seeds": [0], "stop_test_acc": 0.995, "stop_frac_single_freq": 0.0,
-              "eval_every": 50},
-    "seeds": [1, 2, 3],
-    "saes": [
-        {"architecture": "topk", "expansion": 2, "k": 4, "epochs": 2, "batch_size": 128},
-        {"architecture": "relu", "expansion": 2, "l1_coeff": 0.3, "epochs": 2, "batch_size": 128},
-        # diverges at once: must be recorded as failed, with the others going on
-        {"architecture": "relu", "expansion": 2, "l1_coeff": 0.1, "epochs": 2, "batch_size": 128, "lr": 1.0e6},
-    ],
-    "stability": {"null_pairs": 2},
-}
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every run: bitwise-equal tables
+from study_harness import CONFIG, ENV, HUSAI, assert_one_cell_failed, reuse_model, study  # noqa: F401
 
 
-def study(cfg: Path, out: Path, *extra, **kw):
-    return subprocess.run(HUSAI + ["study", "--config", str(cfg), "--out", str(out), *extra], capture_output=True,
-                          text=True, env=ENV, **kw)
-
-
-def assert_one_cell_failed(r: subprocess.CompletedProcess) -> None:
-    """CONFIG's diverging cell fails: the study writes everything, then exits 1 saying so in one line."""
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: 1 of 3 SAE cells failed"), r.stderr
-    assert "relu_x2_l1_0.1" in lines[0] and "failed.json" in lines[0] and "--retry-failed" in lines[0]
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
-    cfg = root / "study.yaml"
-    cfg.write_text(yaml.safe_dump(CONFIG))
-    r = study(cfg, root / "A")
-    assert_one_cell_failed(r)
-    assert (root / "A" / "report.html").is_file() and (root / "A" / "results.parquet").is_file()
-    return cfg, root / "A", r.stdout
-
-
-def _reuse_model(src: Path, dst: Path) -> None:
-    shutil.copytree(src / "models", dst / "models")
+@pytest.fixture
+def finished(finished_study):
+    return finished_study[:3]
 
 
 @pytest.mark.slow
@@ -99,7 +59,7 @@ def test_table_has_one_row_per_sae_and_records_the_failure(finished):
 def test_kill_9_and_resume_gives_the_same_table(finished, tmp_path):
     cfg, ref, _ = finished
     out = tmp_path / "B"
-    _reuse_model(ref, out)
+    reuse_model(ref, out)
     first = out / "saes" / "model_seed0" / "blocks.0.hook_resid_post" / "topk_x2_k4" / "analysis.json"
     proc = subprocess.Popen(HUSAI + ["study", "--config", str(cfg), "--out", str(out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -143,7 +103,7 @@ def test_ray_executor_writes_the_same_layout(finished, tmp_path):
     assert importlib.util.find_spec("ray"), "ray is part of the test install"
     cfg, ref, _ = finished
     out = tmp_path / "R"
-    _reuse_model(ref, out)
+    reuse_model(ref, out)
     r = study(cfg, out, "--executor", "ray", timeout=900)
     assert_one_cell_failed(r)
     rel = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if "figures" not in p.parts)  # noqa: E731
