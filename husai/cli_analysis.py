@@ -49,6 +49,14 @@ def _expand(dirs: list[Path]) -> list[Path]:
     return out
 
 
+def _recorded_model(sae_dirs) -> str | None:
+    """The model run folder the first SAE was trained on (cfg.json metadata.model_path), if recorded."""
+    from .io import read_json
+
+    cfg = read_json(_expand(sae_dirs)[0] / "cfg.json", "SAE config")
+    return (cfg.get("metadata") or {}).get("model_path")
+
+
 def _meta(sae) -> dict:
     return sae.cfg.get("metadata") or {}
 
@@ -233,7 +241,7 @@ def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold,
         raise HusaiError(f"--n-null must be >= 2 (a null needs a spread), got {n_null}")
     if not -1 < threshold < 1:
         raise HusaiError(f"--threshold is a cosine and must lie in (-1, 1), got {threshold}")
-    inputs = [*sae_dirs, model]
+    inputs = [*sae_dirs, model or _recorded_model(sae_dirs)]
     claim_file(json_out, COMPARE_JSON, "--json", inputs=inputs, overwrite=overwrite)
     if plots is not None:
         claim_folder(plots, PLOTS, "--plots", inputs=inputs, overwrite=overwrite)

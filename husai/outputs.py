@@ -108,15 +108,22 @@ def _is_stray_tmp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+MAX_FILES = 100_000
+"""More files than any husai output holds: a walk stops there (an --out pointed at a home folder
+must not read the whole disk before it is refused)."""
+
+
 def files_in(folder: Path) -> list[str]:
     """Every file under `folder` (symlinks included, never followed) as a relative POSIX path,
-    stray temp files left out."""
+    stray temp files left out; at most MAX_FILES + 1 of them."""
     out = []
     for root, dirs, names in os.walk(folder):
         rel = Path(root).relative_to(folder)
         links = [d for d in dirs if os.path.islink(os.path.join(root, d))]
         dirs[:] = [d for d in dirs if d not in links]
         out += [(rel / n).as_posix() for n in names + links if not _is_stray_tmp(n)]
+        if len(out) > MAX_FILES:
+            break
     return sorted(out)
 
 
@@ -132,7 +139,8 @@ def describe(path: Path) -> str:
         for kind in FOLDER_KINDS:
             if kind.is_folder_of(files):
                 return f"a husai {kind.name} (from {kind.command})"
-        return f"{len(files)} file(s) husai did not write ({_listing(files)})"
+        count = f"more than {MAX_FILES:,}" if len(files) > MAX_FILES else str(len(files))
+        return f"{count} file(s) husai did not write ({_listing(files)})"
     for kind in FILE_KINDS:
         if kind.looks_like(path):
             return f"a husai {kind.name} (from {kind.command})"

@@ -178,6 +178,17 @@ def test_output_guard(work, cmd, case):
         assert snapshot(work) == before
 
 
+def test_compare_refuses_to_write_into_the_model_its_saes_record(work):
+    """The model compare reads by default (the SAEs' metadata.model_path) is an input too."""
+    for cfg in (work / "sae").glob("seed_*/cfg.json"):  # as if trained on W/run
+        d = json.loads(cfg.read_text())
+        d["metadata"]["model_path"] = str(work / "run")
+        cfg.write_text(json.dumps(d))
+    before = snapshot(work)
+    assert_clean_error(husai(work, "compare", "W/sae", "--n-null", "2", "--json", "W/run/cmp.json"), "what it reads")
+    assert snapshot(work) == before
+
+
 # --------------------------------------------------------------------------------------------- no information in
 
 
@@ -224,3 +235,48 @@ def test_written_files_follow_the_umask(work, mask):
     for p in written:
         want = (0o777 if p.is_dir() else 0o666) & ~mask
         assert stat.S_IMODE(p.stat().st_mode) == want, f"{p}: {oct(stat.S_IMODE(p.stat().st_mode))} != {oct(want)}"
+
+
+# --------------------------------------------------------------------------------------------- the swap
+
+
+def _tree(d: Path) -> dict:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+def test_staged_replacement_swaps_whole_folders(tmp_path, monkeypatch, atomic):
+    """The new output replaces the old one only when complete, by renameat2(RENAME_EXCHANGE) or,
+    where the kernel lacks it, by the three-rename fallback; a failure inside leaves the old whole."""
+    import husai.outputs as outputs
+
+    if not atomic:  # a C library without renameat2
+        monkeypatch.setattr(outputs.ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("no libc")))
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.txt").write_text("old a")
+    (out / "sub" / "b.txt").write_text("old b")
+    old = _tree(out)
+    with pytest.raises(RuntimeError):
+        with outputs.staged_folder(out, "--out") as stage:
+            (stage / "a.txt").write_text("half-written new")
+            raise RuntimeError("the command failed")
+    assert _tree(out) == old and [p.name for p in tmp_path.iterdir()] == ["out"]
+    with outputs.staged_folder(out, "--out") as stage:
+        (stage / "new.txt").write_text("new")
+        assert _tree(out) == old  # nothing visible until the block ends
+    assert _tree(out) == {"new.txt": b"new"} and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_kill_inside_the_fallback_swap_is_put_back(tmp_path):
+    """The fallback parks the old output as .NAME.old-XXXX/NAME for an instant; if a kill lands
+    there, the next claim of the path puts it back before looking at it."""
+    from husai.outputs import SAE_OUTPUT, claim_folder
+
+    parked = tmp_path / ".sae.old-abc123" / "sae"
+    parked.mkdir(parents=True)
+    (parked / "metrics.json").write_text("{}")
+    (parked / "cfg.json").write_text("{}")
+    with pytest.raises(Exception, match="--overwrite"):
+        claim_folder(tmp_path / "sae", SAE_OUTPUT, "--save-dir")
+    assert (tmp_path / "sae" / "metrics.json").read_text() == "{}" and not parked.parent.exists()
