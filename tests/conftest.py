@@ -52,3 +52,19 @@ def finished_study(tmp_path_factory):
     assert (root / "A" / "report.html").is_file() and (root / "A" / "results.parquet").is_file()
     model = json.loads((root / "A" / "models" / "seed0" / "metrics.json").read_text())["wall_seconds"]
     return cfg, root / "A", r.stdout, wall - model
+
+
+@pytest.fixture(scope="session")
+def reference_training(tmp_path_factory):
+    """test_faults.TRAIN run once, uninterrupted: (run folder, wall seconds with imports), what the
+    killed and interrupted runs must end up equal to."""
+    import subprocess
+    import time
+
+    from test_faults import ENV, HUSAI, TRAIN
+
+    ref = tmp_path_factory.mktemp("reference") / "run"
+    t0 = time.time()
+    r = subprocess.run(HUSAI + TRAIN + ["--out", str(ref)], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return ref, time.time() - t0
