@@ -53,8 +53,9 @@ def _recorded_model(sae_dirs) -> str | None:
     """The model run folder the first SAE was trained on (cfg.json metadata.model_path), if recorded."""
     from .io import read_json
 
-    cfg = read_json(_expand(sae_dirs)[0] / "cfg.json", "SAE config")
-    return (cfg.get("metadata") or {}).get("model_path")
+    meta = read_json(_expand(sae_dirs)[0] / "cfg.json", "SAE config").get("metadata")
+    path = meta.get("model_path") if isinstance(meta, dict) else None  # a bad cfg.json is load_sae's to report
+    return path if isinstance(path, str) else None
 
 
 def _meta(sae) -> dict:

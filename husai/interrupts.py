@@ -81,5 +81,9 @@ def arm() -> None:
 
 
 def disarm() -> None:
-    """Ignore further Ctrl-C while the CLI prints its last line and exits."""
+    """Ignore further Ctrl-C while the CLI prints its last line and exits, and keep the exit quiet:
+    an import cut short by the interrupt can leave half-built objects whose destructors fail at
+    shutdown ("Exception ignored in: ... Traceback", seen with pyparsing under matplotlib), and
+    the user has already been told what happened."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.unraisablehook = lambda unraisable: None
