@@ -187,7 +187,9 @@ def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, w
     from .report import write_report
     from .results import build_table
 
-    atomic_write_bytes(out / "study.yaml", yaml.safe_dump(cfg.raw, sort_keys=False).encode())
+    if not (out / "study.yaml").is_file():  # one already there holds this config (check_config_matches), maybe
+        # in the user's own words and comments (--config OUT/study.yaml): it is never rewritten
+        atomic_write_bytes(out / "study.yaml", yaml.safe_dump(cfg.raw, sort_keys=False).encode())
     console.rule(f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} seeds")
     for i, s in enumerate(cfg.model_seeds, 1):
         console.print(f"[bold]stage 1/4[/] model {i}/{len(cfg.model_seeds)} (seed {s})")

@@ -189,6 +189,16 @@ def test_compare_refuses_to_write_into_the_model_its_saes_record(work):
     assert snapshot(work) == before
 
 
+def test_a_study_run_on_its_own_config_folder_keeps_the_users_yaml(work):
+    """`husai study --config exp/study.yaml --out exp`: the user's config (comments and all) is the
+    study's study.yaml and stays byte for byte as written."""
+    (work / "exp").mkdir()
+    mine = "# my grid, with my notes\n" + yaml.safe_dump(STUDY)
+    (work / "exp" / "study.yaml").write_text(mine)
+    _ok(husai(work, "study", "--config", "W/exp/study.yaml", "--out", "W/exp"))
+    assert (work / "exp" / "study.yaml").read_text() == mine and (work / "exp" / "report.html").is_file()
+
+
 # --------------------------------------------------------------------------------------------- no information in
 
 
