@@ -247,13 +247,23 @@ def staged_folder(out: str | Path, flag: str) -> Iterator[Path]:
         os.chmod(stage, 0o777 & ~umask())  # mkdtemp makes 0700; an output folder gets what mkdir gives
     except OSError as e:
         raise HusaiError(f"cannot write {flag} {out}: {e.strerror or e}") from None
+    # Replace only what the claim saw: where `out` was absent or empty then, a plain rename, which
+    # fails rather than replace anything that appeared there while the command ran.
+    replacing = out.is_dir() and bool(files_in(out))
     try:
         yield stage
-        if out.exists():
+        if replacing:
             _exchange(stage, out)  # stage now holds the old output
             shutil.rmtree(stage, ignore_errors=True)
         else:
-            os.rename(stage, out)
+            _recover(out)
+            try:
+                os.rename(stage, out)  # replaces an empty folder only
+            except OSError as e:
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise
+                raise HusaiError(f"{flag} {out} was taken by something else while this command ran; "
+                                 f"left it untouched: run the command again") from None
     except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
         if isinstance(e, OSError):

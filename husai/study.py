@@ -106,12 +106,12 @@ def execute(specs: list[dict], executor: str, workers: int, address: str | None,
         # A Ctrl-C reaches the whole process group. The workers are started with SIGINT blocked (a
         # signal mask survives exec), so only this process handles it, and a worker never prints a
         # traceback; on Ctrl-C it stops them and their unfinished cells are redone on resume.
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            futures = [pool.submit(run_cell, s, threads) for s in specs]  # spawns every worker now
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        try:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                futures = [pool.submit(run_cell, s, threads) for s in specs]  # spawns every worker now
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C held back arrives here, inside the try
             for fut in cf.as_completed(futures):
                 on_done(fut.result())
         except BaseException:

@@ -290,3 +290,18 @@ def test_a_kill_inside_the_fallback_swap_is_put_back(tmp_path):
     with pytest.raises(Exception, match="--overwrite"):
         claim_folder(tmp_path / "sae", SAE_OUTPUT, "--save-dir")
     assert (tmp_path / "sae" / "metrics.json").read_text() == "{}" and not parked.parent.exists()
+
+
+def test_a_path_taken_while_the_command_ran_is_left_alone(tmp_path):
+    """The claim saw nothing at `out`; something appeared there before the new output was ready:
+    it stays, byte for byte, and the command fails instead."""
+    from husai.errors import HusaiError
+    from husai.outputs import staged_folder
+
+    out = tmp_path / "out"
+    with pytest.raises(HusaiError, match="taken by something else"):
+        with staged_folder(out, "--out") as stage:
+            (stage / "new.txt").write_text("new")
+            out.mkdir()
+            (out / "theirs.txt").write_text("someone else's")
+    assert _tree(out) == {"theirs.txt": b"someone else's"} and [p.name for p in tmp_path.iterdir()] == ["out"]
