@@ -8,6 +8,7 @@ was kept); set HUSAI_DEBUG=1 for tracebacks.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -49,7 +50,7 @@ def main() -> None:
         # standalone_mode=False makes click return a command's exit status instead of exiting
         rc = app(standalone_mode=False)
         if rc == 130:  # typer's silent status for a Ctrl-C while it parsed the arguments
-            _interrupted("")
+            _interrupted("nothing was written; run the same command again")
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except HusaiError as e:
@@ -74,6 +75,8 @@ def main() -> None:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
         sys.exit(1)
+    finally:  # the command is over; a late Ctrl-C (at interpreter shutdown) has nothing left to stop
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _interrupted(note: str) -> None:

@@ -34,19 +34,30 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's choice)."),
     ):
         """Train the modular-addition transformer until it has grokked and cleaned up."""
-        from rich.console import Console
+        from .interrupts import on_interrupt
 
-        from .train_model import PRESETS, TrainConfig, train
+        phase = "starting"
 
-        if preset not in PRESETS:
-            raise HusaiError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        overrides = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, train_frac=train_frac)
-        kw = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-        cfg = TrainConfig(p=p, operation=operation, n_layers=n_layers, seed=seed, split_seed=split_seed,
-                          checkpoint_every=checkpoint_every, eval_every=eval_every, run_all_epochs=run_all_epochs,
-                          preset=preset, **kw)
-        m = train(cfg, out, device=device, resume=resume, overwrite=overwrite, use_wandb=wandb, threads=threads)
-        _print_metrics(Console(), m, f"model written to {out}")
+        def note() -> str | None:  # None while train() runs: its own note names what the run keeps
+            return {"starting": f"nothing was written to {out}; run the same command again",
+                    "finished": f"the run in {out} had finished and is complete"}.get(phase)
+
+        with on_interrupt(note):
+            from rich.console import Console
+
+            from .train_model import PRESETS, TrainConfig, train
+
+            if preset not in PRESETS:
+                raise HusaiError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+            overrides = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, train_frac=train_frac)
+            kw = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
+            cfg = TrainConfig(p=p, operation=operation, n_layers=n_layers, seed=seed, split_seed=split_seed,
+                              checkpoint_every=checkpoint_every, eval_every=eval_every,
+                              run_all_epochs=run_all_epochs, preset=preset, **kw)
+            phase = "training"
+            m = train(cfg, out, device=device, resume=resume, overwrite=overwrite, use_wandb=wandb, threads=threads)
+            phase = "finished"
+            _print_metrics(Console(), m, f"model written to {out}")
 
     @app.command("analyze-model")
     def analyze_model_cmd(run_dir: Path = typer.Argument(..., help="A train-model run folder.")):

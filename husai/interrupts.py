@@ -44,13 +44,20 @@ def interruptible(command):
 
 
 @contextmanager
-def on_interrupt(note: str | Callable[[], str]) -> Iterator[None]:
+def on_interrupt(note: str | Callable[[], str | None]) -> Iterator[None]:
     """Turn a KeyboardInterrupt in the block (or an inner note) into Interrupted(note); a callable
-    note is evaluated at the moment of the interrupt (e.g. to name the last checkpoint)."""
+    note is evaluated at the moment of the interrupt (e.g. to name the last checkpoint), and may
+    return None to keep the inner note (a command that has handed over to a function with its own).
+
+    One block should cover a whole phase: a Ctrl-C that lands between two blocks gets only the
+    CLI's generic line."""
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted(note() if callable(note) else note) from None
+        text = note() if callable(note) else note
+        if text is None:
+            raise
+        raise Interrupted(text) from None
 
 
 def _is_husai_command() -> bool:

@@ -175,6 +175,25 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", resume: bool =
     staging folder beside it that is swapped in only when finished."""
     out = Path(out)
     t_start = time.time()
+    mode = None
+
+    def note() -> str:
+        if mode == "overwrite":
+            return f"the earlier run in {out} is untouched; the replacement was discarded"
+        return _resume_note(out)
+
+    with on_interrupt(note):  # one block, so that no moment is without its note
+        mode, cfg = _claim_and_check(cfg, out, device, threads, overwrite, resume)
+        if mode == "overwrite":
+            with staged_folder(out, "--out") as stage:
+                return _train(cfg, stage, device, False, use_wandb, threads, progress, t_start)
+        return _train(cfg, out, device, mode == "resume", use_wandb, threads, progress, t_start)
+
+
+def _claim_and_check(cfg: TrainConfig, out: Path, device: str, threads: int | None, overwrite: bool,
+                     resume: bool) -> tuple[str, TrainConfig]:
+    """Claim `out` (husai.outputs) and refuse what cannot run; returns the claim's mode and the
+    config to train with (the recorded one when resuming)."""
     mode = claim_folder(out, MODEL_RUN, "--out", overwrite=overwrite, resume=resume)
     if resume and mode != "resume":
         raise HusaiError(f"nothing to resume in {out}: no model run there")
@@ -191,12 +210,7 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", resume: bool =
         raise HusaiError(f"--threads must be >= 1 (or 0 for torch's choice), got {threads}")
     check_fits_in_memory(_train_bytes(cfg), f"training a p = {cfg.p}, {cfg.n_layers}-layer model", device,
                          "out of memory: use a smaller --p or fewer --n-layers (or run on a larger device)")
-    if mode == "overwrite":
-        with staged_folder(out, "--out") as stage, on_interrupt(f"the earlier run in {out} is untouched; the "
-                                                               "replacement was discarded"):
-            return _train(cfg, stage, device, False, use_wandb, threads, progress, t_start)
-    with on_interrupt(lambda: _resume_note(out)):
-        return _train(cfg, out, device, mode == "resume", use_wandb, threads, progress, t_start)
+    return mode, cfg
 
 
 def _resume_note(out: Path) -> str:
