@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make run    - set up .venv and run the main job
-#   make test   - set up .venv (with the test extras) and run the whole test suite
+#   make test   - set up .venv (with the test extras), lint, and run the whole test suite
+#   make lint   - fix what ruff can (import order), then check (config in pyproject.toml)
 # torch is installed first and pinned (constraints.txt): a bare `torch` requirement with no torch
 # present would download several GB of CUDA packages.
 
@@ -9,7 +10,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: run test install install-test clean
+.PHONY: run test lint install install-test clean
 
 $(VENV)/.core: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,7 +29,11 @@ run: $(VENV)/.core
 	$(VENV)/bin/husai study --config configs/study.yaml --out runs/study
 
 test: $(VENV)/.test
+	$(PY) -m ruff check husai tests benchmarks
 	WANDB_MODE=offline $(PY) -m pytest -q
+
+lint: $(VENV)/.test
+	$(PY) -m ruff check --fix husai tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from husai.checkpoint import TL_FIELDS
-from husai.data import make_dataset
-from husai.model import ModelConfig, Transformer
-from husai.train_model import _latest_checkpoint
 from husai.io import load_tensors
+from husai.model.checkpoint import TL_FIELDS
+from husai.model.data import make_dataset
+from husai.model.train import _latest_checkpoint
+from husai.model.transformer import ModelConfig, Transformer
 
 
 def time_steps(step, n: int) -> float:

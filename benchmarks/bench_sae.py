@@ -14,7 +14,6 @@ score S*N/T), and final EV and L0 over all inputs for each. On a shared 2-core m
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -23,15 +22,16 @@ import torch
 def get_activations(args) -> torch.Tensor:
     if args.synthetic or args.transformer_checkpoint is None:
         g = torch.Generator().manual_seed(0)  # [p^2, d_model] like layer-0 resid_post, low rank
-        return torch.randn(12769, 32, generator=g) @ torch.randn(32, 128, generator=g) + 0.1 * torch.randn(12769, 128, generator=g)
-    from husai.activations import model_activations
+        low_rank = torch.randn(12769, 32, generator=g) @ torch.randn(32, 128, generator=g)
+        return low_rank + 0.1 * torch.randn(12769, 128, generator=g)
+    from husai.sae.activations import model_activations
 
     acts, _ = model_activations(args.transformer_checkpoint, layer=args.layer)
     return acts
 
 
 def ev_l0(encode, decode, x: torch.Tensor) -> tuple[float, float]:
-    from husai.sae_metrics import explained_variance
+    from husai.sae.metrics import explained_variance
 
     with torch.no_grad():
         z = encode(x)
@@ -40,7 +40,7 @@ def ev_l0(encode, decode, x: torch.Tensor) -> tuple[float, float]:
 
 
 def bench_husai(x, cfg, seeds: list[int]) -> dict:
-    from husai.train_sae import train_saes
+    from husai.sae.train import train_saes
 
     t = time.perf_counter()
     res = train_saes(x, cfg, seeds)
@@ -74,7 +74,8 @@ def bench_saelens(x, cfg, seed: int) -> dict:
                 yield x[perm[i:i + bs]]
 
     total = (n // bs) * bs * cfg.epochs
-    tcfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=bs, lr=cfg.learning_rate(d_in), lr_end=cfg.learning_rate(d_in),
+    tcfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=bs, lr=cfg.learning_rate(d_in),
+                            lr_end=cfg.learning_rate(d_in),
                             adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, device="cpu",
                             dead_feature_window=max(1, n // bs), feature_sampling_window=10**9,
                             logger=LoggingConfig(log_to_wandb=False))
@@ -103,7 +104,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    from husai.train_sae import SAETrainConfig
+    from husai.sae.train import SAETrainConfig
 
     x = get_activations(args)
     # init="random" (Gao et al.'s isotropic decoder) as SAELens does, so EVs are comparable after

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from husai.nulls import isotropic_dictionary, null_samples  # noqa: E402
-from husai.stability import cosine_matrix, hungarian, pairwise_matrices  # noqa: E402
+from husai.analysis.nulls import isotropic_dictionary, null_samples  # noqa: E402
+from husai.analysis.stability import cosine_matrix, hungarian, pairwise_matrices  # noqa: E402
 
 
 def _time(fn, repeats: int) -> tuple[float, object]:

@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
-from .errors import HusaiError
+from husai.errors import HusaiError
 
 
 def umask() -> int:
@@ -145,7 +145,8 @@ def _canonical(raw: bytes) -> bytes:
     return len(header).to_bytes(8, "little") + header + raw[8 + n:]
 
 
-def load_tensors(path: str | Path, what: str = "tensor file", device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(path: str | Path, what: str = "tensor file",
+                 device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors file. Returns (tensors, metadata). Bad files raise HusaiError."""
     path = Path(path)
     if not path.is_file():

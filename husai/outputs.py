@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import HusaiError
-from .io import umask
+from husai.errors import HusaiError
+from husai.io import umask
 
 
 @dataclass(frozen=True)

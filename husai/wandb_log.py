@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import HusaiError
+from husai.errors import HusaiError
 
 
 def init_run(project: str, config: dict, out_dir: str | Path, name: str | None = None):

@@ -28,9 +28,9 @@ ENV.pop("HUSAI_DEBUG", None)
 @pytest.fixture(scope="module")
 def pristine(tiny_run, tmp_path_factory):
     """{run, sae, acts}: a p=23 model run folder, a two-seed SAE output folder, an activation file."""
-    from husai.activations import model_activations, save_activations
-    from husai.cli_sae import run_train_sae
-    from husai.train_sae import SAETrainConfig
+    from husai.cli.sae import run_train_sae
+    from husai.sae.activations import model_activations, save_activations
+    from husai.sae.train import SAETrainConfig
 
     run, _ = tiny_run
     root = tmp_path_factory.mktemp("hardening")

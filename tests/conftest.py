@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from husai.train_model import TrainConfig, train
+from husai.model.train import TrainConfig, train_model
 
 # On 2 cores, one thread per process is faster for these small tensors and keeps
 # concurrently running subprocess tests from oversubscribing the CPU.
@@ -17,7 +17,7 @@ GROKKED_P = 47  # the smallest p that groks in well under a minute with the defa
 def tiny_run(tmp_path_factory):
     """A p=23 model trained for 100 epochs (not grokked): for file-format and error tests."""
     out = tmp_path_factory.mktemp("tiny") / "run"
-    m = train(TrainConfig(p=23, train_frac=0.6, epochs=100, eval_every=25, checkpoint_every=50), out, progress=False)
+    m = train_model(TrainConfig(p=23, train_frac=0.6, epochs=100, eval_every=25, checkpoint_every=50), out, progress=False)
     return out, m
 
 
@@ -27,7 +27,7 @@ def grokked_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("grokked") / "run"
     cfg = TrainConfig(p=GROKKED_P, train_frac=0.5, lr=3e-3, epochs=3000, eval_every=50, checkpoint_every=1000,
                       stop_test_acc=0.995, stop_frac_single_freq=0.0)
-    m = train(cfg, out, progress=False)
+    m = train_model(cfg, out, progress=False)
     return out, m
 
 

@@ -146,7 +146,7 @@ def test_exit_after_an_interrupt_stays_one_line():
     code = """
 import sys
 import husai.cli as cli
-import husai.train_model as tm
+import husai.model.train as tm
 
 class HalfBuilt:
     def __del__(self):
@@ -157,7 +157,7 @@ cli.half_built = HalfBuilt()  # collected at interpreter shutdown
 def cut_short(*args, **kwargs):
     raise KeyboardInterrupt
 
-tm.train = cut_short
+tm.train_model = cut_short
 sys.argv = ["husai", "train-model", "--out", sys.argv[1]]
 cli.main()
 """

@@ -203,7 +203,7 @@ def test_a_study_run_on_its_own_config_folder_keeps_the_users_yaml(work):
 
 
 def test_zero_variance_activations_are_refused(work):
-    from husai.activations import save_activations
+    from husai.sae.activations import save_activations
 
     save_activations(work / "const.safetensors", torch.full((200, 8), 3.25), {"hook_name": "constant"})
     before = snapshot(work)
@@ -214,7 +214,7 @@ def test_zero_variance_activations_are_refused(work):
 
 def test_train_saes_refuses_constant_data_but_not_a_constant_column():
     from husai.errors import HusaiError
-    from husai.train_sae import SAETrainConfig, train_saes
+    from husai.sae.train import SAETrainConfig, train_saes
 
     cfg = SAETrainConfig(architecture="topk", expansion=2, k=2, epochs=1, batch_size=64)
     with pytest.raises(HusaiError, match="zero variance"):

@@ -1,0 +1,19 @@
+"""What the SAEs learned: their latents against the model's Fourier ground truth, cross-seed
+stability, the null baselines every figure is read against, the comparison of several SAEs
+(husai.analysis.compare) and its plots.
+
+May import: husai.sae, husai.model and the plumbing.
+"""
+
+from husai._exports import lazy
+
+_EXPORTS = {
+    **{name: "husai.analysis.latent_fourier" for name in ("compute_fourier_overlap", "latent_frequencies",
+                                                          "chance_purity", "fourier_report")},
+    **{name: "husai.analysis.stability" for name in ("compute_pwmcc", "pw_mcc", "mean_max_abs_cos", "cosine_matrix",
+                                                     "pairwise_matrices")},
+    "null_samples": "husai.analysis.nulls", "null_stats": "husai.analysis.nulls",
+    "compare_saes": "husai.analysis.compare", "fourier_saes": "husai.analysis.compare",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

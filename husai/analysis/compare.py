@@ -1,0 +1,276 @@
+"""The comparison of several SAEs: cross-seed stability with nulls, and each SAE's latents against the
+model's Fourier ground truth (what `husai compare` and `husai fourier` compute, and each study cell).
+
+SAEs are read as SAELens-format folders (cfg.json + sae_weights.safetensors) through
+husai.sae.checkpoint. A folder holding seed_*/cfg.json (a multi-seed `husai train-sae` output)
+stands for all its seeds.
+
+compare JSON: saes [{path, label, seed, architecture, d_in, d_sae, hook_name, model_path}], warnings,
+  atom_level {pw_mcc_dec, mean_max_abs_cos_dec, pw_mcc_enc, mean_max_abs_cos_enc, shared_fraction:
+    {matrix [N][N], mean, std, min, max, n_pairs, nulls {isotropic|activation|subspace|untrained:
+    {value, null_mean, null_std, z, exceeds_null_max, n_null}}}}, null_samples {kind: {metric: [..]}},
+  moved_from_init {label: {pw_mcc_to_init, mean_row_cos_to_init}}, and with a model: p, key_frequencies,
+  fourier {label: fourier_overlap, frac_pure, covered, missing, coverage, non_key_pure,
+    pure_per_frequency, nulls_untrained, weight_space}, frequency_level {frequency_sets, subspaces,
+  subspaces_by_weights, summary} (means over key frequencies of the per-frequency overlaps).
+z compares the mean over seed pairs with the spread of single null pairs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from husai.errors import HusaiError
+
+
+def expand_sae_dirs(dirs: list[Path]) -> list[Path]:
+    """SAE folders, with a multi-seed output folder replaced by its seed_* subfolders (by seed)."""
+    out = []
+    for d in dirs:
+        if not d.exists():
+            raise HusaiError(f"SAE folder not found: {d}")
+        if (d / "cfg.json").is_file():
+            out.append(d)
+            continue
+        subs = [s.parent for s in d.glob("seed_*/cfg.json")]
+        broken = [s for s in d.glob("seed_*") if s.is_dir() and not (s / "cfg.json").is_file()]
+        if broken:
+            raise HusaiError(f"{broken[0]} is not an SAE folder: it has no cfg.json")
+        if not subs:
+            raise HusaiError(f"{d} is not an SAE folder: it has no cfg.json (nor seed_*/cfg.json)")
+        out += sorted(subs, key=lambda s: (len(s.name), s.name))
+    if len({p.resolve() for p in out}) != len(out):
+        raise HusaiError("the same SAE folder is given more than once")
+    return out
+
+
+def recorded_model(sae_dirs) -> str | None:
+    """The model run folder the first SAE was trained on (cfg.json metadata.model_path), if recorded."""
+    from husai.io import read_json
+
+    meta = read_json(expand_sae_dirs(sae_dirs)[0] / "cfg.json", "SAE config").get("metadata")
+    path = meta.get("model_path") if isinstance(meta, dict) else None  # a bad cfg.json is load_sae's to report
+    return path if isinstance(path, str) else None
+
+
+def metadata(sae) -> dict:
+    return sae.cfg.get("metadata") or {}
+
+
+def hook_of(sae) -> str | None:
+    return metadata(sae).get("hook_name") or sae.cfg.get("hook_name")
+
+
+def load_sae_folders(dirs: list[Path]) -> list:
+    from husai.sae.checkpoint import load_sae
+
+    return [load_sae(d) for d in dirs]
+
+
+def check_compatible(saes, dirs, force: bool) -> list[str]:
+    """Refuse SAEs that cannot be compared: different d_in always; different model or hook unless --force."""
+    d_ins = {s.W_dec.shape[1] for s in saes}
+    if len(d_ins) > 1:
+        raise HusaiError("SAEs have different d_in (" + ", ".join(f"{d}: {s.W_dec.shape[1]}" for d, s in zip(dirs, saes))
+                         + "): their atoms live in different spaces and cannot be compared")
+    warnings = []
+    for what, get in (("hook", hook_of), ("model", lambda s: metadata(s).get("model_path"))):
+        vals = {str(get(s)) for s in saes}
+        if len(vals) > 1:
+            msg = f"SAEs were trained on different {what}s ({', '.join(sorted(vals))})"
+            if not force:
+                raise HusaiError(msg + "; pass --force to compare them anyway")
+            warnings.append(msg + " (compared because of --force)")
+    if len({s.W_dec.shape[0] for s in saes}) > 1:
+        warnings.append("SAEs have different d_sae: Hungarian matching pairs min(d_sae) latents")
+    return warnings
+
+
+def model_context(model_dir: Path, hook: str, cache: dict) -> dict:
+    """{p, acts [p*p, d] at `hook` (row a*p + b), key_freqs} for a model run folder (cached per hook)."""
+    if hook in cache:
+        return cache[hook]
+    from husai.io import read_json
+    from husai.model.checkpoint import load_model
+    from husai.model.data import make_tokens
+    from husai.model.fourier import key_frequencies
+    from husai.sae.activations import extract, model_activations
+
+    acts, info = model_activations(model_dir, hook=hook, split="all")
+    metrics = model_dir / "metrics.json"
+    keys = read_json(metrics, "model metrics").get("key_frequencies") if metrics.is_file() else None
+    if keys is None:  # not analysed yet: detect from the MLP neurons (Nanda et al. 2023)
+        model, _ = load_model(model_dir)
+        keys = key_frequencies(extract(model, "blocks.0.mlp.hook_post", make_tokens(info["p"])), info["p"])[0]
+    cache[hook] = dict(p=info["p"], acts=acts.double(), key_freqs=[int(k) for k in keys])
+    return cache[hook]
+
+
+def init_fn_for(sae, acts):
+    """init_fn(d_in, d_sae, seed) -> (W_enc [d_in, d_sae], W_dec [d_sae, d_in]) drawing exactly what
+    husai's trainer draws for `seed` with this SAE's recorded config: with `init: data` the initial
+    decoder rows are centred data points, so the activations are needed (acts [N, d_in], or None:
+    then the config's random init is used)."""
+    import torch
+
+    from husai.sae.train import SAETrainConfig, config_from_dict, init_saes
+
+    recorded = metadata(sae).get("husai_config")
+    try:
+        cfg = config_from_dict(recorded) if isinstance(recorded, dict) else SAETrainConfig(init="random")
+    except HusaiError:
+        cfg = SAETrainConfig(init="random")
+    if acts is None:
+        cfg.init = "random"
+
+    def init(d_in: int, d_sae: int, seed: int):
+        from dataclasses import replace
+
+        c = replace(cfg, expansion=max(1, d_sae // d_in))
+        x = acts.float() if acts is not None else torch.zeros(2, d_in)
+        s = init_saes(x, c, [seed]) if c.d_sae(d_in) == d_sae else None
+        if s is None:  # d_sae not a multiple of d_in: plain Gao et al. init of that size
+            from husai.sae.architectures import StackedSAE
+            s = StackedSAE(1, d_in, d_sae).init_weights([seed], torch.zeros(d_in))
+        return s.W_enc.detach()[0].double(), s.W_dec.detach()[0].double()
+    return init
+
+
+def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
+    """fourier_report for one SAE plus its untrained-SAE null for fourier_overlap and frac_pure."""
+    import torch
+
+    from husai.analysis.latent_fourier import fourier_report
+    from husai.analysis.nulls import null_stats, untrained_latent_acts
+
+    x = ctx["acts"]
+    if x.shape[1] != sae.W_dec.shape[1]:
+        raise HusaiError(f"the SAE's d_in is {sae.W_dec.shape[1]} but the model's activations have {x.shape[1]} dims")
+    with torch.no_grad():
+        z = sae.encode(x.float()).double()
+    rep = fourier_report(z, ctx["p"], ctx["key_freqs"], W_dec=sae.W_dec.double(), resid_acts=x)
+    seed = int(metadata(sae).get("seed", 0))
+    k = sae.cfg.get("k") if sae.cfg.get("architecture") == "topk" else None
+    samples = {"fourier_overlap": [], "frac_pure": []}
+    init_fn = init_fn_for(sae, x)
+    for i in range(n_null):
+        _, W0 = init_fn(x.shape[1], sae.W_dec.shape[0], seed if i == 0 else 10**6 + i)
+        r0 = fourier_report(untrained_latent_acts(x, W0, sae.b_dec, k), ctx["p"], ctx["key_freqs"])
+        for m in samples:
+            samples[m].append(r0[m])
+    rep["nulls_untrained"] = {m: null_stats(rep[m], v) for m, v in samples.items()}
+    return rep
+
+
+def fourier_saes(sae_dirs: list, model: Path, n_null: int = 3) -> list[dict]:
+    """What `husai fourier` reports: per SAE its path, seed, architecture, hook and
+    fourier_with_null (the latents against the model's Fourier ground truth, with the untrained null)."""
+    dirs = expand_sae_dirs([Path(d) for d in sae_dirs])
+    cache, out = {}, []
+    for d, sae in zip(dirs, load_sae_folders(dirs)):
+        if hook_of(sae) is None:
+            raise HusaiError(f"{d}/cfg.json names no hook (metadata.hook_name): cannot rebuild its inputs")
+        ctx = model_context(Path(model), hook_of(sae), cache)
+        out.append(dict(path=str(d), seed=metadata(sae).get("seed"), architecture=sae.cfg.get("architecture"),
+                        hook_name=hook_of(sae), **fourier_with_null(sae, ctx, n_null)))
+    return out
+
+
+def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0.7, n_null: int = 10,
+                 plots: Path | None = None, force: bool = False) -> dict:
+    """Everything `husai compare` computes, as a JSON-ready dict (schema in the module docstring).
+
+    sae_dirs: SAE folders or multi-seed output folders (>= 2 SAEs in all); model: the model run folder
+    (default: the SAEs' metadata.model_path; without one, no Fourier analysis nor activation nulls);
+    plots: folder for the PNGs, or None. Raises HusaiError on incompatible or bad input.
+    """
+    import numpy as np
+
+    from husai.analysis.nulls import null_samples, null_stats
+    from husai.analysis.stability import frequency_set_stability, pairwise_matrices, pw_mcc, subspace_stability
+
+    t0 = time.perf_counter()
+    sae_dirs = [Path(d) for d in sae_dirs]
+    model = Path(model) if model is not None else None
+    dirs = expand_sae_dirs(sae_dirs)
+    if len(dirs) < 2:
+        raise HusaiError("compare needs at least two SAEs (got one); give two or more SAE folders")
+    saes = load_sae_folders(dirs)
+    warnings = check_compatible(saes, dirs, force)
+    labels = [f"seed {metadata(s)['seed']}" if "seed" in metadata(s) else d.name for d, s in zip(dirs, saes)]
+    decs = [s.W_dec.double() for s in saes]
+    encs = [s.W_enc.double().T for s in saes]
+    atom = pairwise_matrices(decs, encs, threshold)
+    if model is None and metadata(saes[0]).get("model_path"):
+        model = Path(metadata(saes[0])["model_path"])
+        if not (model / "config.json").is_file():  # recorded path moved or deleted: analyse without it
+            warnings.append(f"the SAEs' recorded model {model} is not there (pass --model DIR)")
+            model = None
+    ctx = model_context(model, hook_of(saes[0]), {}) if model is not None and hook_of(saes[0]) else None
+    if model is None or ctx is None:
+        warnings.append("no model given (--model) or recorded: activation null and Fourier analysis skipped")
+    seeds = [metadata(s).get("seed") for s in saes]
+    known = all(isinstance(s, int) for s in seeds)
+    init = init_fn_for(saes[0], ctx["acts"] if ctx else None)
+    d_in, d_sae = decs[0].shape[1], min(D.shape[0] for D in decs)
+    nulls = null_samples(d_in, d_sae, n_null, ctx["acts"] if ctx else None, init, threshold=threshold,
+                         init_seeds=seeds if known else None)
+    for m, r in atom.items():
+        r["nulls"] = {kind: null_stats(r["mean"], v.get(m, [])) for kind, v in nulls.items()}
+    result = dict(saes=[dict(path=str(d), label=lab, seed=metadata(s).get("seed"), architecture=s.cfg.get("architecture"),
+                             d_in=s.W_dec.shape[1], d_sae=s.W_dec.shape[0], hook_name=hook_of(s),
+                             model_path=metadata(s).get("model_path")) for d, s, lab in zip(dirs, saes, labels)],
+                  warnings=warnings, threshold=threshold, n_null=n_null, atom_level=atom, null_samples=nulls)
+    if known and init is not None:  # how far did training move each decoder? (science brief, section 5)
+        result["moved_from_init"] = {}
+        for lab, D, s in zip(labels, decs, seeds):
+            D0 = init(d_in, D.shape[0], s)[1]
+            cos = (D / D.norm(dim=1, keepdim=True) * D0).sum(1)
+            result["moved_from_init"][lab] = dict(pw_mcc_to_init=pw_mcc(D, D0), mean_row_cos_to_init=float(cos.mean()))
+    if ctx is not None:
+        from husai.model.fourier import PURITY_THRESHOLD
+
+        reps = [fourier_with_null(s, ctx, 1) for s in saes]
+        # one untrained draw per seed (its own init), pooled: the null distribution for every seed
+        for m in ("fourier_overlap", "frac_pure"):
+            pool = [r["nulls_untrained"][m]["null_mean"] for r in reps]
+            for r in reps:
+                r["nulls_untrained"][m] = null_stats(r[m], pool)
+        result["p"], result["key_frequencies"] = ctx["p"], ctx["key_freqs"]
+        result["fourier"] = {lab: {k: r[k] for k in ("fourier_overlap", "frac_pure", "n_live", "covered", "missing", "coverage",
+                                                     "non_key_pure", "pure_per_frequency", "nulls_untrained", "weight_space")
+                                   if k in r} for lab, r in zip(labels, reps)}
+        freqs = [np.array(r["latents"]["frequency"]) * ((np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
+                                                       & np.array(r["latents"]["live"])) for r in reps]
+        wfreqs = [np.array(r["latents"].get("weight_frequency", [0] * len(r["latents"]["live"]))) * np.array(r["latents"]["live"])
+                  for r in reps]
+        result["frequency_level"] = dict(
+            frequency_sets=frequency_set_stability([set(r["pure_per_frequency"]) for r in reps]),
+            subspaces=subspace_stability(decs, freqs, ctx["key_freqs"]),
+            subspaces_by_weights=subspace_stability(decs, wfreqs, ctx["key_freqs"]))
+        fl = result["frequency_level"]
+
+        def _avg(key, field):
+            v = [x[field] for x in fl[key].values() if x[field] is not None]
+            return float(np.mean(v)) if v else None
+        fl["summary"] = dict(jaccard_mean=fl["frequency_sets"]["jaccard_mean"],
+                             subspace_overlap_mean=_avg("subspaces", "overlap_mean"),
+                             subspace_overlap_by_weights_mean=_avg("subspaces_by_weights", "overlap_mean"),
+                             atom_pw_mcc_by_weights_mean=_avg("subspaces_by_weights", "atom_pw_mcc_mean"),
+                             null_overlap_by_weights_mean=_avg("subspaces_by_weights", "null_overlap_mean"))
+    result["wall_seconds"] = time.perf_counter() - t0
+    if plots is not None:
+        from husai.analysis.plots import frequency_histogram, stability_heatmap
+
+        iso = atom["pw_mcc_dec"]["nulls"].get("isotropic", {}).get("null_mean")
+        stability_heatmap(atom["pw_mcc_dec"]["matrix"], labels, plots / "pw_mcc_decoder.png", "PW-MCC (decoder)", iso)
+        stability_heatmap(atom["mean_max_abs_cos_dec"]["matrix"], labels, plots / "mean_max_abs_cos_decoder.png",
+                          "mean-max |cos| (decoder; public HUSAI 'PWMCC')",
+                          atom["mean_max_abs_cos_dec"]["nulls"].get("isotropic", {}).get("null_mean"))
+        if ctx is not None:
+            frequency_histogram([result["fourier"][lab]["pure_per_frequency"] for lab in labels], labels,
+                                ctx["key_freqs"], ctx["p"], plots / "frequency_histogram.png")
+    return result
+
+

@@ -1,0 +1,84 @@
+"""The `husai` command line. Each stage registers its commands from its own module.
+
+Every command runs inside `main()`, which turns any error into one line on stderr and a
+non-zero exit (2 for bad input, 1 for anything unexpected, 130 for Ctrl-C with a line saying what
+was kept); set HUSAI_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="husai",
+    help="Do sparse autoencoders learn real, reproducible features? Train a grokked modular-addition "
+    "model, SAEs on it with many seeds, and check them against the Fourier ground truth.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# One module per command group; each defines `register(app)`.
+from husai.cli import analysis, doctor, model, sae, study  # noqa: E402
+
+for _group in (model, sae, analysis, study, doctor):
+    _group.register(app)
+
+from husai.interrupts import interruptible  # noqa: E402
+
+for _command in app.registered_commands:
+    _command.callback = interruptible(_command.callback)
+
+
+def main() -> None:
+    from husai.errors import HusaiError
+    from husai.interrupts import CommandInterrupted, arm
+
+    arm()
+    try:
+        # standalone_mode=False makes click return a command's exit status instead of exiting
+        rc = app(standalone_mode=False)
+        if rc == 130:  # typer's silent status for a Ctrl-C while it parsed the arguments
+            _interrupted("nothing was written; run the same command again")
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except HusaiError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (CommandInterrupted, KeyboardInterrupt) as e:
+        _interrupted(str(e))
+    except SystemExit:
+        raise
+    except Exception as e:  # never a traceback for users; HUSAI_DEBUG=1 shows one
+        # Typer vendors its own click, so recognise click's exceptions by their interface.
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # usage errors, bad parameters
+            print(f"error: {e.format_message()} (see --help)", file=sys.stderr)
+            sys.exit(e.exit_code)
+        if hasattr(e, "exit_code"):  # typer.Exit / click's Exit: a command's chosen exit status
+            sys.exit(e.exit_code)
+        if type(e).__name__ == "Abort":
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        if os.environ.get("HUSAI_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
+        sys.exit(1)
+    finally:  # the command is over; a late Ctrl-C (at interpreter shutdown) has nothing left to stop
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _interrupted(note: str) -> None:
+    """Ctrl-C: one line saying what was kept and how to go on (husai.interrupts), exit 130."""
+    from husai.interrupts import disarm
+
+    disarm()
+    note = note or "stopped before the command finished; every file it had written is whole"
+    print(f"interrupted: {note}", file=sys.stderr)
+    sys.exit(130)
+
+

@@ -1,0 +1,5 @@
+"""`python -m husai.cli` is the `husai` command."""
+
+from husai.cli import main
+
+main()

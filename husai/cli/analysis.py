@@ -1,0 +1,165 @@
+"""`husai fourier` (are the latents Fourier features?) and `husai compare` (do seeds agree?):
+argument checks, output claims, tables. The analysis itself is husai.analysis.compare."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from husai.analysis.compare import compare_saes, fourier_saes, recorded_model
+from husai.errors import HusaiError
+from husai.interrupts import on_interrupt
+from husai.outputs import COMPARE_JSON, FOURIER_JSON, PLOTS, claim_file, claim_folder, staged_folder
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run with n torch threads, then restore. One is fastest here: the work is small LAPACK calls
+    and Hungarian matching, and multi-threaded LAPACK on shared cores was measured 10x slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _console():
+    """A rich console; 120 columns when output is not a terminal (logs, pipes), where rich would use 80."""
+    from rich.console import Console
+
+    c = Console()
+    return c if c.is_terminal else Console(width=120)
+
+
+def _fmt(x, nd=3) -> str:
+    return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
+    """Body of `husai fourier` (see register)."""
+    from rich.table import Table
+
+    from husai.io import write_json
+
+    if n_null < 1:
+        raise HusaiError(f"--n-null must be >= 1, got {n_null}")
+    if json_out:
+        claim_file(json_out, FOURIER_JSON, "--json", inputs=[*sae_dirs, model], overwrite=overwrite)
+    out = fourier_saes(sae_dirs, model, n_null)
+    t = Table(title=f"Fourier validation (key frequencies {out[0]['key_frequencies']}; "
+                    f"chance purity {out[0]['chance_purity']:.4f})")
+    for c in ("SAE", "arch", "live", "overlap", "untrained null (z)", "pure", "covered/key", "non-key", "dec in key",
+              "w-assigned"):
+        t.add_column(c)
+    for r in out:
+        nu, w = r["nulls_untrained"]["fourier_overlap"], r.get("weight_space") or {}
+        t.add_row(Path(r["path"]).name, str(r["architecture"]), f"{r['n_live']}/{r['n_latents']}", _fmt(r["fourier_overlap"]),
+                  f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})", _fmt(r["frac_pure"]),
+                  f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(sum(r["non_key_pure"].values())),
+                  _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
+    _console().print(t)
+    typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; covered: key "
+               "frequencies with a pure latent; non-key: pure latents on other frequencies; dec in key: mean fraction "
+               "of live decoder rows in the key frequencies' activation subspaces; w-assigned: fraction of live "
+               "latents with > 50% of their decoder row in one key frequency's subspace")
+    if json_out:
+        write_json(json_out, {"model": str(model), "saes": out})
+        typer.echo(f"report written to {json_out}")
+
+
+def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold, overwrite) -> None:
+    """Body of `husai compare` (see register): validate, compare, write JSON, print."""
+    from rich.table import Table
+
+    from husai.io import write_json
+
+    if json_out is None:
+        raise HusaiError("compare needs --json OUT (the file the comparison is written to)")
+    if n_null < 2:
+        raise HusaiError(f"--n-null must be >= 2 (a null needs a spread), got {n_null}")
+    if not -1 < threshold < 1:
+        raise HusaiError(f"--threshold is a cosine and must lie in (-1, 1), got {threshold}")
+    inputs = [*sae_dirs, model or recorded_model(sae_dirs)]
+    claim_file(json_out, COMPARE_JSON, "--json", inputs=inputs, overwrite=overwrite)
+    if plots is not None:
+        claim_folder(plots, PLOTS, "--plots", inputs=inputs, overwrite=overwrite)
+    # the plots are drawn into a staging folder that replaces --plots only once all are drawn
+    with staged_folder(plots, "--plots") if plots is not None else contextlib.nullcontext() as stage:
+        result = compare_saes(sae_dirs, model, threshold, n_null, stage, force)
+    write_json(json_out, result)
+    _print_compare(_console(), result, Table)
+    typer.echo(f"comparison of {len(result['saes'])} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("fourier")
+    def fourier_cmd(
+        sae_dirs: List[Path] = typer.Argument(..., help="SAE folders (SAELens format) or multi-seed output folders."),
+        model: Path = typer.Option(..., "--model", help="The model run folder the SAEs were trained on."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
+        n_null: int = typer.Option(3, "--n-null", help="Untrained-SAE draws for the purity null."),
+        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier Fourier report at --json."),
+    ):
+        """Check every latent against the model's Fourier ground truth (purity, frequency, coverage)."""
+        with _threads(threads), on_interrupt(f"nothing was written{f' to {json_out}' if json_out else ''}; "
+                                             "run the same command again"):
+            _fourier_command(sae_dirs, model, json_out, n_null, overwrite)
+
+    @app.command("compare")
+    def compare_cmd(
+        sae_dirs: List[Path] = typer.Argument(..., help="Two or more SAE folders (or multi-seed output folders)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full comparison here (required)."),
+        plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for the heatmap and frequency histogram PNGs."),
+        force: bool = typer.Option(False, "--force", help="Compare SAEs trained on different models or hooks."),
+        model: Optional[Path] = typer.Option(None, "--model", help="Model run folder (default: the SAEs' metadata.model_path)."),
+        n_null: int = typer.Option(10, "--n-null", help="Dictionary pairs per null kind."),
+        threshold: float = typer.Option(0.7, "--threshold", help="Shared-fraction cosine threshold (Paulo & Belrose)."),
+        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison at --json (and --plots)."),
+    ):
+        """Cross-seed stability (PW-MCC, mean-max |cos|, shared fraction, frequency subspaces) with nulls."""
+        with _threads(threads), on_interrupt(f"nothing was written to {json_out}{' or ' + str(plots) if plots else ''}"
+                                             "; run the same command again"):
+            _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold, overwrite)
+
+
+def _print_compare(console, res: dict, Table) -> None:
+    short = {"isotropic": "iso", "activation": "act-cov", "subspace": "act-sub", "untrained": "init"}
+    kinds = [k for k in short if k in res["null_samples"]]
+    t = Table(title=f"stability across {len(res['saes'])} SAEs: mean ± std over pairs; null mean (z)")
+    for c in ["metric", "value"] + [short[k] for k in kinds]:
+        t.add_column(c)
+    names = {"pw_mcc_dec": "PW-MCC dec", "pw_mcc_enc": "PW-MCC enc", "mean_max_abs_cos_dec": "max|cos| dec*",
+             "mean_max_abs_cos_enc": "max|cos| enc*", "shared_fraction": f"shared >{res['threshold']}"}
+    for m, r in res["atom_level"].items():
+        t.add_row(names.get(m, m), f"{r['mean']:.3f}±{r['std']:.3f}",
+                  *[f"{_fmt(r['nulls'][k]['null_mean'])} ({_fmt(r['nulls'][k]['z'], 1)})" for k in kinds])
+    console.print(t)
+    console.print("PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, "
+                  "what public HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & "
+                  "Belrose 2025). Nulls: iso = random unit vectors, act-cov = random directions with the activations' "
+                  "covariance, act-sub = uniform in their 99%-variance subspace, init = the SAEs' untrained inits.")
+    if "fourier" in res:
+        ft = Table(title=f"Fourier per seed (key frequencies {res['key_frequencies']})")
+        for c in ("SAE", "fourier_overlap (init null)", "frac pure", "covered", "non-key pure", "dec in key subspaces",
+                  "weight-assigned"):
+            ft.add_column(c)
+        for lab, r in res["fourier"].items():
+            w = r.get("weight_space") or {}
+            ft.add_row(lab, f"{_fmt(r['fourier_overlap'])} ({_fmt(r['nulls_untrained']['fourier_overlap']['null_mean'])})",
+                       _fmt(r["frac_pure"]), str(r["covered"]), str(sum(r["non_key_pure"].values())),
+                       _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
+        console.print(ft)
+        for key, how in (("subspaces", "by activation purity"), ("subspaces_by_weights", "by decoder weights")):
+            console.print(f"frequency subspaces, latents assigned {how} (overlap / atom PW-MCC / null): " + "; ".join(
+                f"k={k}: {_fmt(v['overlap_mean'], 2)}/{_fmt(v['atom_pw_mcc_mean'], 2)}/{_fmt(v['null_overlap_mean'], 2)}"
+                for k, v in res["frequency_level"][key].items()))
+    for w in res["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}")

@@ -1,0 +1,80 @@
+"""`husai train-sae` (husai.sae.run does the work) and `husai extract-activations`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+
+from husai.errors import HusaiError
+from husai.outputs import ACTIVATIONS, claim_file
+from husai.sae.run import run_train_sae
+
+
+def _device(name: str) -> str:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise HusaiError(f"unknown --device {name!r} (use cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HusaiError(f"--device {name}: CUDA is not available on this machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise HusaiError(f"--device {name}: MPS is not available on this machine")
+    return name
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-sae")
+    def train_sae_cmd(
+        save_dir: Path = typer.Option(..., "--save-dir", help="Output folder (SAELens format + metrics.json)."),
+        transformer_checkpoint: Optional[Path] = typer.Option(None, help="husai model run folder."),
+        activations: Optional[Path] = typer.Option(
+            None, help="Safetensors file with one 2-D tensor [n, d] (instead of a model)."),
+        config: Optional[Path] = typer.Option(None, help="YAML config (keys of husai.sae.train.SAETrainConfig)."),
+        layer: Optional[int] = typer.Option(None, help="Shorthand for --hook blocks.L.hook_resid_post (default 0)."),
+        hook: Optional[str] = typer.Option(None, help="Any hook name of the model."),
+        split: str = typer.Option("all", help="Train on all p^2 inputs, or only the train or test split."),
+        seed: int = typer.Option(42, help="SAE seed (ignored when --seeds is given)."),
+        seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds trained together, e.g. 42,123,456."),
+        architecture: Optional[str] = typer.Option(None, help="topk, batchtopk, matryoshka, relu or jumprelu."),
+        epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
+        lr: Optional[float] = typer.Option(None), k: Optional[int] = typer.Option(None),
+        expansion: Optional[int] = typer.Option(None), l1_coeff: Optional[float] = typer.Option(None),
+        device: str = typer.Option("cpu"), wandb: bool = typer.Option(False, help="Log to Weights & Biases."),
+        quiet: bool = typer.Option(False, help="No progress bar."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier train-sae output in --save-dir."),
+    ):
+        """Train sparse autoencoders (one per seed, all in one pass) on a model's activations."""
+        from husai.sae.train import SAETrainConfig, load_config, parse_seeds
+
+        cfg = load_config(config) if config is not None else SAETrainConfig()
+        overrides = dict(architecture=architecture, epochs=epochs, batch_size=batch_size, lr=lr, k=k,
+                         expansion=expansion, l1_coeff=l1_coeff)
+        cfg = replace(cfg, **{key: v for key, v in overrides.items() if v is not None}).validate()
+        seed_list = parse_seeds(seeds) if seeds is not None else [seed]
+        m = run_train_sae(cfg, save_dir, seed_list, transformer_checkpoint, activations, layer, hook, split,
+                          _device(device), wandb, progress=not quiet, overwrite=overwrite)
+        mean = m["mean"]
+        typer.echo(f"saved {len(seed_list)} SAE(s) to {save_dir}: EV {mean['explained_variance']:.4f}  "
+                   f"L0 {mean['l0']:.1f}  dead {mean['frac_dead']:.2%}  ({m['wall_seconds']:.1f}s)")
+
+    @app.command("extract-activations")
+    def extract_cmd(
+        transformer_checkpoint: Path = typer.Option(..., help="husai model run folder."),
+        out: Path = typer.Option(..., help="Safetensors file to write."),
+        layer: Optional[int] = typer.Option(None, help="Shorthand for --hook blocks.L.hook_resid_post (default 0)."),
+        hook: Optional[str] = typer.Option(None, help="Any hook name of the model."),
+        split: str = typer.Option("all", help="all (p^2 rows, row a*p+b), train or test."),
+        device: str = typer.Option("cpu"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier activation file at --out."),
+    ):
+        """Save the activations at the `=` position of one hook to a safetensors file."""
+        from husai.sae.activations import model_activations, save_activations
+
+        claim_file(out, ACTIVATIONS, "--out", inputs=(transformer_checkpoint,), overwrite=overwrite)
+        acts, info = model_activations(transformer_checkpoint, layer, hook, split, _device(device))
+        save_activations(out, acts, info)
+        typer.echo(f"saved activations {list(acts.shape)} of {info['hook_name']} ({split}) to {out}")

@@ -1,0 +1,49 @@
+"""`husai study` and `husai report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "study.yaml"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("study")
+    def study_cmd(
+        config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Study YAML (grid of SAE runs)."),
+        out: Path = typer.Option(Path("runs/study"), "--out", help="Study folder; rerun the same command to resume."),
+        executor: str = typer.Option("local", "--executor", help="local (in-process), process (pool) or ray."),
+        workers: int = typer.Option(2, "--workers", help="Processes for --executor process."),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
+        retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo cells recorded as failed."),
+    ):
+        """Model -> SAEs over a grid of seeds -> Fourier validation and stability with nulls -> report."""
+        from husai.errors import HusaiError
+        from husai.study.runner import run_study
+
+        if workers < 1:
+            raise HusaiError(f"--workers must be >= 1, got {workers}")
+        res = run_study(config, out, executor, workers, address, retry_failed)
+        if res.failed:  # the table and report are written; the exit status still says it failed
+            first = res.failed[0].relative_to(out)
+            more = f" and {len(res.failed) - 1} more" if len(res.failed) > 1 else ""
+            typer.echo(f"error: {len(res.failed)} of {res.n_cells} SAE cells failed; their errors are in the report "
+                       f"and in {first}{more}; redo them with --retry-failed", err=True)
+            raise typer.Exit(1)
+
+    @app.command("report")
+    def report_cmd(run_dir: Path = typer.Argument(..., help="A study folder (holding study.yaml).")):
+        """Rebuild results.csv/parquet, report.md, report.html and figures from a study's finished runs."""
+        from husai.errors import HusaiError
+        from husai.interrupts import on_interrupt
+        from husai.outputs import STUDY, files_in
+        from husai.study.report import write_report
+
+        if not run_dir.is_dir() or not STUDY.is_folder_of(files_in(run_dir)):
+            raise HusaiError(f"{run_dir} is not a study folder (no study.yaml)")
+        with on_interrupt(f"the files of {run_dir} are all whole (each is replaced atomically), some still from "
+                          f"the earlier report; rerun husai report {run_dir}"):
+            typer.echo(f"report: {write_report(run_dir)}")

@@ -1,0 +1,322 @@
+"""Train the modular-addition transformer until it has grokked AND cleaned up its circuit.
+
+One visible loop, nanoGPT style: seed, data, model, optimizer, then epochs of full-batch AdamW
+with periodic eval, checkpoint and log. Stopping rule (recorded in config.json): test accuracy
+>= 99.9% and >= 80% of MLP neurons single-frequency (>= 85% of their variance in one frequency,
+Nanda et al. 2023 section 4.2, where 433/512 = 85% pass). Test accuracy saturates hundreds of
+epochs before weight decay has cleaned the circuit up (section 5: "cleanup"), and SAEs are
+validated against that clean structure, so accuracy alone is not a stopping rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from husai import __version__
+from husai.errors import HusaiError
+from husai.interrupts import on_interrupt
+from husai.io import read_json, read_jsonl, save_tensors, write_json, write_jsonl
+from husai.model.analyze import analyze_model, loss_acc, single_freq_fraction
+from husai.model.checkpoint import load_weights, model_config_from_json
+from husai.model.data import OPERATIONS, check_modulus, check_seed, make_dataset
+from husai.model.transformer import ModelConfig, Transformer
+from husai.outputs import MODEL_RUN, claim_folder, staged_folder
+from husai.resources import check_fits_in_memory
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a trained model. Saved in config.json."""
+
+    p: int = 113
+    """Prime modulus."""
+    operation: str = "add"
+    """add, sub or mul."""
+    n_layers: int = 1
+    """Transformer blocks."""
+    seed: int = 0
+    """Seed of the weight initialisation."""
+    split_seed: int | None = None
+    """Seed of the train/test split (defaults to `seed`)."""
+    train_frac: float = 0.3
+    """Fraction of the p^2 pairs used for training (Nanda et al.: 0.3)."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 1.0
+    """AdamW (decoupled) weight decay; 1.0 drives the grokking clean-up."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.98
+    """AdamW beta2 (Nanda et al.)."""
+    warmup_epochs: int = 10
+    """Linear learning-rate warm-up (Nanda et al.: 10 steps)."""
+    epochs: int = 40_000
+    """Maximum number of full-batch epochs."""
+    eval_every: int = 100
+    """Epochs between evaluations (history rows, stopping check, best checkpoint)."""
+    checkpoint_every: int = 1000
+    """Epochs between resumable checkpoints (model + optimizer state)."""
+    stop_test_acc: float = 0.999
+    """Stop only once test accuracy reaches this ..."""
+    stop_frac_single_freq: float = 0.8
+    """... and this fraction of MLP neurons is single-frequency (see module docstring)."""
+    run_all_epochs: bool = False
+    """Ignore the stopping rule and train for `epochs`."""
+    preset: str = "custom"
+    """Name of the preset these values came from."""
+
+    def validate(self) -> None:
+        check_modulus(self.p)
+        if self.operation not in OPERATIONS:
+            raise HusaiError(f"unknown operation {self.operation!r}; choose one of {', '.join(OPERATIONS)}")
+        if not 0.0 < self.train_frac < 1.0:
+            raise HusaiError(f"train fraction must lie strictly between 0 and 1, got {self.train_frac}")
+        for name in ("n_layers", "epochs", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise HusaiError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_seed(self.seed, "seed")
+        if self.split_seed is not None:
+            check_seed(self.split_seed, "split seed")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise HusaiError(f"need lr > 0 and weight decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+
+
+PRESETS: dict[str, dict] = {
+    # Nanda et al.'s recipe: 30% of pairs, lr 1e-3, wd 1.0; groks after ~8-14k epochs.
+    "canonical": dict(train_frac=0.3, lr=1e-3, weight_decay=1.0, epochs=40_000),
+    # Same recipe with half the pairs (still memorise-then-generalise, science brief section 1) and a
+    # larger learning rate, which speeds both grokking and the weight-decay clean-up (the
+    # decoupled decay per step is lr * wd). Measured in BENCHMARKS.md.
+    "fast": dict(train_frac=0.5, lr=3e-3, weight_decay=1.0, epochs=10_000),
+}
+
+
+def config_json(cfg: TrainConfig, device: str) -> dict:
+    mc = ModelConfig(p=cfg.p, n_layers=cfg.n_layers)
+    training = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("p", "operation", "n_layers", "seed", "split_seed", "train_frac", "preset")}
+    return dict(
+        **mc.to_hooked_transformer_config(), p=cfg.p, operation=cfg.operation, seed=cfg.seed,
+        split_seed=cfg.seed if cfg.split_seed is None else cfg.split_seed, train_frac=cfg.train_frac,
+        preset=cfg.preset, husai_version=__version__, device=device, training=training,
+        stopping=dict(rule="test_acc >= stop_test_acc and frac_neurons_single_freq >= stop_frac_single_freq, "
+                           "checked every eval_every epochs", stop_test_acc=cfg.stop_test_acc,
+                      stop_frac_single_freq=cfg.stop_frac_single_freq, run_all_epochs=cfg.run_all_epochs),
+    )
+
+
+def config_from_json(d: dict) -> TrainConfig:
+    model_config_from_json(d)
+    training = d.get("training", {})
+    if not isinstance(training, dict):
+        raise HusaiError(f"config.json: field 'training' must be a mapping, got {type(training).__name__}")
+    defaults = dataclasses.asdict(TrainConfig())
+    kw = {}
+    for k, v in training.items():
+        if k not in defaults:
+            continue
+        want = type(defaults[k])
+        ok = isinstance(v, bool) if want is bool else (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and (want is float or isinstance(v, int)))
+        if not ok:
+            raise HusaiError(f"config.json: field 'training.{k}' must be {want.__name__}, got {v!r}")
+        kw[k] = v
+    return TrainConfig(p=d["p"], operation=d["operation"], n_layers=d["n_layers"], seed=d["seed"],
+                       split_seed=d["split_seed"], train_frac=d["train_frac"], preset=d.get("preset", "custom"), **kw)
+
+
+def _train_bytes(cfg: TrainConfig) -> int:
+    """Rough lower bound on the memory full-batch training needs: weights with their gradients and
+    AdamW state (4 copies), plus the forward/backward activations and float64 logits of all p^2 inputs."""
+    mc = ModelConfig(p=cfg.p, n_layers=cfg.n_layers)
+    n_params = (2 * (cfg.p + 1) * mc.d_model + 3 * mc.d_model
+                + cfg.n_layers * (4 * mc.d_model * mc.n_heads * mc.d_head + 2 * mc.d_model * mc.d_mlp))
+    rows = cfg.p * cfg.p * 3
+    return 4 * 4 * n_params + rows * (8 * 3 * (cfg.p + 1) + 4 * 2 * cfg.n_layers * (mc.d_mlp + 4 * mc.d_model))
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("epoch_*.safetensors"))
+    return ckpts[-1] if ckpts else None
+
+
+def _optimizer_tensors(model: Transformer, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, param in model.named_parameters():
+        for k, v in opt.state[param].items():
+            out[f"optim.{name}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def _load_optimizer(model: Transformer, opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor], path: Path) -> None:
+    state = {}
+    for i, (name, param) in enumerate(model.named_parameters()):
+        keys = [f"optim.{name}.{k}" for k in ("step", "exp_avg", "exp_avg_sq")]
+        if not all(k in extra for k in keys):
+            raise HusaiError(f"checkpoint {path} lacks optimizer state for {name}; cannot resume exactly")
+        state[i] = {k.rsplit(".", 1)[1]: extra[k].to(param.device) for k in keys}
+        state[i]["step"] = state[i]["step"].cpu()
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def train_model(cfg: TrainConfig, out: str | Path, device: str = "cpu", resume: bool = False, overwrite: bool = False,
+          use_wandb: bool = False, threads: int | None = None, progress: bool = True) -> dict:
+    """Train (or resume) a model into run folder `out`; returns the final metrics dict.
+
+    `out` is claimed through husai.outputs: a new run goes straight into it (so that a killed run
+    can be resumed), `resume` continues the run there, and `overwrite` trains a replacement in a
+    staging folder beside it that is swapped in only when finished."""
+    out = Path(out)
+    t_start = time.time()
+    mode = None
+
+    def note() -> str:
+        if mode == "overwrite":
+            return f"the earlier run in {out} is untouched; the replacement was discarded"
+        return _resume_note(out)
+
+    with on_interrupt(note):  # one block, so that no moment is without its note
+        mode, cfg = _claim_and_check(cfg, out, device, threads, overwrite, resume)
+        if mode == "overwrite":
+            with staged_folder(out, "--out") as stage:
+                return _train(cfg, stage, device, False, use_wandb, threads, progress, t_start)
+        return _train(cfg, out, device, mode == "resume", use_wandb, threads, progress, t_start)
+
+
+def _claim_and_check(cfg: TrainConfig, out: Path, device: str, threads: int | None, overwrite: bool,
+                     resume: bool) -> tuple[str, TrainConfig]:
+    """Claim `out` (husai.outputs) and refuse what cannot run; returns the claim's mode and the
+    config to train with (the recorded one when resuming)."""
+    mode = claim_folder(out, MODEL_RUN, "--out", overwrite=overwrite, resume=resume)
+    if resume and mode != "resume":
+        raise HusaiError(f"nothing to resume in {out}: no model run there")
+    if mode == "resume":
+        cfg = config_from_json(read_json(out / "config.json", "model config"))
+    cfg.validate()
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise HusaiError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HusaiError(f"device {device!r} requested but CUDA is not available")
+    if threads is not None and threads < 0:
+        raise HusaiError(f"--threads must be >= 1 (or 0 for torch's choice), got {threads}")
+    check_fits_in_memory(_train_bytes(cfg), f"training a p = {cfg.p}, {cfg.n_layers}-layer model", device,
+                         "out of memory: use a smaller --p or fewer --n-layers (or run on a larger device)")
+    return mode, cfg
+
+
+def _resume_note(out: Path) -> str:
+    if not (out / "config.json").is_file():
+        return f"nothing was written to {out}; run the same command again"
+    ckpt = _latest_checkpoint(out)
+    kept = f"its checkpoint {ckpt.name}" if ckpt else "its start (no checkpoint yet)"
+    return f"{out} keeps the run up to {kept}; continue it with husai train-model --out {out} --resume"
+
+
+def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bool, threads: int | None,
+           progress: bool, t_start: float) -> dict:
+    """The training loop proper, into `out` (which `train` has claimed)."""
+    # AdamW with wd 1.0 pushes optimizer state into denormals, which are ~10x slower on CPUs.
+    torch.set_flush_denormal(True)
+    n_train = round(cfg.train_frac * cfg.p * cfg.p)
+    if threads:
+        torch.set_num_threads(threads)
+    elif n_train < 4096 and device == "cpu":
+        # Small batches gain nothing from a second thread, and OpenMP threads that spin at barriers
+        # on a busy 2-core machine made a p = 47 run 20x slower (measured: 584 s instead of ~25 s).
+        torch.set_num_threads(1)
+
+    data = make_dataset(cfg.p, cfg.train_frac, cfg.seed if cfg.split_seed is None else cfg.split_seed, cfg.operation)
+    model = Transformer(ModelConfig(p=cfg.p, n_layers=cfg.n_layers)).init_weights(cfg.seed).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    x_tr, y_tr = data.tokens[data.train_idx].to(device), data.labels[data.train_idx].to(device)
+    x_te, y_te = data.tokens[data.test_idx].to(device), data.labels[data.test_idx].to(device)
+
+    start, history, best = 0, [], (math.inf, -1)
+    ckpt = _latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        extra = load_weights(model, ckpt, "checkpoint")
+        _load_optimizer(model, opt, extra, ckpt)
+        start = int(extra["epoch"].item())
+        rows = read_jsonl(out / "history.jsonl")
+        if not all(isinstance(r.get("epoch"), int) and isinstance(r.get("wall_seconds"), (int, float)) for r in rows):
+            raise HusaiError(f"{out / 'history.jsonl'} has rows without an integer 'epoch' and 'wall_seconds'")
+        history = [r for r in rows if r["epoch"] <= start]
+        best = (float(extra["best_test_loss"].item()), int(extra["best_epoch"].item()))
+    # Wall time accumulates across resumes (the rows kept say how long the run had taken).
+    offset = history[-1]["wall_seconds"] if history else 0.0
+    write_json(out / "config.json", config_json(cfg, device))
+
+    run = None
+    if use_wandb:
+        from husai.wandb_log import init_run  # lazy: wandb is an optional extra
+        run = init_run("husai-model", config_json(cfg, device), out)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("train-model"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}"), disable=not progress)
+    stopped = "max_epochs"
+    with bar:
+        task = bar.add_task("", total=cfg.epochs, completed=start, info="")
+        epoch = start
+        for epoch in range(start + 1, cfg.epochs + 1):
+            for g in opt.param_groups:  # stateless warm-up: resumes exactly
+                g["lr"] = cfg.lr * min(1.0, epoch / cfg.warmup_epochs)
+            logits = model(x_tr)
+            loss = F.cross_entropy(logits.to(torch.float64), y_tr)  # float64: train loss reaches ~1e-7
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if not torch.isfinite(loss):
+                raise HusaiError(f"training diverged: loss is {loss.item()} at epoch {epoch}; last good checkpoint kept")
+
+            done = epoch == cfg.epochs
+            if epoch % cfg.eval_every == 0 or done:
+                model.eval()
+                train_loss, train_acc = loss_acc(model, x_tr, y_tr)
+                test_loss, test_acc = loss_acc(model, x_te, y_te)
+                single = single_freq_fraction(model, data)
+                model.train()
+                row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                           test_acc=test_acc, frac_neurons_single_freq=single, wall_seconds=offset + time.time() - t_start)
+                history.append(row)
+                if run is not None:
+                    run.log(row, step=epoch)
+                if test_loss < best[0]:
+                    best = (test_loss, epoch)
+                    save_tensors(out / "best.safetensors", model.state_dict(), {"epoch": epoch})
+                bar.update(task, completed=epoch, info=f"train {train_loss:.1e} test {test_loss:.1e} "
+                           f"acc {test_acc:.3f} single-freq {single:.2f}")
+                if test_acc >= cfg.stop_test_acc and single >= cfg.stop_frac_single_freq and not cfg.run_all_epochs:
+                    stopped = "grokked_and_clean"
+                    done = True
+            if epoch % cfg.checkpoint_every == 0 or done:
+                write_jsonl(out / "history.jsonl", history)  # before the checkpoint that refers to it
+                state = {**model.state_dict(), **_optimizer_tensors(model, opt),
+                         "epoch": torch.tensor(epoch), "best_test_loss": torch.tensor(best[0], dtype=torch.float64),
+                         "best_epoch": torch.tensor(best[1])}
+                save_tensors(out / "checkpoints" / f"epoch_{epoch:06d}.safetensors", state, {"epoch": epoch})
+            if done:
+                break
+
+    save_tensors(out / "model.safetensors", model.state_dict(), {"epoch": epoch, "seed": cfg.seed})
+    metrics = analyze_model(model.eval(), data)
+    grok = next((r["epoch"] for r in history if r["test_acc"] >= 0.99), None)
+    clean = next((r["epoch"] for r in history if r["test_acc"] >= cfg.stop_test_acc
+                  and r["frac_neurons_single_freq"] >= cfg.stop_frac_single_freq), None)
+    metrics.update(epochs_trained=epoch, grokked_epoch=grok, clean_epoch=clean, stopped_because=stopped,
+                   best_epoch=best[1], wall_seconds=offset + time.time() - t_start)
+    write_json(out / "metrics.json", metrics)
+    if run is not None:
+        run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        run.finish()
+    return metrics

@@ -1,0 +1,20 @@
+"""Sparse autoencoders: the architectures (one file per family, stacked over seeds; shapes in
+husai.sae.architectures), the sparse kernels, training, metrics, the activations they train on,
+SAELens-format files, and the train-sae job (husai.sae.run).
+
+May import: husai.model and the plumbing.
+"""
+
+from husai._exports import lazy
+
+_EXPORTS = {
+    **{name: "husai.sae.architectures" for name in ("ARCHITECTURES", "K_ARCHITECTURES", "StackedSAE", "TopKSAE",
+                                                    "BatchTopKSAE", "MatryoshkaSAE", "ReLUSAE", "JumpReLUSAE")},
+    "SAETrainConfig": "husai.sae.train", "train_saes": "husai.sae.train", "load_config": "husai.sae.train",
+    "load_sae": "husai.sae.checkpoint", "load_saes": "husai.sae.checkpoint", "save_sae": "husai.sae.checkpoint",
+    "model_activations": "husai.sae.activations", "extract": "husai.sae.activations",
+    "reconstruction_metrics": "husai.sae.metrics",
+    "run_train_sae": "husai.sae.run",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)

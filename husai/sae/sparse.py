@@ -1,0 +1,146 @@
+"""Sparse training kernels for the TopK family: only the B*k active latents cost anything after
+the encoder's forward matmul (Gao et al. 2024, sec. 5.3 make the same point for GPUs).
+
+A step of a TopK SAE touches a dense [S, B, d_sae] block only once: the pre-activations, computed
+without autograd. Everything after works on a coordinate list of active entries per seed,
+
+    codes = (rows [S, M], cols [S, M])      entry m of seed s: input rows[s, m], latent cols[s, m]
+
+and two custom autograd functions give the parameters their gradients from that list:
+
+    encode_at(...)  values pre[s, rows, cols] with gradients to W_enc_T, b_enc, b_dec
+    decode(...)     out[s, b] = sum_{m: rows[s, m] = b} z[s, m] W_dec[s, cols[s, m]]   (x_hat = out + b_dec)
+
+The plain-PyTorch reference is the dense path, StackedSAE.training_loss (dense activate and
+matmul decode); tests/sae/test_sae_arch.py checks loss and every gradient against it.
+Why custom functions: autograd through a dense matmul spends B*d_sae*d_in multiply-adds on the
+encoder gradient although only B*k columns of d pre are non-zero, and embedding_bag's own weight
+gradient sorts and zero-fills more than needed. Both weight gradients here are one
+"transposed embedding_bag" (rows grouped by latent, `_sum_rows_by_latent`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k along the last dim (values, indices; unsorted), faster than torch.topk on CPU
+    for k << d. pre [..., d] -> ([..., k], [..., k]).
+
+    Split each row into m = d / g strided groups {j, j + m, ..., j + (g - 1) m} of g elements.
+    The k largest elements of a row lie in the k groups with the largest maxima (any element
+    above the k-th largest group maximum is in one of those groups), so a top-k over
+    the m group maxima and then over the k * g candidates gives the same set as a top-k over d.
+    Strided groups make the group maximum a vectorised elementwise max over g rows of m.
+    """
+    d = pre.shape[-1]
+    g = 8
+    if pre.device.type != "cpu" or d % g or d // g < 2 * k:
+        return pre.topk(k, dim=-1, sorted=False)
+    m = d // g
+    lead = pre.shape[:-1]
+    grouped = pre.reshape(*lead, g, m)
+    _, gi = grouped.amax(-2).topk(k, dim=-1, sorted=False)  # [..., k] best groups
+    cand = grouped.gather(-1, gi.unsqueeze(-2).expand(*lead, g, k)).reshape(*lead, g * k)
+    vals, j = cand.topk(k, dim=-1, sorted=False)
+    return vals, gi.gather(-1, j % k) + (j // k) * m
+
+
+class Codes:
+    """The active entries of a batch, per seed: rows [S, M] (input index, sorted), cols [S, M]
+    (latent index). `by_latent` groups the S*M entries by (seed, latent), computed once and shared
+    by the encoder's and the decoder's weight gradients."""
+
+    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_inputs: int, d_sae: int):
+        self.rows, self.cols, self.B, self.d_sae = rows, cols, n_inputs, d_sae  # B: rows per seed
+        S = rows.shape[0]
+        off = torch.arange(S, device=rows.device).unsqueeze(1)
+        self.latent = (cols + off * d_sae).reshape(-1)  # [S*M] row of the stacked [S*d_sae, d_in]
+        self.input = (rows + off * n_inputs).reshape(-1)  # [S*M] row of a stacked [S*B, d_in]
+        self._by_latent = None
+
+    def by_latent(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(order [S*M], input[order] [S*M], offsets [S*d_sae]): entries sorted by latent (stable,
+        so each latent's sum runs in input order whatever other seeds are trained beside it), the
+        stacked input row of each sorted entry, and the bag offsets."""
+        if self._by_latent is None:
+            n_keys = self.rows.shape[0] * self.d_sae
+            key = self.latent.to(torch.int32) if n_keys < 2**31 else self.latent  # int32 sorts 2x faster
+            order = torch.sort(key, stable=True).indices
+            counts = torch.bincount(self.latent, minlength=n_keys)
+            self._by_latent = (order, self.input[order], torch.cumsum(counts, 0) - counts)
+        return self._by_latent
+
+
+def _sum_rows_by_latent(codes: Codes, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[l] = sum over entries e with latent l of weights[e] * table[codes.input[e]].
+    table [S*R, d] (stacked per seed), weights [S*M] -> [S*d_sae, d] (zero rows for idle latents)."""
+    order, table_rows, offsets = codes.by_latent()
+    return F.embedding_bag(table_rows, table, offsets, mode="sum", per_sample_weights=weights[order])
+
+
+class _EncodeAt(torch.autograd.Function):
+    """vals = pre[s, rows, cols] with pre = (x - b_dec) @ W_enc + b_enc; the values come in
+    precomputed (from the no-grad dense pass), the function supplies their gradients:
+        d b_enc[s, j]       = sum over entries at latent j of g
+        d W_enc_T[s, j, :]  = sum over entries at latent j of g * (x[row] - b_dec[s])
+        d b_dec[s]          = -d b_enc[s] @ W_enc_T[s]
+    """
+
+    @staticmethod
+    def forward(ctx, vals, W_enc_T, b_enc, b_dec, x, codes):
+        ctx.save_for_backward(W_enc_T, b_dec, x)
+        ctx.codes = codes
+        return vals.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        W_enc_T, b_dec, x = ctx.saved_tensors
+        codes = ctx.codes
+        S, d_sae, d_in = W_enc_T.shape
+        g_b_enc = torch.zeros(S, d_sae, dtype=g.dtype, device=g.device).scatter_add_(1, codes.cols, g)
+        centred = (x.unsqueeze(0) - b_dec.unsqueeze(1)).reshape(-1, d_in)  # [S * R, d_in], small
+        g_W = _sum_rows_by_latent(codes, centred, g.reshape(-1)).view(S, d_sae, d_in)
+        g_b_dec = -torch.bmm(g_b_enc.unsqueeze(1), W_enc_T).squeeze(1)
+        return None, g_W, g_b_enc, g_b_dec, None, None
+
+
+class _DecoderGrad(torch.autograd.Function):
+    """Identity on x_hat in the forward; the backward adds W_dec's gradient,
+        d W_dec[s, j] = sum over entries at latent j of z * d x_hat[s, row],
+    so the embedding_bag that computes x_hat can run on a detached W_dec (its autograd then
+    computes only the gradient of z, a fused gather-dot)."""
+
+    @staticmethod
+    def forward(ctx, x_hat, W_dec, z, codes):
+        ctx.save_for_backward(z)
+        ctx.codes, ctx.shape = codes, W_dec.shape
+        return x_hat.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        (z,) = ctx.saved_tensors
+        codes = ctx.codes
+        S, d_sae, d_in = ctx.shape
+        g_W = _sum_rows_by_latent(codes, g.reshape(-1, d_in), z.reshape(-1))
+        return g, g_W.view(S, d_sae, d_in), None, None
+
+
+def encode_at(pre_vals: torch.Tensor, W_enc_T, b_enc, b_dec, x: torch.Tensor, codes: Codes) -> torch.Tensor:
+    """pre_vals [S, M] (no grad) -> the same values [S, M] with gradients to W_enc_T [S, d_sae, d_in],
+    b_enc [S, d_sae], b_dec [S, d_in]; x [R, d_in] holds the inputs that codes.rows index
+    (R = codes.B), shared by all seeds."""
+    return _EncodeAt.apply(pre_vals, W_enc_T, b_enc, b_dec, x, codes)
+
+
+def decode(z: torch.Tensor, W_dec: torch.Tensor, codes: Codes) -> torch.Tensor:
+    """z [S, M] (entry values) -> sum_m z W_dec[cols] per input, [S, B, d_in] (no b_dec)."""
+    S, d_sae, d_in = W_dec.shape
+    B = codes.B
+    counts = torch.bincount(codes.input, minlength=S * B)
+    offsets = torch.cumsum(counts, 0) - counts  # codes.rows is sorted per seed: bags are contiguous
+    out = F.embedding_bag(codes.latent, W_dec.detach().reshape(S * d_sae, d_in), offsets,
+                          mode="sum", per_sample_weights=z.reshape(-1))
+    return _DecoderGrad.apply(out, W_dec, z.detach(), codes).view(S, B, d_in)

@@ -1,0 +1,227 @@
+"""The TopK family, stacked over S seeds (shapes as in husai.sae.architectures): TopK, BatchTopK, Matryoshka.
+
+  TopKSAE        Gao et al. 2024, sec. 2.3: z = ReLU(TopK_k(pre)); loss = FVU + aux_coeff * AuxK.
+  BatchTopKSAE   Bussmann et al. 2024: keep the k*B largest pre-activations of the whole batch;
+                 at inference a JumpReLU with a learned global threshold (as SAELens saves it).
+  MatryoshkaSAE  Bussmann et al. 2025: BatchTopK whose nested dictionary prefixes must each
+                 reconstruct the input on their own.
+
+Training runs sparsely (husai.sae.sparse); the dense formulas (StackedSAE.training_loss with
+`activate`, `sparsity_loss`) are the reference the tests compare every gradient against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from husai.sae.base import StackedSAE, batch_variance
+from husai.sae.sparse import Codes, decode, encode_at, topk_rows
+
+
+def _auxk_loss(x, x_hat, pre, W_dec, dead, k_aux: int) -> torch.Tensor:
+    """Gao et al. sec. A.2 AuxK: reconstruct the residual e = x - x_hat (detached) from the top
+    k_aux pre-activations among dead latents; normalised by the residual's variance. -> [S]."""
+    S, B, d_sae = pre.shape
+    if not bool(dead.any()):
+        return pre.new_zeros(S)
+    k_aux = min(k_aux, d_sae)
+    e = (x - x_hat).detach()  # [S, B, d_in]
+    masked = pre.masked_fill(~dead.unsqueeze(1), float("-inf"))
+    vals, idx = masked.topk(k_aux, dim=-1, sorted=False)  # [S, B, k_aux]
+    z_aux = torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))  # relu(-inf) = 0 when few dead
+    return _auxk_fvu(torch.bmm(z_aux, W_dec), e, dead)
+
+
+def _auxk_fvu(e_hat: torch.Tensor, e: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """e_hat, e [S, B, d_in], dead [S, d_sae] -> per-seed FVU of the residual's reconstruction [S].
+    A seed with no dead latent gets 0 (its e_hat is 0, which would still score ||e||^2)."""
+    err = (e_hat - e).pow(2).sum(-1).mean(1)
+    var = (e - e.mean(1, keepdim=True)).pow(2).sum(-1).mean(1).clamp_min(1e-12)
+    return torch.where(dead.any(-1), err / var, torch.zeros_like(err))
+
+
+class TopKSAE(StackedSAE):
+    """z = ReLU(TopK_k(pre)) per input (Gao et al. 2024, eq. 3); loss = MSE + aux_coeff * AuxK."""
+
+    architecture = "topk"
+    normalized_mse = True
+
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int, k_aux: int | None = None,
+                 aux_coeff: float = 1 / 32):
+        super().__init__(n_seeds, d_in, d_sae)
+        self.k, self.aux_coeff = k, aux_coeff
+        self.k_aux = k_aux if k_aux is not None else max(1, d_in // 2)  # Gao et al. A.2: ~d_model/2
+        self.hparams = dict(k=k, k_aux=k_aux, aux_coeff=aux_coeff)
+
+    def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
+        return self.aux_coeff * _auxk_loss(x, x_hat, pre, self.W_dec, dead, self.k_aux)
+
+    def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
+        vals, idx = topk_rows(pre, self.k)
+        return torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
+
+    def select_latents(self, pre: torch.Tensor):
+        """pre [S, B, d_sae] -> (vals [S, M], rows [S, M], cols [S, M]): the selected
+        pre-activations as a coordinate list sorted by row, M = B * k (before the ReLU)."""
+        S, B, _ = pre.shape
+        vals, cols = topk_rows(pre, self.k)  # [S, B, k]
+        rows = torch.arange(B, device=pre.device).repeat_interleave(self.k).expand(S, -1)
+        return vals.reshape(S, -1), rows, cols.reshape(S, -1)
+
+    def _dead_topk(self, pre: torch.Tensor, dead: torch.Tensor):
+        """Top-k_aux pre-activations among dead latents: (vals [S, B, k_aux], cols [S, B, k_aux]).
+        Searches only the dead columns (padded to the largest dead count with -inf), which is
+        much cheaper than a top-k over all d_sae when few latents are dead."""
+        S, B, d_sae = pre.shape
+        n_dead = int(dead.sum(1).max())
+        k_aux = min(self.k_aux, d_sae)
+        if n_dead > d_sae // 2:
+            return pre.masked_fill(~dead.unsqueeze(1), float("-inf")).topk(k_aux, dim=-1, sorted=False)
+        n = max(n_dead, k_aux)
+        dead_first = torch.sort(dead.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :n]  # [S, n]
+        is_dead = dead.gather(1, dead_first).unsqueeze(1)  # padding columns are live: masked out
+        cand = pre.gather(2, dead_first.unsqueeze(1).expand(S, B, n)).masked_fill(~is_dead, float("-inf"))
+        vals, j = cand.topk(k_aux, dim=-1, sorted=False)
+        return vals, dead_first.unsqueeze(1).expand(S, B, n).gather(2, j)
+
+    n_levels = 1  # nested reconstructions in the loss (MatryoshkaSAE: one per prefix width)
+
+    def level_of(self, cols: torch.Tensor) -> torch.Tensor:
+        """cols [S, M] -> the level of each entry's latent [S, M] (only used when n_levels > 1)."""
+        raise NotImplementedError
+
+    def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Same loss as StackedSAE.training_loss (FVU + aux_coeff * AuxK), computed sparsely: one
+        dense no-grad pass for the pre-activations, then only the selected entries (husai.sae.sparse).
+
+        All reconstructions of the step come out of one sparse decode of R = (L + aux) * B rows:
+        with L levels, level l's entries decode into rows l*B..(l+1)*B-1 (a prefix sum over levels
+        gives the nested reconstructions); the AuxK entries decode into the last B rows (their
+        reconstruction e_hat of the residual). One by-latent sort, one encode and one decode serve
+        every term.
+        """
+        S, B, L = self.n_seeds, x.shape[0], self.n_levels
+        aux = bool(dead.any())
+        with torch.no_grad():
+            pre = self.pre_acts(x, reuse_buffer=True)  # [S, B, d_sae], valid until the next step
+            pvals, rows, cols = self.select_latents(pre)  # [S, M], sorted by row
+            M = pvals.shape[1]
+            if L > 1:
+                rows, order = (rows + B * self.level_of(cols)).sort(dim=1, stable=True)
+                pvals, cols = pvals.gather(1, order), cols.gather(1, order)
+            if aux:
+                avals, acols = self._dead_topk(pre, dead)  # [S, B, k_aux]
+                arows = L * B + torch.arange(B, device=x.device).repeat_interleave(acols.shape[-1])
+                pvals = torch.cat([pvals, avals.reshape(S, -1)], 1)
+                rows = torch.cat([rows, arows.expand(S, -1)], 1)
+                cols = torch.cat([cols, acols.reshape(S, -1)], 1)
+        R = (L + aux) * B
+        codes = Codes(rows, cols, R, self.d_sae)
+        z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x.repeat(R // B, 1), codes))
+        out = decode(z, self.W_dec, codes)  # [S, R, d_in], without b_dec
+        recon = out[:, :L * B].view(S, L, B, -1).cumsum(1) + self.b_dec[:, None, None]  # [S, L, B, d_in]
+        x_hat = recon[:, -1]
+        var = batch_variance(x)
+        sq = (recon - x).pow(2).sum(-1).mean(-1)  # [S, L]
+        mse = sq[:, -1]
+        loss = sq.sum(1) / var
+        if aux:
+            loss = loss + self.aux_coeff * _auxk_fvu(out[:, L * B:], (x - x_hat).detach(), dead)
+        with torch.no_grad():
+            vals, cols = z[:, :M], cols[:, :M]
+            active = vals > 0
+            fired = torch.zeros(S, self.d_sae, device=x.device).scatter_add_(1, cols, active.float()) > 0
+            stats = dict(loss=loss.detach(), mse=mse.detach(), l0=active.float().sum(1) / B,
+                         ev=1 - mse.detach() / var, fired=fired,
+                         min_active=torch.where(active, vals, torch.full_like(vals, float("inf"))).min(1).values)
+        return loss.sum(), stats
+
+
+class BatchTopKSAE(TopKSAE):
+    """Training: per seed, keep the k*B largest pre-activations across the whole batch (ReLU'd),
+    so the *average* L0 is k (Bussmann et al. 2024, sec. 3). Inference: z = ReLU(pre) * (pre >
+    threshold[s]) with threshold an EMA of the smallest kept activation per batch (SAELens's
+    estimator, rate `threshold_lr`), started at the first batch's value rather than at 0. From 0,
+    a 24-step run ended with the threshold at 21% of its target: L0 150 for k = 8, EV -237
+    (measured; from the first batch: L0 1.5, EV -1.7, an undertrained SAE either way). On the
+    grokked model's 1,000-step runs both starts give the same SAE (EV 0.978, L0 28)."""
+
+    architecture = "batchtopk"
+
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int, k_aux: int | None = None,
+                 aux_coeff: float = 1 / 32, threshold_lr: float = 0.01):
+        super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff)
+        self.threshold_lr = threshold_lr
+        self.hparams["threshold_lr"] = threshold_lr
+        self.register_buffer("threshold", torch.zeros(n_seeds))  # [S]
+        self.register_buffer("threshold_updates", torch.zeros(n_seeds))  # [S] EMA updates so far
+
+    def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
+        if not training:
+            return F.relu(pre) * (pre > self.threshold.view(-1, 1, 1))
+        S, B, d_sae = pre.shape
+        flat = pre.reshape(S, B * d_sae)
+        vals, idx = topk_rows(flat, min(self.k * B, B * d_sae))
+        return torch.zeros_like(flat).scatter(-1, idx, F.relu(vals)).view(S, B, d_sae)
+
+    def select_latents(self, pre: torch.Tensor):
+        """The k*B largest pre-activations of each seed's batch, as a coordinate list sorted by row."""
+        S, B, d_sae = pre.shape
+        vals, flat = topk_rows(pre.reshape(S, B * d_sae), min(self.k * B, B * d_sae))
+        flat, order = flat.sort(dim=1)  # group by input row for embedding_bag
+        return vals.gather(1, order), flat // d_sae, flat % d_sae
+
+    @torch.no_grad()
+    def after_step(self, stats: dict) -> None:
+        super().after_step(stats)
+        pos = stats["min_active"]  # [S]: smallest positive kept activation (inf if none)
+        fired = torch.isfinite(pos)
+        lr = self.threshold_lr
+        ema = torch.where(self.threshold_updates > 0, (1 - lr) * self.threshold + lr * pos, pos)
+        self.threshold.copy_(torch.where(fired, ema, self.threshold))
+        self.threshold_updates.add_(fired.to(self.threshold_updates.dtype))
+
+
+class MatryoshkaSAE(BatchTopKSAE):
+    """BatchTopK with nested dictionaries (Bussmann et al. 2025, "Learning Multi-Level Features
+    with Matryoshka Sparse Autoencoders", sec. 3): the latents are ordered, and every prefix
+    0..widths[l]-1 must reconstruct x on its own, so general features settle in the first latents
+    and are not absorbed by specific ones. widths [L], increasing, widths[-1] = d_sae:
+
+        loss = sum_l FVU(x, b_dec + sum_{j < widths[l]} z_j W_dec,j) + aux_coeff * AuxK
+
+    (SAELens's matryoshka_batchtopk sums the levels' MSEs the same way; husai's TopK family uses
+    FVU, see StackedSAE.training_loss). Inference and the saved format are BatchTopK's (a
+    JumpReLU with a global threshold), as SAELens saves it too.
+    """
+
+    architecture = "matryoshka"
+
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int, widths: list[int],
+                 k_aux: int | None = None, aux_coeff: float = 1 / 32, threshold_lr: float = 0.01):
+        super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff, threshold_lr)
+        widths = [int(w) for w in widths]
+        if not widths or widths[-1] != d_sae or any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1:
+            raise ValueError(f"matryoshka widths must increase strictly from >= 1 to d_sae = {d_sae}, got {widths}")
+        self.widths, self.n_levels = widths, len(widths)
+        self.hparams["widths"] = widths
+        self.register_buffer("_inner", torch.tensor(widths[:-1]), persistent=False)
+
+    def level_of(self, cols: torch.Tensor) -> torch.Tensor:
+        return torch.bucketize(cols, self._inner, right=True)  # widths[l-1] <= col < widths[l] -> l
+
+    def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
+        """Dense reference: AuxK plus the inner levels' FVUs (the outer level is the main term)."""
+        var = batch_variance(x)
+        inner = sum(((torch.bmm(z[..., :w], self.W_dec[:, :w]) + self.b_dec.unsqueeze(1) - x).pow(2).sum(-1).mean(1)
+                     for w in self.widths[:-1]), x_hat.new_zeros(self.n_seeds))
+        return inner / var + super().sparsity_loss(x, pre, z, x_hat, dead)
+
+
+MATRYOSHKA_GROWTH = 4  # width ratio between consecutive levels (husai's choice)
+
+
+def matryoshka_widths(d_sae: int, levels: int, growth: int = MATRYOSHKA_GROWTH) -> list[int]:
+    """Nested widths growing `growth`-fold per level up to d_sae: (2048, 4) -> [32, 128, 512, 2048]."""
+    return [max(1, d_sae // growth ** (levels - 1 - l)) for l in range(levels)]

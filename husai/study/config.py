@@ -1,0 +1,158 @@
+"""The study config: a grid of SAE runs over model seeds, hooks, architectures and their knobs.
+
+    model:                      # TrainConfig overrides on top of a preset
+      preset: fast
+      seeds: [0]                # grid axis: one model per seed
+    hooks: [blocks.0.hook_resid_post]      # grid axis
+    seeds: [42, 123, 456, 789, 1011]       # SAE seeds, trained together by the multi-seed trainer
+    saes:                       # each entry: SAETrainConfig keys; a list value is a grid axis
+      - {architecture: topk, expansion: [16], k: [32]}
+      - {architecture: relu, expansion: 16, l1_coeff: [0.01, 0.03]}
+    stability: {threshold: 0.7, null_pairs: 10}
+
+Everything is validated before any work starts; errors name the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from husai.errors import HusaiError
+from husai.model.train import PRESETS, TrainConfig
+from husai.sae.train import SAETrainConfig, config_from_dict
+
+TOP_KEYS = ("model", "hooks", "seeds", "saes", "stability")
+MODEL_KEYS = ("preset", "seeds", "p", "operation", "n_layers", "train_frac", "lr", "weight_decay", "epochs",
+              "eval_every", "checkpoint_every", "stop_test_acc", "stop_frac_single_freq")
+
+
+@dataclass
+class SAERun:
+    """One grid cell: an SAE config trained with every SAE seed at once on one model's hook."""
+
+    model_seed: int
+    hook: str
+    cfg: SAETrainConfig
+    seeds: list[int]
+
+    @property
+    def name(self) -> str:
+        """Folder name from the parameters that vary in a grid."""
+        c = self.cfg
+        knob = {"topk": f"k{c.k}", "batchtopk": f"k{c.k}", "matryoshka": f"k{c.k}_levels{c.matryoshka_levels}",
+                "relu": f"l1_{c.l1_coeff:g}", "jumprelu": f"l0_{c.l0_coeff:g}"}
+        return f"{c.architecture}_x{c.expansion}_{knob[c.architecture]}"
+
+    def folder(self, root: Path) -> Path:
+        return root / "saes" / f"model_seed{self.model_seed}" / self.hook / self.name
+
+
+@dataclass
+class StudyConfig:
+    model: TrainConfig
+    """Model recipe (model seeds come from `model_seeds`)."""
+    model_seeds: list[int]
+    """One model is trained per seed."""
+    hooks: list[str]
+    """TransformerLens hook names; activations are read at the `=` position."""
+    seeds: list[int]
+    """SAE seeds."""
+    saes: list[SAETrainConfig]
+    """Expanded SAE grid."""
+    threshold: float = 0.7
+    """Shared-fraction cosine threshold (Paulo & Belrose 2025)."""
+    null_pairs: int = 10
+    """Random pairs drawn per null distribution."""
+    raw: dict = field(default_factory=dict)
+    """The YAML as written (copied into the study folder)."""
+
+    def runs(self) -> list[SAERun]:
+        return [SAERun(ms, h, c, self.seeds) for ms in self.model_seeds for h in self.hooks for c in self.saes]
+
+
+def _int_list(value, key: str) -> list[int]:
+    value = value if isinstance(value, list) else [value]
+    if not value:
+        raise HusaiError(f"study config key {key!r} is an empty list: the grid would be empty")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise HusaiError(f"study config key {key!r} must hold integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise HusaiError(f"study config key {key!r} has duplicates: {value!r}")
+    return value
+
+
+def parse_study(d, source: str = "study config") -> StudyConfig:
+    if not isinstance(d, dict):
+        raise HusaiError(f"{source} must be a mapping, got {type(d).__name__}")
+    unknown = [k for k in d if k not in TOP_KEYS]
+    if unknown:
+        raise HusaiError(f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(TOP_KEYS)}")
+    m = d.get("model") or {}
+    if not isinstance(m, dict):
+        raise HusaiError(f"{source}: key 'model' must be a mapping")
+    bad = [k for k in m if k not in MODEL_KEYS]
+    if bad:
+        raise HusaiError(f"{source}: unknown key 'model.{bad[0]}'; valid keys: {', '.join(MODEL_KEYS)}")
+    preset = m.get("preset", "fast")
+    if preset not in PRESETS:
+        raise HusaiError(f"{source}: key 'model.preset' must be one of {', '.join(PRESETS)}, got {preset!r}")
+    over = {k: v for k, v in m.items() if k not in ("preset", "seeds")}
+    try:
+        model = TrainConfig(**{**PRESETS[preset], **over}, preset=preset)
+        model.validate()
+    except TypeError as e:
+        raise HusaiError(f"{source}: bad 'model' section ({e})") from None
+    except HusaiError as e:
+        raise HusaiError(f"{source}: model: {e}") from None
+    model_seeds = _int_list(m.get("seeds", [0]), "model.seeds")
+    hooks = d.get("hooks", ["blocks.0.hook_resid_post"])
+    hooks = hooks if isinstance(hooks, list) else [hooks]
+    if not hooks or not all(isinstance(h, str) for h in hooks):
+        raise HusaiError(f"{source}: key 'hooks' must be a non-empty list of hook names, got {hooks!r}")
+    seeds = _int_list(d.get("seeds", [42, 123, 456, 789, 1011]), "seeds")
+    entries = d.get("saes")
+    if not isinstance(entries, list) or not entries:
+        raise HusaiError(f"{source}: key 'saes' must be a non-empty list of SAE configs")
+    saes = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise HusaiError(f"{source}: saes[{i}] must be a mapping of SAE config keys")
+        axes = {k: (v if isinstance(v, list) else [v]) for k, v in entry.items()}
+        for k, v in axes.items():
+            if not v:
+                raise HusaiError(f"{source}: key 'saes[{i}].{k}' is an empty list: the grid would be empty")
+        for combo in itertools.product(*axes.values()):
+            try:
+                saes.append(config_from_dict(dict(zip(axes, combo)), f"{source} saes[{i}]"))
+            except HusaiError as e:
+                raise HusaiError(str(e)) from None
+    st = d.get("stability") or {}
+    if not isinstance(st, dict) or any(k not in ("threshold", "null_pairs") for k in st):
+        raise HusaiError(f"{source}: key 'stability' takes only 'threshold' and 'null_pairs'")
+    threshold, null_pairs = st.get("threshold", 0.7), st.get("null_pairs", 10)
+    if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise HusaiError(f"{source}: key 'stability.threshold' must be a number in (0, 1), got {threshold!r}")
+    if not isinstance(null_pairs, int) or null_pairs < 2:
+        raise HusaiError(f"{source}: key 'stability.null_pairs' must be an integer >= 2, got {null_pairs!r}")
+    cfg = StudyConfig(model, model_seeds, hooks, seeds, saes, float(threshold), null_pairs, d)
+    names = [r.folder(Path(".")) for r in cfg.runs()]
+    if len(set(names)) != len(names):
+        raise HusaiError(f"{source}: two grid cells map to the same run folder (duplicate SAE configs)")
+    return cfg
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise HusaiError(f"study config not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise HusaiError(f"study config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise HusaiError(f"study config {path} is not a text file (not UTF-8)") from None
+    return parse_study(d, f"study config {path}")

@@ -1,0 +1,232 @@
+"""The study report: report.md, a self-contained report.html (figures embedded) and figures/*.png.
+
+Everything is computed from the study folder, so `husai report RUN_DIR` rebuilds it at any time.
+Success criteria follow the plan users already run: L0 within 28-36 for k = 32, explained
+variance > 0.85, dead latents < 15%, Fourier overlap > 0.5.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+from husai.io import atomic_write_bytes, read_json, read_jsonl
+from husai.sae.architectures import K_ARCHITECTURES
+from husai.study.config import load_study
+
+Z_STABLE = 3.0
+"""A stability number counts as above chance when it beats every null by >= 3 null std."""
+
+
+def criteria(row: dict) -> dict[str, bool | None]:
+    """Pass/fail of the plan's success criteria for one SAE row (None: not applicable / missing)."""
+    def ok(v, test):
+        return None if v is None else bool(test(v))
+    l0 = None
+    if row["architecture"] in K_ARCHITECTURES and row.get("k") == 32:
+        l0 = ok(row.get("l0"), lambda v: 28 <= v <= 36)
+    return {"L0 28-36 (k=32)": l0, "EV > 0.85": ok(row.get("explained_variance"), lambda v: v > 0.85),
+            "dead < 15%": ok(row.get("frac_dead"), lambda v: v < 0.15),
+            "Fourier overlap > 0.5": ok(row.get("fourier_overlap"), lambda v: v > 0.5)}
+
+
+def _fmt(v, nd=3):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def _mark(v):
+    return "n/a" if v is None else ("PASS" if v else "FAIL")
+
+
+def _null_words(a: dict) -> tuple[list[str], list[str]]:
+    """Names of the nulls a stability number beats by >= Z_STABLE null std, and of those it does not."""
+    beats, fails = [], []
+    for kind, n in a.get("nulls", {}).items():
+        z = n.get("z")
+        txt = f"{kind} {_fmt(n.get('null_mean'))} (z = {_fmt(z, 1)})"
+        (beats if z is not None and z >= Z_STABLE else fails).append(txt)
+    return beats, fails
+
+
+def verdict(cells: list[dict]) -> list[str]:
+    """Plain-language conclusions computed from the numbers, one per SAE cell.
+
+    Atom level: PW-MCC against every null. Beating isotropic vectors and untrained SAEs is the
+    minimum; beating random directions drawn from the activations' own distribution (activation
+    and subspace nulls) is what "the seeds learn the same features" needs on a low-rank residual.
+    Feature level: how much decoder weight lies in the key-frequency subspaces, and whether the
+    per-frequency subspaces agree across seeds (phases may rotate inside a stable plane).
+    """
+    lines = []
+    for c in cells:
+        an = c["analysis"]
+        a = an.get("atom_level", {}).get("pw_mcc_dec")
+        if not a:
+            lines.append(f"{c['name']}: no stability result ({c['status']}).")
+            continue
+        beats, fails = _null_words(a)
+        if not fails:
+            word = "STABLE above chance: beats every null"
+        elif beats:
+            word = ("above the naive nulls but NOT above every null — the seeds agree no more than random "
+                    "directions of that kind would")
+        else:
+            word = "AT CHANCE: beats no null"
+        moved = [v.get("mean_row_cos_to_init") for v in an.get("moved_from_init", {}).values()]
+        moved_txt = ""
+        if moved and None not in moved:
+            m = sum(moved) / len(moved)
+            moved_txt = f" Decoder rows keep cosine {m:.2f} with their init" + (
+                " — they barely moved, so no stability number here means anything." if m > 0.9 else ".")
+        fo = [r.get("fourier_overlap") for r in c["rows"] if r.get("fourier_overlap") is not None]
+        ws = [f.get("weight_space", {}).get("union_mean_live") for f in an.get("fourier", {}).values()]
+        ws = [w for w in ws if w is not None]
+        fs = an.get("frequency_level", {}).get("summary", {})
+        feat = []
+        if fo:
+            feat.append(f"mean Fourier purity of live latents {sum(fo) / len(fo):.3f}")
+        if ws:
+            feat.append(f"{sum(ws) / len(ws):.0%} of live decoder norm in the key-frequency subspaces")
+        if fs.get("subspace_overlap_by_weights_mean") is not None:
+            feat.append(f"per-frequency subspaces agree across seeds at {_fmt(fs['subspace_overlap_by_weights_mean'])} "
+                        f"(random subspaces {_fmt(fs.get('null_overlap_by_weights_mean'))})")
+        sh = an["atom_level"].get("shared_fraction", {})
+        lines.append(
+            f"{c['name']}: PW-MCC {_fmt(a['mean'])} ± {_fmt(a['std'])} over {len(c['rows'])} seeds is {word}. "
+            f"Beats: {', '.join(beats) or 'none'}. Does not beat: {', '.join(fails) or 'none'}. "
+            f"Shared fraction {_fmt(sh.get('mean'))}.{moved_txt}"
+            + (f" Features: {'; '.join(feat)}." if feat else ""))
+    return lines
+
+
+def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
+    """Build report.md, report.html and figures/ for a study folder; returns report.html.
+
+    rows: the results table just built by the caller; None rebuilds it from the folders."""
+    from husai.study import figures as rf
+    from husai.study.results import build_table
+
+    root = Path(root)
+    cfg = load_study(root / "study.yaml")
+    rows = build_table(root, cfg) if rows is None else rows
+    figdir = root / "figures"
+    figs: list[tuple[str, Path, str]] = []  # (section, png, caption)
+    sections: list[tuple[str, str]] = []  # (title, markdown body)
+
+    for ms in cfg.model_seeds:
+        mdir = root / "models" / f"seed{ms}"
+        m = read_json(mdir / "metrics.json", "model metrics")
+        hist = read_jsonl(mdir / "history.jsonl")
+        figs.append(("model", rf.training_curves(hist, m.get("grokked_epoch"), m.get("clean_epoch"),
+                                                 figdir / f"model_seed{ms}_training.png"),
+                     f"Model seed {ms}: training curves (grokking epoch marked)."))
+        figs.append(("model", rf.fourier_spectrum(m, figdir / f"model_seed{ms}_spectrum.png"),
+                     f"Model seed {ms}: Fourier spectrum; key frequencies {m.get('key_frequencies')}."))
+        sections.append((f"Model (seed {ms})", "\n".join([
+            f"- test accuracy {_fmt(m.get('test_acc'), 4)}, test loss {_fmt(m.get('test_loss'), 6)}, "
+            f"train loss {_fmt(m.get('train_loss'), 6)}",
+            f"- epochs {m.get('epochs_trained')}, grokked at {m.get('grokked_epoch')}, clean at {m.get('clean_epoch')}",
+            f"- key frequencies {m.get('key_frequencies')}; single-frequency neurons "
+            f"{_fmt(m.get('frac_neurons_single_freq'))}",
+            f"- restricted loss {_fmt(m.get('restricted_loss'), 6)}, excluded loss {_fmt(m.get('excluded_loss'))}"])))
+
+    cells = []
+    for run in cfg.runs():
+        folder = run.folder(root)
+        crow = [r for r in rows if r["run"] == str(folder.relative_to(root))]
+        an = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
+        cells.append(dict(name=f"{run.name} @ {run.hook} (model seed {run.model_seed})", rows=crow, analysis=an,
+                          status=crow[0]["status"] if crow else "missing", arch=run.cfg.architecture))
+
+    # Per-SAE quality with the plan's criteria.
+    head = ["run", "seed", "EV", "L0", "dead", "spliced acc", "CE rec (zero)", "CE rec (mean)", "Fourier overlap",
+            "decoder drift"] + list(criteria(rows[0]).keys() if rows else [])
+    table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        if r["status"] != "ok":
+            table.append(f"| {r['run']} | {r['seed']} | FAILED: {r['error']} |" + " |" * (len(head) - 3))
+            continue
+        table.append("| " + " | ".join([r["run"].split("/")[-1], str(r["seed"]), _fmt(r["explained_variance"]),
+                                         _fmt(r["l0"], 1), _fmt(r["frac_dead"]), _fmt(r["spliced_acc"]),
+                                         _fmt(r["ce_loss_recovered_zero"]), _fmt(r["ce_loss_recovered_mean"]),
+                                         _fmt(r["fourier_overlap"]), _fmt(r["decoder_drift"])]
+                                        + [_mark(v) for v in criteria(r).values()]) + " |")
+    sections.append(("SAE quality", "\n".join(table)))
+
+    ok_cells = [c for c in cells if c["analysis"].get("atom_level")]
+    if ok_cells:
+        figs.append(("stability", rf.stability_heatmaps(ok_cells, figdir / "stability_heatmaps.png"),
+                     "PW-MCC between seeds (Hungarian-matched decoder cosine), one panel per SAE cell."))
+        figs.append(("stability", rf.stability_vs_null(ok_cells, figdir / "stability_vs_null.png"),
+                     "PW-MCC and shared fraction (bars: mean ± std over seed pairs) against their nulls (markers)."))
+        figs.append(("stability", rf.frequency_coverage(ok_cells, figdir / "frequency_coverage.png"),
+                     "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the row in that "
+                     "frequency's residual subspace), with activation-pure ones (purity >= 0.85) in brackets."))
+    kinds = ("isotropic", "activation", "subspace", "untrained")
+    stab = ["| cell | metric | value | " + " | ".join(f"{k} null (z)" for k in kinds) + " |", "|---|---|---|---|---|---|---|"]
+    for c in ok_cells:
+        for m, name in (("pw_mcc_dec", "PW-MCC"), ("mean_max_abs_cos_dec", "mean-max abs cos (public HUSAI 'PWMCC')"),
+                        ("shared_fraction", "shared fraction")):
+            a = c["analysis"]["atom_level"].get(m, {})
+            nl = a.get("nulls", {})
+            stab.append(f"| {c['name']} | {name} | {_fmt(a.get('mean'))} ± {_fmt(a.get('std'))} | " + " | ".join(
+                f"{_fmt(nl.get(k, {}).get('null_mean'))} ({_fmt(nl.get(k, {}).get('z'), 1)})"
+                for k in kinds) + " |")
+        fl = c["analysis"].get("frequency_level", {})
+        if fl:
+            stab.append(f"| {c['name']} | frequency level | {_summary(fl)} | | | | |")
+    sections.append(("Stability across seeds", "\n".join(stab)))
+    failed = [r for r in rows if r["status"] != "ok"]
+    verdict_lines = verdict(cells) + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
+    sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
+
+    md = ["# husai study report", ""]
+    for title, body in sections:
+        md += [f"## {title}", "", body, ""]
+    md += ["## Figures", ""] + [f"![{cap}](figures/{p.name})\n\n*{cap}*\n" for _, p, cap in figs]
+    atomic_write_bytes(root / "report.md", "\n".join(md).encode())
+    atomic_write_bytes(root / "report.html", _html(sections, figs).encode())
+    return root / "report.html"
+
+
+def _summary(fl: dict) -> str:
+    """One line on frequency-level stability: same frequencies? same per-frequency subspaces?"""
+    sm = fl.get("summary", {})
+    parts = [f"{name} {_fmt(sm.get(key))}" for key, name in (
+        ("jaccard_mean", "frequency-set Jaccard"),
+        ("subspace_overlap_mean", "subspace overlap (latents by purity)"),
+        ("subspace_overlap_by_weights_mean", "subspace overlap (latents by decoder weights)"),
+        ("null_overlap_by_weights_mean", "random-subspace null")) if sm.get(key) is not None]
+    return "; ".join(parts) or "see analysis.json"
+
+
+def _md_table_to_html(body: str) -> str:
+    lines = [l for l in body.splitlines() if l.startswith("|")]
+    if not lines:
+        return "<ul>" + "".join(f"<li>{html.escape(l[2:] if l.startswith('- ') else l)}</li>"
+                                for l in body.splitlines() if l.strip()) + "</ul>"
+    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines if not set(l) <= set("|-")]
+    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>"]
+    for r in cells[1:]:
+        out.append("<tr>" + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" for c in r) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def _html(sections, figs) -> str:
+    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+           "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}td.pass{background:#dfd}td.fail{background:#fdd}"
+           "img{max-width:100%}figure{margin:1.5em 0}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>husai study report</title><style>{css}</style>"
+             "</head><body><h1>husai study report</h1>"]
+    for title, body in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>{_md_table_to_html(body)}")
+    parts.append("<h2>Figures</h2>")
+    for _, png, cap in figs:
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(cap)}'>"
+                     f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+    return "\n".join(parts + ["</body></html>"])

@@ -1,0 +1,220 @@
+"""`husai study`: from nothing to a stability report, resumable, on one machine or a Ray cluster.
+
+    OUT/study.yaml                          the config as given (a rerun must match it)
+    OUT/models/seed{S}/                     train-model run folders (resumed if killed)
+    OUT/saes/model_seed{S}/{hook}/{arch}_x{E}_{knob}/
+        seed_{N}/cfg.json + sae_weights.safetensors   SAELens folders
+        metrics.json                        per-seed SAE metrics (from husai train-sae)
+        analysis.json                       Fourier validation + cross-seed stability with nulls
+        failed.json                         only if the cell failed: the error, kept in the table
+    OUT/results.csv, OUT/results.parquet    one row per SAE, rebuilt from the folders
+    OUT/report.md, OUT/report.html, OUT/figures/*.png
+
+A cell's SAE folder appears only once training has finished (train-sae stages and renames), and
+analysis.json is written atomically, so after a kill -9 the same command skips every finished
+cell and redoes only the one that was running. Every step is seeded, so the table is identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from husai.errors import HusaiError
+from husai.interrupts import on_interrupt
+from husai.io import atomic_write_bytes, write_json
+from husai.outputs import STUDY, STUDY_CELL, claim_folder, remove_output
+from husai.study.config import SAERun, StudyConfig, load_study
+
+EXECUTORS = ("local", "process", "ray")
+
+
+def model_dir(out: Path, seed: int) -> Path:
+    return out / "models" / f"seed{seed}"
+
+
+def ensure_model(cfg: StudyConfig, out: Path, seed: int, progress: bool = True) -> Path:
+    """Train the model for `seed`, resume it if a killed run left a checkpoint, or reuse it."""
+    from dataclasses import replace
+
+    from husai.model.train import train_model
+
+    d = model_dir(out, seed)
+    if (d / "model.safetensors").is_file() and (d / "metrics.json").is_file():
+        return d
+    # a run killed before its first checkpoint resumes from epoch 0: the same seeded run
+    train_model(replace(cfg.model, seed=seed), d, resume=(d / "config.json").is_file(), progress=progress)
+    return d
+
+
+def cell_spec(run: SAERun, out: Path, cfg: StudyConfig) -> dict:
+    """Everything a worker needs, as plain data (picklable for process pools and Ray)."""
+    return dict(root=str(out), folder=str(run.folder(out)), model_dir=str(model_dir(out, run.model_seed)), hook=run.hook,
+                sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold, null_pairs=cfg.null_pairs)
+
+
+def cell_done(folder: Path) -> bool:
+    return (folder / "failed.json").is_file() or (folder / "analysis.json").is_file()
+
+
+def run_cell(spec: dict, threads: int | None = None) -> dict:
+    """Train one grid cell's SAEs (all seeds at once) and analyse them. Never raises: a failure is
+    written to failed.json so the study goes on and the table shows it."""
+    import torch
+
+    from husai.analysis.compare import compare_saes
+    from husai.sae.run import run_train_sae
+    from husai.sae.train import config_from_dict
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder = Path(spec["folder"])
+    t0 = time.time()
+    try:
+        if not (folder / "metrics.json").is_file():
+            run_train_sae(config_from_dict(spec["sae_cfg"]), folder, spec["seeds"],
+                          transformer_checkpoint=spec["model_dir"], hook=spec["hook"], progress=False)
+        dirs = [folder / f"seed_{s}" for s in spec["seeds"]] if len(spec["seeds"]) > 1 else [folder]
+        result = compare_saes(dirs, Path(spec["model_dir"]), threshold=spec["threshold"], n_null=spec["null_pairs"],
+                              plots=folder / "figures") if len(dirs) > 1 else None
+        write_json(folder / "analysis.json", result or {})
+        return dict(folder=str(folder), status="ok", seconds=time.time() - t0)
+    except Exception as e:  # recorded, reported, never silently dropped
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = msg.replace(spec["root"].rstrip("/") + "/", "")  # relative paths: the table must not depend on --out
+        write_json(folder / "failed.json", dict(error=f"{type(e).__name__}: {msg}", spec=spec))
+        return dict(folder=str(folder), status="failed", error=msg, seconds=time.time() - t0)
+
+
+def execute(specs: list[dict], executor: str, workers: int, address: str | None, on_done) -> None:
+    """Run cells locally, in a process pool, or as Ray tasks; on_done(result) as each finishes."""
+    if executor == "local":
+        for s in specs:
+            on_done(run_cell(s))
+    elif executor == "process":
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        import os
+        import signal
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        pool = cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        # A Ctrl-C reaches the whole process group. The workers are started with SIGINT blocked (a
+        # signal mask survives exec), so only this process handles it, and a worker never prints a
+        # traceback; on Ctrl-C it stops them and their unfinished cells are redone on resume.
+        try:
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                futures = [pool.submit(run_cell, s, threads) for s in specs]  # spawns every worker now
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C held back arrives here, inside the try
+            for fut in cf.as_completed(futures):
+                on_done(fut.result())
+        except BaseException:
+            for proc in list(getattr(pool, "_processes", {}).values()):  # Python < 3.14 has no terminate_workers
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+    else:
+        try:
+            import ray
+        except ImportError:
+            raise HusaiError("--executor ray needs Ray: pip install 'husai[ray]'") from None
+        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        task = ray.remote(num_cpus=1)(run_cell)
+        pending = [task.remote(s, 1) for s in specs]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            on_done(ray.get(ready[0]))
+
+
+def check_config_matches(out: Path, raw: dict) -> None:
+    saved = out / "study.yaml"
+    if saved.is_file():
+        if yaml.safe_load(saved.read_text()) != raw:
+            raise HusaiError(f"{out} holds a study with a different config; use another --out or the same config")
+
+
+@dataclass
+class StudyOutcome:
+    """What `run_study` leaves on disk."""
+
+    report: Path
+    """report.html."""
+    n_cells: int
+    """SAE cells in the grid."""
+    failed: list[Path]
+    """The failed.json of every cell that failed (its error is also in the table and report)."""
+
+
+def run_study(config: str | Path, out: str | Path, executor: str = "local", workers: int = 2,
+              address: str | None = None, retry_failed: bool = False, progress: bool = True) -> StudyOutcome:
+    """The whole study: claims `out` (new, or a study with the same config to resume; husai.outputs),
+    then model -> SAE cells -> table -> report. A failed cell does not stop the others."""
+    from rich.console import Console
+
+    from husai.model.transformer import ModelConfig, Transformer
+
+    console = Console(quiet=not progress)
+    if executor not in EXECUTORS:
+        raise HusaiError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    cfg = load_study(config)
+    valid = Transformer(ModelConfig(p=cfg.model.p, n_layers=cfg.model.n_layers)).hook_names()
+    bad = [h for h in cfg.hooks if h not in valid]
+    if bad:
+        raise HusaiError(f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: {', '.join(valid)}")
+    out = Path(out)
+    claim_folder(out, STUDY, "--out", inputs=(config,), resume=True)
+    check_config_matches(out, cfg.raw)
+    runs = cfg.runs()
+
+    def note() -> str:
+        done = sum(cell_done(r.folder(out)) for r in runs)
+        return (f"{out} keeps every finished step ({done} of {len(runs)} SAE cells); rerun the same command "
+                "to resume")
+
+    with on_interrupt(note):
+        return _run_study(cfg, runs, out, executor, workers, address, retry_failed, console, progress)
+
+
+def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, workers: int, address: str | None,
+               retry_failed: bool, console, progress: bool) -> StudyOutcome:
+    from husai.study.report import write_report
+    from husai.study.results import build_table
+
+    if not (out / "study.yaml").is_file():  # one already there holds this config (check_config_matches), maybe
+        # in the user's own words and comments (--config OUT/study.yaml): it is never rewritten
+        atomic_write_bytes(out / "study.yaml", yaml.safe_dump(cfg.raw, sort_keys=False).encode())
+    console.rule(f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} seeds")
+    for i, s in enumerate(cfg.model_seeds, 1):
+        console.print(f"[bold]stage 1/4[/] model {i}/{len(cfg.model_seeds)} (seed {s})")
+        ensure_model(cfg, out, s, progress)
+    if retry_failed:
+        for r in runs:
+            if (r.folder(out) / "failed.json").is_file():
+                remove_output(r.folder(out), STUDY_CELL)
+    todo = [r for r in runs if not cell_done(r.folder(out))]
+    console.print(f"[bold]stage 2/4[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run ({executor})")
+    done = [0]
+
+    def on_done(res: dict) -> None:
+        done[0] += 1
+        rel = Path(res["folder"]).relative_to(out / "saes")
+        status = "ok" if res["status"] == "ok" else f"[red]FAILED[/]: {res['error']}"
+        console.print(f"  [{done[0]}/{len(todo)}] {rel}  {status}  ({res['seconds']:.0f} s)")
+
+    with console.status("training and analysing SAE cells") if progress else contextlib.nullcontext():
+        execute([cell_spec(r, out, cfg) for r in todo], executor, workers, address, on_done)
+    console.print("[bold]stage 3/4[/] results table")
+    rows = build_table(out, cfg)
+    console.print("[bold]stage 4/4[/] report")
+    html = write_report(out, rows)
+    console.print(f"report: {html}")
+    return StudyOutcome(html, len(runs), [r.folder(out) / "failed.json" for r in runs
+                                         if (r.folder(out) / "failed.json").is_file()])
+

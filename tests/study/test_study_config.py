@@ -1,0 +1,64 @@
+"""An invalid study config is refused before any work starts, with the key named."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from husai.errors import HusaiError
+from husai.study.config import parse_study
+
+GOOD = {"model": {"preset": "fast", "seeds": [0]}, "seeds": [1, 2],
+        "saes": [{"architecture": "topk", "expansion": [4, 8], "k": [4, 8]}, {"architecture": "relu", "l1_coeff": 0.01}]}
+
+
+def test_grid_expands_to_named_runs():
+    cfg = parse_study(GOOD)
+    names = sorted(r.name for r in cfg.runs())
+    assert names == ["relu_x16_l1_0.01", "topk_x4_k4", "topk_x4_k8", "topk_x8_k4", "topk_x8_k8"]
+    assert all(r.seeds == [1, 2] and r.hook == "blocks.0.hook_resid_post" for r in cfg.runs())
+
+
+@pytest.mark.parametrize("patch, fragment", [
+    ({"bogus": 1}, "'bogus'"),
+    ({"seeds": []}, "'seeds'"),
+    ({"seeds": [1, "two"]}, "'seeds'"),
+    ({"seeds": [1.5]}, "'seeds'"),
+    ({"saes": []}, "'saes'"),
+    ({"saes": [{"architecture": "topk", "expansion": 0}]}, "'expansion'"),
+    ({"saes": [{"architecture": "topk", "expansion": -2}]}, "'expansion'"),
+    ({"saes": [{"architecture": "topk", "k": []}]}, "k"),
+    ({"saes": [{"architecture": "topk", "kk": 3}]}, "'kk'"),
+    ({"saes": [{"architecture": "topk", "expansion": "big"}]}, "'expansion'"),
+    ({"model": {"preset": "turbo"}}, "model.preset"),
+    ({"model": {"seeds": ["a"]}}, "model.seeds"),
+    ({"model": {"colour": 1}}, "model.colour"),
+    ({"hooks": []}, "'hooks'"),
+    ({"stability": {"threshold": 2}}, "stability.threshold"),
+])
+def test_invalid_config_names_the_key(patch, fragment):
+    with pytest.raises(HusaiError) as e:
+        parse_study({**GOOD, **patch})
+    assert fragment in str(e.value)
+
+
+def test_config_not_a_mapping():
+    with pytest.raises(HusaiError, match="mapping"):
+        parse_study([1, 2])
+
+
+def test_cli_refuses_before_any_work(tmp_path):
+    bad = tmp_path / "study.yaml"
+    bad.write_text(yaml.safe_dump({**GOOD, "seeds": [1, "x"]}))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "husai.cli", "study", "--config", str(bad), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "'seeds'" in r.stderr
+    assert not out.exists()
+    hook = tmp_path / "hook.yaml"
+    hook.write_text(yaml.safe_dump({**GOOD, "hooks": ["blocks.7.hook_resid_post"]}))
+    r = subprocess.run([sys.executable, "-m", "husai.cli", "study", "--config", str(hook), "--out", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "blocks.7.hook_resid_post" in r.stderr and "blocks.0.hook_resid_post" in r.stderr
+    assert not out.exists()
