@@ -1,4 +1,6 @@
-"""The `husai` command line. Each stage registers its commands from its own module.
+"""The `husai` command line: one thin module per command group (model, sae, analysis, study,
+doctor), each registering its commands here. A command checks its arguments, claims its outputs
+and prints; the work is done by the subpackages below, any of which it may import.
 
 Every command runs inside `main()`, which turns any error into one line on stderr and a
 non-zero exit (2 for bad input, 1 for anything unexpected, 130 for Ctrl-C with a line saying what

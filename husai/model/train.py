@@ -72,6 +72,10 @@ class TrainConfig:
     preset: str = "custom"
     """Name of the preset these values came from."""
 
+    def model_config(self) -> ModelConfig:
+        """The architecture this run trains (Nanda et al.'s widths; p and n_layers from here)."""
+        return ModelConfig(p=self.p, n_layers=self.n_layers)
+
     def validate(self) -> None:
         check_modulus(self.p)
         if self.operation not in OPERATIONS:
@@ -99,7 +103,7 @@ PRESETS: dict[str, dict] = {
 
 
 def config_json(cfg: TrainConfig, device: str) -> dict:
-    mc = ModelConfig(p=cfg.p, n_layers=cfg.n_layers)
+    mc = cfg.model_config()
     training = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in ("p", "operation", "n_layers", "seed", "split_seed", "train_frac", "preset")}
     return dict(
@@ -135,7 +139,7 @@ def config_from_json(d: dict) -> TrainConfig:
 def _train_bytes(cfg: TrainConfig) -> int:
     """Rough lower bound on the memory full-batch training needs: weights with their gradients and
     AdamW state (4 copies), plus the forward/backward activations and float64 logits of all p^2 inputs."""
-    mc = ModelConfig(p=cfg.p, n_layers=cfg.n_layers)
+    mc = cfg.model_config()
     n_params = (2 * (cfg.p + 1) * mc.d_model + 3 * mc.d_model
                 + cfg.n_layers * (4 * mc.d_model * mc.n_heads * mc.d_head + 2 * mc.d_model * mc.d_mlp))
     rows = cfg.p * cfg.p * 3
@@ -235,7 +239,7 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
         torch.set_num_threads(1)
 
     data = make_dataset(cfg.p, cfg.train_frac, cfg.seed if cfg.split_seed is None else cfg.split_seed, cfg.operation)
-    model = Transformer(ModelConfig(p=cfg.p, n_layers=cfg.n_layers)).init_weights(cfg.seed).to(device)
+    model = Transformer(cfg.model_config()).init_weights(cfg.seed).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     x_tr, y_tr = data.tokens[data.train_idx].to(device), data.labels[data.train_idx].to(device)
     x_te, y_te = data.tokens[data.test_idx].to(device), data.labels[data.test_idx].to(device)

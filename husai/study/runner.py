@@ -158,13 +158,13 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
     then model -> SAE cells -> table -> report. A failed cell does not stop the others."""
     from rich.console import Console
 
-    from husai.model.transformer import ModelConfig, Transformer
+    from husai.model.transformer import Transformer
 
     console = Console(quiet=not progress)
     if executor not in EXECUTORS:
         raise HusaiError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     cfg = load_study(config)
-    valid = Transformer(ModelConfig(p=cfg.model.p, n_layers=cfg.model.n_layers)).hook_names()
+    valid = Transformer(cfg.model.model_config()).hook_names()
     bad = [h for h in cfg.hooks if h not in valid]
     if bad:
         raise HusaiError(f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: {', '.join(valid)}")

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from husai.sae.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, TopKSAE
-from husai.sae.train import geometric_median
 from husai.sae.sparse import topk_rows
+from husai.sae.train import geometric_median
 
 torch.set_num_threads(1)
 
