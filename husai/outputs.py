@@ -99,8 +99,9 @@ PLOTS = OutputKind("folder of stability plots", "husai compare --plots", markers
 ACTIVATIONS = OutputKind("activation file", "husai extract-activations", looks_like=_is_activation_file)
 COMPARE_JSON = OutputKind("comparison", "husai compare --json", looks_like=_json_with("saes", "atom_level"))
 FOURIER_JSON = OutputKind("Fourier report", "husai fourier --json", looks_like=_json_with("model", "saes"))
+GROUND_TRUTH_JSON = OutputKind("ground-truth report", "husai ground-truth --json", looks_like=_json_with("model", "hooks"))
 FOLDER_KINDS = (STUDY, MODEL_RUN, SAE_OUTPUT, PLOTS)
-FILE_KINDS = (ACTIVATIONS, COMPARE_JSON, FOURIER_JSON)
+FILE_KINDS = (ACTIVATIONS, COMPARE_JSON, FOURIER_JSON, GROUND_TRUTH_JSON)
 
 
 def _is_stray_tmp(name: str) -> bool:

@@ -1,4 +1,5 @@
-"""`husai fourier` (are the latents Fourier features?) and `husai compare` (do seeds agree?):
+"""`husai ground-truth` (what are the model's features at a hook?), `husai fourier` (are the latents
+Fourier features?) and `husai compare` (do seeds agree?):
 argument checks, output claims, tables. The analysis itself is husai.analysis.compare."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import typer
 from husai.analysis.compare import compare_saes, fourier_saes, recorded_model
 from husai.errors import HusaiError
 from husai.interrupts import on_interrupt
-from husai.outputs import COMPARE_JSON, FOURIER_JSON, PLOTS, claim_file, claim_folder, staged_folder
+from husai.outputs import COMPARE_JSON, FOURIER_JSON, GROUND_TRUTH_JSON, PLOTS, claim_file, claim_folder, staged_folder
 
 
 @contextlib.contextmanager
@@ -39,6 +40,46 @@ def _console():
 
 def _fmt(x, nd=3) -> str:
     return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+
+def _ground_truth_command(model, hooks, json_out, overwrite) -> None:
+    """Body of `husai ground-truth` (see register)."""
+    from rich.table import Table
+
+    from husai.analysis.ground_truth import ground_truth, model_key_frequencies
+    from husai.io import write_json
+    from husai.sae.activations import model_activations
+
+    if json_out:
+        claim_file(json_out, GROUND_TRUTH_JSON, "--json", inputs=[model], overwrite=overwrite)
+    keys, report = None, {}
+    for hook in hooks or ["blocks.0.hook_resid_post"]:
+        acts, info = model_activations(model, hook=hook, split="all")  # a bad run folder is a one-line error here
+        p, operation = info["p"], info["operation"]
+        keys = keys if keys is not None else model_key_frequencies(model, p, operation)
+        neurons = info["hook_name"].endswith("mlp.hook_post")  # the columns are neurons: list the single-frequency ones
+        report[info["hook_name"]] = ground_truth(acts, p, operation, keys, neurons=neurons).to_json()
+    t = Table(title=f"ground truth (p = {p}, {operation}; key frequencies {keys}); shares of centred variance")
+    t.add_column("hook", no_wrap=True)
+    for col in ("answer", "a", "b", "conj.", "rest", "span dim (share)", "out planes", "in planes", "centroid EV",
+                "PCA EV 4/16"):
+        t.add_column(col)
+    for hook, r in report.items():
+        v, pl = r["variance"], r["planes"]
+        t.add_row(hook, *(_fmt(v[k], 3) for k in ("answer", "a", "b", "conjugate", "rest")),
+                  f"{r['span']['dim']} ({_fmt(r['span']['share'], 3)})",
+                  _fmt(sum(e["share"] for n, e in pl.items() if n.startswith("out")), 3),
+                  _fmt(sum(e["share"] for n, e in pl.items() if n.startswith("in")), 3),
+                  _fmt(r["baselines"]["centroid_lookup"]["explained_variance"], 3),
+                  "/".join(_fmt(r["baselines"]["pca"].get(str(k)), 2) for k in (4, 16)))
+    _console().print(t)
+    typer.echo("answer: share that is a function of the answer c; a, b: of one input alone; conj.: of the other "
+               "combination (a-b for addition); span: of all key-frequency planes; out/in planes: per key frequency the "
+               "images of cos/sin of w_k c and of w_k a, w_k b; centroid EV: the answer-class means as a dictionary "
+               "used one at a time (L0 = 1)")
+    if json_out:
+        write_json(json_out, {"model": str(model), "hooks": report})
+        typer.echo(f"ground truth written to {json_out}")
 
 
 def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
@@ -98,6 +139,19 @@ def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold,
 
 
 def register(app: typer.Typer) -> None:
+    @app.command("ground-truth")
+    def ground_truth_cmd(
+        model: Path = typer.Argument(..., help="A train-model run folder."),
+        hooks: Optional[List[str]] = typer.Option(None, "--hook", help="Hook(s) to analyse (default: blocks.0.hook_resid_post)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full ground truth here."),
+        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier ground-truth report at --json."),
+    ):
+        """What the model's features are at each hook: variance by answer and inputs, Fourier planes, atoms, baselines."""
+        with _threads(threads), on_interrupt(f"nothing was written{f' to {json_out}' if json_out else ''}; "
+                                             "run the same command again"):
+            _ground_truth_command(model, hooks, json_out, overwrite)
+
     @app.command("fourier")
     def fourier_cmd(
         sae_dirs: List[Path] = typer.Argument(..., help="SAE folders (SAELens format) or multi-seed output folders."),
