@@ -71,6 +71,7 @@ WRITERS = {
                                                *SAE_ARGS], True, _copy_tree("run"), "W/acts.safetensors"),
     "extract-activations": Writer(lambda o: ["extract-activations", "--transformer-checkpoint", "W/run", "--out", o],
                                   False, _compare_json, "W/run/acts.safetensors"),
+    "ground-truth": Writer(lambda o: ["ground-truth", "W/run", "--json", o], False, _compare_json, "W/run/gt.json"),
     "fourier": Writer(lambda o: ["fourier", "W/sae", "--model", "W/run", "--n-null", "1", "--json", o],
                       False, _compare_json, "W/sae/fourier.json"),
     "compare": Writer(lambda o: ["compare", "W/sae", "--n-null", "2", "--json", o],

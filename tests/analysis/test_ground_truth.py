@@ -190,3 +190,27 @@ def test_bad_input_is_refused():
         ground_truth(torch.ones(P * P, 3), P)
     with pytest.raises(HusaiError, match="key frequency 7"):
         ground_truth(torch.randn(P * P, 3, dtype=torch.float64), P, key_freqs=[7])
+
+
+def test_the_ground_truth_command_on_a_grokked_model(grokked_run, tmp_path):
+    """husai ground-truth on a real grokked model: the neuron clusters are the model's own
+    (metrics.json, from husai.model.fourier), the answer dominates resid_post, and the JSON holds
+    every hook asked for."""
+    import json
+    import subprocess
+
+    from cli_harness import ENV, HUSAI
+
+    run, metrics = grokked_run
+    out = tmp_path / "gt.json"
+    r = subprocess.run(HUSAI + ["ground-truth", str(run), "--hook", "blocks.0.hook_resid_post", "--hook",
+                                "blocks.0.mlp.hook_post", "--json", str(out)], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    j = json.loads(out.read_text())
+    resid, neurons = j["hooks"]["blocks.0.hook_resid_post"], j["hooks"]["blocks.0.mlp.hook_post"]
+    assert resid["key_frequencies"] == metrics["key_frequencies"]
+    clusters = neurons["atoms"]["single_frequency_neurons"]["clusters"]
+    assert {int(k): v for k, v in clusters.items()} == {int(k): v for k, v in metrics["neurons_per_key_frequency"].items()}
+    assert resid["variance"]["answer"] > 0.5 > neurons["variance"]["answer"]
+    assert resid["span"]["share"] > 0.9 and resid["span"]["dim"] == 4 * len(resid["key_frequencies"])
+    assert "answer" in r.stdout and "centroid EV" in r.stdout
