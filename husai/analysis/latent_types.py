@@ -1,0 +1,103 @@
+"""What each latent is, read against the ground truth of its hook (husai.analysis.ground_truth).
+
+Per live latent, from its activations z over all inputs and its decoder row w:
+
+    answer_share        share of z's centred variance explained by E[z | c] (a function of the answer)
+    inputs_share        ... by a function of a plus a function of b (f(a) + g(b))
+    purity, frequency   its best single frequency's 3x3-block share (the MLP-neuron rule, kept and
+                        named as such: no sparse latent reaches 0.85, see husai.analysis.latent_fourier)
+    in_output, in_input fraction of ||w||^2 in each key frequency's output plane / input plane
+    off_span            fraction of ||w||^2 outside the span of all planes
+    centroid_cos        largest cosine between w and an answer-class centroid
+    firing_rate         fraction of inputs where z > 0
+
+Types, first rule that holds (the thresholds below, each with its reason):
+
+    plane feature     a function of the answer, decoder mostly in one output plane
+    answer detector   a function of the answer, decoder close to one class centroid
+    input feature     a function of the inputs taken separately, f(a) + g(b)
+    patch             none of these and fires on a small part of the (a, b) torus
+    other
+"""
+
+from __future__ import annotations
+
+import torch
+
+from husai.analysis.ground_truth import GroundTruth, frequency_purity, on_grid
+
+FUNCTION_OF = 0.8
+"""A latent is "a function of" c (or of the inputs) when that explains >= 80% of its variance."""
+IN_PLANE = 0.5
+"""A decoder row lies "in" a plane when more than half its squared norm is there (at most one plane can)."""
+NEAR_CENTROID = 0.8
+"""A decoder row is "near" a class centroid at cosine >= 0.8 (the p centroids are far apart)."""
+PATCH_RATE = 0.05
+"""A patch fires on under 5% of the inputs (a single answer class is 1/p, under 1% for p = 113)."""
+TYPES = ("plane feature", "answer detector", "input feature", "patch", "other")
+
+
+def _shares(Z: torch.Tensor, gt: GroundTruth) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per column of the centred Z [N, m] (grid order): (answer share, a-or-b share)."""
+    n = gt.grid.n
+    power = torch.fft.fft2(Z.reshape(n, n, -1), dim=(0, 1)).abs().pow(2)  # [n, n, m]
+    power[0, 0] = 0
+    total = power.sum(dim=(0, 1)).clamp_min(1e-30)
+    u = torch.arange(n)
+    U, V = u[:, None].expand(n, n), u[None, :].expand(n, n)
+    nonzero = (U != 0) & (V != 0)
+    answer = nonzero & ((U + V) % n == 0 if gt.grid.operation == "sub" else U == V)
+    inputs = ((U != 0) & (V == 0)) | ((U == 0) & (V != 0))
+    return power[answer].sum(0) / total, power[inputs].sum(0) / total
+
+
+def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth) -> dict:
+    """Per-latent measures and types (module docstring) for an SAE at the hook `gt` describes.
+
+    latent_acts: [p*p, d_sae] over all inputs (rows a*p + b); W_dec: [d_sae, d]. Dead latents (never
+    nonzero) are left out. Returns {thresholds, counts {type: n}, latents {index, type, ...}}.
+    """
+    live = (latent_acts != 0).any(0)
+    idx = torch.nonzero(live).squeeze(1)
+    Z = on_grid(latent_acts[:, idx], gt.grid)
+    answer, inputs = _shares(Z, gt)
+    purity, freq = frequency_purity(Z, gt.grid).max(dim=1)
+    W = W_dec[idx].double()
+    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    outs = [pl for pl in gt.planes if pl.name.startswith("out")]
+    ins = [pl for pl in gt.planes if pl.name.startswith("in")]
+    in_out = torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in outs], 1) if outs else W.new_zeros(len(idx), 0)
+    in_in = torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in ins], 1) if ins else W.new_zeros(len(idx), 0)
+    off_span = 1 - (W @ gt.span).pow(2).sum(1)
+    C = gt.centroids / gt.centroids.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    centroid_cos = (W @ C.T).max(dim=1).values
+    rate = (latent_acts[:, idx] > 0).double().mean(0)
+    best_out = in_out.max(dim=1).values if outs else torch.zeros(len(idx), dtype=torch.float64)
+    types = []
+    for i in range(len(idx)):
+        if answer[i] >= FUNCTION_OF and best_out[i] > IN_PLANE:
+            types.append("plane feature")
+        elif answer[i] >= FUNCTION_OF and centroid_cos[i] >= NEAR_CENTROID:
+            types.append("answer detector")
+        elif inputs[i] >= FUNCTION_OF:
+            types.append("input feature")
+        elif rate[i] < PATCH_RATE:
+            types.append("patch")
+        else:
+            types.append("other")
+    latents = [dict(index=int(j), type=types[i], answer_share=float(answer[i]), inputs_share=float(inputs[i]),
+                    purity=float(purity[i]), frequency=int(freq[i]) + 1, firing_rate=float(rate[i]),
+                    centroid_cos=float(centroid_cos[i]), off_span=float(off_span[i]),
+                    in_output={pl.name.split()[1]: float(in_out[i, m]) for m, pl in enumerate(outs)},
+                    in_input={pl.name.split()[1]: float(in_in[i, m]) for m, pl in enumerate(ins)})
+               for i, j in enumerate(idx.tolist())]
+    counts = {t: types.count(t) for t in TYPES}
+    mean = (lambda v: float(v.mean()) if v.numel() else None)
+    return dict(thresholds=dict(function_of=FUNCTION_OF, in_plane=IN_PLANE, near_centroid=NEAR_CENTROID,
+                                patch_rate=PATCH_RATE),
+                n_live=len(idx), counts=counts,
+                examples={t: [lat["index"] for lat in latents if lat["type"] == t][:5] for t in TYPES},
+                mean=dict(answer_share=mean(answer), inputs_share=mean(inputs), off_span=mean(off_span),
+                          in_output_planes=mean(in_out.sum(1)) if outs else None,
+                          in_input_planes=mean(in_in.sum(1)) if ins else None),
+                latents=latents)

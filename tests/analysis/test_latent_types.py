@@ -1,0 +1,82 @@
+"""What each latent is (husai.analysis.latent_types), on planted latents whose type is known by
+construction: exact plane features, answer detectors, input features, patches, and noise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from husai.analysis.ground_truth import class_centroids, ground_truth, on_grid
+from husai.analysis.latent_types import PATCH_RATE, latent_types
+
+P, KEYS, D = 13, [2, 3, 5], 24
+
+
+def _grid():
+    a = torch.arange(P).repeat_interleave(P)
+    b = torch.arange(P).repeat(P)
+    return a, b, (a + b) % P
+
+
+def _wave(i, k, phase=0.0):
+    return torch.cos(2 * math.pi * k * i.double() / P + phase)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """Activations made of three output planes and three input planes on orthogonal directions,
+    as in a grokked model's resid_post (science brief, section 6)."""
+    a, b, c = _grid()
+    Q, _ = torch.linalg.qr(torch.randn(D, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    dirs = Q.T
+    X = torch.zeros(P * P, D, dtype=torch.float64)
+    for m, k in enumerate(KEYS):
+        X += 3 * (_wave(c, k)[:, None] * dirs[4 * m] + _wave(c, k, -math.pi / 2)[:, None] * dirs[4 * m + 1])
+        for i in (a, b):
+            X += _wave(i, k)[:, None] * dirs[4 * m + 2] + _wave(i, k, -math.pi / 2)[:, None] * dirs[4 * m + 3]
+    return X, dirs, ground_truth(X, P, "add", KEYS)
+
+
+def test_each_planted_latent_gets_its_type(model):
+    X, dirs, gt = model
+    a, b, c = _grid()
+    centroids = class_centroids(on_grid(X, gt.grid), gt.grid)
+    latents = [  # (activation over the grid, decoder row, expected type)
+        (torch.relu(_wave(c, 3, 0.3)), dirs[4] * math.cos(0.3) + dirs[5] * math.sin(0.3), "plane feature"),
+        ((c == 7).double(), centroids[7], "answer detector"),
+        (torch.relu(_wave(a, 5)) + torch.relu(_wave(b, 5)), dirs[10], "input feature"),
+        (((a < 2) & (b < 2)).double(), dirs[0] + dirs[6] + dirs[10], "patch"),
+        (torch.relu(torch.randn(P * P, generator=torch.Generator().manual_seed(1), dtype=torch.float64)),
+         torch.randn(D, generator=torch.Generator().manual_seed(2), dtype=torch.float64), "other"),
+        (torch.zeros(P * P, dtype=torch.float64), dirs[1], None),  # dead: left out
+    ]
+    Z = torch.stack([z for z, _, _ in latents], 1)
+    W = torch.stack([w for _, w, _ in latents])
+    r = latent_types(Z, W, gt)
+    assert r["n_live"] == 5
+    assert [lat["type"] for lat in r["latents"]] == [t for _, _, t in latents if t]
+    plane, detector, inputs, patch, _ = r["latents"]
+    assert plane["answer_share"] == pytest.approx(1.0) and plane["in_output"]["3"] == pytest.approx(1.0)
+    assert plane["off_span"] == pytest.approx(0.0, abs=1e-12)
+    assert detector["centroid_cos"] == pytest.approx(1.0) and detector["answer_share"] == pytest.approx(1.0)
+    assert max(detector["in_output"].values()) < 0.5  # a centroid mixes every output plane
+    assert inputs["inputs_share"] == pytest.approx(1.0) and inputs["in_input"]["5"] == pytest.approx(1.0)
+    assert patch["firing_rate"] == pytest.approx(4 / P**2) and patch["firing_rate"] < PATCH_RATE
+    assert r["counts"] == {"plane feature": 1, "answer detector": 1, "input feature": 1, "patch": 1, "other": 1}
+    assert r["examples"]["patch"] == [3]
+
+
+def test_a_random_dictionary_has_no_structured_latents(model):
+    """The reference a trained SAE is read against: random decoders, latents that are ReLUs of
+    random projections of the activations, are neither plane features nor answer detectors."""
+    X, _, gt = model
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(200, D, generator=g, dtype=torch.float64)
+    Z = torch.relu((X - X.mean(0)) @ W.T)
+    r = latent_types(Z, W, gt)
+    assert r["counts"]["plane feature"] == 0 and r["counts"]["answer detector"] == 0
+    # a random direction puts ~dim/D of its norm in each plane: 2/24 per output plane
+    assert r["mean"]["in_output_planes"] == pytest.approx(6 / D, abs=0.05)
+    assert r["mean"]["off_span"] == pytest.approx(1 - 12 / D, abs=0.05)
