@@ -103,8 +103,19 @@ def model_context(model_dir: Path, hook: str, cache: dict) -> dict:
     if keys is None:  # not analysed yet: detect from the MLP neurons (Nanda et al. 2023)
         model, _ = load_model(model_dir)
         keys = key_frequencies(extract(model, "blocks.0.mlp.hook_post", make_tokens(info["p"])), info["p"])[0]
-    cache[hook] = dict(p=info["p"], acts=acts.double(), key_freqs=[int(k) for k in keys])
+    cache[hook] = dict(p=info["p"], operation=info["operation"], acts=acts.double(), key_freqs=[int(k) for k in keys])
     return cache[hook]
+
+
+def hook_ground_truth(ctx: dict):
+    """The ground truth of the context's hook (husai.analysis.ground_truth), computed once per context.
+    For (a * b) mod p the key frequencies are those of the discrete logarithm, found on its grid."""
+    from husai.analysis.ground_truth import ground_truth
+
+    if "ground_truth" not in ctx:
+        keys = None if ctx.get("operation") == "mul" else ctx["key_freqs"]
+        ctx["ground_truth"] = ground_truth(ctx["acts"], ctx["p"], ctx.get("operation", "add"), keys)
+    return ctx["ground_truth"]
 
 
 def init_fn_for(sae, acts):
@@ -142,6 +153,7 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
     import torch
 
     from husai.analysis.latent_fourier import fourier_report
+    from husai.analysis.latent_types import latent_types
     from husai.analysis.nulls import null_stats, untrained_latent_acts
 
     x = ctx["acts"]
@@ -150,6 +162,7 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
     with torch.no_grad():
         z = sae.encode(x.float()).double()
     rep = fourier_report(z, ctx["p"], ctx["key_freqs"], W_dec=sae.W_dec.double(), resid_acts=x)
+    rep["latent_types"] = latent_types(z, sae.W_dec.double(), hook_ground_truth(ctx))
     seed = int(metadata(sae).get("seed", 0))
     k = sae.cfg.get("k") if sae.cfg.get("architecture") == "topk" else None
     samples = {"fourier_overlap": [], "frac_pure": []}
@@ -241,6 +254,8 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
         result["fourier"] = {lab: {k: r[k] for k in ("fourier_overlap", "frac_pure", "n_live", "covered", "missing", "coverage",
                                                      "non_key_pure", "pure_per_frequency", "nulls_untrained", "weight_space")
                                    if k in r} for lab, r in zip(labels, reps)}
+        for lab, r in zip(labels, reps):  # the per-latent list is husai fourier's; here the summary
+            result["fourier"][lab]["latent_types"] = {k: v for k, v in r["latent_types"].items() if k != "latents"}
         freqs = [np.array(r["latents"]["frequency"]) * ((np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
                                                        & np.array(r["latents"]["live"])) for r in reps]
         wfreqs = [np.array(r["latents"].get("weight_frequency", [0] * len(r["latents"]["live"]))) * np.array(r["latents"]["live"])

@@ -105,10 +105,18 @@ def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
                   f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(sum(r["non_key_pure"].values())),
                   _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
     _console().print(t)
+    types = Table(title="what the live latents are (husai.analysis.latent_types: rules and thresholds in the JSON)")
+    for c in ("SAE", "plane feature", "answer detector", "input feature", "patch", "other", "off span"):
+        types.add_column(c)
+    for r in out:
+        lt = r["latent_types"]
+        types.add_row(Path(r["path"]).name, *(str(n) for n in lt["counts"].values()), _fmt(lt["mean"]["off_span"]))
+    _console().print(types)
     typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; covered: key "
                "frequencies with a pure latent; non-key: pure latents on other frequencies; dec in key: mean fraction "
                "of live decoder rows in the key frequencies' activation subspaces; w-assigned: fraction of live "
-               "latents with > 50% of their decoder row in one key frequency's subspace")
+               "latents with > 50% of their decoder row in one key frequency's subspace; off span: mean fraction of "
+               "live decoder rows outside the span of the key frequencies' output and input planes")
     if json_out:
         write_json(json_out, {"model": str(model), "saes": out})
         typer.echo(f"report written to {json_out}")

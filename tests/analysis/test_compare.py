@@ -120,6 +120,11 @@ def test_fourier_cli_matches_the_direct_computation(saes, capsys, monkeypatch):
     assert rep["n_live"] == int((z != 0).any(0).sum())
     assert set(rep["nulls_untrained"]["fourier_overlap"]) >= {"null_mean", "null_std", "z"}
     assert "Fourier validation" in out
+    # every live latent has a type (husai.analysis.latent_types), listed with its measures
+    types = rep["latent_types"]
+    assert sum(types["counts"].values()) == types["n_live"] == rep["n_live"] == len(types["latents"])
+    assert all(0 <= lat["off_span"] <= 1 + 1e-9 for lat in types["latents"])
+    assert "what the live latents are" in out
 
 
 @pytest.mark.slow
