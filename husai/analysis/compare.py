@@ -103,7 +103,8 @@ def model_context(model_dir: Path, hook: str, cache: dict) -> dict:
     if keys is None:  # not analysed yet: detect from the MLP neurons (Nanda et al. 2023)
         model, _ = load_model(model_dir)
         keys = key_frequencies(extract(model, "blocks.0.mlp.hook_post", make_tokens(info["p"])), info["p"])[0]
-    cache[hook] = dict(p=info["p"], operation=info["operation"], acts=acts.double(), key_freqs=[int(k) for k in keys])
+    cache[hook] = dict(p=info["p"], operation=info["operation"], hook=info["hook_name"], acts=acts.double(),
+                       key_freqs=[int(k) for k in keys])
     return cache[hook]
 
 
@@ -114,7 +115,8 @@ def hook_ground_truth(ctx: dict):
 
     if "ground_truth" not in ctx:
         keys = None if ctx.get("operation") == "mul" else ctx["key_freqs"]
-        ctx["ground_truth"] = ground_truth(ctx["acts"], ctx["p"], ctx.get("operation", "add"), keys)
+        neurons = str(ctx.get("hook", "")).endswith("mlp.hook_post")  # the columns are neurons: atoms too
+        ctx["ground_truth"] = ground_truth(ctx["acts"], ctx["p"], ctx.get("operation", "add"), keys, neurons=neurons)
     return ctx["ground_truth"]
 
 
@@ -155,6 +157,7 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
     from husai.analysis.latent_fourier import fourier_report
     from husai.analysis.latent_types import latent_types
     from husai.analysis.nulls import null_stats, untrained_latent_acts
+    from husai.analysis.recovery import recovery
 
     x = ctx["acts"]
     if x.shape[1] != sae.W_dec.shape[1]:
@@ -162,7 +165,12 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
     with torch.no_grad():
         z = sae.encode(x.float()).double()
     rep = fourier_report(z, ctx["p"], ctx["key_freqs"], W_dec=sae.W_dec.double(), resid_acts=x)
-    rep["latent_types"] = latent_types(z, sae.W_dec.double(), hook_ground_truth(ctx))
+    gt = hook_ground_truth(ctx)
+    rep["latent_types"] = latent_types(z, sae.W_dec.double(), gt)
+    neuron_atoms = None
+    if gt.neurons:
+        neuron_atoms = torch.eye(x.shape[1], dtype=torch.float64)[[e["index"] for e in gt.neurons["neurons"]]]
+    rep["recovery"] = recovery(sae.W_dec.double(), (z != 0).any(0), gt, neuron_atoms)
     seed = int(metadata(sae).get("seed", 0))
     k = sae.cfg.get("k") if sae.cfg.get("architecture") == "topk" else None
     samples = {"fourier_overlap": [], "frac_pure": []}
@@ -256,6 +264,7 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
                                    if k in r} for lab, r in zip(labels, reps)}
         for lab, r in zip(labels, reps):  # the per-latent list is husai fourier's; here the summary
             result["fourier"][lab]["latent_types"] = {k: v for k, v in r["latent_types"].items() if k != "latents"}
+            result["fourier"][lab]["recovery"] = r["recovery"]
         freqs = [np.array(r["latents"]["frequency"]) * ((np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
                                                        & np.array(r["latents"]["live"])) for r in reps]
         wfreqs = [np.array(r["latents"].get("weight_frequency", [0] * len(r["latents"]["live"]))) * np.array(r["latents"]["live"])

@@ -106,17 +106,26 @@ def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
                   _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
     _console().print(t)
     types = Table(title="what the live latents are (husai.analysis.latent_types: rules and thresholds in the JSON)")
-    for c in ("SAE", "plane feature", "answer detector", "input feature", "patch", "other", "off span"):
+    for c in ("SAE", "plane feature", "answer detector", "input feature", "patch", "other", "off span",
+              "centroid MCC (random)", "out-plane coverage (random)"):
         types.add_column(c)
     for r in out:
-        lt = r["latent_types"]
-        types.add_row(Path(r["path"]).name, *(str(n) for n in lt["counts"].values()), _fmt(lt["mean"]["off_span"]))
+        lt, rec = r["latent_types"], r["recovery"]
+        cent = rec["atoms"]["answer_centroids"]
+        outs = [e for name, e in rec["planes"].items() if name.startswith("out")]
+        cover = sum(e["coverage"] for e in outs) / max(1, len(outs))
+        cover_ref = sum(e["random_reference"]["coverage"] for e in outs) / max(1, len(outs))
+        types.add_row(Path(r["path"]).name, *(str(n) for n in lt["counts"].values()), _fmt(lt["mean"]["off_span"]),
+                      f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])})", f"{_fmt(cover)} ({_fmt(cover_ref)})")
     _console().print(types)
     typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; covered: key "
                "frequencies with a pure latent; non-key: pure latents on other frequencies; dec in key: mean fraction "
                "of live decoder rows in the key frequencies' activation subspaces; w-assigned: fraction of live "
                "latents with > 50% of their decoder row in one key frequency's subspace; off span: mean fraction of "
-               "live decoder rows outside the span of the key frequencies' output and input planes")
+               "live decoder rows outside the span of the key frequencies' output and input planes; centroid MCC: "
+               "Hungarian-matched |cos| of in-span decoder rows to the answer-class centroids; out-plane coverage: "
+               "share of each output plane spanned by the latents lying mostly in it (husai.analysis.recovery); "
+               "random: a dictionary of as many random directions in the same span")
     if json_out:
         write_json(json_out, {"model": str(model), "saes": out})
         typer.echo(f"report written to {json_out}")

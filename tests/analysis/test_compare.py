@@ -125,6 +125,8 @@ def test_fourier_cli_matches_the_direct_computation(saes, capsys, monkeypatch):
     assert sum(types["counts"].values()) == types["n_live"] == rep["n_live"] == len(types["latents"])
     assert all(0 <= lat["off_span"] <= 1 + 1e-9 for lat in types["latents"])
     assert "what the live latents are" in out
+    rec = rep["recovery"]["atoms"]["answer_centroids"]
+    assert 0 <= rec["mcc"] <= 1 and set(rec["random_reference"]) == {"mcc", "precision", "recall", "f1"}
 
 
 @pytest.mark.slow
