@@ -259,6 +259,7 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
             for r in reps:
                 r["nulls_untrained"][m] = null_stats(r[m], pool)
         result["p"], result["key_frequencies"] = ctx["p"], ctx["key_freqs"]
+        result["ground_truth"] = hook_ground_truth(ctx).to_json()
         result["fourier"] = {lab: {k: r[k] for k in ("fourier_overlap", "frac_pure", "n_live", "covered", "missing", "coverage",
                                                      "non_key_pure", "pure_per_frequency", "nulls_untrained", "weight_space")
                                    if k in r} for lab, r in zip(labels, reps)}

@@ -180,6 +180,8 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
         if fl:
             stab.append(f"| {c['name']} | frequency level | {_summary(fl)} | | | | |")
     sections.append(("Stability across seeds", "\n".join(stab)))
+    if any(c["analysis"].get("ground_truth") for c in ok_cells):
+        sections.append(("Ground truth and what the latents are", _ground_truth_section(ok_cells)))
     failed = [r for r in rows if r["status"] != "ok"]
     verdict_lines = verdict(cells) + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
     sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
@@ -191,6 +193,52 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
     atomic_write_bytes(root / "report.md", "\n".join(md).encode())
     atomic_write_bytes(root / "report.html", _html(sections, figs).encode())
     return root / "report.html"
+
+
+def _ground_truth_section(cells: list[dict]) -> str:
+    """Each cell's hook ground truth, and per SAE its latent types and recovery next to a random
+    dictionary of the same size in the same span (husai.analysis.ground_truth, latent_types, recovery)."""
+    lines = []
+    for c in cells:
+        gt = c["analysis"].get("ground_truth")
+        if not gt:
+            continue
+        v, base = gt["variance"], gt["baselines"]
+        lines.append(f"- {c['name']}: {_fmt(v['answer'])} of the variance is a function of the answer, "
+                     f"{_fmt(v['a'] + v['b'])} of a or b alone, {_fmt(v['conjugate'])} of {gt['variance_names']['conjugate']}, "
+                     f"{_fmt(v['rest'])} the rest; the output and input planes of the key frequencies "
+                     f"{gt['key_frequencies']} span {gt['span']['dim']} dimensions holding {_fmt(gt['span']['share'])}; "
+                     f"answer-centroid lookup (L0 = 1) EV {_fmt(base['centroid_lookup']['explained_variance'])}, "
+                     f"PCA EV {_fmt(base['pca'].get('4'))} (r = 4) / {_fmt(base['pca'].get('16'))} (r = 16).")
+    head = ["cell", "SAE", "plane feature", "answer detector", "input feature", "patch", "other", "off span",
+            "centroid MCC (random)", "centroid F1 (random)", "out-plane coverage (random)", "out-plane mass (variance)"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        for label, f in c["analysis"].get("fourier", {}).items():
+            lt, rec = f.get("latent_types"), f.get("recovery")
+            if not lt or not rec:
+                continue
+            cent = rec["atoms"]["answer_centroids"]
+            outs = [e for name, e in rec["planes"].items() if name.startswith("out")]
+            mean = lambda key, ref=False: (sum((e["random_reference"] if ref else e)[key] for e in outs) / len(outs)
+                                           if outs else None)
+            rows.append("| " + " | ".join([c["name"], label, *(str(n) for n in lt["counts"].values()),
+                                            _fmt(lt["mean"]["off_span"]),
+                                            f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])})",
+                                            f"{_fmt(cent['f1'])} ({_fmt(cent['random_reference']['f1'])})",
+                                            f"{_fmt(mean('coverage'))} ({_fmt(mean('coverage', True))})",
+                                            f"{_fmt(sum(e['mass'] for e in outs))} "
+                                            f"({_fmt(sum(e['variance_share'] for e in outs))})"]) + " |")
+    lines += ["", "\n".join(rows), "",
+              "Types by the rules of husai.analysis.latent_types (a function of the answer with its decoder in one "
+              "output plane: plane feature; near one answer-class centroid: answer detector; f(a) + g(b): input "
+              "feature; firing on under 5% of inputs: patch). MCC: Hungarian-matched |cos| of in-span decoder rows "
+              "to the answer-class centroids; coverage: share of each output plane spanned by the latents lying "
+              "mostly in it; mass: share of the dictionary in the output planes, next to the planes' share of the "
+              "variance. In brackets: a dictionary of as many random directions in the same span. The plan's "
+              "'Fourier overlap > 0.5' cannot be met by sparse latents: a latent that fires on part of a phase "
+              "cycle spreads its variance over harmonics (a perfect one-answer detector scores 2/(p - 1), 0.018 at p = 113)."]
+    return "\n".join(lines)
 
 
 def _summary(fl: dict) -> str:

@@ -24,11 +24,17 @@ def test_report_has_every_section(finished):
     _, out, stdout = finished
     assert "stage 2/4" in stdout and "FAILED" in stdout
     html = (out / "report.html").read_text()
-    for section in ("Verdict", "Model (seed 0)", "SAE quality", "Stability across seeds", "Figures"):
+    for section in ("Verdict", "Model (seed 0)", "SAE quality", "Stability across seeds",
+                    "Ground truth and what the latents are", "Figures"):
         assert section in html
     assert html.count("data:image/png;base64,") == 5  # curves, spectrum, heatmaps, vs-null, coverage
     md = (out / "report.md").read_text()
     assert "PASS" in md and "FAIL" in md and "z = " in md
+    # per SAE of each analysed cell: its latent types and recovery next to the random reference
+    gt_rows = [line for line in md.splitlines() if line.startswith("| topk_x2_k4 @") or line.startswith("| relu_x2_l1_0.3 @")]
+    assert len(gt_rows) == 6, gt_rows  # 2 cells x 3 seeds
+    assert all(line.count("(") >= 4 for line in gt_rows)
+    assert "of the variance is a function of the answer" in md
     for png in ("model_seed0_training", "model_seed0_spectrum", "stability_heatmaps", "stability_vs_null",
                 "frequency_coverage"):
         assert (out / "figures" / f"{png}.png").stat().st_size > 10_000
