@@ -51,6 +51,11 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
         row.update({m: _num(fr.get(m)) for m in FOURIER})
         row["n_key_covered"] = len(fr["covered"]) if "covered" in fr else None
         row["n_non_key_pure"] = sum(fr["non_key_pure"].values()) if isinstance(fr.get("non_key_pure"), dict) else None
+        lt, rec = fr.get("latent_types", {}), fr.get("recovery", {}).get("atoms", {}).get("answer_centroids", {})
+        for t in ("plane feature", "answer detector", "input feature", "patch", "other"):
+            row[f"n_{t.replace(' ', '_')}"] = lt.get("counts", {}).get(t)
+        row["off_span"] = _num(lt.get("mean", {}).get("off_span"))
+        row["centroid_mcc"], row["centroid_mcc_random"] = _num(rec.get("mcc")), _num(rec.get("random_reference", {}).get("mcc"))
         nu = fr.get("nulls_untrained", {}).get("fourier_overlap", {})
         row["fourier_overlap_null"], row["fourier_overlap_z"] = _num(nu.get("null_mean")), _num(nu.get("z"))
         atom = analysis.get("atom_level", {})

@@ -51,6 +51,9 @@ def test_table_has_one_row_per_sae_and_records_the_failure(finished):
     for r in ok:
         assert r["explained_variance"] <= 1 and r["pw_mcc_dec_mean"] is not None  # EV < 0 is legal (2 epochs)
         assert r["pw_mcc_dec_null_isotropic"] is not None and r["fourier_overlap"] is not None
+        types = ("plane_feature", "answer_detector", "input_feature", "patch", "other")
+        assert sum(r[f"n_{t}"] for t in types) == r["n_live"]  # every live latent has one type
+        assert 0 <= r["centroid_mcc_random"] <= 1 and 0 <= r["centroid_mcc"] <= 1
     topk = [r for r in ok if r["architecture"] == "topk"]
     assert all(abs(r["l0"] - 4) < 1e-9 for r in topk)
     # The untrained-SAE null is the trainer's real init (data init here): the analysis's distance
