@@ -222,7 +222,8 @@ def _ground_truth_section(cells: list[dict]) -> str:
                      f"answer-centroid lookup (L0 = 1) EV {_fmt(base['centroid_lookup']['explained_variance'])}, "
                      f"PCA EV {_fmt(base['pca'].get('4'))} (r = 4) / {_fmt(base['pca'].get('16'))} (r = 16).")
     head = ["cell", "SAE", "plane feature", "answer detector", "input feature", "patch", "other", "off span",
-            "centroid MCC (random)", "centroid F1 (random)", "out-plane coverage (random)", "out-plane mass (variance)"]
+            "centroid MCC (random)", "centroid F1 (random)", "out-plane coverage (random)",
+            "out-plane mass (random; variance)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         for label, f in c["analysis"].get("fourier", {}).items():
@@ -239,14 +240,15 @@ def _ground_truth_section(cells: list[dict]) -> str:
                                             f"{_fmt(cent['f1'])} ({_fmt(cent['random_reference']['f1'])})",
                                             f"{_fmt(mean('coverage'))} ({_fmt(mean('coverage', True))})",
                                             f"{_fmt(sum(e['mass'] for e in outs))} "
-                                            f"({_fmt(sum(e['variance_share'] for e in outs))})"]) + " |")
+                                            f"({_fmt(sum(e['random_reference']['mass'] for e in outs))}; "
+                                            f"{_fmt(sum(e['variance_share'] for e in outs))})"]) + " |")
     lines += ["", "\n".join(rows), "",
               "Types by the rules of husai.analysis.latent_types (a function of the answer with its decoder in one "
               "output plane: plane feature; near one answer-class centroid: answer detector; f(a) + g(b): input "
               "feature; firing on under 5% of inputs: patch). MCC: Hungarian-matched |cos| of in-span decoder rows "
               "to the answer-class centroids; coverage: share of each output plane spanned by the latents lying "
-              "mostly in it; mass: share of the dictionary in the output planes, next to the planes' share of the "
-              "variance. In brackets: a dictionary of as many random directions in the same span. The plan's "
+              "mostly in it; mass: share of the dictionary in the output planes, with the planes' share of the "
+              "variance after the semicolon. In brackets: a dictionary of as many random directions in the same span. The plan's "
               "'Fourier overlap > 0.5' cannot be met by sparse latents: a latent that fires on part of a phase "
               "cycle spreads its variance over harmonics (a perfect one-answer detector scores 2/(p - 1), 0.018 at p = 113)."]
     return "\n".join(lines)
