@@ -21,19 +21,9 @@ from husai.analysis.ground_truth import (
 from husai.errors import HusaiError
 from husai.model.fourier import frequency_fractions
 
+from planted import grid_values, wave
+
 P = 13
-
-
-def grid_values(p: int, operation: str = "add"):
-    """a, b, and the answer over husai's rows a*p + b."""
-    a = torch.arange(p).repeat_interleave(p)
-    b = torch.arange(p).repeat(p)
-    c = {"add": a + b, "sub": a - b, "mul": a * b}[operation] % p
-    return a, b, c
-
-
-def wave(index: torch.Tensor, n: int, k: int, phase: float = 0.0) -> torch.Tensor:
-    return torch.cos(2 * math.pi * k * index.double() / n + phase)
 
 
 def directions(d: int, m: int, seed: int = 0) -> torch.Tensor:
@@ -73,12 +63,12 @@ def test_a_planted_sum_of_planes_decomposes_exactly():
     a, b, c = grid_values(P)
     D = directions(16, 9)
     parts = {  # name: (list of (function over the grid, direction)), amplitude
-        "out2": [(wave(c, P, 2), D[0]), (wave(c, P, 2, -math.pi / 2), D[1])],
-        "out5": [(wave(c, P, 5), 2 * D[2]), (wave(c, P, 5, -math.pi / 2), 2 * D[3])],
-        "in2": [(wave(a, P, 2), D[4]), (wave(a, P, 2, -math.pi / 2), D[5]),
-                (wave(b, P, 2), D[4]), (wave(b, P, 2, -math.pi / 2), D[5])],
-        "conj": [(wave(a - b, P, 3), 0.5 * D[6])],
-        "rest": [(wave(a, P, 1) * wave(b, P, 4), D[7])],
+        "out2": [(wave(c, 2), D[0]), (wave(c, 2, -math.pi / 2), D[1])],
+        "out5": [(wave(c, 5), 2 * D[2]), (wave(c, 5, -math.pi / 2), 2 * D[3])],
+        "in2": [(wave(a, 2), D[4]), (wave(a, 2, -math.pi / 2), D[5]),
+                (wave(b, 2), D[4]), (wave(b, 2, -math.pi / 2), D[5])],
+        "conj": [(wave(a - b, 3), 0.5 * D[6])],
+        "rest": [(wave(a, 1) * wave(b, 4), D[7])],
     }
     X = sum(f[:, None] * v[None, :] for terms in parts.values() for f, v in terms)
     energy = {name: sum(float(f.pow(2).sum() * v.pow(2).sum()) for f, v in terms) for name, terms in parts.items()}
@@ -131,7 +121,7 @@ def test_class_centroids_are_the_answer_means():
 def test_frequency_purity_is_the_additive_fraction_for_addition():
     X = torch.randn(P * P, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     a, b, _ = grid_values(P)
-    X[:, 0] = wave(a, P, 3) * wave(b, P, 3, 0.4)  # a single-frequency neuron
+    X[:, 0] = wave(a, 3) * wave(b, 3, 0.4)  # a single-frequency neuron
     grid = group_grid(P)
     purity = frequency_purity(on_grid(X, grid), grid)
     assert torch.allclose(purity, frequency_fractions(X, P), atol=1e-10)
@@ -143,7 +133,7 @@ def test_single_frequency_neurons_and_their_clusters():
     cols, planted = [], {2: 3, 6: 2}
     for k, count in planted.items():
         for i in range(count):
-            cols.append(wave(c, P, k, i) + wave(a, P, k, 2 * i))  # frequency k only: single-frequency
+            cols.append(wave(c, k, i) + wave(a, k, 2 * i))  # frequency k only: single-frequency
     cols.append(torch.randn(P * P, generator=torch.Generator().manual_seed(7), dtype=torch.float64))  # noise neuron
     X = torch.stack(cols, dim=1)
     j = ground_truth(X, P, key_freqs=[2, 6], neurons=True).to_json()
@@ -157,7 +147,7 @@ def test_single_frequency_neurons_and_their_clusters():
 def test_key_frequencies_are_found_without_the_model():
     _, _, c = grid_values(P)
     D = directions(8, 4)
-    X = wave(c, P, 4)[:, None] * D[0] + wave(c, P, 4, -math.pi / 2)[:, None] * D[1] + 0.7 * wave(c, P, 1)[:, None] * D[2]
+    X = wave(c, 4)[:, None] * D[0] + wave(c, 4, -math.pi / 2)[:, None] * D[1] + 0.7 * wave(c, 1)[:, None] * D[2]
     assert ground_truth(X, P).key_frequencies == [1, 4]
 
 
@@ -171,7 +161,7 @@ def test_multiplication_uses_the_discrete_logarithm():
     lc = torch.tensor([log[int(v)] if v else 0 for v in c])
     D = directions(6, 2)
     X = torch.zeros(p * p, 6, dtype=torch.float64)
-    X[keep] = (wave(lc, p - 1, 3)[:, None] * D[0] + wave(lc, p - 1, 3, -math.pi / 2)[:, None] * D[1])[keep]
+    X[keep] = (wave(lc, 3, n=p - 1)[:, None] * D[0] + wave(lc, 3, -math.pi / 2, n=p - 1)[:, None] * D[1])[keep]
     X[~keep] = 100.0  # the rows with a = 0 or b = 0 are outside the group and must not count
     gt = ground_truth(X, p, "mul")
     assert gt.grid.rows.numel() == (p - 1) ** 2 and gt.grid.n == p - 1

@@ -8,45 +8,25 @@ import math
 import pytest
 import torch
 
-from husai.analysis.ground_truth import class_centroids, ground_truth, on_grid
+from husai.analysis.ground_truth import class_centroids, on_grid
 from husai.analysis.latent_types import PATCH_RATE, latent_types
 
-P, KEYS, D = 13, [2, 3, 5], 24
-
-
-def _grid():
-    a = torch.arange(P).repeat_interleave(P)
-    b = torch.arange(P).repeat(P)
-    return a, b, (a + b) % P
-
-
-def _wave(i, k, phase=0.0):
-    return torch.cos(2 * math.pi * k * i.double() / P + phase)
+from planted import D, P, grid_values, planted_hook, wave
 
 
 @pytest.fixture(scope="module")
 def model():
-    """Activations made of three output planes and three input planes on orthogonal directions,
-    as in a grokked model's resid_post (science brief, section 6)."""
-    a, b, c = _grid()
-    Q, _ = torch.linalg.qr(torch.randn(D, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
-    dirs = Q.T
-    X = torch.zeros(P * P, D, dtype=torch.float64)
-    for m, k in enumerate(KEYS):
-        X += 3 * (_wave(c, k)[:, None] * dirs[4 * m] + _wave(c, k, -math.pi / 2)[:, None] * dirs[4 * m + 1])
-        for i in (a, b):
-            X += _wave(i, k)[:, None] * dirs[4 * m + 2] + _wave(i, k, -math.pi / 2)[:, None] * dirs[4 * m + 3]
-    return X, dirs, ground_truth(X, P, "add", KEYS)
+    return planted_hook()
 
 
 def test_each_planted_latent_gets_its_type(model):
     X, dirs, gt = model
-    a, b, c = _grid()
+    a, b, c = grid_values()
     centroids = class_centroids(on_grid(X, gt.grid), gt.grid)
     latents = [  # (activation over the grid, decoder row, expected type)
-        (torch.relu(_wave(c, 3, 0.3)), dirs[4] * math.cos(0.3) + dirs[5] * math.sin(0.3), "plane feature"),
+        (torch.relu(wave(c, 3, 0.3)), dirs[4] * math.cos(0.3) + dirs[5] * math.sin(0.3), "plane feature"),
         ((c == 7).double(), centroids[7], "answer detector"),
-        (torch.relu(_wave(a, 5)) + torch.relu(_wave(b, 5)), dirs[10], "input feature"),
+        (torch.relu(wave(a, 5)) + torch.relu(wave(b, 5)), dirs[10], "input feature"),
         (((a < 2) & (b < 2)).double(), dirs[0] + dirs[6] + dirs[10], "patch"),
         (torch.relu(torch.randn(P * P, generator=torch.Generator().manual_seed(1), dtype=torch.float64)),
          torch.randn(D, generator=torch.Generator().manual_seed(2), dtype=torch.float64), "other"),

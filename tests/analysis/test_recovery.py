@@ -3,48 +3,28 @@ one scores its reference, and plane coverage counts what the assigned latents sp
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from husai.analysis.ground_truth import ground_truth
 from husai.analysis.recovery import atom_scores, recovery
 
-P, KEYS, D = 13, [2, 3, 5], 24
-
-
-def _grid():
-    a = torch.arange(P).repeat_interleave(P)
-    b = torch.arange(P).repeat(P)
-    return a, b, (a + b) % P
-
-
-def _wave(i, k, phase=0.0):
-    return torch.cos(2 * math.pi * k * i.double() / P + phase)
+from planted import D, P, grid_values, planted_hook, wave
 
 
 @pytest.fixture(scope="module")
 def hook():
-    a, b, c = _grid()
-    Q, _ = torch.linalg.qr(torch.randn(D, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
-    dirs = Q.T
-    X = torch.zeros(P * P, D, dtype=torch.float64)
-    for m, k in enumerate(KEYS):
-        X += 3 * (_wave(c, k)[:, None] * dirs[4 * m] + _wave(c, k, -math.pi / 2)[:, None] * dirs[4 * m + 1])
-        for i in (a, b):
-            X += _wave(i, k)[:, None] * dirs[4 * m + 2] + _wave(i, k, -math.pi / 2)[:, None] * dirs[4 * m + 3]
-    return X, dirs, ground_truth(X, P, "add", KEYS)
+    return planted_hook()
 
 
 def test_hungarian_scores_on_a_hand_computed_case():
     atoms = torch.eye(3, dtype=torch.float64)
-    D = torch.tensor([[1.0, 0, 0], [0, 0.6, 0.8], [0, 0.8, -0.6]], dtype=torch.float64)
-    s = atom_scores(D, atoms, threshold=0.7)
+    rows = torch.tensor([[1.0, 0, 0], [0, 0.6, 0.8], [0, 0.8, -0.6]], dtype=torch.float64)
+    s = atom_scores(rows, atoms, threshold=0.7)
     # best assignment: row0-atom0 (1), row1-atom2 (0.8), row2-atom1 (0.8)
     assert s["mcc"] == pytest.approx((1 + 0.8 + 0.8) / 3)
     assert s["recall"] == 1.0 and s["precision"] == 1.0 and s["f1"] == 1.0
-    s = atom_scores(D, atoms, threshold=0.9)
+    s = atom_scores(rows, atoms, threshold=0.9)
     assert s["recall"] == pytest.approx(1 / 3) and s["precision"] == pytest.approx(1 / 3)
 
 
@@ -70,8 +50,8 @@ def test_an_oracle_of_the_answer_centroids_scores_one_and_a_random_dictionary_it
 def test_an_oracle_of_single_frequency_neurons_recovers_them(hook):
     """At an mlp.hook_post the atoms are the neurons themselves (basis vectors): a dictionary made of
     them recovers every one with MCC 1."""
-    a, b, c = _grid()
-    cols = [_wave(c, k, i) + _wave(a, k, 2 * i) for k in (2, 5) for i in range(3)]
+    a, b, c = grid_values()
+    cols = [wave(c, k, i) + wave(a, k, 2 * i) for k in (2, 5) for i in range(3)]
     cols += [torch.randn(P * P, generator=torch.Generator().manual_seed(s), dtype=torch.float64) for s in range(4)]
     N = torch.stack(cols, 1)
     gt = ground_truth(N, P, "add", [2, 5], neurons=True)
