@@ -100,8 +100,9 @@ ACTIVATIONS = OutputKind("activation file", "husai extract-activations", looks_l
 COMPARE_JSON = OutputKind("comparison", "husai compare --json", looks_like=_json_with("saes", "atom_level"))
 FOURIER_JSON = OutputKind("Fourier report", "husai fourier --json", looks_like=_json_with("model", "saes"))
 GROUND_TRUTH_JSON = OutputKind("ground-truth report", "husai ground-truth --json", looks_like=_json_with("model", "hooks"))
+RECOVERY_JSON = OutputKind("recovery report", "husai recover --json", looks_like=_json_with("activations", "saes"))
 FOLDER_KINDS = (STUDY, MODEL_RUN, SAE_OUTPUT, PLOTS)
-FILE_KINDS = (ACTIVATIONS, COMPARE_JSON, FOURIER_JSON, GROUND_TRUTH_JSON)
+FILE_KINDS = (ACTIVATIONS, COMPARE_JSON, FOURIER_JSON, GROUND_TRUTH_JSON, RECOVERY_JSON)
 
 
 def _is_stray_tmp(name: str) -> bool:

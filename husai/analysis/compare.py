@@ -157,7 +157,7 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
     from husai.analysis.latent_fourier import fourier_report
     from husai.analysis.latent_types import latent_types
     from husai.analysis.nulls import null_stats, untrained_latent_acts
-    from husai.analysis.recovery import recovery
+    from husai.analysis.recovery import hook_recovery
 
     x = ctx["acts"]
     if x.shape[1] != sae.W_dec.shape[1]:
@@ -170,7 +170,7 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
     neuron_atoms = None
     if gt.neurons:
         neuron_atoms = torch.eye(x.shape[1], dtype=torch.float64)[[e["index"] for e in gt.neurons["neurons"]]]
-    rep["recovery"] = recovery(sae.W_dec.double(), (z != 0).any(0), gt, neuron_atoms)
+    rep["recovery"] = hook_recovery(sae.W_dec.double(), (z != 0).any(0), gt, neuron_atoms)
     seed = int(metadata(sae).get("seed", 0))
     k = sae.cfg.get("k") if sae.cfg.get("architecture") == "topk" else None
     samples = {"fourier_overlap": [], "frac_pure": []}
@@ -196,6 +196,29 @@ def fourier_saes(sae_dirs: list, model: Path, n_null: int = 3) -> list[dict]:
         out.append(dict(path=str(d), seed=metadata(sae).get("seed"), architecture=sae.cfg.get("architecture"),
                         hook_name=hook_of(sae), **fourier_with_null(sae, ctx, n_null)))
     return out
+
+
+def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
+    """What `husai recover` reports: per SAE trained on the user's activations acts [N, d], its
+    recovery of the user's ground truth (tensors: `atoms` and/or `plane.NAME`, husai.analysis.recovery)
+    and the mean share of its live decoder rows outside the data span. -> (span dim, one dict per SAE)."""
+    import torch
+
+    from husai.analysis.recovery import file_ground_truth, recovery
+
+    span, atoms, planes = file_ground_truth(acts, tensors)
+    dirs = expand_sae_dirs([Path(d) for d in sae_dirs])
+    out = []
+    for d, sae in zip(dirs, load_sae_folders(dirs)):
+        if sae.W_dec.shape[1] != acts.shape[1]:
+            raise HusaiError(f"{d}: the SAE's d_in is {sae.W_dec.shape[1]} but the activations have {acts.shape[1]} dims")
+        with torch.no_grad():
+            live = (sae.encode(acts.float()) != 0).any(0)
+        W = sae.W_dec.double()[live]
+        off_span = float((1 - (W @ span).pow(2).sum(1) / W.pow(2).sum(1).clamp_min(1e-30)).mean()) if len(W) else None
+        out.append(dict(path=str(d), seed=metadata(sae).get("seed"), architecture=sae.cfg.get("architecture"),
+                        off_span=off_span, **recovery(sae.W_dec.double(), live, span, atoms, planes)))
+    return int(span.shape[1]), out
 
 
 def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0.7, n_null: int = 10,

@@ -143,7 +143,7 @@ def _dim(M: torch.Tensor) -> tuple[int, list[float]]:
     return int((s >= REL_DIM * s[0]).sum()) if s.numel() and s[0] > 0 else 0, [float(v) for v in s]
 
 
-def _basis(M: torch.Tensor) -> torch.Tensor:
+def orthonormal_basis(M: torch.Tensor) -> torch.Tensor:
     """Orthonormal basis [d, r] of the row space of M [m, d], r from REL_DIM."""
     if M.shape[0] == 0:
         return M.new_zeros(M.shape[1], 0)
@@ -170,7 +170,7 @@ def planes(X: torch.Tensor, grid: Grid, freqs: list[int]) -> list[Plane]:
                             (f"in {k}", torch.cat([_unit_functions(grid.x, grid.n, k),
                                                    _unit_functions(grid.y, grid.n, k)], dim=1))):
             images = funcs.T @ X  # [m, d]
-            out.append(Plane(name, images, _basis(images), float(images.pow(2).sum()) / total))
+            out.append(Plane(name, images, orthonormal_basis(images), float(images.pow(2).sum()) / total))
     return out
 
 
@@ -269,7 +269,7 @@ class GroundTruth:
             entry = dict(dim=dim, share=pl.share, singular_values=sv)
             if pl.name.startswith("in"):  # do the a-plane and the b-plane coincide?
                 m = pl.images.shape[0] // 2
-                entry["a_b_max_cosine"] = max_cosine(_basis(pl.images[:m]), _basis(pl.images[m:]))
+                entry["a_b_max_cosine"] = max_cosine(orthonormal_basis(pl.images[:m]), orthonormal_basis(pl.images[m:]))
             per[pl.name] = entry
         return dict(
             p=self.grid.p, operation=self.grid.operation, group_order=self.grid.n, n_inputs=int(self.grid.rows.numel()),
@@ -307,7 +307,7 @@ def ground_truth(acts: torch.Tensor, p: int, operation: str = "add", key_freqs: 
     if bad:
         raise HusaiError(f"key frequency {bad[0]} is not one of 1..{grid.n // 2}")
     pls = planes(X, grid, key_freqs)
-    span = _basis(torch.cat([pl.images for pl in pls])) if pls else X.new_zeros(X.shape[1], 0)
+    span = orthonormal_basis(torch.cat([pl.images for pl in pls])) if pls else X.new_zeros(X.shape[1], 0)
     total = float(X.pow(2).sum())
     C = class_centroids(X, grid)
     centroid_ev = 1.0 - float((X - C[grid.answer]).pow(2).sum()) / total

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from husai.analysis.ground_truth import GroundTruth
+from husai.analysis.ground_truth import GroundTruth, Plane, orthonormal_basis
 from husai.analysis.latent_types import IN_PLANE
+from husai.errors import HusaiError
 
 MATCH_THRESHOLD = 0.7
 """An atom counts as found at |cos| >= 0.7 (the Paulo & Belrose shared-feature threshold husai's
@@ -55,10 +56,10 @@ def _random_in_span(m: int, span: torch.Tensor, seed: int) -> torch.Tensor:
     return _unit(torch.randn(m, span.shape[1], generator=g, dtype=torch.float64) @ span.T)
 
 
-def plane_scores(D: torch.Tensor, gt: GroundTruth) -> dict:
+def plane_scores(D: torch.Tensor, planes: list[Plane]) -> dict:
     """Per plane: coverage and mass of unit rows D [m, d] (module docstring)."""
     out = {}
-    for pl in gt.planes:
+    for pl in planes:
         frac = (D @ pl.basis).pow(2).sum(1)  # [m]
         assigned = D[frac > IN_PLANE]
         if len(assigned) and pl.basis.shape[1]:
@@ -72,27 +73,63 @@ def plane_scores(D: torch.Tensor, gt: GroundTruth) -> dict:
     return out
 
 
-def recovery(W_dec: torch.Tensor, live: torch.Tensor, gt: GroundTruth, neuron_atoms: torch.Tensor | None = None,
-             threshold: float = MATCH_THRESHOLD, draws: int = REFERENCE_DRAWS) -> dict:
-    """Recovery of the ground truth by an SAE's live decoder rows (W_dec [d_sae, d], live [d_sae]
-    bool), with the random reference: `draws` dictionaries of as many isotropic unit directions
-    inside the planes' span. neuron_atoms [n, d]: extra discrete atoms (single-frequency neurons)."""
-    D_raw = W_dec[live].double()
-    span = gt.span
-    D = _unit(D_raw @ span @ span.T)  # in the data's span: what the data can see of each row
-    atom_sets = {"answer_centroids": _unit(gt.centroids @ span @ span.T)}
-    if neuron_atoms is not None and len(neuron_atoms):
-        atom_sets["neurons"] = _unit(neuron_atoms.double() @ span @ span.T)
+def recovery(W_dec: torch.Tensor, live: torch.Tensor, span: torch.Tensor, atom_sets: dict[str, torch.Tensor],
+             planes: list[Plane], threshold: float = MATCH_THRESHOLD, draws: int = REFERENCE_DRAWS) -> dict:
+    """Recovery of ground-truth atoms ({name: [n, d]}) and planes by an SAE's live decoder rows
+    (W_dec [d_sae, d], live [d_sae] bool), all compared inside `span` [d, r] (orthonormal), with the
+    random reference: `draws` dictionaries of as many isotropic unit directions inside the span."""
+    D = _unit(W_dec[live].double() @ span @ span.T)  # in the data's span: what the data can see of each row
     result = dict(threshold=threshold, n_live=int(live.sum()), span_dim=int(span.shape[1]), atoms={}, planes={})
     refs = [_random_in_span(len(D), span, seed) for seed in range(draws)]
     for name, atoms in atom_sets.items():
+        atoms = _unit(atoms.double() @ span @ span.T)
         scores = atom_scores(D, atoms, threshold)
         ref = [atom_scores(R, atoms, threshold) for R in refs]
         scores["random_reference"] = {k: float(np.mean([r[k] for r in ref])) for k in scores}
         scores["n_atoms"] = int(atoms.shape[0])
         result["atoms"][name] = scores
-    planes, ref_planes = plane_scores(D, gt), [plane_scores(R, gt) for R in refs]
-    for name, entry in planes.items():
+    scored, ref_planes = plane_scores(D, planes), [plane_scores(R, planes) for R in refs]
+    for name, entry in scored.items():
         entry["random_reference"] = {k: float(np.mean([r[name][k] for r in ref_planes])) for k in ("coverage", "mass")}
-    result["planes"] = planes
+    result["planes"] = scored
     return result
+
+
+def hook_recovery(W_dec: torch.Tensor, live: torch.Tensor, gt: GroundTruth, neuron_atoms: torch.Tensor | None = None,
+                  threshold: float = MATCH_THRESHOLD, draws: int = REFERENCE_DRAWS) -> dict:
+    """`recovery` against a model hook's ground truth: the answer-class centroids (and neuron_atoms
+    [n, d], the single-frequency neurons at an mlp.hook_post) and the key frequencies' planes,
+    inside the planes' span."""
+    atom_sets = {"answer_centroids": gt.centroids}
+    if neuron_atoms is not None and len(neuron_atoms):
+        atom_sets["neurons"] = neuron_atoms
+    return recovery(W_dec, live, gt.span, atom_sets, gt.planes, threshold, draws)
+
+
+SPAN_VARIANCE = 0.999
+"""Without a model, the data span is the principal subspace holding 99.9% of the activation variance."""
+
+
+def file_ground_truth(acts: torch.Tensor, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, list[Plane]]:
+    """A user's own ground truth for activations acts [N, d]: a safetensors file's `atoms` [n, d]
+    and any `plane.NAME` [m, d] (rows spanning the plane). -> (span [d, r], atom sets, planes)."""
+    d = acts.shape[1]
+    bad = [k for k in tensors if k != "atoms" and not k.startswith("plane.")]
+    if bad or not tensors:
+        raise HusaiError(f"a ground-truth file holds `atoms` [n, {d}] and/or `plane.NAME` [m, {d}] tensors"
+                         + (f", not {bad[0]!r}" if bad else ", and this one holds none"))
+    for k, t in tensors.items():
+        if t.ndim != 2 or t.shape[1] != d or t.shape[0] == 0 or not torch.isfinite(t).all():
+            raise HusaiError(f"ground-truth tensor {k!r} must be a finite [n, {d}] matrix, got {list(t.shape)}")
+    X = acts.double() - acts.double().mean(0)
+    _, s, Vh = torch.linalg.svd(X, full_matrices=False)
+    energy = s.pow(2).cumsum(0) / s.pow(2).sum()
+    span = Vh[: int((energy < SPAN_VARIANCE).sum()) + 1].T
+    total = float(X.pow(2).sum())
+    planes = []
+    for k, rows in tensors.items():
+        if k.startswith("plane."):
+            basis = orthonormal_basis(rows.double())
+            planes.append(Plane(k.removeprefix("plane."), rows.double(), basis, float((X @ basis).pow(2).sum()) / total))
+    atoms = {"atoms": tensors["atoms"].double()} if "atoms" in tensors else {}
+    return span, atoms, planes

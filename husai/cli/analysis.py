@@ -1,5 +1,6 @@
 """`husai ground-truth` (what are the model's features at a hook?), `husai fourier` (are the latents
-Fourier features?) and `husai compare` (do seeds agree?):
+Fourier features?), `husai recover` (do SAEs trained on a user's own activations find the user's
+ground truth?) and `husai compare` (do seeds agree?):
 argument checks, output claims, tables. The analysis itself is husai.analysis.compare."""
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import typer
 from husai.analysis.compare import compare_saes, fourier_saes, recorded_model
 from husai.errors import HusaiError
 from husai.interrupts import on_interrupt
-from husai.outputs import COMPARE_JSON, FOURIER_JSON, GROUND_TRUTH_JSON, PLOTS, claim_file, claim_folder, staged_folder
+from husai.outputs import (
+    COMPARE_JSON,
+    FOURIER_JSON,
+    GROUND_TRUTH_JSON,
+    PLOTS,
+    RECOVERY_JSON,
+    claim_file,
+    claim_folder,
+    staged_folder,
+)
 
 
 @contextlib.contextmanager
@@ -80,6 +90,43 @@ def _ground_truth_command(model, hooks, json_out, overwrite) -> None:
     if json_out:
         write_json(json_out, {"model": str(model), "hooks": report})
         typer.echo(f"ground truth written to {json_out}")
+
+
+def _recover_command(sae_dirs, activations, gt_file, json_out, overwrite) -> None:
+    """Body of `husai recover` (see register)."""
+    from rich.table import Table
+
+    from husai.analysis.compare import recover_saes
+    from husai.io import load_tensors, write_json
+    from husai.sae.activations import load_activations
+
+    gt_file = gt_file or activations.with_name(activations.name.removesuffix(".safetensors") + ".ground_truth.safetensors")
+    if json_out:
+        claim_file(json_out, RECOVERY_JSON, "--json", inputs=[*sae_dirs, activations, gt_file], overwrite=overwrite)
+    acts, _ = load_activations(activations)
+    if not gt_file.is_file():
+        raise HusaiError(f"no ground-truth file {gt_file}: give --ground-truth FILE, a safetensors file with `atoms` "
+                         "[n, d] and/or `plane.NAME` [m, d] tensors")
+    span_dim, out = recover_saes(sae_dirs, acts, load_tensors(gt_file, "ground-truth file")[0])
+    t = Table(title=f"recovery of the ground truth in {gt_file.name} (data span: {span_dim} dims)")
+    for col in ("SAE", "live", "off span", "atom MCC (random)", "atom F1 (random)", "plane coverage (random)"):
+        t.add_column(col)
+    for r in out:
+        a = r["atoms"].get("atoms")
+        pl = list(r["planes"].values())
+        cover = (f"{_fmt(sum(e['coverage'] for e in pl) / len(pl))} "
+                 f"({_fmt(sum(e['random_reference']['coverage'] for e in pl) / len(pl))})") if pl else "-"
+        t.add_row(Path(r["path"]).name, str(r["n_live"]), _fmt(r["off_span"]),
+                  f"{_fmt(a['mcc'])} ({_fmt(a['random_reference']['mcc'])})" if a else "-",
+                  f"{_fmt(a['f1'])} ({_fmt(a['random_reference']['f1'])})" if a else "-", cover)
+    _console().print(t)
+    typer.echo("compared inside the principal subspace holding 99.9% of the activations' variance; MCC: Hungarian-"
+               "matched |cos| of decoder rows to the atoms; F1 at |cos| >= 0.7; coverage: share of each plane spanned "
+               "by the latents lying mostly in it; random: as many random directions in the same span "
+               "(husai.analysis.recovery)")
+    if json_out:
+        write_json(json_out, {"activations": str(activations), "ground_truth": str(gt_file), "saes": out})
+        typer.echo(f"recovery written to {json_out}")
 
 
 def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
@@ -182,6 +229,22 @@ def register(app: typer.Typer) -> None:
         with _threads(threads), on_interrupt(f"nothing was written{f' to {json_out}' if json_out else ''}; "
                                              "run the same command again"):
             _fourier_command(sae_dirs, model, json_out, n_null, overwrite)
+
+    @app.command("recover")
+    def recover_cmd(
+        sae_dirs: List[Path] = typer.Argument(..., help="SAE folders (SAELens format) or multi-seed output folders."),
+        activations: Path = typer.Option(..., "--activations", help="The activations the SAEs were trained on."),
+        ground_truth: Optional[Path] = typer.Option(
+            None, "--ground-truth", help="Safetensors with atoms [n, d] and/or plane.NAME [m, d] "
+                                         "(default: ACTS.ground_truth.safetensors beside the activations)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
+        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier recovery report at --json."),
+    ):
+        """How well SAEs trained on your own activations recover your ground-truth atoms and planes."""
+        with _threads(threads), on_interrupt(f"nothing was written{f' to {json_out}' if json_out else ''}; "
+                                             "run the same command again"):
+            _recover_command(sae_dirs, activations, ground_truth, json_out, overwrite)
 
     @app.command("compare")
     def compare_cmd(

@@ -209,7 +209,7 @@ def test_the_ground_truth_command_on_a_grokked_model(grokked_run, tmp_path):
 def test_an_oracle_made_of_the_models_own_neurons_recovers_their_clusters(grokked_run):
     """At blocks.0.mlp.hook_post the ground-truth atoms are the single-frequency neurons; a dictionary
     made of exactly those neurons recovers them with MCC 1 and F1 1, far above a random dictionary."""
-    from husai.analysis.recovery import recovery
+    from husai.analysis.recovery import hook_recovery as recovery
     from husai.sae.activations import model_activations
 
     run, metrics = grokked_run

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from husai.analysis.ground_truth import ground_truth
-from husai.analysis.recovery import atom_scores, recovery
+from husai.analysis.recovery import atom_scores
+from husai.analysis.recovery import hook_recovery as recovery
 
 from planted import D, P, grid_values, planted_hook, wave
 
