@@ -242,7 +242,18 @@ def _ground_truth_section(cells: list[dict]) -> str:
                                             f"{_fmt(sum(e['mass'] for e in outs))} "
                                             f"({_fmt(sum(e['random_reference']['mass'] for e in outs))}; "
                                             f"{_fmt(sum(e['variance_share'] for e in outs))})"]) + " |")
-    lines += ["", "\n".join(rows), "",
+    plane_names = next((list(f["recovery"]["planes"]) for c in cells for f in c["analysis"].get("fourier", {}).values()
+                        if f.get("recovery")), [])
+    per_plane = ["| cell | SAE | " + " | ".join(plane_names) + " |", "|" + "---|" * (len(plane_names) + 2)]
+    for c in cells:
+        for label, f in c["analysis"].get("fourier", {}).items():
+            planes = (f.get("recovery") or {}).get("planes", {})
+            if planes:
+                per_plane.append(f"| {c['name']} | {label} | " + " | ".join(
+                    f"{_fmt(planes[n]['coverage'], 2)} ({_fmt(planes[n]['random_reference']['coverage'], 2)})"
+                    if n in planes else "-" for n in plane_names) + " |")
+    lines += ["", "\n".join(rows), "", "Coverage of each plane (random reference in brackets):", "",
+              "\n".join(per_plane), "",
               "Types by the rules of husai.analysis.latent_types (a function of the answer with its decoder in one "
               "output plane: plane feature; near one answer-class centroid: answer detector; f(a) + g(b): input "
               "feature; firing on under 5% of inputs: patch). MCC: Hungarian-matched |cos| of in-span decoder rows "

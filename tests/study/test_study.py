@@ -34,7 +34,7 @@ def test_report_has_every_section(finished):
     gt_rows = [line for line in md.splitlines() if line.startswith("| topk_x2_k4 @") or line.startswith("| relu_x2_l1_0.3 @")]
     assert len(gt_rows) == 6, gt_rows  # 2 cells x 3 seeds
     assert all(line.count("(") >= 4 for line in gt_rows)
-    assert "of the variance is a function of the answer" in md
+    assert "of the variance is a function of the answer" in md and "Coverage of each plane" in md
     for png in ("model_seed0_training", "model_seed0_spectrum", "stability_heatmaps", "stability_vs_null",
                 "frequency_coverage"):
         assert (out / "figures" / f"{png}.png").stat().st_size > 10_000
