@@ -31,8 +31,11 @@ def test_report_has_every_section(finished):
     md = (out / "report.md").read_text()
     assert "PASS" in md and "FAIL" in md and "z = " in md
     # per SAE of each analysed cell: its latent types and recovery next to the random reference
-    gt_rows = [line for line in md.splitlines() if line.startswith("| topk_x2_k4 @") or line.startswith("| relu_x2_l1_0.3 @")]
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| cell | SAE | plane feature"))
+    gt_rows = lines[start + 2: lines.index("", start)]
     assert len(gt_rows) == 6, gt_rows  # 2 cells x 3 seeds
+    assert all(row.startswith(("| topk_x2_k4 @", "| relu_x2_l1_0.3 @")) for row in gt_rows)
     assert all(line.count("(") >= 4 for line in gt_rows)
     assert "of the variance is a function of the answer" in md and "Coverage of each plane" in md
     for png in ("model_seed0_training", "model_seed0_spectrum", "stability_heatmaps", "stability_vs_null",
