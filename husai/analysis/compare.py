@@ -170,7 +170,7 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
     neuron_atoms = None
     if gt.neurons:
         neuron_atoms = torch.eye(x.shape[1], dtype=torch.float64)[[e["index"] for e in gt.neurons["neurons"]]]
-    rep["recovery"] = hook_recovery(sae.W_dec.double(), (z != 0).any(0), gt, neuron_atoms)
+    rep["recovery"] = hook_recovery(sae.W_dec.double(), (z != 0).any(0), gt, neuron_atoms, data=x)
     seed = int(metadata(sae).get("seed", 0))
     k = sae.cfg.get("k") if sae.cfg.get("architecture") == "topk" else None
     samples = {"fourier_overlap": [], "frac_pure": []}
@@ -201,7 +201,8 @@ def fourier_saes(sae_dirs: list, model: Path, n_null: int = 3) -> list[dict]:
 def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
     """What `husai recover` reports: per SAE trained on the user's activations acts [N, d], its
     recovery of the user's ground truth (tensors: `atoms` and/or `plane.NAME`, husai.analysis.recovery)
-    and the mean share of its live decoder rows outside the data span. -> (span dim, one dict per SAE)."""
+    and the mean share of its live decoder rows outside the data's 99.9%-variance span (off_data_span).
+    -> (span dim, one dict per SAE)."""
     import torch
 
     from husai.analysis.recovery import file_ground_truth, recovery
@@ -215,9 +216,9 @@ def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
         with torch.no_grad():
             live = (sae.encode(acts.float()) != 0).any(0)
         W = sae.W_dec.double()[live]
-        off_span = float((1 - (W @ span).pow(2).sum(1) / W.pow(2).sum(1).clamp_min(1e-30)).mean()) if len(W) else None
+        off = float((1 - (W @ span).pow(2).sum(1) / W.pow(2).sum(1).clamp_min(1e-30)).mean()) if len(W) else None
         out.append(dict(path=str(d), seed=metadata(sae).get("seed"), architecture=sae.cfg.get("architecture"),
-                        off_span=off_span, **recovery(sae.W_dec.double(), live, span, atoms, planes)))
+                        off_data_span=off, **recovery(sae.W_dec.double(), live, span, atoms, planes, data=acts)))
     return int(span.shape[1]), out
 
 

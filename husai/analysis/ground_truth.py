@@ -41,10 +41,14 @@ REL_DIM = 0.05
 """A plane's (or span's) dimension counts singular values >= 5% of its largest, so that a
 direction carrying under 0.25% of the plane's variance is not a dimension of it."""
 
+PLANE_FLOOR = 1e-6
+"""A plane direction must carry >= 1e-6 of the variance: below that it is round-off, not a direction."""
+
 PCA_RANKS = (2, 4, 8, 16)
 KEY_SHARE = 0.05
 """Without the model's own key frequencies: a frequency is key when its output or input plane
-holds >= 5% of the variance (the rule husai.model.fourier applies to MLP neurons)."""
+holds >= 5% of the variance (the same 5% bar husai.model.fourier sets on the MLP neurons' summed
+3x3-block shares, applied here to the hook's own planes)."""
 
 SINGLE_FREQUENCY = 0.85
 """A neuron is single-frequency when one frequency's 3x3 block holds >= 85% of its centred
@@ -143,12 +147,14 @@ def _dim(M: torch.Tensor) -> tuple[int, list[float]]:
     return int((s >= REL_DIM * s[0]).sum()) if s.numel() and s[0] > 0 else 0, [float(v) for v in s]
 
 
-def orthonormal_basis(M: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis [d, r] of the row space of M [m, d], r from REL_DIM."""
+def orthonormal_basis(M: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """Orthonormal basis [d, r] of the row space of M [m, d]: the singular directions with singular
+    value >= REL_DIM of the largest and >= floor (so that round-off is no direction)."""
     if M.shape[0] == 0:
         return M.new_zeros(M.shape[1], 0)
     _, s, Vh = torch.linalg.svd(M, full_matrices=False)
-    return Vh[: int((s >= REL_DIM * s[0]).sum())].T if s[0] > 0 else M.new_zeros(M.shape[1], 0)
+    keep = (s >= REL_DIM * s[0]) & (s > floor) if s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
+    return Vh[: int(keep.sum())].T
 
 
 @dataclass
@@ -164,13 +170,14 @@ class Plane:
 def planes(X: torch.Tensor, grid: Grid, freqs: list[int]) -> list[Plane]:
     """Output and input plane of each frequency in freqs (module docstring), in that order."""
     total = float(X.pow(2).sum())
+    floor = (PLANE_FLOOR * total) ** 0.5  # a direction carrying < 1e-6 of the variance is round-off
     out = []
     for k in freqs:
         for name, funcs in ((f"out {k}", _unit_functions(grid.answer, grid.n, k)),
                             (f"in {k}", torch.cat([_unit_functions(grid.x, grid.n, k),
                                                    _unit_functions(grid.y, grid.n, k)], dim=1))):
             images = funcs.T @ X  # [m, d]
-            out.append(Plane(name, images, orthonormal_basis(images), float(images.pow(2).sum()) / total))
+            out.append(Plane(name, images, orthonormal_basis(images, floor), float(images.pow(2).sum()) / total))
     return out
 
 
@@ -193,7 +200,8 @@ def max_cosine(Q1: torch.Tensor, Q2: torch.Tensor) -> float:
 
 
 def class_centroids(X: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """The n answer-class means of the centred X [N, d] -> [n, d] (row c: inputs with answer c)."""
+    """The n answer-class means of the centred X [N, d] -> [n, d] (row i: the inputs whose answer
+    index is i; the answer itself for add and sub, its discrete logarithm for mul)."""
     C = torch.zeros(grid.n, X.shape[1], dtype=X.dtype).index_add_(0, grid.answer, X)
     return C / torch.bincount(grid.answer, minlength=grid.n).clamp_min(1).unsqueeze(1).to(X.dtype)
 
@@ -267,9 +275,11 @@ class GroundTruth:
         for pl in self.planes:
             dim, sv = _dim(pl.images)
             entry = dict(dim=dim, share=pl.share, singular_values=sv)
-            if pl.name.startswith("in"):  # do the a-plane and the b-plane coincide?
+            if pl.name.startswith("in"):  # do the a-plane and the b-plane coincide? (all principal cosines ~1)
                 m = pl.images.shape[0] // 2
-                entry["a_b_max_cosine"] = max_cosine(orthonormal_basis(pl.images[:m]), orthonormal_basis(pl.images[m:]))
+                Qa, Qb = orthonormal_basis(pl.images[:m]), orthonormal_basis(pl.images[m:])
+                cos = torch.linalg.svdvals(Qa.T @ Qb) if Qa.shape[1] and Qb.shape[1] else torch.zeros(1)
+                entry["a_b_principal_cosines"] = [float(c) for c in cos.clamp(max=1.0)]
             per[pl.name] = entry
         return dict(
             p=self.grid.p, operation=self.grid.operation, group_order=self.grid.n, n_inputs=int(self.grid.rows.numel()),
@@ -307,7 +317,8 @@ def ground_truth(acts: torch.Tensor, p: int, operation: str = "add", key_freqs: 
     if bad:
         raise HusaiError(f"key frequency {bad[0]} is not one of 1..{grid.n // 2}")
     pls = planes(X, grid, key_freqs)
-    span = orthonormal_basis(torch.cat([pl.images for pl in pls])) if pls else X.new_zeros(X.shape[1], 0)
+    # the span of all plane directions (each plane's floored basis), so that every plane lies inside it
+    span = orthonormal_basis(torch.cat([pl.basis.T for pl in pls]), 1e-6) if pls else X.new_zeros(X.shape[1], 0)
     total = float(X.pow(2).sum())
     C = class_centroids(X, grid)
     centroid_ev = 1.0 - float((X - C[grid.answer]).pow(2).sum()) / total

@@ -6,9 +6,9 @@ Per live latent, from its activations z over all inputs and its decoder row w:
     inputs_share        ... by a function of a plus a function of b (f(a) + g(b))
     purity, frequency   its best single frequency's 3x3-block share (the MLP-neuron rule, kept and
                         named as such: no sparse latent reaches 0.85, see husai.analysis.latent_fourier)
-    in_output, in_input fraction of ||w||^2 in each key frequency's output plane / input plane
     off_span            fraction of ||w||^2 outside the span of all planes
-    centroid_cos        largest cosine between w and an answer-class centroid
+    in_output, in_input fraction of the in-span part of w in each key frequency's output / input plane
+    centroid_cos        largest cosine between the in-span part of w and an answer-class centroid
     firing_rate         fraction of inputs where z > 0
 
 Types, first rule that holds (the thresholds below, each with its reason):
@@ -16,7 +16,8 @@ Types, first rule that holds (the thresholds below, each with its reason):
     plane feature     a function of the answer, decoder mostly in one output plane
     answer detector   a function of the answer, decoder close to one class centroid
     input feature     a function of the inputs taken separately, f(a) + g(b)
-    patch             none of these and fires on a small part of the (a, b) torus
+    patch             none of these and fires on under 5% of the inputs (rare; whether those inputs
+                      form one connected region of the torus is not checked)
     other
 """
 
@@ -29,7 +30,8 @@ from husai.analysis.ground_truth import GroundTruth, frequency_purity, on_grid
 FUNCTION_OF = 0.8
 """A latent is "a function of" c (or of the inputs) when that explains >= 80% of its variance."""
 IN_PLANE = 0.5
-"""A decoder row lies "in" a plane when more than half its squared norm is there (at most one plane can)."""
+"""A decoder row lies "in" a plane when more than half its squared norm is there (for the nearly
+orthogonal planes of a grokked model, at most one plane can hold that much)."""
 NEAR_CENTROID = 0.8
 """A decoder row is "near" a class centroid at cosine >= 0.8 (the p centroids are far apart)."""
 PATCH_RATE = 0.05
@@ -57,21 +59,30 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
     latent_acts: [p*p, d_sae] over all inputs (rows a*p + b); W_dec: [d_sae, d]. Dead latents (never
     nonzero) are left out. Returns {thresholds, counts {type: n}, latents {index, type, ...}}.
     """
-    live = (latent_acts != 0).any(0)
+    live = (latent_acts[gt.grid.rows] != 0).any(0)  # live on the group grid, where everything below is measured
     idx = torch.nonzero(live).squeeze(1)
+    thresholds = dict(function_of=FUNCTION_OF, in_plane=IN_PLANE, near_centroid=NEAR_CENTROID, patch_rate=PATCH_RATE)
+    if len(idx) == 0:  # every latent dead: nothing to type
+        return dict(thresholds=thresholds, n_live=0, counts={t: 0 for t in TYPES}, examples={t: [] for t in TYPES},
+                    mean=dict(answer_share=None, inputs_share=None, off_span=None, in_output_planes=None,
+                              in_input_planes=None), latents=[])
     Z = on_grid(latent_acts[:, idx], gt.grid)
     answer, inputs = _shares(Z, gt)
     purity, freq = frequency_purity(Z, gt.grid).max(dim=1)
     W = W_dec[idx].double()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    off_span = 1 - (W @ gt.span).pow(2).sum(1)
+    # Plane fractions and centroid cosines of the row's in-span part: how far a decoder drifted off the
+    # data span is a property of the training coordinates (science brief, section 6), kept as off_span.
+    W = W @ gt.span @ gt.span.T
+    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
     outs = [pl for pl in gt.planes if pl.name.startswith("out")]
     ins = [pl for pl in gt.planes if pl.name.startswith("in")]
     in_out = torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in outs], 1) if outs else W.new_zeros(len(idx), 0)
     in_in = torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in ins], 1) if ins else W.new_zeros(len(idx), 0)
-    off_span = 1 - (W @ gt.span).pow(2).sum(1)
     C = gt.centroids / gt.centroids.norm(dim=1, keepdim=True).clamp_min(1e-30)
     centroid_cos = (W @ C.T).max(dim=1).values
-    rate = (latent_acts[:, idx] > 0).double().mean(0)
+    rate = (latent_acts[gt.grid.rows][:, idx] > 0).double().mean(0)
     best_out = in_out.max(dim=1).values if outs else torch.zeros(len(idx), dtype=torch.float64)
     types = []
     for i in range(len(idx)):
@@ -93,9 +104,7 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
                for i, j in enumerate(idx.tolist())]
     counts = {t: types.count(t) for t in TYPES}
     mean = (lambda v: float(v.mean()) if v.numel() else None)
-    return dict(thresholds=dict(function_of=FUNCTION_OF, in_plane=IN_PLANE, near_centroid=NEAR_CENTROID,
-                                patch_rate=PATCH_RATE),
-                n_live=len(idx), counts=counts,
+    return dict(thresholds=thresholds, n_live=len(idx), counts=counts,
                 examples={t: [lat["index"] for lat in latents if lat["type"] == t][:5] for t in TYPES},
                 mean=dict(answer_share=mean(answer), inputs_share=mean(inputs), off_span=mean(off_span),
                           in_output_planes=mean(in_out.sum(1)) if outs else None,

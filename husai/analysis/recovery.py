@@ -1,24 +1,30 @@
-"""How much of a hook's ground truth an SAE recovers, one number per level, each next to what a
-random dictionary of the same size in the same span scores (husai.analysis.ground_truth).
+"""How much of a hook's ground truth an SAE recovers, one number per level, each next to references
+that learned nothing (husai.analysis.ground_truth).
 
 Discrete atoms (the p answer-class centroids; at mlp.hook_post also the single-frequency neurons):
-decoder rows and atoms are compared inside the span of the data (an SAE's off-span directions are
-invisible to the data and differ per seed, science brief section 6), as unit vectors, by |cos|:
+decoder rows and atoms are compared inside a span (the key-frequency planes' span for a model hook,
+the 99.9%-variance principal subspace for a user's activations: an SAE's off-span directions are
+invisible to the data and differ per seed, science brief section 6), as unit vectors, by signed
+cosine (codes are non-negative, so a row pointing at -atom is another feature):
 
-    mcc        Hungarian-matched |cos| averaged over the atoms (a latent serves one atom at most)
-    recall     fraction of atoms with some latent at |cos| >= threshold
-    precision  fraction of live latents at |cos| >= threshold to some atom
+    mcc        Hungarian-matched cosine averaged over the atoms (a latent serves one atom at most)
+    recall     fraction of atoms with some latent at cosine >= threshold
+    precision  fraction of live latents at cosine >= threshold to some atom
     f1         their harmonic mean (SynthSAEBench scores synthetic ground truth the same way)
 
 Planes (each key frequency's output and input plane):
 
-    coverage   how much of the plane the latents assigned to it span: mean squared principal cosine
-               between the plane and the span of the decoder rows that lie mostly in it (IN_PLANE)
+    latents    how many decoder rows lie mostly (> IN_PLANE) in the plane
+    coverage   mean squared principal cosine between the plane and the top-dim(plane) singular
+               subspace of those rows: 1 when they fill the plane, 1/2 when they all lie on one line
     mass       the share of the dictionary's (unit, in-span) decoder rows that lies in the plane, next
-               to the plane's share of the activation variance (the off-span part of each row is
-               reported as off_span by husai.analysis.latent_types)
-"""
+               to the plane's share of the activation variance
 
+References, each with as many rows as the SAE has live latents, drawn REFERENCE_DRAWS times:
+"random" (isotropic unit directions in the span) and "data points" (random centred data points,
+what a data-initialised SAE starts from: it matches the answer centroids well because the
+activations are p tight clusters, science brief section 6, so it is the bar that learning must clear).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +47,9 @@ def _unit(M: torch.Tensor) -> torch.Tensor:
 
 def atom_scores(D: torch.Tensor, atoms: torch.Tensor, threshold: float = MATCH_THRESHOLD) -> dict:
     """mcc, precision, recall, f1 of unit rows D [m, d] against unit atoms [n, d] (module docstring)."""
-    C = (D @ atoms.T).abs()  # [m, n]
+    if len(D) == 0 or len(atoms) == 0:
+        return dict(mcc=None, precision=None, recall=None, f1=None)
+    C = D @ atoms.T  # [m, n], signed
     rows, cols = linear_sum_assignment(C.numpy(), maximize=True)
     mcc = float(C[rows, cols].sum()) / atoms.shape[0]
     recall = float((C.max(dim=0).values >= threshold).double().mean())
@@ -60,50 +68,63 @@ def plane_scores(D: torch.Tensor, planes: list[Plane]) -> dict:
     """Per plane: coverage and mass of unit rows D [m, d] (module docstring)."""
     out = {}
     for pl in planes:
-        frac = (D @ pl.basis).pow(2).sum(1)  # [m]
-        assigned = D[frac > IN_PLANE]
-        if len(assigned) and pl.basis.shape[1]:
-            Q, s, _ = torch.linalg.svd(assigned.T, full_matrices=False)
-            Q = Q[:, s >= 1e-6 * s[0]]
-            coverage = float(torch.linalg.svdvals(pl.basis.T @ Q).pow(2).sum()) / pl.basis.shape[1]
+        frac = (D @ pl.basis).pow(2).sum(1) if len(D) else D.new_zeros(0)  # [m]
+        assigned, r = D[frac > IN_PLANE], pl.basis.shape[1]
+        if len(assigned) and r:
+            Q = torch.linalg.svd(assigned.T, full_matrices=False)[0][:, :r]  # the rows' own top-r directions
+            coverage = float(torch.linalg.svdvals(pl.basis.T @ Q).pow(2).sum()) / r
         else:
             coverage = 0.0
         out[pl.name] = dict(dim=int(pl.basis.shape[1]), variance_share=pl.share, latents=int(len(assigned)),
-                            coverage=coverage, mass=float(frac.mean()))
+                            coverage=coverage, mass=float(frac.mean()) if len(frac) else None)
     return out
 
 
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def recovery(W_dec: torch.Tensor, live: torch.Tensor, span: torch.Tensor, atom_sets: dict[str, torch.Tensor],
-             planes: list[Plane], threshold: float = MATCH_THRESHOLD, draws: int = REFERENCE_DRAWS) -> dict:
+             planes: list[Plane], data: torch.Tensor | None = None, threshold: float = MATCH_THRESHOLD,
+             draws: int = REFERENCE_DRAWS) -> dict:
     """Recovery of ground-truth atoms ({name: [n, d]}) and planes by an SAE's live decoder rows
     (W_dec [d_sae, d], live [d_sae] bool), all compared inside `span` [d, r] (orthonormal), with the
-    random reference: `draws` dictionaries of as many isotropic unit directions inside the span."""
-    D = _unit(W_dec[live].double() @ span @ span.T)  # in the data's span: what the data can see of each row
+    references of the module docstring (the data-point one needs the activations, data [N, d])."""
+    D = _unit(W_dec[live].double() @ span @ span.T)  # in the span: what the data can see of each row
     result = dict(threshold=threshold, n_live=int(live.sum()), span_dim=int(span.shape[1]), atoms={}, planes={})
-    refs = [_random_in_span(len(D), span, seed) for seed in range(draws)]
+    refs = {"random_reference": [_random_in_span(len(D), span, seed) for seed in range(draws)]}
+    if data is not None:
+        X = data.double() - data.double().mean(0)
+        picks = [torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:len(D)] for seed in range(draws)]
+        refs["data_point_reference"] = [_unit(X[i] @ span @ span.T) for i in picks]
     for name, atoms in atom_sets.items():
         atoms = _unit(atoms.double() @ span @ span.T)
         scores = atom_scores(D, atoms, threshold)
-        ref = [atom_scores(R, atoms, threshold) for R in refs]
-        scores["random_reference"] = {k: float(np.mean([r[k] for r in ref])) for k in scores}
+        for ref_name, dicts in refs.items():
+            ref = [atom_scores(R, atoms, threshold) for R in dicts]
+            scores[ref_name] = {k: _mean([r[k] for r in ref]) for k in ("mcc", "precision", "recall", "f1")}
         scores["n_atoms"] = int(atoms.shape[0])
         result["atoms"][name] = scores
-    scored, ref_planes = plane_scores(D, planes), [plane_scores(R, planes) for R in refs]
-    for name, entry in scored.items():
-        entry["random_reference"] = {k: float(np.mean([r[name][k] for r in ref_planes])) for k in ("coverage", "mass")}
+    scored = plane_scores(D, planes)
+    for ref_name, dicts in refs.items():
+        ref_planes = [plane_scores(R, planes) for R in dicts]
+        for name, entry in scored.items():
+            entry[ref_name] = {k: _mean([r[name][k] for r in ref_planes]) for k in ("latents", "coverage", "mass")}
     result["planes"] = scored
     return result
 
 
 def hook_recovery(W_dec: torch.Tensor, live: torch.Tensor, gt: GroundTruth, neuron_atoms: torch.Tensor | None = None,
-                  threshold: float = MATCH_THRESHOLD, draws: int = REFERENCE_DRAWS) -> dict:
+                  data: torch.Tensor | None = None, threshold: float = MATCH_THRESHOLD,
+                  draws: int = REFERENCE_DRAWS) -> dict:
     """`recovery` against a model hook's ground truth: the answer-class centroids (and neuron_atoms
     [n, d], the single-frequency neurons at an mlp.hook_post) and the key frequencies' planes,
     inside the planes' span."""
     atom_sets = {"answer_centroids": gt.centroids}
     if neuron_atoms is not None and len(neuron_atoms):
         atom_sets["neurons"] = neuron_atoms
-    return recovery(W_dec, live, gt.span, atom_sets, gt.planes, threshold, draws)
+    return recovery(W_dec, live, gt.span, atom_sets, gt.planes, data, threshold, draws)
 
 
 SPAN_VARIANCE = 0.999
@@ -122,6 +143,8 @@ def file_ground_truth(acts: torch.Tensor, tensors: dict[str, torch.Tensor]) -> t
         if t.ndim != 2 or t.shape[1] != d or t.shape[0] == 0 or not torch.isfinite(t).all():
             raise HusaiError(f"ground-truth tensor {k!r} must be a finite [n, {d}] matrix, got {list(t.shape)}")
     X = acts.double() - acts.double().mean(0)
+    if not X.abs().max() > 0:
+        raise HusaiError("the activations are constant: they carry no information")
     _, s, Vh = torch.linalg.svd(X, full_matrices=False)
     energy = s.pow(2).cumsum(0) / s.pow(2).sum()
     span = Vh[: int((energy < SPAN_VARIANCE).sum()) + 1].T

@@ -109,21 +109,23 @@ def _recover_command(sae_dirs, activations, gt_file, json_out, overwrite) -> Non
                          "[n, d] and/or `plane.NAME` [m, d] tensors")
     span_dim, out = recover_saes(sae_dirs, acts, load_tensors(gt_file, "ground-truth file")[0])
     t = Table(title=f"recovery of the ground truth in {gt_file.name} (data span: {span_dim} dims)")
-    for col in ("SAE", "live", "off span", "atom MCC (random)", "atom F1 (random)", "plane coverage (random)"):
+    for col in ("SAE", "live", "off data span", "atom MCC (random; data points)", "atom F1 (random)",
+                "plane coverage (random)"):
         t.add_column(col)
     for r in out:
         a = r["atoms"].get("atoms")
         pl = list(r["planes"].values())
         cover = (f"{_fmt(sum(e['coverage'] for e in pl) / len(pl))} "
                  f"({_fmt(sum(e['random_reference']['coverage'] for e in pl) / len(pl))})") if pl else "-"
-        t.add_row(Path(r["path"]).name, str(r["n_live"]), _fmt(r["off_span"]),
-                  f"{_fmt(a['mcc'])} ({_fmt(a['random_reference']['mcc'])})" if a else "-",
+        t.add_row(Path(r["path"]).name, str(r["n_live"]), _fmt(r["off_data_span"]),
+                  f"{_fmt(a['mcc'])} ({_fmt(a['random_reference']['mcc'])}; {_fmt(a['data_point_reference']['mcc'])})"
+                  if a else "-",
                   f"{_fmt(a['f1'])} ({_fmt(a['random_reference']['f1'])})" if a else "-", cover)
     _console().print(t)
     typer.echo("compared inside the principal subspace holding 99.9% of the activations' variance; MCC: Hungarian-"
-               "matched |cos| of decoder rows to the atoms; F1 at |cos| >= 0.7; coverage: share of each plane spanned "
-               "by the latents lying mostly in it; random: as many random directions in the same span "
-               "(husai.analysis.recovery)")
+               "matched cosine of decoder rows to the atoms; F1 at cosine >= 0.7; coverage: how fully the latents lying "
+               "mostly in a plane fill it; random: as many random directions in the same span; data points: as many "
+               "random centred activations (what a data-initialised SAE starts from; husai.analysis.recovery)")
     if json_out:
         write_json(json_out, {"activations": str(activations), "ground_truth": str(gt_file), "saes": out})
         typer.echo(f"recovery written to {json_out}")
@@ -154,7 +156,7 @@ def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
     _console().print(t)
     types = Table(title="what the live latents are (husai.analysis.latent_types: rules and thresholds in the JSON)")
     for c in ("SAE", "plane feature", "answer detector", "input feature", "patch", "other", "off span",
-              "centroid MCC (random)", "out-plane coverage (random)"):
+              "centroid MCC (random; data points)", "out-plane coverage (random)"):
         types.add_column(c)
     for r in out:
         lt, rec = r["latent_types"], r["recovery"]
@@ -163,16 +165,17 @@ def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
         cover = sum(e["coverage"] for e in outs) / max(1, len(outs))
         cover_ref = sum(e["random_reference"]["coverage"] for e in outs) / max(1, len(outs))
         types.add_row(Path(r["path"]).name, *(str(n) for n in lt["counts"].values()), _fmt(lt["mean"]["off_span"]),
-                      f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])})", f"{_fmt(cover)} ({_fmt(cover_ref)})")
+                      f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])}; "
+                      f"{_fmt(cent['data_point_reference']['mcc'])})", f"{_fmt(cover)} ({_fmt(cover_ref)})")
     _console().print(types)
     typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; covered: key "
                "frequencies with a pure latent; non-key: pure latents on other frequencies; dec in key: mean fraction "
                "of live decoder rows in the key frequencies' activation subspaces; w-assigned: fraction of live "
                "latents with > 50% of their decoder row in one key frequency's subspace; off span: mean fraction of "
                "live decoder rows outside the span of the key frequencies' output and input planes; centroid MCC: "
-               "Hungarian-matched |cos| of in-span decoder rows to the answer-class centroids; out-plane coverage: "
-               "share of each output plane spanned by the latents lying mostly in it (husai.analysis.recovery); "
-               "random: a dictionary of as many random directions in the same span")
+               "Hungarian-matched cosine of in-span decoder rows to the answer-class centroids; out-plane coverage: how "
+               "fully the latents lying mostly in each output plane fill it (husai.analysis.recovery); random: as many "
+               "random directions in the same span; data points: as many random centred activations")
     if json_out:
         write_json(json_out, {"model": str(model), "saes": out})
         typer.echo(f"report written to {json_out}")

@@ -22,9 +22,13 @@ Z_STABLE = 3.0
 
 
 ATOM_MARGIN = 0.05
-"""An SAE recovers the answer atoms when its centroid MCC beats a random dictionary of the same size in
-the same span by more than 0.05 (measured on the default model's resid_post: one random draw's MCC has
-std 0.004 at 1200-2048 latents, and the reference averages 5 draws, so 0.05 is > 10 reference std)."""
+"""An SAE recovers the answer atoms when its centroid MCC beats both no-learning references of the same
+size (random directions in the span, and random centred data points, what a data-initialised SAE
+starts from) by more than 0.05 (measured on the default model's resid_post: one random draw's MCC has
+std 0.004 at 1200-2048 latents, and each reference averages 5 draws, so 0.05 is > 10 reference std)."""
+ANSWER_HOOK = 0.5
+"""The answer atoms are the ground truth of a hook only where most of its variance is a function of the
+answer (resid_post, mlp_out: > 0.9; attn_out and mlp.hook_post: < 0.15; science brief section 6)."""
 
 
 def criteria(row: dict) -> dict[str, bool | None]:
@@ -34,13 +38,14 @@ def criteria(row: dict) -> dict[str, bool | None]:
     l0 = None
     if row["architecture"] in K_ARCHITECTURES and row.get("k") == 32:
         l0 = ok(row.get("l0"), lambda v: 28 <= v <= 36)
-    rand = row.get("centroid_mcc_random")
+    refs = [row.get("centroid_mcc_random"), row.get("centroid_mcc_data_points")]
+    bar = None if None in refs or (row.get("hook_answer_share") or 0) < ANSWER_HOOK else max(refs) + ATOM_MARGIN
     return {"L0 28-36 (k=32)": l0, "EV > 0.85": ok(row.get("explained_variance"), lambda v: v > 0.85),
             "dead < 15%": ok(row.get("frac_dead"), lambda v: v < 0.15),
             "Fourier overlap > 0.5 (the plan's)": ok(row.get("fourier_overlap"), lambda v: v > 0.5),
-            # the replacement (husai.analysis.recovery): sparse latents can meet it, random ones cannot
-            f"answer atoms: MCC > random + {ATOM_MARGIN}": None if rand is None else ok(
-                row.get("centroid_mcc"), lambda v: v > rand + ATOM_MARGIN)}
+            # the replacement (husai.analysis.recovery): sparse latents can meet it, no-learning ones cannot
+            f"answer atoms: MCC > references + {ATOM_MARGIN}": None if bar is None else ok(
+                row.get("centroid_mcc"), lambda v: v > bar)}
 
 
 def _fmt(v, nd=3):
@@ -222,7 +227,7 @@ def _ground_truth_section(cells: list[dict]) -> str:
                      f"answer-centroid lookup (L0 = 1) EV {_fmt(base['centroid_lookup']['explained_variance'])}, "
                      f"PCA EV {_fmt(base['pca'].get('4'))} (r = 4) / {_fmt(base['pca'].get('16'))} (r = 16).")
     head = ["cell", "SAE", "plane feature", "answer detector", "input feature", "patch", "other", "off span",
-            "centroid MCC (random)", "centroid F1 (random)", "out-plane coverage (random)",
+            "centroid MCC (random; data points)", "centroid F1 (random)", "out-plane coverage (random)",
             "out-plane mass (random; variance)"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
@@ -236,7 +241,8 @@ def _ground_truth_section(cells: list[dict]) -> str:
                                            if outs else None)
             rows.append("| " + " | ".join([c["name"], label, *(str(n) for n in lt["counts"].values()),
                                             _fmt(lt["mean"]["off_span"]),
-                                            f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])})",
+                                            f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])}; "
+                                            f"{_fmt((cent.get('data_point_reference') or {}).get('mcc'))})",
                                             f"{_fmt(cent['f1'])} ({_fmt(cent['random_reference']['f1'])})",
                                             f"{_fmt(mean('coverage'))} ({_fmt(mean('coverage', True))})",
                                             f"{_fmt(sum(e['mass'] for e in outs))} "
@@ -256,10 +262,12 @@ def _ground_truth_section(cells: list[dict]) -> str:
               "\n".join(per_plane), "",
               "Types by the rules of husai.analysis.latent_types (a function of the answer with its decoder in one "
               "output plane: plane feature; near one answer-class centroid: answer detector; f(a) + g(b): input "
-              "feature; firing on under 5% of inputs: patch). MCC: Hungarian-matched |cos| of in-span decoder rows "
-              "to the answer-class centroids; coverage: share of each output plane spanned by the latents lying "
-              "mostly in it; mass: share of the dictionary in the output planes, with the planes' share of the "
-              "variance after the semicolon. In brackets: a dictionary of as many random directions in the same span. The plan's "
+              "feature; firing on under 5% of inputs: patch). MCC: Hungarian-matched cosine of in-span decoder rows "
+              "to the answer-class centroids; coverage: how fully the latents lying mostly in each output plane "
+              "fill it (1: they span it, 1/2: they lie on one line); mass: share of the dictionary in the output "
+              "planes, with the planes' share of the variance after the semicolon. In brackets: a dictionary of as "
+              "many random directions in the same span, and (MCC) one of as many random centred data points, what a "
+              "data-initialised SAE starts from. The plan's "
               "'Fourier overlap > 0.5' cannot be met by sparse latents: a latent that fires on part of a phase "
               "cycle spreads its variance over harmonics (a perfect one-answer detector scores 2/(p - 1), 0.018 at p = 113)."]
     return "\n".join(lines)
@@ -277,15 +285,24 @@ def _summary(fl: dict) -> str:
 
 
 def _md_table_to_html(body: str) -> str:
-    lines = [l for l in body.splitlines() if l.startswith("|")]
-    if not lines:
-        return "<ul>" + "".join(f"<li>{html.escape(l[2:] if l.startswith('- ') else l)}</li>"
-                                for l in body.splitlines() if l.strip()) + "</ul>"
-    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines if not set(l) <= set("|-")]
-    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>"]
-    for r in cells[1:]:
-        out.append("<tr>" + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" for c in r) + "</tr>")
-    return "\n".join(out + ["</table>"])
+    """A section body in HTML, block by block (blocks are separated by blank lines): a markdown table,
+    a list of `- ` items, or a paragraph."""
+    out = []
+    for block in body.split("\n\n"):
+        lines = [line for line in block.splitlines() if line.strip()]
+        if not lines:
+            continue
+        if all(line.startswith("|") for line in lines):
+            cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not set(line) <= set("|-")]
+            out += ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>"]
+            for r in cells[1:]:
+                out.append("<tr>" + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" for c in r) + "</tr>")
+            out.append("</table>")
+        elif all(line.startswith("- ") for line in lines):
+            out.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines) + "</ul>")
+        else:
+            out.append(f"<p>{html.escape(' '.join(lines))}</p>")
+    return "\n".join(out)
 
 
 def _html(sections, figs) -> str:

@@ -56,6 +56,8 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
             row[f"n_{t.replace(' ', '_')}"] = lt.get("counts", {}).get(t)
         row["off_span"] = _num(lt.get("mean", {}).get("off_span"))
         row["centroid_mcc"], row["centroid_mcc_random"] = _num(rec.get("mcc")), _num(rec.get("random_reference", {}).get("mcc"))
+        row["centroid_mcc_data_points"] = _num(rec.get("data_point_reference", {}).get("mcc"))
+        row["hook_answer_share"] = _num(analysis.get("ground_truth", {}).get("variance", {}).get("answer"))
         nu = fr.get("nulls_untrained", {}).get("fourier_overlap", {})
         row["fourier_overlap_null"], row["fourier_overlap_z"] = _num(nu.get("null_mean")), _num(nu.get("z"))
         atom = analysis.get("atom_level", {})

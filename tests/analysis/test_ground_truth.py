@@ -82,7 +82,7 @@ def test_a_planted_sum_of_planes_decomposes_exactly():
     j = gt.to_json()
     assert j["planes"]["out 2"]["dim"] == 2 and j["planes"]["out 2"]["share"] == pytest.approx(energy["out2"] / total)
     assert j["planes"]["out 5"]["share"] == pytest.approx(energy["out5"] / total)
-    assert j["planes"]["in 2"]["dim"] == 2 and j["planes"]["in 2"]["a_b_max_cosine"] == pytest.approx(1.0)
+    assert j["planes"]["in 2"]["dim"] == 2 and j["planes"]["in 2"]["a_b_principal_cosines"] == pytest.approx([1.0, 1.0])
     assert j["planes"]["in 5"]["share"] == pytest.approx(0.0, abs=1e-12)
     # the planes span exactly the six directions used by them; the others lie outside
     assert j["span"]["dim"] == 6
@@ -162,12 +162,15 @@ def test_multiplication_uses_the_discrete_logarithm():
     D = directions(6, 2)
     X = torch.zeros(p * p, 6, dtype=torch.float64)
     X[keep] = (wave(lc, 3, n=p - 1)[:, None] * D[0] + wave(lc, 3, -math.pi / 2, n=p - 1)[:, None] * D[1])[keep]
-    X[~keep] = 100.0  # the rows with a = 0 or b = 0 are outside the group and must not count
+    X[~keep] = 0.0  # the rows with a = 0 or b = 0 (answer 0) are outside the group: at the mean, they add nothing
     gt = ground_truth(X, p, "mul")
     assert gt.grid.rows.numel() == (p - 1) ** 2 and gt.grid.n == p - 1
     assert gt.variance["answer"] == pytest.approx(1.0, abs=1e-12)
     assert gt.key_frequencies == [3]
     assert gt.to_json()["planes"]["out 3"]["share"] == pytest.approx(1.0, abs=1e-12)
+    shifted = X.clone()
+    shifted[~keep] = 100.0  # whatever the excluded rows hold, they do not count
+    assert ground_truth(shifted, p, "mul").variance == pytest.approx(gt.variance)
     # the additive DFT would see no answer structure in it
     add = ground_truth(X, p, "add", key_freqs=[1])
     assert add.variance["answer"] < 0.5

@@ -48,15 +48,26 @@ def test_each_planted_latent_gets_its_type(model):
     assert r["examples"]["patch"] == [3]
 
 
-def test_a_random_dictionary_has_no_structured_latents(model):
-    """The reference a trained SAE is read against: random decoders, latents that are ReLUs of
-    random projections of the activations, are neither plane features nor answer detectors."""
+def test_a_random_dictionary_meets_the_rules_only_at_their_chance_rate(model):
+    """Random decoders whose latents are ReLUs of random projections of the activations (mostly
+    functions of the answer, since the answer dominates the planted hook) become plane features only
+    when their in-span direction happens to fall > 1/2 into one of the 3 two-dimensional output planes
+    of the 12-d span: P = 3 * P(Beta(1, 5) > 1/2) = 3/32 at most."""
     X, _, gt = model
-    g = torch.Generator().manual_seed(3)
-    W = torch.randn(200, D, generator=g, dtype=torch.float64)
-    Z = torch.relu((X - X.mean(0)) @ W.T)
-    r = latent_types(Z, W, gt)
-    assert r["counts"]["plane feature"] == 0 and r["counts"]["answer detector"] == 0
-    # a random direction puts ~dim/D of its norm in each plane: 2/24 per output plane
-    assert r["mean"]["in_output_planes"] == pytest.approx(6 / D, abs=0.05)
-    assert r["mean"]["off_span"] == pytest.approx(1 - 12 / D, abs=0.05)
+    counts = []
+    for seed in range(3, 8):
+        W = torch.randn(200, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        r = latent_types(torch.relu((X - X.mean(0)) @ W.T), W, gt)
+        counts.append(r["counts"]["plane feature"])
+        assert r["counts"]["input feature"] == 0 and r["counts"]["answer detector"] <= 5
+        # a random direction puts half of its norm off the 12-d span (D = 24), and of its in-span part
+        # 6/12 in the output planes
+        assert r["mean"]["off_span"] == pytest.approx(0.5, abs=0.05)
+        assert r["mean"]["in_output_planes"] == pytest.approx(0.5, abs=0.05)
+    assert sum(counts) / (5 * 200) <= 3 / 32 + 0.02
+
+
+def test_an_sae_with_no_live_latent_is_typed_as_empty(model):
+    X, dirs, gt = model
+    r = latent_types(torch.zeros(P * P, 4, dtype=torch.float64), dirs[:4], gt)
+    assert r["n_live"] == 0 and sum(r["counts"].values()) == 0 and r["latents"] == []

@@ -28,7 +28,10 @@ def user_files(tmp_path):
                   "plane.in5": dirs[10:12].float().contiguous()})
     g = torch.Generator().manual_seed(5)
     # encoder = decoder^T: on centred data every atom's latent fires somewhere (TopK k = 4)
-    oracle = _sae(tmp_path / "oracle", atoms, 1, "none", k=4)
+    # the oracle holds the atoms in another order and at other scales: matching must not rely on either
+    perm = torch.randperm(len(atoms), generator=g)
+    scale = 0.5 + torch.rand(len(atoms), 1, generator=g, dtype=torch.float64)
+    oracle = _sae(tmp_path / "oracle", atoms[perm] * scale, 1, "none", k=4)
     rand = _sae(tmp_path / "random", torch.randn(len(atoms), D, generator=g, dtype=torch.float64), 2, "none", k=4)
     return tmp_path, acts, oracle, rand, gt
 
@@ -46,7 +49,7 @@ def test_recover_scores_an_oracle_at_one_and_a_random_dictionary_at_its_referenc
     assert live_atoms["random_reference"]["mcc"] < 0.9
     assert r["atoms"]["atoms"]["mcc"] == pytest.approx(r["atoms"]["atoms"]["random_reference"]["mcc"], abs=0.12)
     assert set(o["planes"]) == {"out3", "in5"} and o["planes"]["out3"]["variance_share"] > 0.2
-    assert o["off_span"] == pytest.approx(0.0, abs=1e-6) and r["off_span"] > 0.3  # random rows leave the span
+    assert o["off_data_span"] == pytest.approx(0.0, abs=1e-6) and r["off_data_span"] > 0.3  # random rows leave it
     assert "recovery of the ground truth" in out
 
 

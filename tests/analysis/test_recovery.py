@@ -31,13 +31,18 @@ def test_hungarian_scores_on_a_hand_computed_case():
 
 def test_an_oracle_of_the_answer_centroids_scores_one_and_a_random_dictionary_its_reference(hook):
     X, dirs, gt = hook
-    oracle = torch.cat([gt.centroids * 2.0, torch.randn(5, D, dtype=torch.float64)])
+    g = torch.Generator().manual_seed(4)
+    perm = torch.randperm(P, generator=g)  # another order, other scales, and dead distractor rows
+    oracle = torch.cat([gt.centroids[perm] * (0.5 + torch.rand(P, 1, generator=g, dtype=torch.float64)),
+                        torch.randn(5, D, dtype=torch.float64)])
     live = torch.ones(len(oracle), dtype=torch.bool)
     live[-5:] = False  # dead rows are not counted
     r = recovery(oracle, live, gt)
     cent = r["atoms"]["answer_centroids"]
     assert cent["mcc"] == pytest.approx(1.0) and cent["f1"] == pytest.approx(1.0) and r["n_live"] == P
     assert cent["random_reference"]["mcc"] < 0.9
+    flipped = recovery(-oracle, live, gt)["atoms"]["answer_centroids"]
+    assert flipped["mcc"] < 0.5 and flipped["recall"] == 0.0  # codes are >= 0: -centroid is another feature
     # an SAE's off-span part is invisible to the data: adding it changes nothing
     off = torch.linalg.qr(torch.cat([gt.span, torch.randn(D, 3, dtype=torch.float64)], 1))[0][:, -3:]
     r2 = recovery(oracle + (torch.randn(len(oracle), 3, dtype=torch.float64) @ off.T) * 5, live, gt)
@@ -75,3 +80,21 @@ def test_plane_coverage_and_mass(hook):
     assert out3["variance_share"] == pytest.approx(gt.planes[2].share)
     # a random dictionary in the span spends on each 2-d plane about 2/12 of its mass
     assert r["planes"]["out 3"]["random_reference"]["mass"] == pytest.approx(2 / 12, abs=0.08)
+
+
+def test_no_live_latent_gives_missing_scores_not_a_crash(hook):
+    X, dirs, gt = hook
+    r = recovery(dirs[:3], torch.zeros(3, dtype=torch.bool), gt, data=X)
+    cent = r["atoms"]["answer_centroids"]
+    assert r["n_live"] == 0 and cent["mcc"] is None and cent["random_reference"]["mcc"] is None
+    assert all(e["latents"] == 0 and e["mass"] is None for e in r["planes"].values())
+
+
+def test_data_points_are_the_no_learning_bar_for_the_answer_centroids(hook):
+    """The activations are p clusters, so random data points already match the centroids far better
+    than random directions do: an SAE must beat that, not only the random reference."""
+    X, dirs, gt = hook
+    r = recovery(torch.randn(40, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64),
+                 torch.ones(40, dtype=torch.bool), gt, data=X)
+    cent = r["atoms"]["answer_centroids"]
+    assert cent["data_point_reference"]["mcc"] > cent["random_reference"]["mcc"] + 0.1
