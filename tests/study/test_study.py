@@ -38,6 +38,9 @@ def test_report_has_every_section(finished):
     assert all(row.startswith(("| topk_x2_k4 @", "| relu_x2_l1_0.3 @")) for row in gt_rows)
     assert all(line.count("(") >= 4 for line in gt_rows)
     assert "of the variance is a function of the answer" in md and "Coverage of each plane" in md
+    # the HTML keeps every paragraph of the section, not only its tables
+    assert "of the variance is a function of the answer" in html and "cannot be met by sparse latents" in html
+    assert html.count("<table>") == 4  # quality, stability, latent types, per-plane coverage
     for png in ("model_seed0_training", "model_seed0_spectrum", "stability_heatmaps", "stability_vs_null",
                 "frequency_coverage"):
         assert (out / "figures" / f"{png}.png").stat().st_size > 10_000
