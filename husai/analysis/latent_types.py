@@ -13,7 +13,8 @@ Per live latent, from its activations z over all inputs and its decoder row w:
 
 Types, first rule that holds (the thresholds below, each with its reason):
 
-    plane feature     a function of the answer, decoder mostly in one output plane
+    plane feature     a function of the answer smooth on one circle (its variance at that frequency's
+                      first harmonics), decoder mostly in that circle's output plane
     answer detector   a function of the answer, decoder close to one class centroid
     input feature     a function of the inputs taken separately, f(a) + g(b)
     patch             none of these and fires on under 5% of the inputs (rare; whether those inputs
@@ -34,13 +35,19 @@ IN_PLANE = 0.5
 orthogonal planes of a grokked model, at most one plane can hold that much)."""
 NEAR_CENTROID = 0.8
 """A decoder row is "near" a class centroid at cosine >= 0.8 (the p centroids are far apart)."""
+ON_CIRCLE = 0.5
+"""A plane feature's activation is a function of its circle's phase w_k c with most of its answer
+variance at the circle's first harmonics (k, 2k): ReLU(cos(w_k c - phi)) has 99% there, a one-answer
+detector 2 of the (p-1)/2 frequencies' worth (3.6% at p = 113, measured). Any function of c is some function of
+the phase (c -> k c is a bijection mod p), so smoothness on the circle is what makes it a circle feature."""
 PATCH_RATE = 0.05
 """A patch fires on under 5% of the inputs (a single answer class is 1/p, under 1% for p = 113)."""
 TYPES = ("plane feature", "answer detector", "input feature", "patch", "other")
 
 
-def _shares(Z: torch.Tensor, gt: GroundTruth) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per column of the centred Z [N, m] (grid order): (answer share, a-or-b share)."""
+def _shares(Z: torch.Tensor, gt: GroundTruth, freqs: list[int]) -> tuple[torch.Tensor, ...]:
+    """Per column of the centred Z [N, m] (grid order): (answer share, a-or-b share, and [m, len(freqs)]
+    the share of its answer part at the first two harmonics of each frequency's circle, k and 2k)."""
     n = gt.grid.n
     power = torch.fft.fft2(Z.reshape(n, n, -1), dim=(0, 1)).abs().pow(2)  # [n, n, m]
     power[0, 0] = 0
@@ -50,7 +57,14 @@ def _shares(Z: torch.Tensor, gt: GroundTruth) -> tuple[torch.Tensor, torch.Tenso
     nonzero = (U != 0) & (V != 0)
     answer = nonzero & ((U + V) % n == 0 if gt.grid.operation == "sub" else U == V)
     inputs = ((U != 0) & (V == 0)) | ((U == 0) & (V != 0))
-    return power[answer].sum(0) / total, power[inputs].sum(0) / total
+    answer_power = power[answer].sum(0)
+    harmonics = []
+    for k in freqs:  # on the answer diagonal, a function of c at frequency u sits at (u, +-u)
+        us = {(h * k) % n for h in (1, 2)} | {(-h * k) % n for h in (1, 2)}
+        harmonics.append(sum(power[uu, (-uu if gt.grid.operation == "sub" else uu) % n] for uu in us if uu))
+    harmonic = (torch.stack(harmonics, 1) / answer_power.clamp_min(1e-30).unsqueeze(1) if freqs
+                else power.new_zeros(power.shape[2], 0))
+    return answer_power / total, power[inputs].sum(0) / total, harmonic
 
 
 def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth) -> dict:
@@ -61,13 +75,15 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
     """
     live = (latent_acts[gt.grid.rows] != 0).any(0)  # live on the group grid, where everything below is measured
     idx = torch.nonzero(live).squeeze(1)
-    thresholds = dict(function_of=FUNCTION_OF, in_plane=IN_PLANE, near_centroid=NEAR_CENTROID, patch_rate=PATCH_RATE)
+    thresholds = dict(function_of=FUNCTION_OF, in_plane=IN_PLANE, on_circle=ON_CIRCLE, near_centroid=NEAR_CENTROID,
+                      patch_rate=PATCH_RATE)
     if len(idx) == 0:  # every latent dead: nothing to type
         return dict(thresholds=thresholds, n_live=0, counts={t: 0 for t in TYPES}, examples={t: [] for t in TYPES},
                     mean=dict(answer_share=None, inputs_share=None, off_span=None, in_output_planes=None,
                               in_input_planes=None), latents=[])
     Z = on_grid(latent_acts[:, idx], gt.grid)
-    answer, inputs = _shares(Z, gt)
+    outs = [pl for pl in gt.planes if pl.name.startswith("out")]
+    answer, inputs, harmonic = _shares(Z, gt, [int(pl.name.split()[1]) for pl in outs])
     purity, freq = frequency_purity(Z, gt.grid).max(dim=1)
     W = W_dec[idx].double()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
@@ -76,17 +92,20 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
     # data span is a property of the training coordinates (science brief, section 6), kept as off_span.
     W = W @ gt.span @ gt.span.T
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
-    outs = [pl for pl in gt.planes if pl.name.startswith("out")]
     ins = [pl for pl in gt.planes if pl.name.startswith("in")]
     in_out = torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in outs], 1) if outs else W.new_zeros(len(idx), 0)
     in_in = torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in ins], 1) if ins else W.new_zeros(len(idx), 0)
     C = gt.centroids / gt.centroids.norm(dim=1, keepdim=True).clamp_min(1e-30)
     centroid_cos = (W @ C.T).max(dim=1).values
     rate = (latent_acts[gt.grid.rows][:, idx] > 0).double().mean(0)
-    best_out = in_out.max(dim=1).values if outs else torch.zeros(len(idx), dtype=torch.float64)
+    if outs:
+        best_out, plane = in_out.max(dim=1)
+        on_circle = harmonic.gather(1, plane.unsqueeze(1)).squeeze(1)  # at the decoder's own plane's frequency
+    else:
+        best_out = on_circle = torch.zeros(len(idx), dtype=torch.float64)
     types = []
     for i in range(len(idx)):
-        if answer[i] >= FUNCTION_OF and best_out[i] > IN_PLANE:
+        if answer[i] >= FUNCTION_OF and best_out[i] > IN_PLANE and on_circle[i] >= ON_CIRCLE:
             types.append("plane feature")
         elif answer[i] >= FUNCTION_OF and centroid_cos[i] >= NEAR_CENTROID:
             types.append("answer detector")
@@ -98,6 +117,7 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
             types.append("other")
     latents = [dict(index=int(j), type=types[i], answer_share=float(answer[i]), inputs_share=float(inputs[i]),
                     purity=float(purity[i]), frequency=int(freq[i]) + 1, firing_rate=float(rate[i]),
+                    on_circle=float(on_circle[i]),
                     centroid_cos=float(centroid_cos[i]), off_span=float(off_span[i]),
                     in_output={pl.name.split()[1]: float(in_out[i, m]) for m, pl in enumerate(outs)},
                     in_input={pl.name.split()[1]: float(in_in[i, m]) for m, pl in enumerate(ins)})
