@@ -27,8 +27,10 @@ def interrupt(argv: list[str], delay: float) -> subprocess.CompletedProcess | No
     Returns the finished process, or None if it finished before the signal (or had finished its
     work when the signal came: exit 0). Waits until every process of the group (pool workers
     included) is gone."""
+    # A terminal's Ctrl-C reaches a command whose SIGINT is at its default; a test suite started as a
+    # shell's background job inherits SIGINT ignored, which husai (rightly) keeps, so reset it here.
     proc = subprocess.Popen(HUSAI + argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -65,7 +67,9 @@ def test_train_model_interrupted_at_random_moments(reference_training, tmp_path)
     rng = random.Random(1010)
     argv = TRAIN + ["--out", str(out)]
     notes = []
-    while len(notes) < 5:
+    for _ in range(40):  # bounded: a command that never stops on SIGINT must fail the test, not hang it
+        if len(notes) == 5:
+            break
         r = interrupt(argv, rng.uniform(0.05, 0.9 * full))
         if r is None:  # finished first: start over
             shutil.rmtree(out)
@@ -85,6 +89,7 @@ def test_train_model_interrupted_at_random_moments(reference_training, tmp_path)
             argv = TRAIN + ["--out", str(out)]
         else:
             assert "run the same command again" in line or "still starting" in line, line
+    assert len(notes) == 5, f"only {len(notes)} of 40 runs stopped on SIGINT"
     r = subprocess.run(HUSAI + argv, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
