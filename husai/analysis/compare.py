@@ -10,9 +10,12 @@ compare JSON: saes [{path, label, seed, architecture, d_in, d_sae, hook_name, mo
     {matrix [N][N], mean, std, min, max, n_pairs, nulls {isotropic|activation|subspace|untrained:
     {value, null_mean, null_std, z, exceeds_null_max, n_null}}}}, null_samples {kind: {metric: [..]}},
   moved_from_init {label: {pw_mcc_to_init, mean_row_cos_to_init}}, and with a model: p, key_frequencies,
-  fourier {label: fourier_overlap, frac_pure, covered, missing, coverage, non_key_pure,
-    pure_per_frequency, nulls_untrained, weight_space}, frequency_level {frequency_sets, subspaces,
-  subspaces_by_weights, summary} (means over key frequencies of the per-frequency overlaps).
+  ground_truth (the hook's, husai.analysis.ground_truth's to_json), fourier {label: fourier_overlap,
+    frac_pure, covered, missing, coverage, non_key_pure, pure_per_frequency, nulls_untrained,
+    weight_space, latent_types {thresholds, n_live, counts, examples, mean} (husai.analysis.latent_types,
+    without the per-latent list), recovery {atoms, planes, ...} (husai.analysis.recovery)},
+  frequency_level {frequency_sets, subspaces, subspaces_by_weights, summary} (means over key
+  frequencies of the per-frequency overlaps).
 z compares the mean over seed pairs with the spread of single null pairs.
 """
 
