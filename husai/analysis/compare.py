@@ -94,18 +94,12 @@ def model_context(model_dir: Path, hook: str, cache: dict) -> dict:
     """{p, acts [p*p, d] at `hook` (row a*p + b), key_freqs} for a model run folder (cached per hook)."""
     if hook in cache:
         return cache[hook]
-    from husai.io import read_json
-    from husai.model.checkpoint import load_model
-    from husai.model.data import make_tokens
-    from husai.model.fourier import key_frequencies
-    from husai.sae.activations import extract, model_activations
+    from husai.analysis.ground_truth import model_key_frequencies
+    from husai.sae.activations import model_activations
 
     acts, info = model_activations(model_dir, hook=hook, split="all")
-    metrics = model_dir / "metrics.json"
-    keys = read_json(metrics, "model metrics").get("key_frequencies") if metrics.is_file() else None
-    if keys is None:  # not analysed yet: detect from the MLP neurons (Nanda et al. 2023)
-        model, _ = load_model(model_dir)
-        keys = key_frequencies(extract(model, "blocks.0.mlp.hook_post", make_tokens(info["p"])), info["p"])[0]
+    # the additive key frequencies, which fourier_report's purity uses: recorded, else from the MLP neurons
+    keys = model_key_frequencies(model_dir, info["p"], "add")
     cache[hook] = dict(p=info["p"], operation=info["operation"], hook=info["hook_name"], acts=acts.double(),
                        key_freqs=[int(k) for k in keys])
     return cache[hook]

@@ -113,23 +113,35 @@ def on_grid(acts: torch.Tensor, grid: Grid) -> torch.Tensor:
     return X - X.mean(0)
 
 
-def variance_decomposition(X: torch.Tensor, grid: Grid) -> dict[str, float]:
-    """Shares of the centred variance of X [N, d] (grid order) that are a function of the answer,
-    of x alone, of y alone, of the conjugate, and the rest (module docstring). They sum to 1."""
+def grid_power(X: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Per column, the power of the centred X [N, d] (grid order) at each 2-D frequency (u, v) of the
+    grid, the mean's (0, 0) set to 0 -> [n, n, d]."""
     n = grid.n
-    power = torch.fft.fft2(X.reshape(n, n, -1), dim=(0, 1)).abs().pow(2).sum(-1)  # [n, n]
+    power = torch.fft.fft2(X.reshape(n, n, -1), dim=(0, 1)).abs().pow(2)
     power[0, 0] = 0
-    total = float(power.sum())
-    if total <= 0:
-        raise HusaiError("the activations are constant over the inputs: they carry no information")
+    return power
+
+
+def frequency_masks(grid: Grid) -> dict[str, torch.Tensor]:
+    """[n, n] masks of the 2-D frequencies that are a function of the answer, of x alone, of y alone
+    and of the conjugate (module docstring; for even n the shared cell is the answer's)."""
+    n = grid.n
     u = torch.arange(n)
     U, V = u[:, None].expand(n, n), u[None, :].expand(n, n)
     nonzero = (U != 0) & (V != 0)
     same, opposite = nonzero & (U == V), nonzero & ((U + V) % n == 0)
     answer, conjugate = (opposite, same) if grid.operation == "sub" else (same, opposite)
-    conjugate = conjugate & ~answer
-    masks = dict(answer=answer, a=(U != 0) & (V == 0), b=(U == 0) & (V != 0), conjugate=conjugate)
-    shares = {k: float(power[m].sum()) / total for k, m in masks.items()}
+    return dict(answer=answer, a=(U != 0) & (V == 0), b=(U == 0) & (V != 0), conjugate=conjugate & ~answer)
+
+
+def variance_decomposition(X: torch.Tensor, grid: Grid) -> dict[str, float]:
+    """Shares of the centred variance of X [N, d] (grid order) that are a function of the answer,
+    of x alone, of y alone, of the conjugate, and the rest (module docstring). They sum to 1."""
+    power = grid_power(X, grid).sum(-1)  # [n, n]
+    total = float(power.sum())
+    if total <= 0:
+        raise HusaiError("the activations are constant over the inputs: they carry no information")
+    shares = {k: float(power[m].sum()) / total for k, m in frequency_masks(grid).items()}
     shares["rest"] = max(0.0, 1.0 - sum(shares.values()))
     return shares
 
@@ -206,12 +218,12 @@ def class_centroids(X: torch.Tensor, grid: Grid) -> torch.Tensor:
     return C / torch.bincount(grid.answer, minlength=grid.n).clamp_min(1).unsqueeze(1).to(X.dtype)
 
 
-def frequency_purity(X: torch.Tensor, grid: Grid) -> torch.Tensor:
+def frequency_purity(X: torch.Tensor, grid: Grid, power: torch.Tensor | None = None) -> torch.Tensor:
     """Share of each column's centred variance in each frequency's 3x3 block {0, k, -k}^2 of the
-    grid's 2-D DFT (for add this is husai.model.fourier.frequency_fractions). -> [d, n//2]."""
+    grid's 2-D DFT (for add this is husai.model.fourier.frequency_fractions). -> [d, n//2].
+    power: grid_power(X, grid) when the caller has it already."""
     n = grid.n
-    power = torch.fft.fft2(X.reshape(n, n, -1), dim=(0, 1)).abs().pow(2)  # [n, n, d]
-    power[0, 0] = 0
+    power = grid_power(X, grid) if power is None else power  # [n, n, d]
     total = power.sum(dim=(0, 1))
     out = []
     for k in range(1, n // 2 + 1):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from husai.analysis.ground_truth import GroundTruth, frequency_purity, on_grid
+from husai.analysis.ground_truth import GroundTruth, frequency_masks, frequency_purity, grid_power, on_grid
 
 FUNCTION_OF = 0.8
 """A latent is "a function of" c (or of the inputs) when that explains >= 80% of its variance."""
@@ -45,26 +45,20 @@ PATCH_RATE = 0.05
 TYPES = ("plane feature", "answer detector", "input feature", "patch", "other")
 
 
-def _shares(Z: torch.Tensor, gt: GroundTruth, freqs: list[int]) -> tuple[torch.Tensor, ...]:
-    """Per column of the centred Z [N, m] (grid order): (answer share, a-or-b share, and [m, len(freqs)]
-    the share of its answer part at the first two harmonics of each frequency's circle, k and 2k)."""
+def _shares(power: torch.Tensor, gt: GroundTruth, freqs: list[int]) -> tuple[torch.Tensor, ...]:
+    """From the latents' grid power [n, n, m]: (answer share, a-or-b share, and [m, len(freqs)] the
+    share of the answer part at the first two harmonics of each frequency's circle, k and 2k)."""
     n = gt.grid.n
-    power = torch.fft.fft2(Z.reshape(n, n, -1), dim=(0, 1)).abs().pow(2)  # [n, n, m]
-    power[0, 0] = 0
+    masks = frequency_masks(gt.grid)
     total = power.sum(dim=(0, 1)).clamp_min(1e-30)
-    u = torch.arange(n)
-    U, V = u[:, None].expand(n, n), u[None, :].expand(n, n)
-    nonzero = (U != 0) & (V != 0)
-    answer = nonzero & ((U + V) % n == 0 if gt.grid.operation == "sub" else U == V)
-    inputs = ((U != 0) & (V == 0)) | ((U == 0) & (V != 0))
-    answer_power = power[answer].sum(0)
+    answer_power = power[masks["answer"]].sum(0)
     harmonics = []
     for k in freqs:  # on the answer diagonal, a function of c at frequency u sits at (u, +-u)
         us = {(h * k) % n for h in (1, 2)} | {(-h * k) % n for h in (1, 2)}
         harmonics.append(sum(power[uu, (-uu if gt.grid.operation == "sub" else uu) % n] for uu in us if uu))
     harmonic = (torch.stack(harmonics, 1) / answer_power.clamp_min(1e-30).unsqueeze(1) if freqs
                 else power.new_zeros(power.shape[2], 0))
-    return answer_power / total, power[inputs].sum(0) / total, harmonic
+    return answer_power / total, power[masks["a"] | masks["b"]].sum(0) / total, harmonic
 
 
 def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth) -> dict:
@@ -83,8 +77,10 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
                               in_input_planes=None), latents=[])
     Z = on_grid(latent_acts[:, idx], gt.grid)
     outs = [pl for pl in gt.planes if pl.name.startswith("out")]
-    answer, inputs, harmonic = _shares(Z, gt, [int(pl.name.split()[1]) for pl in outs])
-    purity, freq = frequency_purity(Z, gt.grid).max(dim=1)
+    power = grid_power(Z, gt.grid)  # one DFT for the shares and the purity
+    answer, inputs, harmonic = _shares(power, gt, [int(pl.name.split()[1]) for pl in outs])
+    purity, freq = frequency_purity(Z, gt.grid, power).max(dim=1)
+    del power
     W = W_dec[idx].double()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
     off_span = 1 - (W @ gt.span).pow(2).sum(1)
