@@ -32,7 +32,7 @@ from cli_harness import assert_clean_error, husai, pristine, snapshot, work  # n
 
 STUDY = {"model": {"p": 23, "epochs": 2, "eval_every": 1}, "seeds": [1, 2],
          "saes": [{"architecture": "topk", "expansion": 2, "k": 4, "epochs": 1, "batch_size": 128}],
-         "stability": {"null_pairs": 2}}
+         "stability": {"threshold": 0.7}}
 
 
 @dataclass

@@ -219,18 +219,19 @@ def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
     return int(span.shape[1]), out
 
 
-def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0.7, n_null: int = 10,
-                 plots: Path | None = None, force: bool = False) -> dict:
+def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0.7, plots: Path | None = None,
+                 force: bool = False, acts=None) -> dict:
     """Everything `husai compare` computes, as a JSON-ready dict (schema in the module docstring).
 
     sae_dirs: SAE folders or multi-seed output folders (>= 2 SAEs in all); model: the model run folder
-    (default: the SAEs' metadata.model_path; without one, no Fourier analysis nor activation nulls);
+    (default: the SAEs' metadata.model_path); acts [N, d_in]: the activations, when there is no model
+    (then no Fourier analysis, ground-truth level nor symmetry null);
     plots: folder for the PNGs, or None. Raises HusaiError on incompatible or bad input.
     """
     import numpy as np
 
-    from husai.analysis.nulls import null_samples, null_stats
-    from husai.analysis.stability import frequency_set_stability, pairwise_matrices, pw_mcc, subspace_stability
+    from husai.analysis.seed_stability import sae_stability
+    from husai.analysis.stability import frequency_set_stability, pw_mcc, subspace_stability
 
     t0 = time.perf_counter()
     sae_dirs = [Path(d) for d in sae_dirs]
@@ -242,35 +243,42 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
     warnings = check_compatible(saes, dirs, force)
     labels = [f"seed {metadata(s)['seed']}" if "seed" in metadata(s) else d.name for d, s in zip(dirs, saes)]
     decs = [s.W_dec.double() for s in saes]
-    encs = [s.W_enc.double().T for s in saes]
-    atom = pairwise_matrices(decs, encs, threshold)
     if model is None and metadata(saes[0]).get("model_path"):
         model = Path(metadata(saes[0])["model_path"])
         if not (model / "config.json").is_file():  # recorded path moved or deleted: analyse without it
             warnings.append(f"the SAEs' recorded model {model} is not there (pass --model DIR)")
             model = None
     ctx = model_context(model, hook_of(saes[0]), {}) if model is not None and hook_of(saes[0]) else None
-    if model is None or ctx is None:
-        warnings.append("no model given (--model) or recorded: activation null and Fourier analysis skipped")
+    if ctx is None and acts is None:
+        raise HusaiError("stability is measured in the data's own geometry, which needs the activations: give the "
+                         "model (--model DIR, or SAEs that record it) or the activations (--activations FILE)")
+    if ctx is not None:
+        acts = ctx["acts"]
+    elif model is None:
+        warnings.append("no model given (--model) or recorded: Fourier analysis and the symmetry null skipped")
     seeds = [metadata(s).get("seed") for s in saes]
     known = all(isinstance(s, int) for s in seeds)
-    init = init_fn_for(saes[0], ctx["acts"] if ctx else None)
-    d_in, d_sae = decs[0].shape[1], min(D.shape[0] for D in decs)
-    nulls = null_samples(d_in, d_sae, n_null, ctx["acts"] if ctx else None, init, threshold=threshold,
-                         init_seeds=seeds if known else None)
-    for m, r in atom.items():
-        r["nulls"] = {kind: null_stats(r["mean"], v.get(m, [])) for kind, v in nulls.items()}
+    init = init_fn_for(saes[0], acts)
+    d_in = decs[0].shape[1]
+    if acts.shape[1] != d_in:
+        raise HusaiError(f"the SAEs' d_in is {d_in} but the activations have {acts.shape[1]} dims")
+    gt = hook_ground_truth(ctx) if ctx is not None else None
+    stability = sae_stability(saes, labels, acts, dirs, seeds, init if known else None,
+                              grid_p=ctx["p"] if ctx is not None and ctx.get("operation", "add") == "add" else None,
+                              gt=gt, operation=ctx.get("operation", "add") if ctx else "add", threshold=threshold)
     result = dict(saes=[dict(path=str(d), label=lab, seed=metadata(s).get("seed"), architecture=s.cfg.get("architecture"),
                              d_in=s.W_dec.shape[1], d_sae=s.W_dec.shape[0], hook_name=hook_of(s),
                              model_path=metadata(s).get("model_path")) for d, s, lab in zip(dirs, saes, labels)],
-                  warnings=warnings, threshold=threshold, n_null=n_null, atom_level=atom, null_samples=nulls)
-    if known and init is not None:  # how far did training move each decoder? (science brief, section 5)
+                  warnings=warnings, threshold=threshold, stability=stability)
+    if known:  # how far did training move each decoder? (science brief, section 5)
         result["moved_from_init"] = {}
         for lab, D, s in zip(labels, decs, seeds):
             D0 = init(d_in, D.shape[0], s)[1]
             cos = (D / D.norm(dim=1, keepdim=True) * D0).sum(1)
             result["moved_from_init"][lab] = dict(pw_mcc_to_init=pw_mcc(D, D0), mean_row_cos_to_init=float(cos.mean()))
     if ctx is not None:
+        from husai.analysis.data_span import data_span
+        from husai.analysis.nulls import null_stats
         from husai.model.fourier import PURITY_THRESHOLD
 
         reps = [fourier_with_null(s, ctx, 1) for s in saes]
@@ -291,10 +299,11 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
                                                        & np.array(r["latents"]["live"])) for r in reps]
         wfreqs = [np.array(r["latents"].get("weight_frequency", [0] * len(r["latents"]["live"]))) * np.array(r["latents"]["live"])
                   for r in reps]
+        in_span = [data_span(acts).coords(D) for D in decs]  # the data metric: off-span drift is not a feature
         result["frequency_level"] = dict(
             frequency_sets=frequency_set_stability([set(r["pure_per_frequency"]) for r in reps]),
-            subspaces=subspace_stability(decs, freqs, ctx["key_freqs"]),
-            subspaces_by_weights=subspace_stability(decs, wfreqs, ctx["key_freqs"]))
+            subspaces=subspace_stability(in_span, freqs, ctx["key_freqs"]),
+            subspaces_by_weights=subspace_stability(in_span, wfreqs, ctx["key_freqs"]))
         fl = result["frequency_level"]
 
         def _avg(key, field):
@@ -309,11 +318,14 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
     if plots is not None:
         from husai.analysis.plots import frequency_histogram, stability_heatmap
 
-        iso = atom["pw_mcc_dec"]["nulls"].get("isotropic", {}).get("null_mean")
-        stability_heatmap(atom["pw_mcc_dec"]["matrix"], labels, plots / "pw_mcc_decoder.png", "PW-MCC (decoder)", iso)
-        stability_heatmap(atom["mean_max_abs_cos_dec"]["matrix"], labels, plots / "mean_max_abs_cos_decoder.png",
-                          "mean-max |cos| (decoder; public HUSAI 'PWMCC')",
-                          atom["mean_max_abs_cos_dec"]["nulls"].get("isotropic", {}).get("null_mean"))
+        lv = stability["levels"]
+        for m, fname, title in (("pw_mcc_dec", "pw_mcc_decoder.png", "PW-MCC (decoder, data metric)"),
+                                ("mean_max_abs_cos_dec", "mean_max_abs_cos_decoder.png",
+                                 "mean-max |cos| (decoder, data metric; public HUSAI 'PWMCC')")):
+            if m in lv:
+                null = lv[m].get("fitting", {}).get("value")
+                stability_heatmap([[1.0 if v is None else v for v in r] for r in lv[m]["matrix"]], labels, plots / fname,
+                                  title, null, null_name="fitting null")
         if ctx is not None:
             frequency_histogram([result["fourier"][lab]["pure_per_frequency"] for lab in labels], labels,
                                 ctx["key_freqs"], ctx["p"], plots / "frequency_histogram.png")

@@ -25,7 +25,7 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def stability_heatmap(matrix, labels: list[str], path: str | Path, title: str,
-                      null_mean: float | None = None) -> Path:
+                      null_mean: float | None = None, null_name: str = "null mean") -> Path:
     """Heatmap of an [N, N] pairwise matrix (e.g. PW-MCC), each cell annotated; the colour scale runs
     from the null mean (or 0) to 1 so that "no better than chance" reads as the bottom of the scale."""
     M = np.asarray(matrix, dtype=float)
@@ -40,7 +40,7 @@ def stability_heatmap(matrix, labels: list[str], path: str | Path, title: str,
             for j in range(N):
                 ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if M[i, j] < (lo + 1) / 2 else "black")
-    sub = f" (null mean {null_mean:.3f})" if null_mean is not None else ""
+    sub = f" ({null_name} {null_mean:.3f})" if null_mean is not None else ""
     ax.set_title(title + sub, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)

@@ -181,7 +181,7 @@ def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
         typer.echo(f"report written to {json_out}")
 
 
-def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold, overwrite) -> None:
+def _compare_command(sae_dirs, json_out, plots, force, model, activations, threshold, overwrite) -> None:
     """Body of `husai compare` (see register): validate, compare, write JSON, print."""
     from rich.table import Table
 
@@ -189,17 +189,22 @@ def _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold,
 
     if json_out is None:
         raise HusaiError("compare needs --json OUT (the file the comparison is written to)")
-    if n_null < 2:
-        raise HusaiError(f"--n-null must be >= 2 (a null needs a spread), got {n_null}")
     if not -1 < threshold < 1:
         raise HusaiError(f"--threshold is a cosine and must lie in (-1, 1), got {threshold}")
-    inputs = [*sae_dirs, model or recorded_model(sae_dirs)]
+    if model is not None and activations is not None:
+        raise HusaiError("give --model DIR or --activations FILE, not both")
+    acts = None
+    if activations is not None:
+        from husai.sae.activations import load_activations
+
+        acts = load_activations(activations)[0]
+    inputs = [*sae_dirs, model or (None if activations else recorded_model(sae_dirs)), activations]
     claim_file(json_out, COMPARE_JSON, "--json", inputs=inputs, overwrite=overwrite)
     if plots is not None:
         claim_folder(plots, PLOTS, "--plots", inputs=inputs, overwrite=overwrite)
     # the plots are drawn into a staging folder that replaces --plots only once all are drawn
     with staged_folder(plots, "--plots") if plots is not None else contextlib.nullcontext() as stage:
-        result = compare_saes(sae_dirs, model, threshold, n_null, stage, force)
+        result = compare_saes(sae_dirs, model, threshold, stage, force, acts=acts)
     write_json(json_out, result)
     _print_compare(_console(), result, Table)
     typer.echo(f"comparison of {len(result['saes'])} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
@@ -256,33 +261,49 @@ def register(app: typer.Typer) -> None:
         plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for the heatmap and frequency histogram PNGs."),
         force: bool = typer.Option(False, "--force", help="Compare SAEs trained on different models or hooks."),
         model: Optional[Path] = typer.Option(None, "--model", help="Model run folder (default: the SAEs' metadata.model_path)."),
-        n_null: int = typer.Option(10, "--n-null", help="Dictionary pairs per null kind."),
-        threshold: float = typer.Option(0.7, "--threshold", help="Shared-fraction cosine threshold (Paulo & Belrose)."),
+        activations: Optional[Path] = typer.Option(None, "--activations", help=(
+            "The activations the SAEs were trained on (safetensors), for SAEs without a model.")),
+        threshold: float = typer.Option(0.7, "--threshold", help="Match threshold: shared fraction, reappearance."),
         threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison at --json (and --plots)."),
     ):
         """Cross-seed stability (PW-MCC, mean-max |cos|, shared fraction, frequency subspaces) with nulls."""
         with _threads(threads), on_interrupt(f"nothing was written to {json_out}{' or ' + str(plots) if plots else ''}"
                                              "; run the same command again"):
-            _compare_command(sae_dirs, json_out, plots, force, model, n_null, threshold, overwrite)
+            _compare_command(sae_dirs, json_out, plots, force, model, activations, threshold, overwrite)
+
+
+STABILITY_NAMES = {"pw_mcc_dec": "PW-MCC dec", "pw_mcc_enc": "PW-MCC enc", "mean_max_abs_cos_dec": "max|cos| dec*",
+                   "shared_fraction": "shared", "reappearance": "reappearance", "act_mcc": "activation MCC",
+                   "act_reappearance": "activation reappearance", "plane_coverage_agreement": "plane coverage",
+                   "mass_agreement": "plane mass", "class_jaccard": "answer classes"}
+
+
+def _ci(c) -> str:
+    return f"[{c[0]:.3f}, {c[1]:.3f}]" if c else "-"
 
 
 def _print_compare(console, res: dict, Table) -> None:
-    short = {"isotropic": "iso", "activation": "act-cov", "subspace": "act-sub", "untrained": "init"}
-    kinds = [k for k in short if k in res["null_samples"]]
-    t = Table(title=f"stability across {len(res['saes'])} SAEs: mean ± std over pairs; null mean (z)")
-    for c in ["metric", "value"] + [short[k] for k in kinds]:
+    st = res["stability"]
+    t = Table(title=f"stability across {len(res['saes'])} SAEs in the data metric ({st['data_span']['dim']}-d span, "
+                    f"live latents): mean over seed pairs [95% CI]")
+    kinds = ("isotropic", "matched_geometry", "symmetry", "random_in_span")
+    for c in ("metric", "value", "fitting null", "effect [CI]") + kinds:
         t.add_column(c)
-    names = {"pw_mcc_dec": "PW-MCC dec", "pw_mcc_enc": "PW-MCC enc", "mean_max_abs_cos_dec": "max|cos| dec*",
-             "mean_max_abs_cos_enc": "max|cos| enc*", "shared_fraction": f"shared >{res['threshold']}"}
-    for m, r in res["atom_level"].items():
-        t.add_row(names.get(m, m), f"{r['mean']:.3f}±{r['std']:.3f}",
-                  *[f"{_fmt(r['nulls'][k]['null_mean'])} ({_fmt(r['nulls'][k]['z'], 1)})" for k in kinds])
+    levels = dict(st["levels"], **{k: v for k, v in st.get("ground_truth", {}).items() if k in STABILITY_NAMES})
+    for m, r in levels.items():
+        fit = r.get("fitting", {})
+        t.add_row(STABILITY_NAMES.get(m, m), f"{_fmt(r['value'])} {_ci(r['ci'])}", _fmt(fit.get("value")),
+                  f"{_fmt(fit.get('effect'))} {_ci(fit.get('effect_ci'))}",
+                  *[_fmt(r["nulls"].get(k, {}).get("value")) for k in kinds])
     console.print(t)
-    console.print("PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, "
-                  "what public HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & "
-                  "Belrose 2025). Nulls: iso = random unit vectors, act-cov = random directions with the activations' "
-                  "covariance, act-sub = uniform in their 99%-variance subspace, init = the SAEs' untrained inits.")
+    ref = st["references"].get("shared_init", {}).get("pw_mcc_dec")
+    console.print("PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, what public "
+                  "HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & Belrose 2025); "
+                  "reappearance: best match above threshold (Gerasimov et al. 2026). Effect: value - the stricter "
+                  "fitting null, per seed pair. " + (f"Shared-init reference (the seeds' initialisations): PW-MCC "
+                                                      f"{_fmt(ref['value'])}. " if ref else "")
+                  + f"Raw-coordinate PW-MCC (basis-dependent): {_fmt(st['raw']['pw_mcc_dec']['value'])}.")
     if "fourier" in res:
         ft = Table(title=f"Fourier per seed (key frequencies {res['key_frequencies']})")
         for c in ("SAE", "fourier_overlap (init null)", "frac pure", "covered", "non-key pure", "dec in key subspaces",

@@ -8,7 +8,7 @@
     saes:                       # each entry: SAETrainConfig keys; a list value is a grid axis
       - {architecture: topk, expansion: [16], k: [32]}
       - {architecture: relu, expansion: 16, l1_coeff: [0.01, 0.03]}
-    stability: {threshold: 0.7, null_pairs: 10}
+    stability: {threshold: 0.7}
 
 Everything is validated before any work starts; errors name the key.
 """
@@ -62,9 +62,7 @@ class StudyConfig:
     saes: list[SAETrainConfig]
     """Expanded SAE grid."""
     threshold: float = 0.7
-    """Shared-fraction cosine threshold (Paulo & Belrose 2025)."""
-    null_pairs: int = 10
-    """Random pairs drawn per null distribution."""
+    """Match threshold of the shared fraction (Paulo & Belrose 2025) and of reappearance."""
     raw: dict = field(default_factory=dict)
     """The YAML as written (copied into the study folder)."""
 
@@ -129,14 +127,15 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
             except HusaiError as e:
                 raise HusaiError(str(e)) from None
     st = d.get("stability") or {}
-    if not isinstance(st, dict) or any(k not in ("threshold", "null_pairs") for k in st):
-        raise HusaiError(f"{source}: key 'stability' takes only 'threshold' and 'null_pairs'")
-    threshold, null_pairs = st.get("threshold", 0.7), st.get("null_pairs", 10)
+    if isinstance(st, dict) and "null_pairs" in st:
+        raise HusaiError(f"{source}: key 'stability.null_pairs' is gone: every null is now drawn once per seed pair "
+                         "(husai.analysis.agreement); remove it")
+    if not isinstance(st, dict) or any(k != "threshold" for k in st):
+        raise HusaiError(f"{source}: key 'stability' takes only 'threshold'")
+    threshold = st.get("threshold", 0.7)
     if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
         raise HusaiError(f"{source}: key 'stability.threshold' must be a number in (0, 1), got {threshold!r}")
-    if not isinstance(null_pairs, int) or null_pairs < 2:
-        raise HusaiError(f"{source}: key 'stability.null_pairs' must be an integer >= 2, got {null_pairs!r}")
-    cfg = StudyConfig(model, model_seeds, hooks, seeds, saes, float(threshold), null_pairs, d)
+    cfg = StudyConfig(model, model_seeds, hooks, seeds, saes, float(threshold), d)
     names = [r.folder(Path(".")) for r in cfg.runs()]
     if len(set(names)) != len(names):
         raise HusaiError(f"{source}: two grid cells map to the same run folder (duplicate SAE configs)")

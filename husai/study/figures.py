@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 
 from husai.io import atomic_write_bytes  # noqa: E402
 
-NULL_STYLE = {"isotropic": ("x", "tab:gray"), "activation": ("^", "tab:purple"), "subspace": ("s", "tab:orange"),
-              "untrained": ("o", "tab:red")}
+NULL_STYLE = {"isotropic": ("x", "tab:gray"), "matched_geometry": ("^", "tab:purple"), "symmetry": ("s", "tab:orange"),
+              "shared_init": ("o", "tab:red")}
 
 
 def _save(fig, path: Path) -> Path:
@@ -64,8 +64,8 @@ def stability_heatmaps(cells: list[dict], path: Path) -> Path:
     n = len(cells)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False, gridspec_kw={"wspace": 0.45})
     for ax, c in zip(axes[0], cells):
-        a = c["analysis"]["atom_level"]["pw_mcc_dec"]
-        M = np.array(a["matrix"], dtype=float)
+        a = c["analysis"]["stability"]["levels"]["pw_mcc_dec"]
+        M = np.array([[1.0 if v is None else v for v in r] for r in a["matrix"]], dtype=float)
         labels = [s["label"] for s in c["analysis"].get("saes", [])] or [str(i) for i in range(len(M))]
         im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(M)), labels, rotation=45, ha="right", fontsize=7)
@@ -74,29 +74,39 @@ def stability_heatmaps(cells: list[dict], path: Path) -> Path:
             for j in range(len(M)):
                 ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="w" if M[i, j] < 0.6 else "k")
-        iso = a.get("nulls", {}).get("isotropic", {}).get("null_mean")
-        ax.set_title(f"{c['name'].split(' @')[0]}\nPW-MCC (isotropic null {iso:.2f})" if iso is not None
+        null = a.get("fitting", {}).get("value")
+        ax.set_title(f"{c['name'].split(' @')[0]}\nPW-MCC, data metric (fitting null {null:.2f})" if null is not None
                      else c["name"].split(" @")[0], fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, label="PW-MCC")
     return _save(fig, path)
 
 
 def stability_vs_null(cells: list[dict], path: Path) -> Path:
-    metrics = (("pw_mcc_dec", "PW-MCC (decoder)"), ("shared_fraction", "shared fraction (enc & dec cos > thr)"))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    """Per cell, each stability level's value with its 95% CI over seeds (bars) and its nulls and the
+    shared-init reference (markers)."""
+    metrics = (("pw_mcc_dec", "atoms: PW-MCC (decoder)"), ("shared_fraction", "atoms: shared fraction"),
+               ("act_mcc", "activations: matched correlation"), ("class_jaccard", "answer classes: Jaccard"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.8))
     x = np.arange(len(cells))
     for ax, (m, title) in zip(axes, metrics):
-        vals = [c["analysis"]["atom_level"].get(m, {}) for c in cells]
-        ax.bar(x, [v.get("mean") or 0 for v in vals], yerr=[v.get("std") or 0 for v in vals], color="tab:blue",
-               alpha=0.8, capsize=4, label="trained SAEs")
+        st = [c["analysis"].get("stability", {}) for c in cells]
+        vals = [dict(s.get("levels", {}), **s.get("ground_truth", {})).get(m, {}) for s in st]
+        v = [r.get("value") or 0 for r in vals]
+        err = np.array([[max(0.0, y - r["ci"][0]), max(0.0, r["ci"][1] - y)] if r.get("ci") else [0, 0]
+                        for y, r in zip(v, vals)]).T
+        ax.bar(x, v, yerr=err, color="tab:blue", alpha=0.8, capsize=4, label="trained SAEs (95% CI)")
         for kind, (marker, color) in NULL_STYLE.items():
-            ys = [v.get("nulls", {}).get(kind, {}).get("null_mean") for v in vals]
+            if kind == "shared_init":
+                ys = [s.get("references", {}).get("shared_init", {}).get(m, {}).get("value") for s in st]
+            else:
+                ys = [r.get("nulls", {}).get(kind, {}).get("value") for r in vals]
             pts = [(xi, y) for xi, y in zip(x, ys) if y is not None]
             if pts:
-                ax.scatter(*zip(*pts), marker=marker, color=color, zorder=3, s=50, label=f"{kind} null")
+                ax.scatter(*zip(*pts), marker=marker, color=color, zorder=3, s=50,
+                           label="shared-init reference" if kind == "shared_init" else f"{kind} null")
         ax.set_xticks(x, [c["name"].split(" @")[0] for c in cells], rotation=20, ha="right", fontsize=8)
-        ax.set(ylabel="score (0-1)", title=title, ylim=(0, 1.05))
-        ax.legend(fontsize=7)
+        ax.set(ylabel="score", title=title, ylim=(0, 1.05))
+        ax.legend(fontsize=6)
     return _save(fig, path)
 
 

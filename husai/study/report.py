@@ -16,10 +16,7 @@ from pathlib import Path
 from husai.io import atomic_write_bytes, read_json, read_jsonl
 from husai.sae.architectures import K_ARCHITECTURES
 from husai.study.config import load_study
-
-Z_STABLE = 3.0
-"""A stability number counts as above chance when it beats every null by >= 3 null std."""
-
+from husai.study.stability_section import stability_table, verdict
 
 ATOM_MARGIN = 0.05
 """An SAE recovers the answer atoms when its centroid MCC beats both no-learning references of the same
@@ -54,69 +51,12 @@ def _fmt(v, nd=3):
     return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
 
 
+def _sci(v):
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.2e}"
+
+
 def _mark(v):
     return "n/a" if v is None else ("PASS" if v else "FAIL")
-
-
-def _null_words(a: dict) -> tuple[list[str], list[str]]:
-    """Names of the nulls a stability number beats by >= Z_STABLE null std, and of those it does not."""
-    beats, fails = [], []
-    for kind, n in a.get("nulls", {}).items():
-        z = n.get("z")
-        txt = f"{kind} {_fmt(n.get('null_mean'))} (z = {_fmt(z, 1)})"
-        (beats if z is not None and z >= Z_STABLE else fails).append(txt)
-    return beats, fails
-
-
-def verdict(cells: list[dict]) -> list[str]:
-    """Plain-language conclusions computed from the numbers, one per SAE cell.
-
-    Atom level: PW-MCC against every null. Beating isotropic vectors and untrained SAEs is the
-    minimum; beating random directions drawn from the activations' own distribution (activation
-    and subspace nulls) is what "the seeds learn the same features" needs on a low-rank residual.
-    Feature level: how much decoder weight lies in the key-frequency subspaces, and whether the
-    per-frequency subspaces agree across seeds (phases may rotate inside a stable plane).
-    """
-    lines = []
-    for c in cells:
-        an = c["analysis"]
-        a = an.get("atom_level", {}).get("pw_mcc_dec")
-        if not a:
-            lines.append(f"{c['name']}: no stability result ({c['status']}).")
-            continue
-        beats, fails = _null_words(a)
-        if not fails:
-            word = "STABLE above chance: beats every null"
-        elif beats:
-            word = ("above the naive nulls but NOT above every null — the seeds agree no more than random "
-                    "directions of that kind would")
-        else:
-            word = "AT CHANCE: beats no null"
-        moved = [v.get("mean_row_cos_to_init") for v in an.get("moved_from_init", {}).values()]
-        moved_txt = ""
-        if moved and None not in moved:
-            m = sum(moved) / len(moved)
-            moved_txt = f" Decoder rows keep cosine {m:.2f} with their init" + (
-                " — they barely moved, so no stability number here means anything." if m > 0.9 else ".")
-        fo = [r.get("fourier_overlap") for r in c["rows"] if r.get("fourier_overlap") is not None]
-        ws = [f.get("weight_space", {}).get("union_mean_live") for f in an.get("fourier", {}).values()]
-        ws = [w for w in ws if w is not None]
-        fs = an.get("frequency_level", {}).get("summary", {})
-        feat = []
-        if fo:
-            feat.append(f"mean Fourier purity of live latents {sum(fo) / len(fo):.3f}")
-        if ws:
-            feat.append(f"{sum(ws) / len(ws):.0%} of live decoder norm in the key-frequency subspaces")
-        if fs.get("subspace_overlap_by_weights_mean") is not None:
-            feat.append(f"per-frequency subspaces agree across seeds at {_fmt(fs['subspace_overlap_by_weights_mean'])} "
-                        f"(random subspaces {_fmt(fs.get('null_overlap_by_weights_mean'))})")
-        sh = an["atom_level"].get("shared_fraction", {})
-        lines.append(
-            f"{c['name']}: PW-MCC {_fmt(a['mean'])} ± {_fmt(a['std'])} over {len(c['rows'])} seeds is {word}. "
-            f"Beats: {', '.join(beats) or 'none'}. Does not beat: {', '.join(fails) or 'none'}. "
-            f"Shared fraction {_fmt(sh.get('mean'))}.{moved_txt}"
-            + (f" Features: {'; '.join(feat)}." if feat else ""))
-    return lines
 
 
 def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
@@ -159,8 +99,8 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                           status=crow[0]["status"] if crow else "missing", arch=run.cfg.architecture))
 
     # Per-SAE quality with the plan's criteria.
-    head = ["run", "seed", "EV", "L0", "dead", "spliced acc", "CE rec (zero)", "CE rec (mean)", "Fourier overlap",
-            "decoder drift"] + list(criteria(rows[0]).keys() if rows else [])
+    head = ["run", "seed", "EV", "L0", "dead", "spliced acc", "delta CE (nats)", "CE rec (zero)", "CE rec (mean)",
+            "Fourier overlap", "cosine to init", "off span"] + list(criteria(rows[0]).keys() if rows else [])
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r["status"] != "ok":
@@ -168,34 +108,33 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
             continue
         table.append("| " + " | ".join([r["run"].split("/")[-1], str(r["seed"]), _fmt(r["explained_variance"]),
                                          _fmt(r["l0"], 1), _fmt(r["frac_dead"]), _fmt(r["spliced_acc"]),
-                                         _fmt(r["ce_loss_recovered_zero"]), _fmt(r["ce_loss_recovered_mean"]),
-                                         _fmt(r["fourier_overlap"]), _fmt(r["decoder_drift"])]
+                                         _sci(r.get("delta_ce")), _fmt(r["ce_loss_recovered_zero"]),
+                                         _fmt(r["ce_loss_recovered_mean"]), _fmt(r["fourier_overlap"]),
+                                         _fmt(r.get("cosine_to_init")), _fmt(r.get("off_span_live"))]
                                         + [_mark(v) for v in criteria(r).values()]) + " |")
-    sections.append(("SAE quality", "\n".join(table)))
+    sections.append(("SAE quality", "\n".join(table) + "\n\n" + (
+        "delta CE: the model's loss with the SAE spliced in minus its clean loss, in nats; CE-loss-recovered saturates at "
+        "1.000 here because the clean loss is ~1e-7 (science brief section 6). Cosine to init: mean cosine of each decoder "
+        "row with its initialisation (high: it moved little). Off span: share of the live decoder rows' squared norm "
+        "outside the 99.9%-variance span of the activations (a training-health figure).")))
 
-    ok_cells = [c for c in cells if c["analysis"].get("atom_level")]
+    ok_cells = [c for c in cells if c["analysis"].get("stability", {}).get("levels")]
     if ok_cells:
         figs.append(("stability", rf.stability_heatmaps(ok_cells, figdir / "stability_heatmaps.png"),
-                     "PW-MCC between seeds (Hungarian-matched decoder cosine), one panel per SAE cell."))
+                     "PW-MCC between seeds (Hungarian-matched decoder cosine of live latents in the data metric), "
+                     "one panel per SAE cell."))
         figs.append(("stability", rf.stability_vs_null(ok_cells, figdir / "stability_vs_null.png"),
-                     "PW-MCC and shared fraction (bars: mean ± std over seed pairs) against their nulls (markers)."))
+                     "Stability at each level (bars: mean over seed pairs with its 95% bootstrap CI over seeds) "
+                     "against its nulls and the shared-init reference (markers)."))
         figs.append(("stability", rf.frequency_coverage(ok_cells, figdir / "frequency_coverage.png"),
                      "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the row in that "
                      "frequency's residual subspace), with activation-pure ones (purity >= 0.85) in brackets."))
-    kinds = ("isotropic", "activation", "subspace", "untrained")
-    stab = ["| cell | metric | value | " + " | ".join(f"{k} null (z)" for k in kinds) + " |", "|---|---|---|---|---|---|---|"]
+    stab = [stability_table(ok_cells)]
     for c in ok_cells:
-        for m, name in (("pw_mcc_dec", "PW-MCC"), ("mean_max_abs_cos_dec", "mean-max abs cos (public HUSAI 'PWMCC')"),
-                        ("shared_fraction", "shared fraction")):
-            a = c["analysis"]["atom_level"].get(m, {})
-            nl = a.get("nulls", {})
-            stab.append(f"| {c['name']} | {name} | {_fmt(a.get('mean'))} ± {_fmt(a.get('std'))} | " + " | ".join(
-                f"{_fmt(nl.get(k, {}).get('null_mean'))} ({_fmt(nl.get(k, {}).get('z'), 1)})"
-                for k in kinds) + " |")
         fl = c["analysis"].get("frequency_level", {})
         if fl:
-            stab.append(f"| {c['name']} | frequency level | {_summary(fl)} | | | | |")
-    sections.append(("Stability across seeds", "\n".join(stab)))
+            stab.append(f"- {c['name']}, frequency level: {_summary(fl)}.")
+    sections.append(("Stability across seeds", "\n\n".join(stab)))
     if any(c["analysis"].get("ground_truth") for c in ok_cells):
         sections.append(("Ground truth and what the latents are", _ground_truth_section(ok_cells)))
     failed = [r for r in rows if r["status"] != "ok"]

@@ -1,10 +1,14 @@
 """The results table: one row per SAE, rebuilt from the run folders alone.
 
 Columns: the grid parameters, status/error, every SAE metric of train-sae (mse, explained_variance,
-l0, frac_dead, ...), the SAE's Fourier validation (fourier_overlap, frac_pure, coverage, with the
-untrained-SAE null), and its cell's cross-seed stability (PW-MCC, mean-max |cos|, shared fraction,
-each with null means and z-scores) plus the SAE's own mean PW-MCC to the other seeds. Timing
-columns are left out so that a resumed study gives exactly the same table.
+l0, frac_dead, delta_ce, ...), the SAE's Fourier validation (fourier_overlap, frac_pure, coverage, with
+the untrained-SAE null), its latent types and ground-truth recovery, and its cell's cross-seed
+stability in the data metric (husai.analysis.agreement): per metric M the mean over seed pairs
+(M), its 95% CI (M_ci_lo, M_ci_hi), the fitting null's mean (M_null) and the effect over it with its CI
+(M_effect, M_effect_ci_lo, M_effect_ci_hi); the shared-init reference's PW-MCC; the raw-coordinate
+PW-MCC (basis-dependent, kept for comparison); and the SAE's own mean PW-MCC to the other seeds, its
+off-span share and its latents' mean reappearance probability. Timing columns are left out so that a
+resumed study gives exactly the same table.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from husai.sae.architectures import K_ARCHITECTURES
 from husai.study.config import StudyConfig
 
 SAE_METRICS = ("mse", "explained_variance", "l0", "frac_dead", "frac_dense", "spliced_acc", "spliced_ce", "delta_ce",
-               "ce_loss_recovered_zero", "ce_loss_recovered_mean", "decoder_drift")
+               "ce_loss_recovered_zero", "ce_loss_recovered_mean", "cosine_to_init")
 FOURIER = ("fourier_overlap", "frac_pure", "coverage", "n_live")
-STABILITY = ("pw_mcc_dec", "pw_mcc_enc", "mean_max_abs_cos_dec", "shared_fraction")
-NULL_KINDS = ("isotropic", "activation", "subspace", "untrained")
+STABILITY = ("pw_mcc_dec", "pw_mcc_enc", "mean_max_abs_cos_dec", "shared_fraction", "reappearance", "act_mcc",
+             "act_reappearance", "plane_coverage_agreement", "mass_agreement", "class_jaccard")
 
 
 def _num(x):
@@ -46,6 +50,8 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
         row = dict(base, seed=seed, status="failed" if failed else "ok", error=(failed or {}).get("error"))
         per = metrics.get("per_seed", {}).get(str(seed), {})
         row.update({m: _num(per.get(m)) for m in SAE_METRICS})
+        if row["cosine_to_init"] is None:  # metrics.json of husai < 0.3 called it decoder_drift
+            row["cosine_to_init"] = _num(per.get("decoder_drift"))
         label = labels[i] if i < len(labels) else f"seed {seed}"
         fr = analysis.get("fourier", {}).get(label, {})
         row.update({m: _num(fr.get(m)) for m in FOURIER})
@@ -60,16 +66,24 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
         row["hook_answer_share"] = _num(analysis.get("ground_truth", {}).get("variance", {}).get("answer"))
         nu = fr.get("nulls_untrained", {}).get("fourier_overlap", {})
         row["fourier_overlap_null"], row["fourier_overlap_z"] = _num(nu.get("null_mean")), _num(nu.get("z"))
-        atom = analysis.get("atom_level", {})
+        st = analysis.get("stability", {})
+        levels = dict(st.get("levels", {}), **{k: v for k, v in st.get("ground_truth", {}).items() if k in STABILITY})
         for m in STABILITY:
-            r = atom.get(m, {})
-            row[f"{m}_mean"], row[f"{m}_std"] = _num(r.get("mean")), _num(r.get("std"))
-            for kind in NULL_KINDS:
-                n = r.get("nulls", {}).get(kind, {})
-                row[f"{m}_null_{kind}"], row[f"{m}_z_{kind}"] = _num(n.get("null_mean")), _num(n.get("z"))
-        M = atom.get("pw_mcc_dec", {}).get("matrix")
-        row["pw_mcc_to_other_seeds"] = (sum(M[i][j] for j in range(len(M)) if j != i) / (len(M) - 1)
-                                        if M and len(M) > 1 and i < len(M) else None)
+            r = levels.get(m, {})
+            ci, fit = r.get("ci") or [None, None], r.get("fitting", {})
+            eci = fit.get("effect_ci") or [None, None]
+            row.update({m: _num(r.get("value")), f"{m}_ci_lo": _num(ci[0]), f"{m}_ci_hi": _num(ci[1]),
+                        f"{m}_null": _num(fit.get("value")), f"{m}_effect": _num(fit.get("effect")),
+                        f"{m}_effect_ci_lo": _num(eci[0]), f"{m}_effect_ci_hi": _num(eci[1])})
+        init = st.get("references", {}).get("shared_init", {}).get("pw_mcc_dec", {})
+        row["pw_mcc_dec_shared_init"] = _num(init.get("value"))
+        row["pw_mcc_dec_raw"] = _num(st.get("raw", {}).get("pw_mcc_dec", {}).get("value"))
+        M = levels.get("pw_mcc_dec", {}).get("matrix")
+        others = [M[i][j] for j in range(len(M)) if j != i and M[i][j] is not None] if M and i < len(M) else []
+        row["pw_mcc_to_other_seeds"] = sum(others) / len(others) if others else None
+        row["off_span_live"] = _num(st.get("off_span", {}).get(label))
+        reap = [v for v in (st.get("per_latent", {}).get(label, {}).get("reappearance") or []) if v is not None]
+        row["latent_reappearance_mean"] = sum(reap) / len(reap) if reap else None
         rows.append(row)
     return rows
 

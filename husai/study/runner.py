@@ -54,7 +54,7 @@ def ensure_model(cfg: StudyConfig, out: Path, seed: int, progress: bool = True) 
 def cell_spec(run: SAERun, out: Path, cfg: StudyConfig) -> dict:
     """Everything a worker needs, as plain data (picklable for process pools and Ray)."""
     return dict(root=str(out), folder=str(run.folder(out)), model_dir=str(model_dir(out, run.model_seed)), hook=run.hook,
-                sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold, null_pairs=cfg.null_pairs)
+                sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold)
 
 
 def cell_done(folder: Path) -> bool:
@@ -79,7 +79,7 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
             run_train_sae(config_from_dict(spec["sae_cfg"]), folder, spec["seeds"],
                           transformer_checkpoint=spec["model_dir"], hook=spec["hook"], progress=False)
         dirs = [folder / f"seed_{s}" for s in spec["seeds"]] if len(spec["seeds"]) > 1 else [folder]
-        result = compare_saes(dirs, Path(spec["model_dir"]), threshold=spec["threshold"], n_null=spec["null_pairs"],
+        result = compare_saes(dirs, Path(spec["model_dir"]), threshold=spec["threshold"],
                               plots=folder / "figures") if len(dirs) > 1 else None
         write_json(folder / "analysis.json", result or {})
         return dict(folder=str(folder), status="ok", seconds=time.time() - t0)

@@ -1,0 +1,138 @@
+"""The report's verdict and its stability section: "do the seeds learn the same, true features?",
+level by level, each figure with its 95% CI over seeds and the null it is read against
+(husai.analysis.agreement, husai.analysis.seed_stability).
+
+A level counts as agreeing beyond chance when the CI of its effect over the fitting null (value -
+null, paired by seed pair) lies above 0; "at" the null when the CI holds 0; "below" when it lies
+under 0. There is no z-score: a z against the spread of single null draws (the old rule) measures
+how precisely the null is drawn, not how sure the comparison is (it gave z = 825 and -226).
+"""
+
+from __future__ import annotations
+
+import math
+
+LEVELS = (("atoms", "pw_mcc_dec", "PW-MCC"), ("atoms", "mean_max_abs_cos_dec", "mean-max |cos| (public HUSAI 'PWMCC')"),
+          ("atoms", "shared_fraction", "shared fraction"), ("atoms", "reappearance", "reappearance"),
+          ("activations", "act_mcc", "matched activation correlation"),
+          ("activations", "act_reappearance", "activation reappearance"),
+          ("planes", "plane_coverage_agreement", "plane coverage agreement"),
+          ("planes", "mass_agreement", "plane mass agreement"), ("classes", "class_jaccard", "answer-class Jaccard"))
+NULLS = ("isotropic", "matched_geometry", "symmetry", "random_in_span")
+
+
+def _f(v, nd=3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{nd}f}"
+
+
+def _ci(c, nd=3) -> str:
+    return f"[{_f(c[0], nd)}, {_f(c[1], nd)}]" if c else "[-]"
+
+
+def _levels(st: dict) -> dict:
+    return dict(st.get("levels", {}), **{k: v for k, v in st.get("ground_truth", {}).items() if isinstance(v, dict)
+                                         and "value" in v})
+
+
+def reading(r: dict) -> str:
+    """above / at / below the fitting null, from the CI of the effect."""
+    ci = (r.get("fitting") or {}).get("effect_ci")
+    if not ci:
+        return "no null"
+    return "above" if ci[0] > 0 else ("below" if ci[1] < 0 else "at")
+
+
+def _phrase(r: dict, name: str) -> str:
+    fit = r.get("fitting") or {}
+    nulls = " / ".join(n.replace("_", " ") for n in fit.get("nulls", []))
+    return (f"{name} {_f(r['value'])} {_ci(r.get('ci'))}, {reading(r)} the fitting null ({nulls} {_f(fit.get('value'))}; "
+            f"effect {_f(fit.get('effect'))} {_ci(fit.get('effect_ci'))})")
+
+
+def verdict(cells: list[dict]) -> list[str]:
+    """One headline paragraph per SAE cell, level by level (module docstring)."""
+    lines = []
+    for c in cells:
+        st = c["analysis"].get("stability")
+        if not st:
+            lines.append(f"{c['name']}: no stability result ({c['status']}).")
+            continue
+        lv, n = _levels(st), len(c["rows"])
+        parts = [f"{c['name']}, {n} seeds, in the data metric ({st['data_span']['dim']}-d span, live latents)."]
+        if "pw_mcc_dec" in lv:
+            init = st.get("references", {}).get("shared_init", {}).get("pw_mcc_dec", {}).get("value")
+            raw = st.get("raw", {}).get("pw_mcc_dec", {}).get("value")
+            learned = ""
+            if init is not None:
+                learned = (f"; the seeds' initialisations already agree at {_f(init)} (shared-init reference), so "
+                           + ("training added agreement" if lv["pw_mcc_dec"]["value"] > init else
+                              "the agreement is inherited from the init, not learned"))
+            parts.append(f"Atoms: {_phrase(lv['pw_mcc_dec'], 'PW-MCC')}{learned}; raw-coordinate PW-MCC {_f(raw)} "
+                         "(basis-dependent, the old figure).")
+        if "shared_fraction" in lv:
+            parts.append(f"Shared fraction {_f(lv['shared_fraction']['value'])} {_ci(lv['shared_fraction'].get('ci'))} "
+                         f"({reading(lv['shared_fraction'])} its fitting null); latents reappear in another seed with "
+                         f"probability {_f(lv.get('reappearance', {}).get('value'))}.")
+        if "act_mcc" in lv:
+            parts.append(f"Activations: {_phrase(lv['act_mcc'], 'matched correlation')}.")
+        gtp = [lv[m] for m in ("class_jaccard", "mass_agreement") if m in lv]
+        if gtp:
+            parts.append("Planes and classes: " + "; ".join(_phrase(lv[m], name) for m, name in (
+                ("class_jaccard", "answer-class Jaccard"), ("mass_agreement", "plane-mass agreement")) if m in lv) + ".")
+        rec = [(r.get("centroid_mcc"), max(r.get("centroid_mcc_random") or -1, r.get("centroid_mcc_data_points") or -1))
+               for r in c["rows"] if r.get("centroid_mcc") is not None]
+        if rec and (c["rows"][0].get("hook_answer_share") or 0) >= 0.5:
+            m, ref = sum(a for a, _ in rec) / len(rec), sum(b for _, b in rec) / len(rec)
+            parts.append(f"Ground truth: answer-centroid MCC {_f(m)} against {_f(ref)} for the better no-learning "
+                         f"reference ({'above' if m > ref else 'not above'} it).")
+        off = [v for v in st.get("off_span", {}).values() if v is not None]
+        cos = [r.get("cosine_to_init") for r in c["rows"] if r.get("cosine_to_init") is not None]
+        if off or cos:
+            parts.append(f"Health: {_f(sum(off) / len(off) if off else None)} of the live decoder rows' squared norm "
+                         f"lies outside the data span; decoder rows keep cosine {_f(sum(cos) / len(cos) if cos else None, 2)} "
+                         "with their init" + (" (they barely moved: no stability figure here means much)."
+                                              if cos and sum(cos) / len(cos) > 0.9 else "."))
+        lines.append(" ".join(parts))
+    return lines
+
+
+def stability_table(cells: list[dict]) -> str:
+    """Every level of every cell: value [CI], each null, the effect over the fitting null [CI], and the
+    shared-init reference; then PW-MCC along training where a trajectory was recorded."""
+    head = ["cell", "level", "metric", "value [95% CI]", *(n.replace("_", " ") + " null" for n in NULLS),
+            "effect over fitting null [95% CI]", "reading", "shared-init reference"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    traj = []
+    for c in cells:
+        st = c["analysis"].get("stability")
+        if not st:
+            continue
+        lv, refs = _levels(st), st.get("references", {})
+        for level, m, name in LEVELS:
+            if m not in lv:
+                continue
+            r, fit = lv[m], lv[m].get("fitting") or {}
+            init = refs.get("shared_init", {}).get(m, {}).get("value")
+            out.append("| " + " | ".join([c["name"], level, name, f"{_f(r['value'])} {_ci(r.get('ci'))}",
+                                            *(_f(r["nulls"].get(k, {}).get("value")) for k in NULLS),
+                                            f"{_f(fit.get('effect'))} {_ci(fit.get('effect_ci'))}", reading(r),
+                                            _f(init)]) + " |")
+        tr = refs.get("trajectory")
+        if tr and "pw_mcc_dec" in lv:
+            steps = [f"epoch {e}: {_f(v['pw_mcc_dec']['value'])}" for e, v in sorted(tr.items(), key=lambda kv: int(kv[0]))]
+            traj.append(f"- {c['name']}: PW-MCC along training (data metric, live latents): " + ", ".join(steps)
+                        + f", final: {_f(lv['pw_mcc_dec']['value'])}.")
+    text = "\n".join(out)
+    if traj:
+        text += "\n\n" + "\n".join(traj)
+    return text + "\n\n" + (
+        "All figures compare live latents in the data metric: decoder and encoder rows projected onto the principal "
+        "subspace holding 99.9% of the activation variance, so a rotation of the activations leaves them unchanged. "
+        "CI: 95% bootstrap over seeds. Nulls: isotropic = random directions in the span (naive); matched geometry = "
+        "random atoms with each dictionary's own second moment; symmetry = one seed's SAE moved by the shift "
+        "(a, b) -> (a + t, b + t), an equally good SAE at another phase; random in span = random dictionaries of the "
+        "same size (ground-truth levels). Effect: value minus the stricter fitting null, paired by seed pair. "
+        "Shared-init reference: the same comparison between the seeds' initialisations (not chance: with data "
+        "init they start from data points of the same tight clusters).")
