@@ -58,7 +58,7 @@ def _copy_file(rel: str):
 
 
 def _compare_json(w: Path, o: Path) -> None:
-    o.write_text(json.dumps({"saes": [], "atom_level": {}}))  # what `husai compare --json` writes
+    o.write_text(json.dumps({"saes": [], "stability": {}}))  # what `husai compare --json` writes
 
 
 SAE_ARGS = ["--epochs", "1", "--expansion", "2", "--k", "4", "--quiet"]
@@ -74,9 +74,9 @@ WRITERS = {
     "ground-truth": Writer(lambda o: ["ground-truth", "W/run", "--json", o], False, _compare_json, "W/run/gt.json"),
     "fourier": Writer(lambda o: ["fourier", "W/sae", "--model", "W/run", "--n-null", "1", "--json", o],
                       False, _compare_json, "W/sae/fourier.json"),
-    "compare": Writer(lambda o: ["compare", "W/sae", "--n-null", "2", "--json", o],
+    "compare": Writer(lambda o: ["compare", "W/sae", "--json", o],
                       False, _copy_file("acts.safetensors"), "W/sae/seed_1/compare.json"),
-    "compare-plots": Writer(lambda o: ["compare", "W/sae", "--n-null", "2", "--json", o + ".json", "--plots", o],
+    "compare-plots": Writer(lambda o: ["compare", "W/sae", "--json", o + ".json", "--plots", o],
                             True, _copy_tree("sae"), "W/sae/plots"),
     "study": Writer(lambda o: ["study", "--config", "W/ok.yaml", "--out", o], True, _copy_tree("run"), "W/ok.yaml",
                     resumes=True),
@@ -186,7 +186,7 @@ def test_compare_refuses_to_write_into_the_model_its_saes_record(work):
         d["metadata"]["model_path"] = str(work / "run")
         cfg.write_text(json.dumps(d))
     before = snapshot(work)
-    assert_clean_error(husai(work, "compare", "W/sae", "--n-null", "2", "--json", "W/run/cmp.json"), "what it reads")
+    assert_clean_error(husai(work, "compare", "W/sae", "--json", "W/run/cmp.json"), "what it reads")
     assert snapshot(work) == before
 
 
@@ -236,7 +236,7 @@ def test_written_files_follow_the_umask(work, mask):
     try:
         r = husai(work, "train-sae", "--transformer-checkpoint", "W/run", "--save-dir", "W/o", "--seeds", "1,2",
                   *SAE_ARGS)
-        r2 = husai(work, "compare", "W/o", "--n-null", "2", "--json", "W/cmp.json", "--plots", "W/plots")
+        r2 = husai(work, "compare", "W/o", "--json", "W/cmp.json", "--plots", "W/plots")
     finally:
         os.umask(old)
     _ok(r), _ok(r2)

@@ -12,7 +12,8 @@ _EXPORTS = {
                                                           "chance_purity", "fourier_report")},
     **{name: "husai.analysis.stability" for name in ("compute_pwmcc", "pw_mcc", "mean_max_abs_cos", "cosine_matrix",
                                                      "pairwise_matrices")},
-    "null_samples": "husai.analysis.nulls", "null_stats": "husai.analysis.nulls",
+    "null_stats": "husai.analysis.nulls", "data_span": "husai.analysis.data_span",
+    "seed_agreement": "husai.analysis.agreement", "sae_stability": "husai.analysis.seed_stability",
     "compare_saes": "husai.analysis.compare", "fourier_saes": "husai.analysis.compare",
 }
 __all__ = list(_EXPORTS)

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from husai.analysis.data_span import DataSpan, shift_map, shift_permutation
+from husai.analysis.nulls import isotropic_dictionary, matched_geometry_dictionary
 from husai.analysis.stability import SHARED_THRESHOLD, hungarian, mean_max_abs_cos_from_cos
 
 BOOTSTRAP = 2000
@@ -195,14 +196,6 @@ def _null_view(D: torch.Tensor, label: str) -> SeedView:
     return SeedView(label, np.arange(len(D)), D, D)
 
 
-def _matched(view: SeedView, gen: torch.Generator) -> torch.Tensor:
-    """view.n Gaussian atoms with the second moment of the view's unit decoder rows, unit-normalised."""
-    C = view.dec.T @ view.dec / max(view.n, 1)
-    w, V = torch.linalg.eigh(C)
-    g = torch.randn(view.n, C.shape[0], generator=gen, dtype=torch.float64)
-    return _unit(g @ (V * w.clamp_min(0).sqrt()).T)
-
-
 def _moved(view: SeedView, M: torch.Tensor, p: int, t: int) -> SeedView:
     """The view's SAE moved by the shift t: decoder and encoder rows times the orthogonal M
     (husai.analysis.data_span.shift_map), codes z(a - t, b - t)."""
@@ -233,9 +226,9 @@ def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, g
             for key, lst in best[k].items():
                 if key in b.get(side, {}):
                     lst.append(b[side][key])
-        draws = {"isotropic": (_unit(torch.randn(views[i].n, r, generator=gen, dtype=torch.float64)),
-                               _unit(torch.randn(views[j].n, r, generator=gen, dtype=torch.float64))),
-                 "matched_geometry": (_matched(views[i], gen), _matched(views[j], gen))}
+        draws = {"isotropic": (isotropic_dictionary(views[i].n, r, gen), isotropic_dictionary(views[j].n, r, gen)),
+                 "matched_geometry": (matched_geometry_dictionary(views[i].dec, gen),
+                                      matched_geometry_dictionary(views[j].dec, gen))}
         for kind, (D1, D2) in draws.items():
             nv, _ = pair_agreement(_null_view(D1, "a"), _null_view(D2, "b"), threshold, tied=True)
             for m, v in nv.items():

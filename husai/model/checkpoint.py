@@ -78,8 +78,14 @@ def load_weights(model: Transformer, path: Path, what: str = "checkpoint") -> di
     return {k: v for k, v in tensors.items() if k not in expected}
 
 
+WHICH = ("model", "best", "memorised", "untrained")
+
+
 def load_model(run_dir: str | Path, which: str = "model", device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
-    """Load a trained model from its run folder. which: 'model' (final) or 'best'.
+    """Load a trained model from its run folder. which: 'model' (final), 'best' (lowest test loss),
+    'memorised' (the first evaluation that fit the training pairs before the model generalised,
+    husai.model.train; the model-side control of stability) or 'untrained' (the run's own
+    initialisation, rebuilt from its seed: the other control, Heap et al. 2025).
 
     Returns (model in eval mode on `device`, the config.json dict).
     """
@@ -90,7 +96,14 @@ def load_model(run_dir: str | Path, which: str = "model", device: str | torch.de
         weights, run_dir = run_dir, run_dir.parent
     else:
         weights = run_dir / f"{which}.safetensors"
+    if which not in WHICH:
+        raise HusaiError(f"unknown model checkpoint {which!r}; choose one of {', '.join(WHICH)}")
     cfg = read_json(run_dir / "config.json", "model config")
     model = Transformer(model_config_from_json(cfg, str(run_dir / "config.json")))
+    if which == "untrained":
+        return model.init_weights(int(cfg.get("seed", 0))).to(device).eval(), cfg
+    if which == "memorised" and not weights.is_file():
+        raise HusaiError(f"{run_dir} has no memorised checkpoint (runs of husai < 0.3 did not keep one, and a model "
+                         "that generalised before its first evaluation never had one)")
     load_weights(model, weights, "model checkpoint")
     return model.to(device).eval(), cfg

@@ -146,6 +146,15 @@ def _train_bytes(cfg: TrainConfig) -> int:
     return 4 * 4 * n_params + rows * (8 * 3 * (cfg.p + 1) + 4 * 2 * cfg.n_layers * (mc.d_mlp + 4 * mc.d_model))
 
 
+MEMORISED_TEST_ACC = 0.9
+"""An evaluation counts as memorised when it fits the training pairs (train accuracy >= 0.99) while test
+accuracy is still below 0.9. The fast preset's first evaluation (epoch 100) has train 1.0, test 0.54."""
+
+
+def memorised(row: dict) -> bool:
+    return row["train_acc"] >= 0.99 and row["test_acc"] < MEMORISED_TEST_ACC
+
+
 def _latest_checkpoint(out: Path) -> Path | None:
     ckpts = sorted((out / "checkpoints").glob("epoch_*.safetensors"))
     return ckpts[-1] if ckpts else None
@@ -298,6 +307,9 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
                 if test_loss < best[0]:
                     best = (test_loss, epoch)
                     save_tensors(out / "best.safetensors", model.state_dict(), {"epoch": epoch})
+                if memorised(row) and not any(memorised(r) for r in history[:-1]):
+                    # the stability controls train SAEs on the model before it generalised (husai study)
+                    save_tensors(out / "memorised.safetensors", model.state_dict(), {"epoch": epoch})
                 bar.update(task, completed=epoch, info=f"train {train_loss:.1e} test {test_loss:.1e} "
                            f"acc {test_acc:.3f} single-freq {single:.2f}")
                 if test_acc >= cfg.stop_test_acc and single >= cfg.stop_frac_single_freq and not cfg.run_all_epochs:
@@ -317,6 +329,8 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
     grok = next((r["epoch"] for r in history if r["test_acc"] >= 0.99), None)
     clean = next((r["epoch"] for r in history if r["test_acc"] >= cfg.stop_test_acc
                   and r["frac_neurons_single_freq"] >= cfg.stop_frac_single_freq), None)
+    mem = next((r for r in history if memorised(r)), None)
+    metrics.update(memorised_epoch=mem and mem["epoch"], memorised_test_acc=mem and mem["test_acc"])
     metrics.update(epochs_trained=epoch, grokked_epoch=grok, clean_epoch=clean, stopped_because=stopped,
                    best_epoch=best[1], wall_seconds=offset + time.time() - t_start)
     write_json(out / "metrics.json", metrics)

@@ -71,12 +71,13 @@ def extract(model, hook_name: str, tokens: torch.Tensor, batch_size: int = 4096)
 
 
 def model_activations(run_dir: str | Path, layer: int | None = None, hook: str | None = None,
-                      split: str = "all", device: str = "cpu") -> tuple[torch.Tensor, dict]:
+                      split: str = "all", device: str = "cpu", which: str = "model") -> tuple[torch.Tensor, dict]:
     """Load a model run and extract activations. Returns (acts [N, d], info) where info holds
-    hook_name, model_path, split, p, operation (what metrics and cfg.json need)."""
+    hook_name, model_path, split, p, operation (what metrics and cfg.json need).
+    which: the model's final weights, or another checkpoint (husai.model.checkpoint.load_model)."""
     if split not in SPLITS:
         raise HusaiError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    model, cfg = load_model(run_dir, device=device)
+    model, cfg = load_model(run_dir, which=which, device=device)
     hook_name = resolve_hook(model, layer, hook)
     data = make_dataset(cfg["p"], cfg["train_frac"], cfg["split_seed"], cfg["operation"])
     idx = {"all": torch.arange(data.tokens.shape[0]), "train": data.train_idx, "test": data.test_idx}[split]

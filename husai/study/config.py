@@ -8,7 +8,7 @@
     saes:                       # each entry: SAETrainConfig keys; a list value is a grid axis
       - {architecture: topk, expansion: [16], k: [32]}
       - {architecture: relu, expansion: 16, l1_coeff: [0.01, 0.03]}
-    stability: {threshold: 0.7}
+    stability: {threshold: 0.7, controls: [memorised, untrained], control_seeds: 3}
 
 Everything is validated before any work starts; errors name the key.
 """
@@ -63,6 +63,10 @@ class StudyConfig:
     """Expanded SAE grid."""
     threshold: float = 0.7
     """Match threshold of the shared fraction (Paulo & Belrose 2025) and of reappearance."""
+    controls: tuple = ()
+    """Model-side controls run for every cell (husai.study.controls): memorised, untrained."""
+    control_seeds: int = 3
+    """The first this-many SAE seeds train the controls."""
     raw: dict = field(default_factory=dict)
     """The YAML as written (copied into the study folder)."""
 
@@ -130,12 +134,22 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
     if isinstance(st, dict) and "null_pairs" in st:
         raise HusaiError(f"{source}: key 'stability.null_pairs' is gone: every null is now drawn once per seed pair "
                          "(husai.analysis.agreement); remove it")
-    if not isinstance(st, dict) or any(k != "threshold" for k in st):
-        raise HusaiError(f"{source}: key 'stability' takes only 'threshold'")
+    if not isinstance(st, dict) or any(k not in ("threshold", "controls", "control_seeds") for k in st):
+        raise HusaiError(f"{source}: key 'stability' takes only 'threshold', 'controls' and 'control_seeds'")
     threshold = st.get("threshold", 0.7)
-    if not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:
         raise HusaiError(f"{source}: key 'stability.threshold' must be a number in (0, 1), got {threshold!r}")
-    cfg = StudyConfig(model, model_seeds, hooks, seeds, saes, float(threshold), d)
+    from husai.study.controls import CONTROLS
+
+    controls = st.get("controls") or []
+    if not isinstance(controls, list) or any(c not in CONTROLS for c in controls) or len(set(controls)) < len(controls):
+        raise HusaiError(f"{source}: key 'stability.controls' must be a list of distinct names from "
+                         f"{', '.join(CONTROLS)}, got {controls!r}")
+    n_ctrl = st.get("control_seeds", min(3, len(seeds)))
+    if not isinstance(n_ctrl, int) or isinstance(n_ctrl, bool) or not 2 <= n_ctrl <= max(2, len(seeds)):
+        raise HusaiError(f"{source}: key 'stability.control_seeds' must be an integer from 2 to the number of SAE "
+                         f"seeds ({len(seeds)}), got {n_ctrl!r}")
+    cfg = StudyConfig(model, model_seeds, hooks, seeds, saes, float(threshold), tuple(controls), n_ctrl, d)
     names = [r.folder(Path(".")) for r in cfg.runs()]
     if len(set(names)) != len(names):
         raise HusaiError(f"{source}: two grid cells map to the same run folder (duplicate SAE configs)")

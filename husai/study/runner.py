@@ -54,7 +54,8 @@ def ensure_model(cfg: StudyConfig, out: Path, seed: int, progress: bool = True) 
 def cell_spec(run: SAERun, out: Path, cfg: StudyConfig) -> dict:
     """Everything a worker needs, as plain data (picklable for process pools and Ray)."""
     return dict(root=str(out), folder=str(run.folder(out)), model_dir=str(model_dir(out, run.model_seed)), hook=run.hook,
-                sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold)
+                sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold,
+                controls=list(cfg.controls), control_seeds=list(run.seeds)[:cfg.control_seeds])
 
 
 def cell_done(folder: Path) -> bool:
@@ -81,6 +82,11 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
         dirs = [folder / f"seed_{s}" for s in spec["seeds"]] if len(spec["seeds"]) > 1 else [folder]
         result = compare_saes(dirs, Path(spec["model_dir"]), threshold=spec["threshold"],
                               plots=folder / "figures") if len(dirs) > 1 else None
+        if result and spec.get("controls"):
+            from husai.study.controls import run_controls
+
+            result["controls"] = run_controls(spec["model_dir"], spec["hook"], config_from_dict(spec["sae_cfg"]),
+                                              spec["control_seeds"], spec["controls"], spec["threshold"])
         write_json(folder / "analysis.json", result or {})
         return dict(folder=str(folder), status="ok", seconds=time.time() - t0)
     except Exception as e:  # recorded, reported, never silently dropped

@@ -87,6 +87,18 @@ def verdict(cells: list[dict]) -> list[str]:
             m, ref = sum(a for a, _ in rec) / len(rec), sum(b for _, b in rec) / len(rec)
             parts.append(f"Ground truth: answer-centroid MCC {_f(m)} against {_f(ref)} for the better no-learning "
                          f"reference ({'above' if m > ref else 'not above'} it).")
+        ctrl = c["analysis"].get("controls") or {}
+        if ctrl and "pw_mcc_dec" in lv:
+            said = []
+            for which, name in (("memorised", "the memorising model"), ("untrained", "an untrained model")):
+                r = (ctrl.get(which) or {}).get("levels", {}).get("pw_mcc_dec")
+                if r:
+                    said.append(f"on {name} {_f(r['value'])} {_ci(r.get('ci'))} (effect over its fitting null "
+                                f"{_f((r.get('fitting') or {}).get('effect'))})")
+                elif ctrl.get(which, {}).get("error"):
+                    said.append(f"on {name}: not run ({ctrl[which]['error']})")
+            if said:
+                parts.append("Model-side controls, the same recipe: PW-MCC " + "; ".join(said) + ".")
         off = [v for v in st.get("off_span", {}).values() if v is not None]
         cos = [r.get("cosine_to_init") for r in c["rows"] if r.get("cosine_to_init") is not None]
         if off or cos:
@@ -125,6 +137,25 @@ def stability_table(cells: list[dict]) -> str:
             traj.append(f"- {c['name']}: PW-MCC along training (data metric, live latents): " + ", ".join(steps)
                         + f", final: {_f(lv['pw_mcc_dec']['value'])}.")
     text = "\n".join(out)
+    ctrl_rows = []
+    for c in cells:
+        for which, ctl in (c["analysis"].get("controls") or {}).items():
+            if "levels" not in ctl:
+                ctrl_rows.append(f"| {c['name']} | {which} | not run: {ctl.get('error')} | | | | |")
+                continue
+            ev = ctl.get("explained_variance") or []
+            lv = ctl["levels"]
+            cells_ = [f"{_f(lv[m]['value'])} {_ci(lv[m].get('ci'))} ({_f((lv[m].get('fitting') or {}).get('value'))})"
+                      if m in lv else "-" for m in ("pw_mcc_dec", "shared_fraction", "act_mcc")]
+            ctrl_rows.append(f"| {c['name']} | {which}" + (f" (epoch {ctl.get('epoch')}, test acc {_f(ctl.get('test_acc'))})"
+                                                             if which == "memorised" else "")
+                             + f" | {_f(sum(ev) / len(ev) if ev else None)} | {ctl['data_span']['dim']} | "
+                             + " | ".join(cells_) + " |")
+    if ctrl_rows:
+        text += ("\n\nModel-side controls: the same SAE recipe and seeds (the first few) on the model before it "
+                 "generalised and on its untrained initialisation; value [95% CI] (fitting null).\n\n"
+                 "| cell | control | EV | span dim | PW-MCC | shared fraction | activation MCC |\n|---|---|---|---|---|---|---|\n"
+                 + "\n".join(ctrl_rows))
     if traj:
         text += "\n\n" + "\n".join(traj)
     return text + "\n\n" + (

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from husai.analysis.nulls import isotropic_dictionary
-from husai.analysis.stability import pw_mcc
 from husai.io import save_tensors, write_json
 
 P, HOOK = 13, "blocks.0.hook_resid_post"
@@ -60,27 +59,37 @@ def saes(tmp_path):
 
 def test_compare_cli_writes_json_plots_and_nulls(saes, capsys, monkeypatch):
     root, model, dirs = saes
-    code, out, err = _cli(["compare", root / "a", dirs[2], "--json", root / "c.json", "--plots", root / "plots", "--n-null", 3],
+    code, out, err = _cli(["compare", root / "a", dirs[2], "--json", root / "c.json", "--plots", root / "plots"],
                           capsys, monkeypatch)
     assert code == 0, err
     res = json.loads((root / "c.json").read_text())
     assert [s["seed"] for s in res["saes"]] == [1, 2, 3]  # the multi-seed folder expanded to its seeds
-    M = np.array(res["atom_level"]["pw_mcc_dec"]["matrix"])
+    st = res["stability"]
+    M = np.array(st["levels"]["pw_mcc_dec"]["matrix"], dtype=float)
     assert M[0, 1] == pytest.approx(1.0) and M[0, 2] < 0.5  # permuted copy vs independent dictionary
-    assert res["atom_level"]["shared_fraction"]["matrix"][0][1] == pytest.approx(1.0)
-    nulls = res["atom_level"]["pw_mcc_dec"]["nulls"]
-    assert set(nulls) == {"isotropic", "activation", "subspace", "untrained"}
-    assert all(set(v) >= {"value", "null_mean", "null_std", "z"} for v in nulls.values())
-    assert len(res["null_samples"]["untrained"]["pw_mcc_dec"]) == 3  # the seed pairs (1,2), (1,3), (2,3)
-    from husai.analysis.compare import init_fn_for
+    assert st["levels"]["shared_fraction"]["matrix"][0][1] == pytest.approx(1.0)
+    assert st["levels"]["act_mcc"]["matrix"][0][1] == pytest.approx(1.0)  # same latents, same activations
+    lv = st["levels"]["pw_mcc_dec"]
+    assert set(lv["nulls"]) == {"isotropic", "matched_geometry", "symmetry"}
+    assert lv["ci"][0] <= lv["value"] <= lv["ci"][1] and lv["fitting"]["nulls"] == ["symmetry", "matched_geometry"]
+    assert len(st["per_latent"]["seed 1"]["reappearance"]) == len(st["per_latent"]["seed 1"]["index"])
+    # the shared-init reference compares the seeds' initialisations (no recorded husai config: Gao et al.'s
+    # random init), in the data metric
+    from husai.analysis.agreement import reference_agreement, seed_view
+    from husai.analysis.compare import init_fn_for, model_context
+    from husai.analysis.data_span import data_span
     from husai.sae.checkpoint import load_sae
-    init = init_fn_for(load_sae(dirs[0]), None)  # no recorded husai config: Gao et al.'s random init
-    assert res["null_samples"]["untrained"]["pw_mcc_dec"][0] == pytest.approx(pw_mcc(init(128, 48, 1)[1], init(128, 48, 2)[1]))
+
+    init = init_fn_for(load_sae(dirs[0]), None)
+    span = data_span(model_context(model, HOOK, {})["acts"])
+    views = [seed_view(str(s), init(128, 48, s)[1], init(128, 48, s)[0].T, span) for s in (1, 2, 3)]
+    ref = reference_agreement(views)["pw_mcc_dec"]["value"]
+    assert st["references"]["shared_init"]["pw_mcc_dec"]["value"] == pytest.approx(ref)
     assert set(res["fourier"]) == {"seed 1", "seed 2", "seed 3"} and "summary" in res["frequency_level"]
     assert res["moved_from_init"]["seed 1"]["pw_mcc_to_init"] < 0.5  # dictionary 1 is not husai's init for seed 1
     for f in ("pw_mcc_decoder.png", "mean_max_abs_cos_decoder.png", "frequency_histogram.png"):
         assert (root / "plots" / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "PW-MCC" in out
+    assert "PW-MCC" in out and "fitting null" in out
 
 
 def test_compare_cli_refuses_bad_input(saes, capsys, monkeypatch):
@@ -92,13 +101,14 @@ def test_compare_cli_refuses_bad_input(saes, capsys, monkeypatch):
     other_d = _sae(root / "d", isotropic_dictionary(48, 64, 5), 5, model)
     bad_shape = _sae(root / "s", isotropic_dictionary(48, 128, 6), 6, model, d_sae_cfg=32)
     cases += [([dirs[0], other_hook], "different hooks"), ([dirs[0], other_d], "different d_in"), ([dirs[0], bad_shape], "shape")]
-    cases += [([dirs[0], dirs[1], "--n-null", 1], "--n-null"), ([dirs[0], dirs[1], "--threshold", 1.5], "--threshold")]
+    cases += [([dirs[0], dirs[1], "--threshold", 1.5], "--threshold"),
+              ([dirs[0], dirs[1], "--model", model, "--activations", root / "a.safetensors"], "not both")]
     for args, msg in cases:
         code, _, err = _cli(["compare", *args] + (js if msg is not None else []), capsys, monkeypatch)
         assert code == 2 and (msg or "--json") in err and "Traceback" not in err, (args, err)
     code, _, err = _cli(["compare", dirs[0], other_d, "--force", *js], capsys, monkeypatch)
     assert code == 2 and "different d_in" in err  # --force cannot compare different spaces
-    code, _, err = _cli(["compare", dirs[0], other_hook, "--force", "--n-null", 2, *js], capsys, monkeypatch)
+    code, _, err = _cli(["compare", dirs[0], other_hook, "--force", *js], capsys, monkeypatch)
     assert code == 0, err
     assert any("different hooks" in w for w in json.loads((root / "x.json").read_text())["warnings"])
 
@@ -154,24 +164,33 @@ def test_fourier_cli_on_neurons_of_a_grokked_model_matches_the_model_analysis(gr
     assert rep["nulls_untrained"]["fourier_overlap"]["exceeds_null_max"]
 
 
-def test_compare_without_the_recorded_model_still_compares_atoms(tmp_path, capsys, monkeypatch):
+def test_compare_without_the_recorded_model_needs_the_activations(tmp_path, capsys, monkeypatch):
     gone = tmp_path / "deleted_model"
-    d1 = _sae(tmp_path / "s1", isotropic_dictionary(32, 128, 1), 1, gone)
-    d2 = _sae(tmp_path / "s2", isotropic_dictionary(32, 128, 2), 2, gone)
-    code, _, err = _cli(["compare", d1, d2, "--json", tmp_path / "c.json", "--n-null", 3], capsys, monkeypatch)
+    d1 = _sae(tmp_path / "s1", isotropic_dictionary(32, 16, 1), 1, gone)
+    d2 = _sae(tmp_path / "s2", isotropic_dictionary(32, 16, 2), 2, gone)
+    code, _, err = _cli(["compare", d1, d2, "--json", tmp_path / "c.json"], capsys, monkeypatch)
+    assert code == 2 and "--activations" in err and "Traceback" not in err
+    assert not (tmp_path / "c.json").exists()
+    acts = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    save_tensors(tmp_path / "acts.safetensors", {"acts": acts})
+    code, _, err = _cli(["compare", d1, d2, "--json", tmp_path / "c.json", "--activations", tmp_path / "acts.safetensors"],
+                        capsys, monkeypatch)
     assert code == 0, err
     res = json.loads((tmp_path / "c.json").read_text())
-    assert "fourier" not in res and set(res["atom_level"]["pw_mcc_dec"]["nulls"]) == {"isotropic", "untrained"}
+    st = res["stability"]
+    assert "fourier" not in res and "ground_truth" not in st
+    assert set(st["levels"]["pw_mcc_dec"]["nulls"]) == {"isotropic", "matched_geometry"}  # no grid: no symmetry null
     assert any("not there" in w for w in res["warnings"])
-    # two independent random dictionaries sit inside their isotropic null
-    assert abs(res["atom_level"]["pw_mcc_dec"]["nulls"]["isotropic"]["z"]) < 5
+    # two independent random dictionaries sit at their isotropic null (isotropic data: the span is all of R^16)
+    iso = st["levels"]["pw_mcc_dec"]["nulls"]["isotropic"]
+    assert st["data_span"]["dim"] == 16 and abs(iso["effect"]) < 0.1
 
 
 def test_compare_saes_python_api_matches_the_cli(saes):
     from husai.analysis.compare import compare_saes
 
     root, model, dirs = saes
-    res = compare_saes(dirs[:2], model, n_null=2)
-    assert res["atom_level"]["pw_mcc_dec"]["mean"] == pytest.approx(1.0)  # dirs[1] is a permuted dirs[0]
+    res = compare_saes(dirs[:2], model)
+    assert res["stability"]["levels"]["pw_mcc_dec"]["value"] == pytest.approx(1.0)  # dirs[1] is a permuted dirs[0]
     assert res["frequency_level"]["summary"].keys() >= {"jaccard_mean", "subspace_overlap_mean"}
 

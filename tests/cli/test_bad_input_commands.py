@@ -103,7 +103,7 @@ def test_bad_training_section_on_resume(work):
 
 SAE_READERS = {
     "fourier": ["fourier", "W/sae", "--model", "W/run", "--n-null", "1"],
-    "compare": ["compare", "W/sae", "--json", "W/cmp.json", "--n-null", "2"],
+    "compare": ["compare", "W/sae", "--json", "W/cmp.json"],
 }
 
 
@@ -231,7 +231,6 @@ BAD_VALUES = {  # case: (argv, a word the one `error:` line must hold)
     "compare_one_sae": (_cmd("compare W/sae/seed_1 --json W/m"), "two"),
     "compare_same_twice": (_cmd("compare W/sae/seed_1 W/sae/seed_1 --json W/m"), "more than once"),
     "compare_no_json": (_cmd("compare W/sae"), "--json"),
-    "compare_n_null_one": (_cmd("compare W/sae --json W/m --n-null 1"), "n-null"),
     "compare_threshold": (_cmd("compare W/sae --json W/m --threshold 2"), "threshold"),
     "study_workers_zero": (_cmd("study --config W/nothing.yaml --out W/m --workers 0"), "workers"),
     "study_missing_config": (_cmd("study --config W/nothing.yaml --out W/m"), "not found"),
@@ -262,7 +261,7 @@ OUTPUT_COMMANDS = {
     "train-sae": lambda o: ["train-sae", "--transformer-checkpoint", "W/run", "--save-dir", o, "--epochs", "1",
                             "--expansion", "2", "--k", "4", "--quiet"],
     "fourier": lambda o: ["fourier", "W/sae", "--model", "W/run", "--n-null", "1", "--json", o],
-    "compare": lambda o: ["compare", "W/sae", "--json", o, "--n-null", "2"],
+    "compare": lambda o: ["compare", "W/sae", "--json", o],
     "study": lambda o: ["study", "--config", "W/ok.yaml", "--out", o],
 }
 # a config that validates; the study fails before training because its output cannot be written
