@@ -67,7 +67,7 @@ def bench_saelens(x, cfg, seed: int) -> dict:
     n, bs = x.shape[0], cfg.batch_size
 
     def batches():
-        g = torch.Generator().manual_seed(cfg.data_seed)
+        g = torch.Generator().manual_seed(seed if cfg.data_seed is None else cfg.data_seed)  # as husai: per seed by default
         while True:
             perm = torch.randperm(n, generator=g)
             for i in range(0, n - bs + 1, bs):  # SAELens needs full batches

@@ -86,10 +86,10 @@ def _is_activation_file(path: Path) -> bool:
 
 
 SAE_FILES = ("cfg.json", "sae_weights.safetensors", "metrics.json", "seed_*/cfg.json", "seed_*/sae_weights.safetensors",
-             "wandb/*")
+             "trajectory.safetensors", "wandb/*")
 
 MODEL_RUN = OutputKind("model run", "husai train-model", markers=("config.json",), resumable=True, files=(
-    "config.json", "model.safetensors", "best.safetensors", "metrics.json", "history.jsonl",
+    "config.json", "model.safetensors", "best.safetensors", "memorised.safetensors", "metrics.json", "history.jsonl",
     "checkpoints/epoch_*.safetensors", "wandb/*"))
 SAE_OUTPUT = OutputKind("SAE output", "husai train-sae", markers=("metrics.json", "*cfg.json"), files=SAE_FILES)
 STUDY = OutputKind("study", "husai study", markers=("study.yaml",), resumable=True)  # resumed, never replaced
@@ -97,7 +97,7 @@ STUDY_CELL = OutputKind("study cell", "husai study", files=SAE_FILES + ("analysi
 PLOTS = OutputKind("folder of stability plots", "husai compare --plots", markers=("*.png",), files=(
     "pw_mcc_decoder.png", "mean_max_abs_cos_decoder.png", "frequency_histogram.png"))
 ACTIVATIONS = OutputKind("activation file", "husai extract-activations", looks_like=_is_activation_file)
-COMPARE_JSON = OutputKind("comparison", "husai compare --json", looks_like=_json_with("saes", "atom_level"))
+COMPARE_JSON = OutputKind("comparison", "husai compare --json", looks_like=_json_with("saes", "stability"))
 FOURIER_JSON = OutputKind("Fourier report", "husai fourier --json", looks_like=_json_with("model", "saes"))
 GROUND_TRUTH_JSON = OutputKind("ground-truth report", "husai ground-truth --json", looks_like=_json_with("model", "hooks"))
 RECOVERY_JSON = OutputKind("recovery report", "husai recover --json", looks_like=_json_with("activations", "saes"))

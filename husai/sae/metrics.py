@@ -11,7 +11,7 @@ Every function takes a stacked SAE (S seeds) and returns one value per seed (a l
       spliced_acc, spliced_ce (mean cross-entropy), delta_ce = spliced_ce - clean_ce,
       ce_loss_recovered_{zero,mean} = (CE_ablate - CE_sae) / (CE_ablate - CE_clean), the
       activation at `=` ablated to zero / to its mean over all inputs
-    decoder_drift       mean over latents of cos(W_dec,i, W_dec,i at init): 1 = never moved
+    cosine_to_init      mean over latents of cos(W_dec,i, W_dec,i at init): 1 = never moved
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def reconstruction_metrics(sae, x: torch.Tensor) -> dict[str, list[float]]:
     )
 
 
-def decoder_drift(W_dec: torch.Tensor, W_dec_init: torch.Tensor) -> list[float]:
+def cosine_to_init(W_dec: torch.Tensor, W_dec_init: torch.Tensor) -> list[float]:
     """W_dec, W_dec_init [S, d_sae, d_in] -> mean cosine of each row to its initial value [S]."""
     return F.cosine_similarity(W_dec.double(), W_dec_init.double(), dim=-1).mean(-1).tolist()
 

@@ -8,10 +8,13 @@ in only when complete, so an error or a Ctrl-C never leaves a half-written OUT, 
 replaced only with overwrite, stays whole until then):
     one seed:    OUT/cfg.json, OUT/sae_weights.safetensors, OUT/metrics.json
     many seeds:  OUT/seed_42/{cfg.json, sae_weights.safetensors}, ..., OUT/metrics.json
+    both:        OUT/trajectory.safetensors (unless cfg.trajectory_epochs records nothing): the
+                 weights along training, all seeds in one file (save_trajectory)
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from husai.errors import HusaiError
@@ -53,11 +56,33 @@ def _train_sae(cfg, out: Path, seeds, transformer_checkpoint, activations, layer
             meta = dict(info, hook_name=info.get("hook_name"), seed=s, husai_config=cfg.to_dict(),
                         diverged_at_step=res.diverged_at_step)
             save_sae(stage if len(seeds) == 1 else stage / f"seed_{s}", res.sae, i, meta)
+        save_trajectory(stage / TRAJECTORY_FILE, res.trajectory, seeds)
         write_json(stage / "metrics.json", metrics)
     if res.diverged_at_step is not None:
         raise HusaiError(f"training diverged: NaN loss at step {res.diverged_at_step}; the last good checkpoint "
                          f"(end of epoch {len(res.history)}) is saved in {out}")
     return metrics
+
+
+TRAJECTORY_FILE = "trajectory.safetensors"
+
+
+def save_trajectory(path: Path, trajectory: dict[int, dict], seeds: list[int]) -> None:
+    """TrainResult.trajectory -> one safetensors file: for each recorded epoch E, W_dec.epoch{E} and
+    W_enc_T.epoch{E} [S, d_sae, d_in] float32 and live.epoch{E} [S, d_sae] uint8 (1 = fired during
+    epoch E; all 1 at epoch 0, the init), seed slot s = seeds[s]; metadata "seeds" and "epochs"
+    (JSON lists). Nothing is written when nothing was recorded."""
+    import torch
+
+    from husai.io import save_tensors
+
+    if not trajectory:
+        return
+    tensors = {}
+    for e, snap in sorted(trajectory.items()):
+        tensors.update({f"W_dec.epoch{e}": snap["W_dec"], f"W_enc_T.epoch{e}": snap["W_enc_T"],
+                        f"live.epoch{e}": snap["live"].to(torch.uint8)})
+    save_tensors(path, tensors, dict(seeds=json.dumps(list(seeds)), epochs=json.dumps(sorted(trajectory))))
 
 
 def _inputs(transformer_checkpoint, activations, layer, hook, split, device):
@@ -115,7 +140,7 @@ def _train_with_progress(acts, cfg, seeds, device, progress: bool, run):
 
 def _metrics(res, cfg, seeds, info, eval_acts, model, device) -> dict:
     """metrics.json of a train-sae output: per-seed SAE metrics over eval_acts, their means, the run."""
-    from husai.sae.metrics import decoder_drift, reconstruction_metrics, spliced_metrics
+    from husai.sae.metrics import cosine_to_init, reconstruction_metrics, spliced_metrics
 
     sae = res.sae
     per_seed = reconstruction_metrics(sae, eval_acts.to(device))
@@ -129,7 +154,7 @@ def _metrics(res, cfg, seeds, info, eval_acts, model, device) -> dict:
     else:  # activations from a file: no model to splice into; keep the keys, as null
         for key in ("spliced_acc", "spliced_ce", "delta_ce", "ce_loss_recovered_zero", "ce_loss_recovered_mean"):
             per_seed[key] = [None] * len(seeds)
-    per_seed["decoder_drift"] = decoder_drift(sae.W_dec.detach(), res.W_dec_init)
+    per_seed["cosine_to_init"] = cosine_to_init(sae.W_dec.detach(), res.W_dec_init)
     keys = list(per_seed)
     return dict(
         config=cfg.to_dict(), seeds=seeds, source=info, steps=res.steps, wall_seconds=res.wall_seconds,

@@ -101,7 +101,8 @@ class _EncodeAt(torch.autograd.Function):
         codes = ctx.codes
         S, d_sae, d_in = W_enc_T.shape
         g_b_enc = torch.zeros(S, d_sae, dtype=g.dtype, device=g.device).scatter_add_(1, codes.cols, g)
-        centred = (x.unsqueeze(0) - b_dec.unsqueeze(1)).reshape(-1, d_in)  # [S * R, d_in], small
+        # x [R, d_in] (shared) broadcasts over the seeds; x [S, R, d_in] is already per seed
+        centred = (x - b_dec.unsqueeze(1)).reshape(-1, d_in)  # [S * R, d_in], small
         g_W = _sum_rows_by_latent(codes, centred, g.reshape(-1)).view(S, d_sae, d_in)
         g_b_dec = -torch.bmm(g_b_enc.unsqueeze(1), W_enc_T).squeeze(1)
         return None, g_W, g_b_enc, g_b_dec, None, None
@@ -130,8 +131,8 @@ class _DecoderGrad(torch.autograd.Function):
 
 def encode_at(pre_vals: torch.Tensor, W_enc_T, b_enc, b_dec, x: torch.Tensor, codes: Codes) -> torch.Tensor:
     """pre_vals [S, M] (no grad) -> the same values [S, M] with gradients to W_enc_T [S, d_sae, d_in],
-    b_enc [S, d_sae], b_dec [S, d_in]; x [R, d_in] holds the inputs that codes.rows index
-    (R = codes.B), shared by all seeds."""
+    b_enc [S, d_sae], b_dec [S, d_in]; x holds the inputs that codes.rows index (R = codes.B):
+    [R, d_in] shared by all seeds, or [S, R, d_in] one set per seed."""
     return _EncodeAt.apply(pre_vals, W_enc_T, b_enc, b_dec, x, codes)
 
 

@@ -94,6 +94,7 @@ class TopKSAE(StackedSAE):
     def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Same loss as StackedSAE.training_loss (FVU + aux_coeff * AuxK), computed sparsely: one
         dense no-grad pass for the pre-activations, then only the selected entries (husai.sae.sparse).
+        x [B, d_in] (one batch for all seeds) or [S, B, d_in] (a batch per seed).
 
         All reconstructions of the step come out of one sparse decode of R = (L + aux) * B rows:
         with L levels, level l's entries decode into rows l*B..(l+1)*B-1 (a prefix sum over levels
@@ -101,7 +102,7 @@ class TopKSAE(StackedSAE):
         reconstruction e_hat of the residual). One by-latent sort, one encode and one decode serve
         every term.
         """
-        S, B, L = self.n_seeds, x.shape[0], self.n_levels
+        S, B, L = self.n_seeds, x.shape[-2], self.n_levels
         aux = bool(dead.any())
         with torch.no_grad():
             pre = self.pre_acts(x, reuse_buffer=True)  # [S, B, d_sae], valid until the next step
@@ -118,12 +119,13 @@ class TopKSAE(StackedSAE):
                 cols = torch.cat([cols, acols.reshape(S, -1)], 1)
         R = (L + aux) * B
         codes = Codes(rows, cols, R, self.d_sae)
-        z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x.repeat(R // B, 1), codes))
+        x_rows = x.repeat(R // B, 1) if x.ndim == 2 else x.repeat(1, R // B, 1)  # [R, d_in] or [S, R, d_in]
+        z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x_rows, codes))
         out = decode(z, self.W_dec, codes)  # [S, R, d_in], without b_dec
         recon = out[:, :L * B].view(S, L, B, -1).cumsum(1) + self.b_dec[:, None, None]  # [S, L, B, d_in]
         x_hat = recon[:, -1]
         var = batch_variance(x)
-        sq = (recon - x).pow(2).sum(-1).mean(-1)  # [S, L]
+        sq = (recon - (x if x.ndim == 2 else x.unsqueeze(1))).pow(2).sum(-1).mean(-1)  # [S, L]
         mse = sq[:, -1]
         loss = sq.sum(1) / var
         if aux:

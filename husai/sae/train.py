@@ -1,9 +1,10 @@
 """Train S SAEs (one per seed) on the same activations in one pass.
 
-All seeds see identical batches: the batch order comes from `data_seed` alone, each seed's
-initial weights from its own generator (husai.sae.architectures.StackedSAE.init_weights), and the loss is a
-sum of per-seed terms, so training seeds [42, 123] together gives the same SAE for 42 as training
-[42] alone (tests/sae/test_sae_train.py checks both this and bitwise determinism).
+Each seed's initial weights come from its own generator (husai.sae.architectures.StackedSAE.init_weights)
+and, by default, its batch order too (`data_seed` None: a batch x [S, B, d_in]); an integer
+`data_seed` gives all seeds one shared order (x [B, d_in]). The loss is a sum of per-seed terms,
+so training seeds [42, 123] together gives the same SAE for 42 as training [42] alone
+(tests/sae/test_sae_train.py checks both this and bitwise determinism).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from husai.errors import HusaiError
@@ -30,6 +32,7 @@ from husai.sae.architectures import (
     StackedSAE,
     TopKSAE,
 )
+from husai.sae.base import data_span_basis, geometric_median
 from husai.sae.topk import MATRYOSHKA_GROWTH, matryoshka_widths
 
 
@@ -71,7 +74,7 @@ class SAETrainConfig:
     On the grokked model's low-rank residual stream, random init leaves 15-40% of a 16x TopK SAE
     dead after 20 epochs (AuxK does not revive them); data init leaves none (measured)."""
     batch_size: int = 256
-    """Inputs per step, shared by all seeds."""
+    """Inputs per step (per seed)."""
     epochs: int = 20
     """Passes over the activations."""
     lr: typing.Optional[float] = 3e-3
@@ -81,8 +84,29 @@ class SAETrainConfig:
     """Adam beta1."""
     beta2: float = 0.999
     """Adam beta2."""
-    data_seed: int = 0
-    """Seeds the batch order (shared by all SAE seeds)."""
+    data_seed: typing.Optional[int] = None
+    """Batch order. null (default): each SAE seed shuffles with its own generator (data_order_rng),
+    so seeds differ in init AND data order and their agreement is not inflated by shared batches.
+    An integer: one order from torch.Generator().manual_seed(data_seed), shared by all seeds (one
+    [B, d_in] batch, one encoder matmul). The per-seed batch costs nothing measurable: 46.6 vs
+    46.9 ms per TopK 16x k 32 step, 5 seeds, batch 256, 1 CPU thread (benchmarks/bench_span.py)."""
+    data_span: typing.Optional[float] = None
+    """Keep every decoder and encoder row in the data span: the fewest principal directions of the
+    centred training activations holding >= this share of their variance (e.g. 0.999; Q [d_in, r],
+    computed once). The initial rows are projected onto span(Q) (decoder rows renormalised) and,
+    after every optimizer step, projected again (rows <- rows Q Q^T, then the usual decoder
+    renormalisation): this equals projecting Adam's update (the rows start in the span) without
+    keeping the old rows, and stays exact, which projecting the gradient would not (Adam divides
+    each coordinate by its own scale). Why: directions with ~zero data variance otherwise take
+    full-size Adam noise steps and rows drift out of the span (science brief, section 6).
+    null (default) = off, measured (benchmarks/bench_span.py; TopK 16x k 32, 5 seeds, 20 epochs):
+    on the raw residual it helps (EV 0.983 -> 0.986; decoder rows 75% -> 100% in the span), but
+    in the PCA basis it is training in principal coordinates, where Adam's per-coordinate steps
+    fail (EV 0.932 -> 0.602); it changes a ReLU SAE's L1 trade (l1_coeff 25, 40 epochs, 2 seeds,
+    raw: L0 40 -> 311, EV 0.791 -> 0.728) and costs 19% per step (46.6 -> 55.4 ms, 1 CPU thread)."""
+    trajectory_epochs: list[int] = field(default_factory=lambda: [0, 1, 3])
+    """Epochs after which the weights are recorded (TrainResult.trajectory, OUT/trajectory.safetensors):
+    0 = the initialisation; epochs >= `epochs` are skipped (the final SAE is saved anyway)."""
 
     def validate(self, d_in: int | None = None) -> "SAETrainConfig":
         if self.init not in ("random", "data"):
@@ -103,7 +127,12 @@ class SAETrainConfig:
             v = getattr(self, f.name)
             if isinstance(v, float) and not math.isfinite(v):
                 raise HusaiError(f"config key {f.name!r} must be a finite number, got {v}")
-        check_seed(self.data_seed, "config key 'data_seed'")
+        if self.data_seed is not None:
+            check_seed(self.data_seed, "config key 'data_seed'")
+        if self.data_span is not None and not 0 < self.data_span <= 1:
+            raise HusaiError(f"config key 'data_span' must lie in (0, 1] or be null, got {self.data_span}")
+        if any(e < 0 for e in self.trajectory_epochs) or len(set(self.trajectory_epochs)) != len(self.trajectory_epochs):
+            raise HusaiError(f"config key 'trajectory_epochs' must hold distinct epochs >= 0, got {self.trajectory_epochs}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             raise HusaiError(f"config key 'lr' must be a positive number, got {self.lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -134,11 +163,17 @@ class SAETrainConfig:
         return max(1e-4, 2e-4 / math.sqrt(self.d_sae(d_in) / 2**14))
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, list) else v for k, v in d.items()}  # a copy: lists are mutable
 
 
 def _check_type(key: str, value, hint) -> object:
     """Value of YAML key `key` checked against the dataclass annotation; ints accepted as floats."""
+    if typing.get_origin(hint) is list:  # list[int]: every item an int (bools are not)
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return list(value)
+        raise HusaiError(f"config key {key!r} must be a list of int, got {type(value).__name__} {value!r} (in a "
+                         f"study config a list is a grid axis: write [[0, 1, 3]] for the list [0, 1, 3])")
     args = typing.get_args(hint)
     if type(None) in args:
         if value is None:
@@ -199,12 +234,15 @@ class TrainResult:
     """The trained SAEs, seed slot s = seeds[s] (the last good weights if training diverged)."""
     seeds: list[int]
     W_dec_init: torch.Tensor
-    """[S, d_sae, d_in] decoder at initialisation (for decoder_drift)."""
+    """[S, d_sae, d_in] decoder at initialisation (for cosine_to_init)."""
     steps: int
     wall_seconds: float
     diverged_at_step: int | None = None
     history: list[dict] = field(default_factory=list)
     """One row per epoch: epoch, step, loss, mse, l0, ev, frac_dead (lists over seeds)."""
+    trajectory: dict[int, dict] = field(default_factory=dict)
+    """epoch -> {"W_dec", "W_enc_T": [S, d_sae, d_in] float32 copies, "live": [S, d_sae] bool (fired
+    during that epoch; all True at epoch 0, the init)}, for the epochs in cfg.trajectory_epochs."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -222,20 +260,59 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu") -> StackedSAE:
-    """The SAEs exactly as training starts them, from acts [N, d_in]. Also the untrained-SAE null of
-    `husai compare`, which must be the architecture's real init (science brief, section 4)."""
+    """The SAEs exactly as training starts them, from acts [N, d_in] (with cfg.data_span, rows
+    projected onto the data span). Also the untrained-SAE null of `husai compare`, which must be
+    the architecture's real init (science brief, section 4)."""
+    return _init(acts, cfg, seeds, device)[0]
+
+
+def _init(acts, cfg: SAETrainConfig, seeds: list[int], device) -> tuple[StackedSAE, torch.Tensor | None]:
+    """-> (the initial SAEs, Q [d_in, r] the data-span basis or None when cfg.data_span is off)."""
     N, d_in = acts.shape
     for s in seeds:
         check_seed(s, "every SAE seed")
     d_sae, B = cfg.d_sae(d_in), min(cfg.batch_size, N)
-    # weights, gradients and Adam state (x4) of W_enc and W_dec, plus a batch's [B, d_sae] pre-activations
-    need = 4 * len(seeds) * (4 * 2 * d_in * d_sae + 6 * B * d_sae)
+    # weights, gradients and Adam state (x4) of W_enc and W_dec, their trajectory copies, plus a
+    # batch's [B, d_sae] pre-activations
+    snaps = len([e for e in cfg.trajectory_epochs if e < cfg.epochs])
+    need = 4 * len(seeds) * ((4 + snaps) * 2 * d_in * d_sae + 6 * B * d_sae)
     check_fits_in_memory(need, f"{len(seeds)} SAE(s) with d_sae = {d_sae} (expansion {cfg.expansion})", str(device))
     acts = acts.to(device=device, dtype=torch.float32)
     # b_dec init: geometric median of (a fixed subsample of) the data (Gao et al. sec. 2.3).
     sample = acts if N <= 8192 else acts[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(device)]
-    return build_sae(cfg, len(seeds), d_in).to(device).init_weights(
+    sae = build_sae(cfg, len(seeds), d_in).to(device).init_weights(
         seeds, geometric_median(sample.cpu()), sample.cpu() if cfg.init == "data" else None)
+    Q = None if cfg.data_span is None else data_span_basis(acts, cfg.data_span)
+    if Q is not None:
+        sae.project_rows(Q, renormalise=True)
+    return sae, Q
+
+
+DATA_ORDER_KEY = 0x64617461  # "data": second entropy word of each seed's data-order SeedSequence
+
+
+def data_order_rng(seed: int) -> np.random.Generator:
+    """Seed `seed`'s batch-order generator (SAETrainConfig.data_seed null): numpy's PCG64 from
+    SeedSequence([DATA_ORDER_KEY, seed + 2^63]), one-to-one in the seed over check_seed's range.
+    A different algorithm from the init's torch (mt19937) generator, so the order can never
+    replay any seed's init stream (torch's CPU generator keeps only a seed's low 32 bits: a
+    torch generator from a derived seed could)."""
+    return np.random.default_rng(np.random.SeedSequence([DATA_ORDER_KEY, int(seed) + 2**63]))
+
+
+def _batch_orders(N: int, cfg: SAETrainConfig, seeds: list[int], device):
+    """One call per epoch -> input order [N] (shared, data_seed set) or [S, N] (one per seed)."""
+    if cfg.data_seed is not None:
+        gen = torch.Generator().manual_seed(cfg.data_seed)
+        return lambda: torch.randperm(N, generator=gen).to(device)
+    rngs = [data_order_rng(s) for s in seeds]
+    return lambda: torch.from_numpy(np.stack([r.permutation(N) for r in rngs])).to(device)
+
+
+@torch.no_grad()
+def _snapshot(sae: StackedSAE, live: torch.Tensor) -> dict:
+    return dict(W_dec=sae.W_dec.detach().float().clone(), W_enc_T=sae.W_enc_T.detach().float().clone(),
+                live=live.clone())
 
 
 def _adam(params: list, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -257,10 +334,12 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     check_informative(acts)
     S = len(seeds)
     acts = acts.to(device=device, dtype=torch.float32)
-    sae = init_saes(acts, cfg, seeds, device)
+    sae, span = _init(acts, cfg, seeds, device)
     W_dec_init = sae.W_dec.detach().clone()
     opt = _adam(list(sae.parameters()), cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2))
-    gen = torch.Generator().manual_seed(cfg.data_seed)
+    next_order = _batch_orders(N, cfg, seeds, device)
+    record = {e for e in cfg.trajectory_epochs if e < cfg.epochs}
+    trajectory = {0: _snapshot(sae, torch.ones(S, sae.d_sae, dtype=torch.bool, device=device))} if 0 in record else {}
     since_fired = torch.zeros(S, sae.d_sae, device=device)  # inputs seen since each latent last fired
     dead_after = max(1, math.ceil(cfg.dead_after_epochs * N))
     n_batches = math.ceil(N / cfg.batch_size)
@@ -268,10 +347,11 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     last_good = {k: v.clone() for k, v in sae.state_dict().items()}
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
-        perm = torch.randperm(N, generator=gen).to(device)
+        perm = next_order()  # [N] or [S, N]
         sums = torch.zeros(4, S, device=device)
+        fired_epoch = torch.zeros(S, sae.d_sae, dtype=torch.bool, device=device)
         for i in range(0, N, cfg.batch_size):
-            x = acts[perm[i:i + cfg.batch_size]]
+            x = acts[perm[..., i:i + cfg.batch_size]]  # [B, d_in] or [S, B, d_in]
             loss, stats = sae.training_loss(x, since_fired >= dead_after)
             if not bool(torch.isfinite(stats["loss"]).all()):
                 diverged = step
@@ -280,9 +360,12 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
             loss.backward()
             sae.remove_parallel_grads()
             opt.step()
+            if span is not None:  # back into the data span; after_step then renormalises decoder rows
+                sae.project_rows(span)
             sae.after_step(stats)
             fired = stats["fired"]
-            since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[0])
+            fired_epoch |= fired
+            since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[-2])
             sums += torch.stack([stats["loss"], stats["mse"], stats["l0"], stats["ev"]])
             step += 1
             if on_step is not None:
@@ -293,6 +376,8 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
             sae.load_state_dict(last_good)  # keep the last good checkpoint (end of the previous epoch)
             break
         last_good = {k: v.clone() for k, v in sae.state_dict().items()}
+        if epoch + 1 in record:
+            trajectory[epoch + 1] = _snapshot(sae, fired_epoch)
         means = (sums / n_batches).tolist()
         row = dict(epoch=epoch + 1, step=step, loss=means[0], mse=means[1], l0=means[2], ev=means[3],
                    frac_dead=(since_fired >= dead_after).float().mean(1).tolist())
@@ -300,19 +385,4 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
         if on_epoch is not None:
             on_epoch(row)
     sae._pre_buffer = None  # the training steps' scratch buffer (StackedSAE.pre_acts)
-    return TrainResult(sae, list(seeds), W_dec_init, step, time.perf_counter() - t0, diverged, history)
-
-
-@torch.no_grad()
-def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
-    """Weiszfeld's algorithm: argmin_m sum_n ||x_n - m||. x [N, d] -> [d] (float64 inside)."""
-    x = x.double()
-    m = x.mean(0)
-    for _ in range(iters):
-        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-12)
-        m_new = (w[:, None] * x).sum(0) / w.sum()
-        if (m_new - m).norm() <= tol * max(1.0, float(m.norm())):
-            m = m_new
-            break
-        m = m_new
-    return m.float()
+    return TrainResult(sae, list(seeds), W_dec_init, step, time.perf_counter() - t0, diverged, history, trajectory)

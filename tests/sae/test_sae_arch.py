@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from husai.sae.architectures import BatchTopKSAE, JumpReLUSAE, MatryoshkaSAE, ReLUSAE, TopKSAE
+from husai.sae.base import geometric_median
 from husai.sae.sparse import topk_rows
-from husai.sae.train import geometric_median
 
 torch.set_num_threads(1)
 
@@ -167,15 +167,17 @@ def test_geometric_median_minimises_sum_of_distances():
     assert np.linalg.norm(m) < 2  # the mean would be pulled to ~9 by the outliers
 
 
+@pytest.mark.parametrize("per_seed", [False, True], ids=["shared_x", "per_seed_x"])  # x [B, d_in] or [S, B, d_in]
 @pytest.mark.parametrize("d_sae", [12, 64])  # 64: the grouped top-k path of topk_rows (12 falls back to torch.topk)
 @pytest.mark.parametrize("n_dead", [0, 6, 10])  # none: no AuxK; few: search dead columns only; many: masked top-k
 @pytest.mark.parametrize("cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (MatryoshkaSAE, dict(widths=[2, 5]))])
-def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae):
+def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae, per_seed):
     """The TopK family trains through husai.sae.sparse on the active latents only; loss and every
-    gradient must equal the dense formula (StackedSAE.training_loss: dense activate + decode)."""
+    gradient must equal the dense formula (StackedSAE.training_loss: dense activate + decode),
+    with one batch for all seeds and with a batch per seed."""
     from husai.sae.architectures import StackedSAE
 
-    x = torch.randn(10, 6, generator=torch.Generator().manual_seed(4)) + 1
+    x = torch.randn(*((3,) if per_seed else ()), 10, 6, generator=torch.Generator().manual_seed(4)) + 1
     dead = torch.zeros(3, d_sae, dtype=torch.bool)
     dead[0, :n_dead] = True
     dead[2, 3] = n_dead > 0
@@ -190,6 +192,45 @@ def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae):
     assert torch.equal(sf["fired"], ss["fired"])
     for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("cls,kw", [(TopKSAE, dict(k=2, k_aux=3)), (BatchTopKSAE, dict(k=2, k_aux=3)),
+                                    (MatryoshkaSAE, dict(k=2, k_aux=3, widths=[4, 12])), (ReLUSAE, dict(l1_coeff=0.1)),
+                                    (JumpReLUSAE, dict(l0_coeff=0.1, bandwidth=0.5, init_threshold=0.1))])
+def test_per_seed_batch_loss_equals_each_seed_alone(cls, kw):
+    """x [S, B, d_in]: seed s's loss, stats and gradients are those of its slot trained alone on
+    x[s] (its own batch variance included): no seed sees another seed's batch."""
+    sae = _random_sae(cls, **kw)
+    x = torch.randn(3, 10, 6, generator=torch.Generator().manual_seed(6)) + 1
+    dead = torch.zeros(3, 12, dtype=torch.bool)
+    dead[1, :5] = True  # AuxK on one seed
+    total, stats = sae.training_loss(x, dead)
+    total.backward()
+    for s in range(3):
+        one = sae.select(s)
+        loss, st = one.training_loss(x[s], dead[s:s + 1])
+        loss.backward()
+        for key in ("loss", "mse", "l0", "ev"):
+            torch.testing.assert_close(stats[key][s:s + 1], st[key], rtol=1e-5, atol=1e-6, msg=f"{key} seed {s}")
+        for (name, p), q in zip(sae.named_parameters(), one.parameters()):
+            torch.testing.assert_close(p.grad[s:s + 1], q.grad, rtol=1e-4, atol=1e-5, msg=f"{name} seed {s}")
+
+
+def test_data_span_basis_and_row_projection():
+    """Q spans the fewest principal directions holding the share; project_rows maps rows into it."""
+    from husai.sae.base import data_span_basis
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 3, generator=g) * torch.tensor([10.0, 3.0, 0.01])  # variances 100, 9, 1e-4
+    x = x @ torch.linalg.qr(torch.randn(3, 3, generator=g)).Q
+    assert data_span_basis(x, 0.5).shape == (3, 1) and data_span_basis(x, 0.999).shape == (3, 2)
+    assert data_span_basis(x, 1.0) is None  # the whole space: nothing to project
+    Q = data_span_basis(x, 0.999)
+    sae = TopKSAE(2, 3, 5, k=1).init_weights([1, 2], torch.zeros(3))
+    sae.project_rows(Q, renormalise=True)
+    for W in (sae.W_dec, sae.W_enc_T):
+        torch.testing.assert_close(W @ Q @ Q.T, W.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(2, 5))
 
 
 def test_matryoshka_loss_is_a_sum_of_nested_fvus_by_hand():

@@ -11,7 +11,7 @@ from husai.model.checkpoint import load_model
 from husai.model.data import make_dataset
 from husai.sae.activations import at_eq, extract, splice_at_eq
 from husai.sae.architectures import ReLUSAE
-from husai.sae.metrics import _recovered, decoder_drift, explained_variance, reconstruction_metrics, spliced_metrics
+from husai.sae.metrics import _recovered, cosine_to_init, explained_variance, reconstruction_metrics, spliced_metrics
 
 from sae_fixtures import tiny_model_dir
 
@@ -75,10 +75,10 @@ def test_l0_dead_dense_by_hand():
     assert m["frac_dense"][0] == pytest.approx(1 / 3)
 
 
-def test_decoder_drift_by_hand():
+def test_cosine_to_init_by_hand():
     init = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     now = torch.tensor([[[2.0, 0.0], [1.0, 1.0]]])  # cos 1 and 1/sqrt(2)
-    assert decoder_drift(now, init)[0] == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
+    assert cosine_to_init(now, init)[0] == pytest.approx((1 + 1 / math.sqrt(2)) / 2)
 
 
 def test_ce_loss_recovered_formula():

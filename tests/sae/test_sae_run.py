@@ -48,7 +48,7 @@ def test_train_sae_multi_seed_layout_and_metrics(monkeypatch, capsys, tmp_path):
     assert "saved 2 SAE(s)" in stdout
     m = json.loads((out / "metrics.json").read_text())
     keys = {"mse", "explained_variance", "l0", "frac_dead", "frac_dense", "spliced_acc", "spliced_ce", "delta_ce",
-            "ce_loss_recovered_zero", "ce_loss_recovered_mean", "decoder_drift", "wall_seconds"}
+            "ce_loss_recovered_zero", "ce_loss_recovered_mean", "cosine_to_init", "wall_seconds"}
     assert set(m["per_seed"]) == {"42", "123"} and keys <= set(m["per_seed"]["42"])
     assert m["per_seed"]["42"]["l0"] == pytest.approx(4.0)
     saes = load_saes(out)
@@ -70,6 +70,36 @@ def test_extract_then_train_from_activation_file_single_seed(monkeypatch, capsys
     assert sae.cfg["metadata"]["hook_name"] == "blocks.0.mlp.hook_post"
     m = json.loads((out / "metrics.json").read_text())["per_seed"]["7"]
     assert m["spliced_ce"] is None and m["explained_variance"] is not None  # no model: spliced null
+
+
+def test_train_sae_saves_the_trajectory(monkeypatch, capsys, tmp_path):
+    """OUT/trajectory.safetensors: every seed, the init (epoch 0, as init_saes rebuilds it) and
+    epoch 1 (default epochs [0, 1, 3]; 3 is beyond 2 epochs); the saved SAEs equal a run that
+    records nothing."""
+    from husai.io import load_tensors
+    from husai.sae.activations import model_activations
+    from husai.sae.train import config_from_dict, init_saes
+
+    outs = {}
+    for name, text in (("traj", "architecture: topk\n"), ("plain", "architecture: topk\ntrajectory_epochs: []\n")):
+        outs[name] = tmp_path / name
+        code, _, err = run_cli(monkeypatch, capsys, "train-sae", "--transformer-checkpoint", tiny_model_dir(), "--layer",
+                               "0", "--config", _write_cfg(tmp_path, text), "--seeds", "42,123", "--save-dir", outs[name],
+                               *FAST)
+        assert code == 0, err
+    assert not (outs["plain"] / "trajectory.safetensors").exists()
+    tensors, meta = load_tensors(outs["traj"] / "trajectory.safetensors")
+    assert json.loads(meta["seeds"]) == [42, 123] and json.loads(meta["epochs"]) == [0, 1]
+    assert set(tensors) == {f"{k}.epoch{e}" for k in ("W_dec", "W_enc_T", "live") for e in (0, 1)}
+    assert tensors["W_dec.epoch1"].shape == tensors["W_enc_T.epoch0"].shape == (2, 64, 32)
+    assert tensors["live.epoch1"].dtype == torch.uint8 and tensors["live.epoch0"].shape == (2, 64)
+    assert bool(tensors["live.epoch0"].all())
+    cfg = config_from_dict(json.loads((outs["traj"] / "metrics.json").read_text())["config"])
+    acts, _ = model_activations(tiny_model_dir(), layer=0, split="all")
+    assert torch.equal(tensors["W_dec.epoch0"], init_saes(acts, cfg, [42, 123]).W_dec)
+    for seed in (42, 123):
+        a, b = load_saes(outs["traj"])[seed], load_saes(outs["plain"])[seed]
+        assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.W_enc, b.W_enc) and torch.equal(a.b_dec, b.b_dec)
 
 
 def _write_cfg(tmp_path, text):

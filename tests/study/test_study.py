@@ -71,7 +71,7 @@ def test_table_has_one_row_per_sae_and_records_the_failure(finished):
     topk = [r for r in ok if r["architecture"] == "topk"]
     assert all(abs(r["l0"] - 4) < 1e-9 for r in topk)
     # The untrained-SAE null is the trainer's real init (data init here): the analysis's distance
-    # from init must agree with the trainer's own decoder_drift.
+    # from init must agree with the trainer's own cosine_to_init.
     an = json.loads((out / topk[0]["run"] / "analysis.json").read_text())
     for r in topk:
         assert an["moved_from_init"][f"seed {r['seed']}"]["mean_row_cos_to_init"] == pytest.approx(r["cosine_to_init"], abs=1e-6)

@@ -1,0 +1,151 @@
+"""Per-seed data order and the data-span projection (SAETrainConfig.data_seed, .data_span), measured.
+
+order: ms per training step with one shared batch (data_seed 0, x [B, d_in]), a batch per seed
+(data_seed null, x [S, B, d_in]), and a batch per seed with the data-span projection; the three
+alternate step by step (load from other processes hits all alike), medians printed.
+
+span: SAEs trained with data_span off and on, on the activations X, on X R (R a random orthogonal
+matrix: torch.linalg.qr of a seeded Gaussian) and on X V (V the covariance eigenvectors: the PCA
+basis, where coordinate variances run from hundreds down to ~1e-6). Per run, means over seeds of:
+EV, L0 and frac_dead over all inputs (husai.sae.metrics), ms per step, and the share of each live
+latent's decoder (and encoder) row squared norm inside the span holding 99.9% of the variance of
+the data it was trained on.
+
+    python benchmarks/bench_span.py order --checkpoint runs/study/models/seed0
+    python benchmarks/bench_span.py span --checkpoint runs/study/models/seed0
+    python benchmarks/bench_span.py span --architecture relu --l1-coeff 25 --epochs 40 --batch-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+
+HOOK = "blocks.0.hook_resid_post"
+
+
+def bases(x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    """name -> the [d, d] orthogonal matrix the activations are multiplied by."""
+    d = x.shape[1]
+    xc = x.double() - x.double().mean(0)
+    V = torch.linalg.eigh(xc.T @ xc).eigenvectors.flip(1).float()  # descending variance
+    R = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0))).Q
+    return {n: {"raw": torch.eye(d), "random_rotation": R, "pca": V}[n] for n in names}
+
+
+def in_span_share(W: torch.Tensor, Q: torch.Tensor, live: torch.Tensor) -> float:
+    """W [S, d_sae, d], Q [d, r], live [S, d_sae] -> mean over live rows of ||w Q||^2 / ||w||^2."""
+    share = (W @ Q).pow(2).sum(-1) / W.pow(2).sum(-1).clamp_min(1e-30)
+    return float(share[live].mean())
+
+
+def run_span(x: torch.Tensor, cfg, seeds: list[int], names: list[str], spans: list) -> list[dict]:
+    from husai.sae.base import data_span_basis
+    from husai.sae.metrics import reconstruct, reconstruction_metrics
+    from husai.sae.train import train_saes
+
+    rows = []
+    for name, M in bases(x, names).items():
+        xb = x @ M
+        Q = data_span_basis(xb, 0.999)
+        for span in spans:
+            res = train_saes(xb, replace(cfg, data_span=span), seeds)
+            m = reconstruction_metrics(res.sae, xb)
+            live = reconstruct(res.sae, xb)[1] > 0  # [S, d_sae]
+            row = dict(basis=name, data_span=span, r=Q.shape[1], ms_per_step=1e3 * res.wall_seconds / res.steps,
+                       **{k: statistics.mean(m[k]) for k in ("explained_variance", "l0", "frac_dead")},
+                       dec_in_span=in_span_share(res.sae.W_dec.detach(), Q, live),
+                       enc_in_span=in_span_share(res.sae.W_enc_T.detach(), Q, live),
+                       ev_per_seed=m["explained_variance"])
+            rows.append(row)
+            print(f"{name:16s} span {str(span):6s} EV {row['explained_variance']:.4f}  L0 {row['l0']:6.2f}  "
+                  f"dead {row['frac_dead']:.3f}  ms/step {row['ms_per_step']:6.2f}  dec in span {row['dec_in_span']:.4f}  "
+                  f"enc in span {row['enc_in_span']:.4f}  (r = {row['r']})", flush=True)
+    return rows
+
+
+def run_order(x: torch.Tensor, cfg, seeds: list[int], steps: int) -> dict:
+    """Training steps (loss, backward, Adam, [projection,] renormalisation) timed alternately on a
+    shared batch x [B, d_in], on a batch per seed x [S, B, d_in], and on a batch per seed with
+    the data-span projection (0.999), so that load from other processes hits all alike; no latent
+    is dead (no AuxK); the first 10 steps of each are a warm-up."""
+    from husai.sae.base import data_span_basis
+    from husai.sae.train import _adam, init_saes
+
+    torch.set_flush_denormal(True)
+    S, B = len(seeds), cfg.batch_size
+    Q = data_span_basis(x, 0.999)
+    variants = {"shared (data_seed 0)": (False, None), "per seed (data_seed null)": (True, None),
+                "per seed + data_span 0.999": (True, Q)}
+    saes = {name: init_saes(x, replace(cfg, data_span=None if q is None else 0.999), seeds) for name, (_, q) in variants.items()}
+    opts = {name: _adam(list(sae.parameters()), cfg.learning_rate(x.shape[1]), (cfg.beta1, cfg.beta2))
+            for name, sae in saes.items()}
+    dead = torch.zeros(S, cfg.d_sae(x.shape[1]), dtype=torch.bool)
+    gen = torch.Generator().manual_seed(0)
+    times = {name: [] for name in variants}
+    for _ in range(steps + 10):
+        idx = torch.randint(x.shape[0], (S, B), generator=gen)
+        for name, (per_seed, q) in variants.items():
+            sae, opt = saes[name], opts[name]
+            t = time.perf_counter()
+            loss, stats = sae.training_loss(x[idx] if per_seed else x[idx[0]], dead)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            sae.remove_parallel_grads()
+            opt.step()
+            if q is not None:
+                sae.project_rows(q)
+            sae.after_step(stats)
+            times[name].append(1e3 * (time.perf_counter() - t))
+    for name, t in times.items():
+        t[:] = t[10:]
+        q = statistics.quantiles(t, n=4)
+        print(f"{name:28s} median {statistics.median(t):6.2f} ms/step  (quartiles {q[0]:.2f}, {q[2]:.2f})")
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=["order", "span"])
+    ap.add_argument("--checkpoint", default="runs/study/models/seed0")
+    ap.add_argument("--architecture", default="topk")
+    ap.add_argument("--expansion", type=int, default=16)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--l1-coeff", type=float, default=25.0)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=100, help="order: timed steps of each kind")
+    ap.add_argument("--bases", default="raw,random_rotation,pca")
+    ap.add_argument("--spans", default="none,0.999", help="data_span values to train with (none = off)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from husai.sae.activations import model_activations
+    from husai.sae.train import SAETrainConfig
+
+    x, _ = model_activations(args.checkpoint, hook=HOOK, split="all")
+    epochs = args.epochs
+    cfg = SAETrainConfig(architecture=args.architecture, expansion=args.expansion, k=args.k, l1_coeff=args.l1_coeff,
+                         epochs=epochs, batch_size=args.batch_size, trajectory_epochs=[]).validate(x.shape[1])
+    seeds = [1 + i for i in range(args.seeds)]
+    print(f"activations {list(x.shape)}, {args.architecture} x{args.expansion}, epochs {epochs}, batch {args.batch_size}, "
+          f"seeds {seeds}, threads {args.threads}", flush=True)
+    t = time.perf_counter()
+    out = (run_order(x, cfg, seeds, args.steps) if args.mode == "order"
+           else run_span(x, cfg, seeds, args.bases.split(","),
+                    [None if v == "none" else float(v) for v in args.spans.split(",")]))
+    print(f"total {time.perf_counter() - t:.0f} s")
+    if args.json:
+        from husai.io import write_json
+
+        write_json(args.json, dict(config=cfg.to_dict(), seeds=seeds, threads=args.threads, results=out))
+
+
+if __name__ == "__main__":
+    main()
