@@ -6,17 +6,15 @@ husai.sae.checkpoint. A folder holding seed_*/cfg.json (a multi-seed `husai trai
 stands for all its seeds.
 
 compare JSON: saes [{path, label, seed, architecture, d_in, d_sae, hook_name, model_path}], warnings,
-  atom_level {pw_mcc_dec, mean_max_abs_cos_dec, pw_mcc_enc, mean_max_abs_cos_enc, shared_fraction:
-    {matrix [N][N], mean, std, min, max, n_pairs, nulls {isotropic|activation|subspace|untrained:
-    {value, null_mean, null_std, z, exceeds_null_max, n_null}}}}, null_samples {kind: {metric: [..]}},
+  threshold, stability (husai.analysis.seed_stability: every level in the data metric with its CI, nulls,
+  per-latent reappearance, shared-init and trajectory references, the raw figures),
   moved_from_init {label: {pw_mcc_to_init, mean_row_cos_to_init}}, and with a model: p, key_frequencies,
   ground_truth (the hook's, husai.analysis.ground_truth's to_json), fourier {label: fourier_overlap,
     frac_pure, covered, missing, coverage, non_key_pure, pure_per_frequency, nulls_untrained,
     weight_space, latent_types {thresholds, n_live, counts, examples, mean} (husai.analysis.latent_types,
     without the per-latent list), recovery {atoms, planes, ...} (husai.analysis.recovery)},
   frequency_level {frequency_sets, subspaces, subspaces_by_weights, summary} (means over key
-  frequencies of the per-frequency overlaps).
-z compares the mean over seed pairs with the spread of single null pairs.
+  frequencies of the per-frequency overlaps; decoder rows in the data span's coordinates).
 """
 
 from __future__ import annotations
@@ -219,6 +217,28 @@ def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
     return int(span.shape[1]), out
 
 
+def subspace_overlap_summary(per_frequency: dict, n_seeds: int) -> dict:
+    """Per seed pair, the mean over key frequencies of the overlap between the spans of the latents each
+    seed assigns to the frequency (husai.analysis.stability.subspace_stability), summarised with its CI
+    against random subspaces of the same dimensions (husai.analysis.agreement.summarise)."""
+    import numpy as np
+
+    from husai.analysis.agreement import summarise
+
+    vals: dict = {}
+    for entry in per_frequency.values():
+        for pr in entry["pairs"]:
+            if pr["overlap"] is not None:
+                vals.setdefault(tuple(pr["seeds"]), []).append((pr["overlap"], pr["null_overlap"]))
+    M, Nm = np.full((n_seeds, n_seeds), np.nan), np.full((n_seeds, n_seeds), np.nan)
+    np.fill_diagonal(M, 1.0)
+    np.fill_diagonal(Nm, 1.0)
+    for (i, j), v in vals.items():
+        M[i, j] = M[j, i] = float(np.mean([o for o, _ in v]))
+        Nm[i, j] = Nm[j, i] = float(np.mean([n for _, n in v]))
+    return summarise(M, {"random_in_span": Nm}, ("random_in_span",))
+
+
 def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0.7, plots: Path | None = None,
                  force: bool = False, acts=None) -> dict:
     """Everything `husai compare` computes, as a JSON-ready dict (schema in the module docstring).
@@ -309,6 +329,8 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
         def _avg(key, field):
             v = [x[field] for x in fl[key].values() if x[field] is not None]
             return float(np.mean(v)) if v else None
+        stability.setdefault("ground_truth", {})["subspace_overlap"] = subspace_overlap_summary(
+            fl["subspaces_by_weights"], len(saes))
         fl["summary"] = dict(jaccard_mean=fl["frequency_sets"]["jaccard_mean"],
                              subspace_overlap_mean=_avg("subspaces", "overlap_mean"),
                              subspace_overlap_by_weights_mean=_avg("subspaces_by_weights", "overlap_mean"),

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from husai.analysis.data_span import SPAN_VARIANCE, data_span
 from husai.analysis.ground_truth import GroundTruth, Plane, orthonormal_basis
 from husai.analysis.latent_types import IN_PLANE
 from husai.errors import HusaiError
@@ -127,8 +128,6 @@ def hook_recovery(W_dec: torch.Tensor, live: torch.Tensor, gt: GroundTruth, neur
     return recovery(W_dec, live, gt.span, atom_sets, gt.planes, data, threshold, draws)
 
 
-SPAN_VARIANCE = 0.999
-"""Without a model, the data span is the principal subspace holding 99.9% of the activation variance."""
 
 
 def file_ground_truth(acts: torch.Tensor, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, list[Plane]]:
@@ -143,11 +142,10 @@ def file_ground_truth(acts: torch.Tensor, tensors: dict[str, torch.Tensor]) -> t
         if t.ndim != 2 or t.shape[1] != d or t.shape[0] == 0 or not torch.isfinite(t).all():
             raise HusaiError(f"ground-truth tensor {k!r} must be a finite [n, {d}] matrix, got {list(t.shape)}")
     X = acts.double() - acts.double().mean(0)
-    if not X.abs().max() > 0:
-        raise HusaiError("the activations are constant: they carry no information")
-    _, s, Vh = torch.linalg.svd(X, full_matrices=False)
-    energy = s.pow(2).cumsum(0) / s.pow(2).sum()
-    span = Vh[: int((energy < SPAN_VARIANCE).sum()) + 1].T
+    try:
+        span = data_span(acts, SPAN_VARIANCE).basis
+    except ValueError:
+        raise HusaiError("the activations are constant: they carry no information") from None
     total = float(X.pow(2).sum())
     planes = []
     for k, rows in tensors.items():

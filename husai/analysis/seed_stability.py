@@ -39,6 +39,21 @@ from husai.analysis.stability import SHARED_THRESHOLD, cosine_matrix, mean_max_a
 TRAJECTORY = "trajectory.safetensors"
 
 
+class SeedSlot:
+    """Seed slot s of trained StackedSAEs (husai.sae.train.train_saes), with what `sae_stability`
+    reads of an SAE loaded from disk: W_dec [d_sae, d_in], W_enc [d_in, d_sae], encode(x) [N, d_sae]."""
+
+    def __init__(self, sae, s: int):
+        self.W_dec = sae.W_dec.detach()[s]
+        self.W_enc = sae.W_enc.detach()[s]
+        self.b_dec = sae.b_dec.detach()[s]
+        self._sae, self._s = sae, s
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._sae.encode(x)[self._s]
+
+
 def trajectory_of(sae_dir: Path, seed) -> dict[int, dict]:
     """{epoch: {"W_dec", "W_enc_T", "live"}} for one seed from the train-sae output's trajectory file
     (OUT/trajectory.safetensors beside OUT/seed_*/, or in a one-seed OUT), or {} when not recorded."""

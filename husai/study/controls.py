@@ -16,24 +16,11 @@ CONTROLS = ("memorised", "untrained")
 KEPT = ("pw_mcc_dec", "mean_max_abs_cos_dec", "shared_fraction", "reappearance", "act_mcc")
 
 
-class _OneSeed:
-    """Seed slot s of trained StackedSAEs, with the attributes husai.analysis.seed_stability reads."""
-
-    def __init__(self, sae, s: int):
-        self.W_dec = sae.W_dec.detach()[s]  # [d_sae, d_in]
-        self.W_enc = sae.W_enc.detach()[s]  # [d_in, d_sae]
-        self._sae, self._s = sae, s
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self._sae.encode(x)[self._s]
-
-
 def run_controls(model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS, threshold: float = 0.7) -> dict:
     """{control: {epoch (memorised), test_acc, explained_variance [per seed], data_span, off_span, levels
     {metric: summary} for KEPT metrics, shared_init}} (module docstring); a control that cannot be
     built (e.g. no memorised checkpoint) is {"error": "..."}."""
-    from husai.analysis.seed_stability import sae_stability
+    from husai.analysis.seed_stability import SeedSlot, sae_stability
     from husai.errors import HusaiError
     from husai.io import read_json
     from husai.sae.activations import model_activations
@@ -48,7 +35,7 @@ def run_controls(model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS,
         except HusaiError as e:
             out[which] = {"error": str(e)}
             continue
-        saes = [_OneSeed(res.sae, s) for s in range(len(seeds))]
+        saes = [SeedSlot(res.sae, s) for s in range(len(seeds))]
         W0 = res.W_dec_init.double()
 
         def init(d_in, d_sae, seed, W0=W0):

@@ -130,10 +130,6 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                      "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the row in that "
                      "frequency's residual subspace), with activation-pure ones (purity >= 0.85) in brackets."))
     stab = [stability_table(ok_cells)]
-    for c in ok_cells:
-        fl = c["analysis"].get("frequency_level", {})
-        if fl:
-            stab.append(f"- {c['name']}, frequency level: {_summary(fl)}.")
     sections.append(("Stability across seeds", "\n\n".join(stab)))
     if any(c["analysis"].get("ground_truth") for c in ok_cells):
         sections.append(("Ground truth and what the latents are", _ground_truth_section(ok_cells)))
@@ -210,17 +206,6 @@ def _ground_truth_section(cells: list[dict]) -> str:
               "'Fourier overlap > 0.5' cannot be met by sparse latents: a latent that fires on part of a phase "
               "cycle spreads its variance over harmonics (a perfect one-answer detector scores 2/(p - 1), 0.018 at p = 113)."]
     return "\n".join(lines)
-
-
-def _summary(fl: dict) -> str:
-    """One line on frequency-level stability: same frequencies? same per-frequency subspaces?"""
-    sm = fl.get("summary", {})
-    parts = [f"{name} {_fmt(sm.get(key))}" for key, name in (
-        ("jaccard_mean", "frequency-set Jaccard"),
-        ("subspace_overlap_mean", "subspace overlap (latents by purity)"),
-        ("subspace_overlap_by_weights_mean", "subspace overlap (latents by decoder weights)"),
-        ("null_overlap_by_weights_mean", "random-subspace null")) if sm.get(key) is not None]
-    return "; ".join(parts) or "see analysis.json"
 
 
 def _md_table_to_html(body: str) -> str:

@@ -17,7 +17,9 @@ LEVELS = (("atoms", "pw_mcc_dec", "PW-MCC"), ("atoms", "mean_max_abs_cos_dec", "
           ("activations", "act_mcc", "matched activation correlation"),
           ("activations", "act_reappearance", "activation reappearance"),
           ("planes", "plane_coverage_agreement", "plane coverage agreement"),
-          ("planes", "mass_agreement", "plane mass agreement"), ("classes", "class_jaccard", "answer-class Jaccard"))
+          ("planes", "mass_agreement", "plane mass agreement"),
+          ("planes", "subspace_overlap", "per-frequency subspace overlap"),
+          ("classes", "class_jaccard", "answer-class Jaccard"))
 NULLS = ("isotropic", "matched_geometry", "symmetry", "random_in_span")
 
 
@@ -66,9 +68,10 @@ def verdict(cells: list[dict]) -> list[str]:
             raw = st.get("raw", {}).get("pw_mcc_dec", {}).get("value")
             learned = ""
             if init is not None:
-                learned = (f"; the seeds' initialisations already agree at {_f(init)} (shared-init reference), so "
-                           + ("training added agreement" if lv["pw_mcc_dec"]["value"] > init else
-                              "the agreement is inherited from the init, not learned"))
+                learned = (f"; training raised it above the seeds' initialisations ({_f(init)}, shared-init reference)"
+                           if lv["pw_mcc_dec"]["value"] > init else
+                           f"; the seeds' initialisations agreed more ({_f(init)}, shared-init reference): training "
+                           "did not add agreement, what remains was there at step 0")
             parts.append(f"Atoms: {_phrase(lv['pw_mcc_dec'], 'PW-MCC')}{learned}; raw-coordinate PW-MCC {_f(raw)} "
                          "(basis-dependent, the old figure).")
         if "shared_fraction" in lv:
@@ -77,10 +80,10 @@ def verdict(cells: list[dict]) -> list[str]:
                          f"probability {_f(lv.get('reappearance', {}).get('value'))}.")
         if "act_mcc" in lv:
             parts.append(f"Activations: {_phrase(lv['act_mcc'], 'matched correlation')}.")
-        gtp = [lv[m] for m in ("class_jaccard", "mass_agreement") if m in lv]
-        if gtp:
-            parts.append("Planes and classes: " + "; ".join(_phrase(lv[m], name) for m, name in (
-                ("class_jaccard", "answer-class Jaccard"), ("mass_agreement", "plane-mass agreement")) if m in lv) + ".")
+        gtp = (("class_jaccard", "answer-class Jaccard"), ("mass_agreement", "plane-mass agreement"),
+               ("subspace_overlap", "per-frequency subspace overlap"))
+        if any(m in lv for m, _ in gtp):
+            parts.append("Planes and classes: " + "; ".join(_phrase(lv[m], name) for m, name in gtp if m in lv) + ".")
         rec = [(r.get("centroid_mcc"), max(r.get("centroid_mcc_random") or -1, r.get("centroid_mcc_data_points") or -1))
                for r in c["rows"] if r.get("centroid_mcc") is not None]
         if rec and (c["rows"][0].get("hook_answer_share") or 0) >= 0.5:
