@@ -20,7 +20,7 @@ CONFIG = {
         # diverges at once: must be recorded as failed, with the others going on
         {"architecture": "relu", "expansion": 2, "l1_coeff": 0.1, "epochs": 2, "batch_size": 128, "lr": 1.0e6},
     ],
-    "stability": {"threshold": 0.7},
+    "stability": {"threshold": 0.7, "controls": ["untrained"], "control_seeds": 2},
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # same thread count in every run: bitwise-equal tables
 

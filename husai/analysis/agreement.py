@@ -92,7 +92,7 @@ def seed_view(label: str, W_dec: torch.Tensor, W_enc_T: torch.Tensor, span: Data
     if live is None:
         live = (z != 0).any(0) if z is not None else torch.ones(W_dec.shape[0], dtype=torch.bool)
     idx = torch.nonzero(live.cpu()).flatten()
-    codes = z[:, idx].double() if z is not None else None
+    codes = z[:, idx].float() if z is not None else None  # float32: 100 MB per 2048-latent seed on p^2 = 12769 inputs
     return SeedView(label, idx.numpy(), span.unit_coords(W_dec[idx]), span.unit_coords(W_enc_T[idx]), codes)
 
 
@@ -104,11 +104,12 @@ def correlation(ZA: torch.Tensor, ZB: torch.Tensor, ZA_T_sparse: torch.Tensor | 
     matmul and is centred afterwards: sum_n (a - mu_a)(b - mu_b) = A^T B - N mu_a mu_b^T
     (measured: 0.3 s against 2.6 s dense for 12769 inputs x 2048 latents, float64)."""
     N = ZA.shape[0]
-    mu_a, mu_b = ZA.mean(0), ZB.mean(0)
-    sd_a = (ZA.pow(2).sum(0) - N * mu_a.pow(2)).clamp_min(0).sqrt().clamp_min(1e-30)
-    sd_b = (ZB.pow(2).sum(0) - N * mu_b.pow(2)).clamp_min(0).sqrt().clamp_min(1e-30)
-    cross = torch.sparse.mm(ZA.T.to_sparse() if ZA_T_sparse is None else ZA_T_sparse, ZB) - N * torch.outer(mu_a, mu_b)
-    return cross / torch.outer(sd_a, sd_b)
+    f64 = torch.float64  # moments summed in float64: a dense latent's sum z^2 - N mu^2 cancels
+    mu_a, mu_b = ZA.sum(0, dtype=f64) / N, ZB.sum(0, dtype=f64) / N
+    sd_a = (ZA.pow(2).sum(0, dtype=f64) - N * mu_a.pow(2)).clamp_min(0).sqrt().clamp_min(1e-30)
+    sd_b = (ZB.pow(2).sum(0, dtype=f64) - N * mu_b.pow(2)).clamp_min(0).sqrt().clamp_min(1e-30)
+    cross = torch.sparse.mm(ZA.T.to_sparse() if ZA_T_sparse is None else ZA_T_sparse, ZB).to(f64)
+    return (cross - N * torch.outer(mu_a, mu_b)) / torch.outer(sd_a, sd_b)
 
 
 def _reappear(C: torch.Tensor, threshold: float) -> tuple[float, torch.Tensor, torch.Tensor]:

@@ -46,6 +46,10 @@ def test_report_has_every_section(finished):
     assert "of the variance is a function of the answer" in html and "cannot be met by sparse latents" in html
     assert html.count("<table>") == 4  # quality, stability, latent types, per-plane coverage
     assert "shared-init reference" in html and "matched geometry null" in html and "symmetry null" in html
+    assert "Model-side controls, the same recipe: PW-MCC on an untrained model" in verdict
+    for c in ("topk_x2_k4", "relu_x2_l1_0.3"):  # the control ran with the cell's recipe and 2 seeds
+        an = json.loads(next(out.glob(f"saes/*/*/{c}/analysis.json")).read_text())
+        assert an["controls"]["untrained"]["levels"]["pw_mcc_dec"]["n_pairs"] == 1
     for png in ("model_seed0_training", "model_seed0_spectrum", "stability_heatmaps", "stability_vs_null",
                 "frequency_coverage"):
         assert (out / "figures" / f"{png}.png").stat().st_size > 10_000

@@ -36,11 +36,25 @@ def test_grid_expands_to_named_runs():
     ({"model": {"colour": 1}}, "model.colour"),
     ({"hooks": []}, "'hooks'"),
     ({"stability": {"threshold": 2}}, "stability.threshold"),
+    ({"stability": {"null_pairs": 10}}, "stability.null_pairs' is gone"),
+    ({"stability": {"controls": ["trained"]}}, "stability.controls"),
+    ({"stability": {"controls": ["untrained", "untrained"]}}, "stability.controls"),
+    ({"stability": {"controls": "untrained"}}, "stability.controls"),
+    ({"stability": {"controls": ["untrained"], "control_seeds": 3}}, "stability.control_seeds"),  # 2 SAE seeds
+    ({"stability": {"controls": ["untrained"], "control_seeds": 1}}, "stability.control_seeds"),
+    ({"stability": {"colour": 1}}, "'stability' takes only"),
 ])
 def test_invalid_config_names_the_key(patch, fragment):
     with pytest.raises(HusaiError) as e:
         parse_study({**GOOD, **patch})
     assert fragment in str(e.value)
+
+
+def test_controls_are_optional_and_validated():
+    assert parse_study(GOOD).controls == ()
+    cfg = parse_study({**GOOD, "stability": {"controls": ["memorised", "untrained"], "control_seeds": 2}})
+    assert cfg.controls == ("memorised", "untrained") and cfg.control_seeds == 2
+    assert parse_study({**GOOD, "stability": {"controls": ["untrained"]}}).control_seeds == 2  # min(3, seeds)
 
 
 def test_config_not_a_mapping():
