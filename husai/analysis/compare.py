@@ -84,7 +84,7 @@ def check_compatible(saes, dirs, force: bool) -> list[str]:
                 raise HusaiError(msg + "; pass --force to compare them anyway")
             warnings.append(msg + " (compared because of --force)")
     if len({s.W_dec.shape[0] for s in saes}) > 1:
-        warnings.append("SAEs have different d_sae: Hungarian matching pairs min(d_sae) latents")
+        warnings.append("SAEs have different d_sae: Hungarian matching pairs the smaller number of live latents")
     return warnings
 
 
@@ -217,28 +217,6 @@ def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
     return int(span.shape[1]), out
 
 
-def subspace_overlap_summary(per_frequency: dict, n_seeds: int) -> dict:
-    """Per seed pair, the mean over key frequencies of the overlap between the spans of the latents each
-    seed assigns to the frequency (husai.analysis.stability.subspace_stability), summarised with its CI
-    against random subspaces of the same dimensions (husai.analysis.agreement.summarise)."""
-    import numpy as np
-
-    from husai.analysis.agreement import summarise
-
-    vals: dict = {}
-    for entry in per_frequency.values():
-        for pr in entry["pairs"]:
-            if pr["overlap"] is not None:
-                vals.setdefault(tuple(pr["seeds"]), []).append((pr["overlap"], pr["null_overlap"]))
-    M, Nm = np.full((n_seeds, n_seeds), np.nan), np.full((n_seeds, n_seeds), np.nan)
-    np.fill_diagonal(M, 1.0)
-    np.fill_diagonal(Nm, 1.0)
-    for (i, j), v in vals.items():
-        M[i, j] = M[j, i] = float(np.mean([o for o, _ in v]))
-        Nm[i, j] = Nm[j, i] = float(np.mean([n for _, n in v]))
-    return summarise(M, {"random_in_span": Nm}, ("random_in_span",))
-
-
 def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0.7, plots: Path | None = None,
                  force: bool = False, acts=None) -> dict:
     """Everything `husai compare` computes, as a JSON-ready dict (schema in the module docstring).
@@ -329,8 +307,6 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
         def _avg(key, field):
             v = [x[field] for x in fl[key].values() if x[field] is not None]
             return float(np.mean(v)) if v else None
-        stability.setdefault("ground_truth", {})["subspace_overlap"] = subspace_overlap_summary(
-            fl["subspaces_by_weights"], len(saes))
         fl["summary"] = dict(jaccard_mean=fl["frequency_sets"]["jaccard_mean"],
                              subspace_overlap_mean=_avg("subspaces", "overlap_mean"),
                              subspace_overlap_by_weights_mean=_avg("subspaces_by_weights", "overlap_mean"),
@@ -346,7 +322,7 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
                                  "mean-max |cos| (decoder, data metric; public HUSAI 'PWMCC')")):
             if m in lv:
                 null = lv[m].get("fitting", {}).get("value")
-                stability_heatmap([[1.0 if v is None else v for v in r] for r in lv[m]["matrix"]], labels, plots / fname,
+                stability_heatmap([[np.nan if v is None else v for v in r] for r in lv[m]["matrix"]], labels, plots / fname,
                                   title, null, null_name="fitting null")
         if ctx is not None:
             frequency_histogram([result["fourier"][lab]["pure_per_frequency"] for lab in labels], labels,

@@ -288,7 +288,7 @@ def _print_compare(console, res: dict, Table) -> None:
     t = Table(title=f"stability across {len(res['saes'])} SAEs in the data metric ({st['data_span']['dim']}-d span, "
                     f"live latents): mean over seed pairs [95% CI]")
     kinds = ("isotropic", "matched_geometry", "symmetry", "random_in_span")
-    for c in ("metric", "value", "fitting null", "effect [CI]") + kinds:
+    for c in ("metric", "value", "chance null", "effect [CI]") + kinds:
         t.add_column(c)
     levels = dict(st["levels"], **{k: v for k, v in st.get("ground_truth", {}).items() if k in STABILITY_NAMES})
     for m, r in levels.items():
@@ -300,8 +300,9 @@ def _print_compare(console, res: dict, Table) -> None:
     ref = st["references"].get("shared_init", {}).get("pw_mcc_dec")
     console.print("PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, what public "
                   "HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & Belrose 2025); "
-                  "reappearance: best match above threshold (Gerasimov et al. 2026). Effect: value - the stricter "
-                  "fitting null, per seed pair. " + (f"Shared-init reference (the seeds' initialisations): PW-MCC "
+                  "reappearance: best match above threshold (Gerasimov et al. 2026). Effect: value - the chance null "
+                  "(matched geometry for atoms), per seed pair; symmetry: the other seed moved by a shift of the "
+                  "inputs. " + (f"Shared-init reference (the seeds' initialisations): PW-MCC "
                                                       f"{_fmt(ref['value'])}. " if ref else "")
                   + f"Raw-coordinate PW-MCC (basis-dependent): {_fmt(st['raw']['pw_mcc_dec']['value'])}.")
     if "fourier" in res:

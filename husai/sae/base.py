@@ -46,6 +46,9 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
     return m.float()
 
 
+JITTER_POINTS = 4  # data points mixed into each data-init row's jitter (StackedSAE.init_weights)
+
+
 class StackedSAE(nn.Module):
     """Base class: parameters, init, encode/decode. Subclasses define `activate` and the loss."""
 
@@ -78,21 +81,37 @@ class StackedSAE(nn.Module):
         b_dec = b_dec_init [d_in] (the geometric median of the data).
 
         data [N, d_in] (optional): draw each decoder row as a random centred data point
-        (x_n - b_dec_init, normalised) instead of an isotropic direction. For low-rank
+        u_n = (x_n - b_dec_init) / ||.|| instead of an isotropic direction. For low-rank
         activations (a grokked model's residual stream: ~20 directions hold 99.9% of the
         variance) isotropic latents mostly point out of the data subspace and never win a top-k.
+        Rows that drew the same point must still differ, so each gets a jitter of norm 0.1, a
+        unit-normalised Gaussian combination of JITTER_POINTS other random u's:
+
+            w_j = u_{n_j} + 0.1 * J_j / ||J_j||,   J_j = sum_i c_ji u_{n_ji},  c ~ N(0, 1)
+
+        then normalised. Every term is a data point, so the init is rotation-equivariant: data R
+        and b_dec_init R give the rows times R (the same draws; husai.sae.optim explains why
+        training needs that). The isotropic `randn` jitter it replaces was not, and put 1.2% of
+        the rows' norm outside the data span. With data None (init: random) the rows are isotropic
+        Gaussian draws in the raw coordinates: equivariant in distribution only, never draw by draw.
 
         Each seed draws from its own CPU torch.Generator, so seed 42's SAE is the same whichever
         seeds are trained beside it, and on every device.
         """
         assert len(seeds) == self.n_seeds
+        if data is not None:
+            centred = data.cpu().float() - b_dec_init.cpu().float()  # [N, d_in]
+            unit = centred / centred.norm(dim=1, keepdim=True).clamp_min(1e-8)
         for s, seed in enumerate(seeds):
             gen = torch.Generator().manual_seed(int(seed))
+            # drawn with data too, so that the rows' data points are those earlier versions drew
             W = torch.randn(self.d_sae, self.d_in, generator=gen)  # [d_sae, d_in]
             if data is not None:
-                rows = data[torch.randint(data.shape[0], (self.d_sae,), generator=gen)].cpu() - b_dec_init.cpu()
-                rows = rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-8)
-                W = rows + 0.1 * W / W.norm(dim=1, keepdim=True)  # jitter: duplicates must differ
+                N = unit.shape[0]
+                rows = unit[torch.randint(N, (self.d_sae,), generator=gen)]  # [d_sae, d_in]
+                mix = unit[torch.randint(N, (self.d_sae, JITTER_POINTS), generator=gen)]  # [d_sae, m, d_in]
+                J = torch.einsum("jm,jmd->jd", torch.randn(self.d_sae, JITTER_POINTS, generator=gen), mix)
+                W = rows + 0.1 * J / J.norm(dim=1, keepdim=True).clamp_min(1e-8)
             W = W / W.norm(dim=1, keepdim=True)
             self.W_dec[s].copy_(W)
             self.W_enc_T[s].copy_(W)

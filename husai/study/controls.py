@@ -16,6 +16,24 @@ CONTROLS = ("memorised", "untrained")
 KEPT = ("pw_mcc_dec", "mean_max_abs_cos_dec", "shared_fraction", "reappearance", "act_mcc")
 
 
+def contrast(cell_levels: dict, control: dict, n: int) -> dict:
+    """Per metric, the cell's agreement minus the control's, paired by seed pair (the control's seeds are
+    the cell's first n), with its CI: {metric: {value, ci}}."""
+    import numpy as np
+
+    from husai.analysis.agreement import bootstrap_ci
+
+    out = {}
+    for m, r in control.get("levels", {}).items():
+        if m not in cell_levels:
+            continue
+        cell = np.array(cell_levels[m]["matrix"], dtype=float)[:n, :n]
+        D = cell - np.array(r["matrix"], dtype=float)
+        v = D[np.triu_indices(n, 1)]
+        out[m] = dict(value=float(np.nanmean(v)) if np.isfinite(v).any() else None, ci=bootstrap_ci(D))
+    return out
+
+
 def run_controls(model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS, threshold: float = 0.7) -> dict:
     """{control: {epoch (memorised), test_acc, explained_variance [per seed], data_span, off_span, levels
     {metric: summary} for KEPT metrics, shared_init}} (module docstring); a control that cannot be
@@ -51,6 +69,6 @@ def run_controls(model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS,
             epoch=metrics.get("memorised_epoch") if which == "memorised" else 0,
             test_acc=metrics.get("memorised_test_acc") if which == "memorised" else None,
             explained_variance=ev, data_span=st["data_span"], off_span=st["off_span"],
-            levels={m: {k: v for k, v in st["levels"][m].items() if k != "matrix"} for m in KEPT if m in st["levels"]},
+            levels={m: st["levels"][m] for m in KEPT if m in st["levels"]},
             shared_init=st["references"].get("shared_init", {}).get("pw_mcc_dec"))
     return out

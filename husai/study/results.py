@@ -26,7 +26,7 @@ SAE_METRICS = ("mse", "explained_variance", "l0", "frac_dead", "frac_dense", "sp
                "ce_loss_recovered_zero", "ce_loss_recovered_mean", "cosine_to_init")
 FOURIER = ("fourier_overlap", "frac_pure", "coverage", "n_live")
 STABILITY = ("pw_mcc_dec", "pw_mcc_enc", "mean_max_abs_cos_dec", "shared_fraction", "reappearance", "act_mcc",
-             "act_reappearance", "plane_coverage_agreement", "mass_agreement", "subspace_overlap", "class_jaccard")
+             "act_reappearance", "plane_coverage_agreement", "mass_agreement", "class_jaccard")
 
 
 def _num(x):

@@ -83,10 +83,12 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
         result = compare_saes(dirs, Path(spec["model_dir"]), threshold=spec["threshold"],
                               plots=folder / "figures") if len(dirs) > 1 else None
         if result and spec.get("controls"):
-            from husai.study.controls import run_controls
+            from husai.study.controls import contrast, run_controls
 
             result["controls"] = run_controls(spec["model_dir"], spec["hook"], config_from_dict(spec["sae_cfg"]),
                                               spec["control_seeds"], spec["controls"], spec["threshold"])
+            for c in result["controls"].values():  # the grokked model's SAEs against the control's, pair by pair
+                c["contrast"] = contrast(result["stability"]["levels"], c, len(spec["control_seeds"]))
         write_json(folder / "analysis.json", result or {})
         return dict(folder=str(folder), status="ok", seconds=time.time() - t0)
     except Exception as e:  # recorded, reported, never silently dropped

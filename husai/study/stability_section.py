@@ -2,9 +2,10 @@
 level by level, each figure with its 95% CI over seeds and the null it is read against
 (husai.analysis.agreement, husai.analysis.seed_stability).
 
-A level counts as agreeing beyond chance when the CI of its effect over the fitting null (value -
-null, paired by seed pair) lies above 0; "at" the null when the CI holds 0; "below" when it lies
-under 0. There is no z-score: a z against the spread of single null draws (the old rule) measures
+A level counts as agreeing beyond chance when the CI of its effect over its chance null (value -
+null, paired by seed pair; husai.analysis.agreement.FITTING) lies above 0; "at" the null when the CI
+holds 0; "below" when it lies under 0. The symmetry null is read the same way, separately, as the
+phase reading. There is no z-score: a z against the spread of single null draws (the old rule) measures
 how precisely the null is drawn, not how sure the comparison is (it gave z = 825 and -226).
 """
 
@@ -18,7 +19,6 @@ LEVELS = (("atoms", "pw_mcc_dec", "PW-MCC"), ("atoms", "mean_max_abs_cos_dec", "
           ("activations", "act_reappearance", "activation reappearance"),
           ("planes", "plane_coverage_agreement", "plane coverage agreement"),
           ("planes", "mass_agreement", "plane mass agreement"),
-          ("planes", "subspace_overlap", "per-frequency subspace overlap"),
           ("classes", "class_jaccard", "answer-class Jaccard"))
 NULLS = ("isotropic", "matched_geometry", "symmetry", "random_in_span")
 
@@ -38,19 +38,34 @@ def _levels(st: dict) -> dict:
                                          and "value" in v})
 
 
-def reading(r: dict) -> str:
-    """above / at / below the fitting null, from the CI of the effect."""
-    ci = (r.get("fitting") or {}).get("effect_ci")
-    if not ci:
+def reading(r: dict, key: str = "fitting") -> str:
+    """above / at / below a null (key "fitting": chance; "phase": the symmetry null), from the CI of the effect."""
+    if key not in r:
         return "no null"
+    ci = r[key].get("effect_ci")
+    if not ci:
+        return "no CI (fewer than 3 seeds)"
     return "above" if ci[0] > 0 else ("below" if ci[1] < 0 else "at")
+
+
+PHASE_WORDS = {"above": "above it: the seeds agree on phase, i.e. on which latents exist, not only on the planes",
+               "at": "at it: they agree no more than with a shifted copy (a phase-invariant tiling or phase-unstable latents)",
+               "below": "below it: a shifted copy of the other seed matches better than the seed itself"}
 
 
 def _phrase(r: dict, name: str) -> str:
     fit = r.get("fitting") or {}
     nulls = " / ".join(n.replace("_", " ") for n in fit.get("nulls", []))
-    return (f"{name} {_f(r['value'])} {_ci(r.get('ci'))}, {reading(r)} the fitting null ({nulls} {_f(fit.get('value'))}; "
-            f"effect {_f(fit.get('effect'))} {_ci(fit.get('effect_ci'))})")
+    text = f"{name} {_f(r['value'])} {_ci(r.get('ci'))}"
+    if fit:
+        text += (f", {reading(r)} chance ({nulls} null {_f(fit.get('value'))}; effect {_f(fit.get('effect'))} "
+                 f"{_ci(fit.get('effect_ci'))})")
+    if "phase" in r:
+        ph = r["phase"]
+        word = reading(r, "phase")
+        text += (f"; against a shifted copy of the other seed (symmetry null {_f(ph.get('value'))}, effect "
+                 f"{_f(ph.get('effect'))} {_ci(ph.get('effect_ci'))}) " + PHASE_WORDS.get(word, word))
+    return text
 
 
 def verdict(cells: list[dict]) -> list[str]:
@@ -76,12 +91,11 @@ def verdict(cells: list[dict]) -> list[str]:
                          "(basis-dependent, the old figure).")
         if "shared_fraction" in lv:
             parts.append(f"Shared fraction {_f(lv['shared_fraction']['value'])} {_ci(lv['shared_fraction'].get('ci'))} "
-                         f"({reading(lv['shared_fraction'])} its fitting null); latents reappear in another seed with "
+                         f"({reading(lv['shared_fraction'])} chance); latents reappear in another seed with "
                          f"probability {_f(lv.get('reappearance', {}).get('value'))}.")
         if "act_mcc" in lv:
             parts.append(f"Activations: {_phrase(lv['act_mcc'], 'matched correlation')}.")
-        gtp = (("class_jaccard", "answer-class Jaccard"), ("mass_agreement", "plane-mass agreement"),
-               ("subspace_overlap", "per-frequency subspace overlap"))
+        gtp = (("class_jaccard", "answer-class Jaccard"), ("mass_agreement", "plane-mass agreement (descriptive)"))
         if any(m in lv for m, _ in gtp):
             parts.append("Planes and classes: " + "; ".join(_phrase(lv[m], name) for m, name in gtp if m in lv) + ".")
         rec = [(r.get("centroid_mcc"), max(r.get("centroid_mcc_random") or -1, r.get("centroid_mcc_data_points") or -1))
@@ -96,8 +110,10 @@ def verdict(cells: list[dict]) -> list[str]:
             for which, name in (("memorised", "the memorising model"), ("untrained", "an untrained model")):
                 r = (ctrl.get(which) or {}).get("levels", {}).get("pw_mcc_dec")
                 if r:
-                    said.append(f"on {name} {_f(r['value'])} {_ci(r.get('ci'))} (effect over its fitting null "
-                                f"{_f((r.get('fitting') or {}).get('effect'))})")
+                    con = (ctrl[which].get("contrast") or {}).get("pw_mcc_dec") or {}
+                    said.append(f"on {name} {_f(r['value'])} {_ci(r.get('ci'))} (effect over chance "
+                                f"{_f((r.get('fitting') or {}).get('effect'))}; the grokked model's SAEs minus these, "
+                                f"paired by seed pair: {_f(con.get('value'))} {_ci(con.get('ci'))})")
                 elif ctrl.get(which, {}).get("error"):
                     said.append(f"on {name}: not run ({ctrl[which]['error']})")
             if said:
@@ -114,10 +130,12 @@ def verdict(cells: list[dict]) -> list[str]:
 
 
 def stability_table(cells: list[dict]) -> str:
-    """Every level of every cell: value [CI], each null, the effect over the fitting null [CI], and the
+    """Every level of every cell: value [CI], each null, the effects over chance and over the symmetry null
+    [CI], and the
     shared-init reference; then PW-MCC along training where a trajectory was recorded."""
     head = ["cell", "level", "metric", "value [95% CI]", *(n.replace("_", " ") + " null" for n in NULLS),
-            "effect over fitting null [95% CI]", "reading", "shared-init reference"]
+            "effect over chance [95% CI]", "reading", "effect over symmetry [95% CI]", "phase reading",
+            "shared-init reference"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     traj = []
     for c in cells:
@@ -128,12 +146,13 @@ def stability_table(cells: list[dict]) -> str:
         for level, m, name in LEVELS:
             if m not in lv:
                 continue
-            r, fit = lv[m], lv[m].get("fitting") or {}
+            r, fit, ph = lv[m], lv[m].get("fitting") or {}, lv[m].get("phase") or {}
             init = refs.get("shared_init", {}).get(m, {}).get("value")
             out.append("| " + " | ".join([c["name"], level, name, f"{_f(r['value'])} {_ci(r.get('ci'))}",
                                             *(_f(r["nulls"].get(k, {}).get("value")) for k in NULLS),
-                                            f"{_f(fit.get('effect'))} {_ci(fit.get('effect_ci'))}", reading(r),
-                                            _f(init)]) + " |")
+                                            f"{_f(fit.get('effect'))} {_ci(fit.get('effect_ci'))}" if fit else "-",
+                                            reading(r), f"{_f(ph.get('effect'))} {_ci(ph.get('effect_ci'))}" if ph else "-",
+                                            reading(r, "phase"), _f(init)]) + " |")
         tr = refs.get("trajectory")
         if tr and "pw_mcc_dec" in lv:
             steps = [f"epoch {e}: {_f(v['pw_mcc_dec']['value'])}" for e, v in sorted(tr.items(), key=lambda kv: int(kv[0]))]
@@ -156,7 +175,7 @@ def stability_table(cells: list[dict]) -> str:
                              + " | ".join(cells_) + " |")
     if ctrl_rows:
         text += ("\n\nModel-side controls: the same SAE recipe and seeds (the first few) on the model before it "
-                 "generalised and on its untrained initialisation; value [95% CI] (fitting null).\n\n"
+                 "generalised and on its untrained initialisation; value [95% CI] (chance null).\n\n"
                  "| cell | control | EV | span dim | PW-MCC | shared fraction | activation MCC |\n|---|---|---|---|---|---|---|\n"
                  + "\n".join(ctrl_rows))
     if traj:
@@ -164,9 +183,11 @@ def stability_table(cells: list[dict]) -> str:
     return text + "\n\n" + (
         "All figures compare live latents in the data metric: decoder and encoder rows projected onto the principal "
         "subspace holding 99.9% of the activation variance, so a rotation of the activations leaves them unchanged. "
-        "CI: 95% bootstrap over seeds. Nulls: isotropic = random directions in the span (naive); matched geometry = "
-        "random atoms with each dictionary's own second moment; symmetry = one seed's SAE moved by the shift "
-        "(a, b) -> (a + t, b + t), an equally good SAE at another phase; random in span = random dictionaries of the "
-        "same size (ground-truth levels). Effect: value minus the stricter fitting null, paired by seed pair. "
+        "CI: 95% bootstrap over seeds (with 3 seeds it is the range of the 3 pairs; with 2, none). Nulls: isotropic = "
+        "random directions in the span (naive); matched geometry = random atoms with each dictionary's own second "
+        "moment (chance for atoms); symmetry = one seed's SAE moved by the shift (a, b) -> (a + t, b + t), an equally "
+        "good SAE at another phase (the phase reading); random in span = random dictionaries of the same size "
+        "(chance for answer classes; plane coverage and mass agree at ~1 for any large dictionary, so they are "
+        "descriptive). Effect: value minus the null, paired by seed pair. "
         "Shared-init reference: the same comparison between the seeds' initialisations (not chance: with data "
         "init they start from data points of the same tight clusters).")

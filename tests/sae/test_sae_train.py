@@ -28,10 +28,12 @@ def _acts(n=300, d=8, seed=0):
     return torch.randn(n, d, generator=g) @ torch.randn(d, d, generator=g) + 0.5
 
 
-@pytest.mark.parametrize("arch,data_seed", [(a, None) for a in CFGS] + [("topk", 0), ("relu", 0)])
-def test_seeds_together_equal_seeds_alone(arch, data_seed):
-    """Per-seed order (data_seed None, the default) and a shared one (data_seed 0) alike."""
-    acts, cfg = _acts(), replace(CFGS[arch], data_seed=data_seed)
+@pytest.mark.parametrize("arch,data_seed,optimizer", [(a, None, o) for a in CFGS for o in ("adam", "row_adam")]
+                         + [("topk", 0, "adam"), ("relu", 0, "adam"), ("topk", 0, "row_adam")])
+def test_seeds_together_equal_seeds_alone(arch, data_seed, optimizer):
+    """Per-seed order (data_seed None, the default) and a shared one (data_seed 0) alike, with
+    either optimizer."""
+    acts, cfg = _acts(), replace(CFGS[arch], data_seed=data_seed, optimizer=optimizer)
     together = train_saes(acts, cfg, [11, 22, 33]).sae
     for s, seed in enumerate([11, 22, 33]):
         alone = train_saes(acts, cfg, [seed]).sae
@@ -41,11 +43,12 @@ def test_seeds_together_equal_seeds_alone(arch, data_seed):
     assert not torch.allclose(together.W_dec[0], together.W_dec[1])
 
 
-@pytest.mark.parametrize("arch", ["topk", "relu"])
-def test_same_seed_same_weights(arch):
-    acts = _acts()
-    a = train_saes(acts, CFGS[arch], [5, 6]).sae.state_dict()
-    b = train_saes(acts, CFGS[arch], [5, 6]).sae.state_dict()
+@pytest.mark.parametrize("arch,optimizer", [("topk", "adam"), ("relu", "adam"), ("topk", "row_adam"),
+                                            ("relu", "row_adam"), ("jumprelu", "row_adam")])
+def test_same_seed_same_weights(arch, optimizer):
+    acts, cfg = _acts(), replace(CFGS[arch], optimizer=optimizer)
+    a = train_saes(acts, cfg, [5, 6]).sae.state_dict()
+    b = train_saes(acts, cfg, [5, 6]).sae.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -30,9 +30,9 @@ def test_report_has_every_section(finished):
     assert html.count("data:image/png;base64,") == 5  # curves, spectrum, heatmaps, vs-null, coverage
     md = (out / "report.md").read_text()
     assert "PASS" in md and "FAIL" in md and "z = " not in md  # no z-against-every-null rule
-    # the verdict reads every level against its fitting null with a CI, and says what the init gave
+    # the verdict reads every level against chance with a CI (3 seeds: the pairs' range), and says what the init gave
     verdict = md.split("## Verdict")[1].split("## ")[0]
-    assert "the fitting null" in verdict and "effect" in verdict and "shared-init reference" in verdict
+    assert " chance (matched geometry null" in verdict and "effect" in verdict and "shared-init reference" in verdict
     assert "Activations:" in verdict and "Planes and classes:" in verdict and "delta CE (nats)" in md
     # per SAE of each analysed cell: its latent types and recovery next to the random reference
     lines = md.splitlines()
