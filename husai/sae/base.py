@@ -46,7 +46,7 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
     return m.float()
 
 
-JITTER_POINTS = 4  # data points mixed into each data-init row's jitter (StackedSAE.init_weights)
+JITTER_POINTS = 4  # data points mixed into each data-init row's jitter (husai's choice; StackedSAE.init_weights)
 
 
 class StackedSAE(nn.Module):
@@ -91,9 +91,12 @@ class StackedSAE(nn.Module):
 
         then normalised. Every term is a data point, so the init is rotation-equivariant: data R
         and b_dec_init R give the rows times R (the same draws; husai.sae.optim explains why
-        training needs that). The isotropic `randn` jitter it replaces was not, and put 1.2% of
-        the rows' norm outside the data span. With data None (init: random) the rows are isotropic
-        Gaussian draws in the raw coordinates: equivariant in distribution only, never draw by draw.
+        training needs that). The isotropic `randn` jitter it replaces was not, and left 0.9% of
+        the rows' squared norm outside the 99.9% data span (now 0.1%). Measured on the grokked
+        residual (TopK 16x k 32, 5 seeds, 20 epochs), old -> new jitter: adam EV 0.983 -> 0.984,
+        decoder rows in the span 75% -> 83%; row_adam EV 0.988 -> 0.989, 90% -> 99%.
+        With data None (init: random) the rows are isotropic Gaussian draws in the raw
+        coordinates: equivariant in distribution only, never draw by draw.
 
         Each seed draws from its own CPU torch.Generator, so seed 42's SAE is the same whichever
         seeds are trained beside it, and on every device.

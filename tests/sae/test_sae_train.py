@@ -101,9 +101,10 @@ def test_data_span_keeps_every_row_in_the_span(arch):
 
 def test_data_span_training_is_invariant_to_a_rotation_of_the_data():
     """EV on X and on X R (R a random orthogonal matrix) with data_span 0.999, 15 epochs, EV ~0.96.
-    Measured on these data (seeds 1-3, rotations from seeds 0-4): |EV(X R) - EV(X)| <= 0.0098 per
-    seed, the chaos of training (data init's jitter is drawn in fixed coordinates, Adam scales
-    coordinates one by one), not a bias; the tolerance is twice that."""
+    Measured on these data (seeds 1-3, rotations from seeds 0-4): |EV(X R) - EV(X)| <= 0.0116 per
+    seed with adam, the chaos of training (Adam scales coordinates one by one), not a bias; the
+    tolerance is 0.02. With row_adam the same numbers are <= 4.3e-4 (test_sae_optim.py checks
+    the weights themselves)."""
     from husai.sae.metrics import explained_variance, reconstruct
 
     acts = _low_rank_acts(n=512)
