@@ -116,7 +116,7 @@ def sae_stability(saes: list, labels: list[str], acts: torch.Tensor, dirs: list[
         out["ground_truth"] = ground_truth_agreement([sae.W_dec.double()[v.live] for v, sae in zip(views, saes)], gt,
                                                      threshold, operation=operation)
     for v in views:
-        v.codes = None  # [N_inputs, n_live] per seed: free it before the references
+        v.codes, v._sparse = None, None  # [N_inputs, n_live] per seed and its sparse copy: freed before the references
     out["references"] = _references(saes, labels, span, dirs, seeds, init_fn, threshold)
     out["raw"] = _raw(saes)
     return out
