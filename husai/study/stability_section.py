@@ -78,15 +78,23 @@ def verdict(cells: list[dict]) -> list[str]:
             continue
         lv, n = _levels(st), len(c["rows"])
         parts = [f"{c['name']}, {n} seeds, in the data metric ({st['data_span']['dim']}-d span, live latents)."]
+        cos = [r.get("cosine_to_init") for r in c["rows"] if r.get("cosine_to_init") is not None]
+        cos_mean = sum(cos) / len(cos) if cos else None
         if "pw_mcc_dec" in lv:
             init = st.get("references", {}).get("shared_init", {}).get("pw_mcc_dec", {}).get("value")
             raw = st.get("raw", {}).get("pw_mcc_dec", {}).get("value")
             learned = ""
             if init is not None:
-                learned = (f"; training raised it above the seeds' initialisations ({_f(init)}, shared-init reference)"
-                           if lv["pw_mcc_dec"]["value"] > init else
-                           f"; the seeds' initialisations agreed more ({_f(init)}, shared-init reference): training "
-                           "did not add agreement, what remains was there at step 0")
+                if lv["pw_mcc_dec"]["value"] > init:
+                    learned = f"; training raised it above the seeds' initialisations ({_f(init)}, shared-init reference)"
+                else:
+                    learned = (f"; the seeds' initialisations agreed more ({_f(init)}, shared-init reference), so "
+                               "training lowered it")
+                    if cos_mean is not None:
+                        learned += (f", and the rows kept cosine {_f(cos_mean, 2)} with their init: part of what remains "
+                                    "may be inherited from step 0" if cos_mean >= 0.5 else
+                                    f", while the rows moved far from their init (cosine {_f(cos_mean, 2)}): what remains "
+                                    "was learned, not inherited")
             parts.append(f"Atoms: {_phrase(lv['pw_mcc_dec'], 'PW-MCC')}{learned}; raw-coordinate PW-MCC {_f(raw)} "
                          "(basis-dependent, the old figure).")
         if "shared_fraction" in lv:
@@ -119,7 +127,6 @@ def verdict(cells: list[dict]) -> list[str]:
             if said:
                 parts.append("Model-side controls, the same recipe: PW-MCC " + "; ".join(said) + ".")
         off = [v for v in st.get("off_span", {}).values() if v is not None]
-        cos = [r.get("cosine_to_init") for r in c["rows"] if r.get("cosine_to_init") is not None]
         if off or cos:
             parts.append(f"Health: {_f(sum(off) / len(off) if off else None)} of the live decoder rows' squared norm "
                          f"lies outside the data span; decoder rows keep cosine {_f(sum(cos) / len(cos) if cos else None, 2)} "
