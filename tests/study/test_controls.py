@@ -53,7 +53,7 @@ def test_controls_measure_the_same_recipe_on_the_memorised_and_untrained_models(
         assert "error" not in c, c
         lv = c["levels"]["pw_mcc_dec"]
         assert -1 <= lv["ci"][0] <= lv["value"] <= lv["ci"][1] <= 1 and lv["n_pairs"] == 3
-        assert set(lv["nulls"]) == {"isotropic", "matched_geometry", "symmetry"}
+        assert set(lv["nulls"]) >= {"isotropic", "matched_geometry"}
         assert len(c["explained_variance"]) == 3 and all(ev <= 1 for ev in c["explained_variance"])
         assert c["shared_init"]["value"] is not None
     # a random embedding spreads the untrained residual over many more directions than training leaves
@@ -62,4 +62,6 @@ def test_controls_measure_the_same_recipe_on_the_memorised_and_untrained_models(
 
     grokked_dim = data_span(model_activations(run, hook=HOOK)[0]).basis.shape[1]
     assert out["untrained"]["data_span"]["dim"] > grokked_dim
+    # nor is the shift of the inputs an isometry of a random representation: no symmetry null there
+    assert "symmetry" not in out["untrained"]["levels"]["pw_mcc_dec"]["nulls"]
     assert out["memorised"]["epoch"] == json.loads((run / "metrics.json").read_text())["memorised_epoch"]
