@@ -44,7 +44,7 @@ def test_report_has_every_section(finished):
     assert "of the variance is a function of the answer" in md and "Coverage of each plane" in md
     # the HTML keeps every paragraph of the section, not only its tables
     assert "of the variance is a function of the answer" in html and "cannot be met by sparse latents" in html
-    assert html.count("<table>") == 4  # quality, stability, latent types, per-plane coverage
+    assert html.count("<table>") == 5  # quality, stability, controls, latent types, per-plane coverage
     assert "shared-init reference" in html and "matched geometry null" in html and "symmetry null" in html
     assert "Model-side controls, the same recipe: PW-MCC on an untrained model" in verdict
     for c in ("topk_x2_k4", "relu_x2_l1_0.3"):  # the control ran with the cell's recipe and 2 seeds
