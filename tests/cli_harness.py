@@ -8,6 +8,7 @@ stdout and stderr ("W/" in ARGS stands for the case's work folder); `snapshot` a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from husai.io import save_tensors
 
 HUSAI = [sys.executable, "-m", "husai.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -48,6 +52,9 @@ def work(pristine, tmp_path):
     shutil.copytree(pristine["sae"], tmp_path / "sae")
     shutil.copy(pristine["acts"], tmp_path / "acts.safetensors")
     (tmp_path / "afile").write_text("a regular file, not a folder\n")
+    d_in = int(json.loads((tmp_path / "sae" / "seed_1" / "cfg.json").read_text())["d_in"])
+    atoms = torch.randn(6, d_in, generator=torch.Generator().manual_seed(0))  # a user's ground truth (husai recover)
+    save_tensors(tmp_path / "gt.safetensors", {"atoms": atoms, "plane.two": atoms[:2].clone()})
     return tmp_path
 
 

@@ -74,6 +74,8 @@ WRITERS = {
     "ground-truth": Writer(lambda o: ["ground-truth", "W/run", "--json", o], False, _compare_json, "W/run/gt.json"),
     "fourier": Writer(lambda o: ["fourier", "W/sae", "--model", "W/run", "--n-null", "1", "--json", o],
                       False, _compare_json, "W/sae/fourier.json"),
+    "recover": Writer(lambda o: ["recover", "W/sae", "--activations", "W/acts.safetensors", "--ground-truth",
+                                 "W/gt.safetensors", "--json", o], False, _compare_json, "W/sae/recover.json"),
     "compare": Writer(lambda o: ["compare", "W/sae", "--json", o],
                       False, _copy_file("acts.safetensors"), "W/sae/seed_1/compare.json"),
     "compare-plots": Writer(lambda o: ["compare", "W/sae", "--json", o + ".json", "--plots", o],
