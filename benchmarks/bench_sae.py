@@ -1,14 +1,16 @@
 """SAE training throughput: husai (S seeds at once), husai (one seed at a time), SAELens's SAETrainer.
 
-All three train TopK SAEs with the same config (d_sae = expansion * d_in, k, batch size, lr,
-epochs, Adam) on the same activations; SAELens's trainer is fed from an in-memory iterator that
-shuffles like husai (one permutation per epoch). Prints samples/s per seed (inputs processed per
-second of wall time, counted once per seed: S seeds trained together in T seconds on N inputs
-score S*N/T), and final EV and L0 over all inputs for each. On a shared 2-core machine use
---threads 1: with other processes running, 2 intra-op threads can be many times slower.
+All three train SAEs of one architecture (--architecture topk, relu or jumprelu) with the same
+config (d_sae = expansion * d_in, k / L1 / L0 coefficient, batch size, lr, epochs, Adam) on the
+same activations; SAELens's trainer is fed from an in-memory iterator that shuffles like husai
+(one permutation per epoch). Prints samples/s per seed (inputs processed per second of wall time,
+counted once per seed: S seeds trained together in T seconds on N inputs score S*N/T), and final
+EV and L0 over all inputs for each. On a shared 2-core machine use --threads 1: with other
+processes running, 2 intra-op threads can be many times slower.
 
     python benchmarks/bench_sae.py --transformer-checkpoint runs/model --epochs 5 --seeds 5
     python benchmarks/bench_sae.py --synthetic --epochs 2    # no model needed: random low-rank data
+    python benchmarks/bench_sae.py --transformer-checkpoint runs/model --architecture relu --batch-size 64
 """
 
 from __future__ import annotations
@@ -57,13 +59,29 @@ def _ev_l0_slot(sae, s: int, x):
     return ev_l0(one.encode, one.decode, x)
 
 
+def saelens_sae(cfg, d_in: int):
+    """SAELens's training SAE of the same architecture and loss as husai's cfg: TopK (AuxK), standard
+    ReLU (decoder-norm-weighted L1, as husai's ReLUSAE) or JumpReLU (L0 with the step
+    pseudo-derivative and the same bandwidth and initial threshold)."""
+    import sae_lens as sl
+
+    d_sae = cfg.d_sae(d_in)
+    if cfg.architecture == "topk":
+        return sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=cfg.k, aux_loss_coefficient=cfg.aux_coeff))
+    if cfg.architecture == "relu":
+        return sl.StandardTrainingSAE(sl.StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=cfg.l1_coeff))
+    return sl.JumpReLUTrainingSAE(sl.JumpReLUTrainingSAEConfig(
+        d_in=d_in, d_sae=d_sae, l0_coefficient=cfg.l0_coeff, jumprelu_bandwidth=cfg.jumprelu_bandwidth,
+        jumprelu_init_threshold=cfg.jumprelu_init_threshold))
+
+
 def bench_saelens(x, cfg, seed: int) -> dict:
-    from sae_lens import SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens import SAETrainer
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     torch.manual_seed(seed)
     d_in = x.shape[1]
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=cfg.d_sae(d_in), k=cfg.k, aux_loss_coefficient=cfg.aux_coeff))
+    sae = saelens_sae(cfg, d_in)
     n, bs = x.shape[0], cfg.batch_size
 
     def batches():
@@ -96,7 +114,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5, help="number of seeds")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--expansion", type=int, default=16)
+    ap.add_argument("--architecture", default="topk", choices=["topk", "relu", "jumprelu"])
     ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--l1-coeff", type=float, default=None, help="relu (default: husai's)")
+    ap.add_argument("--l0-coeff", type=float, default=None, help="jumprelu (default: husai's)")
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default="random", choices=["random", "data"])
     ap.add_argument("--skip-saelens", action="store_true")
@@ -109,10 +131,12 @@ def main() -> None:
     x = get_activations(args)
     # init="random" (Gao et al.'s isotropic decoder) as SAELens does, so EVs are comparable after
     # a few epochs; husai's default data init needs ~20 epochs but leaves no dead latents.
-    cfg = SAETrainConfig(architecture="topk", expansion=args.expansion, k=args.k, epochs=args.epochs,
-                         init=args.init).validate(x.shape[1])
+    knobs = {k: v for k, v in (("l1_coeff", args.l1_coeff), ("l0_coeff", args.l0_coeff)) if v is not None}
+    cfg = SAETrainConfig(architecture=args.architecture, expansion=args.expansion, k=args.k, epochs=args.epochs,
+                         init=args.init, batch_size=args.batch_size, **knobs).validate(x.shape[1])
     seeds = [42 + i for i in range(args.seeds)]
-    print(f"activations {list(x.shape)}, d_sae {cfg.d_sae(x.shape[1])}, k {cfg.k}, batch {cfg.batch_size}, "
+    print(f"{cfg.architecture}: activations {list(x.shape)}, d_sae {cfg.d_sae(x.shape[1])}, k {cfg.k}, "
+          f"l1 {cfg.l1_coeff}, l0 {cfg.l0_coeff}, batch {cfg.batch_size}, "
           f"epochs {cfg.epochs}, lr {cfg.learning_rate(x.shape[1]):.2e}, threads {args.threads}")
     from dataclasses import replace
 

@@ -184,7 +184,10 @@ class StackedSAE(nn.Module):
         Stats (detached, shape [S]): loss, mse, l0, ev; plus fired [S, d_sae] (bool: the latent
         fired on some input of the batch).
         """
-        pre = self.pre_acts(x)
+        return self.loss_from_pre(x, self.pre_acts(x), dead)
+
+    def loss_from_pre(self, x: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """training_loss from its pre-activations pre [S, B, d_sae] (with their gradients)."""
         z = self.activate(pre, training=True)
         x_hat = self.decode(z)
         mse = (x_hat - x).pow(2).sum(-1).mean(1)  # [S]
@@ -230,8 +233,17 @@ class StackedSAE(nn.Module):
     def after_step(self, stats: dict) -> None:
         self.normalize_decoder()
 
+    def slot_hparams(self, slots: list[int]) -> dict:
+        """The constructor arguments of an SAE holding only these slots (TopK family: per-slot k)."""
+        return dict(self.hparams)
+
+    def subset(self, slots: list[int]) -> "StackedSAE":
+        """A copy holding only these seed slots, in this order (e.g. one cell of many trained at once)."""
+        part = type(self)(len(slots), self.d_in, self.d_sae, **self.slot_hparams(slots))
+        idx = torch.tensor(slots, dtype=torch.long)
+        part.load_state_dict({k: v.detach().index_select(0, idx.to(v.device)).clone() for k, v in self.state_dict().items()})
+        return part
+
     def select(self, s: int) -> "StackedSAE":
         """A copy holding only seed slot s (S = 1), e.g. to save or evaluate one seed."""
-        one = type(self)(1, self.d_in, self.d_sae, **self.hparams)
-        one.load_state_dict({k: v.detach()[s:s + 1].clone() for k, v in self.state_dict().items()})
-        return one
+        return self.subset([s])

@@ -42,10 +42,10 @@ def save_sae(folder: str | Path, sae, slot: int = 0, metadata: dict | None = Non
     cfg = dict(architecture=_SAELENS_ARCH[arch], d_in=sae.d_in, d_sae=sae.d_sae, dtype="float32", device="cpu",
                apply_b_dec_to_input=True, normalize_activations="none", reshape_activations="none")
     if arch == "topk":
-        cfg.update(k=sae.k, rescale_acts_by_decoder_norm=False)
+        cfg.update(k=sae.slot_hparams([slot])["k"], rescale_acts_by_decoder_norm=False)
     meta = dict(sae_lens_version=SAELENS_VERSION, sae_lens_training_version=None, model_name="husai-modular",
                 hook_name=None, hook_head_index=None, prepend_bos=False, context_size=3)
-    meta.update(husai_architecture=arch, husai_hparams=dict(sae.hparams))
+    meta.update(husai_architecture=arch, husai_hparams=sae.slot_hparams([slot]))
     meta.update(metadata or {})
     cfg["metadata"] = meta
     save_tensors(folder / WEIGHTS_FILE, {k: v.detach().float() for k, v in tensors.items()})

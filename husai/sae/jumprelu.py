@@ -11,7 +11,8 @@ import math
 import torch
 from torch import nn
 
-from husai.sae.base import StackedSAE
+from husai.sae.base import StackedSAE, batch_variance
+from husai.sae.sparse import DENSE_ABOVE, Codes, decode, dense_pre, encode_at, entries_above, sparse_stats
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -50,6 +51,43 @@ class _Step(torch.autograd.Function):
         return None, (-(1.0 / ctx.eps) * rect * g).sum(1, keepdim=True), None
 
 
+class _JumpReLUEntries(torch.autograd.Function):
+    """_JumpReLU on a coordinate list: pre, theta [S, M] (theta gathered per entry, so autograd of
+    the gather scatters its gradient back to the latents), valid [S, M] (False: padding, which gets
+    no gradient). Entries below theta have z = 0 but still pass their d L/d z to theta when inside
+    the kernel window, exactly as the dense function's sum over the batch does."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, valid, eps):
+        ctx.save_for_backward(pre, theta, valid)
+        ctx.eps = eps
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta, valid = ctx.saved_tensors
+        eps = ctx.eps
+        rect = (((pre - theta).abs() < eps / 2) & valid).to(g)
+        return (pre > theta).to(g) * g, -(theta / eps) * rect * g, None, None
+
+
+class _StepEntries(torch.autograd.Function):
+    """_Step on a coordinate list (shapes as _JumpReLUEntries): H(pre - theta), d/d theta =
+    -(1/eps) K((pre - theta)/eps), no gradient to pre."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, valid, eps):
+        ctx.save_for_backward(pre, theta, valid)
+        ctx.eps = eps
+        return (pre > theta).to(pre)
+
+    @staticmethod
+    def backward(ctx, g):
+        pre, theta, valid = ctx.saved_tensors
+        rect = (((pre - theta).abs() < ctx.eps / 2) & valid).to(g)
+        return None, -(1.0 / ctx.eps) * rect * g, None, None
+
+
 class JumpReLUSAE(StackedSAE):
     """z = pre * H(pre - theta) with a learned per-latent threshold theta [S, d_sae] > 0;
     loss = MSE + l0_coeff * sum_i H(pre_i - theta_i) (Rajamanoharan et al. 2024, sec. 3-4).
@@ -57,6 +95,7 @@ class JumpReLUSAE(StackedSAE):
     residual stream (pre-activations of tens; the paper's 1e-3 assumes normalised inputs)."""
 
     architecture = "jumprelu"
+    dense_above: float | None = DENSE_ABOVE  # husai.sae.sparse.entries_above; None: always sparse
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, l0_coeff: float,
                  bandwidth: float = 2.0, init_threshold: float = 1.0):
@@ -82,3 +121,34 @@ class JumpReLUSAE(StackedSAE):
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
         l0 = _Step.apply(pre, self.threshold.unsqueeze(1), self.bandwidth).sum(-1).mean(1)
         return self.l0_coeff * l0
+
+    def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Same loss, stats and gradients as StackedSAE.training_loss (the dense reference), on
+        the entries that can matter: pre > theta (z != 0) and the kernel window
+        |pre - theta| < eps/2 (theta's pseudo-gradient, from entries below theta too).
+        x [B, d_in] (shared) or [S, B, d_in] (per seed).
+
+        The list takes pre > theta - eps/2 - 1e-5 (eps/2 + theta), a little below the window:
+        `(pre - theta).abs() < eps/2` is evaluated in floating point, and the margin (far above
+        its rounding) makes sure no entry the dense formula counts is missed. Entries between the
+        margin and the window, and the padding (valid False), have z = 0 and no gradient."""
+        B, eps = x.shape[-2], self.bandwidth
+        theta = self.threshold  # [S, d_sae], with autograd to log_threshold
+        with torch.no_grad():
+            pre = self.pre_acts(x, reuse_buffer=True)  # [S, B, d_sae], valid until the next step
+            lowest = theta - eps / 2 - 1e-5 * (eps / 2 + theta.abs())
+            found = entries_above(pre, lowest, self.dense_above)
+        if found is None:
+            return self.loss_from_pre(x, dense_pre(pre, self.W_enc_T, self.b_enc, self.b_dec, x), dead)
+        pvals, rows, cols, counts = found
+        with torch.no_grad():
+            valid = torch.arange(pvals.shape[1], device=x.device) < counts.unsqueeze(1)
+        codes = Codes(rows, cols, B, self.d_sae)
+        pre_m = encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x, codes)  # [S, M]
+        theta_m = theta.gather(1, cols)
+        z = _JumpReLUEntries.apply(pre_m, theta_m, valid, eps)
+        x_hat = decode(z, self.W_dec, codes) + self.b_dec.unsqueeze(1)
+        mse = (x_hat - x).pow(2).sum(-1).mean(1)  # [S]
+        l0 = _StepEntries.apply(pvals, theta_m, valid, eps).sum(1) / B
+        loss = mse + self.l0_coeff * l0
+        return loss.sum(), sparse_stats(loss, mse, batch_variance(x), z, cols, B, self.d_sae)

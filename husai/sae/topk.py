@@ -47,25 +47,46 @@ class TopKSAE(StackedSAE):
     architecture = "topk"
     normalized_mse = True
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int, k_aux: int | None = None,
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
                  aux_coeff: float = 1 / 32):
+        """k: one for every slot, or a list with one per slot (cells that differ only in k trained in
+        one pass, husai.sae.train.train_cells)."""
         super().__init__(n_seeds, d_in, d_sae)
-        self.k, self.aux_coeff = k, aux_coeff
+        self.ks = [int(k)] * n_seeds if isinstance(k, int) else [int(v) for v in k]
+        if len(self.ks) != n_seeds:
+            raise ValueError(f"k: need one per slot ({n_seeds}), got {k}")
+        self.k, self.aux_coeff = max(self.ks), aux_coeff  # k: the selection width (every slot's k if uniform)
         self.k_aux = k_aux if k_aux is not None else max(1, d_in // 2)  # Gao et al. A.2: ~d_model/2
         self.hparams = dict(k=k, k_aux=k_aux, aux_coeff=aux_coeff)
+        uniform = len(set(self.ks)) == 1
+        self.register_buffer("_slot_k", None if uniform else torch.tensor(self.ks), persistent=False)
+
+    def slot_hparams(self, slots: list[int]) -> dict:
+        ks = [self.ks[s] for s in slots]
+        return dict(self.hparams, k=ks[0] if len(set(ks)) == 1 else ks)
+
+    def _per_slot(self, vals: torch.Tensor, idx: torch.Tensor, per_k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """vals, idx [S, ..., n]: each row's n = self.k * per_k largest (unsorted). With per-slot k,
+        slot s keeps its ks[s] * per_k largest and the rest get value 0 (relu(0) = 0 and its gradient
+        is 0: those entries decode to nothing and train nothing)."""
+        if self._slot_k is None:
+            return vals, idx
+        vals, order = vals.sort(dim=-1, descending=True)
+        keep = torch.arange(vals.shape[-1], device=vals.device) < (self._slot_k * per_k).view(-1, *[1] * (vals.ndim - 1))
+        return vals.masked_fill(~keep, 0.0), idx.gather(-1, order)
 
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
         return self.aux_coeff * _auxk_loss(x, x_hat, pre, self.W_dec, dead, self.k_aux)
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
-        vals, idx = topk_rows(pre, self.k)
+        vals, idx = self._per_slot(*topk_rows(pre, self.k))
         return torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
 
     def select_latents(self, pre: torch.Tensor):
         """pre [S, B, d_sae] -> (vals [S, M], rows [S, M], cols [S, M]): the selected
         pre-activations as a coordinate list sorted by row, M = B * k (before the ReLU)."""
         S, B, _ = pre.shape
-        vals, cols = topk_rows(pre, self.k)  # [S, B, k]
+        vals, cols = self._per_slot(*topk_rows(pre, self.k))  # [S, B, k]
         rows = torch.arange(B, device=pre.device).repeat_interleave(self.k).expand(S, -1)
         return vals.reshape(S, -1), rows, cols.reshape(S, -1)
 
@@ -151,7 +172,7 @@ class BatchTopKSAE(TopKSAE):
 
     architecture = "batchtopk"
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int, k_aux: int | None = None,
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
                  aux_coeff: float = 1 / 32, threshold_lr: float = 0.01):
         super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff)
         self.threshold_lr = threshold_lr
@@ -164,13 +185,13 @@ class BatchTopKSAE(TopKSAE):
             return F.relu(pre) * (pre > self.threshold.view(-1, 1, 1))
         S, B, d_sae = pre.shape
         flat = pre.reshape(S, B * d_sae)
-        vals, idx = topk_rows(flat, min(self.k * B, B * d_sae))
+        vals, idx = self._per_slot(*topk_rows(flat, min(self.k * B, B * d_sae)), per_k=B)
         return torch.zeros_like(flat).scatter(-1, idx, F.relu(vals)).view(S, B, d_sae)
 
     def select_latents(self, pre: torch.Tensor):
         """The k*B largest pre-activations of each seed's batch, as a coordinate list sorted by row."""
         S, B, d_sae = pre.shape
-        vals, flat = topk_rows(pre.reshape(S, B * d_sae), min(self.k * B, B * d_sae))
+        vals, flat = self._per_slot(*topk_rows(pre.reshape(S, B * d_sae), min(self.k * B, B * d_sae)), per_k=B)
         flat, order = flat.sort(dim=1)  # group by input row for embedding_bag
         return vals.gather(1, order), flat // d_sae, flat % d_sae
 
@@ -200,7 +221,7 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     architecture = "matryoshka"
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int, widths: list[int],
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], widths: list[int],
                  k_aux: int | None = None, aux_coeff: float = 1 / 32, threshold_lr: float = 0.01):
         super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff, threshold_lr)
         widths = [int(w) for w in widths]

@@ -228,14 +228,15 @@ def load_config(path: str | Path) -> SAETrainConfig:
     return config_from_dict(d, f"config {path}")
 
 
-def build_sae(cfg: SAETrainConfig, n_seeds: int, d_in: int) -> StackedSAE:
-    d_sae = cfg.d_sae(d_in)
+def build_sae(cfg: SAETrainConfig, n_seeds: int, d_in: int, ks: list[int] | None = None) -> StackedSAE:
+    """ks: TopK family only, one k per slot instead of cfg.k (husai.sae.cells.train_cells)."""
+    d_sae, k = cfg.d_sae(d_in), cfg.k if ks is None else ks
     if cfg.architecture == "topk":
-        return TopKSAE(n_seeds, d_in, d_sae, cfg.k, cfg.k_aux, cfg.aux_coeff)
+        return TopKSAE(n_seeds, d_in, d_sae, k, cfg.k_aux, cfg.aux_coeff)
     if cfg.architecture == "batchtopk":
-        return BatchTopKSAE(n_seeds, d_in, d_sae, cfg.k, cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr)
+        return BatchTopKSAE(n_seeds, d_in, d_sae, k, cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr)
     if cfg.architecture == "matryoshka":
-        return MatryoshkaSAE(n_seeds, d_in, d_sae, cfg.k, matryoshka_widths(d_sae, cfg.matryoshka_levels),
+        return MatryoshkaSAE(n_seeds, d_in, d_sae, k, matryoshka_widths(d_sae, cfg.matryoshka_levels),
                              cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr)
     if cfg.architecture == "relu":
         return ReLUSAE(n_seeds, d_in, d_sae, cfg.l1_coeff)
@@ -280,7 +281,7 @@ def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device:
     return _init(acts, cfg, seeds, device)[0]
 
 
-def _init(acts, cfg: SAETrainConfig, seeds: list[int], device) -> tuple[StackedSAE, torch.Tensor | None]:
+def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, ks=None) -> tuple[StackedSAE, torch.Tensor | None]:
     """-> (the initial SAEs, Q [d_in, r] the data-span basis or None when cfg.data_span is off)."""
     N, d_in = acts.shape
     for s in seeds:
@@ -294,7 +295,7 @@ def _init(acts, cfg: SAETrainConfig, seeds: list[int], device) -> tuple[StackedS
     acts = acts.to(device=device, dtype=torch.float32)
     # b_dec init: geometric median of (a fixed subsample of) the data (Gao et al. sec. 2.3).
     sample = acts if N <= 8192 else acts[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(device)]
-    sae = build_sae(cfg, len(seeds), d_in).to(device).init_weights(
+    sae = build_sae(cfg, len(seeds), d_in, ks).to(device).init_weights(
         seeds, geometric_median(sample.cpu()), sample.cpu() if cfg.init == "data" else None)
     Q = None if cfg.data_span is None else data_span_basis(acts, cfg.data_span)
     if Q is not None:
@@ -330,16 +331,16 @@ def _snapshot(sae: StackedSAE, live: torch.Tensor) -> dict:
 
 
 def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
-               on_step=None, on_epoch=None) -> TrainResult:
+               on_step=None, on_epoch=None, ks: list[int] | None = None) -> TrainResult:
     """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and
-    on_epoch(row) are optional callbacks (progress bar, W&B)."""
+    on_epoch(row) are optional callbacks (progress bar, W&B). ks: see build_sae."""
     torch.set_flush_denormal(True)  # Adam state under weight decay goes denormal (science brief sec. 1)
     N, d_in = acts.shape
     cfg.validate(d_in)
     check_informative(acts)
     S = len(seeds)
     acts = acts.to(device=device, dtype=torch.float32)
-    sae, span = _init(acts, cfg, seeds, device)
+    sae, span = _init(acts, cfg, seeds, device, ks)
     W_dec_init = sae.W_dec.detach().clone()
     opt = make_optimizer(sae, cfg.optimizer, cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2))
     next_order = _batch_orders(N, cfg, seeds, device)

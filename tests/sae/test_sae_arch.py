@@ -270,3 +270,118 @@ def test_pre_acts_buffer_reuse_matches_a_fresh_result():
             sae.to(dtype)
             x = torch.randn(n, 6, generator=g, dtype=dtype)
             torch.testing.assert_close(sae.pre_acts(x, reuse_buffer=True), sae.pre_acts(x))
+
+
+def _relu_family_case(cls, dtype, d_sae, B, per_seed):
+    """Two copies of a ReLU/JumpReLU SAE (S = 3) and a batch where the seeds' active counts differ
+    widely: seed 0 fires often, seed 1 never (an empty entry list: all padding), seed 2 rarely.
+    JumpReLU: random thresholds, plus latents 0-3 of seeds 0 and 2 with a zero encoder row, theta
+    1 and bandwidth 0.5, so that pre = b_enc exactly: 0.75 and 1.25 (the kernel window's open
+    edges: outside it), 1.0 (at theta: inactive, inside the window), 0.9 (below theta, inside)."""
+    S, d_in = 3, 6
+    kw = dict(l1_coeff=0.3) if cls is ReLUSAE else dict(l0_coeff=0.3, bandwidth=0.5, init_threshold=0.4)
+    g = torch.Generator().manual_seed(d_sae + B)
+    x = (torch.randn(*((S,) if per_seed else ()), B, d_in, generator=g) + 1).to(dtype)
+    saes = []
+    for _ in range(2):
+        sae = _random_sae(cls, S=S, d_in=d_in, d_sae=d_sae, **kw).to(dtype)
+        with torch.no_grad():
+            sae.W_dec.mul_(torch.rand(S, d_sae, 1, generator=torch.Generator().manual_seed(2)).to(dtype) + 0.5)
+            sae.b_enc.add_(torch.tensor([0.3, -100.0, -0.8], dtype=dtype).unsqueeze(1))
+            if cls is JumpReLUSAE:
+                sae.log_threshold.add_(0.5 * torch.randn(S, d_sae, generator=torch.Generator().manual_seed(1)).to(dtype))
+                for s in (0, 2):
+                    sae.W_enc_T[s, :4] = 0
+                    sae.b_enc[s, :4] = torch.tensor([0.75, 1.25, 1.0, 0.9], dtype=dtype)
+                    sae.log_threshold[s, :4] = 0.0
+        saes.append(sae)
+    return x, saes
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("per_seed", [False, True], ids=["shared_x", "per_seed_x"])
+@pytest.mark.parametrize("B", [10, 3])  # 3: a short last batch
+@pytest.mark.parametrize("d_sae", [12, 64])
+@pytest.mark.parametrize("cls", [ReLUSAE, JumpReLUSAE])
+def test_relu_family_sparse_path_equals_dense_reference(cls, d_sae, B, per_seed, dtype):
+    """ReLU and JumpReLU train on the entries above 0 / near theta only (husai.sae.relu.entries_above);
+    loss, every stat and every gradient must equal StackedSAE.training_loss's, forced sparse
+    (dense_above None) and forced through the dense fallback from the no-grad pass (0.0)."""
+    from husai.sae.architectures import StackedSAE
+
+    x, (ref, *_) = _relu_family_case(cls, dtype, d_sae, B, per_seed)
+    dead = torch.zeros(3, d_sae, dtype=torch.bool)
+    lr, sr = StackedSAE.training_loss(ref, x, dead)
+    lr.backward()
+    assert sr["l0"][1] == 0 and sr["l0"][0] > sr["l0"][2]  # padding exercised, one seed empty
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for dense_above in (None, 0.0):
+        _, (sae, _) = _relu_family_case(cls, dtype, d_sae, B, per_seed)
+        sae.dense_above = dense_above
+        loss, st = sae.training_loss(x, dead)
+        loss.backward()
+        torch.testing.assert_close(loss, lr, **tol)
+        for key in ("loss", "mse", "l0", "ev"):
+            torch.testing.assert_close(st[key], sr[key], **tol, msg=f"{key} {dense_above}")
+        assert torch.equal(st["fired"], sr["fired"])
+        for (name, p), q in zip(sae.named_parameters(), ref.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, **tol, msg=f"{name} {dense_above}")
+    if cls is JumpReLUSAE:  # the window entries reached theta: -(theta/eps) dL/dz + -(1/eps) l0_coeff / B
+        assert (ref.log_threshold.grad[0, 2:4] != 0).all() and (ref.log_threshold.grad[1] == 0).all()
+
+
+@pytest.mark.parametrize("per_seed", [False, True], ids=["shared_x", "per_seed_x"])
+@pytest.mark.parametrize("d", [12, 64])
+def test_entries_above_lists_exactly_the_entries_above(d, per_seed):
+    """Per seed: the (row, col, value) of every entry above the threshold (a number or one per
+    latent), rows sorted, then padding (row B - 1, col 0, value 0); pre in the [B, S, d]-in-memory
+    layout that pre_acts gives a shared batch is read without a copy. None above dense_above."""
+    from husai.sae.sparse import entries_above
+
+    S, B = 3, 7
+    g = torch.Generator().manual_seed(d)
+    pre = torch.randn(S, B, d, generator=g) - 1
+    pre[1] = -5  # no entry at all
+    pre[2, 3] = 2  # one row entirely above
+    if not per_seed:
+        pre = pre.transpose(0, 1).contiguous().transpose(0, 1)
+    for thr in (0.0, torch.rand(S, d, generator=g) - 0.5):
+        vals, rows, cols, counts = entries_above(pre, thr, None)
+        for s in range(S):
+            t = thr if isinstance(thr, float) else thr[s]
+            rr, cc = (pre[s] > t).nonzero(as_tuple=True)
+            n = int(counts[s])
+            assert n == len(rr) and (rows[s].diff() >= 0).all()
+            assert sorted(zip(rows[s, :n].tolist(), cols[s, :n].tolist())) == list(zip(rr.tolist(), cc.tolist()))
+            assert torch.equal(vals[s, :n], pre[s][rows[s, :n], cols[s, :n]])
+            assert (vals[s, n:] == 0).all() and (rows[s, n:] == B - 1).all() and (cols[s, n:] == 0).all()
+        assert vals.shape[1] == max(1, int(counts.max()))
+    assert entries_above(pre, 0.0, 0.01) is None and entries_above(pre, 0.0, 0.5) is not None
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_relu_family_sparse_training_equals_dense_and_seeds_alone(arch, monkeypatch):
+    """train_saes forced through the sparse path (dense_above None; the tiny configs' codes are
+    ~50% dense, so they would otherwise run dense) gives the dense reference's SAEs over 2 epochs
+    (20 steps, short last batches), and each seed trained together equals it trained alone."""
+    from dataclasses import replace
+
+    from husai.sae.architectures import StackedSAE
+    from husai.sae.train import train_saes
+
+    from tiny_sae_configs import tiny_configs
+
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(300, 8, generator=g) @ torch.randn(8, 8, generator=g) + 0.5
+    cfg = replace(tiny_configs(epochs=2)[arch], batch_size=32)
+    cls = ReLUSAE if arch == "relu" else JumpReLUSAE
+    monkeypatch.setattr(cls, "dense_above", None)
+    sparse = train_saes(acts, cfg, [11, 22]).sae
+    for s, seed in enumerate([11, 22]):
+        alone = train_saes(acts, cfg, [seed]).sae
+        for name, t in alone.state_dict().items():
+            torch.testing.assert_close(sparse.state_dict()[name][s], t[0], rtol=1e-4, atol=1e-5, msg=f"{name} {seed}")
+    monkeypatch.setattr(cls, "training_loss", StackedSAE.training_loss)
+    dense = train_saes(acts, cfg, [11, 22]).sae
+    for name, t in dense.state_dict().items():
+        torch.testing.assert_close(sparse.state_dict()[name], t, rtol=1e-4, atol=1e-5, msg=name)
