@@ -8,6 +8,13 @@ import torch
 from torch import nn
 
 
+def rows_times(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """W [S, D, d] @ v [S, d] per slot -> [S, D] (with autograd). One BLAS matrix-vector product per
+    slot: a bmm with a trailing 1 took 1.8-2.0 ms for 5 x 2048 x 128 on the 2-core AMD machine, the
+    loop of torch.mv 0.27 ms (1 thread, measured)."""
+    return torch.stack([torch.mv(W[s], v[s]) for s in range(W.shape[0])])
+
+
 def batch_variance(x: torch.Tensor) -> torch.Tensor:
     """x [B, d_in] -> the batch's total variance (a scalar, no grad): the FVU denominator.
     x [S, B, d_in] (a batch per seed) -> each seed's batch variance [S]."""
@@ -136,7 +143,7 @@ class StackedSAE(nn.Module):
         """
         S, d_in, d_sae = self.n_seeds, self.d_in, self.d_sae
         B = x.shape[-2]
-        bias = self.b_enc - torch.bmm(self.W_enc_T, self.b_dec.unsqueeze(-1)).squeeze(-1)  # [S, d_sae]
+        bias = self.b_enc - rows_times(self.W_enc_T, self.b_dec)  # [S, d_sae]
         out = None
         if reuse_buffer and not torch.is_grad_enabled():
             buf = self._pre_buffer
@@ -205,7 +212,8 @@ class StackedSAE(nn.Module):
         sec. 2.3), so the Adam step moves along the unit sphere rather than off it."""
         if self.unit_norm_decoder and self.W_dec.grad is not None:
             W, G = self.W_dec, self.W_dec.grad
-            G.addcmul_(torch.einsum("sjd,sjd->sj", G, W).unsqueeze(-1), W, value=-1)
+            # vecdot: 0.68 ms for 5 x 2048 x 128 rows, einsum (a bmm of 1 x 1 products) 1.32 ms (measured)
+            G.addcmul_(torch.linalg.vecdot(G, W).unsqueeze(-1), W, value=-1)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

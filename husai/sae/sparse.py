@@ -104,7 +104,7 @@ class _EncodeAt(torch.autograd.Function):
         # x [R, d_in] (shared) broadcasts over the seeds; x [S, R, d_in] is already per seed
         centred = (x - b_dec.unsqueeze(1)).reshape(-1, d_in)  # [S * R, d_in], small
         g_W = _sum_rows_by_latent(codes, centred, g.reshape(-1)).view(S, d_sae, d_in)
-        g_b_dec = -torch.bmm(g_b_enc.unsqueeze(1), W_enc_T).squeeze(1)
+        g_b_dec = -torch.einsum("sj,sjd->sd", g_b_enc, W_enc_T)  # 0.23 ms; as a bmm with a leading 1: 0.6 ms
         return None, g_W, g_b_enc, g_b_dec, None, None
 
 
@@ -223,7 +223,7 @@ class _DenseEncode(torch.autograd.Function):
         g_b_enc = g.sum(1)  # [S, d_sae]
         xs = x if x.ndim == 3 else x.expand(g.shape[0], -1, -1)
         g_W = torch.bmm(g.transpose(1, 2), xs) - g_b_enc.unsqueeze(-1) * b_dec.unsqueeze(1)
-        g_b_dec = -torch.bmm(g_b_enc.unsqueeze(1), W_enc_T).squeeze(1)
+        g_b_dec = -torch.einsum("sj,sjd->sd", g_b_enc, W_enc_T)
         return None, g_W, g_b_enc, g_b_dec, None
 
 
