@@ -19,14 +19,14 @@ def register(app: typer.Typer) -> None:
         split_seed: Optional[int] = typer.Option(None, help="Seed of the train/test split."),
         epochs: Optional[int] = typer.Option(None, help="Maximum epochs (preset default otherwise)."),
         lr: Optional[float] = typer.Option(None, help="AdamW learning rate."),
-        weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay."),
+        weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (before a preset's clean-up phase)."),
         train_frac: Optional[float] = typer.Option(None, help="Fraction of pairs used for training."),
         p: int = typer.Option(113, help="Prime modulus."),
         operation: str = typer.Option("add", help="add, sub or mul."),
         n_layers: int = typer.Option(1, help="Transformer blocks."),
         device: str = typer.Option("cpu", help="cpu or cuda."),
         checkpoint_every: int = typer.Option(1000, help="Epochs between resumable checkpoints."),
-        eval_every: int = typer.Option(100, help="Epochs between evaluations."),
+        eval_every: Optional[int] = typer.Option(None, help="Epochs between evaluations (preset default otherwise)."),
         run_all_epochs: bool = typer.Option(False, "--run-all-epochs", help="Ignore the grokked-and-clean stopping rule."),
         resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
@@ -49,10 +49,10 @@ def register(app: typer.Typer) -> None:
 
             if preset not in PRESETS:
                 raise HusaiError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-            overrides = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, train_frac=train_frac)
+            overrides = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, train_frac=train_frac, eval_every=eval_every)
             kw = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
             cfg = TrainConfig(p=p, operation=operation, n_layers=n_layers, seed=seed, split_seed=split_seed,
-                              checkpoint_every=checkpoint_every, eval_every=eval_every,
+                              checkpoint_every=checkpoint_every,
                               run_all_epochs=run_all_epochs, preset=preset, **kw)
             phase = "training"
             m = train_model(cfg, out, device=device, resume=resume, overwrite=overwrite, use_wandb=wandb, threads=threads)

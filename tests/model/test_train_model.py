@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from husai.errors import HusaiError
 from husai.model.checkpoint import REQUIRED_FIELDS, load_model
-from husai.model.train import TrainConfig, train_model
+from husai.model.train import PRESETS, TrainConfig, config_from_json, config_json, train_model
 
 HUSAI = [sys.executable, "-m", "husai.cli"]
 METRIC_KEYS = {"test_acc", "test_loss", "train_loss", "epochs_trained", "grokked_epoch", "key_frequencies",
@@ -111,9 +111,16 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
     assert ma == mb
 
 
-def test_resume_restores_optimizer_state(tmp_path):
-    """Resuming with fresh AdamW moments would change the weights: prove the state is loaded."""
-    cfg = dict(p=23, train_frac=0.6, epochs=40, eval_every=10, checkpoint_every=20, run_all_epochs=True)
+# The fast preset's schedule fields, with a clean-up phase that starts at the first evaluation
+# (epoch 10), before the checkpoint that the resume starts from.
+SCHEDULE = dict(cleanup_weight_decay=3.0, cleanup_from_train_acc=0.0, cleanup_from_test_acc=0.0)
+
+
+@pytest.mark.parametrize("extra", [{}, SCHEDULE], ids=["plain", "cleanup"])
+def test_resume_restores_optimizer_state(tmp_path, extra):
+    """Resuming with fresh AdamW moments (or the clean-up phase not yet started) would change the
+    weights: prove the state is loaded."""
+    cfg = dict(p=23, train_frac=0.6, epochs=40, eval_every=10, checkpoint_every=20, run_all_epochs=True, **extra)
     train_model(TrainConfig(**cfg), tmp_path / "ref", progress=False)
     train_model(TrainConfig(**{**cfg, "epochs": 20}), tmp_path / "r", progress=False)
     cfg_json = json.loads((tmp_path / "r" / "config.json").read_text())
@@ -122,6 +129,24 @@ def test_resume_restores_optimizer_state(tmp_path):
     train_model(TrainConfig(), tmp_path / "r", resume=True, progress=False)
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "r" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    if extra:  # the schedule acts: without it the weights differ
+        train_model(TrainConfig(**{k: v for k, v in cfg.items() if k not in extra}), tmp_path / "plain", progress=False)
+        c = load_file(tmp_path / "plain" / "model.safetensors")
+        assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_new_training_fields_round_trip_through_config_json():
+    cfg = TrainConfig(p=23, seed=3, split_seed=3, preset="fast", **{**PRESETS["fast"], **SCHEDULE})
+    back = config_from_json(json.loads(json.dumps(config_json(cfg, "cpu"))))
+    assert back == cfg
+    for k in SCHEDULE:
+        assert k in config_json(cfg, "cpu")["training"]
+
+
+@pytest.mark.parametrize("field, value", [("cleanup_weight_decay", -1.0), ("cleanup_weight_decay", float("nan"))])
+def test_bad_schedule_fields(field, value):
+    with pytest.raises(HusaiError, match=field.split("_")[0]):
+        TrainConfig(**{field: value}).validate()
 
 
 @pytest.mark.parametrize("args, fragment", [
