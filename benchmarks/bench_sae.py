@@ -118,6 +118,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--l1-coeff", type=float, default=None, help="relu (default: husai's)")
     ap.add_argument("--l0-coeff", type=float, default=None, help="jumprelu (default: husai's)")
+    ap.add_argument("--saelens-coeff", type=float, default=None,
+                    help="SAELens's own L1 / L0 coefficient (relu / jumprelu), to match husai's L0: the two "
+                         "initialise the decoder differently (husai unit rows, SAELens norm 0.1), one coefficient gives two L0s")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default="random", choices=["random", "data"])
@@ -146,7 +149,8 @@ def main() -> None:
     singles = [bench_husai(x, cfg, [s]) for s in seeds]
     rows["husai one seed at a time"] = {k: sum(r[k] for r in singles) / len(singles) for k in singles[0]}
     if not args.skip_saelens:
-        lens = [bench_saelens(x, cfg, s) for s in seeds[:2]]  # two seeds are enough for its mean speed
+        theirs = cfg if args.saelens_coeff is None else replace(cfg, l1_coeff=args.saelens_coeff, l0_coeff=args.saelens_coeff)
+        lens = [bench_saelens(x, theirs, s) for s in seeds[:2]]  # two seeds are enough for its mean speed
         rows["SAELens SAETrainer, one seed"] = {k: sum(r[k] for r in lens) / len(lens) for k in lens[0]}
     print(f"{'':34s} {'samples/s/seed':>15s} {'EV':>8s} {'L0':>7s} {'wall s':>8s}")
     for name, r in rows.items():
