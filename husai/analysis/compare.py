@@ -297,7 +297,8 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
                                                        & np.array(r["latents"]["live"])) for r in reps]
         wfreqs = [np.array(r["latents"].get("weight_frequency", [0] * len(r["latents"]["live"]))) * np.array(r["latents"]["live"])
                   for r in reps]
-        in_span = [data_span(acts).coords(D) for D in decs]  # the data metric: off-span drift is not a feature
+        span = data_span(acts)
+        in_span = [span.coords(D) for D in decs]  # the data metric: off-span drift is not a feature
         result["frequency_level"] = dict(
             frequency_sets=frequency_set_stability([set(r["pure_per_frequency"]) for r in reps]),
             subspaces=subspace_stability(in_span, freqs, ctx["key_freqs"]),

@@ -24,6 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from husai.analysis.stability import unit
+
 InitFn = Callable[[int, int, int], tuple[torch.Tensor, torch.Tensor]]
 """init_fn(d_in, d_sae, seed) -> (W_enc [d_in, d_sae], W_dec [d_sae, d_in])."""
 
@@ -32,14 +34,10 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _unit(A: torch.Tensor) -> torch.Tensor:
-    return A / A.norm(dim=1, keepdim=True).clamp_min(1e-30)
-
-
 def isotropic_dictionary(n: int, d: int, seed: int | torch.Generator) -> torch.Tensor:
     """n atoms uniform on S^{d-1}: normalised rows of N(0, I_d). -> [n, d] float64."""
     g = seed if isinstance(seed, torch.Generator) else _gen(seed)
-    return _unit(torch.randn(n, d, generator=g, dtype=torch.float64))
+    return unit(torch.randn(n, d, generator=g, dtype=torch.float64))
 
 
 def matched_geometry_dictionary(D: torch.Tensor, seed: int | torch.Generator) -> torch.Tensor:
@@ -51,17 +49,17 @@ def matched_geometry_dictionary(D: torch.Tensor, seed: int | torch.Generator) ->
     0.10/0.31/0.60 came out 0.04/0.23/0.73 with lam = eig(C), measured), so lam is corrected by a
     few fixed-point steps on a fixed probe sample until E[unit(g) unit(g)^T] has C's eigenvalues."""
     g = seed if isinstance(seed, torch.Generator) else _gen(seed)
-    U = _unit(D.double())
+    U = unit(D.double())
     C = U.T @ U / max(len(U), 1)
     w, V = torch.linalg.eigh(C)
     w = torch.where(w > 1e-12 * w.max(), w, torch.zeros_like(w))  # rounding noise is not a direction of D
     probe = torch.randn(8192, len(w), generator=_gen(0), dtype=torch.float64)
     lam = w.clone()
     for _ in range(10):
-        mu = _unit(probe * lam.sqrt()).pow(2).mean(0)
+        mu = unit(probe * lam.sqrt()).pow(2).mean(0)
         lam = torch.where(w > 0, lam * w / mu.clamp_min(1e-30), torch.zeros_like(w))
         lam = lam / lam.sum()
-    return _unit(torch.randn(len(U), len(w), generator=g, dtype=torch.float64) * lam.sqrt()) @ V.T
+    return unit(torch.randn(len(U), len(w), generator=g, dtype=torch.float64) * lam.sqrt()) @ V.T
 
 
 def tied_init(d_in: int, d_sae: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,16 +34,13 @@ from scipy.optimize import linear_sum_assignment
 from husai.analysis.data_span import SPAN_VARIANCE, data_span
 from husai.analysis.ground_truth import GroundTruth, Plane, orthonormal_basis
 from husai.analysis.latent_types import IN_PLANE
+from husai.analysis.stability import unit
 from husai.errors import HusaiError
 
 MATCH_THRESHOLD = 0.7
 """An atom counts as found at |cos| >= 0.7 (the Paulo & Belrose shared-feature threshold husai's
 stability metrics use)."""
 REFERENCE_DRAWS = 5
-
-
-def _unit(M: torch.Tensor) -> torch.Tensor:
-    return M / M.norm(dim=1, keepdim=True).clamp_min(1e-30)
 
 
 def atom_scores(D: torch.Tensor, atoms: torch.Tensor, threshold: float = MATCH_THRESHOLD) -> dict:
@@ -62,7 +59,7 @@ def atom_scores(D: torch.Tensor, atoms: torch.Tensor, threshold: float = MATCH_T
 def _random_in_span(m: int, span: torch.Tensor, seed: int) -> torch.Tensor:
     """m isotropic unit directions inside the span [d, r] -> [m, d]."""
     g = torch.Generator().manual_seed(seed)
-    return _unit(torch.randn(m, span.shape[1], generator=g, dtype=torch.float64) @ span.T)
+    return unit(torch.randn(m, span.shape[1], generator=g, dtype=torch.float64) @ span.T)
 
 
 def plane_scores(D: torch.Tensor, planes: list[Plane]) -> dict:
@@ -92,15 +89,15 @@ def recovery(W_dec: torch.Tensor, live: torch.Tensor, span: torch.Tensor, atom_s
     """Recovery of ground-truth atoms ({name: [n, d]}) and planes by an SAE's live decoder rows
     (W_dec [d_sae, d], live [d_sae] bool), all compared inside `span` [d, r] (orthonormal), with the
     references of the module docstring (the data-point one needs the activations, data [N, d])."""
-    D = _unit(W_dec[live].double() @ span @ span.T)  # in the span: what the data can see of each row
+    D = unit(W_dec[live].double() @ span @ span.T)  # in the span: what the data can see of each row
     result = dict(threshold=threshold, n_live=int(live.sum()), span_dim=int(span.shape[1]), atoms={}, planes={})
     refs = {"random_reference": [_random_in_span(len(D), span, seed) for seed in range(draws)]}
     if data is not None:
         X = data.double() - data.double().mean(0)
         picks = [torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:len(D)] for seed in range(draws)]
-        refs["data_point_reference"] = [_unit(X[i] @ span @ span.T) for i in picks]
+        refs["data_point_reference"] = [unit(X[i] @ span @ span.T) for i in picks]
     for name, atoms in atom_sets.items():
-        atoms = _unit(atoms.double() @ span @ span.T)
+        atoms = unit(atoms.double() @ span @ span.T)
         scores = atom_scores(D, atoms, threshold)
         for ref_name, dicts in refs.items():
             ref = [atom_scores(R, atoms, threshold) for R in dicts]

@@ -44,10 +44,14 @@ def _as_tensor(x) -> torch.Tensor:
     return t
 
 
+def unit(A: torch.Tensor) -> torch.Tensor:
+    """Rows of a tensor scaled to unit L2 norm, in its dtype: [n, d] -> [n, d]; all-zero rows stay zero."""
+    return A / A.norm(dim=1, keepdim=True).clamp_min(1e-30)
+
+
 def unit_rows(A) -> torch.Tensor:
-    """Rows scaled to unit L2 norm. A: [n, d] -> [n, d] float64; all-zero rows stay zero (cos 0 with all)."""
-    A = _as_tensor(A)
-    return A / A.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    """Rows scaled to unit L2 norm. A: [n, d] (any array) -> [n, d] float64; all-zero rows stay zero (cos 0 with all)."""
+    return unit(_as_tensor(A))
 
 
 def cosine_matrix(A, B) -> torch.Tensor:

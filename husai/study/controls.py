@@ -10,8 +10,6 @@ exactly like the cell (husai.analysis.seed_stability, data metric, CIs, nulls), 
 
 from __future__ import annotations
 
-import torch
-
 CONTROLS = ("memorised", "untrained")
 KEPT = ("pw_mcc_dec", "mean_max_abs_cos_dec", "shared_fraction", "reappearance", "act_mcc")
 
@@ -42,6 +40,7 @@ def run_controls(model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS,
     from husai.errors import HusaiError
     from husai.io import read_json
     from husai.sae.activations import model_activations
+    from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
 
     out = {}
@@ -61,10 +60,7 @@ def run_controls(model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS,
             return W.T.clone(), W
         st = sae_stability(saes, [f"seed {s}" for s in seeds], acts.double(), seeds=seeds, init_fn=init,
                            grid_p=info["p"] if info["operation"] == "add" else None, threshold=threshold)
-        with torch.no_grad():
-            x = acts.float()
-            ev = [float(1 - (s_.encode(x) @ s_.W_dec + res.sae.b_dec[i] - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-                  for i, s_ in enumerate(saes)]
+        ev = reconstruction_metrics(res.sae, acts.float())["explained_variance"]
         out[which] = dict(
             epoch=metrics.get("memorised_epoch") if which == "memorised" else 0,
             test_acc=metrics.get("memorised_test_acc") if which == "memorised" else None,
