@@ -143,13 +143,18 @@ class StackedSAE(nn.Module):
         """
         S, d_in, d_sae = self.n_seeds, self.d_in, self.d_sae
         B = x.shape[-2]
-        bias = self.b_enc - rows_times(self.W_enc_T, self.b_dec)  # [S, d_sae]
         out = None
         if reuse_buffer and not torch.is_grad_enabled():
             buf = self._pre_buffer
             if buf is None or buf.numel() < S * B * d_sae or buf.device != x.device or buf.dtype != x.dtype:
                 buf = self._pre_buffer = torch.empty(S * B * d_sae, dtype=x.dtype, device=x.device)
             out = buf[:S * B * d_sae]  # a prefix: contiguous (an epoch's last batch may be short)
+        if x.ndim == 3 and not torch.is_grad_enabled():
+            # the training steps' no-grad pass: centring x [S, B, d_in] is cheaper than b_dec @ W_enc
+            # (0.7 ms of a 13 ms ReLU step at 2 threads, measured)
+            return torch.baddbmm(self.b_enc.unsqueeze(1), x - self.b_dec.unsqueeze(1), self.W_enc,
+                                 out=None if out is None else out.view(S, B, d_sae))
+        bias = self.b_enc - rows_times(self.W_enc_T, self.b_dec)  # [S, d_sae]
         if x.ndim == 3:
             return torch.baddbmm(bias.unsqueeze(1), x, self.W_enc, out=None if out is None else out.view(S, B, d_sae))
         # A shared batch: one matmul for all seeds (measured 2.3 ms vs 2.9 ms for a bmm over S = 5
