@@ -50,7 +50,7 @@ class TopKSAE(StackedSAE):
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
                  aux_coeff: float = 1 / 32):
         """k: one for every slot, or a list with one per slot (cells that differ only in k trained in
-        one pass, husai.sae.train.train_cells)."""
+        one pass, husai.sae.cells.train_cells)."""
         super().__init__(n_seeds, d_in, d_sae)
         self.ks = [int(k)] * n_seeds if isinstance(k, int) else [int(v) for v in k]
         if len(self.ks) != n_seeds:
