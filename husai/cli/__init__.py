@@ -81,10 +81,6 @@ def _interrupted(note: str) -> None:
     disarm()
     note = note or "stopped before the command finished; every file it had written is whole"
     print(f"interrupted: {note}", file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Not sys.exit: interpreter shutdown after a Ctrl-C that cut an import short can end the process
-    # by SIGINT itself (CI saw exit -2 after this very line was printed). Every file is already whole.
-    os._exit(130)
+    sys.exit(130)
 
 
