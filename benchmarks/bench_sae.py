@@ -41,13 +41,21 @@ def ev_l0(encode, decode, x: torch.Tensor) -> tuple[float, float]:
     return float(explained_variance(x, x_hat)), float((z > 0).float().sum(-1).mean())
 
 
-def bench_husai(x, cfg, seeds: list[int]) -> dict:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_husai(x, cfg, seeds: list[int], device: str = "cpu") -> dict:
     from husai.sae.train import train_saes
 
+    _sync(device)
     t = time.perf_counter()
-    res = train_saes(x, cfg, seeds)
+    res = train_saes(x, cfg, seeds, device=device)
+    _sync(device)
     wall = time.perf_counter() - t
-    evs, l0s = zip(*[_ev_l0_slot(res.sae, s, x) for s in range(len(seeds))])
+    xd = x.to(device)
+    evs, l0s = zip(*[_ev_l0_slot(res.sae, s, xd) for s in range(len(seeds))])
     # Per-seed throughput: inputs processed per second summed over the seeds trained together
     # (S seeds in one pass each see every input, so the pass counts S times).
     return dict(wall_s=wall, samples_per_s_per_seed=x.shape[0] * cfg.epochs * len(seeds) / wall,
@@ -75,31 +83,34 @@ def saelens_sae(cfg, d_in: int):
     return sl.JumpReLUTrainingSAE(sl.JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=cfg.l0_coeff))
 
 
-def bench_saelens(x, cfg, seed: int) -> dict:
+def bench_saelens(x, cfg, seed: int, device: str = "cpu") -> dict:
     from sae_lens import SAETrainer
     from sae_lens.config import LoggingConfig, SAETrainerConfig
 
     torch.manual_seed(seed)
     d_in = x.shape[1]
-    sae = saelens_sae(cfg, d_in)
+    sae = saelens_sae(cfg, d_in).to(device)
+    x = x.to(device)
     n, bs = x.shape[0], cfg.batch_size
 
     def batches():
         g = torch.Generator().manual_seed(seed if cfg.data_seed is None else cfg.data_seed)  # as husai: per seed by default
         while True:
-            perm = torch.randperm(n, generator=g)
+            perm = torch.randperm(n, generator=g).to(device)
             for i in range(0, n - bs + 1, bs):  # SAELens needs full batches
                 yield x[perm[i:i + bs]]
 
     total = (n // bs) * bs * cfg.epochs
     tcfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=bs, lr=cfg.learning_rate(d_in),
                             lr_end=cfg.learning_rate(d_in),
-                            adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, device="cpu",
+                            adam_beta1=cfg.beta1, adam_beta2=cfg.beta2, device=device,
                             dead_feature_window=max(1, n // bs), feature_sampling_window=10**9,
                             logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(tcfg, sae, batches())
+    _sync(device)
     t = time.perf_counter()
     trainer.fit()
+    _sync(device)
     wall = time.perf_counter() - t
     sae.eval()
     ev, l0 = ev_l0(sae.encode, sae.decode, x)
@@ -125,6 +136,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default="random", choices=["random", "data"])
     ap.add_argument("--skip-saelens", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: every trainer runs there, data included")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -140,17 +152,18 @@ def main() -> None:
     seeds = [42 + i for i in range(args.seeds)]
     print(f"{cfg.architecture}: activations {list(x.shape)}, d_sae {cfg.d_sae(x.shape[1])}, k {cfg.k}, "
           f"l1 {cfg.l1_coeff}, l0 {cfg.l0_coeff}, batch {cfg.batch_size}, "
-          f"epochs {cfg.epochs}, lr {cfg.learning_rate(x.shape[1]):.2e}, threads {args.threads}")
+          f"epochs {cfg.epochs}, lr {cfg.learning_rate(x.shape[1]):.2e}, threads {args.threads}, device {args.device}")
     from dataclasses import replace
 
-    bench_husai(x[:1024], replace(cfg, epochs=1), seeds)  # warm-up: first-call costs (allocator, BLAS init)
+    dev = args.device
+    bench_husai(x[:1024], replace(cfg, epochs=1), seeds, dev)  # warm-up: first-call costs (allocator, BLAS init)
     rows = {}
-    rows[f"husai {len(seeds)} seeds at once"] = bench_husai(x, cfg, seeds)
-    singles = [bench_husai(x, cfg, [s]) for s in seeds]
+    rows[f"husai {len(seeds)} seeds at once"] = bench_husai(x, cfg, seeds, dev)
+    singles = [bench_husai(x, cfg, [s], dev) for s in seeds]
     rows["husai one seed at a time"] = {k: sum(r[k] for r in singles) / len(singles) for k in singles[0]}
     if not args.skip_saelens:
         theirs = cfg if args.saelens_coeff is None else replace(cfg, l1_coeff=args.saelens_coeff, l0_coeff=args.saelens_coeff)
-        lens = [bench_saelens(x, theirs, s) for s in seeds[:2]]  # two seeds are enough for its mean speed
+        lens = [bench_saelens(x, theirs, s, dev) for s in seeds[:2]]  # two seeds are enough for its mean speed
         rows["SAELens SAETrainer, one seed"] = {k: sum(r[k] for r in lens) / len(lens) for k in lens[0]}
     print(f"{'':34s} {'samples/s/seed':>15s} {'EV':>8s} {'L0':>7s} {'wall s':>8s}")
     for name, r in rows.items():
@@ -158,7 +171,7 @@ def main() -> None:
     if args.json:
         from husai.io import write_json
 
-        write_json(args.json, dict(config=cfg.to_dict(), shape=list(x.shape), threads=args.threads, results=rows))
+        write_json(args.json, dict(config=cfg.to_dict(), shape=list(x.shape), threads=args.threads, device=dev, results=rows))
 
 
 if __name__ == "__main__":

@@ -251,8 +251,9 @@ class StackedSAE(nn.Module):
         return dict(self.hparams)
 
     def subset(self, slots: list[int]) -> "StackedSAE":
-        """A copy holding only these seed slots, in this order (e.g. one cell of many trained at once)."""
-        part = type(self)(len(slots), self.d_in, self.d_sae, **self.slot_hparams(slots))
+        """A copy holding only these seed slots, in this order (e.g. one cell of many trained at once),
+        on the device the stack is on."""
+        part = type(self)(len(slots), self.d_in, self.d_sae, **self.slot_hparams(slots)).to(self.W_dec.device)
         idx = torch.tensor(slots, dtype=torch.long)
         part.load_state_dict({k: v.detach().index_select(0, idx.to(v.device)).clone() for k, v in self.state_dict().items()})
         return part
