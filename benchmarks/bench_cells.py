@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from husai.sae.cells import train_cells
-    from husai.sae.train import SAETrainConfig
+    from husai.sae.config import SAETrainConfig
 
     x = get_activations(args)
     seeds = list(range(1, args.seeds + 1))

@@ -32,7 +32,8 @@ def main() -> None:
     torch.set_flush_denormal(True)
     from bench_sae import ev_l0, get_activations
 
-    from husai.sae.train import SAETrainConfig, train_saes
+    from husai.sae.config import SAETrainConfig
+    from husai.sae.train import train_saes
 
     args.synthetic, args.layer = args.transformer_checkpoint is None, 0
     x = get_activations(args)

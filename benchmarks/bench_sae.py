@@ -141,7 +141,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
-    from husai.sae.train import SAETrainConfig
+    from husai.sae.config import SAETrainConfig
 
     x = get_activations(args)
     # init="random" (Gao et al.'s isotropic decoder) as SAELens does, so EVs are comparable after

@@ -149,7 +149,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from husai.sae.activations import model_activations
-    from husai.sae.train import SAETrainConfig
+    from husai.sae.config import SAETrainConfig
 
     x, _ = model_activations(args.checkpoint, hook=HOOK, split="all")
     epochs = args.epochs

@@ -34,7 +34,7 @@ def pristine(tiny_run, tmp_path_factory):
     """{run, sae, acts}: a p=23 model run folder, a two-seed SAE output folder, an activation file."""
     from husai.cli.sae import run_train_sae
     from husai.sae.activations import model_activations, save_activations
-    from husai.sae.train import SAETrainConfig
+    from husai.sae.config import SAETrainConfig
 
     run, _ = tiny_run
     root = tmp_path_factory.mktemp("hardening")

@@ -88,7 +88,7 @@ def test_api_load_sae_missing_folder(tmp_path):
 
 @pytest.mark.parametrize("kind", list(YAMLS))
 def test_api_load_config_bad_yaml(tmp_path, kind):
-    from husai.sae.train import load_config
+    from husai.sae.config import load_config
 
     write_yaml(tmp_path / "c.yaml", YAMLS, kind)
     with pytest.raises(HusaiError):
@@ -107,7 +107,7 @@ def test_api_load_study_bad_yaml(tmp_path, kind):
 
 @pytest.mark.parametrize("loader", ["load_config", "load_study"])
 def test_api_config_loaders_missing_file(tmp_path, loader):
-    from husai.sae.train import load_config
+    from husai.sae.config import load_config
     from husai.study.config import load_study
 
     with pytest.raises(HusaiError, match="not found"):

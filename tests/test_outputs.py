@@ -217,7 +217,8 @@ def test_zero_variance_activations_are_refused(work):
 
 def test_train_saes_refuses_constant_data_but_not_a_constant_column():
     from husai.errors import HusaiError
-    from husai.sae.train import SAETrainConfig, train_saes
+    from husai.sae.config import SAETrainConfig
+    from husai.sae.train import train_saes
 
     cfg = SAETrainConfig(architecture="topk", expansion=2, k=2, epochs=1, batch_size=64)
     with pytest.raises(HusaiError, match="zero variance"):

@@ -1,6 +1,6 @@
 """Small SAE training configs shared by the SAE tests: one per architecture, 4x expansion."""
 
-from husai.sae.train import SAETrainConfig
+from husai.sae.config import SAETrainConfig
 
 
 def tiny_configs(epochs: int) -> dict[str, SAETrainConfig]:

@@ -122,7 +122,8 @@ def init_fn_for(sae, acts):
     then the config's random init is used)."""
     import torch
 
-    from husai.sae.train import SAETrainConfig, config_from_dict, init_saes
+    from husai.sae.config import SAETrainConfig, config_from_dict
+    from husai.sae.train import init_saes
 
     recorded = metadata(sae).get("husai_config")
     try:

@@ -107,8 +107,9 @@ def run_doctor(checkpoint: Path | None, work: Path, say=print, k: int = 32, expa
     from husai.model.train import TrainConfig, train_model
     from husai.sae.activations import model_activations
     from husai.sae.checkpoint import load_sae, save_sae
+    from husai.sae.config import SAETrainConfig
     from husai.sae.metrics import reconstruction_metrics
-    from husai.sae.train import SAETrainConfig, train_saes
+    from husai.sae.train import train_saes
 
     torch.set_flush_denormal(True)
     if checkpoint is None:

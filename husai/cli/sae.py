@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         transformer_checkpoint: Optional[Path] = typer.Option(None, help="husai model run folder."),
         activations: Optional[Path] = typer.Option(
             None, help="Safetensors file with one 2-D tensor [n, d] (instead of a model)."),
-        config: Optional[Path] = typer.Option(None, help="YAML config (keys of husai.sae.train.SAETrainConfig)."),
+        config: Optional[Path] = typer.Option(None, help="YAML config (keys of husai.sae.config.SAETrainConfig)."),
         layer: Optional[int] = typer.Option(None, help="Shorthand for --hook blocks.L.hook_resid_post (default 0)."),
         hook: Optional[str] = typer.Option(None, help="Any hook name of the model."),
         split: str = typer.Option("all", help="Train on all p^2 inputs, or only the train or test split."),
@@ -48,7 +48,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier train-sae output in --save-dir."),
     ):
         """Train sparse autoencoders (one per seed, all in one pass) on a model's activations."""
-        from husai.sae.train import SAETrainConfig, load_config, parse_seeds
+        from husai.sae.config import SAETrainConfig, load_config
+        from husai.sae.train import parse_seeds
 
         cfg = load_config(config) if config is not None else SAETrainConfig()
         overrides = dict(architecture=architecture, epochs=epochs, batch_size=batch_size, lr=lr, k=k,

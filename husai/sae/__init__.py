@@ -10,7 +10,7 @@ from husai._exports import lazy
 _EXPORTS = {
     **{name: "husai.sae.architectures" for name in ("ARCHITECTURES", "K_ARCHITECTURES", "StackedSAE", "TopKSAE",
                                                     "BatchTopKSAE", "MatryoshkaSAE", "ReLUSAE", "JumpReLUSAE")},
-    "SAETrainConfig": "husai.sae.train", "train_saes": "husai.sae.train", "load_config": "husai.sae.train",
+    "SAETrainConfig": "husai.sae.config", "train_saes": "husai.sae.train", "load_config": "husai.sae.config",
     "train_cells": "husai.sae.cells",
     "load_sae": "husai.sae.checkpoint", "load_saes": "husai.sae.checkpoint", "save_sae": "husai.sae.checkpoint",
     "model_activations": "husai.sae.activations", "extract": "husai.sae.activations",

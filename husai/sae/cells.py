@@ -21,7 +21,8 @@ from dataclasses import replace
 import torch
 
 from husai.sae.architectures import K_ARCHITECTURES
-from husai.sae.train import SAETrainConfig, TrainResult, train_saes
+from husai.sae.config import SAETrainConfig
+from husai.sae.train import TrainResult, train_saes
 
 
 def group_key(cfg: SAETrainConfig) -> str:

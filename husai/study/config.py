@@ -21,7 +21,7 @@ from pathlib import Path
 
 from husai.errors import HusaiError
 from husai.model.train import PRESETS, TrainConfig
-from husai.sae.train import SAETrainConfig, config_from_dict
+from husai.sae.config import SAETrainConfig, config_from_dict
 
 TOP_KEYS = ("model", "hooks", "seeds", "saes", "stability")
 MODEL_KEYS = ("preset", "seeds", "p", "operation", "n_layers", "train_frac", "lr", "weight_decay", "epochs",

@@ -68,8 +68,8 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
     import torch
 
     from husai.analysis.compare import compare_saes
+    from husai.sae.config import config_from_dict
     from husai.sae.run import run_train_sae
-    from husai.sae.train import config_from_dict
 
     if threads:
         torch.set_num_threads(threads)

@@ -9,7 +9,8 @@ import torch
 
 from husai.analysis.seed_stability import SeedSlot, sae_stability
 from husai.sae.activations import model_activations
-from husai.sae.train import SAETrainConfig, train_saes
+from husai.sae.config import SAETrainConfig
+from husai.sae.train import train_saes
 
 HOOK = "blocks.0.hook_resid_post"
 SEEDS = [1, 2, 3]

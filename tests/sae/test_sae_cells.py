@@ -10,7 +10,8 @@ import torch
 
 from husai.sae.cells import group, train_cells
 from husai.sae.checkpoint import load_sae, save_sae
-from husai.sae.train import SAETrainConfig, train_saes
+from husai.sae.config import SAETrainConfig
+from husai.sae.train import train_saes
 
 torch.set_num_threads(1)
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from husai.errors import HusaiError
+from husai.sae.config import config_from_dict
 from husai.sae.optim import RowAdam, make_optimizer
-from husai.sae.train import config_from_dict, init_saes, train_saes
+from husai.sae.train import init_saes, train_saes
 
 from tiny_sae_configs import tiny_configs
 

@@ -78,7 +78,8 @@ def test_train_sae_saves_the_trajectory(monkeypatch, capsys, tmp_path):
     records nothing."""
     from husai.io import load_tensors
     from husai.sae.activations import model_activations
-    from husai.sae.train import config_from_dict, init_saes
+    from husai.sae.config import config_from_dict
+    from husai.sae.train import init_saes
 
     outs = {}
     for name, text in (("traj", "architecture: topk\n"), ("plain", "architecture: topk\ntrajectory_epochs: []\n")):

@@ -14,7 +14,8 @@ from scipy.optimize import linear_sum_assignment
 from husai.errors import HusaiError
 from husai.sae.architectures import TopKSAE
 from husai.sae.base import data_span_basis
-from husai.sae.train import SAETrainConfig, _batch_orders, config_from_dict, init_saes, load_config, parse_seeds, train_saes
+from husai.sae.config import SAETrainConfig, config_from_dict, load_config
+from husai.sae.train import _batch_orders, init_saes, parse_seeds, train_saes
 
 from tiny_sae_configs import tiny_configs
 

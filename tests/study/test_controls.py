@@ -10,7 +10,7 @@ from husai.model.analyze import loss_acc
 from husai.model.checkpoint import load_model
 from husai.model.data import make_dataset
 from husai.model.transformer import Transformer
-from husai.sae.train import SAETrainConfig
+from husai.sae.config import SAETrainConfig
 from husai.study.controls import run_controls
 
 HOOK = "blocks.0.hook_resid_post"
