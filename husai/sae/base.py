@@ -261,3 +261,23 @@ class StackedSAE(nn.Module):
     def select(self, s: int) -> "StackedSAE":
         """A copy holding only seed slot s (S = 1), e.g. to save or evaluate one seed."""
         return self.subset([s])
+
+
+class PenalisedSAE(StackedSAE):
+    """An SAE whose sparsity comes from a penalty weight (ReLU: L1, JumpReLU: L0), one per seed slot
+    (`coeff` [S]), so that one pass can train several weights side by side (husai.sae.calibrate).
+    The constructor takes the weight as one number or as a list with one per slot."""
+
+    coeff_name: str
+    """The hyper-parameter that holds the weight (l1_coeff, l0_coeff)."""
+
+    def _set_coeff(self, n_seeds: int, value: float | list[float]) -> None:
+        values = list(value) if isinstance(value, (list, tuple)) else [float(value)] * n_seeds
+        if len(values) != n_seeds:
+            raise ValueError(f"{self.coeff_name}: one value per seed slot, got {len(values)} for {n_seeds}")
+        # not in the state dict: it travels as a hyper-parameter (slot_hparams, cfg.json)
+        self.register_buffer("coeff", torch.tensor(values, dtype=torch.float32), persistent=False)
+
+    def slot_hparams(self, slots: list[int]) -> dict:
+        vals = [float(self.coeff[s]) for s in slots]
+        return dict(self.hparams, **{self.coeff_name: vals[0] if len(set(vals)) == 1 else vals})

@@ -54,7 +54,7 @@ def train_cells(acts: torch.Tensor, cells: list[tuple[SAETrainConfig, list[int]]
         ks = [cells[i][0].k for i in members for _ in cells[i][1]]
         cfg = cells[members[0]][0]
         per_slot = cfg.architecture in K_ARCHITECTURES and len(set(ks)) > 1
-        res = train_saes(acts, cfg, seeds, device, ks=ks if per_slot else None)
+        res = train_saes(acts, cfg, seeds, device, knobs=ks if per_slot else None)
         start = 0
         for i in members:
             results[i] = _slots(res, list(range(start, start + len(cells[i][1]))))

@@ -35,6 +35,13 @@ class SAETrainConfig:
     l0_coeff: float = 8.0
     """JumpReLU SAE: weight of the L0 penalty (absolute, like l1_coeff: 8.0 with 40 epochs gave
     L0 ~31, EV 0.89 on the 1,400-epoch model's layer-0 residual, measured)."""
+    target_l0: typing.Optional[float] = None
+    """ReLU / JumpReLU: find the l1_coeff / l0_coeff that gives this L0 before training
+    (husai.sae.calibrate: a short search from the given coefficient, which is then only its start),
+    then train every seed at that fixed coefficient; the search's table and the coefficient used are
+    recorded in metrics.json (`calibration`) and each seed's cfg.json. A comparison across
+    architectures is fair only at matched L0; the TopK family sets its L0 with k. null: the
+    coefficient is used as given."""
     jumprelu_bandwidth: float = 2.0
     """JumpReLU: width eps of the rectangle kernel in the pseudo-derivatives (Rajamanoharan et al.
     sec. 4), in activation units: scale it with the pre-activations (here tens)."""
@@ -46,6 +53,10 @@ class SAETrainConfig:
     """TopK/BatchTopK: dead latents used by AuxK; None = d_in // 2 (Gao et al. A.2)."""
     dead_after_epochs: float = 1.0
     """A latent counts as dead for AuxK when it has not fired for this many passes over the data."""
+    resample_dead: list[int] = field(default_factory=list)
+    """Epochs after which dead latents (not fired for dead_after_epochs) are resampled where the SAE
+    reconstructs worst (husai.sae.resample, Bricken et al. 2023): the ReLU family's remedy for
+    dead latents, as AuxK is the TopK family's. [] (default): never; epochs >= `epochs` are skipped."""
     batchtopk_threshold_lr: float = 0.01
     """BatchTopK/Matryoshka: EMA rate of the inference threshold (SAELens's estimator)."""
     matryoshka_levels: int = 4
@@ -127,6 +138,8 @@ class SAETrainConfig:
             check_seed(self.data_seed, "config key 'data_seed'")
         if self.data_span is not None and not 0 < self.data_span <= 1:
             raise HusaiError(f"config key 'data_span' must lie in (0, 1] or be null, got {self.data_span}")
+        if any(e < 1 for e in self.resample_dead) or len(set(self.resample_dead)) != len(self.resample_dead):
+            raise HusaiError(f"config key 'resample_dead' must hold distinct epochs >= 1, got {self.resample_dead}")
         if any(e < 0 for e in self.trajectory_epochs) or len(set(self.trajectory_epochs)) != len(self.trajectory_epochs):
             raise HusaiError(f"config key 'trajectory_epochs' must hold distinct epochs >= 0, got {self.trajectory_epochs}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
@@ -141,6 +154,11 @@ class SAETrainConfig:
             if d_in is not None and self.k >= self.d_sae(d_in):
                 raise HusaiError(f"k must be smaller than d_sae = {self.d_sae(d_in)} (expansion {self.expansion} x d_in "
                                  f"{d_in}), got k = {self.k}")
+        if self.target_l0 is not None:
+            if self.architecture not in ("relu", "jumprelu"):
+                raise HusaiError(f"config key 'target_l0' is for relu and jumprelu; {self.architecture} sets its L0 with k")
+            if not self.target_l0 > 0 or (d_in is not None and self.target_l0 >= self.d_sae(d_in)):
+                raise HusaiError(f"config key 'target_l0' must lie between 0 and d_sae, got {self.target_l0}")
         if self.architecture == "matryoshka":
             if self.matryoshka_levels < 1:
                 raise HusaiError(f"config key 'matryoshka_levels' must be >= 1, got {self.matryoshka_levels}")

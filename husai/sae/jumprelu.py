@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from husai.sae.base import StackedSAE, batch_variance
+from husai.sae.base import PenalisedSAE, batch_variance
 from husai.sae.sparse import DENSE_ABOVE, Codes, decode, dense_pre, encode_at, entries_above, sparse_stats
 
 
@@ -88,19 +88,21 @@ class _StepEntries(torch.autograd.Function):
         return None, -(1.0 / ctx.eps) * rect * g, None, None
 
 
-class JumpReLUSAE(StackedSAE):
+class JumpReLUSAE(PenalisedSAE):
     """z = pre * H(pre - theta) with a learned per-latent threshold theta [S, d_sae] > 0;
     loss = MSE + l0_coeff * sum_i H(pre_i - theta_i) (Rajamanoharan et al. 2024, sec. 3-4).
     bandwidth and init_threshold are in activation units; the defaults suit the grokked model's
     residual stream (pre-activations of tens; the paper's 1e-3 assumes normalised inputs)."""
 
     architecture = "jumprelu"
+    coeff_name = "l0_coeff"
     dense_above: float | None = DENSE_ABOVE  # husai.sae.sparse.entries_above; None: always sparse
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, l0_coeff: float,
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, l0_coeff: float | list[float],
                  bandwidth: float = 2.0, init_threshold: float = 1.0):
         super().__init__(n_seeds, d_in, d_sae)
-        self.l0_coeff, self.bandwidth = l0_coeff, bandwidth
+        self._set_coeff(n_seeds, l0_coeff)  # one per slot (PenalisedSAE)
+        self.bandwidth = bandwidth
         self.hparams = dict(l0_coeff=l0_coeff, bandwidth=bandwidth, init_threshold=init_threshold)
         # theta = exp(log_threshold), as SAELens trains it: Adam then moves theta by a fraction of
         # itself per step, so a threshold can grow from 0.1 to tens within a short run (a linear
@@ -120,7 +122,7 @@ class JumpReLUSAE(StackedSAE):
 
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
         l0 = _Step.apply(pre, self.threshold.unsqueeze(1), self.bandwidth).sum(-1).mean(1)
-        return self.l0_coeff * l0
+        return self.coeff * l0
 
     def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Same loss, stats and gradients as StackedSAE.training_loss (the dense reference), on
@@ -150,5 +152,5 @@ class JumpReLUSAE(StackedSAE):
         x_hat = decode(z, self.W_dec, codes) + self.b_dec.unsqueeze(1)
         mse = (x_hat - x).pow(2).sum(-1).mean(1)  # [S]
         l0 = _StepEntries.apply(pvals, theta_m, valid, eps).sum(1) / B
-        loss = mse + self.l0_coeff * l0
+        loss = mse + self.coeff * l0
         return loss.sum(), sparse_stats(loss, mse, batch_variance(x), z, cols, B, self.d_sae)

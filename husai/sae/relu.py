@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from husai.sae.base import StackedSAE, batch_variance
+from husai.sae.base import PenalisedSAE, batch_variance
 from husai.sae.sparse import DENSE_ABOVE, Codes, decode, dense_pre, encode_at, entries_above, sparse_stats
 
 
@@ -34,17 +34,19 @@ class _RowNorms(torch.autograd.Function):
         return W * scale.unsqueeze(-1)
 
 
-class ReLUSAE(StackedSAE):
+class ReLUSAE(PenalisedSAE):
     """z = ReLU(pre); loss = MSE + l1_coeff * sum_i z_i * ||W_dec,i|| (decoder-norm-weighted L1,
-    so shrinking z while growing W_dec cannot cheat the penalty; the decoder is unconstrained)."""
+    so shrinking z while growing W_dec cannot cheat the penalty; the decoder is unconstrained).
+    l1_coeff: one for every slot or one per slot (PenalisedSAE)."""
 
     architecture = "relu"
+    coeff_name = "l1_coeff"
     unit_norm_decoder = False
     dense_above: float | None = DENSE_ABOVE  # entries_above; None: always sparse
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, l1_coeff: float):
+    def __init__(self, n_seeds: int, d_in: int, d_sae: int, l1_coeff: float | list[float]):
         super().__init__(n_seeds, d_in, d_sae)
-        self.l1_coeff = l1_coeff
+        self._set_coeff(n_seeds, l1_coeff)
         self.hparams = dict(l1_coeff=l1_coeff)
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
@@ -52,7 +54,7 @@ class ReLUSAE(StackedSAE):
 
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
         norms = self.W_dec.norm(dim=-1).unsqueeze(1)  # [S, 1, d_sae]
-        return self.l1_coeff * (z * norms).sum(-1).mean(1)
+        return self.coeff * (z * norms).sum(-1).mean(1)
 
     def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Same loss and stats as StackedSAE.training_loss (the dense reference), computed on the
@@ -70,5 +72,5 @@ class ReLUSAE(StackedSAE):
         x_hat = decode(z, self.W_dec, codes) + self.b_dec.unsqueeze(1)
         mse = (x_hat - x).pow(2).sum(-1).mean(1)  # [S]
         norms = _RowNorms.apply(self.W_dec)  # [S, d_sae]
-        loss = mse + self.l1_coeff * (z * norms.gather(1, cols)).sum(1) / B
+        loss = mse + self.coeff * (z * norms.gather(1, cols)).sum(1) / B
         return loss.sum(), sparse_stats(loss, mse, batch_variance(x), z, cols, B, self.d_sae)

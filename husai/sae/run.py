@@ -50,8 +50,21 @@ def _train_sae(cfg, out: Path, seeds, transformer_checkpoint, activations, layer
             from husai.wandb_log import init_run
 
             run = init_run("husai-sae", dict(cfg.to_dict(), seeds=seeds, **info), stage, name=out.name)
+        calibration = None
+        if cfg.target_l0 is not None:  # the penalty weight for that L0, then every seed trains at it
+            from dataclasses import replace
+
+            from husai.sae.calibrate import calibrate_weight
+
+            weight, table, bracketed = calibrate_weight(acts, cfg, seeds[0], device)
+            name = "l1_coeff" if cfg.architecture == "relu" else "l0_coeff"
+            calibration = dict(target_l0=cfg.target_l0, knob=name, start=getattr(cfg, name), weight=weight,
+                               bracketed=bracketed, seed=seeds[0], table=table)
+            cfg = replace(cfg, **{name: weight})
         res = _train_with_progress(acts, cfg, seeds, device, progress, run)
         metrics = _metrics(res, cfg, seeds, info, eval_acts, model, device)
+        if calibration is not None:
+            metrics["calibration"] = calibration
         for i, s in enumerate(seeds):
             meta = dict(info, hook_name=info.get("hook_name"), seed=s, husai_config=cfg.to_dict(),
                         diverged_at_step=res.diverged_at_step)
@@ -155,6 +168,8 @@ def _metrics(res, cfg, seeds, info, eval_acts, model, device) -> dict:
         for key in ("spliced_acc", "spliced_ce", "delta_ce", "ce_loss_recovered_zero", "ce_loss_recovered_mean"):
             per_seed[key] = [None] * len(seeds)
     per_seed["cosine_to_init"] = cosine_to_init(sae.W_dec.detach(), res.W_dec_init)
+    if hasattr(sae, "coeff"):  # ReLU / JumpReLU: the penalty weight each seed trained with
+        per_seed["sparsity_coeff"] = sae.coeff.tolist()
     keys = list(per_seed)
     return dict(
         config=cfg.to_dict(), seeds=seeds, source=info, steps=res.steps, wall_seconds=res.wall_seconds,

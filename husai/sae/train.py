@@ -28,15 +28,18 @@ from husai.sae.architectures import (
     StackedSAE,
     TopKSAE,
 )
-from husai.sae.base import data_span_basis, geometric_median
+from husai.sae.base import PenalisedSAE, data_span_basis, geometric_median
 from husai.sae.config import SAETrainConfig
 from husai.sae.optim import make_optimizer
+from husai.sae.resample import resample_dead
 from husai.sae.topk import matryoshka_widths
 
 
-def build_sae(cfg: SAETrainConfig, n_seeds: int, d_in: int, ks: list[int] | None = None) -> StackedSAE:
-    """ks: TopK family only, one k per slot instead of cfg.k (husai.sae.cells.train_cells)."""
-    d_sae, k = cfg.d_sae(d_in), cfg.k if ks is None else ks
+def build_sae(cfg: SAETrainConfig, n_seeds: int, d_in: int, knobs: list | None = None) -> StackedSAE:
+    """knobs: one sparsity knob per slot instead of the config's: k for the TopK family (cells that
+    differ only in k, husai.sae.cells), the l1 / l0 weight for ReLU / JumpReLU (husai.sae.calibrate)."""
+    d_sae = cfg.d_sae(d_in)
+    k = cfg.k if knobs is None else knobs
     if cfg.architecture == "topk":
         return TopKSAE(n_seeds, d_in, d_sae, k, cfg.k_aux, cfg.aux_coeff)
     if cfg.architecture == "batchtopk":
@@ -45,8 +48,9 @@ def build_sae(cfg: SAETrainConfig, n_seeds: int, d_in: int, ks: list[int] | None
         return MatryoshkaSAE(n_seeds, d_in, d_sae, k, matryoshka_widths(d_sae, cfg.matryoshka_levels),
                              cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr)
     if cfg.architecture == "relu":
-        return ReLUSAE(n_seeds, d_in, d_sae, cfg.l1_coeff)
-    return JumpReLUSAE(n_seeds, d_in, d_sae, cfg.l0_coeff, cfg.jumprelu_bandwidth, cfg.jumprelu_init_threshold)
+        return ReLUSAE(n_seeds, d_in, d_sae, cfg.l1_coeff if knobs is None else knobs)
+    return JumpReLUSAE(n_seeds, d_in, d_sae, cfg.l0_coeff if knobs is None else knobs, cfg.jumprelu_bandwidth,
+                       cfg.jumprelu_init_threshold)
 
 
 @dataclass
@@ -87,7 +91,7 @@ def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device:
     return _init(acts, cfg, seeds, device)[0]
 
 
-def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, ks=None) -> tuple[StackedSAE, torch.Tensor | None]:
+def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None) -> tuple[StackedSAE, torch.Tensor | None]:
     """-> (the initial SAEs, Q [d_in, r] the data-span basis or None when cfg.data_span is off)."""
     N, d_in = acts.shape
     for s in seeds:
@@ -101,7 +105,7 @@ def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, ks=None) -> tuple
     acts = acts.to(device=device, dtype=torch.float32)
     # b_dec init: geometric median of (a fixed subsample of) the data (Gao et al. sec. 2.3).
     sample = acts if N <= 8192 else acts[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(device)]
-    sae = build_sae(cfg, len(seeds), d_in, ks).to(device).init_weights(
+    sae = build_sae(cfg, len(seeds), d_in, knobs).to(device).init_weights(
         seeds, geometric_median(sample.cpu()), sample.cpu() if cfg.init == "data" else None)
     Q = None if cfg.data_span is None else data_span_basis(acts, cfg.data_span)
     if Q is not None:
@@ -137,16 +141,16 @@ def _snapshot(sae: StackedSAE, live: torch.Tensor) -> dict:
 
 
 def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
-               on_step=None, on_epoch=None, ks: list[int] | None = None) -> TrainResult:
+               on_step=None, on_epoch=None, knobs: list | None = None) -> TrainResult:
     """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and
-    on_epoch(row) are optional callbacks (progress bar, W&B). ks: see build_sae."""
+    on_epoch(row) are optional callbacks (progress bar, W&B). knobs: see build_sae."""
     torch.set_flush_denormal(True)  # Adam state under weight decay goes denormal (science brief sec. 1)
     N, d_in = acts.shape
     cfg.validate(d_in)
     check_informative(acts)
     S = len(seeds)
     acts = acts.to(device=device, dtype=torch.float32)
-    sae, span = _init(acts, cfg, seeds, device, ks)
+    sae, span = _init(acts, cfg, seeds, device, knobs)
     W_dec_init = sae.W_dec.detach().clone()
     opt = make_optimizer(sae, cfg.optimizer, cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2))
     next_order = _batch_orders(N, cfg, seeds, device)
@@ -188,11 +192,19 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
             sae.load_state_dict(last_good)  # keep the last good checkpoint (end of the previous epoch)
             break
         last_good = {k: v.clone() for k, v in sae.state_dict().items()}
+        if epoch + 1 in cfg.resample_dead and epoch + 1 < cfg.epochs:
+            dead = since_fired >= dead_after
+            resampled = resample_dead(sae, opt, acts, dead, seeds, epoch + 1)
+            since_fired = torch.where(dead, torch.zeros_like(since_fired), since_fired)
         if epoch + 1 in record:
             trajectory[epoch + 1] = _snapshot(sae, fired_epoch)
         means = (sums / n_batches).tolist()
         row = dict(epoch=epoch + 1, step=step, loss=means[0], mse=means[1], l0=means[2], ev=means[3],
                    frac_dead=(since_fired >= dead_after).float().mean(1).tolist())
+        if epoch + 1 in cfg.resample_dead and epoch + 1 < cfg.epochs:
+            row["resampled"] = resampled
+        if isinstance(sae, PenalisedSAE):
+            row["sparsity_coeff"] = sae.coeff.tolist()
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
