@@ -25,7 +25,11 @@ class SAETrainConfig:
     architecture: str = "topk"
     """One of topk, batchtopk, matryoshka, relu, jumprelu."""
     expansion: int = 16
-    """d_sae = expansion * d_in."""
+    """d_sae = expansion * d_in (unless `latents` is set)."""
+    latents: typing.Optional[int] = None
+    """d_sae itself, whatever d_in is: widths compare across hooks of different sizes (resid_post
+    d_in 128, mlp.hook_post 512) and can be smaller than d_in (a sweep from 32 latents). null: use
+    expansion."""
     k: int = 32
     """Active latents per input (topk) or on average per input (batchtopk, matryoshka)."""
     l1_coeff: float = 2.0
@@ -121,6 +125,8 @@ class SAETrainConfig:
         if self.architecture not in ARCHITECTURES:
             raise HusaiError(f"config key 'architecture': unknown {self.architecture!r}; "
                              f"choose one of {', '.join(ARCHITECTURES)}")
+        if self.latents is not None and self.latents < 1:
+            raise HusaiError(f"config key 'latents' must be >= 1, got {self.latents}")
         for name in ("expansion", "batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise HusaiError(f"config key {name!r} must be >= 1, got {getattr(self, name)}")
@@ -169,7 +175,7 @@ class SAETrainConfig:
         return self
 
     def d_sae(self, d_in: int) -> int:
-        return self.expansion * d_in
+        return self.latents if self.latents is not None else self.expansion * d_in
 
     def learning_rate(self, d_in: int) -> float:
         if self.lr is not None:

@@ -172,7 +172,8 @@ def _metrics(res, cfg, seeds, info, eval_acts, model, device) -> dict:
         per_seed["sparsity_coeff"] = sae.coeff.tolist()
     keys = list(per_seed)
     return dict(
-        config=cfg.to_dict(), seeds=seeds, source=info, steps=res.steps, wall_seconds=res.wall_seconds,
+        config=cfg.to_dict(), seeds=seeds, source=info, d_in=sae.d_in, d_sae=sae.d_sae, steps=res.steps,
+        wall_seconds=res.wall_seconds,
         diverged_at_step=res.diverged_at_step, baselines=base, history=res.history,
         per_seed={str(s): dict({k: per_seed[k][i] for k in keys}, wall_seconds=res.wall_seconds)
                   for i, s in enumerate(seeds)},

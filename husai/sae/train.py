@@ -101,7 +101,7 @@ def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None) -> tu
     # batch's [B, d_sae] pre-activations
     snaps = len([e for e in cfg.trajectory_epochs if e < cfg.epochs])
     need = 4 * len(seeds) * ((4 + snaps) * 2 * d_in * d_sae + 6 * B * d_sae)
-    check_fits_in_memory(need, f"{len(seeds)} SAE(s) with d_sae = {d_sae} (expansion {cfg.expansion})", str(device))
+    check_fits_in_memory(need, f"{len(seeds)} SAE(s) with d_sae = {d_sae}", str(device))
     acts = acts.to(device=device, dtype=torch.float32)
     # b_dec init: geometric median of (a fixed subsample of) the data (Gao et al. sec. 2.3).
     sample = acts if N <= 8192 else acts[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(device)]

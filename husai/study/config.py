@@ -42,8 +42,11 @@ class SAERun:
         """Folder name from the parameters that vary in a grid."""
         c = self.cfg
         knob = {"topk": f"k{c.k}", "batchtopk": f"k{c.k}", "matryoshka": f"k{c.k}_levels{c.matryoshka_levels}",
-                "relu": f"l1_{c.l1_coeff:g}", "jumprelu": f"l0_{c.l0_coeff:g}"}
-        return f"{c.architecture}_x{c.expansion}_{knob[c.architecture]}"
+                "relu": f"l1_{c.l1_coeff:g}", "jumprelu": f"l0_{c.l0_coeff:g}"}[c.architecture]
+        if c.target_l0 is not None:  # the weight is found per cell (husai.sae.calibrate): name the target
+            knob = f"targetL0_{c.target_l0:g}"
+        width = f"x{c.expansion}" if c.latents is None else f"n{c.latents}"
+        return f"{c.architecture}_{width}_{knob}"
 
     def folder(self, root: Path) -> Path:
         return root / "saes" / f"model_seed{self.model_seed}" / self.hook / self.name

@@ -34,13 +34,16 @@ def _num(x):
 
 
 def cell_rows(folder: Path, run, root: Path) -> list[dict]:
-    base = dict(model_seed=run.model_seed, hook=run.hook, architecture=run.cfg.architecture, expansion=run.cfg.expansion,
-                k=run.cfg.k if run.cfg.architecture in K_ARCHITECTURES else None,
-                l1_coeff=run.cfg.l1_coeff if run.cfg.architecture == "relu" else None,
-                l0_coeff=run.cfg.l0_coeff if run.cfg.architecture == "jumprelu" else None,
-                run=str(folder.relative_to(root)))
     failed = read_json(folder / "failed.json") if (folder / "failed.json").is_file() else None
     metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
+    c = run.cfg
+    weight = metrics.get("calibration", {}).get("weight")  # target_l0: the weight the search found
+    base = dict(model_seed=run.model_seed, hook=run.hook, architecture=c.architecture, expansion=c.expansion,
+                latents=metrics.get("d_sae", c.latents),  # d_sae, also where the config gave an expansion
+                k=c.k if c.architecture in K_ARCHITECTURES else None, target_l0=c.target_l0,
+                l1_coeff=(weight or c.l1_coeff) if c.architecture == "relu" else None,
+                l0_coeff=(weight or c.l0_coeff) if c.architecture == "jumprelu" else None,
+                run=str(folder.relative_to(root)))
     analysis = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
     if failed is None and not analysis and not metrics:
         failed = {"error": "not run (study interrupted before this cell)"}

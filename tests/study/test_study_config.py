@@ -20,7 +20,17 @@ def test_grid_expands_to_named_runs():
     assert all(r.seeds == [1, 2] and r.hook == "blocks.0.hook_resid_post" for r in cfg.runs())
 
 
+def test_width_in_latents_and_a_target_l0_name_their_cells():
+    cfg = parse_study(dict(GOOD, saes=[{"architecture": "topk", "latents": [32, 512], "k": 4},
+                                       {"architecture": "relu", "latents": 64, "target_l0": [4, 16]}]))
+    assert sorted(r.name for r in cfg.runs()) == ["relu_n64_targetL0_16", "relu_n64_targetL0_4", "topk_n32_k4",
+                                                  "topk_n512_k4"]
+    assert {r.cfg.d_sae(512) for r in cfg.runs()} == {32, 512, 64}  # whatever the hook's d_in
+
+
 @pytest.mark.parametrize("patch, fragment", [
+    ({"saes": [{"architecture": "topk", "latents": 0}]}, "'latents'"),
+    ({"saes": [{"architecture": "topk", "target_l0": 8}]}, "target_l0"),
     ({"bogus": 1}, "'bogus'"),
     ({"seeds": []}, "'seeds'"),
     ({"seeds": [1, "two"]}, "'seeds'"),
