@@ -138,3 +138,50 @@ def frequency_coverage(cells: list[dict], path: Path) -> Path:
         ax.set(xlabel="key frequency k", title=c["name"].split(" @")[0])
         fig.colorbar(im, ax=ax, fraction=0.046, label="latents assigned by decoder weights")
     return _save(fig, path)
+
+
+ARCH_COLOR = {"topk": "tab:blue", "batchtopk": "tab:cyan", "matryoshka": "tab:green", "relu": "tab:red",
+              "jumprelu": "tab:orange"}
+
+
+def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
+    """One row per hook: stability's effect over chance and the ground-truth recovery against width
+    (one line per architecture and sparsity) and against L0 (one line per architecture and width),
+    and the EV-vs-L0 frontier; error bars: husai.study.sweep.curves. marks: widths to draw as
+    vertical lines (e.g. the p answer classes)."""
+    from husai.study.sweep import curves
+
+    hooks = sorted({p["hook"] for p in points})
+    panels = (("latents", "stability_effect", "PW-MCC over chance"), ("latents", "recovery", "atom recovery over reference"),
+              ("l0", "stability_effect", "PW-MCC over chance"), ("l0", "recovery", "atom recovery over reference"),
+              ("l0", "ev", "explained variance"))
+    fig, axes = plt.subplots(len(hooks), len(panels), figsize=(4.2 * len(panels), 3.4 * len(hooks)), squeeze=False)
+    by = {"latents": curves(points, "knob", "latents"), "l0": curves(points, "latents", "l0")}
+    for i, hook in enumerate(hooks):
+        for j, (x, y, label) in enumerate(panels):
+            ax = axes[i][j]
+            series = sorted((k for k in by[x] if k[0] == hook), key=str)
+            for n, key in enumerate(series):
+                c = [r for r in by[x][key] if r[x] is not None and r[y] is not None]
+                if not c:
+                    continue
+                xs, ys = [r[x] for r in c], [r[y] for r in c]
+                lo = [r.get(f"{y}_lo") for r in c]
+                hi = [r.get(f"{y}_hi") for r in c]
+                err = None
+                if all(v is not None for v in lo + hi):
+                    err = np.array([[max(0.0, v - a) for v, a in zip(ys, lo)], [max(0.0, b - v) for v, b in zip(ys, hi)]])
+                name = key[2] if x == "latents" else f"{key[2]:.0f} latents"
+                ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, color=ARCH_COLOR.get(key[1], "k"),
+                            ls=("-", "--", ":", "-.")[n % 4], label=f"{key[1]} {name}")
+            ax.set_xscale("log")
+            if y != "ev":
+                ax.axhline(0, color="k", lw=0.6)
+            if x == "latents":
+                for mark, v in marks.items():
+                    ax.axvline(v, color="tab:gray", ls=":", lw=1)
+                    ax.text(v, ax.get_ylim()[1], f" {mark}", fontsize=6, va="top", color="tab:gray")
+            ax.set(xlabel="latents" if x == "latents" else "L0", ylabel=label, title=hook.replace("blocks.0.", ""))
+            ax.title.set_fontsize(9)
+            ax.legend(fontsize=5)
+    return _save(fig, path)

@@ -135,8 +135,26 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
     sections.append(("Stability across seeds", "\n\n".join(stab)))
     if any(c["analysis"].get("ground_truth") for c in ok_cells):
         sections.append(("Ground truth and what the latents are", _ground_truth_section(ok_cells)))
+    from husai.study.sweep import headline, sweep_points, sweep_table
+
+    points = sweep_points(root, rows)
+    sweep_lines = headline(points)
+    if sweep_lines:  # a grid with at least two widths or sparsities of one architecture
+        figs.insert(0, ("sweep", rf.sweep(points, {f"p = {cfg.model.p} answer classes": cfg.model.p},
+                                          figdir / "sweep.png"),
+                        "The sweep, one row per hook: stability's effect over chance (PW-MCC minus its matched-"
+                        "geometry null) and ground-truth atom recovery (Hungarian MCC minus the better no-learning "
+                        "reference) against width and against L0, and explained variance against L0. Error bars: the "
+                        "range over model seeds (one model seed: the 95% CI over SAE seeds)."))
+        sections.insert(0, ("Sweep: width and L0", sweep_table(points) + "\n\n" + (
+            "One row per cell (its SAE seeds' means). Recovery: the ground-truth atoms (answer-class centroids where "
+            "most of the hook's variance is a function of the answer, else the single-frequency MLP neurons) matched "
+            "by Hungarian MCC in the span, minus the better of two no-learning references of the same size (random "
+            "directions in the span, random data points); > 0 means learned. ReLU cells with a target L0 trained at the "
+            "penalty weight a search found for it (metrics.json `calibration`).")))
     failed = [r for r in rows if r["status"] != "ok"]
-    verdict_lines = verdict(cells) + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
+    verdict_lines = (sweep_lines + verdict(cells)
+                     + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else []))
     sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
 
     md = ["# husai study report", ""]
