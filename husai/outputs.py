@@ -90,7 +90,7 @@ SAE_FILES = ("cfg.json", "sae_weights.safetensors", "metrics.json", "seed_*/cfg.
 
 MODEL_RUN = OutputKind("model run", "husai train-model", markers=("config.json",), resumable=True, files=(
     "config.json", "model.safetensors", "best.safetensors", "memorised.safetensors", "metrics.json", "history.jsonl",
-    "checkpoints/epoch_*.safetensors", "wandb/*"))
+    "checkpoints/epoch_*.safetensors", "snapshots/epoch_*.safetensors", "wandb/*"))
 SAE_OUTPUT = OutputKind("SAE output", "husai train-sae", markers=("metrics.json", "*cfg.json"), files=SAE_FILES)
 STUDY = OutputKind("study", "husai study", markers=("study.yaml",), resumable=True)  # resumed, never replaced
 STUDY_CELL = OutputKind("study cell", "husai study", files=SAE_FILES + ("analysis.json", "failed.json", "figures/*.png"))

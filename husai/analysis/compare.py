@@ -88,8 +88,22 @@ def check_compatible(saes, dirs, force: bool) -> list[str]:
     return warnings
 
 
-def model_context(model_dir: Path, hook: str, cache: dict) -> dict:
-    """{p, acts [p*p, d] at `hook` (row a*p + b), key_freqs} for a model run folder (cached per hook)."""
+_CONTEXTS: dict = {}
+"""model_context's cache, for the life of the process: a study worker analyses many cells of one model
+and hook, and the hook's ground truth took ~6 s per cell at mlp.hook_post (profiled)."""
+
+
+def model_context(model_dir: Path, hook: str, cache: dict | None = None) -> dict:
+    """{p, acts [p*p, d] at `hook` (row a*p + b), key_freqs} for a model run folder, cached per model
+    (its path and weights file's modification time) and hook, with the ground truth once computed."""
+    if cache is None:
+        weights = Path(model_dir) / "model.safetensors"
+        key = (str(Path(model_dir).resolve()), weights.stat().st_mtime_ns if weights.is_file() else None, hook)
+        if key not in _CONTEXTS:
+            if len(_CONTEXTS) >= 4:  # activations of [p^2, 512] float64 are 52 MB
+                _CONTEXTS.pop(next(iter(_CONTEXTS)))
+            _CONTEXTS[key] = model_context(model_dir, hook, {})
+        return _CONTEXTS[key]
     if hook in cache:
         return cache[hook]
     from husai.analysis.ground_truth import model_key_frequencies
@@ -115,15 +129,16 @@ def hook_ground_truth(ctx: dict):
     return ctx["ground_truth"]
 
 
-def init_fn_for(sae, acts):
+def init_fn_for(sae, acts, medians: dict | None = None):
     """init_fn(d_in, d_sae, seed) -> (W_enc [d_in, d_sae], W_dec [d_sae, d_in]) drawing exactly what
     husai's trainer draws for `seed` with this SAE's recorded config: with `init: data` the initial
     decoder rows are centred data points, so the activations are needed (acts [N, d_in], or None:
-    then the config's random init is used)."""
+    then the config's random init is used). medians: a dict to keep the init's b_dec in (it depends on
+    the data alone: a model context's dict shares it across SAEs)."""
     import torch
 
     from husai.sae.config import SAETrainConfig, config_from_dict
-    from husai.sae.train import init_saes
+    from husai.sae.train import init_saes, initial_b_dec
 
     recorded = metadata(sae).get("husai_config")
     try:
@@ -133,15 +148,16 @@ def init_fn_for(sae, acts):
     if acts is None:
         cfg.init = "random"
 
+    x = acts.float() if acts is not None else None
+    b_dec = {} if medians is None else medians  # one geometric median for every seed
+
     def init(d_in: int, d_sae: int, seed: int):
         from dataclasses import replace
 
-        c = replace(cfg, expansion=max(1, d_sae // d_in))
-        x = acts.float() if acts is not None else torch.zeros(2, d_in)
-        s = init_saes(x, c, [seed]) if c.d_sae(d_in) == d_sae else None
-        if s is None:  # d_sae not a multiple of d_in: plain Gao et al. init of that size
-            from husai.sae.architectures import StackedSAE
-            s = StackedSAE(1, d_in, d_sae).init_weights([seed], torch.zeros(d_in))
+        data = x if x is not None else torch.zeros(2, d_in)
+        if d_in not in b_dec:
+            b_dec[d_in] = initial_b_dec(data)
+        s = init_saes(data, replace(cfg, latents=d_sae), [seed], b_dec=b_dec[d_in])
         return s.W_enc.detach()[0].double(), s.W_dec.detach()[0].double()
     return init
 
@@ -170,7 +186,7 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
     seed = int(metadata(sae).get("seed", 0))
     k = sae.cfg.get("k") if sae.cfg.get("architecture") == "topk" else None
     samples = {"fourier_overlap": [], "frac_pure": []}
-    init_fn = init_fn_for(sae, x)
+    init_fn = init_fn_for(sae, x, ctx.setdefault("init_b_dec", {}))
     for i in range(n_null):
         _, W0 = init_fn(x.shape[1], sae.W_dec.shape[0], seed if i == 0 else 10**6 + i)
         r0 = fourier_report(untrained_latent_acts(x, W0, sae.b_dec, k), ctx["p"], ctx["key_freqs"])
@@ -247,7 +263,7 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
         if not (model / "config.json").is_file():  # recorded path moved or deleted: analyse without it
             warnings.append(f"the SAEs' recorded model {model} is not there (pass --model DIR)")
             model = None
-    ctx = model_context(model, hook_of(saes[0]), {}) if model is not None and hook_of(saes[0]) else None
+    ctx = model_context(model, hook_of(saes[0])) if model is not None and hook_of(saes[0]) else None
     if ctx is None and acts is None:
         raise HusaiError("stability is measured in the data's own geometry, which needs the activations: give the "
                          "model (--model DIR, or SAEs that record it) or the activations (--activations FILE)")
@@ -257,7 +273,7 @@ def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0
         warnings.append("no model given (--model) or recorded: Fourier analysis and the symmetry null skipped")
     seeds = [metadata(s).get("seed") for s in saes]
     known = all(isinstance(s, int) for s in seeds)
-    init = init_fn_for(saes[0], acts)
+    init = init_fn_for(saes[0], acts, ctx.setdefault("init_b_dec", {}) if ctx is not None else None)
     d_in = decs[0].shape[1]
     if acts.shape[1] != d_in:
         raise HusaiError(f"the SAEs' d_in is {d_in} but the activations have {acts.shape[1]} dims")

@@ -68,10 +68,26 @@ class DataSpan:
         return (acts.detach().to("cpu", torch.float64) - self.mean) @ self.basis
 
 
+_LAST: list = []
+"""data_span's last results as (acts, its _version, share, span): the same tensor object is asked for
+its span several times per comparison (stability, frequency level; an SVD of [12769, 512] ~1 s). The
+entry holds the tensor itself, so its identity cannot pass to another; _version catches an in-place
+change."""
+
+
 def data_span(acts: torch.Tensor, share: float = SPAN_VARIANCE) -> DataSpan:
     """The fewest principal directions of acts [N, d_in] holding >= `share` of the variance.
 
     Raises ValueError for constant activations (no direction holds any variance)."""
+    for a, version, sh, span in _LAST:
+        if a is acts and version == acts._version and sh == share:
+            return span
+    span = _data_span(acts, share)
+    _LAST[:] = ([(acts, acts._version, share, span)] + _LAST)[:2]
+    return span
+
+
+def _data_span(acts: torch.Tensor, share: float) -> DataSpan:
     X = acts.detach().to("cpu", torch.float64)
     mu = X.mean(0)
     X = X - mu

@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", help="cpu or cuda."),
         checkpoint_every: int = typer.Option(1000, help="Epochs between resumable checkpoints."),
         eval_every: Optional[int] = typer.Option(None, help="Epochs between evaluations (preset default otherwise)."),
+        snapshot_every: Optional[int] = typer.Option(None, help="Epochs between weight snapshots for the progress "
+                                                     "measures (0: none; preset default otherwise)."),
         run_all_epochs: bool = typer.Option(False, "--run-all-epochs", help="Ignore the grokked-and-clean stopping rule."),
         resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
@@ -49,7 +51,8 @@ def register(app: typer.Typer) -> None:
 
             if preset not in PRESETS:
                 raise HusaiError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-            overrides = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, train_frac=train_frac, eval_every=eval_every)
+            overrides = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, train_frac=train_frac, eval_every=eval_every,
+                             snapshot_every=snapshot_every)
             kw = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
             cfg = TrainConfig(p=p, operation=operation, n_layers=n_layers, seed=seed, split_seed=split_seed,
                               checkpoint_every=checkpoint_every,

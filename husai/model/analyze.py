@@ -63,3 +63,28 @@ def analyze_model(model: Transformer, data: ModularData) -> dict:
         embed_spectrum=embed_spectrum(model.embed.W_E, p),
         restricted_loss=restricted, excluded_loss=excluded,
     )
+
+
+@torch.no_grad()
+def progress_measures(snapshots: list, model_config, data: ModularData, keys: list[int], device: str = "cpu") -> list[dict]:
+    """Nanda et al.'s progress measures (section 5.1) at each weight snapshot (train-model's
+    snapshots/epoch_E.safetensors), all with the FINAL key frequencies `keys`, as they define them:
+    restricted loss (only the key frequencies' logit components: low once the Fourier circuit alone
+    solves the task), excluded loss (those components removed, on the training pairs: rises as the
+    memorising solution is cleaned away), train / test loss and the single-frequency neuron share."""
+    from husai.model.checkpoint import load_weights
+    from husai.model.transformer import Transformer
+
+    model = Transformer(model_config).to(device).eval()
+    tokens, labels = data.tokens.to(device), data.labels.to(device)
+    tr, te = data.train_idx.to(device), data.test_idx.to(device)
+    rows = []
+    for path in snapshots:
+        load_weights(model, path, "weight snapshot")
+        restricted, excluded = restricted_excluded_loss(model(tokens), labels, tr, data.p, keys, data.operation)
+        rows.append(dict(epoch=int(path.stem.split("_")[-1]),  # snapshots/epoch_000025.safetensors
+                         restricted_loss=restricted, excluded_loss=excluded,
+                         train_loss=loss_acc(model, tokens[tr], labels[tr])[0],
+                         test_loss=loss_acc(model, tokens[te], labels[te])[0],
+                         frac_neurons_single_freq=single_freq_fraction(model, data)))
+    return rows

@@ -23,7 +23,7 @@ from husai import __version__
 from husai.errors import HusaiError
 from husai.interrupts import on_interrupt
 from husai.io import read_json, read_jsonl, save_tensors, write_json, write_jsonl
-from husai.model.analyze import analyze_model, loss_acc, single_freq_fraction
+from husai.model.analyze import analyze_model, loss_acc, progress_measures, single_freq_fraction
 from husai.model.checkpoint import load_weights, model_config_from_json
 from husai.model.data import OPERATIONS, check_modulus, check_seed, make_dataset
 from husai.model.transformer import ModelConfig, Transformer
@@ -63,6 +63,10 @@ class TrainConfig:
     """Epochs between evaluations (history rows, stopping check, best checkpoint)."""
     checkpoint_every: int = 1000
     """Epochs between resumable checkpoints (model + optimizer state)."""
+    snapshot_every: int = 0
+    """Epochs between weight snapshots (OUT/snapshots/epoch_E.safetensors, weights only, ~0.9 MB at
+    p = 113), from which metrics.json's `progress` gives Nanda et al.'s progress measures over
+    training, computed with the final key frequencies (husai.model.analyze.progress_measures). 0: none."""
     stop_test_acc: float = 0.999
     """Stop only once test accuracy reaches this ..."""
     stop_frac_single_freq: float = 0.8
@@ -100,6 +104,8 @@ class TrainConfig:
         for name in ("n_layers", "epochs", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise HusaiError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.snapshot_every < 0:
+            raise HusaiError(f"--snapshot-every must be >= 0 (0: none), got {self.snapshot_every}")
         check_seed(self.seed, "seed")
         if self.split_seed is not None:
             check_seed(self.split_seed, "split seed")
@@ -123,7 +129,7 @@ PRESETS: dict[str, dict] = {
     # (26.4 s), seed 2 225 instead of 250 (23.6 vs 29.4 s, 2 threads, AMD); weight decay 15 instead of 10
     # had not cleaned seed 0 up after 4 minutes.
     "fast": dict(train_frac=0.5, lr=3e-3, weight_decay=1.0, cleanup_weight_decay=10.0, cleanup_from_train_acc=0.99,
-                 cleanup_from_test_acc=0.0, epochs=10_000, eval_every=25),
+                 cleanup_from_test_acc=0.0, epochs=10_000, eval_every=25, snapshot_every=25),
 }
 
 
@@ -352,6 +358,8 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
                 if test_acc >= cfg.stop_test_acc and single >= cfg.stop_frac_single_freq and not cfg.run_all_epochs:
                     stopped = "grokked_and_clean"
                     done = True
+            if cfg.snapshot_every and epoch % cfg.snapshot_every == 0:
+                save_tensors(out / "snapshots" / f"epoch_{epoch:06d}.safetensors", model.state_dict(), {"epoch": epoch})
             if epoch % cfg.checkpoint_every == 0 or done:
                 write_jsonl(out / "history.jsonl", history)  # before the checkpoint that refers to it
                 state = {**model.state_dict(), **_optimizer_tensors(model, opt),
@@ -368,6 +376,9 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
                   and r["frac_neurons_single_freq"] >= cfg.stop_frac_single_freq), None)
     mem = next((r for r in history if memorised(r)), None)
     metrics.update(memorised_epoch=mem and mem["epoch"], memorised_test_acc=mem and mem["test_acc"])
+    snaps = sorted((out / "snapshots").glob("epoch_*.safetensors"))
+    if snaps:  # Nanda et al.'s progress measures over training, with the final key frequencies
+        metrics["progress"] = progress_measures(snaps, cfg.model_config(), data, metrics["key_frequencies"], device)
     metrics.update(epochs_trained=epoch, grokked_epoch=grok, clean_epoch=clean, stopped_because=stopped,
                    best_epoch=best[1], wall_seconds=offset + time.time() - t_start)
     write_json(out / "metrics.json", metrics)

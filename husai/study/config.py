@@ -25,7 +25,7 @@ from husai.sae.config import SAETrainConfig, config_from_dict
 
 TOP_KEYS = ("model", "hooks", "seeds", "saes", "stability")
 MODEL_KEYS = ("preset", "seeds", "p", "operation", "n_layers", "train_frac", "lr", "weight_decay", "epochs",
-              "eval_every", "checkpoint_every", "stop_test_acc", "stop_frac_single_freq")
+              "eval_every", "checkpoint_every", "snapshot_every", "stop_test_acc", "stop_frac_single_freq")
 
 
 @dataclass

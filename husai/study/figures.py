@@ -25,22 +25,37 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def training_curves(history: list[dict], grokked: int | None, clean: int | None, path: Path) -> Path:
+def training_curves(history: list[dict], grokked: int | None, clean: int | None, path: Path,
+                    progress: list[dict] | None = None, memorised: int | None = None) -> Path:
+    """Loss, accuracy with the single-frequency neuron share, and (with weight snapshots) Nanda et
+    al.'s progress measures: the grokking story as memorisation, circuit formation, clean-up."""
     ep = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
-    ax1.semilogy(ep, [r["train_loss"] for r in history], label="train loss")
-    ax1.semilogy(ep, [r["test_loss"] for r in history], label="test loss")
+    n = 3 if progress else 2
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 3.8))
+    ax1, ax2 = axes[0], axes[1]
+    ax1.semilogy(ep, [r["train_loss"] for r in history], label="train loss", marker=".")
+    ax1.semilogy(ep, [r["test_loss"] for r in history], label="test loss", marker=".")
     ax1.set(xlabel="epoch", ylabel="cross-entropy (nats, log scale)", title="Loss")
-    ax2.plot(ep, [r["train_acc"] for r in history], label="train accuracy")
-    ax2.plot(ep, [r["test_acc"] for r in history], label="test accuracy")
-    ax2.plot(ep, [r["frac_neurons_single_freq"] for r in history], label="single-frequency neurons", ls="--")
+    ax2.plot(ep, [r["train_acc"] for r in history], label="train accuracy", marker=".")
+    ax2.plot(ep, [r["test_acc"] for r in history], label="test accuracy", marker=".")
+    ax2.plot(ep, [r["frac_neurons_single_freq"] for r in history], label="single-frequency neurons", ls="--", marker=".")
     ax2.set(xlabel="epoch", ylabel="fraction", title="Accuracy and circuit clean-up", ylim=(-0.02, 1.02))
-    for ax in (ax1, ax2):
+    if progress:
+        ax3 = axes[2]
+        pe = [r["epoch"] for r in progress]
+        ax3.semilogy(pe, [r["restricted_loss"] for r in progress], marker=".", label="restricted loss (key frequencies only)")
+        ax3.semilogy(pe, [r["excluded_loss"] for r in progress], marker=".", label="excluded loss (key freqs removed)")
+        ax3.semilogy(pe, [r["test_loss"] for r in progress], marker=".", ls=":", color="tab:gray", label="test loss")
+        ax3.set(xlabel="epoch", ylabel="cross-entropy (nats, log scale)",
+                title="Progress measures (final key frequencies)")
+    for ax in axes:
+        if memorised:
+            ax.axvline(memorised, color="tab:purple", ls=":", label=f"memorised (epoch {memorised})")
         if grokked:
             ax.axvline(grokked, color="k", ls=":", label=f"grokked (epoch {grokked})")
         if clean:
             ax.axvline(clean, color="tab:green", ls=":", label=f"clean (epoch {clean})")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -78,8 +78,13 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
         m = read_json(mdir / "metrics.json", "model metrics")
         hist = read_jsonl(mdir / "history.jsonl")
         figs.append(("model", rf.training_curves(hist, m.get("grokked_epoch"), m.get("clean_epoch"),
-                                                 figdir / f"model_seed{ms}_training.png"),
-                     f"Model seed {ms}: training curves (grokking epoch marked)."))
+                                                 figdir / f"model_seed{ms}_training.png", m.get("progress"),
+                                                 m.get("memorised_epoch")),
+                     f"Model seed {ms}: training curves with the memorised, grokked and clean epochs marked"
+                     + ("; right: Nanda et al.'s progress measures from the weight snapshots, with the final key "
+                        "frequencies (the restricted loss falls before the test loss: the Fourier circuit forms while "
+                        "the model still memorises; the excluded loss rises as the clean-up removes memorisation)."
+                        if m.get("progress") else ".")))
         figs.append(("model", rf.fourier_spectrum(m, figdir / f"model_seed{ms}_spectrum.png"),
                      f"Model seed {ms}: Fourier spectrum; key frequencies {m.get('key_frequencies')}."))
         sections.append((f"Model (seed {ms})", "\n".join([

@@ -218,3 +218,33 @@ def test_wandb_offline_logging(tmp_path):
     train_model(TrainConfig(p=23, train_frac=0.6, epochs=20, eval_every=10), tmp_path / "w", use_wandb=True, progress=False)
     runs = list((tmp_path / "w" / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
+
+
+def test_snapshots_give_the_progress_measures_with_the_final_key_frequencies(tmp_path):
+    """Each progress row equals the measures computed by hand on that snapshot's weights; the last
+    snapshot is the final model, so its row matches metrics.json's own restricted / excluded loss."""
+    from husai.model.analyze import single_freq_fraction
+    from husai.model.checkpoint import load_weights
+    from husai.model.data import make_dataset
+    from husai.model.fourier import restricted_excluded_loss
+    from husai.model.transformer import Transformer
+
+    cfg = TrainConfig(p=23, train_frac=0.6, epochs=40, eval_every=10, snapshot_every=10, run_all_epochs=True)
+    m = train_model(cfg, tmp_path / "r", progress=False)
+    snaps = sorted((tmp_path / "r" / "snapshots").glob("epoch_*.safetensors"))
+    assert [s.name for s in snaps] == [f"epoch_{e:06d}.safetensors" for e in (10, 20, 30, 40)]
+    assert [r["epoch"] for r in m["progress"]] == [10, 20, 30, 40]
+    data = make_dataset(23, 0.6, 0)
+    model = Transformer(cfg.model_config()).eval()
+    for row, path in zip(m["progress"], snaps):
+        load_weights(model, path)
+        with torch.no_grad():
+            want = restricted_excluded_loss(model(data.tokens), data.labels, data.train_idx, 23, m["key_frequencies"])
+        assert (row["restricted_loss"], row["excluded_loss"]) == pytest.approx(want)
+        assert row["frac_neurons_single_freq"] == pytest.approx(single_freq_fraction(model, data))
+    assert m["progress"][-1]["restricted_loss"] == pytest.approx(m["restricted_loss"])
+    assert m["progress"][-1]["excluded_loss"] == pytest.approx(m["excluded_loss"])
+    assert m["progress"][0]["test_loss"] != m["progress"][-1]["test_loss"]
+    assert "progress" not in train_model(TrainConfig(p=23, train_frac=0.6, epochs=10, eval_every=10), tmp_path / "none",
+                                         progress=False)
+    assert config_from_json(config_json(cfg, "cpu")).snapshot_every == 10
