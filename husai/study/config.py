@@ -8,7 +8,8 @@
     saes:                       # each entry: SAETrainConfig keys; a list value is a grid axis
       - {architecture: topk, expansion: [16], k: [32]}
       - {architecture: relu, expansion: 16, l1_coeff: [0.01, 0.03]}
-    stability: {threshold: 0.7, controls: [memorised, untrained], control_seeds: 3}
+    stability: {threshold: 0.7, controls: [memorised, untrained], control_seeds: 3,
+                control_cells: [{architecture: topk, latents: 512, k: 32}]}   # [] or absent: every cell
 
 Everything is validated before any work starts; errors name the key.
 """
@@ -70,8 +71,18 @@ class StudyConfig:
     """Model-side controls run for every cell (husai.study.controls): memorised, untrained."""
     control_seeds: int = 3
     """The first this-many SAE seeds train the controls."""
+    control_cells: list = field(default_factory=list)
+    """Which cells run the controls: mappings of SAE config keys (and optionally `hook`, `model_seed`)
+    that a cell must all match; [] (default): every cell. Controls cost ~2 extra cells each, so a
+    sweep runs them on a reference cell."""
     raw: dict = field(default_factory=dict)
     """The YAML as written (copied into the study folder)."""
+
+    def has_controls(self, run: SAERun) -> bool:
+        if not self.controls:
+            return False
+        cell = dict(run.cfg.to_dict(), hook=run.hook, model_seed=run.model_seed)
+        return not self.control_cells or any(all(cell.get(k) == v for k, v in m.items()) for m in self.control_cells)
 
     def runs(self) -> list[SAERun]:
         return [SAERun(ms, h, c, self.seeds) for ms in self.model_seeds for h in self.hooks for c in self.saes]
@@ -137,8 +148,9 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
     if isinstance(st, dict) and "null_pairs" in st:
         raise HusaiError(f"{source}: key 'stability.null_pairs' is gone: every null is now drawn once per seed pair "
                          "(husai.analysis.agreement); remove it")
-    if not isinstance(st, dict) or any(k not in ("threshold", "controls", "control_seeds") for k in st):
-        raise HusaiError(f"{source}: key 'stability' takes only 'threshold', 'controls' and 'control_seeds'")
+    if not isinstance(st, dict) or any(k not in ("threshold", "controls", "control_seeds", "control_cells") for k in st):
+        raise HusaiError(f"{source}: key 'stability' takes only 'threshold', 'controls', 'control_seeds' and "
+                         "'control_cells'")
     threshold = st.get("threshold", 0.7)
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:
         raise HusaiError(f"{source}: key 'stability.threshold' must be a number in (0, 1), got {threshold!r}")
@@ -152,7 +164,12 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
     if not isinstance(n_ctrl, int) or isinstance(n_ctrl, bool) or not 2 <= n_ctrl <= max(2, len(seeds)):
         raise HusaiError(f"{source}: key 'stability.control_seeds' must be an integer from 2 to the number of SAE "
                          f"seeds ({len(seeds)}), got {n_ctrl!r}")
-    cfg = StudyConfig(model, model_seeds, hooks, seeds, saes, float(threshold), tuple(controls), n_ctrl, d)
+    cells = st.get("control_cells") or []
+    keys = set(SAETrainConfig.__dataclass_fields__) | {"hook", "model_seed"}
+    if not isinstance(cells, list) or not all(isinstance(m, dict) and m and set(m) <= keys for m in cells):
+        raise HusaiError(f"{source}: key 'stability.control_cells' must be a list of mappings of SAE config keys "
+                         f"(and hook, model_seed), got {cells!r}")
+    cfg = StudyConfig(model, model_seeds, hooks, seeds, saes, float(threshold), tuple(controls), n_ctrl, cells, d)
     names = [r.folder(Path(".")) for r in cfg.runs()]
     if len(set(names)) != len(names):
         raise HusaiError(f"{source}: two grid cells map to the same run folder (duplicate SAE configs)")

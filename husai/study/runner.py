@@ -55,7 +55,8 @@ def cell_spec(run: SAERun, out: Path, cfg: StudyConfig) -> dict:
     """Everything a worker needs, as plain data (picklable for process pools and Ray)."""
     return dict(root=str(out), folder=str(run.folder(out)), model_dir=str(model_dir(out, run.model_seed)), hook=run.hook,
                 sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold,
-                controls=list(cfg.controls), control_seeds=list(run.seeds)[:cfg.control_seeds])
+                controls=list(cfg.controls) if cfg.has_controls(run) else [],
+                control_seeds=list(run.seeds)[:cfg.control_seeds])
 
 
 def cell_done(folder: Path) -> bool:

@@ -28,7 +28,21 @@ def test_width_in_latents_and_a_target_l0_name_their_cells():
     assert {r.cfg.d_sae(512) for r in cfg.runs()} == {32, 512, 64}  # whatever the hook's d_in
 
 
+def test_control_cells_pick_the_cells_that_run_the_controls():
+    d = dict(GOOD, hooks=["blocks.0.hook_resid_post", "blocks.0.mlp.hook_post"],
+             stability={"controls": ["memorised"], "control_cells": [{"architecture": "topk", "expansion": 8, "k": 4,
+                                                                      "hook": "blocks.0.hook_resid_post"}]})
+    cfg = parse_study(d)
+    picked = [(r.name, r.hook) for r in cfg.runs() if cfg.has_controls(r)]
+    assert picked == [("topk_x8_k4", "blocks.0.hook_resid_post")]
+    every = parse_study(dict(GOOD, stability={"controls": ["memorised"]}))
+    assert all(every.has_controls(r) for r in every.runs())
+    assert not any(parse_study(GOOD).has_controls(r) for r in parse_study(GOOD).runs())  # no controls asked
+
+
 @pytest.mark.parametrize("patch, fragment", [
+    ({"stability": {"controls": ["memorised"], "control_cells": [{"colour": 1}]}}, "control_cells"),
+    ({"stability": {"controls": ["memorised"], "control_cells": {"k": 4}}}, "control_cells"),
     ({"saes": [{"architecture": "topk", "latents": 0}]}, "'latents'"),
     ({"saes": [{"architecture": "topk", "target_l0": 8}]}, "target_l0"),
     ({"bogus": 1}, "'bogus'"),
