@@ -24,6 +24,10 @@ from dataclasses import replace
 
 import torch
 
+COLLAPSED_EV = 0.05
+"""A weight whose SAE explains less than this share of the variance has collapsed (measured: ReLU 512
+latents on the fast model's resid_post at weight 32 had L0 8.1 and EV 0.00, its decoder rows shrunk
+to nothing): its L0 says nothing about sparsity, so the search ignores it."""
 FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 """Weights tried in one pass, relative to the pass's start."""
 ROUNDS = 3
@@ -33,7 +37,8 @@ largest (L0 still too high) or ends 4x below the smallest (too low), spanning 16
 
 def calibrate_weight(acts: torch.Tensor, cfg, seed: int, device: str = "cpu") -> tuple[float, list[dict], bool]:
     """-> (the weight for cfg.target_l0, the table of every weight tried {weight, l0, ev}, whether
-    the target was bracketed; if not, the weight with the nearest L0 is returned)."""
+    the target was bracketed by two weights that did not collapse; if not, the healthy weight with
+    the nearest L0 is returned: e.g. when every weight large enough for the target collapses)."""
     from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
 
@@ -46,13 +51,34 @@ def calibrate_weight(acts: torch.Tensor, cfg, seed: int, device: str = "cpu") ->
         res = train_saes(acts, plain, [seed] * len(weights), device, knobs=weights)
         m = reconstruction_metrics(res.sae, acts.to(device))
         table += [dict(weight=w, l0=l0, ev=ev) for w, l0, ev in zip(weights, m["l0"], m["explained_variance"])]
-        rows = sorted(table, key=lambda r: r["weight"])
-        for lo, hi in zip(rows, rows[1:]):  # lo's weight < hi's: L0 falls from lo to hi
-            if lo["l0"] >= target >= hi["l0"]:
-                return _interpolate(lo, hi, target), rows, True
-        start = rows[-1]["weight"] * 4 if all(r["l0"] > target for r in rows) else rows[0]["weight"] / 16
-    best = min(table, key=lambda r: abs(_log(r["l0"]) - math.log(target)))
+        weight, start = next_step(table, target)
+        if weight is not None:
+            return weight, sorted(table, key=lambda r: r["weight"]), True
+        if start is None:
+            break
+    healthy = [r for r in table if _healthy(r)]
+    best = min(healthy or table, key=lambda r: abs(_log(r["l0"]) - math.log(target)))
     return best["weight"], sorted(table, key=lambda r: r["weight"]), False
+
+
+def _healthy(r: dict) -> bool:
+    return r["ev"] is not None and r["ev"] >= COLLAPSED_EV
+
+
+def next_step(table: list[dict], target: float) -> tuple[float | None, float | None]:
+    """From the weights tried so far -> (the interpolated weight, None) when two healthy neighbours
+    bracket the target; else (None, the next pass's starting weight), or (None, None) when no pass
+    can help: every weight large enough to reach the target collapses."""
+    rows = sorted(table, key=lambda r: r["weight"])
+    healthy = [r for r in rows if _healthy(r)]
+    for lo, hi in zip(healthy, healthy[1:]):  # lo's weight < hi's: L0 falls from lo to hi
+        if lo["l0"] >= target >= hi["l0"]:
+            return _interpolate(lo, hi, target), None
+    if healthy and all(r["l0"] > target for r in healthy):
+        if healthy[-1] is not rows[-1]:
+            return None, None  # the larger weights collapsed before L0 came down to the target
+        return None, rows[-1]["weight"] * 4  # the next grid spans 1x to 16x the largest weight
+    return None, rows[0]["weight"] / 16  # L0 already below the target (or all collapsed): smaller weights
 
 
 def _log(l0: float) -> float:
