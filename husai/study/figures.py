@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from husai.io import atomic_write_bytes  # noqa: E402
@@ -170,7 +171,7 @@ def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
     panels = (("latents", "stability_effect", "PW-MCC over chance"), ("latents", "recovery", "atom recovery over reference"),
               ("l0", "stability_effect", "PW-MCC over chance"), ("l0", "recovery", "atom recovery over reference"),
               ("l0", "ev", "explained variance"))
-    fig, axes = plt.subplots(len(hooks), len(panels), figsize=(4.2 * len(panels), 3.4 * len(hooks)), squeeze=False)
+    fig, axes = plt.subplots(len(hooks), len(panels), figsize=(4.4 * len(panels), 4.0 * len(hooks)), squeeze=False)
     by = {"latents": curves(points, "knob", "latents"), "l0": curves(points, "latents", "l0")}
     for i, hook in enumerate(hooks):
         for j, (x, y, label) in enumerate(panels):
@@ -190,13 +191,18 @@ def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
                 ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, color=ARCH_COLOR.get(key[1], "k"),
                             ls=("-", "--", ":", "-.")[n % 4], label=f"{key[1]} {name}")
             ax.set_xscale("log")
+            xs_all = sorted({round(r[x], 1) for key in series for r in by[x][key] if r[x] is not None})
+            if x == "latents" and xs_all:  # the widths themselves, not 10^k ticks
+                ax.set_xticks(xs_all, [f"{v:g}" for v in xs_all])
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             if y != "ev":
                 ax.axhline(0, color="k", lw=0.6)
             if x == "latents":
                 for mark, v in marks.items():
                     ax.axvline(v, color="tab:gray", ls=":", lw=1)
                     ax.text(v, ax.get_ylim()[1], f" {mark}", fontsize=6, va="top", color="tab:gray")
-            ax.set(xlabel="latents" if x == "latents" else "L0", ylabel=label, title=hook.replace("blocks.0.", ""))
-            ax.title.set_fontsize(9)
-            ax.legend(fontsize=5)
+            ax.set(xlabel="latents" if x == "latents" else "L0 (log)", ylabel=label)
+            ax.set_title(f"{hook.replace('blocks.0.', '')}: {label} vs {'width' if x == 'latents' else 'L0'}", fontsize=9)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
     return _save(fig, path)

@@ -137,6 +137,8 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                      "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the row in that "
                      "frequency's residual subspace), with activation-pure ones (purity >= 0.85) in brackets."))
     stab = [stability_table(ok_cells)]
+    per_cell = verdict(cells)
+    stab_index = len(sections)
     sections.append(("Stability across seeds", "\n\n".join(stab)))
     if any(c["analysis"].get("ground_truth") for c in ok_cells):
         sections.append(("Ground truth and what the latents are", _ground_truth_section(ok_cells)))
@@ -158,8 +160,12 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
             "directions in the span, random data points); > 0 means learned. ReLU cells with a target L0 trained at the "
             "penalty weight a search found for it (metrics.json `calibration`).")))
     failed = [r for r in rows if r["status"] != "ok"]
-    verdict_lines = (sweep_lines + verdict(cells)
-                     + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else []))
+    if sweep_lines:  # the trends lead; each cell's own reading moves to the stability section
+        title, body = sections[stab_index]
+        sections[stab_index] = (title, "\n".join(f"- {v}" for v in per_cell) + "\n\n" + body)
+        ref = [c for c in cells if c["analysis"].get("controls")]
+        per_cell = [f"Reference cell (with the model-side controls): {v}" for v in verdict(ref)]
+    verdict_lines = sweep_lines + per_cell + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
     sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
 
     md = ["# husai study report", ""]

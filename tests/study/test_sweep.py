@@ -74,9 +74,13 @@ def test_headline_names_the_trend_and_the_table_every_cell(table):
     root, rows = table
     pts = sweep_points(root, rows)
     lines = headline(pts)
-    assert len(lines) == 1 and lines[0].startswith("Sweep, topk at resid")
-    assert "64 -> 256 latents (k 8): stability over chance 0.150 -> 0.100" in lines[0]
-    assert "recovery over the no-learning reference 0.200 -> 0.050" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("Sweep, topk at resid")
+    assert "64 -> 256 latents (k 8): stability over chance 0.150 -> 0.100" in lines[1]
+    assert "recovery over the no-learning reference 0.200 -> 0.050" in lines[1]
+    # every cell's effect CI lies above 0 (effect - 0.02 > 0); recovery > 0 in all but none
+    assert lines[0].startswith("Across the sweep's 6 cells, the seeds agree beyond chance") and "in 6," in lines[0]
+    assert "reference in 6." in lines[0]
+    assert headline([p for p in pts if p["run"] == "m0/resid/topk_n64_k8"]) == []  # one cell: no sweep
     assert sweep_table(pts).count("\n") == 2 + 6 - 1
 
 
