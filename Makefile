@@ -26,7 +26,7 @@ install: $(VENV)/.core
 install-test: $(VENV)/.test
 
 run: $(VENV)/.core
-	$(VENV)/bin/husai study --config configs/study.yaml --out runs/study
+	$(VENV)/bin/husai study --config configs/study.yaml --out runs/study --executor process --workers 2
 
 test: $(VENV)/.test
 	$(PY) -m ruff check husai tests benchmarks

@@ -169,7 +169,7 @@ def test_next_step_brackets_moves_or_stops_at_collapse():
     # bracketed between 2 (L0 40) and 4 (L0 10): halfway in log L0 (20) is halfway in log weight
     w, start = calibrate.next_step([r(1, 80), r(2, 40), r(4, 10), r(8, 5)], 20.0)
     assert start is None and w == pytest.approx(2 * math.sqrt(2))
-    assert calibrate.next_step([r(1, 80), r(2, 60)], 20.0) == (None, 8)  # L0 still too high: larger weights
+    assert calibrate.next_step([r(1, 80), r(2, 60)], 20.0) == (None, 32)  # L0 too high: from 2 up to 2 x 256
     assert calibrate.next_step([r(1, 15), r(2, 12)], 20.0) == (None, 1 / 16)  # already too sparse: smaller
     # L0 8.1 at weight 32 with EV 0 (collapsed) does not count; larger weights only collapse further: stop
     table = [r(8, 24.3), r(16, 12.8, 0.557), r(32, 8.1, 0.0), r(64, 9.9, 0.0), r(128, 5.0, 0.0)]

@@ -100,3 +100,20 @@ def test_cli_refuses_before_any_work(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "blocks.7.hook_resid_post" in r.stderr and "blocks.0.hook_resid_post" in r.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["study.yaml", "study_full.yaml"])
+def test_shipped_studies_are_sweeps_over_width_and_l0(name):
+    """What `make run` runs (and the full grid) vary width and L0 for TopK and ReLU at resid_post and
+    mlp.hook_post on at least two models, with the controls on a reference cell only."""
+    from pathlib import Path
+
+    from husai.study.config import load_study
+
+    cfg = load_study(Path(__file__).resolve().parents[2] / "configs" / name)
+    runs = cfg.runs()
+    assert len(cfg.model_seeds) >= 2 and {"blocks.0.hook_resid_post", "blocks.0.mlp.hook_post"} <= set(cfg.hooks)
+    for arch, knob in (("topk", "k"), ("relu", "target_l0")):
+        cells = [r.cfg for r in runs if r.cfg.architecture == arch]
+        assert len({c.latents for c in cells}) >= 2 and len({getattr(c, knob) for c in cells}) >= 2
+    assert 0 < sum(cfg.has_controls(r) for r in runs) < len(runs) / 4
