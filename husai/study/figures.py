@@ -76,10 +76,25 @@ def fourier_spectrum(m: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _short(c: dict) -> str:
+    """'topk_n64_k8 @ blocks.0.hook_resid_post (model seed 0)' -> 'topk_n64_k8 @ hook_resid_post, m0'."""
+    return c["name"].replace("blocks.0.", "").replace(" (model seed ", ", m").rstrip(")")
+
+
+def _panels(n: int, width: float, height: float, cols: int = 4):
+    """n panels in rows of at most `cols` (a sweep has tens of cells: one row was 14,000 px wide)."""
+    ncols, nrows = min(n, cols), -(-n // cols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                             gridspec_kw={"wspace": 0.45, "hspace": 0.6})
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
+
+
 def stability_heatmaps(cells: list[dict], path: Path) -> Path:
-    n = len(cells)
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.8), squeeze=False, gridspec_kw={"wspace": 0.45})
-    for ax, c in zip(axes[0], cells):
+    fig, axes = _panels(len(cells), 5.2, 3.8)
+    for ax, c in zip(axes, cells):
         a = c["analysis"]["stability"]["levels"]["pw_mcc_dec"]
         M = np.array([[1.0 if v is None else v for v in r] for r in a["matrix"]], dtype=float)
         labels = [s["label"] for s in c["analysis"].get("saes", [])] or [str(i) for i in range(len(M))]
@@ -91,8 +106,8 @@ def stability_heatmaps(cells: list[dict], path: Path) -> Path:
                 ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6,
                         color="w" if M[i, j] < 0.6 else "k")
         null = a.get("fitting", {}).get("value")
-        ax.set_title(f"{c['name'].split(' @')[0]}\nPW-MCC, data metric (fitting null {null:.2f})" if null is not None
-                     else c["name"].split(" @")[0], fontsize=9)
+        ax.set_title(f"{_short(c)}\nPW-MCC, data metric (fitting null {null:.2f})" if null is not None
+                     else _short(c), fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, label="PW-MCC")
     return _save(fig, path)
 
@@ -120,7 +135,7 @@ def stability_vs_null(cells: list[dict], path: Path) -> Path:
             if pts:
                 ax.scatter(*zip(*pts), marker=marker, color=color, zorder=3, s=50,
                            label="shared-init reference" if kind == "shared_init" else f"{kind} null")
-        ax.set_xticks(x, [c["name"].split(" @")[0] for c in cells], rotation=20, ha="right", fontsize=8)
+        ax.set_xticks(x, [_short(c) for c in cells], rotation=20, ha="right", fontsize=8)
         ax.set(ylabel="score", title=title, ylim=(0, 1.05))
         ax.legend(fontsize=6)
     return _save(fig, path)
@@ -129,9 +144,8 @@ def stability_vs_null(cells: list[dict], path: Path) -> Path:
 def frequency_coverage(cells: list[dict], path: Path) -> Path:
     """Per seed and key frequency: latents assigned to that frequency by their decoder weights (> 50%
     of the row in the frequency's residual subspace), and in brackets those pure by activation."""
-    n = len(cells)
-    fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 3.6), squeeze=False, gridspec_kw={"wspace": 0.45})
-    for ax, c in zip(axes[0], cells):
+    fig, axes = _panels(len(cells), 5.2, 3.6)
+    for ax, c in zip(axes, cells):
         an = c["analysis"]
         keys = an.get("key_frequencies", [])
         labels = [s["label"] for s in an.get("saes", [])]
@@ -151,7 +165,7 @@ def frequency_coverage(cells: list[dict], path: Path) -> Path:
                         color="w" if W[i, j] < 0.6 * max(1.0, W.max()) else "k")
         ax.set_xticks(range(len(keys)), [str(k) for k in keys])
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.set(xlabel="key frequency k", title=c["name"].split(" @")[0])
+        ax.set(xlabel="key frequency k", title=_short(c))
         fig.colorbar(im, ax=ax, fraction=0.046, label="latents assigned by decoder weights")
     return _save(fig, path)
 
