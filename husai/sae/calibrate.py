@@ -39,6 +39,11 @@ ROUNDS = 3
 largest (L0 still too high) or ends at the smallest (too low)."""
 
 
+def penalty_key(architecture: str) -> str:
+    """The config key of a penalised architecture's weight."""
+    return {"relu": "l1_coeff", "jumprelu": "l0_coeff"}[architecture]
+
+
 def calibrate_weight(acts: torch.Tensor, cfg, seed: int, device: str = "cpu") -> tuple[float, list[dict], bool]:
     """-> (the weight for cfg.target_l0, the table of every weight tried {weight, l0, ev}, whether
     the target was bracketed by two weights that did not collapse; if not, the healthy weight with
@@ -46,8 +51,7 @@ def calibrate_weight(acts: torch.Tensor, cfg, seed: int, device: str = "cpu") ->
     from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
 
-    name = "l1_coeff" if cfg.architecture == "relu" else "l0_coeff"
-    target, start = cfg.target_l0, getattr(cfg, name)
+    target, start = cfg.target_l0, getattr(cfg, penalty_key(cfg.architecture))
     plain = replace(cfg, target_l0=None, trajectory_epochs=[])
     table: list[dict] = []
     for _ in range(ROUNDS):

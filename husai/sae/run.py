@@ -54,10 +54,10 @@ def _train_sae(cfg, out: Path, seeds, transformer_checkpoint, activations, layer
         if cfg.target_l0 is not None:  # the penalty weight for that L0, then every seed trains at it
             from dataclasses import replace
 
-            from husai.sae.calibrate import calibrate_weight
+            from husai.sae.calibrate import calibrate_weight, penalty_key
 
             weight, table, bracketed = calibrate_weight(acts, cfg, seeds[0], device)
-            name = "l1_coeff" if cfg.architecture == "relu" else "l0_coeff"
+            name = penalty_key(cfg.architecture)
             calibration = dict(target_l0=cfg.target_l0, knob=name, start=getattr(cfg, name), weight=weight,
                                bracketed=bracketed, seed=seeds[0], table=table)
             cfg = replace(cfg, **{name: weight})

@@ -17,15 +17,13 @@ from husai.io import atomic_write_bytes, read_json, read_jsonl
 from husai.sae.architectures import K_ARCHITECTURES
 from husai.study.config import load_study
 from husai.study.stability_section import stability_table, verdict
+from husai.study.sweep import ANSWER_HOOK, headline, sweep_points, sweep_table
 
 ATOM_MARGIN = 0.05
 """An SAE recovers the answer atoms when its centroid MCC beats both no-learning references of the same
 size (random directions in the span, and random centred data points, what a data-initialised SAE
 starts from) by more than 0.05 (measured on the default model's resid_post: one random draw's MCC has
 std 0.004 at 1200-2048 latents, and each reference averages 5 draws, so 0.05 is > 10 reference std)."""
-ANSWER_HOOK = 0.5
-"""The answer atoms are the ground truth of a hook only where most of its variance is a function of the
-answer (resid_post, mlp_out: > 0.9; attn_out and mlp.hook_post: < 0.15; science brief section 6)."""
 
 
 def criteria(row: dict) -> dict[str, bool | None]:
@@ -142,8 +140,6 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
     sections.append(("Stability across seeds", "\n\n".join(stab)))
     if any(c["analysis"].get("ground_truth") for c in ok_cells):
         sections.append(("Ground truth and what the latents are", _ground_truth_section(ok_cells)))
-    from husai.study.sweep import headline, sweep_points, sweep_table
-
     points = sweep_points(root, rows)
     sweep_lines = headline(points)
     if sweep_lines:  # a grid with at least two widths or sparsities of one architecture

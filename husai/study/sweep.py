@@ -24,6 +24,10 @@ from collections import defaultdict
 
 from husai.io import read_json
 
+ANSWER_HOOK = 0.5
+"""The answer atoms are the ground truth of a hook only where most of its variance is a function of the
+answer (resid_post, mlp_out: > 0.9; attn_out and mlp.hook_post: < 0.15; science brief section 6)."""
+
 
 def _mean(vals):
     vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -46,7 +50,7 @@ def _recovery(analysis: dict) -> dict:
     answer = analysis.get("ground_truth", {}).get("variance", {}).get("answer")
     for label, f in analysis.get("fourier", {}).items():
         atoms = (f.get("recovery") or {}).get("atoms", {})
-        name = "answer_centroids" if (answer or 0) >= 0.5 or "neurons" not in atoms else "neurons"
+        name = "answer_centroids" if (answer or 0) >= ANSWER_HOOK or "neurons" not in atoms else "neurons"
         a = atoms.get(name)
         if not a or a.get("mcc") is None:
             continue
