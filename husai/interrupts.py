@@ -44,17 +44,23 @@ def interruptible(command):
 
 
 @contextmanager
-def on_interrupt(note: str | Callable[[], str | None]) -> Iterator[None]:
+def on_interrupt(note: str | Callable[[], str | None],
+                 fallback: Callable[[], str] | None = None) -> Iterator[None]:
     """Turn a KeyboardInterrupt in the block (or an inner note) into Interrupted(note); a callable
     note is evaluated at the moment of the interrupt (e.g. to name the last checkpoint), and may
     return None to keep the inner note (a command that has handed over to a function with its own).
+    fallback: the note when `note` returns None but no inner note was active, i.e. the Ctrl-C landed
+    just before the inner function armed its own or just after it returned (seen in CI: the generic
+    line, once in ~200 interrupts of train-model); it should read the state on disk.
 
     One block should cover a whole phase: a Ctrl-C that lands between two blocks gets only the
     CLI's generic line."""
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         text = note() if callable(note) else note
+        if text is None and fallback is not None and not isinstance(e, Interrupted):
+            text = fallback()
         if text is None:
             raise
         raise Interrupted(text) from None

@@ -168,5 +168,30 @@ cli.main()
 """
     r = subprocess.run([sys.executable, "-c", code, "unused-out"], env=ENV, capture_output=True, text=True)
     assert r.returncode == 130
-    assert r.stderr.strip().splitlines() == ["interrupted: stopped before the command finished; every file it had "
-                                             "written is whole"], r.stderr
+    # train_model never armed its own note, so the CLI's fallback reads the folder: nothing there
+    assert r.stderr.strip().splitlines() == ["interrupted: nothing was written to unused-out; run the same command "
+                                             "again"], r.stderr
+
+
+def test_a_note_that_hands_over_falls_back_when_nothing_took_over():
+    """on_interrupt(note -> None, fallback): an inner note wins; a Ctrl-C with no inner note (the hand-over
+    window, seen once in CI) gets the fallback, never the generic line; without a fallback it passes on."""
+    from husai.interrupts import Interrupted, on_interrupt
+
+    def interrupted(inner: bool) -> BaseException:
+        try:
+            with on_interrupt(lambda: None, fallback=lambda: "from disk"):
+                if inner:
+                    with on_interrupt("inner note"):
+                        raise KeyboardInterrupt
+                raise KeyboardInterrupt
+        except BaseException as e:
+            return e
+
+    assert isinstance(interrupted(True), Interrupted) and str(interrupted(True)) == "inner note"
+    assert isinstance(interrupted(False), Interrupted) and str(interrupted(False)) == "from disk"
+    try:
+        with on_interrupt(lambda: None):
+            raise KeyboardInterrupt
+    except BaseException as e:
+        assert type(e) is KeyboardInterrupt

@@ -44,7 +44,14 @@ def register(app: typer.Typer) -> None:
             return {"starting": f"nothing was written to {out}; run the same command again",
                     "finished": f"the run in {out} had finished and is complete"}.get(phase)
 
-        with on_interrupt(note):
+        def on_disk() -> str:  # a Ctrl-C in the hand-over to train_model() or back: what the folder holds
+            from husai.model.train import _resume_note
+
+            if (out / "model.safetensors").is_file() and (out / "metrics.json").is_file():
+                return f"the run in {out} had finished and is complete"
+            return _resume_note(out)
+
+        with on_interrupt(note, fallback=on_disk):
             from rich.console import Console
 
             from husai.model.train import PRESETS, TrainConfig, train_model
