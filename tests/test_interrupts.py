@@ -221,3 +221,26 @@ cli.main()
     assert r.returncode == 130, (r.returncode, r.stderr)
     assert r.stderr.strip().splitlines() == ["interrupted: nothing was written to unused-out; run the same command "
                                              "again"], r.stderr
+
+
+def test_a_ctrl_c_swallowed_by_a_weakref_callback_is_raised_at_the_next_safe_point(monkeypatch):
+    """The SIGINT handler raises in whatever Python code runs; inside a weakref callback CPython prints
+    'Exception ignored' and drops it (a study in CI ran to its end, exit 1 instead of 130). The handler
+    also records it, and the study's cell loop raises it at the next cell (raise_if_interrupted)."""
+    import weakref
+
+    from husai import interrupts
+
+    monkeypatch.setattr(interrupts, "_seen", False)
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
+    interrupts.raise_if_interrupted()  # nothing arrived: nothing raised
+
+    class Thing:
+        pass
+
+    thing = Thing()
+    ref = weakref.ref(thing, lambda r: interrupts._raise_interrupt(signal.SIGINT, None))
+    del thing  # the callback runs here; its KeyboardInterrupt is swallowed
+    assert ref() is None
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.raise_if_interrupted()

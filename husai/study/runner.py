@@ -101,9 +101,12 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
 
 def execute(specs: list[dict], executor: str, workers: int, address: str | None, on_done) -> None:
     """Run cells locally, in a process pool, or as Ray tasks; on_done(result) as each finishes."""
+    from husai.interrupts import raise_if_interrupted
+
     if executor == "local":
         for s in specs:
             on_done(run_cell(s))
+            raise_if_interrupted()  # a Ctrl-C that a weakref callback swallowed during the cell
     elif executor == "process":
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -123,6 +126,7 @@ def execute(specs: list[dict], executor: str, workers: int, address: str | None,
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C held back arrives here, inside the try
             for fut in cf.as_completed(futures):
                 on_done(fut.result())
+                raise_if_interrupted()
         except BaseException:
             for proc in list(getattr(pool, "_processes", {}).values()):  # Python < 3.14 has no terminate_workers
                 proc.terminate()
@@ -140,6 +144,7 @@ def execute(specs: list[dict], executor: str, workers: int, address: str | None,
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             on_done(ray.get(ready[0]))
+            raise_if_interrupted()
 
 
 def check_config_matches(out: Path, raw: dict) -> None:
