@@ -1,0 +1,189 @@
+"""What the feature browser shows, gathered from SAE folders and their model into compact data.
+
+Per SAE (one seed of one cell), for every live latent (fired on some input of the p^2 grid):
+    its activation z over the whole grid, stored as 8-bit levels q = round(255 z / max z) (the
+    latent's `scale` = max z is kept, so z = q * scale / 255, within scale / 510 of the true value);
+    the grid is laid out answer-major, (c, a) for c = a + b (or a - b), so that a function of the
+    answer is a run of equal bytes and deflate shrinks it to almost nothing (measured on a TopK
+    2048-latent seed: 690 KB against 851 KB in (a, b) order);
+    its type and measures from husai.analysis.latent_types (the ground truth of its hook);
+    its best match in every other seed of the cell, by decoder cosine in the data metric
+    (husai.analysis.data_span: the basis-free comparison the stability figures use), with that
+    cosine and the correlation of the two latents' activations;
+    its reappearance: the share of other seeds where that cosine is >= 0.7 (the stability threshold).
+The page computes the rest from z: the heatmap, E[z | c], the 2-D Fourier spectrum, the top inputs.
+
+Per model: the key frequencies, the training figures, each hook's ground-truth planes with their
+variance, and the MLP's single-frequency neurons with a few examples per frequency (as heatmaps,
+stored like latents): the ground truth a latent is compared with.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from husai.errors import HusaiError
+
+LEVELS = 255
+"""8-bit activations: a heatmap shows at most a few hundred colours, and 6 bits saved only ~12% after
+deflate (measured on the default study), not worth the coarser values in the hover read-out."""
+MATCH_THRESHOLD = 0.7
+"""A latent reappears in another seed when its best decoder cosine there is >= 0.7, the threshold of
+the study's stability figures (husai.analysis.stability.SHARED_THRESHOLD)."""
+NEURON_EXAMPLES = 4
+"""Example neurons shown per key frequency on the model page (the purest ones)."""
+MLP_HOOK = "blocks.0.mlp.hook_post"
+
+
+def grid_layout(p: int, operation: str) -> np.ndarray:
+    """[p*p] the input row (a*p + b) stored at each position of a latent's byte grid: answer-major
+    (c, a) for add and sub, plain (a, b) for mul (whose answers are not a bijection of b)."""
+    a = np.arange(p)[None, :]
+    c = np.arange(p)[:, None]
+    if operation == "add":
+        return (a * p + (c - a) % p).reshape(-1)
+    if operation == "sub":
+        return (a * p + (a - c) % p).reshape(-1)
+    return np.arange(p * p)
+
+
+def pack_levels(z: np.ndarray, layout: np.ndarray) -> tuple[str, list[float]]:
+    """z [p*p, n] (rows a*p + b, values >= 0) -> (base64 of deflate(uint8 [n, p*p] in layout order),
+    per-column scales). A negative value (no husai activation gives one) would be clipped to 0."""
+    scale = z.max(0) if z.size else np.zeros(0)
+    q = np.rint(np.clip(z, 0, None) / np.maximum(scale, 1e-30) * LEVELS).astype(np.uint8)
+    raw = np.ascontiguousarray(q[layout].T).tobytes()
+    return base64.b64encode(zlib.compress(raw, 9)).decode("ascii"), [float(f"{s:.6g}") for s in scale]
+
+
+def _round(v, nd: int = 4) -> list:
+    """Floats rounded for the page's JSON (NaN, which JSON lacks, as null)."""
+    return [round(float(x), nd) if np.isfinite(x) else None for x in v]
+
+
+def find_cells(root: Path) -> list[Path]:
+    """The SAE cells under root: folders holding seed_*/cfg.json (a study's cells, a multi-seed
+    `husai train-sae` output) or root itself when it is one SAE folder. Sorted by path."""
+    if (root / "cfg.json").is_file() or any(root.glob("seed_*/cfg.json")):
+        return [root]
+    cells = sorted({c.parent.parent for c in root.rglob("seed_*/cfg.json")})
+    if not cells:
+        raise HusaiError(f"{root} holds no SAEs (no seed_*/cfg.json or cfg.json below it)")
+    return cells
+
+
+def resolve_model(recorded: str | None, root: Path, given: Path | None) -> Path:
+    """The model run folder of a cell: --model, else the recorded path (as written, else the folder
+    of that name under root/models, where a study keeps its models, so a moved study still opens)."""
+    if given is not None:
+        if not (given / "config.json").is_file():
+            raise HusaiError(f"--model {given} is not a model run folder (no config.json)")
+        return given
+    if recorded:
+        for cand in (Path(recorded), root / "models" / Path(recorded).name):
+            if (cand / "config.json").is_file():
+                return cand
+        raise HusaiError(f"the SAEs' model {recorded} is not there; pass --model DIR")
+    raise HusaiError("the SAEs record no model (metadata.model_path); pass --model DIR")
+
+
+def _matches(views: list, codes: list[torch.Tensor]) -> list[dict]:
+    """For every seed's live latents, the best decoder match in every other seed: {j: (idx, cos, corr)}."""
+    out: list[dict] = [{} for _ in views]
+    for i, A in enumerate(views):
+        for j, B in enumerate(views):
+            if i == j or A.n == 0 or B.n == 0:
+                continue
+            best, arg = (A.dec @ B.dec.T).max(dim=1)
+            za, zb = codes[i], codes[j][:, arg]  # [N, n_A] each: the pair's activations
+            za, zb = za - za.mean(0), zb - zb.mean(0)
+            corr = (za * zb).sum(0) / (za.norm(dim=0) * zb.norm(dim=0)).clamp_min(1e-30)
+            out[i][j] = (B.live[arg.numpy()].tolist(), _round(best), _round(corr))
+    return out
+
+
+def cell_data(cell: Path, label: str, ctx: dict, gt, layout: np.ndarray, model_id: int) -> list[dict]:
+    """One entry per seed of the cell (module docstring), in the cell's seed order."""
+    from husai.analysis.agreement import seed_view
+    from husai.analysis.compare import expand_sae_dirs, hook_of, load_sae_folders, metadata
+    from husai.analysis.data_span import data_span
+    from husai.analysis.latent_types import TYPES, latent_types
+
+    dirs = expand_sae_dirs([cell])
+    saes = load_sae_folders(dirs)
+    x = ctx["acts"]
+    if any(s.W_dec.shape[1] != x.shape[1] for s in saes):
+        raise HusaiError(f"{cell}: the SAEs' d_in does not match the model's activations at {hook_of(saes[0])}")
+    span = data_span(x)
+    entries, views, codes = [], [], []
+    for d, sae in zip(dirs, saes):
+        with torch.no_grad():
+            z = sae.encode(x.float()).double()
+            x_hat = sae.decode(z.float()).double()
+        types = {lat["index"]: lat for lat in latent_types(z, sae.W_dec.double(), gt)["latents"]}
+        live = torch.tensor(sorted(types), dtype=torch.long)
+        views.append(seed_view(d.name, sae.W_dec, sae.W_enc.T, span, live=torch.isin(torch.arange(z.shape[1]), live)))
+        codes.append(z[:, live])
+        blob, scale = pack_levels(z[:, live].numpy(), layout)
+        lats = [types[int(i)] for i in live]
+        keys = [int(k) for k in (lats[0]["in_output"] if lats else {})]
+        comp = [[lat["in_output"][str(k)] + lat["in_input"][str(k)] for k in keys] for lat in lats]
+        plane_freq = [keys[int(np.argmax(c))] if c and max(c) >= 0.5 else 0 for c in comp]
+        ev = float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+        meta = metadata(sae)
+        entries.append(dict(
+            cell=label, model=model_id, hook=hook_of(sae), seed=meta.get("seed", d.name), path=str(d),
+            architecture=meta.get("husai_architecture") or sae.cfg.get("architecture"), d_sae=int(z.shape[1]),
+            l0=round(float((z != 0).sum(1).double().mean()), 3), ev=round(ev, 4),
+            n_live=len(lats), keys=keys, blob=blob, scale=scale,
+            latents=dict(
+                index=live.tolist(), type=[TYPES.index(lat["type"]) for lat in lats], freq=plane_freq,
+                purity=_round(lat["purity"] for lat in lats), purity_freq=[lat["frequency"] for lat in lats],
+                rate=_round((lat["firing_rate"] for lat in lats), 5), answer=_round(lat["answer_share"] for lat in lats),
+                inputs=_round(lat["inputs_share"] for lat in lats), centroid=_round(lat["centroid_cos"] for lat in lats),
+                off_span=_round(lat["off_span"] for lat in lats),
+                out=[_round(lat["in_output"][str(k)] for k in keys) for lat in lats],
+                inp=[_round(lat["in_input"][str(k)] for k in keys) for lat in lats])))
+    for e, m in zip(entries, _matches(views, codes)):
+        e["matches"] = m  # keyed by the other seed's position in this cell; made global ids by the caller
+        n = len(e["latents"]["index"])
+        cos = [v[1] for v in m.values()]
+        e["latents"]["reappear"] = _round(np.mean([[c >= MATCH_THRESHOLD for c in cs] for cs in cos], 0)
+                                          if cos else [0.0] * n, 3)
+        e["latents"]["best_cos"] = _round(np.mean(cos, 0) if cos else [0.0] * n, 3)
+    return entries
+
+
+def model_data(model_dir: Path, hooks: list[str], contexts: dict) -> dict:
+    """The model page (module docstring). contexts: {hook: model context} (husai.analysis.compare)."""
+    from husai.analysis.compare import hook_ground_truth, model_context
+    from husai.io import read_json
+
+    cfg = read_json(model_dir / "config.json", "model config")
+    metrics = read_json(model_dir / "metrics.json", "model metrics") if (model_dir / "metrics.json").is_file() else {}
+    keep = ("test_acc", "train_acc", "memorised_epoch", "grokked_epoch", "clean_epoch", "epochs_trained",
+            "frac_neurons_single_freq", "neurons_per_key_frequency", "key_frequencies", "frac_neurons_dead")
+    out = dict(path=str(model_dir), p=cfg["p"], operation=cfg["operation"], seed=cfg.get("seed"),
+               metrics={k: metrics[k] for k in keep if k in metrics}, hooks={})
+    for hook in hooks:
+        gt = hook_ground_truth(contexts[hook]).to_json()
+        out["hooks"][hook] = dict(variance=gt["variance"], variance_names=gt["variance_names"],
+                                  planes={k: round(v["share"], 4) for k, v in gt["planes"].items()},
+                                  span=gt["span"], key_frequencies=gt["key_frequencies"])
+    mlp = model_context(model_dir, MLP_HOOK)
+    neurons = hook_ground_truth(mlp).neurons or {"neurons": [], "clusters": {}, "count": 0, "of": 0}
+    by_freq: dict[int, list] = {}
+    for n in sorted(neurons["neurons"], key=lambda n: -n["purity"]):
+        by_freq.setdefault(n["frequency"], []).append(n)
+    examples = [n for k in sorted(by_freq) for n in by_freq[k][:NEURON_EXAMPLES]]
+    idx = [n["index"] for n in examples]
+    blob, scale = pack_levels(mlp["acts"][:, idx].numpy(), grid_layout(cfg["p"], cfg["operation"]))
+    out["neurons"] = dict(count=neurons["count"], of=neurons["of"], clusters={str(k): v for k, v in neurons["clusters"].items()},
+                          examples=dict(index=idx, freq=[n["frequency"] for n in examples],
+                                        purity=_round(n["purity"] for n in examples)), blob=blob, scale=scale)
+    return out
