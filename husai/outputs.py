@@ -85,8 +85,20 @@ def _is_activation_file(path: Path) -> bool:
             and "hook_name" in (header.get("__metadata__") or {}))
 
 
+BROWSER_TAG = b'<meta name="generator" content="husai browse">'
+"""The tag in the first 1 KB of every page husai browse writes (husai.browse.page puts it there)."""
+
+
+def _is_browser_page(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return BROWSER_TAG in f.read(1024)
+    except OSError:
+        return False
+
+
 SAE_FILES = ("cfg.json", "sae_weights.safetensors", "metrics.json", "seed_*/cfg.json", "seed_*/sae_weights.safetensors",
-             "trajectory.safetensors", "wandb/*")
+             "trajectory.safetensors", "wandb/*", "browser.html")
 
 MODEL_RUN = OutputKind("model run", "husai train-model", markers=("config.json",), resumable=True, files=(
     "config.json", "model.safetensors", "best.safetensors", "memorised.safetensors", "metrics.json", "history.jsonl",
@@ -101,8 +113,9 @@ COMPARE_JSON = OutputKind("comparison", "husai compare --json", looks_like=_json
 FOURIER_JSON = OutputKind("Fourier report", "husai fourier --json", looks_like=_json_with("model", "saes"))
 GROUND_TRUTH_JSON = OutputKind("ground-truth report", "husai ground-truth --json", looks_like=_json_with("model", "hooks"))
 RECOVERY_JSON = OutputKind("recovery report", "husai recover --json", looks_like=_json_with("activations", "saes"))
+BROWSER = OutputKind("feature browser", "husai browse", looks_like=_is_browser_page)
 FOLDER_KINDS = (STUDY, MODEL_RUN, SAE_OUTPUT, PLOTS)
-FILE_KINDS = (ACTIVATIONS, COMPARE_JSON, FOURIER_JSON, GROUND_TRUTH_JSON, RECOVERY_JSON)
+FILE_KINDS = (ACTIVATIONS, COMPARE_JSON, FOURIER_JSON, GROUND_TRUTH_JSON, RECOVERY_JSON, BROWSER)
 
 
 def _is_stray_tmp(name: str) -> bool:

@@ -1,6 +1,6 @@
 // husai feature browser. Vanilla JS, no library, nothing fetched: everything is in this page.
-// Data (husai.browse.data): HB.data = {types, threshold, layouts, models, saes}; each SAE's latent
-// activations are 8-bit levels in <script id="z{sae}">, base64 of deflate(uint8 [n_live, p*p]),
+// Data (husai.browse.data): HB.data = {types, threshold, levels, layouts, models, saes}; each SAE's latent
+// activations are levels 0..HB.data.levels in <script id="z{sae}">, base64 of deflate(uint8 [n_live, p*p]),
 // the grid in the layout order of HB.data.layouts["p-op"] (uint16: the input row a*p+b at each position).
 "use strict";
 const HB = window.HB = { data: JSON.parse(document.getElementById("husai-data").textContent),
@@ -13,7 +13,9 @@ const el = (tag, attrs = {}, ...kids) => {
   for (const c of kids) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return e;
 };
-const fmt = (v, nd = 3) => (v === null || v === undefined ? "-" : Number.isInteger(v) ? String(v) : typeof v === "number" ? v.toFixed(nd) : String(v));
+const fmt = (v, nd = 3) => (v === null || v === undefined ? "-" : typeof v === "number" ? v.toFixed(nd) : String(v));
+const fmtAny = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(4) : typeof v === "object" ? JSON.stringify(v) : String(v));
+const px = (p, size) => Math.max(1, size / p);  // CSS pixels per grid cell for a panel of ~size px
 
 // ---------- data access ----------
 function b64bytes(s) {
@@ -46,9 +48,9 @@ function position(s, index) {  // position of latent `index` in SAE s's live lis
   if (!HB.pos[s]) { HB.pos[s] = new Map(); D.saes[s].latents.index.forEach((i, k) => HB.pos[s].set(i, k)); }
   return HB.pos[s].get(index);
 }
-// z over the grid, rows a*p + b, from the k-th stored column: z = level * scale / 255
+// z over the grid, rows a*p + b, from the k-th stored column: z = level * scale / levels
 function unpack(q, k, scale, p, op) {
-  const P = p * p, lay = layout(p, op), v = new Float32Array(P), f = scale / 255;
+  const P = p * p, lay = layout(p, op), v = new Float32Array(P), f = scale / D.levels;
   for (let j = 0; j < P; j++) v[lay[j]] = q[k * P + j] * f;
   return v;
 }
@@ -241,7 +243,7 @@ async function select(s, index) {
   const row = document.querySelector(`#latent-body tr[data-sae="${s}"][data-index="${index}"]`);
   if (row) row.classList.add("sel");
   const read = el("div", { class: "readout", id: "readout" }), sread = el("div", { class: "readout" });
-  const heat = heatmap(v, p, op, 3, read), spec = spectrumCanvas(power, p, 2, sread);
+  const heat = heatmap(v, p, op, px(p, 340), read), spec = spectrumCanvas(power, p, px(p, 230), sread);
   heat.id = "heatmap"; spec.id = "spectrum";
   const pc = lineCanvas(prof, 340, 150, "profile"); pc.id = "profile";
   const cc = compositionCanvas(comp, 300); cc.id = "composition";
@@ -267,8 +269,8 @@ async function select(s, index) {
   const cards = el("div", { class: "matches", id: "matches" });
   for (const [other, [idx, cos, corr]] of Object.entries(sae.matches)) {
     const o = Number(other), j = idx[k], ok = position(o, j), vo = await latentValues(o, ok), Lo = D.saes[o].latents;
-    const mh = heatmap(vo, p, op, 1.5), mp = lineCanvas(profile(vo, p, op), 170, 80, "profile"),
-      ms = spectrumCanvas(spectrum(vo, p), p, 1), mc = compositionCanvas(composition(o, ok), 170);
+    const mh = heatmap(vo, p, op, px(p, 170)), mp = lineCanvas(profile(vo, p, op), 170, 80, "profile"),
+      ms = spectrumCanvas(spectrum(vo, p), p, px(p, 115)), mc = compositionCanvas(composition(o, ok), 170);
     const card = el("div", { class: "card match", "data-sae": o, "data-latent": j, "data-cos": cos[k] },
       el("h3", {}, `seed ${D.saes[o].seed} · latent ${j} · `, el("span", { class: "t" + Lo.type[ok] }, D.types[Lo.type[ok]])),
       el("div", { class: "muted" }, `decoder cos ${fmt(cos[k])} · activation corr ${fmt(corr[k])}` + (cos[k] >= D.threshold ? " · same feature" : "")),
@@ -286,7 +288,7 @@ async function renderModel() {
   for (const [mi, m] of D.models.entries()) {
     const card = el("div", { class: "card model" }, el("h2", {}, `model seed ${m.seed} · p = ${m.p} · ${m.operation} · ${m.path}`));
     const kv = el("table", { class: "kv" });
-    for (const [k, v] of Object.entries(m.metrics)) kv.append(el("tr", {}, el("th", {}, k), el("td", {}, typeof v === "object" ? JSON.stringify(v) : fmt(v, 4))));
+    for (const [k, v] of Object.entries(m.metrics)) kv.append(el("tr", {}, el("th", {}, k), el("td", {}, fmtAny(v))));
     card.append(kv);
     for (const [hook, h] of Object.entries(m.hooks)) {
       const t = el("table", { class: "kv planes" }, el("tr", {}, el("th", {}, "plane"), el("th", {}, "variance share")));
@@ -302,7 +304,7 @@ async function renderModel() {
     const ex = el("div", { class: "panels neurons" });
     n.examples.index.forEach((idx, i) => {
       const v = unpack(q, i, n.scale[i], m.p, m.operation);
-      ex.append(panel(`neuron ${idx} · k = ${n.examples.freq[i]} · purity ${fmt(n.examples.purity[i], 2)}`, heatmap(v, m.p, m.operation, 1.5)));
+      ex.append(panel(`neuron ${idx} · k = ${n.examples.freq[i]} · purity ${fmt(n.examples.purity[i], 2)}`, heatmap(v, m.p, m.operation, px(m.p, 170))));
     });
     card.append(ex);
     root.append(card);

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from husai.browse.data import MATCH_THRESHOLD, cell_data, find_cells, grid_layout, model_data, resolve_model
+from husai.browse.data import LEVELS, MATCH_THRESHOLD, cell_data, find_cells, grid_layout, model_data, resolve_model
 from husai.errors import HusaiError
 from husai.io import atomic_write_bytes
+from husai.outputs import BROWSER_TAG
 
-GENERATOR = '<meta name="generator" content="husai browse">'
-"""Marks a page husai wrote, so that a rerun may replace it and nothing else (husai.outputs)."""
+GENERATOR = BROWSER_TAG.decode()
+"""Marks a page husai wrote, so that a rerun may replace it and nothing else (husai.outputs.BROWSER)."""
 HERE = Path(__file__).resolve().parent
 
 TEMPLATE = """<!doctype html>
@@ -39,15 +40,6 @@ TEMPLATE = """<!doctype html>
 <script>{js}</script>
 </body></html>
 """
-
-
-def is_browser_page(path: Path) -> bool:
-    """Does this existing file hold a page husai browse wrote (its generator tag in the first 1 KB)?"""
-    try:
-        with open(path, "rb") as f:
-            return GENERATOR.encode() in f.read(1024)
-    except OSError:
-        return False
 
 
 def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str, str]]:
@@ -87,7 +79,7 @@ def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str,
         m = model_data(mdir, hs, contexts[key])
         blobs[f"n{len(models)}"] = m["neurons"].pop("blob")
         models.append(m)
-    data = dict(root=str(root), created=time.strftime("%Y-%m-%d %H:%M:%S"), threshold=MATCH_THRESHOLD, types=list(TYPES),
+    data = dict(root=str(root), created=time.strftime("%Y-%m-%d %H:%M:%S"), threshold=MATCH_THRESHOLD, levels=LEVELS, types=list(TYPES),
                 skipped=[str(c.relative_to(root)) if c != root else root.name for c in skipped],
                 layouts={f"{p}-{op}": base64.b64encode(lay.astype(np.uint16).tobytes()).decode("ascii")
                          for (p, op), lay in layouts.items()},

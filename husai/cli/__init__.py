@@ -1,5 +1,5 @@
 """The `husai` command line: one thin module per command group (model, sae, analysis, study,
-doctor), each registering its commands here. A command checks its arguments, claims its outputs
+browse, doctor), each registering its commands here. A command checks its arguments, claims its outputs
 and prints; the work is done by the subpackages below, any of which it may import.
 
 Every command runs inside `main()`, which turns any error into one line on stderr and a
@@ -25,9 +25,9 @@ app = typer.Typer(
 )
 
 # One module per command group; each defines `register(app)`.
-from husai.cli import analysis, doctor, model, sae, study  # noqa: E402
+from husai.cli import analysis, browse, doctor, model, sae, study  # noqa: E402
 
-for _group in (model, sae, analysis, study, doctor):
+for _group in (model, sae, analysis, study, browse, doctor):
     _group.register(app)
 
 from husai.interrupts import interruptible  # noqa: E402

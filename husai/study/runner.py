@@ -9,6 +9,7 @@
         failed.json                         only if the cell failed: the error, kept in the table
     OUT/results.csv, OUT/results.parquet    one row per SAE, rebuilt from the folders
     OUT/report.md, OUT/report.html, OUT/figures/*.png
+    OUT/browser.html                        every latent of every seed, looked at (husai.browse)
 
 A cell's SAE folder appears only once training has finished (train-sae stages and renames), and
 analysis.json is written atomically, so after a kill -9 the same command skips every finished
@@ -198,6 +199,7 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
 
 def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, workers: int, address: str | None,
                retry_failed: bool, console, progress: bool) -> StudyOutcome:
+    from husai.browse import write_browser
     from husai.study.report import write_report
     from husai.study.results import build_table
 
@@ -206,14 +208,14 @@ def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, w
         atomic_write_bytes(out / "study.yaml", yaml.safe_dump(cfg.raw, sort_keys=False).encode())
     console.rule(f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} seeds")
     for i, s in enumerate(cfg.model_seeds, 1):
-        console.print(f"[bold]stage 1/4[/] model {i}/{len(cfg.model_seeds)} (seed {s})")
+        console.print(f"[bold]stage 1/5[/] model {i}/{len(cfg.model_seeds)} (seed {s})")
         ensure_model(cfg, out, s, progress)
     if retry_failed:
         for r in runs:
             if (r.folder(out) / "failed.json").is_file():
                 remove_output(r.folder(out), STUDY_CELL)
     todo = [r for r in runs if not cell_done(r.folder(out))]
-    console.print(f"[bold]stage 2/4[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run ({executor})")
+    console.print(f"[bold]stage 2/5[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run ({executor})")
     done = [0]
 
     def on_done(res: dict) -> None:
@@ -224,11 +226,13 @@ def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, w
 
     with console.status("training and analysing SAE cells") if progress else contextlib.nullcontext():
         execute([cell_spec(r, out, cfg) for r in todo], executor, workers, address, on_done)
-    console.print("[bold]stage 3/4[/] results table")
+    console.print("[bold]stage 3/5[/] results table")
     rows = build_table(out, cfg)
-    console.print("[bold]stage 4/4[/] report")
+    console.print("[bold]stage 4/5[/] report")
     html = write_report(out, rows)
     console.print(f"report: {html}")
+    console.print("[bold]stage 5/5[/] feature browser")
+    console.print(f"browser: {write_browser(out)}")
     return StudyOutcome(html, len(runs), [r.folder(out) / "failed.json" for r in runs
                                          if (r.folder(out) / "failed.json").is_file()])
 

@@ -22,7 +22,7 @@ def finished(finished_study):
 @pytest.mark.slow
 def test_report_has_every_section(finished):
     _, out, stdout = finished
-    assert "stage 2/4" in stdout and "FAILED" in stdout
+    assert "stage 2/5" in stdout and "FAILED" in stdout
     html = (out / "report.html").read_text()
     for section in ("Verdict", "Model (seed 0)", "SAE quality", "Stability across seeds",
                     "Ground truth and what the latents are", "Figures"):

@@ -1,0 +1,139 @@
+"""The feature browser's data, checked against slow references and against the study's own analysis
+(an independent implementation of the same per-latent stability), without a browser."""
+
+import base64
+import json
+import re
+import subprocess
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from husai.browse.data import LEVELS, MATCH_THRESHOLD, find_cells, grid_layout, pack_levels, resolve_model
+from husai.errors import HusaiError
+from study_harness import ENV, HUSAI
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+def test_grid_layout_is_a_permutation_and_answer_major(op):
+    p = 11
+    lay = grid_layout(p, op)
+    assert sorted(lay.tolist()) == list(range(p * p))
+    a, b = lay // p, lay % p
+    if op == "mul":
+        assert lay.tolist() == list(range(p * p))
+        return
+    c = (a + b) % p if op == "add" else (a - b) % p
+    # position c*p + a holds the input (a, b) whose answer is c: rows of the stored grid are answers
+    assert (c.reshape(p, p) == np.arange(p)[:, None]).all()
+    assert (a.reshape(p, p) == np.arange(p)[None, :]).all()
+
+
+def _unpack(blob: str, scale: list, lay: np.ndarray, n: int) -> np.ndarray:
+    """The page's decoding, done by hand: inflate, levels -> values, layout -> rows a*p + b."""
+    q = np.frombuffer(zlib.decompress(base64.b64decode(blob)), np.uint8).reshape(n, -1)
+    z = np.zeros((lay.size, n))
+    z[lay] = q.T * (np.array(scale) / LEVELS)
+    return z
+
+
+def test_pack_levels_round_trip_within_half_a_level():
+    p, n = 13, 6
+    g = torch.Generator().manual_seed(0)
+    z = torch.relu(torch.randn(p * p, n, generator=g, dtype=torch.float64)).numpy()
+    z[:, 2] = 0.0  # an all-zero column must stay zero (no division by a zero scale)
+    lay = grid_layout(p, "add")
+    blob, scale = pack_levels(z, lay)
+    back = _unpack(blob, scale, lay, n)
+    assert scale[2] == 0 and (back[:, 2] == 0).all()
+    err = np.abs(back - z).max(0)
+    assert (err <= np.array(scale) / (2 * LEVELS) + 1e-9).all()
+    assert (back[z == 0] == 0).all()
+    np.testing.assert_allclose(back.max(0), z.max(0), rtol=1e-5)
+
+
+def test_find_cells_and_resolve_model(tmp_path):
+    for cell in ("saes/m/h/a", "saes/m/h/b"):
+        for s in (1, 2):
+            (tmp_path / cell / f"seed_{s}").mkdir(parents=True)
+            (tmp_path / cell / f"seed_{s}" / "cfg.json").write_text("{}")
+    assert find_cells(tmp_path) == [tmp_path / "saes/m/h/a", tmp_path / "saes/m/h/b"]
+    assert find_cells(tmp_path / "saes/m/h/a") == [tmp_path / "saes/m/h/a"]
+    with pytest.raises(HusaiError, match="holds no SAEs"):
+        (tmp_path / "empty").mkdir()
+        find_cells(tmp_path / "empty")
+    (tmp_path / "models" / "seed0").mkdir(parents=True)
+    (tmp_path / "models" / "seed0" / "config.json").write_text("{}")
+    # a recorded path that moved with the study is found under root/models
+    assert resolve_model("/elsewhere/runs/study/models/seed0", tmp_path, None) == tmp_path / "models" / "seed0"
+    with pytest.raises(HusaiError, match="pass --model"):
+        resolve_model("/elsewhere/seed9", tmp_path, None)
+    with pytest.raises(HusaiError, match="not a model run folder"):
+        resolve_model(None, tmp_path, tmp_path / "saes")
+
+
+def _page_data(html: str) -> tuple[dict, dict]:
+    data = json.loads(re.search(r'<script type="application/json" id="husai-data">(.*?)</script>', html, re.S)
+                      .group(1).replace("<\\/", "</"))
+    blobs = dict(re.findall(r'<script type="application/octet-stream" id="(\w+)">(.*?)</script>', html))
+    return data, blobs
+
+
+@pytest.mark.slow
+def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_stability(finished_study):
+    """The study wrote browser.html; every SAE of every finished cell is in it, each latent's stored
+    activations decode to the SAE's own activations, and the per-latent reappearance and mean best
+    cosine equal what the study's stability analysis (husai.analysis.agreement) computed."""
+    from husai.analysis.compare import model_context
+    from husai.sae.checkpoint import load_sae
+
+    _, out, _, _ = finished_study
+    html = (out / "browser.html").read_text()
+    assert "http://" not in html and "https://" not in html  # offline: nothing fetched
+    data, blobs = _page_data(html)
+    cells = sorted(c.parent for c in (out / "saes").rglob("analysis.json"))
+    assert sorted({s["cell"] for s in data["saes"]}) == sorted(str(c.relative_to(out)) for c in cells)
+    assert data["skipped"] and all("l1_0.1" in s for s in data["skipped"])  # the failed cell
+    assert len(data["saes"]) == 3 * len(cells)
+    for i, e in enumerate(data["saes"]):
+        sae = load_sae(e["path"])
+        ctx = model_context(out / "models" / "seed0", e["hook"])
+        with torch.no_grad():
+            z = sae.encode(ctx["acts"].float()).double().numpy()
+        live = np.nonzero((z != 0).any(0))[0]
+        assert e["latents"]["index"] == live.tolist()
+        m = data["models"][e["model"]]
+        lay = grid_layout(m["p"], m["operation"])
+        back = _unpack(blobs[f"z{i}"], e["scale"], lay, len(live))
+        # half a level, plus the scale's rounding to 6 digits in the page's JSON
+        assert (np.abs(back - z[:, live]) <= np.array(e["scale"]) * (0.5 / LEVELS + 1e-5)).all()
+        assert e["l0"] == pytest.approx((z != 0).sum(1).mean(), abs=1e-3)
+        analysis = json.loads((out / e["cell"] / "analysis.json").read_text())
+        per = analysis["stability"]["per_latent"][f"seed {e['seed']}"]
+        assert analysis["stability"]["threshold"] == MATCH_THRESHOLD
+        assert per["index"] == e["latents"]["index"]
+        np.testing.assert_allclose(e["latents"]["best_cos"], per["best_cos"], atol=2e-3)
+        np.testing.assert_allclose(e["latents"]["reappear"], per["reappearance"], atol=2e-3)
+        # each match is the other seed's latent with the best cosine, and no better one exists
+        for other, (idx, cos, _) in e["matches"].items():
+            assert set(idx) <= set(data["saes"][int(other)]["latents"]["index"])
+            assert max(cos) <= 1.0 + 1e-6
+
+
+def test_browse_command_errors_are_one_line(tmp_path):
+    def run(*args):
+        return subprocess.run(HUSAI + ["browse", *map(str, args)], capture_output=True, text=True, env=ENV)
+
+    for args, msg in (([tmp_path / "missing"], "is not a folder"),
+                      ([tmp_path], "holds no SAEs"),
+                      ([tmp_path, "--out", tmp_path / "no" / "page.html"], "does not exist")):
+        r = run(*args)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    mine = tmp_path / "notes.html"
+    mine.write_text("<html>my notes</html>")
+    r = run(tmp_path, "--out", mine)
+    assert r.returncode == 2 and "husai never replaces" in r.stderr
+    assert mine.read_text() == "<html>my notes</html>"

@@ -1,0 +1,201 @@
+"""The feature browser in a real browser: Debian's headless Chromium driven by Selenium through the
+system chromedriver (`make test` installs both; nothing is downloaded at run time). The page the
+study wrote is opened, a latent selected, and every panel checked against numbers computed here
+from the SAE on disk; filters, sorting, search, the matches and the model page are exercised, the
+console must stay clean, and a screenshot is kept under test-artifacts/ for the developer to look at."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from husai.browse.data import LEVELS
+
+ARTIFACTS = Path(os.environ.get("HUSAI_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "Debian's chromium and chromium-driver are needed (make test installs them)"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,1100"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    d = webdriver.Chrome(service=Service(driver), options=opts)
+    yield d
+    d.quit()
+
+
+def _open(d, page: Path) -> float:
+    t0 = time.time()
+    d.get(page.resolve().as_uri())
+    while not d.execute_script("return !!(window.HB && (HB.ready || HB.errors.length))"):
+        assert time.time() - t0 < 60, "the page never became ready"
+        time.sleep(0.05)
+    assert d.execute_script("return HB.errors") == []
+    return time.time() - t0
+
+
+def _wait(d, js: str, timeout: float = 20):
+    t0 = time.time()
+    while not d.execute_script("return " + js):
+        assert time.time() - t0 < timeout, js
+        time.sleep(0.05)
+
+
+def _console_errors(d) -> list:
+    return [e for e in d.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def _pick(d, select_id: str, value: str) -> None:
+    from selenium.webdriver.support.ui import Select
+
+    Select(d.find_element("id", select_id)).select_by_value(value)
+
+
+def _rows(d) -> list[dict]:
+    return d.execute_script("""return Array.from(document.querySelectorAll('#latent-body tr.latent')).map(tr => ({
+        sae: +tr.dataset.sae, index: +tr.dataset.index, type: tr.querySelector('td.type').textContent,
+        rate: +tr.querySelector('td.rate').textContent}))""")
+
+
+@pytest.mark.slow
+def test_the_study_page_in_chromium(finished_study, browser):
+    from husai.analysis.compare import model_context
+    from husai.analysis.ground_truth import group_grid  # noqa: F401  (the grid the page's answers follow)
+    from husai.analysis.latent_types import latent_types
+    from husai.analysis.compare import hook_ground_truth
+    from husai.sae.checkpoint import load_sae
+
+    _, out, _, _ = finished_study
+    d = browser
+    seconds = _open(d, out / "browser.html")
+    print(f"browser.html ready in {seconds:.2f} s (in-page start-up {d.execute_script('return HB.readyMs'):.0f} ms)")
+    data = d.execute_script("return HB.data")
+
+    # pick the third row of the first cell's list (sorted by reappearance) and click it
+    rows = _rows(d)
+    assert len(rows) == sum(s["n_live"] for s in data["saes"] if s["cell"] == data["saes"][0]["cell"])
+    target = rows[2]
+    d.find_elements("css selector", "#latent-body tr.latent")[2].click()
+    _wait(d, f"HB.view && HB.view.sae === {target['sae']} && HB.view.latent === {target['index']}")
+    e = data["saes"][target["sae"]]
+    p = data["models"][e["model"]]["p"]
+
+    # every panel carries the selected latent
+    for pid in ("heatmap", "profile", "spectrum", "composition", "tops"):
+        el = d.find_element("id", pid)
+        assert (el.get_attribute("data-sae"), el.get_attribute("data-latent")) == (str(target["sae"]), str(target["index"]))
+
+    # the heatmap's values are the SAE's own activations of that latent (within half a level)
+    sae = load_sae(e["path"])
+    ctx = model_context(out / "models" / "seed0", e["hook"])
+    with torch.no_grad():
+        z_all = sae.encode(ctx["acts"].float()).double()
+    z = z_all[:, target["index"]].numpy()
+    k = e["latents"]["index"].index(target["index"])
+    v = np.array(d.execute_script("return Array.from(HB.view.values)"))
+    assert np.abs(v - z).max() <= e["scale"][k] * (0.5 / LEVELS + 1e-5)
+    # ... and the canvas shows them: the brightest cell in the top colour, a silent cell in the bottom one
+    pix = d.execute_script("""const c = document.getElementById('heatmap'), g = c.getContext('2d');
+        return Array.from(g.getImageData(0, 0, c.width, c.height).data)""")
+    pix = np.array(pix).reshape(p * p, 4)[:, :3]
+    top, bottom = d.execute_script("return [HB.colour(1), HB.colour(0)]")
+    assert pix[int(np.argmax(v))].tolist() == top
+    if (v == 0).any():
+        assert pix[int(np.argmin(v))].tolist() == bottom
+    # E[z | c], the 2-D spectrum and the top inputs, each against numpy on the same values
+    c = (np.arange(p)[:, None] + np.arange(p)[None, :]).reshape(-1) % p
+    prof = np.array([v[c == j].mean() for j in range(p)])
+    np.testing.assert_allclose(d.execute_script("return HB.view.profile"), prof, atol=1e-6)
+    power = np.abs(np.fft.fft2((v - v.mean()).reshape(p, p))) ** 2
+    np.testing.assert_allclose(d.execute_script("return Array.from(HB.view.spectrum)"), power.reshape(-1),
+                               atol=1e-6 * power.max())
+    tops = d.execute_script("return HB.view.tops")
+    assert (tops[0]["a"] * p + tops[0]["b"]) in np.flatnonzero(v == v.max()) and tops[0]["c"] == c[tops[0]["a"] * p + tops[0]["b"]]
+    # the decoder's composition is latent_types' own (the ground truth of this hook)
+    lat = next(x for x in latent_types(z_all, sae.W_dec.double(), hook_ground_truth(ctx))["latents"] if x["index"] == target["index"])
+    comp = d.execute_script("return HB.view.composition")
+    np.testing.assert_allclose(comp["out"], [lat["in_output"][str(q)] for q in comp["keys"]], atol=1e-4)
+    np.testing.assert_allclose(comp["off"], lat["off_span"], atol=1e-4)
+
+    # its best match in each of the other two seeds, side by side; a click opens the match
+    cards = d.find_elements("css selector", "#matches .match")
+    assert len(cards) == 2 and len(d.find_elements("css selector", "#matches canvas")) == 8
+    j = int(cards[0].get_attribute("data-latent"))
+    o = int(cards[0].get_attribute("data-sae"))
+    assert data["saes"][o]["cell"] == e["cell"] and o != target["sae"]
+    assert j == e["matches"][str(o)][0][k]
+    cards[0].click()
+    _wait(d, f"HB.view.sae === {o} && HB.view.latent === {j}")
+
+    # filters, search and sorting
+    counts = {}
+    for s in data["saes"]:
+        if s["cell"] == e["cell"]:
+            for t in s["latents"]["type"]:
+                counts[t] = counts.get(t, 0) + 1
+    t = max(counts, key=counts.get)
+    _pick(d, "type-filter", str(t))
+    rows = _rows(d)
+    assert len(rows) == counts[t] and {r["type"] for r in rows} == {data["types"][t]}
+    _pick(d, "type-filter", "any")
+    _pick(d, "sort-key", "rate")
+    _pick(d, "sort-dir", "asc")
+    rates = [r["rate"] for r in _rows(d)]
+    assert rates == sorted(rates) and rates[0] < rates[-1]
+    search = d.find_element("id", "search")
+    search.send_keys(str(target["index"]))
+    rows = _rows(d)
+    assert rows and {r["index"] for r in rows} == {target["index"]} and len(rows) <= 3
+    search.clear()
+    _pick(d, "seed-select", str(target["sae"]))
+    assert {r["sae"] for r in _rows(d)} == {target["sae"]}
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    d.save_screenshot(str(ARTIFACTS / "browser_latent.png"))
+    # the model page: the ground truth a latent is compared with, neurons as heatmaps
+    d.find_element("id", "tab-model").click()
+    _wait(d, "document.querySelectorAll('#model-page .neurons canvas').length > 0")
+    n_examples = len(data["models"][0]["neurons"]["examples"]["index"])
+    assert len(d.find_elements("css selector", "#model-page .neurons canvas")) == n_examples > 0
+    assert "key frequencies" in d.find_element("id", "model-page").text
+    d.save_screenshot(str(ARTIFACTS / "browser_model.png"))
+    assert _console_errors(d) == [] and d.execute_script("return HB.errors") == []
+
+
+@pytest.mark.slow
+def test_a_link_to_a_latent_opens_it_and_browse_rewrites_only_its_own_page(finished_study, browser, tmp_path):
+    import subprocess
+
+    from study_harness import ENV, HUSAI
+
+    _, out, _, _ = finished_study
+    cell = next(p.parent for p in (out / "saes").rglob("analysis.json"))
+    # a train-sae style folder (the cell, its seeds) browsed on its own, with the model given
+    page = tmp_path / "cell.html"
+    r = subprocess.run(HUSAI + ["browse", str(cell), "--model", str(out / "models" / "seed0"), "--out", str(page)],
+                       capture_output=True, text=True, env=ENV)
+    assert r.returncode == 0, r.stderr
+    again = subprocess.run(HUSAI + ["browse", str(cell), "--model", str(out / "models" / "seed0"), "--out", str(page)],
+                           capture_output=True, text=True, env=ENV)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    d = browser
+    d.get(page.resolve().as_uri() + "#sae=1&latent=0")
+    _wait(d, "window.HB && (HB.ready || HB.errors.length > 0)")
+    data = d.execute_script("return HB.data")
+    first = data["saes"][1]["latents"]["index"][0]
+    d.get(page.resolve().as_uri() + f"#sae=1&latent={first}")
+    d.refresh()
+    _wait(d, "window.HB && (HB.ready || HB.errors.length > 0)")
+    assert d.execute_script("return [HB.view.sae, HB.view.latent]") == [1, first]
+    assert len(data["saes"]) == 3 and _console_errors(d) == []
