@@ -18,7 +18,11 @@ $(VENV)/.core: pyproject.toml constraints.txt
 	$(PIP) -e ".[study]"
 	touch $@
 
+# The feature browser's tests drive Debian's Chromium through its chromedriver (nothing is downloaded
+# at run time); installed from the Debian archive when missing.
 $(VENV)/.test: $(VENV)/.core
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	$(PIP) -e ".[study,test,interop,wandb,notebook,ray]"
 	touch $@
 
