@@ -1,16 +1,18 @@
 """What the feature browser shows, gathered from SAE folders and their model into compact data.
 
 Per SAE (one seed of one cell), for every live latent (fired on some input of the p^2 grid):
-    its activation z over the whole grid, stored as 5-bit levels q = round(31 z / max z) (the
-    latent's `scale` = max z is kept, so z = q * scale / 31, within scale / 62 of the true value);
+    its activation z over the whole grid, stored as 4-bit levels q = round(15 z / max z) (the
+    latent's `scale` = max z is kept, so z = q * scale / 15, within scale / 30 of the true value);
     the grid is laid out answer-major, (c, a) for c = a + b (or a - b), so that a function of the
     answer is a run of equal bytes for deflate. Bytes per latent after deflate, measured on the
     default study's TopK 256-latent k 32 and ReLU 64-latent L0 8 seeds at resid_post:
         8 bits, (a, b) order   2577 / 2888      8 bits, (c, a)   2115 / 2295
         6 bits, (c, a)         1685 / 1805      5 bits, (c, a)   1489 / 1539
+        4 bits, (c, a)         1260 / 1244
     (PNG's prediction filters, sub / up / average / Paeth, made every case 13-60% larger: these
-    heatmaps are not smooth at the grid's resolution). 5 bits keep the default study's page near
-    its 30 MB budget (~15,000 latents); 32 colours still show a heatmap's shape.
+    heatmaps are not smooth at the grid's resolution). The whole default study (14,691 live latents,
+    a third of them firing on a third to half of the inputs) came to 35.1 MB at 5 bits and 29.4 MB at
+    4 bits, against a budget of ~30 MB; 16 levels still show a heatmap's shape (stripe, patch, circle).
     its type and measures from husai.analysis.latent_types (the ground truth of its hook);
     its best match in every other seed of the cell, by decoder cosine in the data metric
     (husai.analysis.data_span: the basis-free comparison the stability figures use), with that
@@ -34,8 +36,8 @@ import torch
 
 from husai.errors import HusaiError
 
-LEVELS = 31
-"""5-bit activation levels (the module docstring has the measured sizes)."""
+LEVELS = 15
+"""4-bit activation levels (the module docstring has the measured sizes)."""
 MATCH_THRESHOLD = 0.7
 """A latent reappears in another seed when its best decoder cosine there is >= 0.7, the threshold of
 the study's stability figures (husai.analysis.stability.SHARED_THRESHOLD)."""
@@ -69,7 +71,7 @@ def pack_levels(z: np.ndarray, layout: np.ndarray) -> tuple[str, list[float]]:
     return base64.b64encode(data).decode("ascii"), [float(f"{s:.6g}") for s in scale]
 
 
-def _round(v, nd: int = 4) -> list:
+def _round(v, nd: int = 3) -> list:
     """Floats rounded for the page's JSON (NaN, which JSON lacks, as null)."""
     return [round(float(x), nd) if np.isfinite(x) else None for x in v]
 

@@ -125,8 +125,8 @@ def test_the_study_page_in_chromium(finished_study, browser):
     # the decoder's composition is latent_types' own (the ground truth of this hook)
     lat = next(x for x in latent_types(z_all, sae.W_dec.double(), hook_ground_truth(ctx))["latents"] if x["index"] == target["index"])
     comp = d.execute_script("return HB.view.composition")
-    np.testing.assert_allclose(comp["out"], [lat["in_output"][str(q)] for q in comp["keys"]], atol=1e-4)
-    np.testing.assert_allclose(comp["off"], lat["off_span"], atol=1e-4)
+    np.testing.assert_allclose(comp["out"], [lat["in_output"][str(q)] for q in comp["keys"]], atol=6e-4)
+    np.testing.assert_allclose(comp["off"], lat["off_span"], atol=6e-4)
 
     # its best match in each of the other two seeds, side by side; a click opens the match
     cards = d.find_elements("css selector", "#matches .match")
