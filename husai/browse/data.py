@@ -103,7 +103,8 @@ def resolve_model(recorded: str | None, root: Path, given: Path | None) -> Path:
 
 
 def _matches(views: list, codes: list[torch.Tensor]) -> list[dict]:
-    """For every seed's live latents, the best decoder match in every other seed: {j: (idx, cos, corr)}."""
+    """For every seed's live latents, the best decoder match in every other seed:
+    {j: (index [n], cosine [n], activation correlation [n])}, unrounded."""
     out: list[dict] = [{} for _ in views]
     for i, A in enumerate(views):
         for j, B in enumerate(views):
@@ -113,7 +114,7 @@ def _matches(views: list, codes: list[torch.Tensor]) -> list[dict]:
             za, zb = codes[i], codes[j][:, arg]  # [N, n_A] each: the pair's activations
             za, zb = za - za.mean(0), zb - zb.mean(0)
             corr = (za * zb).sum(0) / (za.norm(dim=0) * zb.norm(dim=0)).clamp_min(1e-30)
-            out[i][j] = (B.live[arg.numpy()].tolist(), _round(best), _round(corr))
+            out[i][j] = (B.live[arg.numpy()].tolist(), best.numpy(), corr.numpy())
     return out
 
 
@@ -160,9 +161,10 @@ def cell_data(cell: Path, label: str, ctx: dict, gt, layout: np.ndarray, model_i
                 out=[_round(lat["in_output"][str(k)] for k in keys) for lat in lats],
                 inp=[_round(lat["in_input"][str(k)] for k in keys) for lat in lats])))
     for e, m in zip(entries, _matches(views, codes)):
-        e["matches"] = m  # keyed by the other seed's position in this cell; made global ids by the caller
+        # keyed by the other seed's position in this cell (made global ids by the caller)
+        e["matches"] = {j: (idx, _round(cos), _round(corr)) for j, (idx, cos, corr) in m.items()}
         n = len(e["latents"]["index"])
-        cos = [v[1] for v in m.values()]
+        cos = [v[1] for v in m.values()]  # unrounded: a cosine of 0.6996 does not reappear
         e["latents"]["reappear"] = _round(np.mean([[c >= MATCH_THRESHOLD for c in cs] for cs in cos], 0)
                                           if cos else [0.0] * n, 3)
         e["latents"]["best_cos"] = _round(np.mean(cos, 0) if cos else [0.0] * n, 3)
