@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make run    - set up .venv and run the main job
-#   make test   - set up .venv (with the test extras), lint, and run the whole test suite
+#   make test   - set up .venv (with the test extras), lint, and run the whole test suite; then the
+#                 TransformerLens tests again in .venv-tl4 (TransformerLens 4, no SAELens): make test-tl4
 #   make lint   - fix what ruff can (import order), then check (config in pyproject.toml)
 # torch is installed first and pinned (constraints.txt): a bare `torch` requirement with no torch
 # present would download several GB of CUDA packages.
@@ -10,7 +11,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: run test lint install install-test clean
+# sae-lens 6 requires transformer-lens < 4, so .venv has TransformerLens 3 and TransformerLens 4 gets
+# an environment of its own, for the interop tests only.
+VENV_TL4 := .venv-tl4
+PY_TL4   := $(VENV_TL4)/bin/python
+PIP_TL4  := $(PY_TL4) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: run test test-tl4 lint install install-test clean
 
 $(VENV)/.core: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,18 +33,28 @@ $(VENV)/.test: $(VENV)/.core
 	$(PIP) -e ".[study,test,interop,wandb,notebook,ray]"
 	touch $@
 
+$(VENV_TL4)/.test: pyproject.toml constraints.txt
+	test -x $(PY_TL4) || $(PYTHON) -m venv $(VENV_TL4)
+	$(PIP_TL4) torch==2.13.0
+	$(PIP_TL4) -e ".[test,transformer-lens]" "transformer-lens>=4"
+	touch $@
+
 install: $(VENV)/.core
 install-test: $(VENV)/.test
 
 run: $(VENV)/.core
 	$(VENV)/bin/husai study --config configs/study.yaml --out runs/study --executor process --workers 2
 
-test: $(VENV)/.test
+test: $(VENV)/.test $(VENV_TL4)/.test
 	$(PY) -m ruff check husai tests benchmarks
-	WANDB_MODE=offline $(PY) -m pytest -q
+	WANDB_MODE=offline HUSAI_EXPECT_TL_MAJOR=3 $(PY) -m pytest -q
+	HUSAI_EXPECT_TL_MAJOR=4 $(PY_TL4) -m pytest -q tests/test_interop.py
+
+test-tl4: $(VENV_TL4)/.test
+	HUSAI_EXPECT_TL_MAJOR=4 $(PY_TL4) -m pytest -q tests/test_interop.py
 
 lint: $(VENV)/.test
 	$(PY) -m ruff check --fix husai tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV_TL4) runs

@@ -8,6 +8,7 @@ The pipeline, one subpackage per stage; imports run one way, from the top of thi
     husai.cli        the `husai` command: one thin module per command group
     husai.study      config, runner and executors, results table, report
     husai.analysis   latents vs the Fourier ground truth, stability, nulls, comparison of SAEs
+    husai.interop    a model run into the installed TransformerLens (3.x or 4.x)
     husai.sae        architectures, training, metrics, activations, SAELens-format files
     husai.model      data, the transformer, its training, its Fourier analysis
     husai.*          plumbing: errors, io (atomic writes), outputs (what may be written where),
@@ -45,6 +46,7 @@ _EXPORTS = {
     **{name: "husai.analysis" for name in ("compute_fourier_overlap", "fourier_report", "compute_pwmcc", "pw_mcc",
                                            "compare_saes")},
     **{name: "husai.study" for name in ("load_study", "run_study")},
+    "to_transformer_lens": "husai.interop",
 }
 __all__ = ["__version__", *_EXPORTS]
 __getattr__, __dir__ = _lazy(__name__, _EXPORTS)

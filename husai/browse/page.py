@@ -79,7 +79,8 @@ def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str,
         m = model_data(mdir, hs, contexts[key])
         blobs[f"n{len(models)}"] = m["neurons"].pop("blob")
         models.append(m)
-    data = dict(root=str(root), created=time.strftime("%Y-%m-%d %H:%M:%S"), threshold=MATCH_THRESHOLD, levels=LEVELS, types=list(TYPES),
+    data = dict(root=str(root), created=time.strftime("%Y-%m-%d %H:%M:%S"), threshold=MATCH_THRESHOLD, levels=LEVELS,
+                types=list(TYPES),
                 skipped=[str(c.relative_to(root)) if c != root else root.name for c in skipped],
                 layouts={f"{p}-{op}": base64.b64encode(lay.astype(np.uint16).tobytes()).decode("ascii")
                          for (p, op), lay in layouts.items()},

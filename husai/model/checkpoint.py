@@ -1,16 +1,16 @@
 """Model run folders: weights in safetensors under TransformerLens names, config in JSON.
 
-    DIR/config.json        HookedTransformerConfig fields + p, operation, seeds, hyperparameters
+    DIR/config.json        TransformerLens config fields (TL_FIELDS) + p, operation, seeds, hyperparameters
     DIR/model.safetensors  final weights (what `load_model(DIR)` returns)
     DIR/best.safetensors   weights at the lowest test loss seen
     DIR/checkpoints/epoch_XXXXXX.safetensors   weights + AdamW state, for --resume
     DIR/metrics.json, DIR/history.jsonl
 
-A TransformerLens user loads a run with
-    cfg = json.load(open(DIR / "config.json"))
-    model = HookedTransformer(HookedTransformerConfig(**{k: cfg[k] for k in husai.model.checkpoint.TL_FIELDS}))
-    model.load_state_dict(safetensors.torch.load_file(DIR / "model.safetensors"), strict=False)
-(strict=False only because TransformerLens keeps its causal mask as a state-dict buffer).
+A TransformerLens user loads a run with `husai.interop.to_transformer_lens(DIR)`: TransformerLens 4
+(`TransformerBridge.boot_native(TransformerBridgeConfig(**TL_FIELDS))`, weights through
+`convert_tl_checkpoint`) or 3 (`HookedTransformer(HookedTransformerConfig(**TL_FIELDS))`, weights as
+they are), same logits and hook names (tests/test_interop.py). TL_FIELDS are the config fields
+both versions' config classes take.
 """
 
 from __future__ import annotations

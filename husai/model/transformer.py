@@ -10,7 +10,9 @@
 
 Parameter names and shapes are TransformerLens's (`embed.W_E`, `blocks.0.attn.W_Q`
 [n_heads, d_model, d_head], ..., `unembed.W_U`), so `model.state_dict()` loads into a
-`HookedTransformer` with the config from `ModelConfig.to_hooked_transformer_config()`.
+TransformerLens 3 `HookedTransformer` with the config from `ModelConfig.to_hooked_transformer_config()`
+as it is, and into a TransformerLens 4 `TransformerBridge` after `convert_tl_checkpoint`
+(husai.interop does either).
 Biases exist (TransformerLens has them) but are buffers fixed at zero during training, as in
 Nanda's grokking setup (no attention biases); a checkpoint with non-zero biases still loads.
 
@@ -59,7 +61,8 @@ class ModelConfig:
     n_ctx = 3  # [a, b, =]
 
     def to_hooked_transformer_config(self) -> dict:
-        """The HookedTransformerConfig fields that reproduce this model in TransformerLens."""
+        """The config fields that reproduce this model in TransformerLens: HookedTransformerConfig's
+        (3.x) and TransformerBridgeConfig's (4.x) take the same names."""
         return dict(
             n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, d_head=self.d_head,
             d_mlp=self.d_mlp, d_vocab=self.d_vocab, d_vocab_out=self.d_vocab_out, n_ctx=self.n_ctx,

@@ -13,6 +13,7 @@ import torch
 
 from husai.browse.data import LEVELS, MATCH_THRESHOLD, find_cells, grid_layout, pack_levels, resolve_model
 from husai.errors import HusaiError
+
 from study_harness import ENV, HUSAI
 
 

@@ -70,10 +70,8 @@ def _rows(d) -> list[dict]:
 
 @pytest.mark.slow
 def test_the_study_page_in_chromium(finished_study, browser):
-    from husai.analysis.compare import model_context
-    from husai.analysis.ground_truth import group_grid  # noqa: F401  (the grid the page's answers follow)
+    from husai.analysis.compare import hook_ground_truth, model_context
     from husai.analysis.latent_types import latent_types
-    from husai.analysis.compare import hook_ground_truth
     from husai.sae.checkpoint import load_sae
 
     _, out, _, _ = finished_study
@@ -121,9 +119,11 @@ def test_the_study_page_in_chromium(finished_study, browser):
     np.testing.assert_allclose(d.execute_script("return Array.from(HB.view.spectrum)"), power.reshape(-1),
                                atol=1e-6 * power.max())
     tops = d.execute_script("return HB.view.tops")
-    assert (tops[0]["a"] * p + tops[0]["b"]) in np.flatnonzero(v == v.max()) and tops[0]["c"] == c[tops[0]["a"] * p + tops[0]["b"]]
+    first = tops[0]["a"] * p + tops[0]["b"]
+    assert first in np.flatnonzero(v == v.max()) and tops[0]["c"] == c[first]
     # the decoder's composition is latent_types' own (the ground truth of this hook)
-    lat = next(x for x in latent_types(z_all, sae.W_dec.double(), hook_ground_truth(ctx))["latents"] if x["index"] == target["index"])
+    types = latent_types(z_all, sae.W_dec.double(), hook_ground_truth(ctx))["latents"]
+    lat = next(x for x in types if x["index"] == target["index"])
     comp = d.execute_script("return HB.view.composition")
     np.testing.assert_allclose(comp["out"], [lat["in_output"][str(q)] for q in comp["keys"]], atol=6e-4)
     np.testing.assert_allclose(comp["off"], lat["off_span"], atol=6e-4)

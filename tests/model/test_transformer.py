@@ -1,5 +1,5 @@
-"""The model: TransformerLens names, shapes and hooks; the fast path equals the plain path;
-a husai checkpoint loads into TransformerLens's HookedTransformer with the same logits."""
+"""The model: TransformerLens names, shapes and hooks; the fast path equals the plain path.
+That a run loads into TransformerLens 3 and 4 with the same logits and cache: tests/test_interop.py."""
 
 import pytest
 import torch
@@ -76,24 +76,3 @@ def test_same_seed_same_weights_different_seed_different():
     a, b, c = _model(seed=3).state_dict(), _model(seed=3).state_dict(), _model(seed=4).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["embed.W_E"], c["embed.W_E"])
-
-
-def test_transformer_lens_loads_husai_weights_with_same_logits(tmp_path):
-    import transformer_lens as tl  # the interop extra is part of the test install: no skip
-    from safetensors.torch import load_file
-
-    from husai.io import save_tensors
-    from husai.model.checkpoint import TL_FIELDS
-
-    m = _model(random_biases=True)
-    save_tensors(tmp_path / "model.safetensors", m.state_dict())
-    cfg = m.cfg.to_hooked_transformer_config()
-    ht = tl.HookedTransformer(tl.HookedTransformerConfig(**{k: cfg[k] for k in TL_FIELDS}))
-    missing, unexpected = ht.load_state_dict(load_file(tmp_path / "model.safetensors"), strict=False)
-    assert not unexpected and all(k.endswith(("mask", "IGNORE")) for k in missing)
-    tokens = make_tokens(23)
-    tl_logits, tl_cache = ht.run_with_cache(tokens)
-    ours, cache = m.run_with_cache(tokens)
-    torch.testing.assert_close(ours, tl_logits, rtol=1e-4, atol=1e-4)
-    for name in HOOKS:
-        torch.testing.assert_close(cache[name], tl_cache[name], rtol=1e-4, atol=1e-4)
