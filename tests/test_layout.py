@@ -63,7 +63,7 @@ def test_the_floor_check_finds_a_planted_upward_import(monkeypatch):
     real = imports
     monkeypatch.setitem(globals(), "imports", lambda path: real(path) + (
         [("husai.study.report", 7, False)] if module_name(path) == "husai.sae.train" else []))
-    with pytest.raises(AssertionError, match="husai.sae.train .floor 2. imports husai.study.report .floor 5. at line 7"):
+    with pytest.raises(AssertionError, match="husai.sae.train .floor 2. imports husai.study.report .floor 6. at line 7"):
         test_no_module_imports_a_higher_floor()
 
 

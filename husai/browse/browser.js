@@ -9,12 +9,17 @@ const D = HB.data;
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...kids) => {
   const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) (k === "class" ? e.className = v : k.startsWith("on") ? e[k] = v : e.setAttribute(k, v));
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e[k] = v;
+    else e.setAttribute(k, v);
+  }
   for (const c of kids) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   return e;
 };
 const fmt = (v, nd = 3) => (v === null || v === undefined ? "-" : typeof v === "number" ? v.toFixed(nd) : String(v));
-const fmtAny = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(4) : typeof v === "object" ? JSON.stringify(v) : String(v));
+const fmtAny = (v) => (typeof v === "number" && !Number.isInteger(v) ? v.toFixed(4)
+  : typeof v === "object" ? JSON.stringify(v) : String(v));
 const px = (p, size) => Math.max(1, size / p);  // CSS pixels per grid cell for a panel of ~size px
 
 // ---------- data access ----------
@@ -143,18 +148,25 @@ function spectrumCanvas(power, p, px, readoutEl) {
   for (let u = 0; u < p; u++) for (let w = 0; w < p; w++) shifted[((u + h) % p) * p + (w + h) % p] = power[u * p + w];
   let total = 0;
   for (const x of power) total += x;
+  // a real function's power at (u, w) equals that at (-u, -w): the share of that real frequency is both
+  const share = (u, w) => (total ? (power[((u + p) % p) * p + (w + p) % p] + power[((p - u) % p) * p + (p - w) % p]) / total : 0);
   return gridCanvas(shifted, p, px, "spectrum", (x) => (max > 0 && x > 0 ? 1 + Math.log10(x / max) / 4 : 0),
-    readoutEl && ((i, j, x) => { readoutEl.textContent = `u=${i - h} w=${j - h} share=${(total ? x / total : 0).toFixed(4)}`; }));
+    readoutEl && ((i, j) => {
+      const u = i - h, w = j - h;
+      readoutEl.textContent = `u=${u} (over a) w=${w} (over b): share of (u, w) and (-u, -w) together ${share(u, w).toFixed(4)}`;
+    }));
 }
-function lineCanvas(ys, w, hgt, cls, marks = []) {
+function lineCanvas(ys, w, hgt, cls) {
   const cv = el("canvas", { class: cls, width: w, height: hgt }), ctx = cv.getContext("2d");
   const max = Math.max(1e-30, ...ys), n = ys.length;
   ctx.strokeStyle = "#ccc"; ctx.strokeRect(0.5, 0.5, w - 1, hgt - 1);
   ctx.strokeStyle = "#1565c0"; ctx.lineWidth = 1.5; ctx.beginPath();
-  ys.forEach((y, i) => { const X = 2 + i / (n - 1) * (w - 4), Y = hgt - 2 - y / max * (hgt - 14); i ? ctx.lineTo(X, Y) : ctx.moveTo(X, Y); });
+  ys.forEach((y, i) => {
+    const X = 2 + i / (n - 1) * (w - 4), Y = hgt - 2 - y / max * (hgt - 14);
+    if (i) ctx.lineTo(X, Y); else ctx.moveTo(X, Y);
+  });
   ctx.stroke();
   ctx.fillStyle = "#555"; ctx.font = "10px sans-serif"; ctx.fillText("max " + max.toFixed(3), 4, 10);
-  for (const m of marks) ctx.fillText(m, w - 60, 10);
   return cv;
 }
 function compositionCanvas(comp, w) {
@@ -177,15 +189,17 @@ function panel(title, node, caption) {
 }
 
 // ---------- the latent list ----------
-const COLS = [["seed", "seed"], ["index", "latent"], ["type", "type"], ["freq", "freq"], ["rate", "firing"],
-  ["reappear", "reappear"], ["best_cos", "best cos"]];
-const SORTS = [["index", "latent index"], ["rate", "firing rate"], ["reappear", "reappearance"],
-  ["best_cos", "best-match cosine"], ["freq", "frequency"], ["answer", "answer share"], ["purity", "Fourier purity"]];
+const COLS = [["seed", "seed"], ["index", "latent"], ["type", "type"], ["freq", "plane k"], ["rate", "firing"],
+  ["reappear", "reappear"], ["best_cos", "mean best cos"]];
+const SORTS = [["index", "latent index"], ["type", "type"], ["rate", "firing rate"], ["reappear", "reappearance"],
+  ["best_cos", "mean best-match cosine"], ["freq", "decoder plane k"], ["answer", "answer share"],
+  ["purity", "Fourier purity"]];
 const cells = [...new Set(D.saes.map((s) => s.cell))];
 function seedsOf(cell) { return D.saes.map((s, i) => i).filter((i) => D.saes[i].cell === cell); }
 function rowsFor() {
   const cell = $("cell-select").value, seed = $("seed-select").value;
   const t = $("type-filter").value, f = $("freq-filter").value, q = $("search").value.trim();
+  const minRate = Number($("min-rate").value) || 0, minReap = Number($("min-reappear").value) || 0;
   const rows = [];
   for (const s of seedsOf(cell)) {
     if (seed !== "all" && String(s) !== seed) continue;
@@ -194,6 +208,7 @@ function rowsFor() {
       if (t !== "any" && String(L.type[k]) !== t) return;
       if (f !== "any" && String(L.freq[k]) !== f) return;
       if (q !== "" && String(index) !== q) return;
+      if (L.rate[k] < minRate || (minReap > 0 && !(L.reappear[k] >= minReap))) return;
       rows.push({ s, k, seed: D.saes[s].seed, index, type: L.type[k], freq: L.freq[k], rate: L.rate[k],
         reappear: L.reappear[k], best_cos: L.best_cos[k], answer: L.answer[k], purity: L.purity[k] });
     });
@@ -225,23 +240,21 @@ function fillSeeds() {
   const sel = $("seed-select");
   sel.replaceChildren(el("option", { value: "all" }, "all seeds"));
   for (const s of seedsOf($("cell-select").value)) sel.append(el("option", { value: s }, "seed " + D.saes[s].seed));
-  const keys = D.saes[seedsOf($("cell-select").value)[0]].keys, ff = $("freq-filter");
+  const first = D.saes[seedsOf($("cell-select").value)[0]], ff = $("freq-filter");
+  const keys = D.models[first.model].hooks[first.hook].key_frequencies;  // not the SAE's: it may have no live latent
   ff.replaceChildren(el("option", { value: "any" }, "any"), ...keys.map((k) => el("option", { value: k }, "k = " + k)),
-    el("option", { value: "0" }, "none (off the planes)"));
+    el("option", { value: "0" }, "no single plane k >= 0.5"));
 }
 
 // ---------- the selected latent and its matches ----------
+let selecting = 0;  // the latest select() call: an older one still unpacking must not draw over it
 async function select(s, index) {
-  const k = position(s, index);
+  const k = position(s, index), token = ++selecting;
   if (k === undefined) return;
   const sae = D.saes[s], m = model(s), p = m.p, op = m.operation, L = sae.latents;
-  const v = await latentValues(s, k), prof = profile(v, p, op), power = spectrum(v, p), comp = composition(s, k);
-  const tops = topInputs(v, p, op);
-  HB.view = { sae: s, latent: index, k, values: v, profile: prof, spectrum: power, composition: comp, tops };
-  location.hash = `sae=${s}&latent=${index}`;
-  for (const tr of document.querySelectorAll("#latent-body tr.sel")) tr.classList.remove("sel");
-  const row = document.querySelector(`#latent-body tr[data-sae="${s}"][data-index="${index}"]`);
-  if (row) row.classList.add("sel");
+  const v = await latentValues(s, k);
+  if (token !== selecting) return;
+  const prof = profile(v, p, op), power = spectrum(v, p), comp = composition(s, k), tops = topInputs(v, p, op);
   const read = el("div", { class: "readout", id: "readout" }), sread = el("div", { class: "readout" });
   const heat = heatmap(v, p, op, px(p, 340), read), spec = spectrumCanvas(power, p, px(p, 230), sread);
   heat.id = "heatmap"; spec.id = "spectrum";
@@ -251,42 +264,67 @@ async function select(s, index) {
     ...tops.map((t) => el("tr", {}, el("td", {}, t.a), el("td", {}, t.b), el("td", {}, t.c), el("td", {}, t.z.toFixed(4)))));
   for (const n of [heat, spec, pc, cc, tbl]) { n.dataset.sae = s; n.dataset.latent = index; }
   const head = el("div", { class: "card", id: "latent-card" },
-    el("h2", {}, `${sae.cell} · seed ${sae.seed} · latent ${index} · `, el("span", { class: "t" + L.type[k] }, D.types[L.type[k]]),
-      L.freq[k] ? ` · k = ${L.freq[k]}` : ""),
-    el("div", { class: "muted" }, `firing rate ${fmt(L.rate[k], 4)} · reappears in ${fmt(L.reappear[k], 2)} of the other seeds ` +
-      `(best decoder cosine >= ${D.threshold}; mean best ${fmt(L.best_cos[k])}) · E[z|c] share ${fmt(L.answer[k])} · ` +
+    el("h2", {}, `${sae.cell} · seed ${sae.seed} · latent ${index} · `,
+      el("span", { class: "t" + L.type[k] }, D.types[L.type[k]]),
+      L.freq[k] ? ` · decoder plane k = ${L.freq[k]}` : ""),
+    el("div", { class: "muted" }, `firing rate ${fmt(L.rate[k], 4)} · ` + (L.reappear[k] === null
+      ? "no other seed to reappear in · "
+      : `reappears in ${fmt(L.reappear[k], 2)} of the other seeds (best in-span decoder cosine >= ${sae.threshold}; ` +
+        `mean best ${fmt(L.best_cos[k])}) · `) + `E[z|c] share ${fmt(L.answer[k])} · ` +
       `f(a)+g(b) share ${fmt(L.inputs[k])} · Fourier purity ${fmt(L.purity[k])} (k = ${L.purity_freq[k]}) · ` +
-      `nearest answer centroid cos ${fmt(L.centroid[k])} · SAE: ${sae.architecture}, ${sae.d_sae} latents, L0 ${fmt(sae.l0, 1)}, ` +
+      `nearest answer centroid cos ${fmt(L.centroid[k])} · ` +
+      `SAE: ${sae.architecture}, ${sae.d_sae} latents, L0 ${fmt(sae.l0, 1)}, ` +
       `EV ${fmt(sae.ev)}, ${sae.n_live} live`),
     el("div", { class: "panels" },
-      panel("activation over (a, b)", heat, "rows a, columns b; a stripe of constant a+b is a function of the answer"),
+      panel("activation over (a, b)", heat, op === "mul" ? "rows a, columns b (4-bit levels of the latent's maximum)"
+        : `rows a, columns b (4-bit levels of the latent's maximum); a stripe of constant a${op === "sub" ? "-" : "+"}b ` +
+          "is a function of the answer"),
       el("div", {}, read),
       panel("E[z | c] over the answer c", pc),
-      panel("2-D Fourier power of z", spec, "zero frequency at the centre; log scale over 4 decades"),
+      panel("2-D Fourier power of z", spec, "rows: frequency u over a, columns: w over b, zero at the centre; " +
+        "log scale over 4 decades. " + (op === "mul" ? "The additive DFT: the key frequencies of mul are those of the " +
+        "discrete log, not these." : `A function of the answer lies on the diagonal u = ${op === "sub" ? "-w" : "w"}.`)),
       el("div", {}, sread),
-      panel("decoder over the planes", cc, "share of the in-span decoder in each key frequency's output / input plane; off span: share outside the data span"),
-      panel("top inputs", tbl)));
+      panel("decoder over the planes", cc, "share of the in-span decoder in each key frequency's output / input " +
+        "plane (the plane k of the list: one holding >= 0.5); off span: share outside the data span"),
+      panel("top inputs", tbl, "z at 4-bit resolution: equal values tie")));
   const cards = el("div", { class: "matches", id: "matches" });
-  for (const [other, [idx, cos, corr]] of Object.entries(sae.matches)) {
+  for (const [other, [idx, cos, corr, same]] of Object.entries(sae.matches)) {
     const o = Number(other), j = idx[k], ok = position(o, j), vo = await latentValues(o, ok), Lo = D.saes[o].latents;
+    if (token !== selecting) return;
+    const top = topInputs(vo, p, op, 3).map((t) => `(${t.a}, ${t.b}) c=${t.c}`).join(", ");
     const mh = heatmap(vo, p, op, px(p, 170)), mp = lineCanvas(profile(vo, p, op), 170, 80, "profile"),
       ms = spectrumCanvas(spectrum(vo, p), p, px(p, 115)), mc = compositionCanvas(composition(o, ok), 170);
     const card = el("div", { class: "card match", "data-sae": o, "data-latent": j, "data-cos": cos[k] },
       el("h3", {}, `seed ${D.saes[o].seed} · latent ${j} · `, el("span", { class: "t" + Lo.type[ok] }, D.types[Lo.type[ok]])),
-      el("div", { class: "muted" }, `decoder cos ${fmt(cos[k])} · activation corr ${fmt(corr[k])}` + (cos[k] >= D.threshold ? " · same feature" : "")),
-      el("div", { class: "panels" }, mh, mp, ms, mc));
+      el("div", { class: "muted" }, `in-span decoder cos ${fmt(cos[k])} · activation corr ${fmt(corr[k])}` +
+        (same[k] ? " · same feature" : "")),
+      el("div", { class: "panels" }, mh, mp, ms, mc), el("div", { class: "muted" }, "top inputs: " + top));
     card.onclick = () => select(o, j);
     cards.append(card);
   }
+  const others = seedsOf(sae.cell).length - 1;
   $("view").replaceChildren(head, el("div", { class: "card" }, el("h2", {}, "best match in every other seed"),
-    Object.keys(sae.matches).length ? cards : el("span", { class: "muted" }, "this cell has one seed")));
+    Object.keys(sae.matches).length ? cards : el("span", { class: "muted" },
+      others ? "no other seed of this cell has a live latent" : "this cell has one seed")));
+  HB.view = { sae: s, latent: index, k, values: v, profile: prof, spectrum: power, composition: comp, tops };
+  history.replaceState(null, "", `#cell=${encodeURIComponent(sae.cell)}&seed=${encodeURIComponent(sae.seed)}&latent=${index}`);
+  for (const tr of document.querySelectorAll("#latent-body tr.sel")) tr.classList.remove("sel");
+  const row = document.querySelector(`#latent-body tr[data-sae="${s}"][data-index="${index}"]`);
+  if (row) row.classList.add("sel");
+}
+function fromHash() {  // #cell=LABEL&seed=S&latent=I -> [sae, latent], or null
+  const h = new URLSearchParams(location.hash.slice(1));
+  const s = D.saes.findIndex((e) => e.cell === h.get("cell") && String(e.seed) === h.get("seed"));
+  return s >= 0 && h.has("latent") ? [s, Number(h.get("latent"))] : null;
 }
 
 // ---------- the model page ----------
 async function renderModel() {
   const root = el("div", { id: "model-page" });
   for (const [mi, m] of D.models.entries()) {
-    const card = el("div", { class: "card model" }, el("h2", {}, `model seed ${m.seed} · p = ${m.p} · ${m.operation} · ${m.path}`));
+    const card = el("div", { class: "card model" },
+      el("h2", {}, `model seed ${m.seed} · p = ${m.p} · ${m.operation} · ${m.path}`));
     const kv = el("table", { class: "kv" });
     for (const [k, v] of Object.entries(m.metrics)) kv.append(el("tr", {}, el("th", {}, k), el("td", {}, fmtAny(v))));
     card.append(kv);
@@ -294,8 +332,11 @@ async function renderModel() {
       const t = el("table", { class: "kv planes" }, el("tr", {}, el("th", {}, "plane"), el("th", {}, "variance share")));
       for (const [name, share] of Object.entries(h.planes)) t.append(el("tr", {}, el("td", {}, name), el("td", {}, fmt(share))));
       const vt = el("table", { class: "kv" }, el("tr", {}, el("th", {}, "part of the variance"), el("th", {}, "share")));
-      for (const [name, share] of Object.entries(h.variance)) vt.append(el("tr", {}, el("td", {}, h.variance_names[name] || name), el("td", {}, fmt(share))));
-      card.append(el("h3", {}, `${hook}: key frequencies ${h.key_frequencies.join(", ")}; planes span ${h.span.dim} dims, ${fmt(h.span.share)} of the variance`),
+      for (const [name, share] of Object.entries(h.variance)) {
+        vt.append(el("tr", {}, el("td", {}, h.variance_names[name] || name), el("td", {}, fmt(share))));
+      }
+      card.append(el("h3", {}, `${hook}: key frequencies ${h.key_frequencies.join(", ")}; ` +
+        `planes span ${h.span.dim} dims, ${fmt(h.span.share)} of the variance`),
         el("div", { class: "panels" }, t, vt));
     }
     const n = m.neurons, q = n.examples.index.length ? await levels("n" + mi) : null;
@@ -304,7 +345,8 @@ async function renderModel() {
     const ex = el("div", { class: "panels neurons" });
     n.examples.index.forEach((idx, i) => {
       const v = unpack(q, i, n.scale[i], m.p, m.operation);
-      ex.append(panel(`neuron ${idx} · k = ${n.examples.freq[i]} · purity ${fmt(n.examples.purity[i], 2)}`, heatmap(v, m.p, m.operation, px(m.p, 170))));
+      ex.append(panel(`neuron ${idx} · k = ${n.examples.freq[i]} · purity ${fmt(n.examples.purity[i], 2)}`,
+        heatmap(v, m.p, m.operation, px(m.p, 170))));
     });
     card.append(ex);
     root.append(card);
@@ -320,9 +362,12 @@ function buildLatentTab() {
       el("label", {}, "type ", el("select", { id: "type-filter" }, el("option", { value: "any" }, "any"),
         ...D.types.map((t, i) => el("option", { value: i }, t)))),
       el("label", {}, "frequency ", el("select", { id: "freq-filter" }))),
+    el("div", { class: "row" }, el("label", {}, "firing rate >= ", el("input", { id: "min-rate", size: 5, placeholder: "0" })),
+      el("label", {}, "reappearance >= ", el("input", { id: "min-reappear", size: 5, placeholder: "0" }))),
     el("div", { class: "row" }, el("label", {}, "latent # ", el("input", { id: "search", size: 6, placeholder: "index" })),
       el("label", {}, "sort ", el("select", { id: "sort-key" }, ...SORTS.map(([k, t]) => el("option", { value: k }, t)))),
-      el("select", { id: "sort-dir" }, el("option", { value: "desc" }, "high first"), el("option", { value: "asc" }, "low first"))),
+      el("select", { id: "sort-dir" }, el("option", { value: "desc" }, "high first"),
+        el("option", { value: "asc" }, "low first"))),
     el("div", { id: "count", class: "muted" }),
     el("div", { id: "list-wrap" }, el("table", { id: "latent-list" },
       el("thead", {}, el("tr", {}, ...COLS.map(([, t]) => el("th", {}, t)))), el("tbody", { id: "latent-body" }))));
@@ -336,7 +381,7 @@ async function start() {
   $("app").append(latentsTab, modelTab);
   $("cell-select").onchange = () => { fillSeeds(); renderList(); };
   for (const id of ["seed-select", "type-filter", "freq-filter", "sort-key", "sort-dir"]) $(id).onchange = renderList;
-  $("search").oninput = renderList;
+  for (const id of ["search", "min-rate", "min-reappear"]) $(id).oninput = renderList;
   $("sort-key").value = "reappear";
   fillSeeds();
   renderList();
@@ -346,14 +391,18 @@ async function start() {
   };
   $("tab-latents").onclick = () => tab("latents");
   $("tab-model").onclick = async () => { tab("model"); if (!modelTab.firstChild) modelTab.append(await renderModel()); };
-  const h = new URLSearchParams(location.hash.slice(1)), first = document.querySelector("#latent-body tr.latent");
-  if (h.has("sae") && D.saes[+h.get("sae")]) {
-    $("cell-select").value = D.saes[+h.get("sae")].cell; fillSeeds(); renderList();
-    await select(+h.get("sae"), +h.get("latent"));
-  } else if (first) await select(+first.dataset.sae, +first.dataset.index);
+  const open = async (target) => {
+    $("cell-select").value = D.saes[target[0]].cell; fillSeeds(); renderList();
+    await select(target[0], target[1]);
+  };
+  window.addEventListener("hashchange", () => { const t = fromHash(); if (t) open(t); });
+  const linked = fromHash(), first = document.querySelector("#latent-body tr.latent");
+  if (linked) await open(linked);
+  else if (first) await select(+first.dataset.sae, +first.dataset.index);
   HB.readyMs = performance.now() - t0;
   HB.ready = true;
-  $("status").textContent = `${D.saes.length} SAEs · ${D.saes.reduce((n, s) => n + s.n_live, 0)} live latents · ${D.models.length} model(s)`;
+  $("status").textContent = `${D.saes.length} SAEs · ${D.saes.reduce((n, s) => n + s.n_live, 0)} live latents · ` +
+    `${D.models.length} model(s)` + (D.skipped.length ? ` · not shown, failed: ${D.skipped.join(", ")}` : "");
 }
 window.addEventListener("error", (e) => HB.errors.push(String(e.message)));
 start().catch((e) => { HB.errors.push(String(e)); $("status").textContent = "error: " + e; throw e; });

@@ -2,7 +2,8 @@
 
 Per SAE (one seed of one cell), for every live latent (fired on some input of the p^2 grid):
     its activation z over the whole grid, stored as 4-bit levels q = round(15 z / max z) (the
-    latent's `scale` = max z is kept, so z = q * scale / 15, within scale / 30 of the true value);
+    latent's `scale` = max z is kept, so z = q * scale / 15, within scale / 30 of the true value,
+    except that any z > 0 is at least level 1: a firing input is never drawn as silent);
     the grid is laid out answer-major, (c, a) for c = a + b (or a - b), so that a function of the
     answer is a run of equal bytes for deflate. Bytes per latent after deflate, measured on the
     default study's TopK 256-latent k 32 and ReLU 64-latent L0 8 seeds at resid_post:
@@ -10,14 +11,16 @@ Per SAE (one seed of one cell), for every live latent (fired on some input of th
         6 bits, (c, a)         1685 / 1805      5 bits, (c, a)   1489 / 1539
         4 bits, (c, a)         1260 / 1244
     (PNG's prediction filters, sub / up / average / Paeth, made every case 13-60% larger: these
-    heatmaps are not smooth at the grid's resolution). The whole default study (14,691 live latents,
-    a third of them firing on a third to half of the inputs) came to 35.1 MB at 5 bits and 29.4 MB at
-    4 bits, against a budget of ~30 MB; 16 levels still show a heatmap's shape (stripe, patch, circle).
+    heatmaps are not smooth at the grid's resolution). The whole default study's page (14,691 live
+    latents, a third of them firing on a third to half of the inputs) came to 35.1 MB at 5 bits and
+    29.8 MB at 4 bits, against a budget of ~30 MB (BENCHMARKS.md); 16 levels still show a heatmap's
+    shape (stripe, patch, lattice).
     its type and measures from husai.analysis.latent_types (the ground truth of its hook);
     its best match in every other seed of the cell, by decoder cosine in the data metric
     (husai.analysis.data_span: the basis-free comparison the stability figures use), with that
     cosine and the correlation of the two latents' activations;
-    its reappearance: the share of other seeds where that cosine is >= 0.7 (the stability threshold).
+    its reappearance: the share of other seeds where that cosine is >= the study's stability threshold
+    (the cell's analysis.json; 0.7 for a folder without one), None in a one-seed cell.
 The page computes the rest from z: the heatmap, E[z | c], the 2-D Fourier spectrum, the top inputs.
 
 Per model: the key frequencies, the training figures, each hook's ground-truth planes with their
@@ -39,8 +42,9 @@ from husai.errors import HusaiError
 LEVELS = 15
 """4-bit activation levels (the module docstring has the measured sizes)."""
 MATCH_THRESHOLD = 0.7
-"""A latent reappears in another seed when its best decoder cosine there is >= 0.7, the threshold of
-the study's stability figures (husai.analysis.stability.SHARED_THRESHOLD)."""
+"""A latent reappears in another seed when its best decoder cosine there is >= the threshold of the
+study's stability figures, read from the cell's analysis.json; this default where there is none (a
+`husai train-sae` output) is husai.analysis.stability.SHARED_THRESHOLD's."""
 NEURON_EXAMPLES = 4
 """Example neurons shown per key frequency on the model page (the purest ones)."""
 MLP_HOOK = "blocks.0.mlp.hook_post"
@@ -63,6 +67,9 @@ def pack_levels(z: np.ndarray, layout: np.ndarray) -> tuple[str, list[float]]:
     per-column scales). A negative value (no husai activation gives one) would be clipped to 0."""
     scale = z.max(0) if z.size else np.zeros(0)
     q = np.rint(np.clip(z, 0, None) / np.maximum(scale, 1e-30) * LEVELS).astype(np.uint8)
+    # a latent that fires, however weakly, is drawn as firing: rounding to level 0 hid 6% of the firing
+    # inputs of the default study (one latent lost 14% of its support); level 1 for them costs ~nothing
+    q[(z > 0) & (q == 0)] = 1
     raw = np.ascontiguousarray(q[layout].T).tobytes()
     # zlib's run-length strategy: 4% smaller than level 9's default here, and 30x faster (0.09 s
     # against 2.9 s for a 256-latent seed): the runs are of zeros and of one answer's value
@@ -77,14 +84,17 @@ def _round(v, nd: int = 3) -> list:
 
 
 def find_cells(root: Path) -> list[Path]:
-    """The SAE cells under root: folders holding seed_*/cfg.json (a study's cells, a multi-seed
-    `husai train-sae` output) or root itself when it is one SAE folder. Sorted by path."""
-    if (root / "cfg.json").is_file() or any(root.glob("seed_*/cfg.json")):
-        return [root]
-    cells = sorted({c.parent.parent for c in root.rglob("seed_*/cfg.json")})
+    """The SAE cells under root, sorted by path: folders holding seed_*/cfg.json (a study's cells, a
+    multi-seed `husai train-sae` output) and folders holding cfg.json themselves (a one-seed output).
+    Hidden folders are skipped: a `.NAME.partial-XXXX` is an unfinished output (husai.outputs)."""
+    cells = set()
+    for cfg in [root / "cfg.json"] if (root / "cfg.json").is_file() else root.rglob("cfg.json"):
+        if any(part.startswith(".") for part in cfg.relative_to(root).parts):
+            continue
+        cells.add(cfg.parent.parent if cfg.parent.name.startswith("seed_") else cfg.parent)
     if not cells:
-        raise HusaiError(f"{root} holds no SAEs (no seed_*/cfg.json or cfg.json below it)")
-    return cells
+        raise HusaiError(f"{root} holds no SAEs (no cfg.json in it or below it)")
+    return sorted(cells)
 
 
 def resolve_model(recorded: str | None, root: Path, given: Path | None) -> Path:
@@ -118,7 +128,8 @@ def _matches(views: list, codes: list[torch.Tensor]) -> list[dict]:
     return out
 
 
-def cell_data(cell: Path, label: str, ctx: dict, gt, layout: np.ndarray, model_id: int) -> list[dict]:
+def cell_data(cell: Path, label: str, ctx: dict, gt, layout: np.ndarray, model_id: int,
+              threshold: float = MATCH_THRESHOLD) -> list[dict]:
     """One entry per seed of the cell (module docstring), in the cell's seed order."""
     from husai.analysis.agreement import seed_view
     from husai.analysis.compare import expand_sae_dirs, hook_of, load_sae_folders, metadata
@@ -162,12 +173,13 @@ def cell_data(cell: Path, label: str, ctx: dict, gt, layout: np.ndarray, model_i
                 inp=[_round(lat["in_input"][str(k)] for k in keys) for lat in lats])))
     for e, m in zip(entries, _matches(views, codes)):
         # keyed by the other seed's position in this cell (made global ids by the caller)
-        e["matches"] = {j: (idx, _round(cos), _round(corr)) for j, (idx, cos, corr) in m.items()}
+        # the same-feature flags from the unrounded cosines: a cosine of 0.6996 does not reappear
+        e["matches"] = {j: (idx, _round(cos), _round(corr), (cos >= threshold).astype(int).tolist())
+                        for j, (idx, cos, corr) in m.items()}
         n = len(e["latents"]["index"])
-        cos = [v[1] for v in m.values()]  # unrounded: a cosine of 0.6996 does not reappear
-        e["latents"]["reappear"] = _round(np.mean([[c >= MATCH_THRESHOLD for c in cs] for cs in cos], 0)
-                                          if cos else [0.0] * n, 3)
-        e["latents"]["best_cos"] = _round(np.mean(cos, 0) if cos else [0.0] * n, 3)
+        cos = [v[1] for v in m.values()]
+        e["latents"]["reappear"] = _round(np.mean([c >= threshold for c in cos], 0)) if cos else [None] * n
+        e["latents"]["best_cos"] = _round(np.mean(cos, 0)) if cos else [None] * n
     return entries
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from husai.browse.data import LEVELS, MATCH_THRESHOLD, cell_data, find_cells, grid_layout, model_data, resolve_model
 from husai.errors import HusaiError
-from husai.io import atomic_write_bytes
+from husai.io import atomic_write_bytes, read_json
 from husai.outputs import BROWSER_TAG
 
 GENERATOR = BROWSER_TAG.decode()
@@ -70,7 +70,11 @@ def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str,
         layout = layouts.setdefault((p, op), grid_layout(p, op))
         label = str(cell.relative_to(root)) if cell != root else root.name
         base = len(saes)
-        for e in cell_data(cell, label, ctx, hook_ground_truth(ctx), layout, mid):
+        threshold = MATCH_THRESHOLD
+        if (cell / "analysis.json").is_file():  # the study's own threshold for this cell
+            threshold = float(read_json(cell / "analysis.json", "cell analysis").get("threshold", MATCH_THRESHOLD))
+        for e in cell_data(cell, label, ctx, hook_ground_truth(ctx), layout, mid, threshold):
+            e["threshold"] = threshold
             e["matches"] = {str(base + j): v for j, v in e["matches"].items()}
             blobs[f"z{len(saes)}"] = e.pop("blob")
             saes.append(e)
@@ -92,8 +96,9 @@ def render(data: dict, blobs: dict[str, str], title: str) -> str:
     """The page's HTML text."""
     import html
 
-    # "</" inside a <script> element would end it early; JSON allows the escaped form "<\\/"
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    # "<" inside a <script> element can end it early ("</script") or change how the parser reads it
+    # ("<!--"); JSON allows the escaped form \u003c, which no folder name can turn back into markup
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     tags = "\n".join(f'<script type="application/octet-stream" id="{k}">{v}</script>' for k, v in blobs.items())
     return TEMPLATE.format(generator=GENERATOR, title=html.escape(title), css=(HERE / "browser.css").read_text(),
                            data=payload, blobs=tags, js=(HERE / "browser.js").read_text())

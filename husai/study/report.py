@@ -164,12 +164,15 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
     verdict_lines = sweep_lines + per_cell + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
     sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
 
-    md = ["# husai study report", "", "Every latent of every seed: [the feature browser](browser.html).", ""]
+    # the study writes browser.html right after this report, when some cell finished (husai.study.runner)
+    browsable = any((r.folder(root) / "analysis.json").is_file() for r in cfg.runs())
+    md = ["# husai study report", ""] + (["Every latent of every seed: [the feature browser](browser.html).", ""]
+                                         if browsable else [])
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
     md += ["## Figures", ""] + [f"![{cap}](figures/{p.name})\n\n*{cap}*\n" for _, p, cap in figs]
     atomic_write_bytes(root / "report.md", "\n".join(md).encode())
-    atomic_write_bytes(root / "report.html", _html(sections, figs).encode())
+    atomic_write_bytes(root / "report.html", _html(sections, figs, browsable).encode())
     return root / "report.html"
 
 
@@ -256,13 +259,15 @@ def _md_table_to_html(body: str) -> str:
     return "\n".join(out)
 
 
-def _html(sections, figs) -> str:
+def _html(sections, figs, browsable: bool = False) -> str:
     css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
            "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}td.pass{background:#dfd}td.fail{background:#fdd}"
            "img{max-width:100%}figure{margin:1.5em 0}")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>husai study report</title><style>{css}</style>"
-             "</head><body><h1>husai study report</h1><p>Every latent of every seed, with its heatmap over (a, b) and its "
-             "best match in the other seeds: <a href='browser.html'>the feature browser</a> (browser.html).</p>"]
+             "</head><body><h1>husai study report</h1>"]
+    if browsable:
+        parts.append("<p>Every latent of every seed, with its heatmap over (a, b) and its best match in the other "
+                     "seeds: <a href='browser.html'>the feature browser</a> (browser.html).</p>")
     for title, body in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>{_md_table_to_html(body)}")
     parts.append("<h2>Figures</h2>")

@@ -231,8 +231,9 @@ def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, w
     console.print("[bold]stage 4/5[/] report")
     html = write_report(out, rows)
     console.print(f"report: {html}")
-    console.print("[bold]stage 5/5[/] feature browser")
-    console.print(f"browser: {write_browser(out)}")
+    if any((r.folder(out) / "analysis.json").is_file() for r in runs):  # else no SAE to show
+        console.print("[bold]stage 5/5[/] feature browser")
+        console.print(f"browser: {write_browser(out)}")
     return StudyOutcome(html, len(runs), [r.folder(out) / "failed.json" for r in runs
                                          if (r.folder(out) / "failed.json").is_file()])
 

@@ -65,7 +65,8 @@ def _pick(d, select_id: str, value: str) -> None:
 def _rows(d) -> list[dict]:
     return d.execute_script("""return Array.from(document.querySelectorAll('#latent-body tr.latent')).map(tr => ({
         sae: +tr.dataset.sae, index: +tr.dataset.index, type: tr.querySelector('td.type').textContent,
-        rate: +tr.querySelector('td.rate').textContent}))""")
+        rate: +tr.querySelector('td.rate').textContent, freq: +tr.querySelector('td.freq').textContent || 0,
+        reappear: +tr.querySelector('td.reappear').textContent}))""")
 
 
 @pytest.mark.slow
@@ -89,10 +90,11 @@ def test_the_study_page_in_chromium(finished_study, browser):
     e = data["saes"][target["sae"]]
     p = data["models"][e["model"]]["p"]
 
-    # every panel carries the selected latent
-    for pid in ("heatmap", "profile", "spectrum", "composition", "tops"):
-        el = d.find_element("id", pid)
-        assert (el.get_attribute("data-sae"), el.get_attribute("data-latent")) == (str(target["sae"]), str(target["index"]))
+    # the card names the latent that was clicked, and its row is marked
+    assert f"seed {e['seed']} · latent {target['index']}" in d.find_element("id", "latent-card").text
+    sel = d.find_elements("css selector", "#latent-body tr.sel")
+    marked = [(int(r.get_attribute("data-sae")), int(r.get_attribute("data-index"))) for r in sel]
+    assert marked == [(target["sae"], target["index"])]
 
     # the heatmap's values are the SAE's own activations of that latent (within half a level)
     sae = load_sae(e["path"])
@@ -102,7 +104,10 @@ def test_the_study_page_in_chromium(finished_study, browser):
     z = z_all[:, target["index"]].numpy()
     k = e["latents"]["index"].index(target["index"])
     v = np.array(d.execute_script("return Array.from(HB.view.values)"))
-    assert np.abs(v - z).max() <= e["scale"][k] * (0.5 / LEVELS + 1e-5)
+    level = e["scale"][k] / LEVELS
+    weak = (z > 0) & (z < level / 2)  # firing, however weakly: drawn at one level, never as silent
+    assert np.abs(v - z)[~weak].max() <= level * (0.5 + 1e-4) and np.allclose(v[weak], level, rtol=1e-5)
+    assert ((v > 0) == (z > 0)).all()
     # ... and the canvas shows them: the brightest cell in the top colour, a silent cell in the bottom one
     pix = d.execute_script("""const c = document.getElementById('heatmap'), g = c.getContext('2d');
         return Array.from(g.getImageData(0, 0, c.width, c.height).data)""")
@@ -118,6 +123,19 @@ def test_the_study_page_in_chromium(finished_study, browser):
     power = np.abs(np.fft.fft2((v - v.mean()).reshape(p, p))) ** 2
     np.testing.assert_allclose(d.execute_script("return Array.from(HB.view.spectrum)"), power.reshape(-1),
                                atol=1e-6 * power.max())
+    # ... and the canvases draw them: the spectrum's peak (zero frequency at the centre) in the top colour,
+    # the profile's line reaching the top of its plot at the answer of its maximum
+    def canvas(cid):
+        return np.array(d.execute_script(f"""const c = document.getElementById('{cid}'), g = c.getContext('2d');
+            return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)]""")[2])
+    spec = canvas("spectrum").reshape(p, p, 4)[:, :, :3]
+    u, w = np.unravel_index(int(np.argmax(power)), (p, p))
+    assert spec[(u + p // 2) % p, (w + p // 2) % p].tolist() == top
+    W, H = d.execute_script("const c = document.getElementById('profile'); return [c.width, c.height]")
+    line = canvas("profile").reshape(H, W, 4)
+    blue = (line[:, :, 2] > 150) & (line[:, :, 0] < 80)  # the profile's stroke colour (#1565c0)
+    ys, xs = np.nonzero(blue)
+    assert ys.min() <= 14 and abs(xs[ys.argmin()] - (2 + int(np.argmax(prof)) / (p - 1) * (W - 4))) <= 3
     tops = d.execute_script("return HB.view.tops")
     first = tops[0]["a"] * p + tops[0]["b"]
     assert first in np.flatnonzero(v == v.max()) and tops[0]["c"] == c[first]
@@ -149,6 +167,21 @@ def test_the_study_page_in_chromium(finished_study, browser):
     rows = _rows(d)
     assert len(rows) == counts[t] and {r["type"] for r in rows} == {data["types"][t]}
     _pick(d, "type-filter", "any")
+    keys = data["models"][0]["hooks"][e["hook"]]["key_frequencies"]
+    n_k = sum(f == keys[0] for s in data["saes"] if s["cell"] == e["cell"] for f in s["latents"]["freq"])
+    _pick(d, "freq-filter", str(keys[0]))
+    assert len(_rows(d)) == n_k and {r["freq"] for r in _rows(d)} <= {keys[0]}
+    _pick(d, "freq-filter", "any")
+    _pick(d, "sort-key", "reappear")
+    _pick(d, "sort-dir", "desc")
+    reap = [r["reappear"] for r in _rows(d)]
+    assert reap == sorted(reap, reverse=True)
+    rates = [r for s in data["saes"] if s["cell"] == e["cell"] for r in s["latents"]["rate"]]
+    cut = round(float(np.median(rates)), 3)
+    d.find_element("id", "min-rate").send_keys(str(cut))
+    assert len(_rows(d)) == sum(r >= cut for r in rates) < len(reap) and all(r["rate"] >= cut for r in _rows(d))
+    d.find_element("id", "min-rate").clear()
+    d.execute_script("document.getElementById('min-rate').dispatchEvent(new Event('input'))")
     _pick(d, "sort-key", "rate")
     _pick(d, "sort-dir", "asc")
     rates = [r["rate"] for r in _rows(d)]
@@ -190,12 +223,18 @@ def test_a_link_to_a_latent_opens_it_and_browse_rewrites_only_its_own_page(finis
                            capture_output=True, text=True, env=ENV)
     assert again.returncode == 2 and "--overwrite" in again.stderr
     d = browser
-    d.get(page.resolve().as_uri() + "#sae=1&latent=0")
+    d.get(page.resolve().as_uri())
     _wait(d, "window.HB && (HB.ready || HB.errors.length > 0)")
     data = d.execute_script("return HB.data")
-    first = data["saes"][1]["latents"]["index"][0]
-    d.get(page.resolve().as_uri() + f"#sae=1&latent={first}")
-    d.refresh()
+    s1 = data["saes"][1]
+    last = s1["latents"]["index"][-1]
+    # the address names the cell, seed and latent (not a position that changes when cells are added)
+    link = page.resolve().as_uri() + f"#cell={s1['cell']}&seed={s1['seed']}&latent={last}"
+    d.get("about:blank")
+    d.get(link)
     _wait(d, "window.HB && (HB.ready || HB.errors.length > 0)")
-    assert d.execute_script("return [HB.view.sae, HB.view.latent]") == [1, first]
+    assert d.execute_script("return [HB.view.sae, HB.view.latent]") == [1, last]
+    first = data["saes"][2]["latents"]["index"][0]
+    d.execute_script(f"location.hash = 'cell={data['saes'][2]['cell']}&seed={data['saes'][2]['seed']}&latent={first}'")
+    _wait(d, f"HB.view.sae === 2 && HB.view.latent === {first}")  # a changed address opens its latent
     assert len(data["saes"]) == 3 and _console_errors(d) == []
