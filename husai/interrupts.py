@@ -30,17 +30,34 @@ class CommandInterrupted(BaseException):
     exit status 130, so each command's callback re-raises it as this (`interruptible`)."""
 
 
+_finished = False
+"""Whether the command's callback has returned: a Ctrl-C after that (in click's or the CLI's exit path,
+outside every note; seen in CI as the generic line after a finished train-model) finds its work done."""
+FINISHED_NOTE = "the command had finished; everything it wrote is complete"
+
+
 def interruptible(command):
     """Wrap a CLI command's callback so that its Ctrl-C reaches husai.cli.main with its note."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
+        global _finished
         try:
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
         except KeyboardInterrupt as e:
             raise CommandInterrupted(str(e)) from None
+        except BaseException:  # an error or a chosen exit status (a study with a failed cell): done too
+            _finished = True
+            raise
+        _finished = True
+        return result
 
     return run
+
+
+def finished_note(note: str) -> str:
+    """The note of a Ctrl-C that carried none: FINISHED_NOTE once the command's work is done."""
+    return note or (FINISHED_NOTE if _finished else "")
 
 
 @contextmanager

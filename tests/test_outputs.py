@@ -88,7 +88,7 @@ CASES = ("absent", "empty", "earlier", "other_husai", "user_files", "mixed", "in
 TABLE = [(c, k) for c, w in WRITERS.items() for k in CASES
          if not (k == "mixed" and not w.folder) and not (k == "inside_input" and w.inside_input is None)]
 # what a resumed study rewrites (atomically, file by file): its table and report
-REPORT = ("out/results.csv", "out/results.parquet", "out/report.md", "out/report.html", "out/figures/")
+REPORT = ("out/results.csv", "out/results.parquet", "out/report.md", "out/report.html", "out/figures/", "out/browser.html")
 
 
 def _changed(before: dict, after: dict, allowed: tuple[str, ...]) -> list[str]:

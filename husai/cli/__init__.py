@@ -52,7 +52,9 @@ def main() -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (CommandInterrupted, KeyboardInterrupt) as e:
-        _interrupted(str(e))
+        from husai.interrupts import finished_note
+
+        _interrupted(finished_note(str(e)))
     except SystemExit:
         raise
     except Exception as e:  # never a traceback for users; HUSAI_DEBUG=1 shows one
