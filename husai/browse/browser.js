@@ -28,8 +28,21 @@ function b64bytes(s) {
   for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
   return out;
 }
+// base85 with "<" and ">" swapped for "," and "." (husai.browse.data.text85): 5 characters per 4 bytes
+const B85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;,=.?@^_`{|}~";
+const B85_VALUE = new Uint8Array(128);
+for (let i = 0; i < 85; i++) B85_VALUE[B85.charCodeAt(i)] = i;
+function b85bytes(s) {
+  const n = s.length, rest = n % 5, out = new Uint8Array(Math.floor(n / 5) * 4 + (rest ? rest - 1 : 0));
+  for (let i = 0, o = 0; i < n; i += 5) {
+    let acc = 0;  // a short last group is padded with the top digit, as Python's b85decode does
+    for (let j = 0; j < 5; j++) acc = acc * 85 + (i + j < n ? B85_VALUE[s.charCodeAt(i + j)] : 84);
+    for (let j = 3; j >= 0 && o < out.length; j--, o++) out[o] = Math.floor(acc / 2 ** (8 * j)) % 256;
+  }
+  return out;
+}
 async function inflate(id) {  // the browser's own deflate decoder: no library
-  const stream = new Blob([b64bytes(document.getElementById(id).textContent.trim())]).stream()
+  const stream = new Blob([b85bytes(document.getElementById(id).textContent.trim())]).stream()
     .pipeThrough(new DecompressionStream("deflate"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }

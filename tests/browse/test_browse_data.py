@@ -1,7 +1,6 @@
 """The feature browser's data, checked against slow references and against the study's own analysis
 (an independent implementation of the same per-latent stability), without a browser."""
 
-import base64
 import json
 import re
 import subprocess
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from husai.browse.data import LEVELS, MATCH_THRESHOLD, find_cells, grid_layout, pack_levels, resolve_model
+from husai.browse.data import LEVELS, MATCH_THRESHOLD, bytes85, find_cells, grid_layout, pack_levels, resolve_model, text85
 from husai.errors import HusaiError
 
 from study_harness import ENV, HUSAI
@@ -34,10 +33,18 @@ def test_grid_layout_is_a_permutation_and_answer_major(op):
 
 def _unpack(blob: str, scale: list, lay: np.ndarray, n: int) -> np.ndarray:
     """The page's decoding, done by hand: inflate, levels -> values, layout -> rows a*p + b."""
-    q = np.frombuffer(zlib.decompress(base64.b64decode(blob)), np.uint8).reshape(n, -1)
+    q = np.frombuffer(zlib.decompress(bytes85(blob)), np.uint8).reshape(n, -1)
     z = np.zeros((lay.size, n))
     z[lay] = q.T * (np.array(scale) / LEVELS)
     return z
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 8, 1001])
+def test_text85_round_trip_and_safe_in_a_script_element(n):
+    data = bytes(range(256)) * 4 + bytes([0xFF] * 8 + [0x3C, 0x2F])  # every byte value, and runs
+    data = data[:n] if n < len(data) else data
+    text = text85(data)
+    assert bytes85(text) == data and not set(text) & set("<>\"'\\") and len(text) == -(-len(data) * 5 // 4)
 
 
 def test_pack_levels_round_trip_within_half_a_level():

@@ -143,7 +143,7 @@ def test_the_study_page_in_chromium(finished_study, browser):
     types = latent_types(z_all, sae.W_dec.double(), hook_ground_truth(ctx))["latents"]
     lat = next(x for x in types if x["index"] == target["index"])
     comp = d.execute_script("return HB.view.composition")
-    np.testing.assert_allclose(comp["out"], [lat["in_output"][str(q)] for q in comp["keys"]], atol=6e-4)
+    np.testing.assert_allclose(comp["out"], [lat["in_output"][str(q)] for q in comp["keys"]], atol=5.1e-3)  # 2 decimals
     np.testing.assert_allclose(comp["off"], lat["off_span"], atol=6e-4)
 
     # its best match in each of the other two seeds, side by side; a click opens the match
