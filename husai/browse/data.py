@@ -11,10 +11,10 @@ Per SAE (one seed of one cell), for every live latent (fired on some input of th
         6 bits, (c, a)         1685 / 1805      5 bits, (c, a)   1489 / 1539
         4 bits, (c, a)         1260 / 1244
     (PNG's prediction filters, sub / up / average / Paeth, made every case 13-60% larger: these
-    heatmaps are not smooth at the grid's resolution). The whole default study's page (14,691 live
+    heatmaps are not smooth at the grid's resolution). The whole default study's page (~14,700 live
     latents, a third of them firing on a third to half of the inputs) came to 35.1 MB at 5 bits and
-    29.8 MB at 4 bits, against a budget of ~30 MB (BENCHMARKS.md); 16 levels still show a heatmap's
-    shape (stripe, patch, lattice).
+    29.8 MB at 4 bits (base64), 29.0 MB as it is now (BENCHMARKS.md has each step), against a budget
+    of ~30 MB; 16 levels still show a heatmap's shape (stripe, patch, lattice).
     its type and measures from husai.analysis.latent_types (the ground truth of its hook);
     its best match in every other seed of the cell, by decoder cosine in the data metric
     (husai.analysis.data_span: the basis-free comparison the stability figures use), with that
