@@ -1,8 +1,9 @@
 """browser.html: one self-contained page (no CDN, no server, nothing fetched) that shows every latent.
 
-The page is the template below, the stylesheet and script beside this module (browser.css,
-browser.js, vanilla: no library to vendor), the browser's data as JSON and each SAE's activation
-levels as a base64 deflate blob in its own <script> element, inflated by the browser's own
+The page is the template below, the stylesheet and script beside this module (browser.css;
+browser.js: data access, measures, drawing; app.js: the list, the selected latent, the model page;
+vanilla: no library to vendor), the browser's data as JSON and each SAE's activation
+levels as a base85 deflate blob in its own <script> element, inflated by the browser's own
 DecompressionStream when the SAE is first opened (so a study of hundreds of SAEs opens as fast as
 one). husai.browse.data says what the data hold.
 """
@@ -43,7 +44,7 @@ TEMPLATE = """<!doctype html>
 
 
 def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str, str]]:
-    """(the page's JSON data, {element id: base64 blob}) for every SAE cell under root."""
+    """(the page's JSON data, {element id: text85 blob}) for every SAE cell under root."""
     from husai.analysis.compare import expand_sae_dirs, hook_ground_truth, load_sae_folders, metadata, model_context
     from husai.analysis.latent_types import TYPES
 
@@ -100,8 +101,9 @@ def render(data: dict, blobs: dict[str, str], title: str) -> str:
     # ("<!--"); JSON allows the escaped form \u003c, which no folder name can turn back into markup
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     tags = "\n".join(f'<script type="application/octet-stream" id="{k}">{v}</script>' for k, v in blobs.items())
+    js = (HERE / "browser.js").read_text() + (HERE / "app.js").read_text()
     return TEMPLATE.format(generator=GENERATOR, title=html.escape(title), css=(HERE / "browser.css").read_text(),
-                           data=payload, blobs=tags, js=(HERE / "browser.js").read_text())
+                           data=payload, blobs=tags, js=js)
 
 
 def write_browser(root: str | Path, out: str | Path | None = None, model: str | Path | None = None) -> Path:
