@@ -37,14 +37,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from husai.analysis.stability import SHARED_THRESHOLD
 from husai.errors import HusaiError
 
 LEVELS = 15
 """4-bit activation levels (the module docstring has the measured sizes)."""
-MATCH_THRESHOLD = 0.7
+MATCH_THRESHOLD = SHARED_THRESHOLD
 """A latent reappears in another seed when its best decoder cosine there is >= the threshold of the
-study's stability figures, read from the cell's analysis.json; this default where there is none (a
-`husai train-sae` output) is husai.analysis.stability.SHARED_THRESHOLD's."""
+study's stability figures, read from the cell's analysis.json; where there is none (a `husai
+train-sae` output), the stability figures' default."""
 NEURON_EXAMPLES = 4
 """Example neurons shown per key frequency on the model page (the purest ones)."""
 MLP_HOOK = "blocks.0.mlp.hook_post"

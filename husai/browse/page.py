@@ -45,7 +45,7 @@ TEMPLATE = """<!doctype html>
 
 def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str, str]]:
     """(the page's JSON data, {element id: text85 blob}) for every SAE cell under root."""
-    from husai.analysis.compare import expand_sae_dirs, hook_ground_truth, load_sae_folders, metadata, model_context
+    from husai.analysis.compare import expand_sae_dirs, hook_ground_truth, hook_of, load_sae_folders, metadata, model_context
     from husai.analysis.latent_types import TYPES
 
     cells, skipped = [], []
@@ -56,7 +56,7 @@ def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str,
     saes, blobs, model_ids, hooks, contexts, layouts = [], {}, {}, {}, {}, {}
     for cell in cells:
         first = load_sae_folders(expand_sae_dirs([cell])[:1])[0]
-        hook = metadata(first).get("hook_name") or first.cfg.get("hook_name")
+        hook = hook_of(first)
         if not hook:
             raise HusaiError(f"{cell}: cfg.json names no hook (metadata.hook_name)")
         mdir = resolve_model(metadata(first).get("model_path"), root, model)
