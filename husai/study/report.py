@@ -57,6 +57,12 @@ def _mark(v):
     return "n/a" if v is None else ("PASS" if v else "FAIL")
 
 
+def browsable(root: Path, cfg) -> bool:
+    """Whether some cell finished: then the study writes browser.html right after the report
+    (husai.study.runner), and the report links to it."""
+    return any((r.folder(root) / "analysis.json").is_file() for r in cfg.runs())
+
+
 def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
     """Build report.md, report.html and figures/ for a study folder; returns report.html.
 
@@ -164,15 +170,14 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
     verdict_lines = sweep_lines + per_cell + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
     sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
 
-    # the study writes browser.html right after this report, when some cell finished (husai.study.runner)
-    browsable = any((r.folder(root) / "analysis.json").is_file() for r in cfg.runs())
+    browser = browsable(root, cfg)
     md = ["# husai study report", ""] + (["Every latent of every seed: [the feature browser](browser.html).", ""]
-                                         if browsable else [])
+                                         if browser else [])
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
     md += ["## Figures", ""] + [f"![{cap}](figures/{p.name})\n\n*{cap}*\n" for _, p, cap in figs]
     atomic_write_bytes(root / "report.md", "\n".join(md).encode())
-    atomic_write_bytes(root / "report.html", _html(sections, figs, browsable).encode())
+    atomic_write_bytes(root / "report.html", _html(sections, figs, browser).encode())
     return root / "report.html"
 
 

@@ -200,7 +200,7 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
 def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, workers: int, address: str | None,
                retry_failed: bool, console, progress: bool) -> StudyOutcome:
     from husai.browse import write_browser
-    from husai.study.report import write_report
+    from husai.study.report import browsable, write_report
     from husai.study.results import build_table
 
     if not (out / "study.yaml").is_file():  # one already there holds this config (check_config_matches), maybe
@@ -231,7 +231,7 @@ def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, w
     console.print("[bold]stage 4/5[/] report")
     html = write_report(out, rows)
     console.print(f"report: {html}")
-    if any((r.folder(out) / "analysis.json").is_file() for r in runs):  # else no SAE to show
+    if browsable(out, cfg):  # else no SAE to show
         console.print("[bold]stage 5/5[/] feature browser")
         console.print(f"browser: {write_browser(out)}")
     return StudyOutcome(html, len(runs), [r.folder(out) / "failed.json" for r in runs
