@@ -117,6 +117,17 @@ def bench_saelens(x, cfg, seed: int, device: str = "cpu") -> dict:
     return dict(wall_s=wall, samples_per_s_per_seed=total / wall, ev=ev, l0=l0)
 
 
+def _mean_row(rows: list[dict]) -> dict:
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def _median_row(rows: list[dict]) -> dict:
+    """The row whose throughput is the median (an odd count) or the lower middle one: its EV, L0 and
+    wall come with it."""
+    ordered = sorted(rows, key=lambda r: r["samples_per_s_per_seed"])
+    return dict(ordered[(len(ordered) - 1) // 2])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--transformer-checkpoint", default=None)
@@ -137,6 +148,8 @@ def main() -> None:
     ap.add_argument("--init", default="random", choices=["random", "data"])
     ap.add_argument("--skip-saelens", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: every trainer runs there, data included")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run every trainer this many times, interleaved, and report medians (a shared machine's speed drifts)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -157,17 +170,27 @@ def main() -> None:
 
     dev = args.device
     bench_husai(x[:1024], replace(cfg, epochs=1), seeds, dev)  # warm-up: first-call costs (allocator, BLAS init)
-    rows = {}
-    rows[f"husai {len(seeds)} seeds at once"] = bench_husai(x, cfg, seeds, dev)
-    singles = [bench_husai(x, cfg, [s], dev) for s in seeds]
-    rows["husai one seed at a time"] = {k: sum(r[k] for r in singles) / len(singles) for k in singles[0]}
-    if not args.skip_saelens:
-        theirs = cfg if args.saelens_coeff is None else replace(cfg, l1_coeff=args.saelens_coeff, l0_coeff=args.saelens_coeff)
-        lens = [bench_saelens(x, theirs, s, dev) for s in seeds[:2]]  # two seeds are enough for its mean speed
-        rows["SAELens SAETrainer, one seed"] = {k: sum(r[k] for r in lens) / len(lens) for k in lens[0]}
-    print(f"{'':34s} {'samples/s/seed':>15s} {'EV':>8s} {'L0':>7s} {'wall s':>8s}")
+    # Each repeat runs every trainer once, one after another, so a slow spell of a shared machine lands
+    # on all of them; the table reports each one's median over the repeats and the ratios of medians.
+    runs: dict[str, list[dict]] = {}
+    theirs = cfg if args.saelens_coeff is None else replace(cfg, l1_coeff=args.saelens_coeff, l0_coeff=args.saelens_coeff)
+    for _ in range(args.repeats):
+        runs.setdefault(f"husai {len(seeds)} seeds at once", []).append(bench_husai(x, cfg, seeds, dev))
+        singles = [bench_husai(x, cfg, [s], dev) for s in seeds]
+        runs.setdefault("husai one seed at a time", []).append(_mean_row(singles))
+        if not args.skip_saelens:
+            lens = [bench_saelens(x, theirs, s, dev) for s in seeds[:2]]  # two seeds are enough for its mean speed
+            runs.setdefault("SAELens SAETrainer, one seed", []).append(_mean_row(lens))
+    rows = {name: dict(_median_row(rs), samples_per_s_runs=[r["samples_per_s_per_seed"] for r in rs])
+            for name, rs in runs.items()}
+    print(f"{'':34s} {'samples/s/seed':>15s} {'EV':>8s} {'L0':>7s} {'wall s':>8s}   (medians of {args.repeats} repeat(s))")
     for name, r in rows.items():
-        print(f"{name:34s} {r['samples_per_s_per_seed']:15.0f} {r['ev']:8.4f} {r['l0']:7.2f} {r['wall_s']:8.2f}")
+        spread = "" if args.repeats == 1 else f"   runs: {', '.join(f'{v:.0f}' for v in r['samples_per_s_runs'])}"
+        print(f"{name:34s} {r['samples_per_s_per_seed']:15.0f} {r['ev']:8.4f} {r['l0']:7.2f} {r['wall_s']:8.2f}{spread}")
+    if "SAELens SAETrainer, one seed" in rows:
+        ref = rows["SAELens SAETrainer, one seed"]["samples_per_s_per_seed"]
+        print("ratio to SAELens: " + ", ".join(f"{name} {r['samples_per_s_per_seed'] / ref:.2f}x"
+                                               for name, r in rows.items() if not name.startswith("SAELens")))
     if args.json:
         from husai.io import write_json
 
