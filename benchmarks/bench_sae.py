@@ -11,6 +11,7 @@ processes running, 2 intra-op threads can be many times slower.
     python benchmarks/bench_sae.py --transformer-checkpoint runs/model --epochs 5 --seeds 5
     python benchmarks/bench_sae.py --synthetic --epochs 2    # no model needed: random low-rank data
     python benchmarks/bench_sae.py --transformer-checkpoint runs/model --architecture relu --batch-size 64
+    python benchmarks/bench_sae.py --transformer-checkpoint runs/model --repeats 3   # medians of 3 interleaved runs
 """
 
 from __future__ import annotations
