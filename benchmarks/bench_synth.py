@@ -127,6 +127,7 @@ def husai_yaml(arch: str, init: str, args, path: Path) -> dict:
     cfg.pop("expansion", None)
     cfg.update(latents=args.width, k=args.k, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                init=init, trajectory_epochs=[])
+    cfg.update(args.husai_set)
     path.write_text(yaml.safe_dump(cfg))
     return cfg
 
@@ -217,6 +218,7 @@ def run(args, work: Path) -> dict:
     results = dict(world=dict(features=args.features, hidden_dim=args.hidden_dim, world_seed=args.world_seed,
                               train_samples=args.train_samples, true_l0_train=true_l0),
                    sae=dict(width=args.width, k=args.k, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+                            husai_set=args.husai_set,
                             seeds=args.seed_list, matryoshka_widths=matryoshka_levels(args.width, args.levels)),
                    trainers={}, rows={})
     for arch in args.architectures:
@@ -283,6 +285,8 @@ def parse_args(argv=None):
     ap.add_argument("--husai-inits", default="random,data",
                     help="husai decoder inits to run: random (isotropic, W_enc = W_dec^T: SAELens's kind) and/or data "
                          "(the example configs' default, made for the grokked model's low-rank activations)")
+    ap.add_argument("--husai-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another husai config key for every husai run (a YAML value), e.g. decoder_norm=rescale; repeatable")
     ap.add_argument("--architectures", default=",".join(ARCHITECTURES))
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both trainers")
     ap.add_argument("--work", default=None, help="folder for the activation file and SAEs (default: a temporary one)")
@@ -295,6 +299,12 @@ def parse_args(argv=None):
     if not args.husai_inits or not set(args.husai_inits) <= {"random", "data"}:
         ap.error("--husai-inits: random, data or both")
     args.seed_list = [42 + i for i in range(args.seeds)]
+    import yaml
+
+    pairs = [kv.partition("=") for kv in args.husai_set]
+    if any(not key or not sep for key, sep, _ in pairs):
+        ap.error("--husai-set: write KEY=VALUE")
+    args.husai_set = {key: yaml.safe_load(value) for key, _, value in pairs}
     return args
 
 

@@ -61,6 +61,12 @@ class StackedSAE(nn.Module):
 
     architecture = "base"
     unit_norm_decoder = True  # keep decoder rows unit-norm during training (Gao et al. sec. 2.3)
+    rescale = False
+    """True (the TopK family with SAETrainConfig.decoder_norm "rescale"): decoder rows have free norms
+    n [S, d_sae] while training; a latent's pre-activation is multiplied by its row's norm and decoded
+    with the unit row, pre = ((x - b_dec) W_enc + b_enc) * n, x_hat = b_dec + z (W_dec / n) (SAELens's
+    rescale_acts_by_decoder_norm). `fold_decoder_norms` turns such an SAE into the same function
+    with unit rows, which training does when it ends; for unit rows both formulas agree."""
     normalized_mse = False  # reconstruction loss as FVU (see training_loss)
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int):
@@ -76,6 +82,26 @@ class StackedSAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(n_seeds, d_in))
         self.hparams: dict = {}  # constructor arguments beyond (n_seeds, d_in, d_sae)
         self._pre_buffer: torch.Tensor | None = None  # see pre_acts
+
+    def decoder_norms(self) -> torch.Tensor:
+        """||W_dec[s, j]|| [S, d_sae] (with autograd)."""
+        return self.W_dec.norm(dim=-1).clamp_min(1e-12)
+
+    def unit_decoder(self) -> torch.Tensor:
+        """The decoder rows as they decode [S, d_sae, d_in]: W_dec, or W_dec / n when `rescale`."""
+        return self.W_dec / self.decoder_norms().unsqueeze(-1) if self.rescale else self.W_dec
+
+    @torch.no_grad()
+    def fold_decoder_norms(self) -> None:
+        """With `rescale`: the same function with unit decoder rows, W_enc_T and b_enc times n,
+        W_dec / n (SAELens folds the same way when it saves); the SAE is then an ordinary unit-row
+        one (rescale off). A no-op otherwise."""
+        if self.rescale:
+            n = self.decoder_norms()
+            self.W_enc_T.mul_(n.unsqueeze(-1))
+            self.b_enc.mul_(n)
+            self.W_dec.div_(n.unsqueeze(-1))
+            self.rescale, self.unit_norm_decoder = False, True
 
     @property
     def W_enc(self) -> torch.Tensor:
@@ -152,16 +178,22 @@ class StackedSAE(nn.Module):
         if x.ndim == 3 and not torch.is_grad_enabled():
             # the training steps' no-grad pass: centring x [S, B, d_in] is cheaper than b_dec @ W_enc
             # (0.7 ms of a 13 ms ReLU step at 2 threads, measured)
-            return torch.baddbmm(self.b_enc.unsqueeze(1), x - self.b_dec.unsqueeze(1), self.W_enc,
-                                 out=None if out is None else out.view(S, B, d_sae))
-        bias = self.b_enc - rows_times(self.W_enc_T, self.b_dec)  # [S, d_sae]
-        if x.ndim == 3:
-            return torch.baddbmm(bias.unsqueeze(1), x, self.W_enc, out=None if out is None else out.view(S, B, d_sae))
-        # A shared batch: one matmul for all seeds (measured 2.3 ms vs 2.9 ms for a bmm over S = 5
-        # copies of x). The result is [B, S, d_sae] in memory, returned as an [S, B, d_sae] view.
-        W = self.W_enc_T.reshape(S * d_sae, d_in)
-        out = None if out is None else out.view(B, S * d_sae)
-        return torch.addmm(bias.reshape(1, -1), x, W.T, out=out).view(-1, S, d_sae).transpose(0, 1)
+            pre = torch.baddbmm(self.b_enc.unsqueeze(1), x - self.b_dec.unsqueeze(1), self.W_enc,
+                                out=None if out is None else out.view(S, B, d_sae))
+        else:
+            bias = self.b_enc - rows_times(self.W_enc_T, self.b_dec)  # [S, d_sae]
+            if x.ndim == 3:
+                pre = torch.baddbmm(bias.unsqueeze(1), x, self.W_enc, out=None if out is None else out.view(S, B, d_sae))
+            else:
+                # A shared batch: one matmul for all seeds (measured 2.3 ms vs 2.9 ms for a bmm over S = 5
+                # copies of x). The result is [B, S, d_sae] in memory, returned as an [S, B, d_sae] view.
+                W = self.W_enc_T.reshape(S * d_sae, d_in)
+                out = None if out is None else out.view(B, S * d_sae)
+                pre = torch.addmm(bias.reshape(1, -1), x, W.T, out=out).view(-1, S, d_sae).transpose(0, 1)
+        if not self.rescale:
+            return pre
+        n = self.decoder_norms().unsqueeze(1)  # [S, 1, d_sae]
+        return pre.mul_(n) if not torch.is_grad_enabled() else pre * n
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
         """pre [S, B, d_sae] -> latents z [S, B, d_sae] (non-negative)."""
@@ -173,7 +205,7 @@ class StackedSAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z [S, B, d_sae] -> x_hat [S, B, d_in]."""
-        return torch.baddbmm(self.b_dec.unsqueeze(1), z, self.W_dec)
+        return torch.baddbmm(self.b_dec.unsqueeze(1), z, self.unit_decoder())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, d_in] or [S, B, d_in] -> reconstruction x_hat [S, B, d_in]."""

@@ -129,6 +129,24 @@ class _DecoderGrad(torch.autograd.Function):
         return g, g_W.view(S, d_sae, d_in), None, None
 
 
+class RowNorms(torch.autograd.Function):
+    """||W[s, j]|| [S, d_sae] of W [S, d_sae, d_in], with the gradient g * W / ||W|| (0 for a zero
+    row, as torch's norm gives it) written in one pass: autograd through W.norm spent ~6 ms per
+    5 x 2048 x 128 step on its masked_fill/div/mul chain (profiled, 1 thread)."""
+
+    @staticmethod
+    def forward(ctx, W):
+        norms = W.norm(dim=-1)
+        ctx.save_for_backward(W, norms)
+        return norms
+
+    @staticmethod
+    def backward(ctx, g):
+        W, norms = ctx.saved_tensors
+        scale = torch.where(norms > 0, g / norms, torch.zeros_like(g))
+        return W * scale.unsqueeze(-1)
+
+
 def encode_at(pre_vals: torch.Tensor, W_enc_T, b_enc, b_dec, x: torch.Tensor, codes: Codes) -> torch.Tensor:
     """pre_vals [S, M] (no grad) -> the same values [S, M] with gradients to W_enc_T [S, d_sae, d_in],
     b_enc [S, d_sae], b_dec [S, d_in]; x holds the inputs that codes.rows index (R = codes.B):

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from husai.sae.base import StackedSAE, batch_variance
-from husai.sae.sparse import Codes, decode, encode_at, topk_rows
+from husai.sae.sparse import Codes, RowNorms, decode, encode_at, topk_rows
 
 
 def _auxk_loss(x, x_hat, pre, W_dec, dead, k_aux: int) -> torch.Tensor:
@@ -48,10 +48,12 @@ class TopKSAE(StackedSAE):
     normalized_mse = True
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
-                 aux_coeff: float = 1 / 32):
+                 aux_coeff: float = 1 / 32, rescale: bool = False):
         """k: one for every slot, or a list with one per slot (cells that differ only in k trained in
-        one pass, husai.sae.cells.train_cells)."""
+        one pass, husai.sae.cells.train_cells). rescale: StackedSAE.rescale, a way of training, so it
+        is not among the hyper-parameters a saved SAE records (training ends with unit rows)."""
         super().__init__(n_seeds, d_in, d_sae)
+        self.rescale, self.unit_norm_decoder = rescale, not rescale
         self.ks = [int(k)] * n_seeds if isinstance(k, int) else [int(v) for v in k]
         if len(self.ks) != n_seeds:
             raise ValueError(f"k: need one per slot ({n_seeds}), got {k}")
@@ -76,7 +78,7 @@ class TopKSAE(StackedSAE):
         return vals.masked_fill(~keep, 0.0), idx.gather(-1, order)
 
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
-        return self.aux_coeff * _auxk_loss(x, x_hat, pre, self.W_dec, dead, self.k_aux)
+        return self.aux_coeff * _auxk_loss(x, x_hat, pre, self.unit_decoder(), dead, self.k_aux)
 
     def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
         vals, idx = self._per_slot(*topk_rows(pre, self.k))
@@ -141,8 +143,16 @@ class TopKSAE(StackedSAE):
         R = (L + aux) * B
         codes = Codes(rows, cols, R, self.d_sae)
         x_rows = x.repeat(R // B, 1) if x.ndim == 2 else x.repeat(1, R // B, 1)  # [R, d_in] or [S, R, d_in]
-        z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x_rows, codes))
-        out = decode(z, self.W_dec, codes)  # [S, R, d_in], without b_dec
+        if self.rescale:  # pvals are pre * n: the parameters' gradients come through both factors
+            n = RowNorms.apply(self.W_dec).clamp_min(1e-12).gather(1, cols)  # [S, M']
+            # AuxK's padding is -inf (fewer dead latents than k_aux): as 0 it is still relu'd to 0, with
+            # no gradient (relu'(0) = 0 in torch), where -inf * n would send NaN to n
+            raw = (pvals.nan_to_num(neginf=0.0) if aux else pvals) / n.detach()
+            z = F.relu(encode_at(raw, self.W_enc_T, self.b_enc, self.b_dec, x_rows, codes) * n)
+            out = decode(z / n, self.W_dec, codes)
+        else:
+            z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x_rows, codes))
+            out = decode(z, self.W_dec, codes)  # [S, R, d_in], without b_dec
         recon = out[:, :L * B].view(S, L, B, -1).cumsum(1) + self.b_dec[:, None, None]  # [S, L, B, d_in]
         x_hat = recon[:, -1]
         var = batch_variance(x)
@@ -173,8 +183,8 @@ class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
-                 aux_coeff: float = 1 / 32, threshold_lr: float = 0.01):
-        super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff)
+                 aux_coeff: float = 1 / 32, threshold_lr: float = 0.01, rescale: bool = False):
+        super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff, rescale)
         self.threshold_lr = threshold_lr
         self.hparams["threshold_lr"] = threshold_lr
         self.register_buffer("threshold", torch.zeros(n_seeds))  # [S]
@@ -222,8 +232,9 @@ class MatryoshkaSAE(BatchTopKSAE):
     architecture = "matryoshka"
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], widths: list[int],
-                 k_aux: int | None = None, aux_coeff: float = 1 / 32, threshold_lr: float = 0.01):
-        super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff, threshold_lr)
+                 k_aux: int | None = None, aux_coeff: float = 1 / 32, threshold_lr: float = 0.01,
+                 rescale: bool = False):
+        super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff, threshold_lr, rescale)
         widths = [int(w) for w in widths]
         if not widths or widths[-1] != d_sae or any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1:
             raise ValueError(f"matryoshka widths must increase strictly from >= 1 to d_sae = {d_sae}, got {widths}")
@@ -237,7 +248,8 @@ class MatryoshkaSAE(BatchTopKSAE):
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
         """Dense reference: AuxK plus the inner levels' FVUs (the outer level is the main term)."""
         var = batch_variance(x)
-        inner = sum(((torch.bmm(z[..., :w], self.W_dec[:, :w]) + self.b_dec.unsqueeze(1) - x).pow(2).sum(-1).mean(1)
+        W = self.unit_decoder()
+        inner = sum(((torch.bmm(z[..., :w], W[:, :w]) + self.b_dec.unsqueeze(1) - x).pow(2).sum(-1).mean(1)
                      for w in self.widths[:-1]), x_hat.new_zeros(self.n_seeds))
         return inner / var + super().sparsity_loss(x, pre, z, x_hat, dead)
 

@@ -40,13 +40,14 @@ def build_sae(cfg: SAETrainConfig, n_seeds: int, d_in: int, knobs: list | None =
     differ only in k, husai.sae.cells), the l1 / l0 weight for ReLU / JumpReLU (husai.sae.calibrate)."""
     d_sae = cfg.d_sae(d_in)
     k = cfg.k if knobs is None else knobs
+    rescale = cfg.decoder_norm == "rescale"
     if cfg.architecture == "topk":
-        return TopKSAE(n_seeds, d_in, d_sae, k, cfg.k_aux, cfg.aux_coeff)
+        return TopKSAE(n_seeds, d_in, d_sae, k, cfg.k_aux, cfg.aux_coeff, rescale)
     if cfg.architecture == "batchtopk":
-        return BatchTopKSAE(n_seeds, d_in, d_sae, k, cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr)
+        return BatchTopKSAE(n_seeds, d_in, d_sae, k, cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr, rescale)
     if cfg.architecture == "matryoshka":
         return MatryoshkaSAE(n_seeds, d_in, d_sae, k, matryoshka_widths(d_sae, cfg.matryoshka_levels),
-                             cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr)
+                             cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr, rescale)
     if cfg.architecture == "relu":
         return ReLUSAE(n_seeds, d_in, d_sae, cfg.l1_coeff if knobs is None else knobs)
     return JumpReLUSAE(n_seeds, d_in, d_sae, cfg.l0_coeff if knobs is None else knobs, cfg.jumprelu_bandwidth,
@@ -123,6 +124,10 @@ def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None,
     Q = None if cfg.data_span is None else data_span_basis(acts, cfg.data_span)
     if Q is not None:
         sae.project_rows(Q, renormalise=True)
+    if cfg.decoder_init_norm != 1:  # decoder_norm rescale only (validate): SAELens's small initial rows
+        with torch.no_grad():
+            sae.W_dec.mul_(cfg.decoder_init_norm)
+            sae.W_enc_T.mul_(cfg.decoder_init_norm)
     return sae, Q
 
 
@@ -149,8 +154,12 @@ def _batch_orders(N: int, cfg: SAETrainConfig, seeds: list[int], device):
 
 @torch.no_grad()
 def _snapshot(sae: StackedSAE, live: torch.Tensor) -> dict:
-    return dict(W_dec=sae.W_dec.detach().float().clone(), W_enc_T=sae.W_enc_T.detach().float().clone(),
-                live=live.clone())
+    """The weights as the SAE's function has them: with decoder_norm rescale, folded to unit rows."""
+    W_dec, W_enc_T = sae.W_dec.detach(), sae.W_enc_T.detach()
+    if sae.rescale:
+        n = sae.decoder_norms().unsqueeze(-1)
+        W_dec, W_enc_T = W_dec / n, W_enc_T * n
+    return dict(W_dec=W_dec.float().clone(), W_enc_T=W_enc_T.float().clone(), live=live.clone())
 
 
 def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
@@ -221,5 +230,6 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
+    sae.fold_decoder_norms()  # decoder_norm rescale: the same SAE with unit rows (a no-op for unit)
     sae._pre_buffer = None  # the training steps' scratch buffer (StackedSAE.pre_acts)
     return TrainResult(sae, list(seeds), W_dec_init, step, time.perf_counter() - t0, diverged, history, trajectory)

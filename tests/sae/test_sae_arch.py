@@ -167,14 +167,24 @@ def test_geometric_median_minimises_sum_of_distances():
     assert np.linalg.norm(m) < 2  # the mean would be pulled to ~9 by the outliers
 
 
+def _free_norms(sae, seed: int = 6):
+    """Decoder rows scaled to norms in [0.3, 2] (the free norms of decoder_norm rescale)."""
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(seed)
+        sae.W_dec.mul_(0.3 + 1.7 * torch.rand(*sae.W_dec.shape[:2], 1, generator=g))
+    return sae
+
+
+@pytest.mark.parametrize("rescale", [False, True], ids=["unit", "rescale"])
 @pytest.mark.parametrize("per_seed", [False, True], ids=["shared_x", "per_seed_x"])  # x [B, d_in] or [S, B, d_in]
 @pytest.mark.parametrize("d_sae", [12, 64])  # 64: the grouped top-k path of topk_rows (12 falls back to torch.topk)
 @pytest.mark.parametrize("n_dead", [0, 6, 10])  # none: no AuxK; few: search dead columns only; many: masked top-k
 @pytest.mark.parametrize("cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (MatryoshkaSAE, dict(widths=[2, 5]))])
-def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae, per_seed):
+def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae, per_seed, rescale):
     """The TopK family trains through husai.sae.sparse on the active latents only; loss and every
     gradient must equal the dense formula (StackedSAE.training_loss: dense activate + decode),
-    with one batch for all seeds and with a batch per seed."""
+    with one batch for all seeds and with a batch per seed, with unit decoder rows and with the
+    free rows of decoder_norm rescale (whose dense formula test_rescaled_dense_formula_by_hand checks)."""
     from husai.sae.architectures import StackedSAE
 
     x = torch.randn(*((3,) if per_seed else ()), 10, 6, generator=torch.Generator().manual_seed(4)) + 1
@@ -182,7 +192,9 @@ def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae, per
     dead[0, :n_dead] = True
     dead[2, 3] = n_dead > 0
     kw = dict(kw, widths=kw["widths"] + [d_sae]) if "widths" in kw else kw
-    fast, slow = (_random_sae(cls, d_sae=d_sae, k=2, k_aux=3, **kw) for _ in range(2))
+    fast, slow = (_random_sae(cls, d_sae=d_sae, k=2, k_aux=3, rescale=rescale, **kw) for _ in range(2))
+    if rescale:
+        fast, slow = _free_norms(fast), _free_norms(slow)
     lf, sf = fast.training_loss(x, dead)
     ls, ss = StackedSAE.training_loss(slow, x, dead)
     lf.backward()
@@ -385,3 +397,4 @@ def test_relu_family_sparse_training_equals_dense_and_seeds_alone(arch, monkeypa
     dense = train_saes(acts, cfg, [11, 22]).sae
     for name, t in dense.state_dict().items():
         torch.testing.assert_close(sparse.state_dict()[name], t, rtol=1e-4, atol=1e-5, msg=name)
+
