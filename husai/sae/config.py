@@ -64,8 +64,9 @@ class SAETrainConfig:
     functions, trained differently: n is a per-latent gain on the encoder that Adam moves along
     with the row. Measured (BENCHMARKS.md, "SynthSAEBench"; 3 seeds): on SAELens's SynthSAEBench,
     TopK with rescale from decoder_init_norm 0.1 matches SAELens's trainer (F1 -0.001 at lr 3e-3;
-    unit rows -0.022), while BatchTopK does better with unit rows. The default stays unit: the
-    study was validated with it."""
+    unit rows -0.022), while BatchTopK does better with unit rows. On the grokked model it converges
+    faster (the study's TopK cell: EV 0.995 against 0.981 after 10 epochs, 0.999 against 0.991
+    after 40). The default stays unit: the study was validated with it."""
     decoder_init_norm: float = 1.0
     """decoder_norm rescale: the decoder rows' norm at init (encoder rows likewise, W_enc = W_dec^T),
     SAELens's decoder_init_norm (its default 0.1). Small rows turn further per Adam step until their
