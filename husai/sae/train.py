@@ -90,8 +90,11 @@ def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device:
     """The SAEs exactly as training starts them, from acts [N, d_in] (with cfg.data_span, rows
     projected onto the data span). Also the untrained-SAE null of `husai compare`, which must be
     the architecture's real init (science brief, section 4). b_dec: initial_b_dec(acts), when the
-    caller already has it (it depends on the data alone; ~0.5 s at [12769, 512])."""
-    return _init(acts, cfg, seeds, device, b_dec=b_dec)[0]
+    caller already has it (it depends on the data alone; ~0.5 s at [12769, 512]). With decoder_norm
+    rescale it comes folded to unit rows, as a trained SAE does (the same function)."""
+    sae = _init(acts, cfg, seeds, device, b_dec=b_dec)[0]
+    sae.fold_decoder_norms()
+    return sae
 
 
 def _sample(acts: torch.Tensor) -> torch.Tensor:
@@ -173,7 +176,7 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     S = len(seeds)
     acts = acts.to(device=device, dtype=torch.float32)
     sae, span = _init(acts, cfg, seeds, device, knobs)
-    W_dec_init = sae.W_dec.detach().clone()
+    W_dec_init = sae.unit_decoder().detach().clone()  # unit rows, as the trained SAE's are compared
     opt = make_optimizer(sae, cfg.optimizer, cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2))
     next_order = _batch_orders(N, cfg, seeds, device)
     record = {e for e in cfg.trajectory_epochs if e < cfg.epochs}

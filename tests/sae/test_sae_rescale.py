@@ -68,6 +68,7 @@ def test_rescale_training_ends_with_unit_rows_and_leaves_the_norm_free_meanwhile
     torch.testing.assert_close(torch.linalg.vector_norm(res.sae.W_dec, dim=-1), torch.ones(2, 32))
     torch.testing.assert_close(torch.linalg.vector_norm(res.trajectory[1]["W_dec"], dim=-1), torch.ones(2, 32))
     assert not res.sae.rescale
+    torch.testing.assert_close(torch.linalg.vector_norm(res.W_dec_init, dim=-1), torch.ones(2, 32))  # cosine_to_init's
     # the same run with unit rows trains to a different SAE: the norms were free
     unit = train_saes(acts, SAETrainConfig(**{**cfg.to_dict(), "decoder_norm": "unit"}).validate(8), [0, 1])
     assert not torch.allclose(unit.sae.W_dec, res.sae.W_dec, atol=1e-3)
@@ -80,15 +81,21 @@ def test_rescale_training_ends_with_unit_rows_and_leaves_the_norm_free_meanwhile
 
 
 def test_decoder_init_norm_scales_both_rows_at_init():
-    """decoder_init_norm c (decoder_norm rescale): the initial rows are the unit-norm init times c, decoder and
-    encoder alike, the same directions as with c = 1."""
+    """decoder_init_norm c (decoder_norm rescale): training starts from the unit-norm init times c, decoder and
+    encoder alike, the same directions as with c = 1; init_saes (the untrained null of `husai compare`) hands
+    that SAE out folded to unit rows, the same function."""
     from husai.sae.config import SAETrainConfig
-    from husai.sae.train import init_saes
+    from husai.sae.train import _init, init_saes
 
     acts = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
     kw = dict(architecture="topk", latents=16, k=2, decoder_norm="rescale", init="random")
-    one = init_saes(acts, SAETrainConfig(**kw).validate(8), [5])
-    small = init_saes(acts, SAETrainConfig(**kw, decoder_init_norm=0.1).validate(8), [5])
+    one = _init(acts, SAETrainConfig(**kw).validate(8), [5], "cpu")[0]
+    cfg = SAETrainConfig(**kw, decoder_init_norm=0.1).validate(8)
+    small = _init(acts, cfg, [5], "cpu")[0]
     torch.testing.assert_close(small.W_dec, 0.1 * one.W_dec)
     torch.testing.assert_close(small.W_enc_T, 0.1 * one.W_enc_T)
     torch.testing.assert_close(torch.linalg.vector_norm(small.W_dec, dim=-1), torch.full((1, 16), 0.1))
+    null = init_saes(acts, cfg, [5])
+    torch.testing.assert_close(torch.linalg.vector_norm(null.W_dec, dim=-1), torch.ones(1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(null(acts), small(acts))
