@@ -44,12 +44,14 @@ def interruptible(command):
         global _finished
         try:
             result = command(*args, **kwargs)
+            # inside the try, the next instruction after the return: a Ctrl-C landing from here on
+            # finds the work done (finished_note) instead of a bare KeyboardInterrupt outside the try
+            _finished = True
         except KeyboardInterrupt as e:
             raise CommandInterrupted(str(e)) from None
         except BaseException:  # an error or a chosen exit status (a study with a failed cell): done too
             _finished = True
             raise
-        _finished = True
         return result
 
     return run
