@@ -268,3 +268,32 @@ def test_a_ctrl_c_after_the_command_returned_says_its_work_is_done(monkeypatch):
     assert interrupts.finished_note("") == ""
     assert interrupts.interruptible(lambda: 7)() == 7
     assert interrupts.finished_note("") == interrupts.FINISHED_NOTE and interrupts.finished_note("x") == "x"
+
+
+def test_a_dropped_ctrl_c_prints_no_traceback_and_is_reported(capsys, monkeypatch):
+    """CPython drops a KeyboardInterrupt raised in a weakref callback or __del__ and prints it through
+    sys.unraisablehook as "Exception ignored ... Traceback": husai's hook keeps those quiet (the flag
+    `_seen` remembers the Ctrl-C for raise_if_interrupted and the CLI's finished-command check) and
+    passes every other unraisable exception to the default hook."""
+    from husai import interrupts
+
+    class Raises:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __del__(self):
+            raise self.exc
+
+    monkeypatch.setattr(sys, "unraisablehook", interrupts._quiet_dropped_interrupt)
+    Raises(KeyboardInterrupt())  # dropped at once (refcount 0): CPython calls the hook with real arguments
+    assert capsys.readouterr().err == ""
+    Raises(ValueError("kept"))
+    assert "ValueError: kept" in capsys.readouterr().err
+    seen, finished = interrupts._seen, interrupts._finished
+    try:
+        interrupts._seen, interrupts._finished = True, False
+        assert not interrupts.dropped_interrupt()  # still running: a safe point will raise it
+        interrupts._finished = True
+        assert interrupts.dropped_interrupt()
+    finally:
+        interrupts._seen, interrupts._finished = seen, finished

@@ -44,6 +44,7 @@ def main() -> None:
     try:
         # standalone_mode=False makes click return a command's exit status instead of exiting
         rc = app(standalone_mode=False)
+        _report_dropped_interrupt()
         if rc == 130:  # typer's silent status for a Ctrl-C while it parsed the arguments
             _interrupted("nothing was written; run the same command again")
         if isinstance(rc, int) and rc:
@@ -63,6 +64,7 @@ def main() -> None:
             print(f"error: {e.format_message()} (see --help)", file=sys.stderr)
             sys.exit(e.exit_code)
         if hasattr(e, "exit_code"):  # typer.Exit / click's Exit: a command's chosen exit status
+            _report_dropped_interrupt()
             sys.exit(e.exit_code)
         if type(e).__name__ == "Abort":
             print("error: aborted", file=sys.stderr)
@@ -74,6 +76,15 @@ def main() -> None:
         sys.exit(1)
     finally:  # the command is over; a late Ctrl-C (at interpreter shutdown) has nothing left to stop
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _report_dropped_interrupt() -> None:
+    """The command ran to its end although a Ctrl-C came (CPython dropped it in a weakref callback or a
+    __del__): the user asked to stop, so exit 130 with the line that says the work is complete."""
+    from husai.interrupts import FINISHED_NOTE, dropped_interrupt
+
+    if dropped_interrupt():
+        _interrupted(FINISHED_NOTE)
 
 
 def _interrupted(note: str) -> None:

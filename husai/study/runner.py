@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from husai.errors import HusaiError
-from husai.interrupts import on_interrupt
+from husai.interrupts import on_interrupt, raise_if_interrupted
 from husai.io import atomic_write_bytes, write_json
 from husai.outputs import STUDY, STUDY_CELL, claim_folder, remove_output
 from husai.study.config import SAERun, StudyConfig, load_study
@@ -102,8 +102,6 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
 
 def execute(specs: list[dict], executor: str, workers: int, address: str | None, on_done) -> None:
     """Run cells locally, in a process pool, or as Ray tasks; on_done(result) as each finishes."""
-    from husai.interrupts import raise_if_interrupted
-
     if executor == "local":
         for s in specs:
             on_done(run_cell(s))
@@ -234,6 +232,7 @@ def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, w
     if browsable(out, cfg):  # else no SAE to show
         console.print("[bold]stage 5/5[/] feature browser")
         console.print(f"browser: {write_browser(out)}")
+    raise_if_interrupted()  # a Ctrl-C swallowed in the last stages gets the study's note, not a finished exit
     return StudyOutcome(html, len(runs), [r.folder(out) / "failed.json" for r in runs
                                          if (r.folder(out) / "failed.json").is_file()])
 
