@@ -91,6 +91,10 @@ class StackedSAE(nn.Module):
         """The decoder rows as they decode [S, d_sae, d_in]: W_dec, or W_dec / n when `rescale`."""
         return self.W_dec / self.decoder_norms().unsqueeze(-1) if self.rescale else self.W_dec
 
+    def unit_encoder(self) -> torch.Tensor:
+        """The encoder rows that go with unit_decoder [S, d_sae, d_in]: W_enc_T, or W_enc_T * n when `rescale`."""
+        return self.W_enc_T * self.decoder_norms().unsqueeze(-1) if self.rescale else self.W_enc_T
+
     @torch.no_grad()
     def fold_decoder_norms(self) -> None:
         """With `rescale`: the same function with unit decoder rows, W_enc_T and b_enc times n,

@@ -158,11 +158,8 @@ def _batch_orders(N: int, cfg: SAETrainConfig, seeds: list[int], device):
 @torch.no_grad()
 def _snapshot(sae: StackedSAE, live: torch.Tensor) -> dict:
     """The weights as the SAE's function has them: with decoder_norm rescale, folded to unit rows."""
-    W_dec, W_enc_T = sae.W_dec.detach(), sae.W_enc_T.detach()
-    if sae.rescale:
-        n = sae.decoder_norms().unsqueeze(-1)
-        W_dec, W_enc_T = W_dec / n, W_enc_T * n
-    return dict(W_dec=W_dec.float().clone(), W_enc_T=W_enc_T.float().clone(), live=live.clone())
+    return dict(W_dec=sae.unit_decoder().float().clone(), W_enc_T=sae.unit_encoder().float().clone(),
+                live=live.clone())
 
 
 def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
