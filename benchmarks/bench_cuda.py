@@ -37,14 +37,19 @@ def main() -> None:
 
     args.synthetic, args.layer = args.transformer_checkpoint is None, 0
     x = get_activations(args)
-    knobs = dict(topk={}, batchtopk={}, matryoshka={}, relu=dict(l1_coeff=2.5, batch_size=64),
-                 jumprelu=dict(l0_coeff=2.0, batch_size=64))
+    # label -> config keys; the free-norm rows cover the rescaled sparse path and the fold at the end
+    knobs = {"topk": dict(architecture="topk"), "batchtopk": dict(architecture="batchtopk"),
+             "matryoshka": dict(architecture="matryoshka"),
+             "topk rescale": dict(architecture="topk", decoder_norm="rescale", decoder_init_norm=0.1),
+             "batchtopk resc": dict(architecture="batchtopk", decoder_norm="rescale", decoder_init_norm=0.1),
+             "relu": dict(architecture="relu", l1_coeff=2.5, batch_size=64),
+             "jumprelu": dict(architecture="jumprelu", l0_coeff=2.0, batch_size=64)}
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else args.device
     print(f"activations {list(x.shape)}, {args.epochs} epochs, seeds 0 and 1, device {name}")
-    print(f"{'architecture':12s} {'EV cpu':>8s} {'EV cuda':>8s} {'L0 cpu':>8s} {'L0 cuda':>8s} {'max 1-cos':>10s} "
+    print(f"{'architecture':14s} {'EV cpu':>8s} {'EV cuda':>8s} {'L0 cpu':>8s} {'L0 cuda':>8s} {'max 1-cos':>10s} "
           f"{'wall cpu':>9s} {'wall cuda':>9s}")
     for arch, extra in knobs.items():
-        cfg = SAETrainConfig(architecture=arch, expansion=16, k=32, epochs=args.epochs, **extra).validate(x.shape[1])
+        cfg = SAETrainConfig(expansion=16, k=32, epochs=args.epochs, **extra).validate(x.shape[1])
         res, walls = {}, {}
         for dev in dict.fromkeys(("cpu", args.device)):
             train_saes(x[:512], cfg, [0], device=dev)  # warm-up
@@ -58,7 +63,7 @@ def main() -> None:
         a, b = res["cpu"].sae.W_dec.detach(), res[args.device].sae.W_dec.detach().cpu()
         drift = float((1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)).max())
         mean = lambda dev, i: sum(f[i] for f in figs[dev]) / 2
-        print(f"{arch:12s} {mean('cpu', 0):8.4f} {mean(args.device, 0):8.4f} {mean('cpu', 1):8.2f} "
+        print(f"{arch:14s} {mean('cpu', 0):8.4f} {mean(args.device, 0):8.4f} {mean('cpu', 1):8.2f} "
               f"{mean(args.device, 1):8.2f} {drift:10.2e} {walls['cpu']:9.2f} {walls[args.device]:9.2f}")
 
 
