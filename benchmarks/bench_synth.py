@@ -48,6 +48,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHITECTURES = ("topk", "batchtopk", "matryoshka")
+# --husai-settings tuned: each architecture's better husai setting measured on this benchmark (BENCHMARKS.md,
+# "SynthSAEBench"): TopK trained with SAELens's parametrization (free decoder norms from 0.1, b_dec from
+# zeros), BatchTopK and Matryoshka with husai's defaults (unit rows, geometric-median b_dec).
+TUNED = {"topk": dict(decoder_norm="rescale", decoder_init_norm=0.1, b_dec_init="zeros")}
 METRICS = ("mcc", "f1", "precision", "recall", "dead", "l0", "ev")
 EVAL_CHUNK = 10_000  # evaluation draws per batch
 
@@ -127,6 +131,8 @@ def husai_yaml(arch: str, init: str, args, path: Path) -> dict:
     cfg.pop("expansion", None)
     cfg.update(latents=args.width, k=args.k, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                init=init, trajectory_epochs=[])
+    if args.husai_settings == "tuned":
+        cfg.update(TUNED.get(arch, {}))
     cfg.update(args.husai_set)
     path.write_text(yaml.safe_dump(cfg))
     return cfg
@@ -218,7 +224,7 @@ def run(args, work: Path) -> dict:
     results = dict(world=dict(features=args.features, hidden_dim=args.hidden_dim, world_seed=args.world_seed,
                               train_samples=args.train_samples, true_l0_train=true_l0),
                    sae=dict(width=args.width, k=args.k, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                            husai_set=args.husai_set,
+                            husai_settings=args.husai_settings, husai_set=args.husai_set,
                             seeds=args.seed_list, matryoshka_widths=matryoshka_levels(args.width, args.levels)),
                    trainers={}, rows={})
     for arch in args.architectures:
@@ -285,6 +291,9 @@ def parse_args(argv=None):
     ap.add_argument("--husai-inits", default="random,data",
                     help="husai decoder inits to run: random (isotropic, W_enc = W_dec^T: SAELens's kind) and/or data "
                          "(the example configs' default, made for the grokked model's low-rank activations)")
+    ap.add_argument("--husai-settings", choices=("tuned", "defaults"), default="tuned",
+                    help="tuned: each architecture's better setting on this benchmark (TUNED: TopK with free decoder norms "
+                         "from 0.1 and b_dec from zeros, as SAELens trains it); defaults: husai's config defaults")
     ap.add_argument("--husai-set", action="append", default=[], metavar="KEY=VALUE",
                     help="another husai config key for every husai run (a YAML value), e.g. decoder_norm=rescale; repeatable")
     ap.add_argument("--architectures", default=",".join(ARCHITECTURES))
@@ -319,7 +328,9 @@ def main(argv=None) -> dict:
         work.mkdir(parents=True, exist_ok=True)
         print(f"SynthSAEBench world: {args.features} features in {args.hidden_dim} dims; SAEs: {args.width} latents, "
               f"k {args.k}, lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs of {args.train_samples} "
-              f"samples, seeds {args.seed_list}, {args.threads} thread(s)", flush=True)
+              f"samples, seeds {args.seed_list}, {args.threads} thread(s); husai settings {args.husai_settings}"
+              + "".join(f"; {a}: {TUNED[a]}" for a in args.architectures if args.husai_settings == "tuned" and a in TUNED)
+              + (f"; every husai run: {args.husai_set}" if args.husai_set else ""), flush=True)
         results = run(args, work)
     results["wall_s"] = time.perf_counter() - t0
     print(f"true L0: {results['world']['true_l0_train']:.2f} (training draws), {results['true_l0_eval']:.2f} (eval draws); "

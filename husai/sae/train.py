@@ -124,6 +124,9 @@ def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None,
     sample = _sample(acts)
     sae = build_sae(cfg, len(seeds), d_in, knobs).to(device).init_weights(
         seeds, initial_b_dec(acts) if b_dec is None else b_dec, sample.cpu() if cfg.init == "data" else None)
+    if cfg.b_dec_init == "zeros":  # SAELens's; data init's rows stay centred on the median
+        with torch.no_grad():
+            sae.b_dec.zero_()
     Q = None if cfg.data_span is None else data_span_basis(acts, cfg.data_span)
     if Q is not None:
         sae.project_rows(Q, renormalise=True)

@@ -99,3 +99,27 @@ def test_decoder_init_norm_scales_both_rows_at_init():
     torch.testing.assert_close(torch.linalg.vector_norm(null.W_dec, dim=-1), torch.ones(1, 16))
     with torch.no_grad():
         torch.testing.assert_close(null(acts), small(acts))
+
+
+def test_b_dec_init_zeros_starts_b_dec_at_zero_and_keeps_data_init_rows_centred_on_the_median():
+    """b_dec_init zeros (SAELens 6's): b_dec starts at 0 for every seed, in training and in init_saes (the
+    untrained null of `husai compare`); data init draws the same rows as with the median, since they are
+    centred on the median either way; the median is the default."""
+    from husai.errors import HusaiError
+    from husai.sae.base import geometric_median
+    from husai.sae.config import SAETrainConfig
+    from husai.sae.train import _init, init_saes
+
+    acts = torch.randn(64, 8, generator=torch.Generator().manual_seed(3)) + 5.0  # far from 0
+    kw = dict(architecture="topk", latents=16, k=2, init="data")
+    median = _init(acts, SAETrainConfig(**kw).validate(8), [5, 6], "cpu")[0]
+    zeros = _init(acts, SAETrainConfig(**kw, b_dec_init="zeros").validate(8), [5, 6], "cpu")[0]
+    torch.testing.assert_close(median.b_dec, geometric_median(acts).expand(2, -1))
+    assert median.b_dec.abs().min() > 1.0
+    torch.testing.assert_close(zeros.b_dec, torch.zeros(2, 8))
+    torch.testing.assert_close(zeros.W_dec, median.W_dec)
+    torch.testing.assert_close(zeros.W_enc_T, median.W_enc_T)
+    null = init_saes(acts, SAETrainConfig(**kw, b_dec_init="zeros").validate(8), [5], b_dec=geometric_median(acts))
+    torch.testing.assert_close(null.b_dec, torch.zeros(1, 8))
+    with pytest.raises(HusaiError, match="b_dec_init"):
+        SAETrainConfig(b_dec_init="mean").validate(8)
