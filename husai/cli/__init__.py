@@ -38,7 +38,7 @@ for _command in app.registered_commands:
 
 def main() -> None:
     from husai.errors import HusaiError
-    from husai.interrupts import CommandInterrupted, arm
+    from husai.interrupts import NOT_STARTED_NOTE, CommandInterrupted, arm
 
     arm()
     try:
@@ -46,7 +46,7 @@ def main() -> None:
         rc = app(standalone_mode=False)
         _report_dropped_interrupt()
         if rc == 130:  # typer's silent status for a Ctrl-C while it parsed the arguments
-            _interrupted("nothing was written; run the same command again")
+            _interrupted(NOT_STARTED_NOTE)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except HusaiError as e:
@@ -55,7 +55,7 @@ def main() -> None:
     except (CommandInterrupted, KeyboardInterrupt) as e:
         from husai.interrupts import finished_note
 
-        _interrupted(finished_note(str(e)))
+        _interrupted(finished_note(str(e), in_command=isinstance(e, CommandInterrupted)))
     except SystemExit:
         raise
     except Exception as e:  # never a traceback for users; HUSAI_DEBUG=1 shows one
