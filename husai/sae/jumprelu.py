@@ -99,24 +99,26 @@ class _DenseJumpReLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre, theta, eps):
-        above = pre > theta.unsqueeze(1)
+        # masks as float 1/0, never bool: on this CPU build a comparison into a bool tensor took 220 us
+        # for [5, 64, 2048] and into a float one 67, a torch.where on a bool mask ~1 ms against 63 us for
+        # a multiply by a float mask, any(1) on bool 413 us against 74 (measured, 2 threads)
+        above = torch.gt(pre, theta.unsqueeze(1), out=torch.empty_like(pre))
         ctx.save_for_backward(pre, theta, above)
         ctx.eps = eps
-        fired = above.any(1)
+        fired = above.amax(1) > 0
         ctx.mark_non_differentiable(fired)
-        l0 = above.sum(-1, dtype=pre.dtype).mean(1)
-        return torch.where(above, pre, pre.new_zeros(())), l0, fired
+        l0 = above.sum(-1).mean(1)  # sums of 1.0s: exact, as the count
+        return pre * above, l0, fired
 
     @staticmethod
     def backward(ctx, g_z, g_l0, _):
         pre, theta, above = ctx.saved_tensors
         eps, B = ctx.eps, pre.shape[1]
-        window = (pre - theta.unsqueeze(1)).abs_() < eps / 2
-        zero = g_z.new_zeros(())
-        g_theta = -(theta / eps) * torch.where(window, g_z, zero).sum(1)
+        window = (pre - theta.unsqueeze(1)).abs_().lt_(eps / 2)  # K as float 1/0, in place
+        g_theta = -(theta / eps) * (g_z * window).sum(1)
         if g_l0 is not None:
-            g_theta = g_theta - (g_l0 / (B * eps)).unsqueeze(1) * window.sum(1, dtype=pre.dtype)
-        return torch.where(above, g_z, zero), g_theta, None
+            g_theta = g_theta - (g_l0 / (B * eps)).unsqueeze(1) * window.sum(1)
+        return g_z * above, g_theta, None
 
 
 class JumpReLUSAE(PenalisedSAE):
