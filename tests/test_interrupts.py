@@ -299,7 +299,7 @@ def test_a_dropped_ctrl_c_prints_no_traceback_and_is_reported(capsys, monkeypatc
         interrupts._seen, interrupts._finished = seen, finished
 
 
-def test_a_ctrl_c_while_typer_builds_the_cli_says_nothing_was_written():
+def test_a_ctrl_c_while_typer_builds_the_cli_says_nothing_was_written(tmp_path):
     """After `arm`, typer spends ~84 ms building the click command from husai's commands before any
     callback runs; a Ctrl-C there is a bare KeyboardInterrupt out of `app()` (seen in CI as the generic
     line). A real `husai` process, with typer's get_command made to be interrupted: exit 130 and the
@@ -310,11 +310,8 @@ def test_a_ctrl_c_while_typer_builds_the_cli_says_nothing_was_written():
             "typer.main.get_command = interrupted\n"
             "import husai.cli\n"
             "husai.cli.main()\n")
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "run")
-        r = subprocess.run([sys.executable, "-c", code, out], env=ENV, capture_output=True, text=True, timeout=120)
-        line = assert_one_line(r)
-        assert line == "interrupted: nothing was written; run the same command again", line
-        assert not os.path.exists(out)
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", code, str(out)], env=ENV, capture_output=True, text=True, timeout=120)
+    line = assert_one_line(r)
+    assert line == "interrupted: nothing was written; run the same command again", line
+    assert not out.exists()
