@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from husai.sae import kernels
+
 
 def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k along the last dim (values, indices; unsorted), faster than torch.topk on CPU
@@ -36,6 +38,9 @@ def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     Strided groups make the group maximum a vectorised elementwise max over g rows of m.
     """
     d = pre.shape[-1]
+    if 2 * k <= d <= 2**16 and kernels.usable(pre):  # rows of one input: kernels.c, ~4x faster (measured)
+        vals, idx = kernels.topk_rows(pre.detach(), k)
+        return (pre.gather(-1, idx) if pre.requires_grad else vals), idx
     g = 8
     if pre.device.type != "cpu" or d % g or d // g < 2 * k:
         return pre.topk(k, dim=-1, sorted=False)
@@ -100,6 +105,12 @@ class _EncodeAt(torch.autograd.Function):
         W_enc_T, b_dec, x = ctx.saved_tensors
         codes = ctx.codes
         S, d_sae, d_in = W_enc_T.shape
+        g_b_dec = None
+        if kernels.usable(g, x):
+            centred = x - b_dec.unsqueeze(1)  # [S, R, d_in]
+            g_W, g_b_enc = kernels.sum_by_latent(g, codes.rows, codes.cols, centred, d_sae, with_bias=True)
+            g_b_dec = -torch.einsum("sj,sjd->sd", g_b_enc, W_enc_T)
+            return None, g_W, g_b_enc, g_b_dec, None, None
         g_b_enc = torch.zeros(S, d_sae, dtype=g.dtype, device=g.device).scatter_add_(1, codes.cols, g)
         # x [R, d_in] (shared) broadcasts over the seeds; x [S, R, d_in] is already per seed
         centred = (x - b_dec.unsqueeze(1)).reshape(-1, d_in)  # [S * R, d_in], small
@@ -154,8 +165,29 @@ def encode_at(pre_vals: torch.Tensor, W_enc_T, b_enc, b_dec, x: torch.Tensor, co
     return _EncodeAt.apply(pre_vals, W_enc_T, b_enc, b_dec, x, codes)
 
 
+class _KernelDecode(torch.autograd.Function):
+    """decode through kernels.c: out = sparse_decode(z, W_dec); the backward gives z its gradient
+    <g[row], W_dec[col]> per entry and W_dec its gradient by latent, sum of z g[row]."""
+
+    @staticmethod
+    def forward(ctx, z, W_dec, codes):
+        ctx.save_for_backward(z, W_dec)
+        ctx.codes = codes
+        return kernels.sparse_decode(z, codes.rows, codes.cols, W_dec, codes.B)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, W_dec = ctx.saved_tensors
+        codes = ctx.codes
+        g_z = kernels.sparse_dots(g, codes.rows, codes.cols, W_dec) if ctx.needs_input_grad[0] else None
+        g_W = kernels.sum_by_latent(z, codes.rows, codes.cols, g, W_dec.shape[1])[0] if ctx.needs_input_grad[1] else None
+        return g_z, g_W, None
+
+
 def decode(z: torch.Tensor, W_dec: torch.Tensor, codes: Codes) -> torch.Tensor:
     """z [S, M] (entry values) -> sum_m z W_dec[cols] per input, [S, B, d_in] (no b_dec)."""
+    if kernels.usable(z, W_dec):
+        return _KernelDecode.apply(z, W_dec, codes)
     S, d_sae, d_in = W_dec.shape
     B = codes.B
     counts = torch.bincount(codes.input, minlength=S * B)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from husai.sae import kernels
 from husai.sae.base import StackedSAE, batch_variance
 from husai.sae.sparse import Codes, RowNorms, decode, encode_at, topk_rows
 
@@ -93,20 +94,23 @@ class TopKSAE(StackedSAE):
         return vals.reshape(S, -1), rows, cols.reshape(S, -1)
 
     def _dead_topk(self, pre: torch.Tensor, dead: torch.Tensor):
-        """Top-k_aux pre-activations among dead latents: (vals [S, B, k_aux], cols [S, B, k_aux]).
-        Searches only the dead columns (padded to the largest dead count with -inf), which is
-        much cheaper than a top-k over all d_sae when few latents are dead."""
+        """Top-k_aux pre-activations among dead latents: (vals [S, B, k], cols [S, B, k]) with
+        k = min(k_aux, the largest dead count): a seed with fewer dead latents gets padding, -inf at
+        a live column (relu'd to 0, no gradient), so only as many entries as some seed can fill are
+        decoded (Gao et al.'s AuxK keeps min(k_aux, dead), the same sum). Searches only the dead
+        columns, much cheaper than a top-k over all d_sae when few latents are dead."""
         S, B, d_sae = pre.shape
         n_dead = int(dead.sum(1).max())
-        k_aux = min(self.k_aux, d_sae)
+        k_aux = min(self.k_aux, n_dead)
+        if kernels.usable(pre):
+            return kernels.topk_among(pre, dead, k_aux)
         if n_dead > d_sae // 2:
             return pre.masked_fill(~dead.unsqueeze(1), float("-inf")).topk(k_aux, dim=-1, sorted=False)
-        n = max(n_dead, k_aux)
-        dead_first = torch.sort(dead.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :n]  # [S, n]
+        dead_first = torch.sort(dead.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :n_dead]  # [S, n]
         is_dead = dead.gather(1, dead_first).unsqueeze(1)  # padding columns are live: masked out
-        cand = pre.gather(2, dead_first.unsqueeze(1).expand(S, B, n)).masked_fill(~is_dead, float("-inf"))
+        cand = pre.gather(2, dead_first.unsqueeze(1).expand(S, B, n_dead)).masked_fill(~is_dead, float("-inf"))
         vals, j = cand.topk(k_aux, dim=-1, sorted=False)
-        return vals, dead_first.unsqueeze(1).expand(S, B, n).gather(2, j)
+        return vals, dead_first.unsqueeze(1).expand(S, B, n_dead).gather(2, j)
 
     n_levels = 1  # nested reconstructions in the loss (MatryoshkaSAE: one per prefix width)
 

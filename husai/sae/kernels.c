@@ -1,0 +1,249 @@
+/* CPU kernels for the sparse SAE step (husai/sae/kernels.py builds and loads this file; the
+ * plain-PyTorch versions in husai/sae/sparse.py are the reference the tests compare against).
+ *
+ *   topk_rows      exact top-k of each row of a [n_rows, d] block: a threshold from k group
+ *                  maxima, one vectorised pass for the candidates above it, a quickselect on those
+ *   topk_among     the same over a per-seed subset of the columns (AuxK: the dead latents)
+ *   sparse_decode  out[s, r] = sum over entries e of seed s at row r of z[e] W[s, cols[e]]
+ *   sparse_dots    g_z[e] = <G[s, rows[e]], W[s, cols[e]]>
+ *   sum_by_latent  out[s, j] = sum over entries e of seed s at latent j of w[e] T[s, rows[e]]
+ *
+ * Every sum runs in entry order whatever the thread count: the work is split by output row (by
+ * seed and row or latent range), never inside one sum, so a result is the same on 1 or 16 threads.
+ * Selections are canonical: larger value first, then lower column, and each row's k columns come
+ * out in increasing order, so the chosen set and its order depend on the values alone.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+/* Ranking keys: a value and its column in one uint64, larger = better: the value's bits made
+ * order-preserving in the high word (-0 as +0, so equal values tie), the column reversed in the low
+ * word (ties go to the lower column). Integer compares keep the quickselect nearly branch-free. */
+static inline uint64_t key_of(float v, int32_t col) {
+    uint32_t u;
+    v = v == 0.0f ? 0.0f : v;
+    memcpy(&u, &v, 4);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((uint64_t)u << 32) | (uint32_t)(INT32_MAX - col);
+}
+
+/* The k-th largest of a[0..n) (1 <= k <= n, distinct), by quickselect; a is reordered. */
+static uint64_t kth_largest(uint64_t *a, int n, int k) {
+    int lo = 0, hi = n - 1, t = k - 1;
+    while (lo < hi) {
+        uint64_t x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi], p;  /* median of three */
+        if (x > y) p = y > z ? y : (x > z ? z : x);
+        else p = x > z ? x : (y > z ? z : y);
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > p) i++;
+            while (p > a[j]) j--;
+            if (i <= j) { uint64_t s = a[i]; a[i] = a[j]; a[j] = s; i++; j--; }
+        }
+        if (t <= j) hi = j;
+        else if (t >= i) lo = i;
+        else return a[t];
+    }
+    return a[t];
+}
+
+/* Scratch for select_row, per thread: n + 16 of each (the vector compaction writes a full vector). */
+typedef struct { float *cv; int32_t *ci; uint64_t *keys, *work; float *gmax; } scratch_t;
+
+static scratch_t scratch_new(int n, int k) {
+    scratch_t s = {malloc(sizeof(float) * (n + 16)), malloc(sizeof(int32_t) * (n + 16)),
+                   malloc(sizeof(uint64_t) * (n + 16)), malloc(sizeof(uint64_t) * (n + 16)), malloc(sizeof(float) * (k + 1))};
+    return s;
+}
+
+static void scratch_free(scratch_t s) { free(s.cv); free(s.ci); free(s.keys); free(s.work); free(s.gmax); }
+
+/* Top-k of v[0..n) (ids[j] the column of v[j], increasing; NULL: the column is j), 1 <= k <= n.
+ * Writes the k columns, increasing, to out_i.
+ * The threshold: split the n values into k strided groups {j, j + k, j + 2k, ...}; the smallest of
+ * the k group maxima, tau, is <= the k-th largest value (k values, the maxima, are >= tau), so
+ * every value of the top k is >= tau, and few others are (~4k on the grokked model's
+ * pre-activations, d 2048, k 32). */
+static void select_row(const float *v, const int32_t *ids, int n, int k, int64_t *out_i, scratch_t sc) {
+    float *cv = sc.cv, *gmax = sc.gmax;
+    int32_t *ci = sc.ci;
+    int c = 0;
+    if (n >= 2 * k) {
+        for (int j = 0; j < k; j++) gmax[j] = v[j];
+        int full = n / k;  /* full sweeps of k; the rest join groups 0.. */
+        for (int t = 1; t < full; t++) {
+            const float *w = v + (int64_t)t * k;
+            for (int j = 0; j < k; j++) gmax[j] = w[j] > gmax[j] ? w[j] : gmax[j];
+        }
+        for (int j = 0; j < n - full * k; j++) {
+            float w = v[(int64_t)full * k + j];
+            gmax[j] = w > gmax[j] ? w : gmax[j];
+        }
+        float tau = INFINITY;
+        for (int j = 0; j < k; j++) tau = gmax[j] < tau ? gmax[j] : tau;
+        int j = 0;
+#if defined(__AVX512F__)
+        __m512 vt = _mm512_set1_ps(tau);
+        __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (; j + 16 <= n; j += 16) {  /* branch-free compaction of the values >= tau */
+            __m512 x = _mm512_loadu_ps(v + j);
+            __mmask16 m = _mm512_cmp_ps_mask(x, vt, _CMP_GE_OQ);
+            __m512i id = ids ? _mm512_loadu_si512(ids + j) : _mm512_add_epi32(lane, _mm512_set1_epi32(j));
+            _mm512_storeu_ps(cv + c, _mm512_maskz_compress_ps(m, x));
+            _mm512_storeu_si512(ci + c, _mm512_maskz_compress_epi32(m, id));
+            c += __builtin_popcount(m);
+        }
+#elif defined(__AVX2__)
+        __m256 vt = _mm256_set1_ps(tau);
+        for (; j + 8 <= n; j += 8) {
+            unsigned m = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + j), vt, _CMP_GE_OQ));
+            while (m) {
+                int b = __builtin_ctz(m);
+                cv[c] = v[j + b];
+                ci[c] = ids ? ids[j + b] : j + b;
+                c++;
+                m &= m - 1;
+            }
+        }
+#endif
+        for (; j < n; j++) {
+            cv[c] = v[j];
+            ci[c] = ids ? ids[j] : j;
+            c += v[j] >= tau;
+        }
+    }
+    if (c < k) {  /* n < 2k, or NaNs (no comparison holds): rank everything, NaN as -inf */
+        c = 0;
+        for (int j = 0; j < n; j++, c++) {
+            cv[c] = isnan(v[j]) ? -INFINITY : v[j];
+            ci[c] = ids ? ids[j] : j;
+        }
+    }
+    uint64_t *keys = sc.keys;
+    for (int j = 0; j < c; j++) keys[j] = key_of(cv[j], ci[j]);
+    uint64_t kth = 0;
+    if (c > k) {
+        memcpy(sc.work, keys, sizeof(uint64_t) * c);
+        kth = kth_largest(sc.work, c, k);
+    }
+    /* the candidates are in increasing column order: keep the k at least as good as the k-th */
+    int o = 0;
+    for (int j = 0; j < c && o < k; j++) {  /* o < k: the write stays in the row */
+        out_i[o] = ci[j];
+        o += keys[j] >= kth;
+    }
+}
+
+/* x [n_rows, d] -> vals, idx [n_rows, k] (k <= d). */
+void topk_rows(const float *x, int64_t n_rows, int d, int k, float *vals, int64_t *idx, int n_threads) {
+    #pragma omp parallel num_threads(n_threads)
+    {
+        scratch_t sc = scratch_new(d, k);
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; r++) {
+            select_row(x + r * d, NULL, d, k, idx + r * k, sc);
+            for (int j = 0; j < k; j++) vals[r * k + j] = x[r * d + idx[r * k + j]];
+        }
+        scratch_free(sc);
+    }
+}
+
+/* The top k of each row among its seed's columns: x [n_rows, d], row r belongs to seed
+ * seed_of_row(r) = seed_major ? r / rows_per_seed : r % n_seeds; cols [n_seeds, max_cols] the
+ * columns (increasing) and n_cols [n_seeds] how many. A seed with fewer than k columns gets them all,
+ * then padding (-inf at column pad_col). -> vals, idx [n_rows, k]. */
+void topk_among(const float *x, int64_t n_rows, int d, int k, const int32_t *cols, const int64_t *n_cols,
+                int max_cols, int n_seeds, int64_t rows_per_seed, int seed_major, int64_t pad_col,
+                float *vals, int64_t *idx, int n_threads) {
+    #pragma omp parallel num_threads(n_threads)
+    {
+        scratch_t sc = scratch_new(max_cols, k);
+        float *buf = malloc(sizeof(float) * (max_cols + 1));
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; r++) {
+            int64_t s = seed_major ? r / rows_per_seed : r % n_seeds;
+            const int32_t *cs = cols + s * max_cols;
+            int n = (int)n_cols[s], kk = n < k ? n : k;
+            const float *row = x + r * d;
+            for (int j = 0; j < n; j++) buf[j] = row[cs[j]];
+            if (kk > 0) select_row(buf, cs, n, kk, idx + r * k, sc);
+            for (int j = 0; j < kk; j++) vals[r * k + j] = row[idx[r * k + j]];
+            for (int j = kk; j < k; j++) { vals[r * k + j] = -INFINITY; idx[r * k + j] = pad_col; }
+        }
+        scratch_free(sc);
+        free(buf);
+    }
+}
+
+/* Split [0, n) into parts: part p of np covers [n * p / np, n * (p + 1) / np). */
+static inline int64_t part(int64_t n, int p, int np) { return n * p / np; }
+
+/* out [S, R, d_in] = sum over entries (rows, cols [S, M], z [S, M]) of z W[s, col], W [S, d_sae, d_in].
+ * Work: S * parts tasks, each a range of output rows (every task reads its seed's whole entry list). */
+void sparse_decode(const float *z, const int64_t *rows, const int64_t *cols, const float *W, int S, int64_t M,
+                   int d_sae, int d_in, int64_t R, float *out, int parts, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+    for (int t = 0; t < S * parts; t++) {
+        int s = t / parts, p = t % parts;
+        int64_t r0 = part(R, p, parts), r1 = part(R, p + 1, parts);
+        float *o = out + ((int64_t)s * R) * d_in;
+        memset(o + r0 * d_in, 0, sizeof(float) * (r1 - r0) * d_in);
+        const int64_t *rs = rows + (int64_t)s * M, *cs = cols + (int64_t)s * M;
+        const float *zs = z + (int64_t)s * M, *Ws = W + (int64_t)s * d_sae * d_in;
+        for (int64_t e = 0; e < M; e++) {
+            int64_t r = rs[e];
+            if (r < r0 || r >= r1) continue;
+            float a = zs[e];
+            float *dst = o + r * d_in;
+            const float *src = Ws + cs[e] * d_in;
+            #pragma omp simd
+            for (int i = 0; i < d_in; i++) dst[i] += a * src[i];
+        }
+    }
+}
+
+/* g_z [S, M]: g_z[s, e] = <G[s, rows[e]], W[s, cols[e]]>, G [S, R, d_in], W [S, d_sae, d_in]. */
+void sparse_dots(const float *G, const int64_t *rows, const int64_t *cols, const float *W, int S, int64_t M,
+                 int d_sae, int d_in, int64_t R, float *g_z, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t f = 0; f < (int64_t)S * M; f++) {
+        int64_t s = f / M;
+        const float *a = G + (s * R + rows[f]) * d_in, *b = W + (s * d_sae + cols[f]) * d_in;
+        float acc = 0.f;
+        #pragma omp simd reduction(+:acc)
+        for (int i = 0; i < d_in; i++) acc += a[i] * b[i];
+        g_z[f] = acc;
+    }
+}
+
+/* out [S, d_sae, d_in]: out[s, j] = sum over entries e of seed s with cols[e] = j of w[e] T[s, rows[e]],
+ * T [S, R, d_in]; bias_out [S, d_sae] (may be NULL): the sums of w. Tasks: latent ranges per seed. */
+void sum_by_latent(const float *w, const int64_t *rows, const int64_t *cols, const float *T, int S, int64_t M,
+                   int d_sae, int d_in, int64_t R, float *out, float *bias_out, int parts, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+    for (int t = 0; t < S * parts; t++) {
+        int s = t / parts, p = t % parts;
+        int64_t j0 = part(d_sae, p, parts), j1 = part(d_sae, p + 1, parts);
+        float *o = out + (int64_t)s * d_sae * d_in;
+        memset(o + j0 * d_in, 0, sizeof(float) * (j1 - j0) * d_in);
+        float *bo = bias_out ? bias_out + (int64_t)s * d_sae : NULL;
+        if (bo) memset(bo + j0, 0, sizeof(float) * (j1 - j0));
+        const int64_t *rs = rows + (int64_t)s * M, *cs = cols + (int64_t)s * M;
+        const float *ws = w + (int64_t)s * M, *Ts = T + (int64_t)s * R * d_in;
+        for (int64_t e = 0; e < M; e++) {
+            int64_t j = cs[e];
+            if (j < j0 || j >= j1) continue;
+            float a = ws[e];
+            float *dst = o + j * d_in;
+            const float *src = Ts + rs[e] * d_in;
+            #pragma omp simd
+            for (int i = 0; i < d_in; i++) dst[i] += a * src[i];
+            if (bo) bo[j] += a;
+        }
+    }
+}

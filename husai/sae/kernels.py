@@ -1,0 +1,172 @@
+"""Compiled CPU kernels for the sparse SAE step (kernels.c), loaded through ctypes.
+
+The step's selection (top-k, AuxK's top-k among dead latents) and its sparse gathers and sums
+(decode, the gradient of the entry values, the weight gradients by latent) were each one or
+several ATen kernels plus bookkeeping (sorts by latent, bincounts, prefix sums): 60% of a
+5-seed TopK step on 2 CPU cores (profiled, BENCHMARKS.md). kernels.c does each in one pass.
+
+Built on first use with the system C compiler (`cc`, or $CC) into a cache keyed by the source,
+the compiler and the CPU (`-march=native`): $HUSAI_CACHE or ~/.cache/husai. No compiler, or a
+failed build: one warning, and husai.sae.sparse runs its PyTorch path (same selections, sums in
+another order). HUSAI_KERNELS=off forces that path (the tests compare the two).
+
+Every function takes float32 / int64 CPU tensors and returns new ones; callers check `usable`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+_lib: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
+
+
+def _cpu_id() -> str:
+    try:
+        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.machine() + platform.processor()
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler (cc) found")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id()]).encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("HUSAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "husai")
+    path = cache / f"kernels-{key}.so"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # built beside, renamed in: concurrent builds are safe
+        os.close(fd)
+        try:
+            proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+            if proc.returncode:
+                last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+                raise RuntimeError(f"{cc} failed: {last}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(path))
+    P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    lib.topk_rows.argtypes = [P, L, I, I, P, P, I]
+    lib.topk_among.argtypes = [P, L, I, I, P, P, I, I, L, I, L, P, P, I]
+    lib.sparse_decode.argtypes = [P, P, P, P, I, L, I, I, L, P, I, I]
+    lib.sparse_dots.argtypes = [P, P, P, P, I, L, I, I, L, P, I]
+    lib.sum_by_latent.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I, I]
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, built on first call; None when HUSAI_KERNELS=off or the build failed."""
+    global _lib
+    if os.environ.get("HUSAI_KERNELS", "").lower() == "off":
+        return None
+    if _lib is False:
+        try:
+            _lib = _build()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            warnings.warn(f"husai: compiled CPU kernels unavailable ({e}); using the slower PyTorch path", stacklevel=2)
+            _lib = None
+    return _lib
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """The kernels apply: the library loads and every tensor is on the CPU, floats float32."""
+    return all(t.device.type == "cpu" and (t.dtype == torch.float32 or not t.is_floating_point()) for t in tensors) \
+        and library() is not None
+
+
+def _p(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def topk_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., d] float32 -> (values, columns) [..., k]: each row's k largest, ties to the lower
+    column, columns increasing (NaN ranks as -inf)."""
+    if x.ndim == 3 and not x.is_contiguous() and x.transpose(0, 1).is_contiguous():  # pre_acts' [B, S, d] memory
+        vals, idx = topk_rows(x.transpose(0, 1), k)
+        return vals.transpose(0, 1), idx.transpose(0, 1)
+    d = x.shape[-1]
+    x = x.contiguous()
+    vals = torch.empty(*x.shape[:-1], k, dtype=x.dtype)
+    idx = torch.empty(*x.shape[:-1], k, dtype=torch.long)
+    library().topk_rows(_p(x), x.numel() // d, d, k, _p(vals), _p(idx), _threads())
+    return vals, idx
+
+
+def topk_among(pre: torch.Tensor, allowed: torch.Tensor, k: int, pad_col: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """pre [S, B, d] (contiguous, or the [B, S, d]-in-memory view pre_acts returns), allowed [S, d]
+    bool -> (values, columns) [S, B, k]: each row's k largest among its seed's allowed columns
+    (ties to the lower column, columns increasing); a seed with fewer than k gets them all, then
+    padding: value -inf at column pad_col."""
+    S, B, d = pre.shape
+    seed_major = pre.is_contiguous()
+    mem = pre if seed_major else pre.transpose(0, 1).contiguous()  # [S, B, d] or [B, S, d]
+    counts = allowed.sum(1)
+    width = max(1, int(counts.max()))
+    # allowed columns first, in increasing order (a stable sort)
+    cols = torch.sort(allowed.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+    cols = torch.where(torch.arange(width) < counts.unsqueeze(1), cols, 0).to(torch.int32).contiguous()
+    vals = torch.empty(*mem.shape[:2], k, dtype=pre.dtype)
+    idx = torch.empty(*mem.shape[:2], k, dtype=torch.long)
+    library().topk_among(_p(mem), S * B, d, k, _p(cols), _p(counts), width, S, B, int(seed_major), pad_col,
+                         _p(vals), _p(idx), _threads())
+    return (vals, idx) if seed_major else (vals.transpose(0, 1), idx.transpose(0, 1))
+
+
+def _parts(S: int) -> int:
+    """Output ranges per seed: enough tasks for every thread, a few more for balance."""
+    return max(1, -(-4 * _threads() // S))
+
+
+def sparse_decode(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, W: torch.Tensor, R: int) -> torch.Tensor:
+    """z, rows, cols [S, M]; W [S, d_sae, d_in] -> out [S, R, d_in]: out[s, r] = sum_{rows = r} z W[s, cols]."""
+    S, M = z.shape
+    _, d_sae, d_in = W.shape
+    z, rows, cols, W = z.contiguous(), rows.contiguous(), cols.contiguous(), W.contiguous()
+    out = torch.empty(S, R, d_in, dtype=W.dtype)
+    library().sparse_decode(_p(z), _p(rows), _p(cols), _p(W), S, M, d_sae, d_in, R, _p(out), _parts(S), _threads())
+    return out
+
+
+def sparse_dots(G: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """G [S, R, d_in], rows, cols [S, M], W [S, d_sae, d_in] -> [S, M]: <G[s, rows], W[s, cols]>."""
+    S, R, d_in = G.shape
+    M, d_sae = rows.shape[1], W.shape[1]
+    G, rows, cols, W = G.contiguous(), rows.contiguous(), cols.contiguous(), W.contiguous()
+    out = torch.empty(S, M, dtype=G.dtype)
+    library().sparse_dots(_p(G), _p(rows), _p(cols), _p(W), S, M, d_sae, d_in, R, _p(out), _threads())
+    return out
+
+
+def sum_by_latent(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, T: torch.Tensor, d_sae: int,
+                  with_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """w, rows, cols [S, M]; T [S, R, d_in] -> (out [S, d_sae, d_in]: out[s, j] = sum_{cols = j} w T[s, rows],
+    and with_bias the sums of w per latent [S, d_sae], else None). Each sum runs in entry order."""
+    S, M = w.shape
+    R, d_in = T.shape[1:]
+    w, rows, cols, T = w.contiguous(), rows.contiguous(), cols.contiguous(), T.contiguous()
+    out = torch.empty(S, d_sae, d_in, dtype=T.dtype)
+    bias = torch.empty(S, d_sae, dtype=T.dtype) if with_bias else None
+    library().sum_by_latent(_p(w), _p(rows), _p(cols), _p(T), S, M, d_sae, d_in, R, _p(out),
+                            None if bias is None else _p(bias), _parts(S), _threads())
+    return out, bias
