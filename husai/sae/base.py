@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from husai.sae import kernels
+
 
 def rows_times(W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """W [S, D, d] @ v [S, d] per slot -> [S, D] (with autograd). One BLAS matrix-vector product per
@@ -253,6 +255,9 @@ class StackedSAE(nn.Module):
         sec. 2.3), so the Adam step moves along the unit sphere rather than off it."""
         if self.unit_norm_decoder and self.W_dec.grad is not None:
             W, G = self.W_dec, self.W_dec.grad
+            if G.is_contiguous() and kernels.usable(G, W):  # one pass (kernels.c)
+                kernels.remove_parallel_(G, W.detach())
+                return
             # vecdot: 0.68 ms for 5 x 2048 x 128 rows, einsum (a bmm of 1 x 1 products) 1.32 ms (measured)
             G.addcmul_(torch.linalg.vecdot(G, W).unsqueeze(-1), W, value=-1)
 
@@ -260,6 +265,9 @@ class StackedSAE(nn.Module):
     def normalize_decoder(self) -> None:
         """Renormalise decoder rows to unit norm after each step."""
         if self.unit_norm_decoder:
+            if kernels.usable(self.W_dec):  # one pass (kernels.c)
+                kernels.normalize_rows_(self.W_dec.data, 1e-8)
+                return
             self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()

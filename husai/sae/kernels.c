@@ -7,6 +7,7 @@
  *   sparse_decode  out[s, r] = sum over entries e of seed s at row r of z[e] W[s, cols[e]]
  *   sparse_dots    g_z[e] = <G[s, rows[e]], W[s, cols[e]]>
  *   sum_by_latent  out[s, j] = sum over entries e of seed s at latent j of w[e] T[s, rows[e]]
+ *   weighted_row_sum, remove_parallel, normalize_rows: b_dec's gradient and the decoder constraint
  *
  * Every sum runs in entry order whatever the thread count: the work is split by output row (by
  * seed and row or latent range), never inside one sum, so a result is the same on 1 or 16 threads.
@@ -153,30 +154,41 @@ void topk_rows(const float *x, int64_t n_rows, int d, int k, float *vals, int64_
     }
 }
 
-/* The top k of each row among its seed's columns: x [n_rows, d], row r belongs to seed
- * seed_of_row(r) = seed_major ? r / rows_per_seed : r % n_seeds; cols [n_seeds, max_cols] the
- * columns (increasing) and n_cols [n_seeds] how many. A seed with fewer than k columns gets them all,
- * then padding (-inf at column pad_col). -> vals, idx [n_rows, k]. */
+/* The top k of each row among its seed's columns whose values are above `above`: x [n_rows, d],
+ * row r belongs to seed seed_of_row(r) = seed_major ? r / rows_per_seed : r % n_seeds; cols
+ * [n_seeds, max_cols] the columns (increasing) and n_cols [n_seeds] how many. A row with fewer than
+ * k such values gets them all, then padding (-inf at column pad_col); counts [n_rows] says how many
+ * are real. -> vals, idx [n_rows, k]. (AuxK passes above = 0: a value <= 0 is relu'd to 0 and has
+ * no gradient, so leaving it out changes nothing but the work.) */
 void topk_among(const float *x, int64_t n_rows, int d, int k, const int32_t *cols, const int64_t *n_cols,
-                int max_cols, int n_seeds, int64_t rows_per_seed, int seed_major, int64_t pad_col,
-                float *vals, int64_t *idx, int n_threads) {
+                int max_cols, int n_seeds, int64_t rows_per_seed, int seed_major, float above, int64_t pad_col,
+                float *vals, int64_t *idx, int64_t *counts, int n_threads) {
     #pragma omp parallel num_threads(n_threads)
     {
         scratch_t sc = scratch_new(max_cols, k);
         float *buf = malloc(sizeof(float) * (max_cols + 1));
+        int32_t *ids = malloc(sizeof(int32_t) * (max_cols + 1));
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < n_rows; r++) {
             int64_t s = seed_major ? r / rows_per_seed : r % n_seeds;
             const int32_t *cs = cols + s * max_cols;
-            int n = (int)n_cols[s], kk = n < k ? n : k;
             const float *row = x + r * d;
-            for (int j = 0; j < n; j++) buf[j] = row[cs[j]];
-            if (kk > 0) select_row(buf, cs, n, kk, idx + r * k, sc);
+            int n = 0;
+            for (int j = 0; j < (int)n_cols[s]; j++) {  /* branch-free compaction of the values above */
+                float v = row[cs[j]];
+                buf[n] = v;
+                ids[n] = cs[j];
+                n += v > above;
+            }
+            int kk = n < k ? n : k;
+            if (kk > 0) select_row(buf, ids, n, kk, idx + r * k, sc);
             for (int j = 0; j < kk; j++) vals[r * k + j] = row[idx[r * k + j]];
             for (int j = kk; j < k; j++) { vals[r * k + j] = -INFINITY; idx[r * k + j] = pad_col; }
+            counts[r] = kk;
         }
         scratch_free(sc);
         free(buf);
+        free(ids);
     }
 }
 
@@ -199,6 +211,7 @@ void sparse_decode(const float *z, const int64_t *rows, const int64_t *cols, con
             int64_t r = rs[e];
             if (r < r0 || r >= r1) continue;
             float a = zs[e];
+            if (a == 0.0f) continue;  /* adds nothing: skipping is exact (sums start at +0) */
             float *dst = o + r * d_in;
             const float *src = Ws + cs[e] * d_in;
             #pragma omp simd
@@ -207,12 +220,15 @@ void sparse_decode(const float *z, const int64_t *rows, const int64_t *cols, con
     }
 }
 
-/* g_z [S, M]: g_z[s, e] = <G[s, rows[e]], W[s, cols[e]]>, G [S, R, d_in], W [S, d_sae, d_in]. */
+/* g_z [S, M]: g_z[s, e] = <G[s, rows[e]], W[s, cols[e]]>, G [S, R, d_in], W [S, d_sae, d_in];
+ * skip_zero [S, M] (or NULL): where it is 0, g_z is set to 0 instead (the caller's z came out of a
+ * relu, whose backward zeroes those entries anyway). */
 void sparse_dots(const float *G, const int64_t *rows, const int64_t *cols, const float *W, int S, int64_t M,
-                 int d_sae, int d_in, int64_t R, float *g_z, int n_threads) {
+                 int d_sae, int d_in, int64_t R, const float *skip_zero, float *g_z, int n_threads) {
     #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t f = 0; f < (int64_t)S * M; f++) {
         int64_t s = f / M;
+        if (skip_zero && skip_zero[f] == 0.0f) { g_z[f] = 0.0f; continue; }
         const float *a = G + (s * R + rows[f]) * d_in, *b = W + (s * d_sae + cols[f]) * d_in;
         float acc = 0.f;
         #pragma omp simd reduction(+:acc)
@@ -221,8 +237,9 @@ void sparse_dots(const float *G, const int64_t *rows, const int64_t *cols, const
     }
 }
 
-/* out [S, d_sae, d_in]: out[s, j] = sum over entries e of seed s with cols[e] = j of w[e] T[s, rows[e]],
- * T [S, R, d_in]; bias_out [S, d_sae] (may be NULL): the sums of w. Tasks: latent ranges per seed. */
+/* out [S, d_sae, d_in]: out[s, j] = sum over entries e of seed s with cols[e] = j of w[e] T[s, rows[e] mod R],
+ * T [S, R, d_in] (entries' rows may run past R: TopK's AuxK entries reuse the inputs' rows, R..2R-1);
+ * bias_out [S, d_sae] (may be NULL): the sums of w. Tasks: latent ranges per seed. */
 void sum_by_latent(const float *w, const int64_t *rows, const int64_t *cols, const float *T, int S, int64_t M,
                    int d_sae, int d_in, int64_t R, float *out, float *bias_out, int parts, int n_threads) {
     #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
@@ -239,11 +256,58 @@ void sum_by_latent(const float *w, const int64_t *rows, const int64_t *cols, con
             int64_t j = cs[e];
             if (j < j0 || j >= j1) continue;
             float a = ws[e];
+            if (a == 0.0f) continue;  /* adds nothing: skipping is exact (sums start at +0) */
             float *dst = o + j * d_in;
-            const float *src = Ts + rs[e] * d_in;
+            int64_t r = rs[e];
+            const float *src = Ts + (r < R ? r : r % R) * d_in;
             #pragma omp simd
             for (int i = 0; i < d_in; i++) dst[i] += a * src[i];
             if (bo) bo[j] += a;
         }
+    }
+}
+
+/* out [S, d_in]: out[s] = sum_j w[s, j] W[s, j] (W [S, d_sae, d_in]), j increasing, zero weights skipped. */
+void weighted_row_sum(const float *w, const float *W, int S, int d_sae, int d_in, float *out, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int s = 0; s < S; s++) {
+        float *o = out + (int64_t)s * d_in;
+        memset(o, 0, sizeof(float) * d_in);
+        for (int j = 0; j < d_sae; j++) {
+            float a = w[(int64_t)s * d_sae + j];
+            if (a == 0.0f) continue;
+            const float *src = W + ((int64_t)s * d_sae + j) * d_in;
+            #pragma omp simd
+            for (int i = 0; i < d_in; i++) o[i] += a * src[i];
+        }
+    }
+}
+
+/* The decoder constraint (Gao et al. sec. 2.3), rows of d: G[r] -= <G[r], W[r]> W[r] (the gradient
+ * without its component along a unit row), one pass instead of a dot, then a multiply-add. */
+void remove_parallel(float *G, const float *W, int64_t n_rows, int d, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t r = 0; r < n_rows; r++) {
+        float *g = G + r * d;
+        const float *w = W + r * d;
+        float dot = 0.f;
+        #pragma omp simd reduction(+:dot)
+        for (int i = 0; i < d; i++) dot += g[i] * w[i];
+        #pragma omp simd
+        for (int i = 0; i < d; i++) g[i] -= dot * w[i];
+    }
+}
+
+/* W[r] /= max(||W[r]||, eps): unit rows after the optimiser's step. */
+void normalize_rows(float *W, int64_t n_rows, int d, float eps, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t r = 0; r < n_rows; r++) {
+        float *w = W + r * d, sq = 0.f;
+        #pragma omp simd reduction(+:sq)
+        for (int i = 0; i < d; i++) sq += w[i] * w[i];
+        float n = sqrtf(sq);
+        n = n > eps ? n : eps;
+        #pragma omp simd
+        for (int i = 0; i < d; i++) w[i] /= n;
     }
 }

@@ -64,10 +64,13 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.topk_rows.argtypes = [P, L, I, I, P, P, I]
-    lib.topk_among.argtypes = [P, L, I, I, P, P, I, I, L, I, L, P, P, I]
+    lib.topk_among.argtypes = [P, L, I, I, P, P, I, I, L, I, ctypes.c_float, L, P, P, P, I]
     lib.sparse_decode.argtypes = [P, P, P, P, I, L, I, I, L, P, I, I]
-    lib.sparse_dots.argtypes = [P, P, P, P, I, L, I, I, L, P, I]
+    lib.sparse_dots.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I]
     lib.sum_by_latent.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I, I]
+    lib.weighted_row_sum.argtypes = [P, P, I, I, I, P, I]
+    lib.remove_parallel.argtypes = [P, P, L, I, I]
+    lib.normalize_rows.argtypes = [P, L, I, ctypes.c_float, I]
     return lib
 
 
@@ -113,23 +116,27 @@ def topk_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, idx
 
 
-def topk_among(pre: torch.Tensor, allowed: torch.Tensor, k: int, pad_col: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_among(pre: torch.Tensor, allowed: torch.Tensor, k: int, above: float = float("-inf"),
+               pad_col: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """pre [S, B, d] (contiguous, or the [B, S, d]-in-memory view pre_acts returns), allowed [S, d]
-    bool -> (values, columns) [S, B, k]: each row's k largest among its seed's allowed columns
-    (ties to the lower column, columns increasing); a seed with fewer than k gets them all, then
-    padding: value -inf at column pad_col."""
+    bool -> (values, columns) [S, B, k']: each row's k largest among its seed's allowed columns whose
+    values are > above (ties to the lower column, columns increasing), then padding (value -inf at
+    column pad_col) where a row has fewer; k' <= k is the most any row has (the rest would be padding)."""
     S, B, d = pre.shape
     seed_major = pre.is_contiguous()
     mem = pre if seed_major else pre.transpose(0, 1).contiguous()  # [S, B, d] or [B, S, d]
-    counts = allowed.sum(1)
-    width = max(1, int(counts.max()))
+    n_allowed = allowed.sum(1)
+    width = max(1, int(n_allowed.max()))
     # allowed columns first, in increasing order (a stable sort)
     cols = torch.sort(allowed.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
-    cols = torch.where(torch.arange(width) < counts.unsqueeze(1), cols, 0).to(torch.int32).contiguous()
+    cols = torch.where(torch.arange(width) < n_allowed.unsqueeze(1), cols, 0).to(torch.int32).contiguous()
     vals = torch.empty(*mem.shape[:2], k, dtype=pre.dtype)
     idx = torch.empty(*mem.shape[:2], k, dtype=torch.long)
-    library().topk_among(_p(mem), S * B, d, k, _p(cols), _p(counts), width, S, B, int(seed_major), pad_col,
-                         _p(vals), _p(idx), _threads())
+    counts = torch.empty(*mem.shape[:2], dtype=torch.long)
+    library().topk_among(_p(mem), S * B, d, k, _p(cols), _p(n_allowed), width, S, B, int(seed_major), above, pad_col,
+                         _p(vals), _p(idx), _p(counts), _threads())
+    kk = max(1, int(counts.max()))  # each row's real entries come first
+    vals, idx = vals[..., :kk], idx[..., :kk]
     return (vals, idx) if seed_major else (vals.transpose(0, 1), idx.transpose(0, 1))
 
 
@@ -148,19 +155,23 @@ def sparse_decode(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, W: to
     return out
 
 
-def sparse_dots(G: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """G [S, R, d_in], rows, cols [S, M], W [S, d_sae, d_in] -> [S, M]: <G[s, rows], W[s, cols]>."""
+def sparse_dots(G: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, W: torch.Tensor,
+                skip_zero: torch.Tensor | None = None) -> torch.Tensor:
+    """G [S, R, d_in], rows, cols [S, M], W [S, d_sae, d_in] -> [S, M]: <G[s, rows], W[s, cols]>;
+    0 where skip_zero [S, M] is 0 (a caller whose z came out of a relu passes z)."""
     S, R, d_in = G.shape
     M, d_sae = rows.shape[1], W.shape[1]
     G, rows, cols, W = G.contiguous(), rows.contiguous(), cols.contiguous(), W.contiguous()
     out = torch.empty(S, M, dtype=G.dtype)
-    library().sparse_dots(_p(G), _p(rows), _p(cols), _p(W), S, M, d_sae, d_in, R, _p(out), _threads())
+    skip = None if skip_zero is None else skip_zero.contiguous()
+    library().sparse_dots(_p(G), _p(rows), _p(cols), _p(W), S, M, d_sae, d_in, R, None if skip is None else _p(skip),
+                          _p(out), _threads())
     return out
 
 
 def sum_by_latent(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, T: torch.Tensor, d_sae: int,
                   with_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """w, rows, cols [S, M]; T [S, R, d_in] -> (out [S, d_sae, d_in]: out[s, j] = sum_{cols = j} w T[s, rows],
+    """w, rows, cols [S, M]; T [S, R, d_in] -> (out [S, d_sae, d_in]: out[s, j] = sum_{cols = j} w T[s, rows mod R],
     and with_bias the sums of w per latent [S, d_sae], else None). Each sum runs in entry order."""
     S, M = w.shape
     R, d_in = T.shape[1:]
@@ -170,3 +181,24 @@ def sum_by_latent(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, T: to
     library().sum_by_latent(_p(w), _p(rows), _p(cols), _p(T), S, M, d_sae, d_in, R, _p(out),
                             None if bias is None else _p(bias), _parts(S), _threads())
     return out, bias
+
+
+def weighted_row_sum(w: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """w [S, d_sae], W [S, d_sae, d_in] -> [S, d_in]: sum_j w[s, j] W[s, j] (zero weights skipped)."""
+    S, d_sae, d_in = W.shape
+    w, W = w.contiguous(), W.contiguous()
+    out = torch.empty(S, d_in, dtype=W.dtype)
+    library().weighted_row_sum(_p(w), _p(W), S, d_sae, d_in, _p(out), _threads())
+    return out
+
+
+def remove_parallel_(G: torch.Tensor, W: torch.Tensor) -> None:
+    """In place, rows of the last dim: G -= <G, W> W (W's rows unit). Both contiguous."""
+    assert G.is_contiguous() and W.is_contiguous() and G.shape == W.shape
+    library().remove_parallel(_p(G), _p(W), G.numel() // G.shape[-1], G.shape[-1], _threads())
+
+
+def normalize_rows_(W: torch.Tensor, eps: float) -> None:
+    """In place, rows of the last dim: W /= max(||W||, eps). W contiguous."""
+    assert W.is_contiguous()
+    library().normalize_rows(_p(W), W.numel() // W.shape[-1], W.shape[-1], eps, _threads())

@@ -92,6 +92,8 @@ class _EncodeAt(torch.autograd.Function):
         d b_enc[s, j]       = sum over entries at latent j of g
         d W_enc_T[s, j, :]  = sum over entries at latent j of g * (x[row] - b_dec[s])
         d b_dec[s]          = -d b_enc[s] @ W_enc_T[s]
+    x may hold fewer rows than the entries index (codes.B): row r reads x[r mod x's rows] (TopK's
+    AuxK entries sit in rows B..2B-1 and reuse the batch's inputs).
     """
 
     @staticmethod
@@ -105,12 +107,12 @@ class _EncodeAt(torch.autograd.Function):
         W_enc_T, b_dec, x = ctx.saved_tensors
         codes = ctx.codes
         S, d_sae, d_in = W_enc_T.shape
-        g_b_dec = None
         if kernels.usable(g, x):
-            centred = x - b_dec.unsqueeze(1)  # [S, R, d_in]
+            centred = x - b_dec.unsqueeze(1)  # [S, R', d_in]
             g_W, g_b_enc = kernels.sum_by_latent(g, codes.rows, codes.cols, centred, d_sae, with_bias=True)
-            g_b_dec = -torch.einsum("sj,sjd->sd", g_b_enc, W_enc_T)
-            return None, g_W, g_b_enc, g_b_dec, None, None
+            return None, g_W, g_b_enc, -kernels.weighted_row_sum(g_b_enc, W_enc_T.detach()), None, None
+        if x.shape[-2] != codes.B:
+            x = x.repeat(codes.B // x.shape[-2], 1) if x.ndim == 2 else x.repeat(1, codes.B // x.shape[-2], 1)
         g_b_enc = torch.zeros(S, d_sae, dtype=g.dtype, device=g.device).scatter_add_(1, codes.cols, g)
         # x [R, d_in] (shared) broadcasts over the seeds; x [S, R, d_in] is already per seed
         centred = (x - b_dec.unsqueeze(1)).reshape(-1, d_in)  # [S * R, d_in], small
@@ -160,8 +162,8 @@ class RowNorms(torch.autograd.Function):
 
 def encode_at(pre_vals: torch.Tensor, W_enc_T, b_enc, b_dec, x: torch.Tensor, codes: Codes) -> torch.Tensor:
     """pre_vals [S, M] (no grad) -> the same values [S, M] with gradients to W_enc_T [S, d_sae, d_in],
-    b_enc [S, d_sae], b_dec [S, d_in]; x holds the inputs that codes.rows index (R = codes.B):
-    [R, d_in] shared by all seeds, or [S, R, d_in] one set per seed."""
+    b_enc [S, d_sae], b_dec [S, d_in]; x holds the inputs that codes.rows index (R = codes.B, or R
+    a multiple of x's rows, read cyclically): [R, d_in] shared by all seeds, or [S, R, d_in] one set per seed."""
     return _EncodeAt.apply(pre_vals, W_enc_T, b_enc, b_dec, x, codes)
 
 
@@ -170,24 +172,28 @@ class _KernelDecode(torch.autograd.Function):
     <g[row], W_dec[col]> per entry and W_dec its gradient by latent, sum of z g[row]."""
 
     @staticmethod
-    def forward(ctx, z, W_dec, codes):
+    def forward(ctx, z, W_dec, codes, from_relu):
         ctx.save_for_backward(z, W_dec)
-        ctx.codes = codes
+        ctx.codes, ctx.from_relu = codes, from_relu
         return kernels.sparse_decode(z, codes.rows, codes.cols, W_dec, codes.B)
 
     @staticmethod
     def backward(ctx, g):
         z, W_dec = ctx.saved_tensors
         codes = ctx.codes
-        g_z = kernels.sparse_dots(g, codes.rows, codes.cols, W_dec) if ctx.needs_input_grad[0] else None
+        g_z = (kernels.sparse_dots(g, codes.rows, codes.cols, W_dec, z if ctx.from_relu else None)
+               if ctx.needs_input_grad[0] else None)
         g_W = kernels.sum_by_latent(z, codes.rows, codes.cols, g, W_dec.shape[1])[0] if ctx.needs_input_grad[1] else None
-        return g_z, g_W, None
+        return g_z, g_W, None, None
 
 
-def decode(z: torch.Tensor, W_dec: torch.Tensor, codes: Codes) -> torch.Tensor:
-    """z [S, M] (entry values) -> sum_m z W_dec[cols] per input, [S, B, d_in] (no b_dec)."""
+def decode(z: torch.Tensor, W_dec: torch.Tensor, codes: Codes, from_relu: bool = False) -> torch.Tensor:
+    """z [S, M] (entry values) -> sum_m z W_dec[cols] per input, [S, B, d_in] (no b_dec).
+    from_relu: z (up to a positive factor) came out of a relu, so z's gradient is never read where
+    z = 0 and the kernels skip it (AuxK's entries are mostly 0: 47-59% of a step's entries once
+    latents die, measured on the grokked model)."""
     if kernels.usable(z, W_dec):
-        return _KernelDecode.apply(z, W_dec, codes)
+        return _KernelDecode.apply(z, W_dec, codes, from_relu)
     S, d_sae, d_in = W_dec.shape
     B = codes.B
     counts = torch.bincount(codes.input, minlength=S * B)

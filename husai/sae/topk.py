@@ -103,7 +103,7 @@ class TopKSAE(StackedSAE):
         n_dead = int(dead.sum(1).max())
         k_aux = min(self.k_aux, n_dead)
         if kernels.usable(pre):
-            return kernels.topk_among(pre, dead, k_aux)
+            return kernels.topk_among(pre, dead, k_aux, above=0.0)  # a value <= 0 adds nothing
         if n_dead > d_sae // 2:
             return pre.masked_fill(~dead.unsqueeze(1), float("-inf")).topk(k_aux, dim=-1, sorted=False)
         dead_first = torch.sort(dead.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :n_dead]  # [S, n]
@@ -146,18 +146,18 @@ class TopKSAE(StackedSAE):
                 cols = torch.cat([cols, acols.reshape(S, -1)], 1)
         R = (L + aux) * B
         codes = Codes(rows, cols, R, self.d_sae)
-        x_rows = x.repeat(R // B, 1) if x.ndim == 2 else x.repeat(1, R // B, 1)  # [R, d_in] or [S, R, d_in]
         if self.rescale:  # pvals are pre * n: the parameters' gradients come through both factors
             n = RowNorms.apply(self.W_dec).clamp_min(1e-12).gather(1, cols)  # [S, M']
             # AuxK's padding is -inf (fewer dead latents than k_aux): as 0 it is still relu'd to 0, with
             # no gradient (relu'(0) = 0 in torch), where -inf * n would send NaN to n
             raw = (pvals.nan_to_num(neginf=0.0) if aux else pvals) / n.detach()
-            z = F.relu(encode_at(raw, self.W_enc_T, self.b_enc, self.b_dec, x_rows, codes) * n)
-            out = decode(z / n, self.W_dec, codes)
+            z = F.relu(encode_at(raw, self.W_enc_T, self.b_enc, self.b_dec, x, codes) * n)
+            out = decode(z / n, self.W_dec, codes, from_relu=True)
         else:
-            z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x_rows, codes))
-            out = decode(z, self.W_dec, codes)  # [S, R, d_in], without b_dec
-        recon = out[:, :L * B].view(S, L, B, -1).cumsum(1) + self.b_dec[:, None, None]  # [S, L, B, d_in]
+            z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x, codes))
+            out = decode(z, self.W_dec, codes, from_relu=True)  # [S, R, d_in], without b_dec
+        recon = out[:, :L * B].view(S, L, B, -1)
+        recon = (recon.cumsum(1) if L > 1 else recon) + self.b_dec[:, None, None]  # [S, L, B, d_in]
         x_hat = recon[:, -1]
         var = batch_variance(x)
         sq = (recon - (x if x.ndim == 2 else x.unsqueeze(1))).pow(2).sum(-1).mean(-1)  # [S, L]
