@@ -140,28 +140,41 @@ static void select_row(const float *v, const int32_t *ids, int n, int k, int64_t
     }
 }
 
-/* x [n_rows, d] -> vals, idx [n_rows, k] (k <= d). */
-void topk_rows(const float *x, int64_t n_rows, int d, int k, float *vals, int64_t *idx, int n_threads) {
+/* x [n_rows, d] -> vals, idx [n_rows, k] (k <= d) of x + bias: bias [n_seeds, d] or NULL, row r
+ * belonging to seed seed_major ? r / rows_per_seed : r % n_seeds (husai.sae.kernels.topk_rows). */
+void topk_rows(const float *x, int64_t n_rows, int d, int k, const float *bias, int n_seeds, int64_t rows_per_seed,
+               int seed_major, float *vals, int64_t *idx, int n_threads) {
     #pragma omp parallel num_threads(n_threads)
     {
         scratch_t sc = scratch_new(d, k);
+        float *tmp = bias ? malloc(sizeof(float) * d) : NULL;
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < n_rows; r++) {
-            select_row(x + r * d, NULL, d, k, idx + r * k, sc);
-            for (int j = 0; j < k; j++) vals[r * k + j] = x[r * d + idx[r * k + j]];
+            const float *v = x + r * d;
+            if (bias) {
+                const float *b = bias + (seed_major ? r / rows_per_seed : r % n_seeds) * d;
+                #pragma omp simd
+                for (int j = 0; j < d; j++) tmp[j] = v[j] + b[j];
+                v = tmp;
+            }
+            select_row(v, NULL, d, k, idx + r * k, sc);
+            for (int j = 0; j < k; j++) vals[r * k + j] = v[idx[r * k + j]];
         }
         scratch_free(sc);
+        free(tmp);
     }
 }
 
-/* The top k of each row among its seed's columns whose values are above `above`: x [n_rows, d],
+/* The top k of each row among its seed's columns whose values are above `above`: x [n_rows, d] (plus
+ * bias [n_seeds, d] when not NULL),
  * row r belongs to seed seed_of_row(r) = seed_major ? r / rows_per_seed : r % n_seeds; cols
  * [n_seeds, max_cols] the columns (increasing) and n_cols [n_seeds] how many. A row with fewer than
  * k such values gets them all, then padding (-inf at column pad_col); counts [n_rows] says how many
  * are real. -> vals, idx [n_rows, k]. (AuxK passes above = 0: a value <= 0 is relu'd to 0 and has
  * no gradient, so leaving it out changes nothing but the work.) */
 void topk_among(const float *x, int64_t n_rows, int d, int k, const int32_t *cols, const int64_t *n_cols,
-                int max_cols, int n_seeds, int64_t rows_per_seed, int seed_major, float above, int64_t pad_col,
+                int max_cols, int n_seeds, int64_t rows_per_seed, int seed_major, const float *bias, float above,
+                int64_t pad_col,
                 float *vals, int64_t *idx, int64_t *counts, int n_threads) {
     #pragma omp parallel num_threads(n_threads)
     {
@@ -172,17 +185,17 @@ void topk_among(const float *x, int64_t n_rows, int d, int k, const int32_t *col
         for (int64_t r = 0; r < n_rows; r++) {
             int64_t s = seed_major ? r / rows_per_seed : r % n_seeds;
             const int32_t *cs = cols + s * max_cols;
-            const float *row = x + r * d;
+            const float *row = x + r * d, *b = bias ? bias + s * d : NULL;
             int n = 0;
             for (int j = 0; j < (int)n_cols[s]; j++) {  /* branch-free compaction of the values above */
-                float v = row[cs[j]];
+                float v = b ? row[cs[j]] + b[cs[j]] : row[cs[j]];
                 buf[n] = v;
                 ids[n] = cs[j];
                 n += v > above;
             }
             int kk = n < k ? n : k;
             if (kk > 0) select_row(buf, ids, n, kk, idx + r * k, sc);
-            for (int j = 0; j < kk; j++) vals[r * k + j] = row[idx[r * k + j]];
+            for (int j = 0; j < kk; j++) vals[r * k + j] = b ? row[idx[r * k + j]] + b[idx[r * k + j]] : row[idx[r * k + j]];
             for (int j = kk; j < k; j++) { vals[r * k + j] = -INFINITY; idx[r * k + j] = pad_col; }
             counts[r] = kk;
         }

@@ -63,8 +63,8 @@ def _build() -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(path))
     P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    lib.topk_rows.argtypes = [P, L, I, I, P, P, I]
-    lib.topk_among.argtypes = [P, L, I, I, P, P, I, I, L, I, ctypes.c_float, L, P, P, P, I]
+    lib.topk_rows.argtypes = [P, L, I, I, P, I, L, I, P, P, I]
+    lib.topk_among.argtypes = [P, L, I, I, P, P, I, I, L, I, P, ctypes.c_float, L, P, P, P, I]
     lib.sparse_decode.argtypes = [P, P, P, P, I, L, I, I, L, P, I, I]
     lib.sparse_dots.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I]
     lib.sum_by_latent.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I, I]
@@ -102,26 +102,33 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
-def topk_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_rows(x: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., d] float32 -> (values, columns) [..., k]: each row's k largest, ties to the lower
-    column, columns increasing (NaN ranks as -inf)."""
-    if x.ndim == 3 and not x.is_contiguous() and x.transpose(0, 1).is_contiguous():  # pre_acts' [B, S, d] memory
-        vals, idx = topk_rows(x.transpose(0, 1), k)
-        return vals.transpose(0, 1), idx.transpose(0, 1)
+    column, columns increasing (NaN ranks as -inf). bias [S, d] (x then [S, B, d] or pre_acts' [B, S, d]
+    view): of x + bias[s] instead, without writing it out."""
+    if x.ndim == 3 and not x.is_contiguous() and x.transpose(0, 1).is_contiguous():
+        mem, seed_major = x.transpose(0, 1), False  # pre_acts' [B, S, d] memory
+    else:
+        mem, seed_major = x.contiguous(), True
     d = x.shape[-1]
-    x = x.contiguous()
-    vals = torch.empty(*x.shape[:-1], k, dtype=x.dtype)
-    idx = torch.empty(*x.shape[:-1], k, dtype=torch.long)
-    library().topk_rows(_p(x), x.numel() // d, d, k, _p(vals), _p(idx), _threads())
-    return vals, idx
+    S, B = (x.shape[0], x.shape[1]) if x.ndim == 3 else (1, 1)
+    if bias is not None:
+        assert x.ndim == 3 and bias.shape == (S, d)
+        bias = bias.detach().contiguous()
+    vals = torch.empty(*mem.shape[:-1], k, dtype=x.dtype)
+    idx = torch.empty(*mem.shape[:-1], k, dtype=torch.long)
+    library().topk_rows(_p(mem), mem.numel() // d, d, k, None if bias is None else _p(bias), S, B, int(seed_major),
+                        _p(vals), _p(idx), _threads())
+    return (vals, idx) if seed_major else (vals.transpose(0, 1), idx.transpose(0, 1))
 
 
 def topk_among(pre: torch.Tensor, allowed: torch.Tensor, k: int, above: float = float("-inf"),
-               pad_col: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+               bias: torch.Tensor | None = None, pad_col: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """pre [S, B, d] (contiguous, or the [B, S, d]-in-memory view pre_acts returns), allowed [S, d]
     bool -> (values, columns) [S, B, k']: each row's k largest among its seed's allowed columns whose
     values are > above (ties to the lower column, columns increasing), then padding (value -inf at
-    column pad_col) where a row has fewer; k' <= k is the most any row has (the rest would be padding)."""
+    column pad_col) where a row has fewer; k' <= k is the most any row has (the rest would be padding).
+    bias [S, d]: of pre + bias[s] instead (as topk_rows)."""
     S, B, d = pre.shape
     seed_major = pre.is_contiguous()
     mem = pre if seed_major else pre.transpose(0, 1).contiguous()  # [S, B, d] or [B, S, d]
@@ -133,7 +140,9 @@ def topk_among(pre: torch.Tensor, allowed: torch.Tensor, k: int, above: float = 
     vals = torch.empty(*mem.shape[:2], k, dtype=pre.dtype)
     idx = torch.empty(*mem.shape[:2], k, dtype=torch.long)
     counts = torch.empty(*mem.shape[:2], dtype=torch.long)
-    library().topk_among(_p(mem), S * B, d, k, _p(cols), _p(n_allowed), width, S, B, int(seed_major), above, pad_col,
+    bias = None if bias is None else bias.detach().contiguous()
+    library().topk_among(_p(mem), S * B, d, k, _p(cols), _p(n_allowed), width, S, B, int(seed_major),
+                         None if bias is None else _p(bias), above, pad_col,
                          _p(vals), _p(idx), _p(counts), _threads())
     kk = max(1, int(counts.max()))  # each row's real entries come first
     vals, idx = vals[..., :kk], idx[..., :kk]

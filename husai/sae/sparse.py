@@ -27,11 +27,12 @@ import torch.nn.functional as F
 from husai.sae import kernels
 
 
-def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_rows(pre: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k along the last dim (values, indices; unsorted), faster than torch.topk on CPU
-    for k << d. pre [..., d] -> ([..., k], [..., k]).
+    for k << d. pre [..., d] -> ([..., k], [..., k]); bias [S, d] (pre [S, B, d]): of pre + bias[s].
 
-    Split each row into m = d / g strided groups {j, j + m, ..., j + (g - 1) m} of g elements.
+    On the CPU with the compiled kernels: kernels.topk_rows (columns increasing, ties to the lower).
+    Otherwise: split each row into m = d / g strided groups {j, j + m, ..., j + (g - 1) m} of g elements.
     The k largest elements of a row lie in the k groups with the largest maxima (any element
     above the k-th largest group maximum is in one of those groups), so a top-k over
     the m group maxima and then over the k * g candidates gives the same set as a top-k over d.
@@ -39,8 +40,10 @@ def topk_rows(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """
     d = pre.shape[-1]
     if 2 * k <= d <= 2**16 and kernels.usable(pre):  # rows of one input: kernels.c, ~4x faster (measured)
-        vals, idx = kernels.topk_rows(pre.detach(), k)
+        vals, idx = kernels.topk_rows(pre.detach(), k, bias)
         return (pre.gather(-1, idx) if pre.requires_grad else vals), idx
+    if bias is not None:  # pre [S, B, d] + bias [S, d]: written out here
+        pre = pre + bias.unsqueeze(1)
     g = 8
     if pre.device.type != "cpu" or d % g or d // g < 2 * k:
         return pre.topk(k, dim=-1, sorted=False)

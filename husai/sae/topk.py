@@ -47,6 +47,7 @@ class TopKSAE(StackedSAE):
 
     architecture = "topk"
     normalized_mse = True
+    selection_adds_bias = True  # select_latents takes pre without b_enc (StackedSAE.pre_acts split_bias)
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
                  aux_coeff: float = 1 / 32, rescale: bool = False):
@@ -85,25 +86,28 @@ class TopKSAE(StackedSAE):
         vals, idx = self._per_slot(*topk_rows(pre, self.k))
         return torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
 
-    def select_latents(self, pre: torch.Tensor):
-        """pre [S, B, d_sae] -> (vals [S, M], rows [S, M], cols [S, M]): the selected
-        pre-activations as a coordinate list sorted by row, M = B * k (before the ReLU)."""
+    def select_latents(self, pre: torch.Tensor, bias: torch.Tensor | None = None):
+        """pre [S, B, d_sae] (+ bias [S, d_sae], when pre_acts split it off) -> (vals [S, M],
+        rows [S, M], cols [S, M]): the selected pre-activations as a coordinate list sorted by row,
+        M = B * k (before the ReLU)."""
         S, B, _ = pre.shape
-        vals, cols = self._per_slot(*topk_rows(pre, self.k))  # [S, B, k]
+        vals, cols = self._per_slot(*topk_rows(pre, self.k, bias))  # [S, B, k]
         rows = torch.arange(B, device=pre.device).repeat_interleave(self.k).expand(S, -1)
         return vals.reshape(S, -1), rows, cols.reshape(S, -1)
 
-    def _dead_topk(self, pre: torch.Tensor, dead: torch.Tensor):
+    def _dead_topk(self, pre: torch.Tensor, dead: torch.Tensor, bias: torch.Tensor | None = None):
         """Top-k_aux pre-activations among dead latents: (vals [S, B, k], cols [S, B, k]) with
         k = min(k_aux, the largest dead count): a seed with fewer dead latents gets padding, -inf at
         a live column (relu'd to 0, no gradient), so only as many entries as some seed can fill are
         decoded (Gao et al.'s AuxK keeps min(k_aux, dead), the same sum). Searches only the dead
-        columns, much cheaper than a top-k over all d_sae when few latents are dead."""
+        columns, much cheaper than a top-k over all d_sae when few latents are dead. bias: as select_latents."""
         S, B, d_sae = pre.shape
         n_dead = int(dead.sum(1).max())
         k_aux = min(self.k_aux, n_dead)
         if kernels.usable(pre):
-            return kernels.topk_among(pre, dead, k_aux, above=0.0)  # a value <= 0 adds nothing
+            return kernels.topk_among(pre, dead, k_aux, above=0.0, bias=bias)  # a value <= 0 adds nothing
+        if bias is not None:
+            pre = pre + bias.unsqueeze(1)
         if n_dead > d_sae // 2:
             return pre.masked_fill(~dead.unsqueeze(1), float("-inf")).topk(k_aux, dim=-1, sorted=False)
         dead_first = torch.sort(dead.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :n_dead]  # [S, n]
@@ -132,14 +136,17 @@ class TopKSAE(StackedSAE):
         S, B, L = self.n_seeds, x.shape[-2], self.n_levels
         aux = bool(dead.any())
         with torch.no_grad():
-            pre = self.pre_acts(x, reuse_buffer=True)  # [S, B, d_sae], valid until the next step
-            pvals, rows, cols = self.select_latents(pre)  # [S, M], sorted by row
+            # [S, B, d_sae], valid until the next step; with the kernels, the bias is added as they select
+            split = self.selection_adds_bias and not self.rescale and kernels.usable(x)
+            pre, bias = (self.pre_acts(x, reuse_buffer=True, split_bias=True) if split
+                         else (self.pre_acts(x, reuse_buffer=True), None))
+            pvals, rows, cols = self.select_latents(pre, bias)  # [S, M], sorted by row
             M = pvals.shape[1]
             if L > 1:
                 rows, order = (rows + B * self.level_of(cols)).sort(dim=1, stable=True)
                 pvals, cols = pvals.gather(1, order), cols.gather(1, order)
             if aux:
-                avals, acols = self._dead_topk(pre, dead)  # [S, B, k_aux]
+                avals, acols = self._dead_topk(pre, dead, bias)  # [S, B, <= k_aux]
                 arows = L * B + torch.arange(B, device=x.device).repeat_interleave(acols.shape[-1])
                 pvals = torch.cat([pvals, avals.reshape(S, -1)], 1)
                 rows = torch.cat([rows, arows.expand(S, -1)], 1)
@@ -185,6 +192,7 @@ class BatchTopKSAE(TopKSAE):
     grokked model's 1,000-step runs both starts give the same SAE (EV 0.978, L0 28)."""
 
     architecture = "batchtopk"
+    selection_adds_bias = False  # its batch-wide selection reads pre with the bias
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
                  aux_coeff: float = 1 / 32, threshold_lr: float = 0.01, rescale: bool = False):
@@ -202,8 +210,10 @@ class BatchTopKSAE(TopKSAE):
         vals, idx = self._per_slot(*topk_rows(flat, min(self.k * B, B * d_sae)), per_k=B)
         return torch.zeros_like(flat).scatter(-1, idx, F.relu(vals)).view(S, B, d_sae)
 
-    def select_latents(self, pre: torch.Tensor):
+    def select_latents(self, pre: torch.Tensor, bias: torch.Tensor | None = None):
         """The k*B largest pre-activations of each seed's batch, as a coordinate list sorted by row."""
+        if bias is not None:
+            pre = pre + bias.unsqueeze(1)
         S, B, d_sae = pre.shape
         vals, flat = self._per_slot(*topk_rows(pre.reshape(S, B * d_sae), min(self.k * B, B * d_sae)), per_k=B)
         flat, order = flat.sort(dim=1)  # group by input row for embedding_bag

@@ -193,7 +193,7 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
         fired_epoch = torch.zeros(S, sae.d_sae, dtype=torch.bool, device=device)
         for i in range(0, N, cfg.batch_size):
             idx = perm[..., i:i + cfg.batch_size]
-            x = acts.index_select(0, idx.reshape(-1)).view(*idx.shape, d_in)  # [B or S, B, d_in]; acts[idx]: 5x slower
+            x = acts.index_select(0, idx.reshape(-1)).view(*idx.shape, d_in)  # [(S,) B, d_in]; acts[idx]: 5x slower
             loss, stats = sae.training_loss(x, since_fired >= dead_after)
             if not bool(torch.isfinite(stats["loss"]).all()):
                 diverged = step
