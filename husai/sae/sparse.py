@@ -63,11 +63,23 @@ class Codes:
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_inputs: int, d_sae: int):
         self.rows, self.cols, self.B, self.d_sae = rows, cols, n_inputs, d_sae  # B: rows per seed
-        S = rows.shape[0]
-        off = torch.arange(S, device=rows.device).unsqueeze(1)
-        self.latent = (cols + off * d_sae).reshape(-1)  # [S*M] row of the stacked [S*d_sae, d_in]
-        self.input = (rows + off * n_inputs).reshape(-1)  # [S*M] row of a stacked [S*B, d_in]
-        self._by_latent = None
+        self._by_latent = self._stacked = None
+
+    def _stack(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._stacked is None:  # only the PyTorch path reads these (the kernels take rows, cols)
+            off = torch.arange(self.rows.shape[0], device=self.rows.device).unsqueeze(1)
+            self._stacked = ((self.cols + off * self.d_sae).reshape(-1), (self.rows + off * self.B).reshape(-1))
+        return self._stacked
+
+    @property
+    def latent(self) -> torch.Tensor:
+        """[S*M] row of the stacked [S*d_sae, d_in] of each entry."""
+        return self._stack()[0]
+
+    @property
+    def input(self) -> torch.Tensor:
+        """[S*M] row of a stacked [S*B, d_in] of each entry."""
+        return self._stack()[1]
 
     def by_latent(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(order [S*M], input[order] [S*M], offsets [S*d_sae]): entries sorted by latent (stable,

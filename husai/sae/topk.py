@@ -12,12 +12,20 @@ Training runs sparsely (husai.sae.sparse); the dense formulas (StackedSAE.traini
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from husai.sae import kernels
 from husai.sae.base import StackedSAE, batch_variance
 from husai.sae.sparse import Codes, RowNorms, decode, encode_at, topk_rows
+
+
+@functools.lru_cache(maxsize=16)
+def _row_index(B: int, k: int, device, first: int = 0) -> torch.Tensor:
+    """[B * k]: first + b for each of k entries of input b (each step's coordinate lists; cached)."""
+    return first + torch.arange(B, device=device).repeat_interleave(k)
 
 
 def _auxk_loss(x, x_hat, pre, W_dec, dead, k_aux: int) -> torch.Tensor:
@@ -48,6 +56,7 @@ class TopKSAE(StackedSAE):
     architecture = "topk"
     normalized_mse = True
     selection_adds_bias = True  # select_latents takes pre without b_enc (StackedSAE.pre_acts split_bias)
+    tracks_min_active = False  # stats["min_active"]: BatchTopK's threshold estimate reads it
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
                  aux_coeff: float = 1 / 32, rescale: bool = False):
@@ -92,8 +101,7 @@ class TopKSAE(StackedSAE):
         M = B * k (before the ReLU)."""
         S, B, _ = pre.shape
         vals, cols = self._per_slot(*topk_rows(pre, self.k, bias))  # [S, B, k]
-        rows = torch.arange(B, device=pre.device).repeat_interleave(self.k).expand(S, -1)
-        return vals.reshape(S, -1), rows, cols.reshape(S, -1)
+        return vals.reshape(S, -1), _row_index(B, self.k, pre.device).expand(S, -1), cols.reshape(S, -1)
 
     def _dead_topk(self, pre: torch.Tensor, dead: torch.Tensor, bias: torch.Tensor | None = None):
         """Top-k_aux pre-activations among dead latents: (vals [S, B, k], cols [S, B, k]) with
@@ -147,7 +155,7 @@ class TopKSAE(StackedSAE):
                 pvals, cols = pvals.gather(1, order), cols.gather(1, order)
             if aux:
                 avals, acols = self._dead_topk(pre, dead, bias)  # [S, B, <= k_aux]
-                arows = L * B + torch.arange(B, device=x.device).repeat_interleave(acols.shape[-1])
+                arows = _row_index(B, acols.shape[-1], x.device, first=L * B)
                 pvals = torch.cat([pvals, avals.reshape(S, -1)], 1)
                 rows = torch.cat([rows, arows.expand(S, -1)], 1)
                 cols = torch.cat([cols, acols.reshape(S, -1)], 1)
@@ -177,8 +185,9 @@ class TopKSAE(StackedSAE):
             active = vals > 0
             fired = torch.zeros(S, self.d_sae, device=x.device).scatter_add_(1, cols, active.float()) > 0
             stats = dict(loss=loss.detach(), mse=mse.detach(), l0=active.float().sum(1) / B,
-                         ev=1 - mse.detach() / var, fired=fired,
-                         min_active=torch.where(active, vals, torch.full_like(vals, float("inf"))).min(1).values)
+                         ev=1 - mse.detach() / var, fired=fired)
+            if self.tracks_min_active:
+                stats["min_active"] = torch.where(active, vals, torch.full_like(vals, float("inf"))).min(1).values
         return loss.sum(), stats
 
 
@@ -193,6 +202,7 @@ class BatchTopKSAE(TopKSAE):
 
     architecture = "batchtopk"
     selection_adds_bias = False  # its batch-wide selection reads pre with the bias
+    tracks_min_active = True
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
                  aux_coeff: float = 1 / 32, threshold_lr: float = 0.01, rescale: bool = False):
