@@ -104,8 +104,9 @@ def _threads() -> int:
 
 def topk_rows(x: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., d] float32 -> (values, columns) [..., k]: each row's k largest, ties to the lower
-    column, columns increasing (NaN ranks as -inf). bias [S, d] (x then [S, B, d] or pre_acts' [B, S, d]
-    view): of x + bias[s] instead, without writing it out."""
+    column, columns increasing. A NaN never outranks a number (where fewer than k are not NaN, NaNs
+    fill up as -inf would; training stops at the first non-finite loss anyway). bias [S, d] (x then
+    [S, B, d] or pre_acts' [B, S, d] view): of x + bias[s] instead, without writing it out."""
     if x.ndim == 3 and not x.is_contiguous() and x.transpose(0, 1).is_contiguous():
         mem, seed_major = x.transpose(0, 1), False  # pre_acts' [B, S, d] memory
     else:
