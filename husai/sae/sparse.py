@@ -62,7 +62,8 @@ class Codes:
     by the encoder's and the decoder's weight gradients."""
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_inputs: int, d_sae: int):
-        self.rows, self.cols, self.B, self.d_sae = rows, cols, n_inputs, d_sae  # B: rows per seed
+        # contiguous once here, not in every kernel call (TopK's rows are an expanded view)
+        self.rows, self.cols, self.B, self.d_sae = rows.contiguous(), cols.contiguous(), n_inputs, d_sae  # B: rows per seed
         self._by_latent = self._stacked = None
 
     def _stack(self) -> tuple[torch.Tensor, torch.Tensor]:
