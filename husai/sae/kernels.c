@@ -7,6 +7,7 @@
  *   sparse_decode  out[s, r] = sum over entries e of seed s at row r of z[e] W[s, cols[e]]
  *   sparse_dots    g_z[e] = <G[s, rows[e]], W[s, cols[e]]>
  *   sum_by_latent  out[s, j] = sum over entries e of seed s at latent j of w[e] T[s, rows[e]]
+ *   decode_backward  sparse_decode's backward: sum_by_latent and sparse_dots in one pass
  *   weighted_row_sum, remove_parallel, normalize_rows: b_dec's gradient and the decoder constraint
  *
  * Every sum runs in entry order whatever the thread count: the work is split by output row (by
@@ -365,5 +366,40 @@ void normalize_rows(float *W, int64_t n_rows, int d, float eps, int n_threads) {
         n = n > eps ? n : eps;
         #pragma omp simd
         for (int i = 0; i < d; i++) w[i] /= n;
+    }
+}
+
+/* The decoder's backward in one pass over the entries, by latent (sum_by_latent's tasks):
+ *   g_W[s, j] = sum over entries e at latent j of z[e] G[s, rows[e]]     (W_dec's gradient)
+ *   g_z[e]    = <G[s, rows[e]], W[s, cols[e]]>                          (sparse_dots; 0 where skip_zero
+ *                                                                        and z[e] = 0)
+ * G[s, rows[e]] is read once for both, and W's rows of the task's latents stay in cache. */
+void decode_backward(const float *z, const int64_t *rows, const int64_t *cols, const float *G, const float *W,
+                     int S, int64_t M, int d_sae, int d_in, int64_t R, int skip_zero, float *g_W, float *g_z,
+                     int parts, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
+    for (int t = 0; t < S * parts; t++) {
+        int s = t / parts, p = t % parts;
+        int64_t j0 = part(d_sae, p, parts), j1 = part(d_sae, p + 1, parts);
+        float *o = g_W + (int64_t)s * d_sae * d_in;
+        memset(o + j0 * d_in, 0, sizeof(float) * (j1 - j0) * d_in);
+        const int64_t *rs = rows + (int64_t)s * M, *cs = cols + (int64_t)s * M;
+        const float *zs = z + (int64_t)s * M, *Gs = G + (int64_t)s * R * d_in, *Ws = W + (int64_t)s * d_sae * d_in;
+        float *gz = g_z + (int64_t)s * M;
+        for (int64_t e = 0; e < M; e++) {
+            int64_t j = cs[e];
+            if (j < j0 || j >= j1) continue;
+            float a = zs[e];
+            if (a == 0.0f && skip_zero) { gz[e] = 0.0f; continue; }
+            const float *g = Gs + rs[e] * d_in, *w = Ws + j * d_in;
+            float acc = 0.f;
+            #pragma omp simd reduction(+:acc)
+            for (int i = 0; i < d_in; i++) acc += g[i] * w[i];
+            gz[e] = acc;
+            if (a == 0.0f) continue;
+            float *dst = o + j * d_in;
+            #pragma omp simd
+            for (int i = 0; i < d_in; i++) dst[i] += a * g[i];
+        }
     }
 }

@@ -68,6 +68,7 @@ def _build() -> ctypes.CDLL:
     lib.sparse_decode.argtypes = [P, P, P, P, I, L, I, I, L, P, I, I]
     lib.sparse_dots.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I]
     lib.sum_by_latent.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I, I]
+    lib.decode_backward.argtypes = [P, P, P, P, P, I, L, I, I, L, I, P, P, I, I]
     lib.weighted_row_sum.argtypes = [P, P, I, I, I, P, I]
     lib.remove_parallel.argtypes = [P, P, L, I, I]
     lib.normalize_rows.argtypes = [P, L, I, ctypes.c_float, I]
@@ -191,6 +192,21 @@ def sum_by_latent(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, T: to
     library().sum_by_latent(_p(w), _p(rows), _p(cols), _p(T), S, M, d_sae, d_in, R, _p(out),
                             None if bias is None else _p(bias), _parts(S), _threads())
     return out, bias
+
+
+def decode_backward(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: torch.Tensor,
+                    skip_zero: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """sparse_decode's backward, z, rows, cols [S, M], G [S, R, d_in] (the output's gradient), W [S, d_sae, d_in]
+    -> (g_W = sum_by_latent(z, rows, cols, G) [S, d_sae, d_in], g_z = sparse_dots(G, rows, cols, W, z if skip_zero)
+    [S, M]) in one pass."""
+    S, M = z.shape
+    _, d_sae, d_in = W.shape
+    z, rows, cols, G, W = z.contiguous(), rows.contiguous(), cols.contiguous(), G.contiguous(), W.contiguous()
+    g_W = torch.empty(S, d_sae, d_in, dtype=W.dtype)
+    g_z = torch.empty(S, M, dtype=W.dtype)
+    library().decode_backward(_p(z), _p(rows), _p(cols), _p(G), _p(W), S, M, d_sae, d_in, G.shape[1], int(skip_zero),
+                              _p(g_W), _p(g_z), _parts(S), _threads())
+    return g_W, g_z
 
 
 def weighted_row_sum(w: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

@@ -185,7 +185,8 @@ def encode_at(pre_vals: torch.Tensor, W_enc_T, b_enc, b_dec, x: torch.Tensor, co
 
 class _KernelDecode(torch.autograd.Function):
     """decode through kernels.c: out = sparse_decode(z, W_dec); the backward gives z its gradient
-    <g[row], W_dec[col]> per entry and W_dec its gradient by latent, sum of z g[row]."""
+    <g[row], W_dec[col]> per entry and W_dec its gradient by latent, sum of z g[row], in one pass
+    (kernels.decode_backward)."""
 
     @staticmethod
     def forward(ctx, z, W_dec, codes, from_relu):
@@ -197,10 +198,8 @@ class _KernelDecode(torch.autograd.Function):
     def backward(ctx, g):
         z, W_dec = ctx.saved_tensors
         codes = ctx.codes
-        g_z = (kernels.sparse_dots(g, codes.rows, codes.cols, W_dec, z if ctx.from_relu else None)
-               if ctx.needs_input_grad[0] else None)
-        g_W = kernels.sum_by_latent(z, codes.rows, codes.cols, g, W_dec.shape[1])[0] if ctx.needs_input_grad[1] else None
-        return g_z, g_W, None, None
+        g_W, g_z = kernels.decode_backward(z, codes.rows, codes.cols, g, W_dec, skip_zero=ctx.from_relu)
+        return (g_z if ctx.needs_input_grad[0] else None), (g_W if ctx.needs_input_grad[1] else None), None, None
 
 
 def decode(z: torch.Tensor, W_dec: torch.Tensor, codes: Codes, from_relu: bool = False) -> torch.Tensor:

@@ -427,7 +427,7 @@ def test_training_with_and_without_kernels_agree(monkeypatch):
     used every kernel of the step, AuxK's topk_among included, and the other none."""
     assert shutil.which("cc") is None or kernels.library() is not None
     calls: dict[str, int] = {}
-    for name in ("topk_rows", "topk_among", "sparse_decode", "sparse_dots", "sum_by_latent", "weighted_row_sum"):
+    for name in ("topk_rows", "topk_among", "sparse_decode", "decode_backward", "sum_by_latent", "weighted_row_sum"):
         def counted(*a, _f=getattr(kernels, name), _name=name, **kw):
             calls[_name] = calls.get(_name, 0) + 1
             return _f(*a, **kw)
@@ -439,7 +439,7 @@ def test_training_with_and_without_kernels_agree(monkeypatch):
     n_steps = 5 * 8
     assert calls["topk_rows"] == n_steps and calls["sparse_decode"] == n_steps
     assert calls["topk_among"] == n_steps - 8  # AuxK from epoch 2 on: the first epoch has no dead latent yet
-    assert min(calls["sparse_dots"], calls["sum_by_latent"], calls["weighted_row_sum"]) >= n_steps
+    assert min(calls["decode_backward"], calls["sum_by_latent"], calls["weighted_row_sum"]) >= n_steps
     assert all(f > 0.2 for f in with_kernels.history[-1]["frac_dead"])
 
     calls.clear()
@@ -521,3 +521,27 @@ def test_build_into_fresh_cache(tmp_path):
     again = _child(env)
     assert again["first"] and again["warnings"] == []
     assert list(cache.iterdir()) == files and files[0].stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("skip_zero", [False, True])
+def test_decode_backward_equals_sum_by_latent_and_dots(skip_zero):
+    """decode_backward is sum_by_latent(z, ..., G) and sparse_dots(G, ..., W, z if skip_zero) in one
+    pass: both results bitwise equal to the two kernels' (which the tests above check against slow
+    references), with zero entries in z, and independent of the thread count."""
+    g = _gen(11)
+    S, M, R, d_sae, d_in = 3, 400, 20, 64, 24
+    rows = torch.randint(0, R, (S, M), generator=g).sort(1).values
+    cols = torch.randint(0, d_sae, (S, M), generator=g)
+    z = torch.randn(S, M, generator=g)
+    z[torch.rand(S, M, generator=g) < 0.3] = 0.0
+    G, W = torch.randn(S, R, d_in, generator=g), torch.randn(S, d_sae, d_in, generator=g)
+    want_W = kernels.sum_by_latent(z, rows, cols, G, d_sae)[0]
+    want_z = kernels.sparse_dots(G, rows, cols, W, z if skip_zero else None)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            g_W, g_z = kernels.decode_backward(z, rows, cols, G, W, skip_zero=skip_zero)
+            assert torch.equal(g_W, want_W) and torch.equal(g_z, want_z)
+    finally:
+        torch.set_num_threads(threads)
