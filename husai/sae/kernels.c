@@ -5,9 +5,9 @@
  *                  maxima, one vectorised pass for the candidates above it, a quickselect on those
  *   topk_among     the same over a per-seed subset of the columns (AuxK: the dead latents)
  *   sparse_decode  out[s, r] = sum over entries e of seed s at row r of z[e] W[s, cols[e]]
- *   sparse_dots    g_z[e] = <G[s, rows[e]], W[s, cols[e]]>
  *   sum_by_latent  out[s, j] = sum over entries e of seed s at latent j of w[e] T[s, rows[e]]
- *   decode_backward  sparse_decode's backward: sum_by_latent and sparse_dots in one pass
+ *   decode_backward  sparse_decode's backward: W's gradient as sum_by_latent, and each entry's
+ *                  g_z[e] = <G[s, rows[e]], W[s, cols[e]]>, in one pass
  *   weighted_row_sum, remove_parallel, normalize_rows: b_dec's gradient and the decoder constraint
  *
  * Every sum runs in entry order whatever the thread count: the work is split by output row (by
@@ -277,23 +277,6 @@ void sparse_decode(const float *z, const int64_t *rows, const int64_t *cols, con
     }
 }
 
-/* g_z [S, M]: g_z[s, e] = <G[s, rows[e]], W[s, cols[e]]>, G [S, R, d_in], W [S, d_sae, d_in];
- * skip_zero [S, M] (or NULL): where it is 0, g_z is set to 0 instead (the caller's z came out of a
- * relu, whose backward zeroes those entries anyway). */
-void sparse_dots(const float *G, const int64_t *rows, const int64_t *cols, const float *W, int S, int64_t M,
-                 int d_sae, int d_in, int64_t R, const float *skip_zero, float *g_z, int n_threads) {
-    #pragma omp parallel for num_threads(n_threads) schedule(static)
-    for (int64_t f = 0; f < (int64_t)S * M; f++) {
-        int64_t s = f / M;
-        if (skip_zero && skip_zero[f] == 0.0f) { g_z[f] = 0.0f; continue; }
-        const float *a = G + (s * R + rows[f]) * d_in, *b = W + (s * d_sae + cols[f]) * d_in;
-        float acc = 0.f;
-        #pragma omp simd reduction(+:acc)
-        for (int i = 0; i < d_in; i++) acc += a[i] * b[i];
-        g_z[f] = acc;
-    }
-}
-
 /* out [S, d_sae, d_in]: out[s, j] = sum over entries e of seed s with cols[e] = j of w[e] T[s, rows[e] mod R],
  * T [S, R, d_in] (entries' rows may run past R: TopK's AuxK entries reuse the inputs' rows, R..2R-1);
  * bias_out [S, d_sae] (may be NULL): the sums of w. Tasks: latent ranges per seed. */
@@ -371,7 +354,7 @@ void normalize_rows(float *W, int64_t n_rows, int d, float eps, int n_threads) {
 
 /* The decoder's backward in one pass over the entries, by latent (sum_by_latent's tasks):
  *   g_W[s, j] = sum over entries e at latent j of z[e] G[s, rows[e]]     (W_dec's gradient)
- *   g_z[e]    = <G[s, rows[e]], W[s, cols[e]]>                          (sparse_dots; 0 where skip_zero
+ *   g_z[e]    = <G[s, rows[e]], W[s, cols[e]]>                          (0 where skip_zero
  *                                                                        and z[e] = 0)
  * G[s, rows[e]] is read once for both, and W's rows of the task's latents stay in cache. */
 void decode_backward(const float *z, const int64_t *rows, const int64_t *cols, const float *G, const float *W,

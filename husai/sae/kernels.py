@@ -46,27 +46,35 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C compiler (cc) found")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("HUSAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "husai")
-    path = cache / f"kernels-{key}.so"
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)  # built beside, renamed in: concurrent builds are safe
+    name = f"kernels-{key}.so"
+    homes = [Path(os.environ.get("HUSAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "husai"),
+             Path(tempfile.gettempdir()) / f"husai-{os.getuid() if hasattr(os, 'getuid') else 'user'}"]  # a read-only home
+    path = next((d / name for d in homes if (d / name).exists()), None)
+    for d in homes if path is None else ():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=d)  # built beside, renamed in: concurrent builds are safe
+        except OSError:
+            continue
         os.close(fd)
         try:
             proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
             if proc.returncode:
                 last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
                 raise RuntimeError(f"{cc} failed: {last}")
-            os.replace(tmp, path)
+            os.replace(tmp, d / name)
+            path = d / name
+            break
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    if path is None:
+        raise RuntimeError(f"no writable cache directory ({homes[0]}, {homes[1]})")
     lib = ctypes.CDLL(str(path))
     P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.topk_rows.argtypes = [P, L, I, I, P, I, L, I, P, P, I]
     lib.topk_among.argtypes = [P, L, I, I, P, P, I, I, L, I, P, ctypes.c_float, L, P, P, P, I]
     lib.sparse_decode.argtypes = [P, P, P, P, I, L, I, I, L, P, I, I]
-    lib.sparse_dots.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I]
     lib.sum_by_latent.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I, I]
     lib.decode_backward.argtypes = [P, P, P, P, P, I, L, I, I, L, I, P, P, I, I]
     lib.weighted_row_sum.argtypes = [P, P, I, I, I, P, I]
@@ -166,20 +174,6 @@ def sparse_decode(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, W: to
     return out
 
 
-def sparse_dots(G: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, W: torch.Tensor,
-                skip_zero: torch.Tensor | None = None) -> torch.Tensor:
-    """G [S, R, d_in], rows, cols [S, M], W [S, d_sae, d_in] -> [S, M]: <G[s, rows], W[s, cols]>;
-    0 where skip_zero [S, M] is 0 (a caller whose z came out of a relu passes z)."""
-    S, R, d_in = G.shape
-    M, d_sae = rows.shape[1], W.shape[1]
-    G, rows, cols, W = G.contiguous(), rows.contiguous(), cols.contiguous(), W.contiguous()
-    out = torch.empty(S, M, dtype=G.dtype)
-    skip = None if skip_zero is None else skip_zero.contiguous()
-    library().sparse_dots(_p(G), _p(rows), _p(cols), _p(W), S, M, d_sae, d_in, R, None if skip is None else _p(skip),
-                          _p(out), _threads())
-    return out
-
-
 def sum_by_latent(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, T: torch.Tensor, d_sae: int,
                   with_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """w, rows, cols [S, M]; T [S, R, d_in] -> (out [S, d_sae, d_in]: out[s, j] = sum_{cols = j} w T[s, rows mod R],
@@ -197,8 +191,8 @@ def sum_by_latent(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, T: to
 def decode_backward(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, G: torch.Tensor, W: torch.Tensor,
                     skip_zero: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """sparse_decode's backward, z, rows, cols [S, M], G [S, R, d_in] (the output's gradient), W [S, d_sae, d_in]
-    -> (g_W = sum_by_latent(z, rows, cols, G) [S, d_sae, d_in], g_z = sparse_dots(G, rows, cols, W, z if skip_zero)
-    [S, M]) in one pass."""
+    -> (g_W = sum_by_latent(z, rows, cols, G) [S, d_sae, d_in], g_z [S, M] = <G[s, rows], W[s, cols]>, 0 where
+    skip_zero and z = 0: a caller whose z came out of a relu) in one pass."""
     S, M = z.shape
     _, d_sae, d_in = W.shape
     z, rows, cols, G, W = z.contiguous(), rows.contiguous(), cols.contiguous(), G.contiguous(), W.contiguous()

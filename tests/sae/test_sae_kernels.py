@@ -269,18 +269,18 @@ def test_sparse_decode(S, R, d_sae, d_in, M):
 
 
 @pytest.mark.parametrize("S,R,d_sae,d_in,M", [(3, 20, 40, 16, 100), (2, 9, 12, 130, 40)])
-def test_sparse_dots(S, R, d_sae, d_in, M):
-    """g_z[s, e] = <G[s, rows[e]], W[s, cols[e]]> (float64 reference: the kernel's simd reduction
-    sums in another order); with skip_zero, exactly 0 where skip_zero is 0 and the plain dot
+def test_decode_backward_dots(S, R, d_sae, d_in, M):
+    """decode_backward's g_z[s, e] = <G[s, rows[e]], W[s, cols[e]]> (float64 reference: the kernel's
+    simd reduction sums in another order); with skip_zero, exactly 0 where z is 0 and the plain dot
     (bitwise) elsewhere."""
     g = _gen(S * R + M + 1)
     z, rows, cols = _entries(S, M, R, d_sae, g, zero_frac=0.3)
     G = torch.randn(S, R, d_in, generator=g)
     W = torch.randn(S, d_sae, d_in, generator=g)
-    dots = kernels.sparse_dots(G, rows, cols, W)
+    dots = kernels.decode_backward(z, rows, cols, G, W)[1]
     ref = torch.stack([(G[s, rows[s]].double() * W[s, cols[s]].double()).sum(-1) for s in range(S)]).float()
     torch.testing.assert_close(dots, ref, rtol=1e-5, atol=1e-5)
-    skipped = kernels.sparse_dots(G, rows, cols, W, skip_zero=z)
+    skipped = kernels.decode_backward(z, rows, cols, G, W, skip_zero=True)[1]
     zero = z == 0
     assert bool((skipped[zero] == 0).all()) and bool((dots[zero] != 0).all())
     assert torch.equal(skipped[~zero], dots[~zero])
@@ -380,7 +380,7 @@ def test_normalize_rows():
 def test_results_do_not_depend_on_thread_count():
     """Each sum runs in entry order in one task whatever the thread count (the work is split by
     output row), and the selections are canonical: topk_rows, topk_among, sparse_decode,
-    sum_by_latent and sparse_dots give bitwise the same results on 1, 2 and 3 threads (the number
+    sum_by_latent and decode_backward give bitwise the same results on 1, 2 and 3 threads (the number
     of output ranges per seed, kernels._parts, changes with the thread count)."""
     g = _gen(21)
     S, B, d, k = 3, 24, 300, 10
@@ -395,7 +395,7 @@ def test_results_do_not_depend_on_thread_count():
     def run():
         return [*kernels.topk_rows(x, k, bias), *kernels.topk_among(x, allowed, k, above=0.0, bias=bias),
                 kernels.sparse_decode(z, rows % R, cols, W, R), *kernels.sum_by_latent(z, rows, cols, T, d_sae, True),
-                kernels.sparse_dots(T, rows % R, cols, W), kernels.sparse_dots(T, rows % R, cols, W, skip_zero=z)]
+                *kernels.decode_backward(z, rows % R, cols, T, W), *kernels.decode_backward(z, rows % R, cols, T, W, True)]
 
     results = {}
     for n in (1, 2, 3):
@@ -524,10 +524,9 @@ def test_build_into_fresh_cache(tmp_path):
 
 
 @pytest.mark.parametrize("skip_zero", [False, True])
-def test_decode_backward_equals_sum_by_latent_and_dots(skip_zero):
-    """decode_backward is sum_by_latent(z, ..., G) and sparse_dots(G, ..., W, z if skip_zero) in one
-    pass: both results bitwise equal to the two kernels' (which the tests above check against slow
-    references), with zero entries in z, and independent of the thread count."""
+def test_decode_backward_weight_gradient_is_sum_by_latent(skip_zero):
+    """decode_backward's W gradient is sum_by_latent(z, ..., G) (checked above against a slow
+    reference) bitwise, with zero entries in z, and both outputs are independent of the thread count."""
     g = _gen(11)
     S, M, R, d_sae, d_in = 3, 400, 20, 64, 24
     rows = torch.randint(0, R, (S, M), generator=g).sort(1).values
@@ -536,12 +535,18 @@ def test_decode_backward_equals_sum_by_latent_and_dots(skip_zero):
     z[torch.rand(S, M, generator=g) < 0.3] = 0.0
     G, W = torch.randn(S, R, d_in, generator=g), torch.randn(S, d_sae, d_in, generator=g)
     want_W = kernels.sum_by_latent(z, rows, cols, G, d_sae)[0]
-    want_z = kernels.sparse_dots(G, rows, cols, W, z if skip_zero else None)
+    want_z = torch.stack([(G[s, rows[s]].double() * W[s, cols[s]].double()).sum(-1) for s in range(S)]).float()
+    if skip_zero:
+        want_z[z == 0] = 0.0
     threads = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             g_W, g_z = kernels.decode_backward(z, rows, cols, G, W, skip_zero=skip_zero)
-            assert torch.equal(g_W, want_W) and torch.equal(g_z, want_z)
+            assert torch.equal(g_W, want_W)
+            torch.testing.assert_close(g_z, want_z, rtol=1e-5, atol=1e-5)
+            if n == 1:
+                first = g_z
+            assert torch.equal(g_z, first)
     finally:
         torch.set_num_threads(threads)
