@@ -2,7 +2,7 @@
 
 The step's selection (top-k, AuxK's top-k among dead latents) and its sparse gathers and sums
 (decode, the gradient of the entry values, the weight gradients by latent) were each one or
-several ATen kernels plus bookkeeping (sorts by latent, bincounts, prefix sums): 60% of a
+several ATen kernels plus bookkeeping (sorts by latent, bincounts, prefix sums): about half of a
 5-seed TopK step on 2 CPU cores (profiled, BENCHMARKS.md). kernels.c does each in one pass.
 
 Built on first use with the system C compiler (`cc`, or $CC) into a cache keyed by the source,
@@ -10,7 +10,8 @@ the compiler and the CPU (`-march=native`): $HUSAI_CACHE or ~/.cache/husai. No c
 failed build: one warning, and husai.sae.sparse runs its PyTorch path (same selections, sums in
 another order). HUSAI_KERNELS=off forces that path (the tests compare the two).
 
-Every function takes float32 / int64 CPU tensors and returns new ones; callers check `usable`.
+Every function takes float32 / int64 CPU tensors and returns new ones (the two ending in _ work in
+place); callers check `usable`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+
+
+def _flags() -> list[str]:
+    """FLAGS for this CPU: -march=native, or $HUSAI_KERNELS_MARCH (the tests build an AVX2-only
+    x86-64-v3 library on an AVX-512 machine to check the kernels' non-AVX-512 code)."""
+    return [*FLAGS, f"-march={os.environ.get('HUSAI_KERNELS_MARCH') or 'native'}"]
 _lib: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
 
 
@@ -45,7 +52,8 @@ def _build() -> ctypes.CDLL:
     if not cc:
         raise RuntimeError("no C compiler (cc) found")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, _cpu_id()]).encode()).hexdigest()[:16]
+    flags = _flags()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
     name = f"kernels-{key}.so"
     homes = [Path(os.environ.get("HUSAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "husai"),
              Path(tempfile.gettempdir()) / f"husai-{os.getuid() if hasattr(os, 'getuid') else 'user'}"]  # a read-only home
@@ -58,7 +66,7 @@ def _build() -> ctypes.CDLL:
             continue
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+            proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
             if proc.returncode:
                 last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
                 raise RuntimeError(f"{cc} failed: {last}")

@@ -550,3 +550,22 @@ def test_decode_backward_weight_gradient_is_sum_by_latent(skip_zero):
             assert torch.equal(g_z, first)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_plain_c_build_passes_the_same_checks(tmp_path):
+    """kernels.c has AVX-512 code (the candidates' compaction, the group maxima, the k-th maximum by
+    counting) and plain C for every other CPU; -march=native on an AVX-512 machine builds only the
+    first. The selection, sum and thread tests of this file again, in a process whose library is
+    built for x86-64-v3 (AVX2, no AVX-512; on other CPUs their baseline), so both paths are checked."""
+    import platform
+
+    march = "x86-64-v3" if platform.machine().lower() in ("x86_64", "amd64") else "armv8-a"
+    env = dict(os.environ, HUSAI_KERNELS_MARCH=march, HUSAI_CACHE=str(tmp_path))
+    env.pop("HUSAI_KERNELS", None)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                           "-k", "topk or among or decode or sum_by_latent or thread"],
+                          env=env, cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    passed = int(proc.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1])
+    assert passed >= 30, proc.stdout[-500:]
+    assert len(list(tmp_path.glob("kernels-*.so"))) == 1  # built there, for that -march
