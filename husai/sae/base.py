@@ -63,6 +63,7 @@ class StackedSAE(nn.Module):
 
     architecture = "base"
     unit_norm_decoder = True  # keep decoder rows unit-norm during training (Gao et al. sec. 2.3)
+    decoder_constraint_in_optimizer = False  # training: husai.sae.optim.KernelAdam applies it (set there)
     rescale = False
     """True (the TopK family with SAETrainConfig.decoder_norm "rescale"): decoder rows have free norms
     n [S, d_sae] while training; a latent's pre-activation is multiplied by its row's norm and decoded
@@ -262,7 +263,7 @@ class StackedSAE(nn.Module):
     def remove_parallel_grads(self) -> None:
         """Drop the component of each decoder row's gradient parallel to the row (Gao et al.
         sec. 2.3), so the Adam step moves along the unit sphere rather than off it."""
-        if self.unit_norm_decoder and self.W_dec.grad is not None:
+        if self.unit_norm_decoder and self.W_dec.grad is not None and not self.decoder_constraint_in_optimizer:
             W, G = self.W_dec, self.W_dec.grad
             if G.is_contiguous() and kernels.usable(G, W):  # one pass (kernels.c)
                 kernels.remove_parallel_(G, W.detach())
@@ -273,7 +274,7 @@ class StackedSAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Renormalise decoder rows to unit norm after each step."""
-        if self.unit_norm_decoder:
+        if self.unit_norm_decoder and not self.decoder_constraint_in_optimizer:
             if kernels.usable(self.W_dec):  # one pass (kernels.c)
                 kernels.normalize_rows_(self.W_dec.data, 1e-8)
                 return

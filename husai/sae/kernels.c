@@ -386,3 +386,38 @@ void decode_backward(const float *z, const int64_t *rows, const int64_t *cols, c
         }
     }
 }
+
+/* torch.optim.Adam's step (no weight decay) on n_rows rows of d, one pass per row:
+ *   g' = g - <g, p> p                        when constrain (the decoder: unit rows, the gradient
+ *                                            without its part along the row, Gao et al. sec. 2.3)
+ *   m += (1 - b1) (g' - m);  v = b2 v + (1 - b2) g'^2
+ *   p -= step_size m / (sqrt(v) / bc2_sqrt + eps)       step_size = lr / (1 - b1^t), bc2_sqrt = sqrt(1 - b2^t)
+ *   p /= max(||p||, 1e-8)                    when constrain (back to unit rows)
+ * g is read, never written. */
+void adam_rows(float *P, const float *G, float *Mo, float *V, int64_t n_rows, int d, float step_size, float b1,
+               float b2, float eps, float bc2_sqrt, int constrain, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t r = 0; r < n_rows; r++) {
+        float *restrict p = P + r * d, *restrict m = Mo + r * d, *restrict v = V + r * d;
+        const float *restrict g = G + r * d;
+        float dot = 0.f, sq = 0.f;
+        if (constrain) {
+            #pragma omp simd reduction(+:dot)
+            for (int i = 0; i < d; i++) dot += g[i] * p[i];
+        }
+        #pragma omp simd reduction(+:sq)
+        for (int i = 0; i < d; i++) {
+            float gi = g[i] - dot * p[i];  /* dot = 0 unless constrain: gi = g[i] exactly */
+            m[i] += (1.0f - b1) * (gi - m[i]);
+            v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+            p[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
+            sq += p[i] * p[i];
+        }
+        if (constrain) {
+            float n = sqrtf(sq);
+            n = n > 1e-8f ? n : 1e-8f;
+            #pragma omp simd
+            for (int i = 0; i < d; i++) p[i] /= n;
+        }
+    }
+}

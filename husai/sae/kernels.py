@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ["-O3", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c11"]  # no errno: sqrtf vectorises
 
 
 def _flags() -> list[str]:
@@ -86,6 +86,8 @@ def _build() -> ctypes.CDLL:
     lib.sum_by_latent.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I, I]
     lib.decode_backward.argtypes = [P, P, P, P, P, I, L, I, I, L, I, P, P, I, I]
     lib.weighted_row_sum.argtypes = [P, P, I, I, I, P, I]
+    F = ctypes.c_float
+    lib.adam_rows.argtypes = [P, P, P, P, L, I, F, F, F, F, F, I, I]
     lib.remove_parallel.argtypes = [P, P, L, I, I]
     lib.normalize_rows.argtypes = [P, L, I, ctypes.c_float, I]
     return lib
@@ -230,3 +232,14 @@ def normalize_rows_(W: torch.Tensor, eps: float) -> None:
     """In place, rows of the last dim: W /= max(||W||, eps). W contiguous."""
     assert W.is_contiguous()
     library().normalize_rows(_p(W), W.numel() // W.shape[-1], W.shape[-1], eps, _threads())
+
+
+def adam_rows_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step_size: float,
+               betas: tuple[float, float], eps: float, bc2_sqrt: float, constrain: bool) -> None:
+    """In place: one torch.optim.Adam step on p (rows of the last dim) with its state m, v; constrain: the
+    decoder's unit rows, the parallel gradient removed before the step and the rows renormalised after it
+    (kernels.c adam_rows). All four contiguous, one shape."""
+    assert all(t.is_contiguous() and t.shape == p.shape for t in (g, m, v))
+    d = p.shape[-1] if p.ndim else 1
+    library().adam_rows(_p(p), _p(g), _p(m), _p(v), p.numel() // d, d, step_size, betas[0], betas[1], eps, bc2_sqrt,
+                        int(constrain), _threads())

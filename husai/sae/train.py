@@ -177,7 +177,8 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     acts = acts.to(device=device, dtype=torch.float32)
     sae, span = _init(acts, cfg, seeds, device, knobs)
     W_dec_init = sae.unit_decoder().detach().clone()  # unit rows, as the trained SAE's are compared
-    opt = make_optimizer(sae, cfg.optimizer, cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2))
+    # with a data span the rows are projected between the update and the renormalisation
+    opt = make_optimizer(sae, cfg.optimizer, cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2), constrain_decoder=span is None)
     next_order = _batch_orders(N, cfg, seeds, device)
     record = {e for e in cfg.trajectory_epochs if e < cfg.epochs}
     trajectory = {0: _snapshot(sae, torch.ones(S, sae.d_sae, dtype=torch.bool, device=device))} if 0 in record else {}
@@ -236,4 +237,5 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
             on_epoch(row)
     sae.fold_decoder_norms()  # decoder_norm rescale: the same SAE with unit rows (a no-op for unit)
     sae._pre_buffer = None  # the training steps' scratch buffer (StackedSAE.pre_acts)
+    sae.decoder_constraint_in_optimizer = False  # the optimizer is gone: the SAE's own steps apply it again
     return TrainResult(sae, list(seeds), W_dec_init, step, time.perf_counter() - t0, diverged, history, trajectory)

@@ -569,3 +569,38 @@ def test_plain_c_build_passes_the_same_checks(tmp_path):
     passed = int(proc.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1])
     assert passed >= 30, proc.stdout[-500:]
     assert len(list(tmp_path.glob("kernels-*.so"))) == 1  # built there, for that -march
+
+
+@pytest.mark.parametrize("constrain", [False, True])
+@pytest.mark.parametrize("shape", [(3, 40, 16), (3, 40)])
+def test_kernel_adam_equals_torch_adam(constrain, shape):
+    """KernelAdam (kernels.adam_rows) makes torch.optim.Adam's update, state included, over 25 steps
+    of fresh gradients (float32 rounding apart); with the decoder constraint it equals the three steps
+    it replaces: the gradient's part along each unit row removed, Adam, the rows renormalised."""
+    from husai.sae.optim import KernelAdam
+
+    if constrain and len(shape) < 3:
+        shape = (3, 40, 16)
+    g = _gen(5 + len(shape))
+    w0 = torch.randn(*shape, generator=g)
+    w0 = w0 / w0.norm(dim=-1, keepdim=True)
+    a, b = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+    ka = KernelAdam([a], 1e-2, (0.9, 0.99), [a] if constrain else [])
+    ta = torch.optim.Adam([b], lr=1e-2, betas=(0.9, 0.99))
+    for _ in range(25):
+        grad = torch.randn(*shape, generator=g)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ka.step()
+        if constrain:
+            b.grad -= (b.grad * b.detach()).sum(-1, keepdim=True) * b.detach()
+        ta.step()
+        if constrain:
+            with torch.no_grad():
+                b /= b.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(ka.state[a][key], ta.state[b][key], rtol=1e-5, atol=1e-6)  # values O(1): rounding
+    assert float(ka.state[a]["step"]) == float(ta.state[b]["step"]) == 25
+    assert torch.equal(a.grad, b.grad) or constrain  # the kernel reads the gradient, never writes it
+    if constrain:
+        torch.testing.assert_close(a.norm(dim=-1), torch.ones(shape[:-1]))
