@@ -34,45 +34,29 @@ static inline uint64_t key_of(float v, int32_t col) {
     return ((uint64_t)u << 32) | (uint32_t)(INT32_MAX - col);
 }
 
-/* The k-th largest of a[0..n) (1 <= k <= n, distinct), by quickselect; a is reordered. */
-static uint64_t kth_largest(uint64_t *a, int n, int k) {
-    int lo = 0, hi = n - 1, t = k - 1;
-    while (lo < hi) {
-        uint64_t x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi], p;  /* median of three */
-        if (x > y) p = y > z ? y : (x > z ? z : x);
-        else p = x > z ? x : (y > z ? z : y);
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] > p) i++;
-            while (p > a[j]) j--;
-            if (i <= j) { uint64_t s = a[i]; a[i] = a[j]; a[j] = s; i++; j--; }
-        }
-        if (t <= j) hi = j;
-        else if (t >= i) lo = i;
-        else return a[t];
+/* The k-th largest of a[0..n) (1 <= k <= n; no NaN), by quickselect (Hoare partition, median-of-three
+ * pivot); a is reordered. One body for the ranking keys and for the floats of the group maxima. */
+#define DEFINE_KTH_LARGEST(name, T)                                                     \
+    static T name(T *a, int n, int k) {                                                 \
+        int lo = 0, hi = n - 1, t = k - 1;                                              \
+        while (lo < hi) {                                                               \
+            T x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi], p;                       \
+            if (x > y) p = y > z ? y : (x > z ? z : x);                                 \
+            else p = x > z ? x : (y > z ? z : y);                                       \
+            int i = lo, j = hi;                                                         \
+            while (i <= j) {                                                            \
+                while (a[i] > p) i++;                                                   \
+                while (p > a[j]) j--;                                                   \
+                if (i <= j) { T s = a[i]; a[i] = a[j]; a[j] = s; i++; j--; }            \
+            }                                                                           \
+            if (t <= j) hi = j;                                                         \
+            else if (t >= i) lo = i;                                                    \
+            else return a[t];                                                           \
+        }                                                                               \
+        return a[t];                                                                    \
     }
-    return a[t];
-}
-
-/* The k-th largest of a[0..n) (1 <= k <= n, no NaN), by quickselect; a is reordered. */
-static float kth_largest_f(float *a, int n, int k) {
-    int lo = 0, hi = n - 1, t = k - 1;
-    while (lo < hi) {
-        float x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi], p;
-        if (x > y) p = y > z ? y : (x > z ? z : x);
-        else p = x > z ? x : (y > z ? z : y);
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (a[i] > p) i++;
-            while (p > a[j]) j--;
-            if (i <= j) { float s = a[i]; a[i] = a[j]; a[j] = s; i++; j--; }
-        }
-        if (t <= j) hi = j;
-        else if (t >= i) lo = i;
-        else return a[t];
-    }
-    return a[t];
-}
+DEFINE_KTH_LARGEST(kth_largest, uint64_t)
+DEFINE_KTH_LARGEST(kth_largest_f, float)
 
 /* Scratch for select_row, per thread: n + 16 of each (the vector compaction writes a full vector). */
 typedef struct { float *cv; int32_t *ci; uint64_t *keys, *work; float *gmax; } scratch_t;
@@ -252,59 +236,49 @@ void topk_among(const float *x, int64_t n_rows, int d, int k, const int32_t *col
 /* Split [0, n) into parts: part p of np covers [n * p / np, n * (p + 1) / np). */
 static inline int64_t part(int64_t n, int p, int np) { return n * p / np; }
 
-/* out [S, R, d_in] = sum over entries (rows, cols [S, M], z [S, M]) of z W[s, col], W [S, d_sae, d_in].
- * Work: S * parts tasks, each a range of output rows (every task reads its seed's whole entry list). */
-void sparse_decode(const float *z, const int64_t *rows, const int64_t *cols, const float *W, int S, int64_t M,
-                   int d_sae, int d_in, int64_t R, float *out, int parts, int n_threads) {
+/* The scatter both sums below are: out[s, key[e]] += w[e] * src[s, idx[e] mod n_src] over seed s's
+ * entries, out [S, n_out, d], src [S, n_src, d]; bias_out [S, n_out] (or NULL) gets the sums of w.
+ * Tasks: S * parts ranges of output rows; each reads its seed's whole entry list and adds its own
+ * rows' entries in entry order, so every sum is the same whatever the thread count. */
+static void scatter_rows(const float *w, const int64_t *key, const int64_t *idx, const float *src, int S, int64_t M,
+                         int64_t n_out, int64_t n_src, int d, float *out, float *bias_out, int parts, int n_threads) {
     #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
     for (int t = 0; t < S * parts; t++) {
         int s = t / parts, p = t % parts;
-        int64_t r0 = part(R, p, parts), r1 = part(R, p + 1, parts);
-        float *o = out + ((int64_t)s * R) * d_in;
-        memset(o + r0 * d_in, 0, sizeof(float) * (r1 - r0) * d_in);
-        const int64_t *rs = rows + (int64_t)s * M, *cs = cols + (int64_t)s * M;
-        const float *zs = z + (int64_t)s * M, *Ws = W + (int64_t)s * d_sae * d_in;
+        int64_t k0 = part(n_out, p, parts), k1 = part(n_out, p + 1, parts);
+        float *o = out + (int64_t)s * n_out * d, *bo = bias_out ? bias_out + (int64_t)s * n_out : NULL;
+        memset(o + k0 * d, 0, sizeof(float) * (k1 - k0) * d);
+        if (bo) memset(bo + k0, 0, sizeof(float) * (k1 - k0));
+        const int64_t *ks = key + (int64_t)s * M, *is = idx + (int64_t)s * M;
+        const float *ws = w + (int64_t)s * M, *ss = src + (int64_t)s * n_src * d;
         for (int64_t e = 0; e < M; e++) {
-            int64_t r = rs[e];
-            if (r < r0 || r >= r1) continue;
-            float a = zs[e];
+            int64_t k = ks[e];
+            if (k < k0 || k >= k1) continue;
+            float a = ws[e];
             if (a == 0.0f) continue;  /* adds nothing: skipping is exact (sums start at +0) */
-            float *dst = o + r * d_in;
-            const float *src = Ws + cs[e] * d_in;
+            int64_t i = is[e];
+            float *dst = o + k * d;
+            const float *row = ss + (i < n_src ? i : i % n_src) * d;
             #pragma omp simd
-            for (int i = 0; i < d_in; i++) dst[i] += a * src[i];
+            for (int c = 0; c < d; c++) dst[c] += a * row[c];
+            if (bo) bo[k] += a;
         }
     }
 }
 
+/* out [S, R, d_in] = sum over entries (rows, cols [S, M], z [S, M]) of z W[s, col], W [S, d_sae, d_in]:
+ * by output row. */
+void sparse_decode(const float *z, const int64_t *rows, const int64_t *cols, const float *W, int S, int64_t M,
+                   int d_sae, int d_in, int64_t R, float *out, int parts, int n_threads) {
+    scatter_rows(z, rows, cols, W, S, M, R, d_sae, d_in, out, NULL, parts, n_threads);
+}
+
 /* out [S, d_sae, d_in]: out[s, j] = sum over entries e of seed s with cols[e] = j of w[e] T[s, rows[e] mod R],
  * T [S, R, d_in] (entries' rows may run past R: TopK's AuxK entries reuse the inputs' rows, R..2R-1);
- * bias_out [S, d_sae] (may be NULL): the sums of w. Tasks: latent ranges per seed. */
+ * bias_out [S, d_sae] (may be NULL): the sums of w. By latent. */
 void sum_by_latent(const float *w, const int64_t *rows, const int64_t *cols, const float *T, int S, int64_t M,
                    int d_sae, int d_in, int64_t R, float *out, float *bias_out, int parts, int n_threads) {
-    #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
-    for (int t = 0; t < S * parts; t++) {
-        int s = t / parts, p = t % parts;
-        int64_t j0 = part(d_sae, p, parts), j1 = part(d_sae, p + 1, parts);
-        float *o = out + (int64_t)s * d_sae * d_in;
-        memset(o + j0 * d_in, 0, sizeof(float) * (j1 - j0) * d_in);
-        float *bo = bias_out ? bias_out + (int64_t)s * d_sae : NULL;
-        if (bo) memset(bo + j0, 0, sizeof(float) * (j1 - j0));
-        const int64_t *rs = rows + (int64_t)s * M, *cs = cols + (int64_t)s * M;
-        const float *ws = w + (int64_t)s * M, *Ts = T + (int64_t)s * R * d_in;
-        for (int64_t e = 0; e < M; e++) {
-            int64_t j = cs[e];
-            if (j < j0 || j >= j1) continue;
-            float a = ws[e];
-            if (a == 0.0f) continue;  /* adds nothing: skipping is exact (sums start at +0) */
-            float *dst = o + j * d_in;
-            int64_t r = rs[e];
-            const float *src = Ts + (r < R ? r : r % R) * d_in;
-            #pragma omp simd
-            for (int i = 0; i < d_in; i++) dst[i] += a * src[i];
-            if (bo) bo[j] += a;
-        }
-    }
+    scatter_rows(w, cols, rows, T, S, M, d_sae, R, d_in, out, bias_out, parts, n_threads);
 }
 
 /* out [S, d_in]: out[s] = sum_j w[s, j] W[s, j] (W [S, d_sae, d_in]), j increasing, zero weights skipped. */
