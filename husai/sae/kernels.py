@@ -11,7 +11,8 @@ failed build: one warning, and husai.sae.sparse runs its PyTorch path (same sele
 another order). HUSAI_KERNELS=off forces that path (the tests compare the two).
 
 Every function takes float32 / int64 CPU tensors and returns new ones (the two ending in _ work in
-place); callers check `usable`.
+place); callers check `usable`. Entry lists (rows, cols) must index inside their tables, as
+husai.sae.sparse.Codes builds them: the kernels do not check (a check is a pass over the list).
 """
 
 from __future__ import annotations
@@ -47,6 +48,30 @@ def _cpu_id() -> str:
         return platform.machine() + platform.processor()
 
 
+def _cache_dirs():
+    """Where the library is looked for and built, in order: $HUSAI_CACHE or ~/.cache/husai; when that
+    cannot be created or written, a directory of the system's temporary one that this user owns and no
+    one else may write (a library found there is loaded into the process: it must not be another user's)."""
+    try:
+        home = Path(os.environ.get("HUSAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "husai")
+        home.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):  # not creatable, or no home directory
+        home = None
+    if home is not None:
+        yield home  # a library already there is loaded even if the directory is read-only
+        if os.access(home, os.W_OK):
+            return
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    private = Path(tempfile.gettempdir()) / f"husai-kernels-{uid}"
+    try:
+        private.mkdir(mode=0o700, exist_ok=True)
+        st = private.stat()
+    except OSError:
+        return
+    if uid is None or (st.st_uid == uid and not st.st_mode & 0o022):
+        yield private
+
+
 def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
@@ -55,12 +80,11 @@ def _build() -> ctypes.CDLL:
     flags = _flags()
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
     name = f"kernels-{key}.so"
-    homes = [Path(os.environ.get("HUSAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "husai"),
-             Path(tempfile.gettempdir()) / f"husai-{os.getuid() if hasattr(os, 'getuid') else 'user'}"]  # a read-only home
-    path = next((d / name for d in homes if (d / name).exists()), None)
-    for d in homes if path is None else ():
+    for d in _cache_dirs():
+        if (d / name).exists():
+            path = d / name
+            break
         try:
-            d.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=d)  # built beside, renamed in: concurrent builds are safe
         except OSError:
             continue
@@ -76,8 +100,8 @@ def _build() -> ctypes.CDLL:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    if path is None:
-        raise RuntimeError(f"no writable cache directory ({homes[0]}, {homes[1]})")
+    else:
+        raise RuntimeError("no usable cache directory (~/.cache/husai or $HUSAI_CACHE, or a private temporary one)")
     lib = ctypes.CDLL(str(path))
     P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.topk_rows.argtypes = [P, L, I, I, P, I, L, I, P, P, I]
@@ -131,6 +155,8 @@ def topk_rows(x: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tupl
     else:
         mem, seed_major = x.contiguous(), True
     d = x.shape[-1]
+    if not 1 <= k <= d:
+        raise ValueError(f"topk_rows: k must be in [1, {d}], got {k}")
     S, B = (x.shape[0], x.shape[1]) if x.ndim == 3 else (1, 1)
     if bias is not None:
         assert x.ndim == 3 and bias.shape == (S, d)
@@ -150,6 +176,8 @@ def topk_among(pre: torch.Tensor, allowed: torch.Tensor, k: int, above: float = 
     column pad_col) where a row has fewer; k' <= k is the most any row has (the rest would be padding).
     bias [S, d]: of pre + bias[s] instead (as topk_rows)."""
     S, B, d = pre.shape
+    if k < 1:
+        raise ValueError(f"topk_among: k must be >= 1, got {k}")
     seed_major = pre.is_contiguous()
     mem = pre if seed_major else pre.transpose(0, 1).contiguous()  # [S, B, d] or [B, S, d]
     n_allowed = allowed.sum(1)

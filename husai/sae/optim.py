@@ -118,6 +118,7 @@ def make_optimizer(sae: torch.nn.Module, name: str, lr: float, betas: tuple[floa
     when something must run between the update and the renormalisation), else fused_adam, over every
     parameter; "row_adam" -> RowAdam with rows=True for the ACTIVATION_SPACE parameters and
     per-coordinate Adam for the rest."""
+    sae.decoder_constraint_in_optimizer = False  # until a KernelAdam below takes the constraint over
     if name == "adam":
         params = list(sae.parameters())
         if kernels.usable(*params):
