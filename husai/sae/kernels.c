@@ -395,3 +395,92 @@ void adam_rows(float *P, const float *G, float *Mo, float *V, int64_t n_rows, in
         }
     }
 }
+
+/* The TopK family's loss on the decoded rows, with its gradient, in one pass per seed (parallel over
+ * seeds only, each seed's sums in row order: the same on any thread count). Per seed s, with
+ * out [S, (L + aux) B, d] the sparse decode without b_dec (level l's rows lB..(l+1)B-1, then AuxK's),
+ * x the batch (x_stride 0: one [B, d] for all seeds, else [S, B, d]):
+ *   recon_l[b] = b_dec + sum_{j <= l} out[jB + b],   sq_l = mean_b ||recon_l[b] - x[b]||^2
+ *   var = mean_b ||x[b] - mean(x)||^2 (>= 1e-12),   mse = sq_{L-1},   loss = sum_l sq_l / var
+ *   + aux_coeff * mean_b ||out[LB + b] - e[b]||^2 / (mean_b ||e[b] - mean(e)||^2 (>= 1e-12))
+ *     with e = x - recon_{L-1} (no gradient through e), for seeds with aux_on[s]
+ * and the gradients of loss[s]: g_out [S, (L + aux) B, d] and g_bdec [S, d]. Row sums in float,
+ * totals over rows in double. */
+void fvu_loss(const float *out, const float *b_dec, const float *x, int64_t x_stride, int S, int B, int d, int L,
+              int aux, const int8_t *aux_on, float aux_coeff, float *loss, float *mse, float *var, float *g_out,
+              float *g_bdec, int n_threads) {
+    #pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int s = 0; s < S; s++) {
+        const int64_t R = (int64_t)(L + aux) * B, D = d;
+        const float *o = out + s * R * D, *xs = x + s * x_stride, *bd = b_dec + s * D;
+        float *g = g_out + s * R * D, *gb = g_bdec + s * D, *ga = g + (int64_t)L * B * D;
+        float *mx = calloc(3 * (size_t)d, sizeof(float)), *me = mx + d, *rb = mx + 2 * d;
+        double *sq = calloc(L, sizeof(double)), v = 0.0, err = 0.0, ve = 0.0, total = 0.0;
+        for (int b = 0; b < B; b++) {
+            #pragma omp simd
+            for (int c = 0; c < d; c++) mx[c] += xs[b * D + c];
+        }
+        for (int c = 0; c < d; c++) mx[c] /= B;
+        /* g's rows first hold recon_l - x (main) and out_aux - e = out_aux + recon_{L-1} - x (AuxK) */
+        for (int b = 0; b < B; b++) {
+            const float *xb = xs + b * D;
+            float rv = 0.f;
+            #pragma omp simd reduction(+:rv)
+            for (int c = 0; c < d; c++) { float t = xb[c] - mx[c]; rv += t * t; rb[c] = bd[c]; }
+            v += rv;
+            for (int l = 0; l < L; l++) {
+                const float *ol = o + ((int64_t)l * B + b) * D;
+                float *gl = g + ((int64_t)l * B + b) * D, rs = 0.f;
+                #pragma omp simd reduction(+:rs)
+                for (int c = 0; c < d; c++) { rb[c] += ol[c]; gl[c] = rb[c] - xb[c]; rs += gl[c] * gl[c]; }
+                sq[l] += rs;
+            }
+            if (aux && aux_on[s]) {
+                const float *oa = o + ((int64_t)L * B + b) * D, *gl = g + ((int64_t)(L - 1) * B + b) * D;
+                float *gab = ga + b * D, re = 0.f;
+                #pragma omp simd reduction(+:re)
+                for (int c = 0; c < d; c++) { gab[c] = oa[c] + gl[c]; re += gab[c] * gab[c]; me[c] -= gl[c]; }
+                err += re;
+            }
+        }
+        v = v / B > 1e-12 ? v / B : 1e-12;
+        for (int l = 0; l < L; l++) total += sq[l] / B;
+        total /= v;
+        if (aux && aux_on[s]) {  /* e's variance, about its mean (a second pass, as torch's) */
+            for (int c = 0; c < d; c++) me[c] /= B;
+            for (int b = 0; b < B; b++) {
+                const float *gl = g + ((int64_t)(L - 1) * B + b) * D;
+                float re = 0.f;
+                #pragma omp simd reduction(+:re)
+                for (int c = 0; c < d; c++) { float e = -gl[c] - me[c]; re += e * e; }
+                ve += re;
+            }
+            ve = ve / B > 1e-12 ? ve / B : 1e-12;
+            total += aux_coeff * (err / B) / ve;
+            float sa = (float)(2.0 * aux_coeff / ((double)B * ve));
+            #pragma omp simd
+            for (int64_t i = 0; i < (int64_t)B * D; i++) ga[i] *= sa;
+        } else if (aux) {
+            memset(ga, 0, sizeof(float) * B * D);
+        }
+        /* d recon_l = 2 (recon_l - x) / (B var); out's level j gets the sum over l >= j, b_dec all of it */
+        float scale = (float)(2.0 / ((double)B * v));
+        memset(gb, 0, sizeof(float) * D);
+        for (int b = 0; b < B; b++) {
+            #pragma omp simd
+            for (int c = 0; c < d; c++) rb[c] = 0.f;
+            for (int l = L - 1; l >= 0; l--) {
+                float *gl = g + ((int64_t)l * B + b) * D;
+                #pragma omp simd
+                for (int c = 0; c < d; c++) { rb[c] += scale * gl[c]; gl[c] = rb[c]; }
+            }
+            #pragma omp simd
+            for (int c = 0; c < d; c++) gb[c] += rb[c];
+        }
+        loss[s] = (float)total;
+        mse[s] = (float)(sq[L - 1] / B);
+        var[s] = (float)v;
+        free(mx);
+        free(sq);
+    }
+}

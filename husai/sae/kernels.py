@@ -114,6 +114,7 @@ def _build() -> ctypes.CDLL:
     lib.adam_rows.argtypes = [P, P, P, P, L, I, F, F, F, F, F, I, I]
     lib.remove_parallel.argtypes = [P, P, L, I, I]
     lib.normalize_rows.argtypes = [P, L, I, ctypes.c_float, I]
+    lib.fvu_loss.argtypes = [P, P, P, L, I, I, I, I, I, P, F, P, P, P, P, P, I]
     return lib
 
 
@@ -271,3 +272,23 @@ def adam_rows_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tenso
     d = p.shape[-1] if p.ndim else 1
     library().adam_rows(_p(p), _p(g), _p(m), _p(v), p.numel() // d, d, step_size, betas[0], betas[1], eps, bc2_sqrt,
                         int(constrain), _threads())
+
+
+def fvu_loss(out: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, levels: int, aux_on: torch.Tensor | None,
+             aux_coeff: float) -> tuple[torch.Tensor, ...]:
+    """The TopK family's loss from the step's one sparse decode (kernels.c fvu_loss has the formulas):
+    out [S, (levels + aux) B, d] (no b_dec; AuxK's B rows last when aux_on [S] bool is given, True for
+    the seeds with a dead latent), b_dec [S, d], x [B, d] or [S, B, d] -> (loss, mse, var [S],
+    g_out [S, (levels + aux) B, d], g_bdec [S, d]): the gradients of loss[s]."""
+    S, R, d = out.shape
+    B = x.shape[-2]
+    out, b_dec, x = out.contiguous(), b_dec.detach().contiguous(), x.contiguous()
+    aux = aux_on is not None
+    assert R == (levels + aux) * B and b_dec.shape == (S, d) and x.shape[-1] == d
+    flags = aux_on.to(torch.int8).contiguous() if aux else None
+    loss, mse, var = (torch.empty(S, dtype=out.dtype) for _ in range(3))
+    g_out, g_bdec = torch.empty_like(out), torch.empty(S, d, dtype=out.dtype)
+    library().fvu_loss(_p(out), _p(b_dec), _p(x), B * d if x.ndim == 3 else 0, S, B, d, levels, int(aux),
+                       None if flags is None else _p(flags), aux_coeff, _p(loss), _p(mse), _p(var), _p(g_out),
+                       _p(g_bdec), _threads())
+    return loss, mse, var, g_out, g_bdec

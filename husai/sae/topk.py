@@ -50,6 +50,27 @@ def _auxk_fvu(e_hat: torch.Tensor, e: torch.Tensor, dead: torch.Tensor) -> torch
     return torch.where(dead.any(-1), err / var, torch.zeros_like(err))
 
 
+class _KernelFVU(torch.autograd.Function):
+    """The loss terms of TopKSAE.training_loss from its one decode, through kernels.fvu_loss:
+    out [S, (L + aux) B, d_in], b_dec [S, d_in] -> (loss [S], mse [S], var [S]; only loss has a
+    gradient). The forward writes the gradient too, so the backward is a scale: ~40 ATen calls
+    and their autograd nodes (the slices, levels, AuxK residual, variances) become one pass."""
+
+    @staticmethod
+    def forward(ctx, out, b_dec, x, levels, aux_on, aux_coeff):
+        loss, mse, var, g_out, g_bdec = kernels.fvu_loss(out, b_dec, x, levels, aux_on, aux_coeff)
+        ctx.save_for_backward(g_out, g_bdec)
+        ctx.mark_non_differentiable(mse, var)
+        return loss, mse, var
+
+    @staticmethod
+    def backward(ctx, g_loss, _g_mse, _g_var):
+        g_out, g_bdec = ctx.saved_tensors
+        if not bool((g_loss == 1).all()):  # loss.sum()'s ones: the gradients as written
+            g_out, g_bdec = g_out * g_loss.view(-1, 1, 1), g_bdec * g_loss.view(-1, 1)
+        return g_out, g_bdec, None, None, None, None
+
+
 class TopKSAE(StackedSAE):
     """z = ReLU(TopK_k(pre)) per input (Gao et al. 2024, eq. 3); loss = MSE + aux_coeff * AuxK."""
 
@@ -171,15 +192,18 @@ class TopKSAE(StackedSAE):
         else:
             z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x, codes))
             out = decode(z, self.W_dec, codes, from_relu=True)  # [S, R, d_in], without b_dec
-        recon = out[:, :L * B].view(S, L, B, -1)
-        recon = (recon.cumsum(1) if L > 1 else recon) + self.b_dec[:, None, None]  # [S, L, B, d_in]
-        x_hat = recon[:, -1]
-        var = batch_variance(x)
-        sq = (recon - (x if x.ndim == 2 else x.unsqueeze(1))).pow(2).sum(-1).mean(-1)  # [S, L]
-        mse = sq[:, -1]
-        loss = sq.sum(1) / var
-        if aux:
-            loss = loss + self.aux_coeff * _auxk_fvu(out[:, L * B:], (x - x_hat).detach(), dead)
+        if kernels.usable(out, x):  # the same terms in one pass, the gradient written alongside
+            loss, mse, var = _KernelFVU.apply(out, self.b_dec, x, L, dead.any(-1) if aux else None, self.aux_coeff)
+        else:
+            recon = out[:, :L * B].view(S, L, B, -1)
+            recon = (recon.cumsum(1) if L > 1 else recon) + self.b_dec[:, None, None]  # [S, L, B, d_in]
+            x_hat = recon[:, -1]
+            var = batch_variance(x)
+            sq = (recon - (x if x.ndim == 2 else x.unsqueeze(1))).pow(2).sum(-1).mean(-1)  # [S, L]
+            mse = sq[:, -1]
+            loss = sq.sum(1) / var
+            if aux:
+                loss = loss + self.aux_coeff * _auxk_fvu(out[:, L * B:], (x - x_hat).detach(), dead)
         with torch.no_grad():
             vals, cols = z[:, :M], cols[:, :M]
             active = vals > 0
