@@ -193,18 +193,25 @@ void topk_rows(const float *x, int64_t n_rows, int d, int k, const float *bias, 
     }
 }
 
-/* The top k of each row among its seed's columns whose values are above `above`: x [n_rows, d] (plus
- * bias [n_seeds, d] when not NULL),
- * row r belongs to seed seed_of_row(r) = seed_major ? r / rows_per_seed : r % n_seeds; cols
- * [n_seeds, max_cols] the columns (increasing) and n_cols [n_seeds] how many. A row with fewer than
- * k such values gets them all, then padding (-inf at column pad_col); counts [n_rows] says how many
- * are real. -> vals, idx [n_rows, k]. (AuxK passes above = 0: a value <= 0 is relu'd to 0 and has
- * no gradient, so leaving it out changes nothing but the work.) */
-void topk_among(const float *x, int64_t n_rows, int d, int k, const int32_t *cols, const int64_t *n_cols,
-                int max_cols, int n_seeds, int64_t rows_per_seed, int seed_major, const float *bias, float above,
-                int64_t pad_col,
-                float *vals, int64_t *idx, int64_t *counts, int n_threads) {
-    #pragma omp parallel num_threads(n_threads)
+/* The top k of each row among its seed's allowed columns whose values are above `above`: x [n_rows, d]
+ * (plus bias [n_seeds, d] when not NULL), row r belonging to seed seed_major ? r / rows_per_seed :
+ * r % n_seeds, allowed [n_seeds, d] (bytes, nonzero = allowed). A row with fewer than k such values gets
+ * them all, then padding (-inf at column pad_col). -> vals, idx [n_rows, k]; returns the most real
+ * entries any row has. (AuxK passes above = 0: a value <= 0 is relu'd to 0 and has no gradient, so
+ * leaving it out changes nothing but the work.) */
+int64_t topk_among(const float *x, int64_t n_rows, int d, int k, const uint8_t *allowed, int n_seeds,
+                   int64_t rows_per_seed, int seed_major, const float *bias, float above, int64_t pad_col,
+                   float *vals, int64_t *idx, int n_threads) {
+    int32_t *cols = malloc(sizeof(int32_t) * ((size_t)n_seeds * d + 1));  /* each seed's allowed, increasing */
+    int *n_cols = malloc(sizeof(int) * n_seeds), max_cols = 1;
+    for (int s = 0; s < n_seeds; s++) {
+        int n = 0;
+        for (int j = 0; j < d; j++) { cols[(int64_t)s * d + n] = j; n += allowed[(int64_t)s * d + j] != 0; }
+        n_cols[s] = n;
+        max_cols = n > max_cols ? n : max_cols;
+    }
+    int64_t widest = 0;
+    #pragma omp parallel num_threads(n_threads) reduction(max:widest)
     {
         scratch_t sc = scratch_new(max_cols, k);
         float *buf = malloc(sizeof(float) * (max_cols + 1));
@@ -212,10 +219,10 @@ void topk_among(const float *x, int64_t n_rows, int d, int k, const int32_t *col
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < n_rows; r++) {
             int64_t s = seed_major ? r / rows_per_seed : r % n_seeds;
-            const int32_t *cs = cols + s * max_cols;
+            const int32_t *cs = cols + s * d;
             const float *row = x + r * d, *b = bias ? bias + s * d : NULL;
             int n = 0;
-            for (int j = 0; j < (int)n_cols[s]; j++) {  /* branch-free compaction of the values above */
+            for (int j = 0; j < n_cols[s]; j++) {  /* branch-free compaction of the values above */
                 float v = b ? row[cs[j]] + b[cs[j]] : row[cs[j]];
                 buf[n] = v;
                 ids[n] = cs[j];
@@ -225,12 +232,15 @@ void topk_among(const float *x, int64_t n_rows, int d, int k, const int32_t *col
             if (kk > 0) select_row(buf, NULL, ids, n, kk, idx + r * k, sc);
             for (int j = 0; j < kk; j++) vals[r * k + j] = b ? row[idx[r * k + j]] + b[idx[r * k + j]] : row[idx[r * k + j]];
             for (int j = kk; j < k; j++) { vals[r * k + j] = -INFINITY; idx[r * k + j] = pad_col; }
-            counts[r] = kk;
+            widest = kk > widest ? kk : widest;
         }
         scratch_free(sc);
         free(buf);
         free(ids);
     }
+    free(cols);
+    free(n_cols);
+    return widest;
 }
 
 /* Split [0, n) into parts: part p of np covers [n * p / np, n * (p + 1) / np). */
@@ -238,10 +248,12 @@ static inline int64_t part(int64_t n, int p, int np) { return n * p / np; }
 
 /* The scatter both sums below are: out[s, key[e]] += w[e] * src[s, idx[e] mod n_src] over seed s's
  * entries, out [S, n_out, d], src [S, n_src, d]; bias_out [S, n_out] (or NULL) gets the sums of w.
- * Tasks: S * parts ranges of output rows; each reads its seed's whole entry list and adds its own
- * rows' entries in entry order, so every sum is the same whatever the thread count. */
+ * Tasks: S * parts ranges of output rows; each adds its own rows' entries in entry order, so every
+ * sum is the same whatever the thread count. With key_sorted (each seed's keys non-decreasing, as
+ * Codes' rows are) a task finds its entries by binary search; else it reads its seed's whole list. */
 static void scatter_rows(const float *w, const int64_t *key, const int64_t *idx, const float *src, int S, int64_t M,
-                         int64_t n_out, int64_t n_src, int d, float *out, float *bias_out, int parts, int n_threads) {
+                         int64_t n_out, int64_t n_src, int d, float *out, float *bias_out, int key_sorted, int parts,
+                         int n_threads) {
     #pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1)
     for (int t = 0; t < S * parts; t++) {
         int s = t / parts, p = t % parts;
@@ -251,9 +263,17 @@ static void scatter_rows(const float *w, const int64_t *key, const int64_t *idx,
         if (bo) memset(bo + k0, 0, sizeof(float) * (k1 - k0));
         const int64_t *ks = key + (int64_t)s * M, *is = idx + (int64_t)s * M;
         const float *ws = w + (int64_t)s * M, *ss = src + (int64_t)s * n_src * d;
-        for (int64_t e = 0; e < M; e++) {
+        int64_t e = 0, lo = 0, hi = M;
+        if (key_sorted) {  /* the first entry with key >= k0 */
+            while (lo < hi) { int64_t mid = lo + (hi - lo) / 2; if (ks[mid] < k0) lo = mid + 1; else hi = mid; }
+            e = lo;
+        }
+        for (; e < M; e++) {
             int64_t k = ks[e];
-            if (k < k0 || k >= k1) continue;
+            if (k < k0 || k >= k1) {
+                if (key_sorted) break;
+                continue;
+            }
             float a = ws[e];
             if (a == 0.0f) continue;  /* adds nothing: skipping is exact (sums start at +0) */
             int64_t i = is[e];
@@ -267,10 +287,10 @@ static void scatter_rows(const float *w, const int64_t *key, const int64_t *idx,
 }
 
 /* out [S, R, d_in] = sum over entries (rows, cols [S, M], z [S, M]) of z W[s, col], W [S, d_sae, d_in]:
- * by output row. */
+ * by output row; each seed's rows non-decreasing (husai.sae.sparse.Codes). */
 void sparse_decode(const float *z, const int64_t *rows, const int64_t *cols, const float *W, int S, int64_t M,
                    int d_sae, int d_in, int64_t R, float *out, int parts, int n_threads) {
-    scatter_rows(z, rows, cols, W, S, M, R, d_sae, d_in, out, NULL, parts, n_threads);
+    scatter_rows(z, rows, cols, W, S, M, R, d_sae, d_in, out, NULL, 1, parts, n_threads);
 }
 
 /* out [S, d_sae, d_in]: out[s, j] = sum over entries e of seed s with cols[e] = j of w[e] T[s, rows[e] mod R],
@@ -278,7 +298,7 @@ void sparse_decode(const float *z, const int64_t *rows, const int64_t *cols, con
  * bias_out [S, d_sae] (may be NULL): the sums of w. By latent. */
 void sum_by_latent(const float *w, const int64_t *rows, const int64_t *cols, const float *T, int S, int64_t M,
                    int d_sae, int d_in, int64_t R, float *out, float *bias_out, int parts, int n_threads) {
-    scatter_rows(w, cols, rows, T, S, M, d_sae, R, d_in, out, bias_out, parts, n_threads);
+    scatter_rows(w, cols, rows, T, S, M, d_sae, R, d_in, out, bias_out, 0, parts, n_threads);
 }
 
 /* out [S, d_in]: out[s] = sum_j w[s, j] W[s, j] (W [S, d_sae, d_in]), j increasing, zero weights skipped. */

@@ -131,10 +131,10 @@ class TopKSAE(StackedSAE):
         decoded (Gao et al.'s AuxK keeps min(k_aux, dead), the same sum). Searches only the dead
         columns, much cheaper than a top-k over all d_sae when few latents are dead. bias: as select_latents."""
         S, B, d_sae = pre.shape
+        if kernels.usable(pre):
+            return kernels.topk_among(pre, dead, self.k_aux, above=0.0, bias=bias)  # a value <= 0 adds nothing
         n_dead = int(dead.sum(1).max())
         k_aux = min(self.k_aux, n_dead)
-        if kernels.usable(pre):
-            return kernels.topk_among(pre, dead, k_aux, above=0.0, bias=bias)  # a value <= 0 adds nothing
         if bias is not None:
             pre = pre + bias.unsqueeze(1)
         if n_dead > d_sae // 2:

@@ -29,7 +29,7 @@ def _low_rank_acts():
 
 
 @pytest.mark.parametrize("epochs,options", [(5, {}), (5, dict(data_seed=0)), (2, dict(decoder_norm="rescale")),
-                                            (3, dict(resample_dead=[2])), (5, dict(data_span=0.99))],
+                                            (3, dict(resample_dead=[2])), (4, dict(data_span=0.99))],
                          ids=["default", "shared_batch", "rescale", "resample", "span"])
 def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
     """A TopK SAE (16 -> 128, k 4, random init so a third of the latents die and AuxK runs from
@@ -43,7 +43,10 @@ def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
     calls shows the kernel run used every kernel of the step, AuxK's topk_among included, and the
     other none. With free norms the run stops after 2 epochs: there the two paths' rounding (KernelAdam
     against torch's fused Adam, ~5e-7 after 16 steps) flipped a near-tied selection at step 21 and
-    the weights then differed by 3e-4 (EV by 3e-5); torch's own two Adam kernels happen not to."""
+    the weights then differed by 3e-4 (EV by 3e-5); torch's own two Adam kernels happen not to. In
+    the data span the same happens in epoch 5 (after kernels.fvu_loss, whose gradient rounds
+    differently from autograd's: seed 2's decoder 1.3e-6 apart after epoch 4, 5e-4 after epoch 5),
+    so that run stops after 4."""
     assert shutil.which("cc") is None or kernels.library() is not None
     calls: dict[str, int] = {}
     for name in ("topk_rows", "topk_among", "sparse_decode", "decode_backward", "sum_by_latent", "weighted_row_sum"):
