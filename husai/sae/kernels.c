@@ -246,6 +246,8 @@ int64_t topk_among(const float *x, int64_t n_rows, int d, int k, const uint8_t *
 /* Split [0, n) into parts: part p of np covers [n * p / np, n * (p + 1) / np). */
 static inline int64_t part(int64_t n, int p, int np) { return n * p / np; }
 
+static int gcd_int(int a, int b) { while (b) { int t = a % b; a = b; b = t; } return a; }
+
 /* The scatter both sums below are: out[s, key[e]] += w[e] * src[s, idx[e] mod n_src] over seed s's
  * entries, out [S, n_out, d], src [S, n_src, d]; bias_out [S, n_out] (or NULL) gets the sums of w.
  * Tasks: S * parts ranges of output rows; each adds its own rows' entries in entry order, so every
@@ -503,4 +505,95 @@ void fvu_loss(const float *out, const float *b_dec, const float *x, int64_t x_st
         free(mx);
         free(sq);
     }
+}
+
+/* The sparse part of one TopK training step for S seeds, after the encoder matmul, forward and
+ * backward in one call (husai.sae.topk._KernelTopKStep; the same arithmetic as the step through
+ * topk_rows, topk_among, sparse_decode, fvu_loss, decode_backward, sum_by_latent and weighted_row_sum,
+ * which it calls). pre: the matmul without its bias (seed_major: [S, B, d_sae]; else [B, S, d_sae]),
+ * bias [S, d_sae]; x [B, d_in] (x_stride 0) or [S, B, d_in]; dead [S, d_sae] bytes; ks [S] each seed's k.
+ *   entries: per input b, its seed's k largest of pre + bias (row b), then with any dead latent the
+ *     up to k_aux largest positive ones among the dead (row B + b, AuxK); z = relu(value)
+ *   -> loss, mse, var, l0 [S], fired [S, d_sae] (bytes: a main entry > 0 there), and the gradients of
+ *     every loss[s]: g_W_enc_T, g_W_dec [S, d_sae, d_in], g_b_enc [S, d_sae], g_b_dec [S, d_in]. */
+void topk_step(const float *pre, int seed_major, const float *bias, const float *x, int64_t x_stride,
+               const float *W_enc_T, const float *b_dec, const float *W_dec, const uint8_t *dead, const int *ks,
+               int S, int B, int d_sae, int d_in, int k_aux, float aux_coeff, float *loss, float *mse, float *var,
+               float *l0, uint8_t *fired, float *g_W_enc_T, float *g_b_enc, float *g_b_dec, float *g_W_dec,
+               int n_threads) {
+    int km = 1, aux = 0;
+    for (int s = 0; s < S; s++) km = ks[s] > km ? ks[s] : km;
+    for (int64_t i = 0; i < (int64_t)S * d_sae; i++) aux |= dead[i] != 0;
+    k_aux = k_aux < d_sae ? k_aux : d_sae;
+    const int64_t n_rows = (int64_t)S * B;
+    /* the selections, in pre's memory order (row r: seed_major ? (r / B, r % B) : (r % S, r / S)) */
+    float *sv = malloc(sizeof(float) * n_rows * km), *av = NULL;
+    int64_t *si = malloc(sizeof(int64_t) * n_rows * km), *ai = NULL, ka = 0;
+    #pragma omp parallel num_threads(n_threads)
+    {
+        scratch_t sc = scratch_new(d_sae, km);
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; r++) {
+            int64_t s = seed_major ? r / B : r % S;
+            const float *v = pre + r * d_sae, *b = bias + s * d_sae;
+            int k = ks[s];
+            select_row(v, b, NULL, d_sae, k, si + r * km, sc);
+            for (int j = 0; j < k; j++) sv[r * km + j] = v[si[r * km + j]] + b[si[r * km + j]];
+            for (int j = k; j < km; j++) { sv[r * km + j] = 0.0f; si[r * km + j] = si[r * km]; }  /* z = 0: no effect */
+        }
+        scratch_free(sc);
+    }
+    if (aux) {
+        av = malloc(sizeof(float) * n_rows * k_aux);
+        ai = malloc(sizeof(int64_t) * n_rows * k_aux);
+        ka = topk_among(pre, n_rows, d_sae, k_aux, dead, S, B, seed_major, bias, 0.0f, 0, av, ai, n_threads);
+        if (ka < 1) ka = 1;  /* a row of padding (-inf: z = 0) keeps the layout */
+    }
+    /* entry lists per seed, rows sorted: input b's k_max main entries, then its ka AuxK ones at row B + b */
+    const int64_t M = (int64_t)B * (km + ka), R = (int64_t)B * (1 + aux);
+    int64_t *rows = malloc(sizeof(int64_t) * S * M), *cols = malloc(sizeof(int64_t) * S * M);
+    float *z = malloc(sizeof(float) * S * M), *g_z = malloc(sizeof(float) * S * M);
+    int8_t *aux_on = malloc(S);
+    for (int s = 0; s < S; s++) {
+        aux_on[s] = 0;
+        for (int j = 0; j < d_sae; j++) aux_on[s] |= dead[(int64_t)s * d_sae + j] != 0;
+        int live = 0;
+        uint8_t *f = fired + (int64_t)s * d_sae;
+        memset(f, 0, d_sae);
+        for (int b = 0; b < B; b++) {
+            int64_t r = seed_major ? (int64_t)s * B + b : (int64_t)b * S + s, e = (int64_t)s * M + (int64_t)b * km;
+            for (int j = 0; j < km; j++) {
+                float v = sv[r * km + j];
+                rows[e + j] = b;
+                cols[e + j] = si[r * km + j];
+                z[e + j] = v > 0.0f ? v : 0.0f;
+                live += v > 0.0f;
+                if (v > 0.0f) f[si[r * km + j]] = 1;
+            }
+            if (aux) {
+                e = (int64_t)s * M + (int64_t)B * km + (int64_t)b * ka;
+                for (int j = 0; j < ka; j++) {
+                    float v = av[r * k_aux + j];
+                    rows[e + j] = B + b;
+                    cols[e + j] = ai[r * k_aux + j];
+                    z[e + j] = v > 0.0f ? v : 0.0f;  /* padding -inf: 0 */
+                }
+            }
+        }
+        l0[s] = (float)live / B;
+    }
+    int parts = n_threads / gcd_int(S, n_threads);
+    float *out = malloc(sizeof(float) * S * R * d_in), *g_out = malloc(sizeof(float) * S * R * d_in);
+    float *centred = malloc(sizeof(float) * S * B * d_in), *g_bdec_fvu = malloc(sizeof(float) * S * d_in);
+    sparse_decode(z, rows, cols, W_dec, S, M, d_sae, d_in, R, out, parts, n_threads);
+    fvu_loss(out, b_dec, x, x_stride, S, B, d_in, 1, aux, aux_on, aux_coeff, loss, mse, var, g_out, g_bdec_fvu, n_threads);
+    decode_backward(z, rows, cols, g_out, W_dec, S, M, d_sae, d_in, R, 1, g_W_dec, g_z, parts, n_threads);
+    /* the encoder: d pre = d z where z > 0 (decode_backward's skip_zero leaves 0 elsewhere), at pre = (x - b_dec) W_enc + b_enc */
+    for (int s = 0; s < S; s++)
+        for (int64_t i = 0; i < (int64_t)B * d_in; i++) centred[s * B * d_in + i] = x[s * x_stride + i] - b_dec[s * d_in + i % d_in];
+    sum_by_latent(g_z, rows, cols, centred, S, M, d_sae, d_in, B, g_W_enc_T, g_b_enc, parts, n_threads);
+    weighted_row_sum(g_b_enc, W_enc_T, S, d_sae, d_in, g_b_dec, n_threads);
+    for (int64_t i = 0; i < (int64_t)S * d_in; i++) g_b_dec[i] = g_bdec_fvu[i] - g_b_dec[i];
+    free(sv); free(si); free(av); free(ai); free(rows); free(cols); free(z); free(g_z); free(aux_on);
+    free(out); free(g_out); free(centred); free(g_bdec_fvu);
 }

@@ -117,6 +117,7 @@ def _build() -> ctypes.CDLL:
     lib.remove_parallel.argtypes = [P, P, L, I, I]
     lib.normalize_rows.argtypes = [P, L, I, ctypes.c_float, I]
     lib.fvu_loss.argtypes = [P, P, P, L, I, I, I, I, I, P, F, P, P, P, P, P, I]
+    lib.topk_step.argtypes = [P, I, P, P, L, P, P, P, P, P, I, I, I, I, I, F, P, P, P, P, P, P, P, P, P, I]
     return lib
 
 
@@ -293,3 +294,27 @@ def fvu_loss(out: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, levels: in
                        None if flags is None else _p(flags), aux_coeff, _p(loss), _p(mse), _p(var), _p(g_out),
                        _p(g_bdec), _threads())
     return loss, mse, var, g_out, g_bdec
+
+
+def topk_step(pre: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, W_enc_T: torch.Tensor, b_dec: torch.Tensor,
+              W_dec: torch.Tensor, dead: torch.Tensor, ks: torch.Tensor, k_aux: int, aux_coeff: float) -> dict:
+    """The sparse part of a TopK training step in one call (kernels.c topk_step): pre [S, B, d_sae] the
+    encoder matmul without its bias (contiguous, or pre_acts' [B, S, d_sae]-in-memory view), bias [S, d_sae],
+    x [B, d_in] or [S, B, d_in], W_enc_T, W_dec [S, d_sae, d_in], b_dec [S, d_in], dead [S, d_sae] bool,
+    ks [S] int32 each seed's k -> dict of loss, mse, var, l0 [S], fired [S, d_sae] bool, and the gradients
+    of every loss[s]: W_enc_T, b_enc, b_dec, W_dec."""
+    S, B, d_sae = pre.shape
+    d_in = W_dec.shape[-1]
+    seed_major = pre.is_contiguous()
+    mem = pre if seed_major else pre.transpose(0, 1)
+    assert mem.is_contiguous() and int(ks.min()) >= 1 and int(ks.max()) <= d_sae and k_aux >= 1
+    W_enc_T, W_dec, b_dec, bias = (t.detach().contiguous() for t in (W_enc_T, W_dec, b_dec, bias))
+    x, dead, ks = x.contiguous(), dead.to(torch.bool).contiguous(), ks.to(torch.int32).contiguous()
+    f = dict(loss=torch.empty(S), mse=torch.empty(S), var=torch.empty(S), l0=torch.empty(S),
+             fired=torch.empty(S, d_sae, dtype=torch.bool), W_enc_T=torch.empty_like(W_enc_T),
+             b_enc=torch.empty(S, d_sae), b_dec=torch.empty_like(b_dec), W_dec=torch.empty_like(W_dec))
+    library().topk_step(_p(mem), int(seed_major), _p(bias), _p(x), B * d_in if x.ndim == 3 else 0, _p(W_enc_T),
+                        _p(b_dec), _p(W_dec), _p(dead), _p(ks), S, B, d_sae, d_in, k_aux, aux_coeff,
+                        *(_p(f[n]) for n in ("loss", "mse", "var", "l0", "fired", "W_enc_T", "b_enc", "b_dec", "W_dec")),
+                        _threads())
+    return f

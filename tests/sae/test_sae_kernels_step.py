@@ -1,5 +1,7 @@
-"""kernels.fvu_loss (the TopK family's loss terms with their gradient in one pass, through
-topk._KernelFVU) against the autograd formulas it replaces, in float64."""
+"""The kernels that take whole parts of a TopK step: kernels.fvu_loss (the TopK family's loss terms with
+their gradient in one pass, through topk._KernelFVU) against the autograd formulas it replaces, in
+float64, and kernels.topk_step (the whole sparse step, forward and backward) against the step through
+the PyTorch path."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from test_sae_kernels import _gen, _kernels_on, _threads  # noqa: F401 (_kernels
 
 from husai.sae import kernels
 from husai.sae.base import batch_variance
-from husai.sae.topk import _auxk_fvu, _KernelFVU
+from husai.sae.topk import TopKSAE, _auxk_fvu, _KernelFVU
 
 
 def _reference(out, b_dec, x, levels, dead, aux_coeff):
@@ -85,3 +87,62 @@ def test_fvu_loss_handles_constant_data_and_is_thread_invariant():
     ref = _reference(out.double(), b_dec.double(), x.double(), 1, aux_on.unsqueeze(1), 0.5)
     torch.testing.assert_close(loss, ref[0], rtol=1e-5, atol=0)
     assert bool(torch.isfinite(results[1][3]).all())
+
+
+
+@pytest.mark.parametrize("ks,shared,dead_counts", [(4, False, (0, 0, 0)), (4, False, (30, 0, 2)), (4, True, (30, 5, 2)),
+                                                    ([2, 6, 4], False, (3, 0, 40)), ([2, 6, 4], True, (40, 40, 40))],
+                         ids=["no-dead", "dead", "shared-batch", "per-slot-k", "all-dead"])
+def test_topk_step_matches_the_pytorch_step(monkeypatch, ks, shared, dead_counts):
+    """One TopK step through kernels.topk_step (one call: selection, AuxK, decode, loss, backward) and
+    through the PyTorch path (HUSAI_KERNELS=off): the same loss, MSE, L0, EV and fired latents, and the
+    same gradients for all four parameters. Seeds with and without dead latents (AuxK's term only for
+    the first), fewer dead latents than k_aux = 6 (padding), every latent dead, a k per slot (the
+    padding entries of the smaller ks) and a batch shared by all seeds (pre's [B, S, d_sae] layout)."""
+    g = _gen(7)
+    S, B, d_in, d_sae = 3, 33, 12, 40
+    sae = TopKSAE(S, d_in, d_sae, ks, k_aux=6).init_weights([1, 2, 3], torch.randn(d_in, generator=g))
+    with torch.no_grad():
+        sae.b_enc.copy_(0.3 * torch.randn(S, d_sae, generator=g))
+    x = torch.randn(B, d_in, generator=g) if shared else torch.randn(S, B, d_in, generator=g)
+    dead = torch.zeros(S, d_sae, dtype=torch.bool)
+    for s, n in enumerate(dead_counts):
+        dead[s, torch.randperm(d_sae, generator=g)[:n]] = True
+
+    def step():
+        sae.zero_grad(set_to_none=True)
+        loss, stats = sae.training_loss(x, dead)
+        loss.backward()
+        return stats, {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    calls = []
+    monkeypatch.setattr(kernels, "topk_step", lambda *a, _f=kernels.topk_step: calls.append(1) or _f(*a))
+    got, got_grads = step()
+    assert calls == [1]
+    monkeypatch.setenv("HUSAI_KERNELS", "off")
+    want, want_grads = step()
+    assert calls == [1]
+    for name in ("loss", "mse", "l0", "ev"):
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(got["fired"], want["fired"])
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    if any(dead_counts):
+        assert float(want["loss"][0]) > float(want["mse"][0] / batch_variance(x if shared else x[0]))  # AuxK counted
+
+
+def test_topk_step_is_thread_invariant():
+    """Bitwise the same loss and gradients on 1, 2 and 3 threads."""
+    g = _gen(8)
+    sae = TopKSAE(2, 10, 48, 5, k_aux=8).init_weights([1, 2], torch.zeros(10))
+    x = torch.randn(2, 40, 10, generator=g)
+    dead = torch.rand(2, 48, generator=g) < 0.3
+    results = {}
+    for n in (1, 2, 3):
+        with _threads(n):
+            sae.zero_grad(set_to_none=True)
+            loss, stats = sae.training_loss(x, dead)
+            loss.backward()
+            results[n] = [stats["loss"], *(p.grad.clone() for p in sae.parameters())]
+    for n in (2, 3):
+        assert all(torch.equal(a, b) for a, b in zip(results[1], results[n]))
