@@ -590,7 +590,12 @@ void topk_step(const float *pre, int seed_major, const float *bias, const float 
     decode_backward(z, rows, cols, g_out, W_dec, S, M, d_sae, d_in, R, 1, g_W_dec, g_z, parts, n_threads);
     /* the encoder: d pre = d z where z > 0 (decode_backward's skip_zero leaves 0 elsewhere), at pre = (x - b_dec) W_enc + b_enc */
     for (int s = 0; s < S; s++)
-        for (int64_t i = 0; i < (int64_t)B * d_in; i++) centred[s * B * d_in + i] = x[s * x_stride + i] - b_dec[s * d_in + i % d_in];
+        for (int b = 0; b < B; b++) {
+            const float *xb = x + s * x_stride + (int64_t)b * d_in, *bd = b_dec + (int64_t)s * d_in;
+            float *cb = centred + ((int64_t)s * B + b) * d_in;
+            #pragma omp simd
+            for (int c = 0; c < d_in; c++) cb[c] = xb[c] - bd[c];
+        }
     sum_by_latent(g_z, rows, cols, centred, S, M, d_sae, d_in, B, g_W_enc_T, g_b_enc, parts, n_threads);
     weighted_row_sum(g_b_enc, W_enc_T, S, d_sae, d_in, g_b_dec, n_threads);
     for (int64_t i = 0; i < (int64_t)S * d_in; i++) g_b_dec[i] = g_bdec_fvu[i] - g_b_dec[i];

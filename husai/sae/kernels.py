@@ -297,19 +297,21 @@ def fvu_loss(out: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, levels: in
 
 
 def topk_step(pre: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, W_enc_T: torch.Tensor, b_dec: torch.Tensor,
-              W_dec: torch.Tensor, dead: torch.Tensor, ks: torch.Tensor, k_aux: int, aux_coeff: float) -> dict:
+              W_dec: torch.Tensor, dead: torch.Tensor, ks: list[int], k_aux: int, aux_coeff: float) -> dict:
     """The sparse part of a TopK training step in one call (kernels.c topk_step): pre [S, B, d_sae] the
     encoder matmul without its bias (contiguous, or pre_acts' [B, S, d_sae]-in-memory view), bias [S, d_sae],
     x [B, d_in] or [S, B, d_in], W_enc_T, W_dec [S, d_sae, d_in], b_dec [S, d_in], dead [S, d_sae] bool,
-    ks [S] int32 each seed's k -> dict of loss, mse, var, l0 [S], fired [S, d_sae] bool, and the gradients
+    ks [S] each seed's k -> dict of loss, mse, var, l0 [S], fired [S, d_sae] bool, and the gradients
     of every loss[s]: W_enc_T, b_enc, b_dec, W_dec."""
     S, B, d_sae = pre.shape
     d_in = W_dec.shape[-1]
     seed_major = pre.is_contiguous()
     mem = pre if seed_major else pre.transpose(0, 1)
-    assert mem.is_contiguous() and int(ks.min()) >= 1 and int(ks.max()) <= d_sae and k_aux >= 1
+    assert mem.is_contiguous() and len(ks) == S
+    if not (1 <= min(ks) and max(ks) <= d_sae and k_aux >= 1):
+        raise ValueError(f"topk_step: every k must be in [1, {d_sae}] and k_aux >= 1, got {ks}, {k_aux}")
     W_enc_T, W_dec, b_dec, bias = (t.detach().contiguous() for t in (W_enc_T, W_dec, b_dec, bias))
-    x, dead, ks = x.contiguous(), dead.to(torch.bool).contiguous(), ks.to(torch.int32).contiguous()
+    x, dead, ks = x.contiguous(), dead.to(torch.bool).contiguous(), torch.tensor(ks, dtype=torch.int32)
     f = dict(loss=torch.empty(S), mse=torch.empty(S), var=torch.empty(S), l0=torch.empty(S),
              fired=torch.empty(S, d_sae, dtype=torch.bool), W_enc_T=torch.empty_like(W_enc_T),
              b_enc=torch.empty(S, d_sae), b_dec=torch.empty_like(b_dec), W_dec=torch.empty_like(W_dec))

@@ -81,13 +81,17 @@ class _KernelTopKStep(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W_enc_T, b_enc, b_dec, W_dec, pre, bias, x, dead, ks, k_aux, aux_coeff):
         f = kernels.topk_step(pre, bias, x, W_enc_T, b_dec, W_dec, dead, ks, k_aux, aux_coeff)
-        ctx.save_for_backward(f["W_enc_T"], f["b_enc"], f["b_dec"], f["W_dec"])
+        # kept as an attribute and dropped in backward, not saved: a gradient that only autograd holds is
+        # moved into .grad, one that ctx still holds is copied (AccumulateGrad; 2 x 1 MB a seed)
+        ctx.grads = [f["W_enc_T"], f["b_enc"], f["b_dec"], f["W_dec"]]
         ctx.mark_non_differentiable(f["mse"], f["var"], f["l0"], f["fired"])
         return f["loss"], f["mse"], f["var"], f["l0"], f["fired"]
 
     @staticmethod
     def backward(ctx, g_loss, *_):
-        grads = ctx.saved_tensors
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("_KernelTopKStep: backward twice (its gradients are handed over once)")
         if not bool((g_loss == 1).all()):  # loss.sum()'s ones: the gradients as written
             grads = [g * g_loss.view(-1, *[1] * (g.ndim - 1)) for g in grads]
         return (*grads, None, None, None, None, None, None, None)
@@ -101,7 +105,6 @@ class TopKSAE(StackedSAE):
     selection_adds_bias = True  # select_latents takes pre without b_enc (StackedSAE.pre_acts split_bias)
     tracks_min_active = False  # stats["min_active"]: BatchTopK's threshold estimate reads it
     one_call_step = True  # training_loss through kernels.topk_step (TopK itself; not BatchTopK, Matryoshka)
-    _ks = None  # [S] int32 each slot's k, for kernels.topk_step
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
                  aux_coeff: float = 1 / 32, rescale: bool = False):
@@ -190,10 +193,8 @@ class TopKSAE(StackedSAE):
         if self.one_call_step and not self.rescale and kernels.usable(x):
             with torch.no_grad():
                 pre, bias = self.pre_acts(x, reuse_buffer=True, split_bias=True)
-            if self._ks is None:
-                self._ks = torch.tensor(self.ks, dtype=torch.int32)
             loss, mse, var, l0, fired = _KernelTopKStep.apply(self.W_enc_T, self.b_enc, self.b_dec, self.W_dec, pre,
-                                                              bias, x, dead, self._ks, self.k_aux, self.aux_coeff)
+                                                              bias, x, dead, self.ks, self.k_aux, self.aux_coeff)
             return loss.sum(), dict(loss=loss.detach(), mse=mse, l0=l0, ev=1 - mse / var, fired=fired)
         aux = bool(dead.any())
         with torch.no_grad():
