@@ -1,4 +1,4 @@
-"""Compiled CPU kernels for the sparse SAE step (kernels.c), loaded through ctypes.
+"""Compiled CPU kernels for the sparse SAE step (kernels.c, step.c), loaded through ctypes.
 
 The step's selection (top-k, AuxK's top-k among dead latents) and its sparse gathers and sums
 (decode, the gradient of the entry values, the weight gradients by latent) were each one or
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("kernels.c")
+SOURCES = [Path(__file__).with_name(n) for n in ("kernels.c", "step.c")]  # compiled into one library
+HEADER = Path(__file__).with_name("kernels.h")
 FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c11"]  # no errno: sqrtf vectorises
 
 
@@ -79,7 +80,8 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError("no C compiler (cc) found")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     flags = _flags()
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
+    texts = [p.read_text() for p in (*SOURCES, HEADER)]
+    key = hashlib.sha256("\0".join([*texts, " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
     name = f"kernels-{key}.so"
     for d in _cache_dirs():
         if (d / name).exists():
@@ -91,7 +93,8 @@ def _build() -> ctypes.CDLL:
             continue
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *flags, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True, timeout=300)
+            proc = subprocess.run([cc, *flags, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True,
+                                  timeout=300)
             if proc.returncode:
                 last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
                 raise RuntimeError(f"{cc} failed: {last}")
@@ -197,11 +200,12 @@ def topk_among(pre: torch.Tensor, allowed: torch.Tensor, k: int, above: float = 
 
 
 def _parts(S: int) -> int:
-    """Output ranges per seed, so that S * parts is a multiple of the thread count: as many tasks on
-    every thread. More than needed cost: a task of the by-latent sums reads its seed's whole entry
-    list (one seed, 2 threads, 24k entries: decode + its backward + the encoder sums 0.70 ms with 8
-    parts, 0.45 ms with 2, measured)."""
-    return _threads() // math.gcd(S, _threads())
+    """Output ranges per seed: S * parts a multiple of the thread count (as many tasks on every thread),
+    unless that is more than ~4 a thread (S = 17 on 16 threads), then ~4 a thread. More than needed
+    cost: a task of the by-latent sums reads its seed's whole entry list (one seed, 2 threads, 24k
+    entries: decode + its backward + the encoder sums 0.70 ms with 8 parts, 0.45 ms with 2, measured)."""
+    t = _threads()
+    return min(t // math.gcd(S, t), max(1, -(-4 * t // S)))
 
 
 def sparse_decode(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, W: torch.Tensor, R: int) -> torch.Tensor:
@@ -278,7 +282,7 @@ def adam_rows_(p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tenso
 
 def fvu_loss(out: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, levels: int, aux_on: torch.Tensor | None,
              aux_coeff: float) -> tuple[torch.Tensor, ...]:
-    """The TopK family's loss from the step's one sparse decode (kernels.c fvu_loss has the formulas):
+    """The TopK family's loss from the step's one sparse decode (step.c fvu_loss has the formulas):
     out [S, (levels + aux) B, d] (no b_dec; AuxK's B rows last when aux_on [S] bool is given, True for
     the seeds with a dead latent), b_dec [S, d], x [B, d] or [S, B, d] -> (loss, mse, var [S],
     g_out [S, (levels + aux) B, d], g_bdec [S, d]): the gradients of loss[s]."""
@@ -288,8 +292,8 @@ def fvu_loss(out: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, levels: in
     aux = aux_on is not None
     assert R == (levels + aux) * B and b_dec.shape == (S, d) and x.shape[-1] == d
     flags = aux_on.to(torch.int8).contiguous() if aux else None
-    loss, mse, var = (torch.empty(S, dtype=out.dtype) for _ in range(3))
-    g_out, g_bdec = torch.empty_like(out), torch.empty(S, d, dtype=out.dtype)
+    loss, mse, var = (torch.empty(S, dtype=torch.float32) for _ in range(3))
+    g_out, g_bdec = torch.empty_like(out), torch.empty(S, d, dtype=torch.float32)
     library().fvu_loss(_p(out), _p(b_dec), _p(x), B * d if x.ndim == 3 else 0, S, B, d, levels, int(aux),
                        None if flags is None else _p(flags), aux_coeff, _p(loss), _p(mse), _p(var), _p(g_out),
                        _p(g_bdec), _threads())
@@ -298,7 +302,7 @@ def fvu_loss(out: torch.Tensor, b_dec: torch.Tensor, x: torch.Tensor, levels: in
 
 def topk_step(pre: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, W_enc_T: torch.Tensor, b_dec: torch.Tensor,
               W_dec: torch.Tensor, dead: torch.Tensor, ks: list[int], k_aux: int, aux_coeff: float) -> dict:
-    """The sparse part of a TopK training step in one call (kernels.c topk_step): pre [S, B, d_sae] the
+    """The sparse part of a TopK training step in one call (step.c topk_step): pre [S, B, d_sae] the
     encoder matmul without its bias (contiguous, or pre_acts' [B, S, d_sae]-in-memory view), bias [S, d_sae],
     x [B, d_in] or [S, B, d_in], W_enc_T, W_dec [S, d_sae, d_in], b_dec [S, d_in], dead [S, d_sae] bool,
     ks [S] each seed's k -> dict of loss, mse, var, l0 [S], fired [S, d_sae] bool, and the gradients
@@ -312,9 +316,11 @@ def topk_step(pre: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, W_enc_T: t
         raise ValueError(f"topk_step: every k must be in [1, {d_sae}] and k_aux >= 1, got {ks}, {k_aux}")
     W_enc_T, W_dec, b_dec, bias = (t.detach().contiguous() for t in (W_enc_T, W_dec, b_dec, bias))
     x, dead, ks = x.contiguous(), dead.to(torch.bool).contiguous(), torch.tensor(ks, dtype=torch.int32)
-    f = dict(loss=torch.empty(S), mse=torch.empty(S), var=torch.empty(S), l0=torch.empty(S),
-             fired=torch.empty(S, d_sae, dtype=torch.bool), W_enc_T=torch.empty_like(W_enc_T),
-             b_enc=torch.empty(S, d_sae), b_dec=torch.empty_like(b_dec), W_dec=torch.empty_like(W_dec))
+    f32 = torch.float32
+    f = dict(loss=torch.empty(S, dtype=f32), mse=torch.empty(S, dtype=f32), var=torch.empty(S, dtype=f32),
+             l0=torch.empty(S, dtype=f32), fired=torch.empty(S, d_sae, dtype=torch.bool),
+             W_enc_T=torch.empty_like(W_enc_T), b_enc=torch.empty(S, d_sae, dtype=f32), b_dec=torch.empty_like(b_dec),
+             W_dec=torch.empty_like(W_dec))
     library().topk_step(_p(mem), int(seed_major), _p(bias), _p(x), B * d_in if x.ndim == 3 else 0, _p(W_enc_T),
                         _p(b_dec), _p(W_dec), _p(dead), _p(ks), S, B, d_sae, d_in, k_aux, aux_coeff,
                         *(_p(f[n]) for n in ("loss", "mse", "var", "l0", "fired", "W_enc_T", "b_enc", "b_dec", "W_dec")),

@@ -132,7 +132,7 @@ class TopKSAE(StackedSAE):
         is 0: those entries decode to nothing and train nothing)."""
         if self._slot_k is None:
             return vals, idx
-        vals, order = vals.sort(dim=-1, descending=True)
+        vals, order = vals.sort(dim=-1, descending=True, stable=True)  # ties: the lower column (columns come increasing)
         keep = torch.arange(vals.shape[-1], device=vals.device) < (self._slot_k * per_k).view(-1, *[1] * (vals.ndim - 1))
         return vals.masked_fill(~keep, 0.0), idx.gather(-1, order)
 
@@ -190,7 +190,7 @@ class TopKSAE(StackedSAE):
         every term.
         """
         S, B, L = self.n_seeds, x.shape[-2], self.n_levels
-        if self.one_call_step and not self.rescale and kernels.usable(x):
+        if self.one_call_step and not self.rescale and kernels.usable(x, self.W_enc_T, self.W_dec):
             with torch.no_grad():
                 pre, bias = self.pre_acts(x, reuse_buffer=True, split_bias=True)
             loss, mse, var, l0, fired = _KernelTopKStep.apply(self.W_enc_T, self.b_enc, self.b_dec, self.W_dec, pre,

@@ -44,7 +44,7 @@ def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
     other none. With free norms the run stops after 2 epochs: there the two paths' rounding (KernelAdam
     against torch's fused Adam, ~5e-7 after 16 steps) flipped a near-tied selection at step 21 and
     the weights then differed by 3e-4 (EV by 3e-5); torch's own two Adam kernels happen not to. In
-    the data span the same happens in epoch 5 (after kernels.fvu_loss, whose gradient rounds
+    the data span the same happens in epoch 5 (since the loss's gradient is written in C, rounded
     differently from autograd's: seed 2's decoder 1.3e-6 apart after epoch 4, 5e-4 after epoch 5),
     so that run stops after 4."""
     assert shutil.which("cc") is None or kernels.library() is not None
@@ -53,6 +53,8 @@ def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
                  "weighted_row_sum"):
         def counted(*a, _f=getattr(kernels, name), _name=name, **kw):
             calls[_name] = calls.get(_name, 0) + 1
+            if _name == "topk_step" and bool(a[6].any()):  # its dead mask: a step with AuxK
+                calls["topk_step with AuxK"] = calls.get("topk_step with AuxK", 0) + 1
             return _f(*a, **kw)
         monkeypatch.setattr(kernels, name, counted)
 
@@ -64,14 +66,15 @@ def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
     if "decoder_norm" in options:  # free norms: the step's kernels one by one (no topk_step)
         assert calls["topk_rows"] == calls["sparse_decode"] == n_steps and "topk_step" not in calls
         assert min(calls["decode_backward"], calls["sum_by_latent"], calls["weighted_row_sum"]) >= n_steps
-        assert all(f > 0.2 for f in with_kernels.history[0]["frac_dead"])
-        assert calls["topk_among"] == n_steps - 8  # AuxK from epoch 2 on: the first epoch has no dead latent yet
-    else:  # one topk_step call per step; resampling selects through topk_rows
+        aux_steps = calls["topk_among"]
+    else:  # one topk_step call per step (resampling selects through topk_rows)
         assert calls["topk_step"] == n_steps and "sparse_decode" not in calls
+        aux_steps = calls.get("topk_step with AuxK", 0)
     if "resample_dead" in options:  # resampled after epoch 2: they live again for a while
-        assert with_kernels.history[1]["resampled"] and calls["topk_rows"] >= 1
-    elif "data_span" not in options:  # in the data span no latent dies here; elsewhere AuxK runs from epoch 2
-        assert all(f > 0.2 for f in with_kernels.history[1]["frac_dead"])
+        assert with_kernels.history[1]["resampled"] and 0 < aux_steps < n_steps - 8
+    elif "data_span" not in options:  # in the data span no latent dies here
+        assert all(f > 0.2 for f in with_kernels.history[0]["frac_dead"])
+        assert aux_steps == n_steps - 8  # AuxK from epoch 2 on: the first epoch has no dead latent yet
 
     calls.clear()
     monkeypatch.setenv("HUSAI_KERNELS", "off")
@@ -89,6 +92,30 @@ def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
         assert max(abs(u - v) for u, v in zip(ha["ev"], hb["ev"])) < 1e-4
         assert ha["frac_dead"] == hb["frac_dead"]
     assert not torch.allclose(a.W_dec, with_kernels.W_dec_init, atol=1e-2)  # training moved the decoder
+
+
+@pytest.mark.parametrize("arch,options", [("topk", dict(decoder_norm="rescale")), ("batchtopk", {}),
+                                          ("matryoshka", dict(matryoshka_levels=2)), ("relu", {}), ("jumprelu", {})])
+def test_every_decode_gets_sorted_rows(monkeypatch, arch, options):
+    """sparse_decode finds each task's entries by binary search over the rows, so every entry list that
+    training decodes must have each seed's rows non-decreasing (husai.sae.sparse.Codes): the TopK family's
+    nested levels and AuxK rows, BatchTopK's batch-wide selection, and the ReLU family's entries with
+    their padding. (topk_step builds its own lists, b then B + b.)"""
+    seen = []
+
+    def checked(z, rows, cols, W, R, _f=kernels.sparse_decode):
+        seen.append(bool((rows[:, 1:] >= rows[:, :-1]).all()) and int(rows.max()) < R)
+        return _f(z, rows, cols, W, R)
+
+    monkeypatch.setattr(kernels, "sparse_decode", checked)
+    if arch in ("relu", "jumprelu"):  # the sparse path every step (these small codes are too dense for it)
+        from husai.sae.architectures import JumpReLUSAE, ReLUSAE
+
+        monkeypatch.setattr(ReLUSAE if arch == "relu" else JumpReLUSAE, "dense_above", None)
+    cfg = SAETrainConfig(architecture=arch, expansion=8, k=4, epochs=3, batch_size=256, init="random", lr=3e-3,
+                         **options)
+    train_saes(_low_rank_acts(), cfg, [1, 2])
+    assert len(seen) >= 8 and all(seen)
 
 
 # ---------------------------------------------------------------- the build

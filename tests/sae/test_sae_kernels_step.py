@@ -90,17 +90,20 @@ def test_fvu_loss_handles_constant_data_and_is_thread_invariant():
 
 
 
-@pytest.mark.parametrize("ks,shared,dead_counts", [(4, False, (0, 0, 0)), (4, False, (30, 0, 2)), (4, True, (30, 5, 2)),
-                                                    ([2, 6, 4], False, (3, 0, 40)), ([2, 6, 4], True, (40, 40, 40))],
-                         ids=["no-dead", "dead", "shared-batch", "per-slot-k", "all-dead"])
-def test_topk_step_matches_the_pytorch_step(monkeypatch, ks, shared, dead_counts):
+@pytest.mark.parametrize("ks,shared,dead_counts,d_sae", [(4, False, (0, 0, 0), 40), (4, False, (30, 0, 2), 40),
+                                                          (4, True, (30, 5, 2), 40), ([2, 6, 4], False, (3, 0, 40), 40),
+                                                          ([2, 6, 4], True, (40, 40, 40), 40), (32, False, (60, 0, 9), 256)],
+                         ids=["no-dead", "dead", "shared-batch", "per-slot-k", "all-dead", "k32-avx512-groups"])
+def test_topk_step_matches_the_pytorch_step(monkeypatch, ks, shared, dead_counts, d_sae):
     """One TopK step through kernels.topk_step (one call: selection, AuxK, decode, loss, backward) and
     through the PyTorch path (HUSAI_KERNELS=off): the same loss, MSE, L0, EV and fired latents, and the
-    same gradients for all four parameters. Seeds with and without dead latents (AuxK's term only for
-    the first), fewer dead latents than k_aux = 6 (padding), every latent dead, a k per slot (the
-    padding entries of the smaller ks) and a batch shared by all seeds (pre's [B, S, d_sae] layout)."""
+    same gradients for all four parameters, of 2.5 x the loss (the backward's scaling). Seeds with and
+    without dead latents (AuxK's term only for the first), fewer dead latents than k_aux = 6 (padding),
+    every latent dead, a k per slot (the padding entries of the smaller ks), a batch shared by all seeds
+    (pre's [B, S, d_sae] layout), and k 32 of 256 (64 groups: the selection's AVX-512 group maxima and
+    counting)."""
     g = _gen(7)
-    S, B, d_in, d_sae = 3, 33, 12, 40
+    S, B, d_in = 3, 33, 12
     sae = TopKSAE(S, d_in, d_sae, ks, k_aux=6).init_weights([1, 2, 3], torch.randn(d_in, generator=g))
     with torch.no_grad():
         sae.b_enc.copy_(0.3 * torch.randn(S, d_sae, generator=g))
@@ -112,7 +115,7 @@ def test_topk_step_matches_the_pytorch_step(monkeypatch, ks, shared, dead_counts
     def step():
         sae.zero_grad(set_to_none=True)
         loss, stats = sae.training_loss(x, dead)
-        loss.backward()
+        loss.backward(torch.tensor(2.5))  # not 1: the kernel's gradients scaled
         return stats, {n: p.grad.clone() for n, p in sae.named_parameters()}
 
     calls = []
@@ -146,3 +149,13 @@ def test_topk_step_is_thread_invariant():
             results[n] = [stats["loss"], *(p.grad.clone() for p in sae.parameters())]
     for n in (2, 3):
         assert all(torch.equal(a, b) for a, b in zip(results[1], results[n]))
+
+
+def test_topk_step_hands_its_gradients_over_once():
+    """The one-call step's gradients go to autograd once (moved into .grad, not copied): a second
+    backward through the same graph is refused with a clear error, not silently given stale numbers."""
+    sae = TopKSAE(1, 8, 32, 3).init_weights([1], torch.zeros(8))
+    loss, _ = sae.training_loss(torch.randn(16, 8, generator=_gen(9)), torch.zeros(1, 32, dtype=torch.bool))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward twice"):
+        loss.backward()

@@ -1,0 +1,27 @@
+/* Declarations shared by kernels.c (selections, sparse sums, the optimiser's passes) and step.c (the
+ * TopK step's loss and the one-call step, built from kernels.c's pieces); husai/sae/kernels.py
+ * compiles both into one library. */
+#ifndef HUSAI_KERNELS_H
+#define HUSAI_KERNELS_H
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Scratch for select_row, per thread: n + 16 of each (the vector compaction writes a full vector). */
+typedef struct { float *cv; int32_t *ci; uint64_t *keys, *work; float *gmax; } scratch_t;
+scratch_t scratch_new(int n, int k);
+void scratch_free(scratch_t s);
+void select_row(const float *v, const float *b, const int32_t *ids, int n, int k, int64_t *out_i, scratch_t sc);
+int64_t topk_among(const float *x, int64_t n_rows, int d, int k, const uint8_t *allowed, int n_seeds,
+                   int64_t rows_per_seed, int seed_major, const float *bias, float above, int64_t pad_col,
+                   float *vals, int64_t *idx, int n_threads);
+void sparse_decode(const float *z, const int64_t *rows, const int64_t *cols, const float *W, int S, int64_t M,
+                   int d_sae, int d_in, int64_t R, float *out, int parts, int n_threads);
+void sum_by_latent(const float *w, const int64_t *rows, const int64_t *cols, const float *T, int S, int64_t M,
+                   int d_sae, int d_in, int64_t R, float *out, float *bias_out, int parts, int n_threads);
+void decode_backward(const float *z, const int64_t *rows, const int64_t *cols, const float *G, const float *W,
+                     int S, int64_t M, int d_sae, int d_in, int64_t R, int skip_zero, float *g_W, float *g_z,
+                     int parts, int n_threads);
+void weighted_row_sum(const float *w, const float *W, int S, int d_sae, int d_in, float *out, int n_threads);
+#endif
