@@ -188,6 +188,10 @@ class TopKSAE(StackedSAE):
         gives the nested reconstructions); the AuxK entries decode into the last B rows (their
         reconstruction e_hat of the residual). One by-latent sort, one encode and one decode serve
         every term.
+
+        TopK itself on the CPU with the kernels: after the matmul, the whole step is one
+        kernels.topk_step call (_KernelTopKStep), the same arithmetic as the code below, which runs
+        it piece by piece (BatchTopK, Matryoshka, free decoder norms, other devices).
         """
         S, B, L = self.n_seeds, x.shape[-2], self.n_levels
         if self.one_call_step and not self.rescale and kernels.usable(x, self.W_enc_T, self.W_dec):
