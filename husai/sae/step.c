@@ -95,9 +95,9 @@ void fvu_loss(const float *out, const float *b_dec, const float *x, int64_t x_st
 }
 
 /* The sparse part of one TopK training step for S seeds, after the encoder matmul, forward and
- * backward in one call (husai.sae.topk._KernelTopKStep; the same arithmetic as the step through
- * topk_rows, topk_among, sparse_decode, fvu_loss, decode_backward, sum_by_latent and weighted_row_sum,
- * which it calls). pre: the matmul without its bias (seed_major: [S, B, d_sae]; else [B, S, d_sae]),
+ * backward in one call (husai.sae.topk._KernelTopKStep): the same arithmetic as the step piece by
+ * piece, from the same functions (select_row, as topk_rows; topk_among, sparse_decode, fvu_loss,
+ * decode_backward, sum_by_latent, weighted_row_sum). pre: the matmul without its bias (seed_major: [S, B, d_sae]; else [B, S, d_sae]),
  * bias [S, d_sae]; x [B, d_in] (x_stride 0) or [S, B, d_in]; dead [S, d_sae] bytes; ks [S] each seed's k.
  *   entries: per input b, its seed's k largest of pre + bias (row b), then with any dead latent the
  *     up to k_aux largest positive ones among the dead (row B + b, AuxK); z = relu(value)
