@@ -120,7 +120,7 @@ def _build() -> ctypes.CDLL:
     lib.remove_parallel.argtypes = [P, P, L, I, I]
     lib.normalize_rows.argtypes = [P, L, I, ctypes.c_float, I]
     lib.fvu_loss.argtypes = [P, P, P, L, I, I, I, I, I, P, F, P, P, P, P, P, I]
-    lib.topk_step.argtypes = [P, I, P, P, L, P, P, P, P, P, I, I, I, I, I, F, P, P, P, P, P, P, P, P, P, I]
+    lib.topk_step.argtypes = [P, I, P, P, L, P, P, P, P, P, I, I, I, I, I, F, P, P, P, P, P, P, P, P, P, I, I]
     return lib
 
 
@@ -324,5 +324,5 @@ def topk_step(pre: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, W_enc_T: t
     library().topk_step(_p(mem), int(seed_major), _p(bias), _p(x), B * d_in if x.ndim == 3 else 0, _p(W_enc_T),
                         _p(b_dec), _p(W_dec), _p(dead), _p(ks), S, B, d_sae, d_in, k_aux, aux_coeff,
                         *(_p(f[n]) for n in ("loss", "mse", "var", "l0", "fired", "W_enc_T", "b_enc", "b_dec", "W_dec")),
-                        _threads())
+                        _parts(S), _threads())
     return f

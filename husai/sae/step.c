@@ -3,8 +3,6 @@
  * thread count. */
 #include "kernels.h"
 
-static int gcd_int(int a, int b) { while (b) { int t = a % b; a = b; b = t; } return a; }
-
 /* The TopK family's loss on the decoded rows, with its gradient, in one pass per seed (parallel over
  * seeds only, each seed's sums in row order: the same on any thread count). Per seed s, with
  * out [S, (L + aux) B, d] the sparse decode without b_dec (level l's rows lB..(l+1)B-1, then AuxK's),
@@ -102,12 +100,13 @@ void fvu_loss(const float *out, const float *b_dec, const float *x, int64_t x_st
  *   entries: per input b, its seed's k largest of pre + bias (row b), then with any dead latent the
  *     up to k_aux largest positive ones among the dead (row B + b, AuxK); z = relu(value)
  *   -> loss, mse, var, l0 [S], fired [S, d_sae] (bytes: a main entry > 0 there), and the gradients of
- *     every loss[s]: g_W_enc_T, g_W_dec [S, d_sae, d_in], g_b_enc [S, d_sae], g_b_dec [S, d_in]. */
+ *     every loss[s]: g_W_enc_T, g_W_dec [S, d_sae, d_in], g_b_enc [S, d_sae], g_b_dec [S, d_in].
+ * parts: output ranges per seed of the sparse sums (kernels.py _parts). */
 void topk_step(const float *pre, int seed_major, const float *bias, const float *x, int64_t x_stride,
                const float *W_enc_T, const float *b_dec, const float *W_dec, const uint8_t *dead, const int *ks,
                int S, int B, int d_sae, int d_in, int k_aux, float aux_coeff, float *loss, float *mse, float *var,
                float *l0, uint8_t *fired, float *g_W_enc_T, float *g_b_enc, float *g_b_dec, float *g_W_dec,
-               int n_threads) {
+               int parts, int n_threads) {
     int km = 1, aux = 0;
     for (int s = 0; s < S; s++) km = ks[s] > km ? ks[s] : km;
     for (int64_t i = 0; i < (int64_t)S * d_sae; i++) aux |= dead[i] != 0;
@@ -169,7 +168,6 @@ void topk_step(const float *pre, int seed_major, const float *bias, const float 
         }
         l0[s] = (float)live / B;
     }
-    int parts = n_threads / gcd_int(S, n_threads);
     float *out = malloc(sizeof(float) * S * R * d_in), *g_out = malloc(sizeof(float) * S * R * d_in);
     float *centred = malloc(sizeof(float) * S * B * d_in), *g_bdec_fvu = malloc(sizeof(float) * S * d_in);
     sparse_decode(z, rows, cols, W_dec, S, M, d_sae, d_in, R, out, parts, n_threads);
