@@ -176,14 +176,26 @@ void select_row(const float *v, const float *b, const int32_t *ids, int n, int k
  * belonging to seed seed_major ? r / rows_per_seed : r % n_seeds (husai.sae.kernels.topk_rows). */
 void topk_rows(const float *x, int64_t n_rows, int d, int k, const float *bias, int n_seeds, int64_t rows_per_seed,
                int seed_major, float *vals, int64_t *idx, int n_threads) {
+    select_rows(x, n_rows, d, NULL, k, bias, n_seeds, rows_per_seed, seed_major, vals, idx, n_threads);
+}
+
+/* topk_rows with seed s's rows keeping ks[s] <= k_max (ks NULL: k_max for all), written with stride k_max;
+ * a row's slots past its k get value 0 at its first column (topk_step's padding: z = 0, no effect). */
+void select_rows(const float *x, int64_t n_rows, int d, const int *ks, int k_max, const float *bias, int n_seeds,
+                 int64_t rows_per_seed, int seed_major, float *vals, int64_t *idx, int n_threads) {
     #pragma omp parallel num_threads(n_threads)
     {
-        scratch_t sc = scratch_new(d, k);
+        scratch_t sc = scratch_new(d, k_max);
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < n_rows; r++) {
-            const float *v = x + r * d, *b = bias ? bias + (seed_major ? r / rows_per_seed : r % n_seeds) * d : NULL;
-            select_row(v, b, NULL, d, k, idx + r * k, sc);
-            for (int j = 0; j < k; j++) vals[r * k + j] = b ? v[idx[r * k + j]] + b[idx[r * k + j]] : v[idx[r * k + j]];
+            int64_t s = seed_major ? r / rows_per_seed : r % n_seeds;
+            const float *v = x + r * d, *b = bias ? bias + s * d : NULL;
+            int k = ks ? ks[s] : k_max;
+            float *vr = vals + r * k_max;
+            int64_t *ir = idx + r * k_max;
+            select_row(v, b, NULL, d, k, ir, sc);
+            for (int j = 0; j < k; j++) vr[j] = b ? v[ir[j]] + b[ir[j]] : v[ir[j]];
+            for (int j = k; j < k_max; j++) { vr[j] = 0.0f; ir[j] = ir[0]; }
         }
         scratch_free(sc);
     }

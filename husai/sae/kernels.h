@@ -13,6 +13,8 @@ typedef struct { float *cv; int32_t *ci; uint64_t *keys, *work; float *gmax; } s
 scratch_t scratch_new(int n, int k);
 void scratch_free(scratch_t s);
 void select_row(const float *v, const float *b, const int32_t *ids, int n, int k, int64_t *out_i, scratch_t sc);
+void select_rows(const float *x, int64_t n_rows, int d, const int *ks, int k_max, const float *bias, int n_seeds,
+                 int64_t rows_per_seed, int seed_major, float *vals, int64_t *idx, int n_threads);
 int64_t topk_among(const float *x, int64_t n_rows, int d, int k, const uint8_t *allowed, int n_seeds,
                    int64_t rows_per_seed, int seed_major, const float *bias, float above, int64_t pad_col,
                    float *vals, int64_t *idx, int n_threads);

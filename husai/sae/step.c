@@ -94,7 +94,7 @@ void fvu_loss(const float *out, const float *b_dec, const float *x, int64_t x_st
 
 /* The sparse part of one TopK training step for S seeds, after the encoder matmul, forward and
  * backward in one call (husai.sae.topk._KernelTopKStep): the same arithmetic as the step piece by
- * piece, from the same functions (select_row, as topk_rows; topk_among, sparse_decode, fvu_loss,
+ * piece, from the same functions (select_rows, as topk_rows; topk_among, sparse_decode, fvu_loss,
  * decode_backward, sum_by_latent, weighted_row_sum). pre: the matmul without its bias (seed_major: [S, B, d_sae]; else [B, S, d_sae]),
  * bias [S, d_sae]; x [B, d_in] (x_stride 0) or [S, B, d_in]; dead [S, d_sae] bytes; ks [S] each seed's k.
  *   entries: per input b, its seed's k largest of pre + bias (row b), then with any dead latent the
@@ -108,27 +108,19 @@ void topk_step(const float *pre, int seed_major, const float *bias, const float 
                float *l0, uint8_t *fired, float *g_W_enc_T, float *g_b_enc, float *g_b_dec, float *g_W_dec,
                int parts, int n_threads) {
     int km = 1, aux = 0;
-    for (int s = 0; s < S; s++) km = ks[s] > km ? ks[s] : km;
-    for (int64_t i = 0; i < (int64_t)S * d_sae; i++) aux |= dead[i] != 0;
+    int8_t *aux_on = malloc(S);  /* seed s has a dead latent; aux: any seed has */
+    for (int s = 0; s < S; s++) {
+        km = ks[s] > km ? ks[s] : km;
+        aux_on[s] = 0;
+        for (int j = 0; j < d_sae; j++) aux_on[s] |= dead[(int64_t)s * d_sae + j] != 0;
+        aux |= aux_on[s];
+    }
     k_aux = k_aux < d_sae ? k_aux : d_sae;
     const int64_t n_rows = (int64_t)S * B;
     /* the selections, in pre's memory order (row r: seed_major ? (r / B, r % B) : (r % S, r / S)) */
     float *sv = malloc(sizeof(float) * n_rows * km), *av = NULL;
     int64_t *si = malloc(sizeof(int64_t) * n_rows * km), *ai = NULL, ka = 0;
-    #pragma omp parallel num_threads(n_threads)
-    {
-        scratch_t sc = scratch_new(d_sae, km);
-        #pragma omp for schedule(static)
-        for (int64_t r = 0; r < n_rows; r++) {
-            int64_t s = seed_major ? r / B : r % S;
-            const float *v = pre + r * d_sae, *b = bias + s * d_sae;
-            int k = ks[s];
-            select_row(v, b, NULL, d_sae, k, si + r * km, sc);
-            for (int j = 0; j < k; j++) sv[r * km + j] = v[si[r * km + j]] + b[si[r * km + j]];
-            for (int j = k; j < km; j++) { sv[r * km + j] = 0.0f; si[r * km + j] = si[r * km]; }  /* z = 0: no effect */
-        }
-        scratch_free(sc);
-    }
+    select_rows(pre, n_rows, d_sae, ks, km, bias, S, B, seed_major, sv, si, n_threads);
     if (aux) {
         av = malloc(sizeof(float) * n_rows * k_aux);
         ai = malloc(sizeof(int64_t) * n_rows * k_aux);
@@ -139,10 +131,7 @@ void topk_step(const float *pre, int seed_major, const float *bias, const float 
     const int64_t M = (int64_t)B * (km + ka), R = (int64_t)B * (1 + aux);
     int64_t *rows = malloc(sizeof(int64_t) * S * M), *cols = malloc(sizeof(int64_t) * S * M);
     float *z = malloc(sizeof(float) * S * M), *g_z = malloc(sizeof(float) * S * M);
-    int8_t *aux_on = malloc(S);
     for (int s = 0; s < S; s++) {
-        aux_on[s] = 0;
-        for (int j = 0; j < d_sae; j++) aux_on[s] |= dead[(int64_t)s * d_sae + j] != 0;
         int live = 0;
         uint8_t *f = fired + (int64_t)s * d_sae;
         memset(f, 0, d_sae);
