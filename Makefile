@@ -43,7 +43,7 @@ install: $(VENV)/.core
 install-test: $(VENV)/.test
 
 run: $(VENV)/.core
-	$(VENV)/bin/husai study --config configs/study.yaml --out runs/study --executor process --workers 2
+	$(VENV)/bin/husai study --out runs/study --executor process --workers 2
 
 test: $(VENV)/.test $(VENV_TL4)/.test
 	$(PY) -m ruff check husai tests benchmarks

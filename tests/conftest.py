@@ -1,7 +1,13 @@
 """Shared fixtures. Models are trained once per session with a small p so the suite stays fast."""
 
+import os
+
 import pytest
 import torch
+
+# Every entry list handed to a compiled kernel is range-checked first (husai.sae.kernels.checking), here and
+# in every subprocess a test starts: a wrong index fails a test instead of corrupting memory.
+os.environ["HUSAI_KERNELS_CHECK"] = "1"
 
 from husai.model.train import TrainConfig, train_model
 

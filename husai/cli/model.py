@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
         with on_interrupt(note, fallback=on_disk):
             from rich.console import Console
 
+            from husai.locks import exclusive
             from husai.model.train import PRESETS, TrainConfig, train_model
 
             if preset not in PRESETS:
@@ -65,7 +66,9 @@ def register(app: typer.Typer) -> None:
                               checkpoint_every=checkpoint_every,
                               run_all_epochs=run_all_epochs, preset=preset, **kw)
             phase = "training"
-            m = train_model(cfg, out, device=device, resume=resume, overwrite=overwrite, use_wandb=wandb, threads=threads)
+            with exclusive(out, "husai train-model", "--out"):  # one writer per run folder
+                m = train_model(cfg, out, device=device, resume=resume, overwrite=overwrite, use_wandb=wandb,
+                                threads=threads)
             phase = "finished"
             _print_metrics(Console(), m, f"model written to {out}")
 

@@ -41,23 +41,30 @@ def register(app: typer.Typer) -> None:
         seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds trained together, e.g. 42,123,456."),
         architecture: Optional[str] = typer.Option(None, help="topk, batchtopk, matryoshka, relu or jumprelu."),
         epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
-        lr: Optional[float] = typer.Option(None), k: Optional[int] = typer.Option(None),
-        expansion: Optional[int] = typer.Option(None), l1_coeff: Optional[float] = typer.Option(None),
+        lr: Optional[float] = typer.Option(None), k: Optional[int] = typer.Option(None, help="TopK family: active latents."),
+        expansion: Optional[int] = typer.Option(None, help="Width as d_sae = expansion x d_in (unless --latents)."),
+        latents: Optional[int] = typer.Option(None, help="Width as d_sae itself (comparable across hooks; wins over "
+                                              "--expansion)."),
+        target_l0: Optional[float] = typer.Option(None, help="relu, jumprelu: the L0 to reach; the penalty weight that "
+                                                  "gives it is found first, from --l1-coeff / the config's weight."),
+        l1_coeff: Optional[float] = typer.Option(None),
         device: str = typer.Option("cpu"), wandb: bool = typer.Option(False, help="Log to Weights & Biases."),
         quiet: bool = typer.Option(False, help="No progress bar."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier train-sae output in --save-dir."),
     ):
         """Train sparse autoencoders (one per seed, all in one pass) on a model's activations."""
+        from husai.locks import exclusive
         from husai.sae.config import SAETrainConfig, load_config
         from husai.sae.train import parse_seeds
 
         cfg = load_config(config) if config is not None else SAETrainConfig()
         overrides = dict(architecture=architecture, epochs=epochs, batch_size=batch_size, lr=lr, k=k,
-                         expansion=expansion, l1_coeff=l1_coeff)
+                         expansion=expansion, latents=latents, target_l0=target_l0, l1_coeff=l1_coeff)
         cfg = replace(cfg, **{key: v for key, v in overrides.items() if v is not None}).validate()
         seed_list = parse_seeds(seeds) if seeds is not None else [seed]
-        m = run_train_sae(cfg, save_dir, seed_list, transformer_checkpoint, activations, layer, hook, split,
-                          _device(device), wandb, progress=not quiet, overwrite=overwrite)
+        with exclusive(save_dir, "husai train-sae", "--save-dir"):  # one writer per output folder
+            m = run_train_sae(cfg, save_dir, seed_list, transformer_checkpoint, activations, layer, hook, split,
+                              _device(device), wandb, progress=not quiet, overwrite=overwrite)
         mean = m["mean"]
         typer.echo(f"saved {len(seed_list)} SAE(s) to {save_dir}: EV {mean['explained_variance']:.4f}  "
                    f"L0 {mean['l0']:.1f}  dead {mean['frac_dead']:.2%}  ({m['wall_seconds']:.1f}s)")

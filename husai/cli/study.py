@@ -7,23 +7,27 @@ from typing import Optional
 
 import typer
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "study.yaml"
-
 
 def register(app: typer.Typer) -> None:
     @app.command("study")
     def study_cmd(
-        config: Path = typer.Option(DEFAULT_CONFIG, "--config", help="Study YAML (grid of SAE runs)."),
+        config: str = typer.Option("default", "--config", help="Study YAML (a grid of SAE runs), or a study that "
+                                   "ships with husai: default (the small sweep make run runs) or full (1,800 cells)."),
         out: Path = typer.Option(Path("runs/study"), "--out", help="Study folder; rerun the same command to resume."),
         executor: str = typer.Option("local", "--executor", help="local (in-process), process (pool) or ray."),
         workers: int = typer.Option(2, "--workers", help="Processes for --executor process."),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: start a local one)."),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo cells recorded as failed."),
+        show_plan: bool = typer.Option(False, "--plan", help="Print what would run (config, models, cells) and stop, "
+                                       "writing nothing."),
     ):
         """Model -> SAEs over a grid of seeds -> Fourier validation and stability with nulls -> report."""
         from husai.errors import HusaiError
-        from husai.study.runner import run_study
+        from husai.study.runner import plan, run_study
 
+        if show_plan:
+            typer.echo("\n".join(plan(config, out)))
+            return
         if workers < 1:
             raise HusaiError(f"--workers must be >= 1, got {workers}")
         res = run_study(config, out, executor, workers, address, retry_failed)
@@ -39,11 +43,13 @@ def register(app: typer.Typer) -> None:
         """Rebuild results.csv/parquet, report.md, report.html and figures from a study's finished runs."""
         from husai.errors import HusaiError
         from husai.interrupts import on_interrupt
+        from husai.locks import exclusive
         from husai.outputs import STUDY, files_in
         from husai.study.report import write_report
 
         if not run_dir.is_dir() or not STUDY.is_folder_of(files_in(run_dir)):
             raise HusaiError(f"{run_dir} is not a study folder (no study.yaml)")
-        with on_interrupt(f"the files of {run_dir} are all whole (each is replaced atomically), some still from "
-                          f"the earlier report; rerun husai report {run_dir}"):
+        with exclusive(run_dir, "husai report", "study"), \
+                on_interrupt(f"the files of {run_dir} are all whole (each is replaced atomically), some still from "
+                             f"the earlier report; rerun husai report {run_dir}"):
             typer.echo(f"report: {write_report(run_dir)}")

@@ -194,8 +194,9 @@ class SAETrainConfig:
             if self.k < 1:
                 raise HusaiError(f"k must be >= 1, got {self.k}")
             if d_in is not None and self.k >= self.d_sae(d_in):
-                raise HusaiError(f"k must be smaller than d_sae = {self.d_sae(d_in)} (expansion {self.expansion} x d_in "
-                                 f"{d_in}), got k = {self.k}")
+                width = f"latents {self.latents}" if self.latents is not None else \
+                    f"expansion {self.expansion} x d_in {d_in}"
+                raise HusaiError(f"k must be smaller than d_sae = {self.d_sae(d_in)} ({width}), got k = {self.k}")
         if self.target_l0 is not None:
             if self.architecture not in ("relu", "jumprelu"):
                 raise HusaiError(f"config key 'target_l0' is for relu and jumprelu; {self.architecture} sets its L0 with k")

@@ -5,22 +5,29 @@ The step's selection (top-k, AuxK's top-k among dead latents) and its sparse gat
 several ATen kernels plus bookkeeping (sorts by latent, bincounts, prefix sums): about half of a
 5-seed TopK step on 2 CPU cores (profiled, BENCHMARKS.md). kernels.c does each in one pass.
 
-Built on first use with the system C compiler (`cc`, or $CC) into a cache keyed by the source,
-the compiler and the CPU (`-march=native`): $HUSAI_CACHE or ~/.cache/husai. No compiler, or a
-failed build: one warning, and husai.sae.sparse runs its PyTorch path (same selections, sums in
-another order). HUSAI_KERNELS=off forces that path (the tests compare the two).
+Built on first use with the system C compiler (`cc`, or $CC) into a cache keyed by the sources,
+the flags, the compiler (path, size, mtime) and the CPU (`-march=native`): $HUSAI_CACHE or
+~/.cache/husai when this user owns it and no one else may write it, else a private temporary
+directory; a build prunes the cache's builds of other sources. No compiler, or a failed build: one
+warning, and husai.sae.sparse runs its PyTorch path (same selections, sums in another order).
+HUSAI_KERNELS=off forces that path (the tests compare the two).
 
-Every function takes float32 / int64 CPU tensors and returns new ones (the two ending in _ work in
-place); callers check `usable`. Entry lists (rows, cols) must index inside their tables, as
-husai.sae.sparse.Codes builds them: the kernels do not check (a check is a pass over the list).
+The C signatures are written once, in kernels.h's entry-point block; `Kernels` binds every entry
+point from it and refuses a call with the wrong number of arguments. Every function takes float32 /
+int64 CPU tensors and returns new ones (the two ending in _ work in place); callers check `usable`.
+Entry lists (rows, cols) must index inside their tables, as husai.sae.sparse.Codes builds them: the
+kernels do not check (a check is a pass over the list) unless HUSAI_KERNELS_CHECK=1, which the test
+suite sets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import math
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,7 +45,7 @@ def _flags() -> list[str]:
     """FLAGS for this CPU: -march=native, or $HUSAI_KERNELS_MARCH (the tests build an AVX2-only
     x86-64-v3 library on an AVX-512 machine to check the kernels' non-AVX-512 code)."""
     return [*FLAGS, f"-march={os.environ.get('HUSAI_KERNELS_MARCH') or 'native'}"]
-_lib: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
+_lib: Kernels | None | bool = False  # False: not tried yet; None: unavailable
 
 
 def _cpu_id() -> str:
@@ -50,13 +57,26 @@ def _cpu_id() -> str:
         return platform.machine() + platform.processor()
 
 
+def _private(path: Path) -> bool:
+    """Owned by this user and writable by no one else: safe to load a library from."""
+    if not hasattr(os, "getuid"):
+        return True
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def _cache_dirs():
-    """Where the library is looked for and built, in order: $HUSAI_CACHE or ~/.cache/husai; when that
-    cannot be created or written, a directory of the system's temporary one that this user owns and no
-    one else may write (a library found there is loaded into the process: it must not be another user's)."""
+    """Where the library is looked for and built, in order: $HUSAI_CACHE or ~/.cache/husai, if this user
+    owns it and no one else may write it (a library found there is loaded into the process: it must
+    not be one another user could have put there); when it is not, or cannot be created or written, a
+    directory of the system's temporary one that is private in the same way."""
     try:
         home = Path(os.environ.get("HUSAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "husai")
         home.mkdir(parents=True, exist_ok=True)
+        if not _private(home):
+            warnings.warn(f"husai: kernel cache {home} is not private to this user (owner or mode); using a private "
+                          "temporary directory", stacklevel=4)
+            home = None
     except (OSError, RuntimeError):  # not creatable, or no home directory
         home = None
     if home is not None:
@@ -67,24 +87,39 @@ def _cache_dirs():
     private = Path(tempfile.gettempdir()) / f"husai-kernels-{uid}"
     try:
         private.mkdir(mode=0o700, exist_ok=True)
-        st = private.stat()
+        if _private(private):
+            yield private
     except OSError:
         return
-    if uid is None or (st.st_uid == uid and not st.st_mode & 0o022):
-        yield private
+
+
+def _names(cc: str) -> tuple[str, str]:
+    """(the library's file name, its source part): `kernels-SRC-BUILD.so`, SRC a hash of the C sources,
+    BUILD of the flags, the compiler (its resolved path, size and mtime: `cc --version` would cost a
+    process start in every husai process) and the CPU."""
+    src = hashlib.sha256("\0".join(p.read_text() for p in (*SOURCES, HEADER)).encode()).hexdigest()[:12]
+    st = os.stat(cc)
+    build = "\0".join([*_flags(), os.path.realpath(cc), str(st.st_size), str(st.st_mtime_ns), _cpu_id()])
+    return f"kernels-{src}-{hashlib.sha256(build.encode()).hexdigest()[:8]}.so", f"kernels-{src}-"
+
+
+def _prune(d: Path, keep_prefix: str) -> None:
+    """Delete the builds of other sources in `d` (older husai versions); builds of these sources for other
+    flags or compilers stay (the tests build an x86-64-v3 one beside the native one)."""
+    for old in d.glob("kernels-*.so"):
+        if not old.name.startswith(keep_prefix):
+            with contextlib.suppress(OSError):
+                old.unlink()  # a process that has it loaded keeps its mapping
 
 
 def _build() -> ctypes.CDLL:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (cc) found")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-    flags = _flags()
-    texts = [p.read_text() for p in (*SOURCES, HEADER)]
-    key = hashlib.sha256("\0".join([*texts, " ".join(flags), version, _cpu_id()]).encode()).hexdigest()[:16]
-    name = f"kernels-{key}.so"
+    cc = shutil.which(cc) or cc
+    name, prefix = _names(cc)
     for d in _cache_dirs():
-        if (d / name).exists():
+        if (d / name).exists() and _private(d / name):
             path = d / name
             break
         try:
@@ -93,38 +128,89 @@ def _build() -> ctypes.CDLL:
             continue
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *flags, *map(str, SOURCES), "-o", tmp, "-lm"], capture_output=True, text=True,
-                                  timeout=300)
+            proc = subprocess.run([cc, *_flags(), "-Werror=missing-prototypes", *map(str, SOURCES), "-o", tmp, "-lm"],
+                                  capture_output=True, text=True, timeout=300)
             if proc.returncode:
                 last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
                 raise RuntimeError(f"{cc} failed: {last}")
             os.replace(tmp, d / name)
             path = d / name
+            _prune(d, prefix)
             break
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     else:
         raise RuntimeError("no usable cache directory (~/.cache/husai or $HUSAI_CACHE, or a private temporary one)")
-    lib = ctypes.CDLL(str(path))
-    P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    lib.topk_rows.argtypes = [P, L, I, I, P, I, L, I, P, P, I]
-    lib.topk_among.argtypes = [P, L, I, I, P, I, L, I, P, ctypes.c_float, L, P, P, I]
-    lib.topk_among.restype = L
-    lib.sparse_decode.argtypes = [P, P, P, P, I, L, I, I, L, P, I, I]
-    lib.sum_by_latent.argtypes = [P, P, P, P, I, L, I, I, L, P, P, I, I]
-    lib.decode_backward.argtypes = [P, P, P, P, P, I, L, I, I, L, I, P, P, I, I]
-    lib.weighted_row_sum.argtypes = [P, P, I, I, I, P, I]
-    F = ctypes.c_float
-    lib.adam_rows.argtypes = [P, P, P, P, L, I, F, F, F, F, F, I, I]
-    lib.remove_parallel.argtypes = [P, P, L, I, I]
-    lib.normalize_rows.argtypes = [P, L, I, ctypes.c_float, I]
-    lib.fvu_loss.argtypes = [P, P, P, L, I, I, I, I, I, P, F, P, P, P, P, P, I]
-    lib.topk_step.argtypes = [P, I, P, P, L, P, P, P, P, P, I, I, I, I, I, F, P, P, P, P, P, P, P, P, P, I, I]
-    return lib
+    return Kernels(ctypes.CDLL(str(path)))
 
 
-def library() -> ctypes.CDLL | None:
+_CTYPES = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_float}
+
+
+def entry_points(header: str | None = None) -> dict[str, tuple[type | None, list[type]]]:
+    """kernels.h's entry-point block -> {name: (restype, argtypes)} in ctypes terms: a pointer is c_void_p,
+    int, int64_t and float their ctypes; the one place the C signatures are written down."""
+    text = HEADER.read_text() if header is None else header
+    block = text.split("/* BEGIN ENTRY POINTS */")[1].split("/* END ENTRY POINTS */")[0]
+    out = {}
+    for decl in filter(None, (" ".join(d.split()) for d in block.split(";"))):
+        m = re.fullmatch(r"(\w+) (\w+)\((.*)\)", decl)
+        if not m:
+            raise ValueError(f"kernels.h: cannot read the declaration {decl!r}")
+        ret, name, params = m.groups()
+        args = []
+        for param in params.split(","):
+            words = param.replace("const ", "").replace("*", " * ").split()
+            args.append(ctypes.c_void_p if "*" in words else _CTYPES[words[0]])
+        out[name] = (None if ret == "void" else _CTYPES[ret], args)
+    return out
+
+
+class Kernels:
+    """The loaded library's entry points, each bound with kernels.h's signature and called through a
+    check of the argument count (ctypes itself accepts extra arguments, and a missing one would read
+    garbage): a wrapper that drifts from the C side raises TypeError instead of corrupting memory."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        for name, (restype, argtypes) in entry_points().items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, argtypes
+            setattr(self, name, _checked(name, fn, len(argtypes)))
+
+
+def _checked(name: str, fn, n: int):
+    def call(*args):
+        if len(args) != n:
+            raise TypeError(f"kernels.{name} takes {n} arguments (kernels.h), got {len(args)}")
+        return fn(*args)
+    return call
+
+
+def checking() -> bool:
+    """HUSAI_KERNELS_CHECK=1 (the test suite sets it): every entry list handed to a kernel is range-checked
+    first (rows and columns inside their tables, rows sorted where a kernel relies on it). Off by
+    default: a check is one more pass over the list."""
+    return os.environ.get("HUSAI_KERNELS_CHECK", "") not in ("", "0")
+
+
+def _check_entries(name: str, rows: torch.Tensor, cols: torch.Tensor, d_sae: int, R: int | None, sorted_rows: bool,
+                   *same_shape: torch.Tensor) -> None:
+    if not checking():
+        return
+    if rows.shape != cols.shape or rows.ndim != 2 or any(t.shape != rows.shape for t in same_shape):
+        raise ValueError(f"kernels.{name}: entry lists of shapes {[tuple(t.shape) for t in (rows, cols, *same_shape)]}")
+    if rows.numel() == 0:
+        return
+    if int(cols.min()) < 0 or int(cols.max()) >= d_sae:
+        raise ValueError(f"kernels.{name}: a column outside [0, {d_sae})")
+    if int(rows.min()) < 0 or (R is not None and int(rows.max()) >= R):
+        raise ValueError(f"kernels.{name}: a row outside [0, {R if R is not None else 'inf'})")
+    if sorted_rows and bool((rows[:, 1:] < rows[:, :-1]).any()):
+        raise ValueError(f"kernels.{name}: rows not sorted within a seed")
+
+
+def library() -> Kernels | None:
     """The loaded kernels, built on first call; None when HUSAI_KERNELS=off or the build failed."""
     global _lib
     if os.environ.get("HUSAI_KERNELS", "").lower() == "off":
@@ -213,6 +299,7 @@ def sparse_decode(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, W: to
     -> out [S, R, d_in]: out[s, r] = sum_{rows = r} z W[s, cols]."""
     S, M = z.shape
     _, d_sae, d_in = W.shape
+    _check_entries("sparse_decode", rows, cols, d_sae, R, True, z)
     z, rows, cols, W = z.contiguous(), rows.contiguous(), cols.contiguous(), W.contiguous()
     out = torch.empty(S, R, d_in, dtype=W.dtype)
     library().sparse_decode(_p(z), _p(rows), _p(cols), _p(W), S, M, d_sae, d_in, R, _p(out), _parts(S), _threads())
@@ -225,6 +312,7 @@ def sum_by_latent(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, T: to
     and with_bias the sums of w per latent [S, d_sae], else None). Each sum runs in entry order."""
     S, M = w.shape
     R, d_in = T.shape[1:]
+    _check_entries("sum_by_latent", rows, cols, d_sae, None, False, w)
     w, rows, cols, T = w.contiguous(), rows.contiguous(), cols.contiguous(), T.contiguous()
     out = torch.empty(S, d_sae, d_in, dtype=T.dtype)
     bias = torch.empty(S, d_sae, dtype=T.dtype) if with_bias else None
@@ -240,6 +328,7 @@ def decode_backward(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, G: 
     skip_zero and z = 0: a caller whose z came out of a relu) in one pass."""
     S, M = z.shape
     _, d_sae, d_in = W.shape
+    _check_entries("decode_backward", rows, cols, d_sae, G.shape[1], False, z)
     z, rows, cols, G, W = z.contiguous(), rows.contiguous(), cols.contiguous(), G.contiguous(), W.contiguous()
     g_W = torch.empty(S, d_sae, d_in, dtype=W.dtype)
     g_z = torch.empty(S, M, dtype=W.dtype)

@@ -176,10 +176,27 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
     return cfg
 
 
+SHIPPED = {"default": "study.yaml", "full": "study_full.yaml"}
+"""The studies that ship inside the package (husai/study/configs/, package data, so an installed wheel
+has them too): `husai study --config NAME`; `default` is what `husai study` and `make run` run."""
+
+
+def shipped_config(name: str) -> Path:
+    return Path(__file__).resolve().with_name("configs") / SHIPPED[name]
+
+
+def resolve_config(value: str | Path) -> Path:
+    """A --config value: a YAML path, or the name of a shipped study (a path of that name wins)."""
+    path = Path(value)
+    if str(value) in SHIPPED and not path.exists():
+        return shipped_config(str(value))
+    return path
+
+
 def load_study(path: str | Path) -> StudyConfig:
     import yaml
 
-    path = Path(path)
+    path = resolve_config(path)
     if not path.is_file():
         raise HusaiError(f"study config not found: {path}")
     try:

@@ -29,7 +29,7 @@ from husai.errors import HusaiError
 from husai.interrupts import on_interrupt, raise_if_interrupted
 from husai.io import atomic_write_bytes, write_json
 from husai.outputs import STUDY, STUDY_CELL, claim_folder, remove_output
-from husai.study.config import SAERun, StudyConfig, load_study
+from husai.study.config import SAERun, StudyConfig, load_study, resolve_config
 
 EXECUTORS = ("local", "process", "ray")
 
@@ -171,19 +171,13 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
     then model -> SAE cells -> table -> report. A failed cell does not stop the others."""
     from rich.console import Console
 
-    from husai.model.transformer import Transformer
+    from husai.locks import exclusive
 
     console = Console(quiet=not progress)
     if executor not in EXECUTORS:
         raise HusaiError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
-    cfg = load_study(config)
-    valid = Transformer(cfg.model.model_config()).hook_names()
-    bad = [h for h in cfg.hooks if h not in valid]
-    if bad:
-        raise HusaiError(f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: {', '.join(valid)}")
+    cfg = checked_study(config)
     out = Path(out)
-    claim_folder(out, STUDY, "--out", inputs=(config,), resume=True)
-    check_config_matches(out, cfg.raw)
     runs = cfg.runs()
 
     def note() -> str:
@@ -191,8 +185,36 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
         return (f"{out} keeps every finished step ({done} of {len(runs)} SAE cells); rerun the same command "
                 "to resume")
 
-    with on_interrupt(note):
-        return _run_study(cfg, runs, out, executor, workers, address, retry_failed, console, progress)
+    with exclusive(out, "husai study", "--out"):  # one writer per study folder, the driver holding it
+        claim_folder(out, STUDY, "--out", inputs=(resolve_config(config),), resume=True)
+        check_config_matches(out, cfg.raw)
+        with on_interrupt(note):
+            return _run_study(cfg, runs, out, executor, workers, address, retry_failed, console, progress)
+
+
+def checked_study(config: str | Path) -> StudyConfig:
+    """The study config (a path or a shipped name), validated down to its hook names."""
+    from husai.model.transformer import Transformer
+
+    cfg = load_study(config)
+    valid = Transformer(cfg.model.model_config()).hook_names()
+    bad = [h for h in cfg.hooks if h not in valid]
+    if bad:
+        raise HusaiError(f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: {', '.join(valid)}")
+    return cfg
+
+
+def plan(config: str | Path, out: str | Path) -> list[str]:
+    """What `husai study` would run, in a few lines, writing nothing (`husai study --plan`)."""
+    cfg = checked_study(config)
+    runs = cfg.runs()
+    out = Path(out)
+    done = sum(cell_done(r.folder(out)) for r in runs) if (out / "study.yaml").is_file() else 0
+    archs = sorted({r.cfg.architecture for r in runs})
+    return [f"config: {resolve_config(config)}",
+            f"models: {len(cfg.model_seeds)} (preset {cfg.model.preset}, seeds {', '.join(map(str, cfg.model_seeds))})",
+            f"hooks: {', '.join(cfg.hooks)}",
+            f"SAE cells: {len(runs)} ({', '.join(archs)}), {len(cfg.seeds)} SAE seeds each; {done} already done in {out}"]
 
 
 def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, workers: int, address: str | None,

@@ -57,6 +57,34 @@ def test_train_sae_multi_seed_layout_and_metrics(monkeypatch, capsys, tmp_path):
     assert saes[42].cfg["metadata"]["seed"] == 42 and saes[42].W_enc.shape == (32, 64)
 
 
+def test_the_sweep_axes_on_the_command_line(monkeypatch, capsys, tmp_path):
+    """--latents sets d_sae itself (winning over --expansion) and --target-l0 runs the L0 search for relu,
+    as the YAML keys do: the width in the saved SAE, the search's target and result in metrics.json."""
+    out = tmp_path / "topk"
+    code, _, err = run_cli(monkeypatch, capsys, "train-sae", "--transformer-checkpoint", tiny_model_dir(),
+                           "--save-dir", out, *FAST, "--latents", "20")
+    assert code == 0, err
+    assert load_sae(out).W_enc.shape == (32, 20)
+    out = tmp_path / "relu"
+    code, _, err = run_cli(monkeypatch, capsys, "train-sae", "--transformer-checkpoint", tiny_model_dir(),
+                           "--save-dir", out, "--architecture", "relu", "--latents", "48", "--target-l0", "6",
+                           "--epochs", "2", "--batch-size", "128", "--quiet")
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["calibration"]["target_l0"] == 6 and m["calibration"]["knob"] == "l1_coeff"
+    assert load_sae(out).W_enc.shape == (32, 48)
+
+
+@pytest.mark.parametrize("args,match", [(["--latents", "0"], "config key 'latents' must be >= 1"),
+                                        (["--latents", "4", "--k", "4"], "k must be smaller than d_sae = 4 (latents 4)"),
+                                        (["--target-l0", "6"], "'target_l0' is for relu and jumprelu"),
+                                        (["--architecture", "relu", "--target-l0", "-1"], "'target_l0' must lie")])
+def test_the_sweep_axes_are_validated_as_the_yaml_keys(monkeypatch, capsys, tmp_path, args, match):
+    code, _, err = run_cli(monkeypatch, capsys, "train-sae", "--transformer-checkpoint", tiny_model_dir(),
+                           "--save-dir", tmp_path / "out", "--epochs", "1", "--quiet", *args)
+    assert_clean_failure(code, err, tmp_path / "out", match)
+
+
 def test_extract_then_train_from_activation_file_single_seed(monkeypatch, capsys, tmp_path):
     f = tmp_path / "acts.safetensors"
     code, _, err = run_cli(monkeypatch, capsys, "extract-activations", "--transformer-checkpoint", tiny_model_dir(),

@@ -102,15 +102,13 @@ def test_cli_refuses_before_any_work(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["study.yaml", "study_full.yaml"])
+@pytest.mark.parametrize("name", ["default", "full"])
 def test_shipped_studies_are_sweeps_over_width_and_l0(name):
     """What `make run` runs (and the full grid) vary width and L0 for TopK and ReLU at resid_post and
     mlp.hook_post on at least two models, with the controls on a reference cell only."""
-    from pathlib import Path
-
     from husai.study.config import load_study
 
-    cfg = load_study(Path(__file__).resolve().parents[2] / "configs" / name)
+    cfg = load_study(name)
     runs = cfg.runs()
     assert len(cfg.model_seeds) >= 2 and {"blocks.0.hook_resid_post", "blocks.0.mlp.hook_post"} <= set(cfg.hooks)
     for arch, knob in (("topk", "k"), ("relu", "target_l0")):
