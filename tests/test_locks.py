@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from study_harness import CONFIG
 
 from husai.errors import HusaiError
 from husai.locks import exclusive, holder, lock_path
+
+from study_harness import CONFIG
 
 HUSAI = [sys.executable, "-m", "husai.cli"]
 
