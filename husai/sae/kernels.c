@@ -1,4 +1,4 @@
-/* CPU kernels for the sparse SAE step (husai/sae/kernels.py builds and loads this file; the
+/* CPU kernels for the sparse SAE step (husai/sae/kernel_build.py builds and loads this file; the
  * plain-PyTorch versions in husai/sae/sparse.py are the reference the tests compare against).
  *
  *   topk_rows      exact top-k of each row of a [n_rows, d] block: a threshold from 2k group

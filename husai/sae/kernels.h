@@ -17,7 +17,7 @@ void select_rows(const float *x, int64_t n_rows, int d, const int *ks, int k_max
                  int64_t rows_per_seed, int seed_major, float *vals, int64_t *idx, int n_threads);
 
 /* The entry points that husai/sae/kernels.py calls through ctypes. This block is their one declaration:
- * kernels.py reads its argument types from here (a pointer, int, int64_t or float each), kernels.c and
+ * kernel_build.py reads their argument types from here (a pointer, int, int64_t or float each), kernels.c and
  * step.c are compiled against it (a definition that differs is a compile error), and the build runs with
  * -Werror=missing-prototypes, so a function outside it is never exported by mistake. One prototype a
  * statement, no comments inside the block. */

@@ -17,7 +17,7 @@ import torch
 from test_sae_kernels import _kernels_on  # noqa: F401 (autouse fixture)
 from test_sae_kernels_in_use import _check_child_topk, _child
 
-from husai.sae import kernels
+from husai.sae import kernel_build, kernels
 
 P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 ENTRY_POINTS = {"topk_rows", "topk_among", "sparse_decode", "sum_by_latent", "decode_backward", "weighted_row_sum",
@@ -26,7 +26,7 @@ ENTRY_POINTS = {"topk_rows", "topk_among", "sparse_decode", "sum_by_latent", "de
 
 def test_the_header_declares_every_entry_point_with_its_ctypes_types():
     """kernels.h's block read by hand for two entry points, and every function kernels.py calls is in it."""
-    eps = kernels.entry_points()
+    eps = kernel_build.entry_points()
     assert set(eps) == ENTRY_POINTS
     assert eps["topk_rows"] == (None, [P, L, I, I, P, I, L, I, P, P, I])
     assert eps["topk_among"] == (L, [P, L, I, I, P, I, L, I, P, F, L, P, P, I])
@@ -51,7 +51,7 @@ def _compile(src_dir, tmp_path):
     if cc == "/bin/false":
         cc = shutil.which("cc")
     srcs = [str(src_dir / n) for n in ("kernels.c", "step.c")]
-    return subprocess.run([cc, *kernels._flags(), "-Werror=missing-prototypes", *srcs, "-o", str(tmp_path / "k.so"),
+    return subprocess.run([cc, *kernel_build._flags(), "-Werror=missing-prototypes", *srcs, "-o", str(tmp_path / "k.so"),
                            "-lm"], capture_output=True, text=True, timeout=300)
 
 
@@ -63,7 +63,7 @@ def test_the_compiler_holds_the_c_side_to_the_header(tmp_path, change):
     src = tmp_path / "src"
     src.mkdir()
     for n in ("kernels.c", "step.c", "kernels.h"):
-        shutil.copy(kernels.HEADER.with_name(n), src / n)
+        shutil.copy(kernel_build.HEADER.with_name(n), src / n)
     if change == "header_arg":
         h = (src / "kernels.h").read_text()
         old = "void normalize_rows(float *W, int64_t n_rows, int d, float eps, int n_threads);"
@@ -141,7 +141,7 @@ def test_a_build_prunes_other_sources_and_keeps_other_flags(tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     cc = shutil.which(os.environ.get("CC") if os.environ.get("CC") not in (None, "/bin/false") else "cc")
-    name, prefix = kernels._names(cc)
+    name, prefix = kernel_build._names(cc)
     old_format, other_src = cache / "kernels-0123456789abcdef.so", cache / "kernels-000000000000-11111111.so"
     same_src, note = cache / f"{prefix}99999999.so", cache / "notes.txt"
     for f in (old_format, other_src, same_src, note):
