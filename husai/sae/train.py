@@ -109,8 +109,11 @@ def initial_b_dec(acts: torch.Tensor) -> torch.Tensor:
 
 
 def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None,
-          b_dec: torch.Tensor | None = None) -> tuple[StackedSAE, torch.Tensor | None]:
-    """-> (the initial SAEs, Q [d_in, r] the data-span basis or None when cfg.data_span is off)."""
+          b_dec: torch.Tensor | None = None, start: dict | None = None) -> tuple[StackedSAE, torch.Tensor | None]:
+    """-> (the initial SAEs, Q [d_in, r] the data-span basis or None when cfg.data_span is off).
+    start: {"W_dec": [S, m, d_in] unit rows, m <= d_sae, "b_dec": [d_in]}: the first m decoder rows and
+    their encoder rows (tied) set to these, b_dec to this (husai.analysis.oracle's started-at-the-truth
+    runs); the other rows keep the config's init."""
     N, d_in = acts.shape
     for s in seeds:
         check_seed(s, "every SAE seed")
@@ -127,6 +130,12 @@ def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None,
     if cfg.b_dec_init == "zeros":  # SAELens's; data init's rows stay centred on the median
         with torch.no_grad():
             sae.b_dec.zero_()
+    if start is not None:
+        with torch.no_grad():
+            m = start["W_dec"].shape[1]
+            sae.W_dec[:, :m].copy_(start["W_dec"])
+            sae.W_enc_T[:, :m].copy_(start["W_dec"])
+            sae.b_dec.copy_(start["b_dec"].to(sae.b_dec).expand_as(sae.b_dec))
     Q = None if cfg.data_span is None else data_span_basis(acts, cfg.data_span)
     if Q is not None:
         sae.project_rows(Q, renormalise=True)
@@ -166,16 +175,16 @@ def _snapshot(sae: StackedSAE, live: torch.Tensor) -> dict:
 
 
 def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
-               on_step=None, on_epoch=None, knobs: list | None = None) -> TrainResult:
+               on_step=None, on_epoch=None, knobs: list | None = None, start: dict | None = None) -> TrainResult:
     """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and
-    on_epoch(row) are optional callbacks (progress bar, W&B). knobs: see build_sae."""
+    on_epoch(row) are optional callbacks (progress bar, W&B). knobs: see build_sae; start: see _init."""
     torch.set_flush_denormal(True)  # Adam state under weight decay goes denormal (science brief sec. 1)
     N, d_in = acts.shape
     cfg.validate(d_in)
     check_informative(acts)
     S = len(seeds)
     acts = acts.to(device=device, dtype=torch.float32)
-    sae, span = _init(acts, cfg, seeds, device, knobs)
+    sae, span = _init(acts, cfg, seeds, device, knobs, start=start)
     W_dec_init = sae.unit_decoder().detach().clone()  # unit rows, as the trained SAE's are compared
     # with a data span the rows are projected between the update and the renormalisation
     opt = make_optimizer(sae, cfg.optimizer, cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2), constrain_decoder=span is None)

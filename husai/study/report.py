@@ -16,6 +16,7 @@ from pathlib import Path
 from husai.io import atomic_write_bytes, read_json, read_jsonl
 from husai.sae.architectures import K_ARCHITECTURES
 from husai.study.config import load_study
+from husai.study.oracle_section import oracle_cells, oracle_table, oracle_verdict
 from husai.study.stability_section import stability_table, verdict
 from husai.study.sweep import ANSWER_HOOK, headline, sweep_points, sweep_table
 
@@ -142,7 +143,6 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                      "frequency's residual subspace), with activation-pure ones (purity >= 0.85) in brackets."))
     stab = [stability_table(ok_cells)]
     per_cell = verdict(cells)
-    stab_index = len(sections)
     sections.append(("Stability across seeds", "\n\n".join(stab)))
     if any(c["analysis"].get("ground_truth") for c in ok_cells):
         sections.append(("Ground truth and what the latents are", _ground_truth_section(ok_cells)))
@@ -161,13 +161,17 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
             "by Hungarian MCC in the span, minus the better of two no-learning references of the same size (random "
             "directions in the span, random data points); > 0 means learned. ReLU cells with a target L0 trained at the "
             "penalty weight a search found for it (metrics.json `calibration`).")))
+    ocells = oracle_cells(rows)
+    if ocells:
+        sections.insert(1 if sweep_lines else 0, ("Why the SAEs miss the truth: the oracle", oracle_table(ocells)))
     failed = [r for r in rows if r["status"] != "ok"]
     if sweep_lines:  # the trends lead; each cell's own reading moves to the stability section
-        title, body = sections[stab_index]
-        sections[stab_index] = (title, "\n".join(f"- {v}" for v in per_cell) + "\n\n" + body)
+        sections = [(t, "\n".join(f"- {v}" for v in per_cell) + "\n\n" + b if t == "Stability across seeds" else b)
+                    for t, b in sections]  # by title: the sweep and oracle sections were inserted above it
         ref = [c for c in cells if c["analysis"].get("controls")]
         per_cell = [f"Reference cell (with the model-side controls): {v}" for v in verdict(ref)]
-    verdict_lines = sweep_lines + per_cell + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
+    verdict_lines = (sweep_lines + oracle_verdict(ocells) + per_cell
+                     + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else []))
     sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
 
     browser = browsable(root, cfg)

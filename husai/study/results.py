@@ -7,8 +7,8 @@ stability in the data metric (husai.analysis.agreement): per metric M the mean o
 (M), its 95% CI (M_ci_lo, M_ci_hi), the fitting null's mean (M_null) and the effect over it with its CI
 (M_effect, M_effect_ci_lo, M_effect_ci_hi); the shared-init reference's PW-MCC; the raw-coordinate
 PW-MCC (basis-dependent, kept for comparison); and the SAE's own mean PW-MCC to the other seeds, its
-off-span share and its latents' mean reappearance probability. Timing columns are left out so that a
-resumed study gives exactly the same table.
+off-span share and its latents' mean reappearance probability; the oracle reading (oracle_columns).
+Timing columns are left out so that a resumed study gives exactly the same table.
 """
 
 from __future__ import annotations
@@ -87,8 +87,32 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
         row["off_span_live"] = _num(st.get("off_span", {}).get(label))
         reap = [v for v in (st.get("per_latent", {}).get(label, {}).get("reappearance") or []) if v is not None]
         row["latent_reappearance_mean"] = sum(reap) / len(reap) if reap else None
+        row.update(oracle_columns(analysis.get("oracle") or {}, i))
         rows.append(row)
     return rows
+
+
+def _at(values, i):
+    return _num(values[i]) if isinstance(values, list) and i < len(values) else None
+
+
+def oracle_columns(oracle: dict, i: int) -> dict:
+    """The oracle reading's columns for seed slot i (husai.analysis.optimisation_gap): the oracle of that
+    seed at the cell's width and k, the optimisation gap (this seed's, and the cell's mean with its 95%
+    interval), the reading, the truth's remainder, and the started-at-the-truth run of this seed."""
+    per, gap, started = (oracle.get("oracle") or {}).get("per_seed") or [], oracle.get("gap") or {}, oracle.get("started") or {}
+    ci = gap.get("ci") or [None, None]
+    mine = per[i] if i < len(per) else {}
+    return dict(oracle_k=oracle.get("k"), oracle_atoms=mine.get("atoms"), oracle_ev=_num(mine.get("explained_variance")),
+                oracle_l0=_num(mine.get("l0")), optimisation_gap=_at(gap.get("per_seed"), i),
+                optimisation_gap_mean=_num(gap.get("mean")), optimisation_gap_ci_lo=_num(ci[0]),
+                optimisation_gap_ci_hi=_num(ci[1]), oracle_reading=oracle.get("reading"),
+                truth_remainder=_num((oracle.get("truth") or {}).get("remainder")),
+                trained_near_truth=_at(oracle.get("trained_near_truth"), i),
+                started_ev=_at(started.get("explained_variance"), i), started_l0=_at(started.get("l0"), i),
+                started_frac_dead=_at(started.get("frac_dead"), i),
+                started_cosine_to_start=_at(started.get("cosine_to_start"), i),
+                started_near_truth=_at(started.get("near_truth"), i))
 
 
 def build_table(root: Path, cfg: StudyConfig) -> list[dict]:

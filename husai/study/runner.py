@@ -57,7 +57,7 @@ def cell_spec(run: SAERun, out: Path, cfg: StudyConfig) -> dict:
     return dict(root=str(out), folder=str(run.folder(out)), model_dir=str(model_dir(out, run.model_seed)), hook=run.hook,
                 sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold,
                 controls=list(cfg.controls) if cfg.has_controls(run) else [],
-                control_seeds=list(run.seeds)[:cfg.control_seeds])
+                control_seeds=list(run.seeds)[:cfg.control_seeds], oracle=dict(cfg.oracle))
 
 
 def cell_done(folder: Path) -> bool:
@@ -91,6 +91,10 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
                                               spec["control_seeds"], spec["controls"], spec["threshold"])
             for c in result["controls"].values():  # the grokked model's SAEs against the control's, pair by pair
                 c["contrast"] = contrast(result["stability"]["levels"], c, len(spec["control_seeds"]))
+        if result and spec.get("oracle", {}).get("score"):
+            from husai.study.oracle_cell import oracle_for_cell
+
+            result["oracle"] = oracle_for_cell(folder, spec)
         write_json(folder / "analysis.json", result or {})
         return dict(folder=str(folder), status="ok", seconds=time.time() - t0)
     except Exception as e:  # recorded, reported, never silently dropped

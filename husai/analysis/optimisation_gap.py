@@ -1,0 +1,130 @@
+"""Why a cell's SAEs miss the true features: the oracle (husai.analysis.oracle) at the cell's width and
+L0 against the trained SAEs, and the cell's own recipe started at the oracle.
+
+Per SAE seed s, the oracle of seed s (a circle tiling with its own phases) is coded as well as possible
+with at most k atoms an input (k: the cell's k, or the trained SAEs' mean L0 rounded for the L1
+families), and the optimisation gap is
+
+    gap_s = EV(oracle_s) - EV(SAE_s)        (both over all p^2 inputs, EV centred)
+
+with its mean and 95% t-interval over seeds. The reading, by stated rules (`reading`):
+
+    optimisation   the interval lies above 0: a dictionary of the model's features reconstructs
+                   better at this width and L0, and training does not find it
+    objective      the interval lies below 0: the SAE loss prefers what the SAEs learned
+    neither        the interval holds 0 (or one seed: no interval)
+
+Started at the truth: the cell's recipe (its config, the penalty weight its L0 search found) trained
+from decoder = the tiling (its atoms in the first rows, the other rows at the usual init), encoder =
+its transpose, b_dec = the data mean, for the cell's seeds, each with its own tiling. It says whether the
+truth is near a minimum of the SAE loss (rows stay near their atoms, EV at least the standard init's)
+and so whether the standard init is what loses it.
+
+Near the truth: the share of a dictionary's live rows within cosine NEAR of an atom of the seed's
+tiling, for the trained SAEs and the started runs alike.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import torch
+
+from husai.analysis.ground_truth import group_grid, on_grid
+from husai.analysis.oracle import complete_truth, score, tiling, truth_circles
+
+NEAR = 0.9
+"""A decoder row is near the truth when its cosine to some atom of the tiling is >= 0.9."""
+
+READINGS = {
+    "optimisation": "a dictionary of the model's features reconstructs better at this width and L0; training does "
+                    "not find it",
+    "objective": "the SAE loss prefers what the SAEs learned over the model's features at this width and L0",
+    "neither": "the oracle and the SAEs reconstruct alike within the spread over seeds",
+}
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean and its 95% t-interval; lo = hi = mean for a single value."""
+    from scipy.stats import t
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, mean, mean
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def gap_stats(oracle_ev: list[float], sae_ev: list[float]) -> dict:
+    """Per-seed gaps (paired by seed) and their mean with its 95% t-interval."""
+    gaps = [o - s for o, s in zip(oracle_ev, sae_ev)]
+    mean, lo, hi = t_interval(gaps)
+    return dict(per_seed=gaps, mean=mean, ci=[lo, hi])
+
+
+def reading(gap: dict) -> str:
+    """The module docstring's rules on gap_stats' output."""
+    lo, hi = gap["ci"]
+    if len(gap["per_seed"]) < 2:
+        return "neither"
+    return "optimisation" if lo > 0 else "objective" if hi < 0 else "neither"
+
+
+def near_truth(W_dec: torch.Tensor, atoms: torch.Tensor, live: torch.Tensor | None = None) -> float:
+    """Share of the (live) rows of W_dec [d_sae, d] within cosine NEAR of a row of atoms [m, d] (unit)."""
+    W = W_dec.double()
+    W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    best = (W @ atoms.double().T).max(1).values
+    if live is not None:
+        best = best[live]
+    return float((best >= NEAR).double().mean()) if best.numel() else float("nan")
+
+
+def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int], cfg, seeds: list[int],
+                d_sae: int, sae_ev: list[float], sae_l0: list[float], saes: dict | None = None,
+                started: bool = True) -> dict:
+    """The oracle reading of one cell. acts [p^2, d] the hook's activations; cfg the cell's SAETrainConfig
+    (with the penalty weight its L0 search found); sae_ev, sae_l0 per seed; saes {seed: loaded SAE} for
+    the near-truth share of the trained rows. -> JSON-ready dict (module docstring)."""
+    from husai.sae.architectures import K_ARCHITECTURES
+
+    grid = group_grid(p, operation)
+    X = on_grid(acts, grid)  # centred, float64, grid order
+    circles = truth_circles(X, grid, key_freqs)
+    k = cfg.k if cfg.architecture in K_ARCHITECTURES else max(1, round(sum(sae_l0) / len(sae_l0)))
+    tilings = [tiling(circles, d_sae, seed)[0] for seed in seeds]
+    per = [score(X, D, k) for D in tilings]
+    gap = gap_stats([s["explained_variance"] for s in per], sae_ev)
+    out = dict(k=k, width=d_sae, truth=complete_truth(X, circles), circles=[c.name for c in circles],
+               oracle=dict(per_seed=per, explained_variance=sum(s["explained_variance"] for s in per) / len(per),
+                           atoms=per[0]["atoms"]),
+               gap=gap, reading=reading(gap))
+    if saes:
+        out["trained_near_truth"] = [near_truth(saes[s].W_dec, D, (saes[s].encode(acts.float()) > 0).any(0))
+                                     for s, D in zip(seeds, tilings) if s in saes]
+    if started:
+        out["started"] = started_at_truth(acts, cfg, seeds, tilings)
+    return out
+
+
+def started_at_truth(acts: torch.Tensor, cfg, seeds: list[int], tilings: list[torch.Tensor]) -> dict:
+    """The cell's recipe started at each seed's tiling (module docstring) -> EV, L0, dead per seed, each
+    started row's cosine to its atom at the end (mean and min), and the share of live rows near the truth."""
+    from husai.sae.metrics import reconstruction_metrics
+    from husai.sae.train import train_saes
+
+    start = dict(W_dec=torch.stack(tilings).float(), b_dec=acts.double().mean(0).float())
+    res = train_saes(acts.float(), replace(cfg, trajectory_epochs=[]), seeds, start=start)
+    m = reconstruction_metrics(res.sae, acts.float())
+    W = res.sae.unit_decoder().detach().double()
+    with torch.no_grad():
+        live = (res.sae.encode(acts.float()) > 0).any(1)  # [S, d_sae]
+    n = tilings[0].shape[0]
+    cos = torch.nn.functional.cosine_similarity(W[:, :n], start["W_dec"].double(), dim=-1)  # [S, n]
+    return dict(explained_variance=m["explained_variance"], l0=m["l0"], frac_dead=m["frac_dead"],
+                cosine_to_start=cos.mean(1).tolist(), min_cosine_to_start=cos.min(1).values.tolist(),
+                near_truth=[near_truth(W[s], D.double(), live[s]) for s, D in enumerate(tilings)],
+                diverged=res.diverged_at_step is not None)

@@ -1,0 +1,30 @@
+"""A study cell's oracle reading (husai.analysis.optimisation_gap) from what the cell wrote: its SAEs'
+EV and L0 (metrics.json), the penalty weight its L0 search found, and the hook's activations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from husai.analysis.compare import hook_ground_truth, model_context
+from husai.analysis.optimisation_gap import cell_oracle
+from husai.io import read_json
+from husai.sae.calibrate import penalty_key
+from husai.sae.checkpoint import load_saes
+from husai.sae.config import config_from_dict
+
+
+def oracle_for_cell(folder: Path, spec: dict) -> dict:
+    metrics = read_json(folder / "metrics.json", "SAE metrics")
+    cfg = config_from_dict(spec["sae_cfg"])
+    calibration = metrics.get("calibration")
+    if calibration:  # train at the weight the cell's seeds trained at, not the search's start
+        cfg = replace(cfg, **{penalty_key(cfg.architecture): calibration["weight"]})
+    seeds = list(spec["seeds"])
+    per = metrics["per_seed"]
+    ctx = model_context(Path(spec["model_dir"]), spec["hook"])
+    gt = hook_ground_truth(ctx)  # its key frequencies are the grid's own (discrete logarithms for mul)
+    saes = load_saes(folder) if len(seeds) > 1 else None
+    return cell_oracle(ctx["acts"], ctx["p"], ctx.get("operation", "add"), gt.key_frequencies, cfg, seeds,
+                       int(metrics["d_sae"]), [per[str(s)]["explained_variance"] for s in seeds],
+                       [per[str(s)]["l0"] for s in seeds], saes, started=bool(spec["oracle"].get("started", True)))

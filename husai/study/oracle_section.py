@@ -1,0 +1,82 @@
+"""The report's oracle section: per cell, the oracle dictionary's EV at the cell's width and L0 next to the
+trained SAEs', the optimisation gap with its 95% interval over SAE seeds and its reading, and the cell's
+recipe started at the truth (husai.analysis.optimisation_gap); and the verdict's sentence per hook and
+architecture."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+
+def _mean(values) -> float | None:
+    vs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(vs) / len(vs) if vs else None
+
+
+def _f(v, nd=3) -> str:
+    return "-" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def oracle_cells(rows: list[dict]) -> list[dict]:
+    """One entry per cell that has an oracle reading: the cell's identity and its seeds' means."""
+    by_run = defaultdict(list)
+    for r in rows:
+        if r.get("status") == "ok" and r.get("oracle_reading"):
+            by_run[r["run"]].append(r)
+    out = []
+    for run, rs in by_run.items():
+        r0 = rs[0]
+        out.append(dict(run=run, hook=r0["hook"], architecture=r0["architecture"], model_seed=r0["model_seed"],
+                        latents=r0["latents"], k=r0["oracle_k"], atoms=r0["oracle_atoms"], reading=r0["oracle_reading"],
+                        gap=r0["optimisation_gap_mean"], gap_lo=r0["optimisation_gap_ci_lo"],
+                        gap_hi=r0["optimisation_gap_ci_hi"], remainder=r0.get("truth_remainder"),
+                        **{key: _mean(r.get(key) for r in rs) for key in (
+                            "explained_variance", "l0", "oracle_ev", "oracle_l0", "started_ev", "started_cosine_to_start",
+                            "trained_near_truth", "started_near_truth")}))
+    return sorted(out, key=lambda c: (c["hook"], c["architecture"], c["latents"] or 0, c["k"] or 0, c["model_seed"]))
+
+
+def oracle_table(cells: list[dict]) -> str:
+    head = ["hook", "architecture", "latents", "k", "model seed", "SAE EV", "oracle EV (atoms)", "gap [95% CI]",
+            "reading", "started at truth: EV", "cos to start", "near truth: trained / started"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        lines.append("| " + " | ".join([
+            c["hook"], c["architecture"], _f(c["latents"]), _f(c["k"]), _f(c["model_seed"]), _f(c["explained_variance"]),
+            f"{_f(c['oracle_ev'])} ({_f(c['atoms'])})", f"{_f(c['gap'])} [{_f(c['gap_lo'])}, {_f(c['gap_hi'])}]",
+            c["reading"], _f(c["started_ev"]), _f(c["started_cosine_to_start"], 2),
+            f"{_f(c['trained_near_truth'], 2)} / {_f(c['started_near_truth'], 2)}"]) + " |")
+    return "\n".join(lines) + "\n\n" + (
+        "Oracle: a circle tiling of the hook's complete ground truth (for each key frequency the output plane, "
+        "the input plane and, where it holds variance, the (a - b) plane; husai.analysis.oracle) with as many atoms "
+        "as the SAE has latents (the width rule leaves the remainder out: 'atoms'), coded as well as possible with "
+        "at most k atoms an input (k: the cell's k, or the trained SAEs' mean L0 for ReLU). Gap: oracle EV minus "
+        "SAE EV, paired by seed (each seed its own tiling phase), with the 95% t-interval over SAE seeds. Reading: "
+        "optimisation when the interval lies above 0 (a dictionary of the model's features reconstructs better and "
+        "training does not find it), objective when below 0, else neither. Started at truth: the cell's own recipe "
+        "started from the tiling; cos to start: each started row's cosine to its atom at the end; near truth: the "
+        "share of live decoder rows within cosine 0.9 of an atom of the tiling.")
+
+
+def oracle_verdict(cells: list[dict]) -> list[str]:
+    """One sentence per hook and architecture: how many cells read as which failure, the gap's range, and what
+    starting at the truth gives against the standard init."""
+    groups = defaultdict(list)
+    for c in cells:
+        groups[(c["hook"], c["architecture"])].append(c)
+    lines = []
+    for (hook, arch), cs in sorted(groups.items()):
+        counts = {r: sum(c["reading"] == r for c in cs) for r in ("optimisation", "objective", "neither")}
+        gaps = [c["gap"] for c in cs if c["gap"] is not None]
+        said = ", ".join(f"{r} in {n}" for r, n in counts.items() if n)
+        line = (f"Why {arch} at {hook} misses the truth: {said} of {len(cs)} cells; the oracle's EV minus the SAEs' "
+                f"runs {min(gaps):+.3f} to {max(gaps):+.3f}")
+        started = [(c["started_ev"], c["explained_variance"]) for c in cs if c["started_ev"] is not None]
+        if started:
+            better = sum(s > e for s, e in started)
+            line += (f"; started at the truth, the same recipe ends above the standard init in {better} of "
+                     f"{len(started)} cells (EV {_f(_mean(s for s, _ in started))} against "
+                     f"{_f(_mean(e for _, e in started))})")
+        lines.append(line + ".")
+    return lines
