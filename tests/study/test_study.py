@@ -44,7 +44,13 @@ def test_report_has_every_section(finished):
     assert "of the variance is a function of the answer" in md and "Coverage of each plane" in md
     # the HTML keeps every paragraph of the section, not only its tables
     assert "of the variance is a function of the answer" in html and "cannot be met by sparse latents" in html
-    assert html.count("<table>") == 5  # quality, stability, controls, latent types, per-plane coverage
+    assert html.count("<table>") == 6  # oracle, quality, stability, controls, latent types, per-plane coverage
+    # the oracle: one row per analysed cell, with its reading, and a verdict sentence per architecture
+    oracle = md.split("## Why the SAEs miss the truth: the oracle")[1].split("## ")[0]
+    orows = [line for line in oracle.splitlines() if line.startswith("| blocks.0")]
+    assert len(orows) == 2 and all(any(r in row for r in ("| optimisation |", "| objective |", "| neither |"))
+                                   for row in orows)
+    assert sum(line.startswith("- Why ") and "misses the truth" in line for line in verdict.splitlines()) == 2
     assert "shared-init reference" in html and "matched geometry null" in html and "symmetry null" in html
     assert "Model-side controls, the same recipe: PW-MCC on an untrained model" in verdict
     for c in ("topk_x2_k4", "relu_x2_l1_0.3"):  # the control ran with the cell's recipe and 2 seeds
