@@ -20,6 +20,11 @@ its transpose, b_dec = the data mean, for the cell's seeds, each with its own ti
 truth is near a minimum of the SAE loss (rows stay near their atoms, EV at least the standard init's)
 and so whether the standard init is what loses it.
 
+With the family's encoder: the tiling as a frozen decoder and the cell's own encoder trained on it by the
+cell's recipe. The best code's EV minus this one's is the amortisation gap (O'Neill et al. 2024,
+"Compute optimal inference and provable amortisation gap in sparse autoencoders"): what the one-layer
+encoder loses in choosing atoms, apart from the dictionary.
+
 Near the truth: the share of a dictionary's live rows within cosine NEAR of an atom of the seed's
 tiling, for the trained SAEs and the started runs alike.
 """
@@ -85,7 +90,7 @@ def near_truth(W_dec: torch.Tensor, atoms: torch.Tensor, live: torch.Tensor | No
 
 def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int], cfg, seeds: list[int],
                 d_sae: int, sae_ev: list[float], sae_l0: list[float], saes: dict | None = None,
-                started: bool = True) -> dict:
+                started: bool = True, encoder: bool = True) -> dict:
     """The oracle reading of one cell. acts [p^2, d] the hook's activations; cfg the cell's SAETrainConfig
     (with the penalty weight its L0 search found); sae_ev, sae_l0 per seed; saes {seed: loaded SAE} for
     the near-truth share of the trained rows. -> JSON-ready dict (module docstring)."""
@@ -105,9 +110,28 @@ def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int]
     if saes:
         out["trained_near_truth"] = [near_truth(saes[s].W_dec, D, (saes[s].encode(acts.float()) > 0).any(0))
                                      for s, D in zip(seeds, tilings) if s in saes]
+    if encoder:
+        enc = oracle_with_encoder(acts, cfg, seeds, tilings)
+        enc["amortisation_gap"] = [s["explained_variance"] - e for s, e in zip(per, enc["explained_variance"])]
+        out["encoder"] = enc
     if started:
         out["started"] = started_at_truth(acts, cfg, seeds, tilings)
     return out
+
+
+def oracle_with_encoder(acts: torch.Tensor, cfg, seeds: list[int], tilings: list[torch.Tensor]) -> dict:
+    """Each seed's tiling as a frozen decoder with the cell's own encoder trained by the cell's recipe (the
+    other rows at the usual init and frozen too) -> EV, L0, dead per seed. Against the best code, its
+    shortfall is the amortisation gap (O'Neill et al. 2024): what a one-layer encoder loses in choosing
+    the atoms, apart from the dictionary."""
+    from husai.sae.metrics import reconstruction_metrics
+    from husai.sae.train import train_saes
+
+    start = dict(W_dec=torch.stack(tilings).float(), b_dec=acts.double().mean(0).float())
+    res = train_saes(acts.float(), replace(cfg, trajectory_epochs=[]), seeds, start=start, freeze_decoder=True)
+    m = reconstruction_metrics(res.sae, acts.float())
+    return dict(explained_variance=m["explained_variance"], l0=m["l0"], frac_dead=m["frac_dead"],
+                diverged=res.diverged_at_step is not None)
 
 
 def started_at_truth(acts: torch.Tensor, cfg, seeds: list[int], tilings: list[torch.Tensor]) -> dict:

@@ -25,10 +25,11 @@ from husai.model.train import PRESETS, TrainConfig
 from husai.sae.config import SAETrainConfig, config_from_dict
 
 TOP_KEYS = ("model", "hooks", "seeds", "saes", "stability", "oracle")
-ORACLE_KEYS = ("score", "started")
+ORACLE_KEYS = ("score", "encoder", "started")
 """oracle.score: each cell's SAEs against the oracle dictionary at their width and L0, the optimisation gap and
-its reading; oracle.started: also the cell's recipe started at the oracle (one more training of the cell).
-Both default to true (husai.analysis.optimisation_gap)."""
+its reading; oracle.encoder: also the oracle as a frozen decoder with the cell's own encoder trained on it;
+oracle.started: also the cell's recipe started at the oracle (encoder and started: one more training of the
+cell each). All default to true (husai.analysis.optimisation_gap)."""
 MODEL_KEYS = ("preset", "seeds", "p", "operation", "n_layers", "train_frac", "lr", "weight_decay", "epochs",
               "eval_every", "checkpoint_every", "snapshot_every", "stop_test_acc", "stop_frac_single_freq")
 
@@ -81,7 +82,7 @@ class StudyConfig:
     sweep runs them on a reference cell."""
     raw: dict = field(default_factory=dict)
     """The YAML as written (copied into the study folder)."""
-    oracle: dict = field(default_factory=lambda: dict(score=True, started=True))
+    oracle: dict = field(default_factory=lambda: dict(score=True, encoder=True, started=True))
     """ORACLE_KEYS -> bool."""
 
     def has_controls(self, run: SAERun) -> bool:
@@ -177,9 +178,9 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
                          f"(and hook, model_seed), got {cells!r}")
     oracle = d.get("oracle") or {}
     if not isinstance(oracle, dict) or any(k not in ORACLE_KEYS or not isinstance(v, bool) for k, v in oracle.items()):
-        raise HusaiError(f"{source}: key 'oracle' takes only {' and '.join(ORACLE_KEYS)}, each true or false, "
+        raise HusaiError(f"{source}: key 'oracle' takes only {', '.join(ORACLE_KEYS)}, each true or false, "
                          f"got {oracle!r}")
-    oracle = dict(dict(score=True, started=True), **oracle)
+    oracle = dict(dict(score=True, encoder=True, started=True), **oracle)
     cfg = StudyConfig(model, model_seeds, hooks, seeds, saes, float(threshold), tuple(controls), n_ctrl, cells, d,
                       oracle)
     names = [r.folder(Path(".")) for r in cfg.runs()]

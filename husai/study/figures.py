@@ -177,14 +177,15 @@ ARCH_COLOR = {"topk": "tab:blue", "batchtopk": "tab:cyan", "matryoshka": "tab:gr
 def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
     """One row per hook: stability's effect over chance and the ground-truth recovery against width
     (one line per architecture and sparsity) and against L0 (one line per architecture and width),
-    and the EV-vs-L0 frontier; error bars: husai.study.sweep.curves. marks: widths to draw as
+    the EV-vs-L0 frontier, and the optimisation gap against width (the oracle's EV minus the SAEs' at the
+    same width and L0, husai.analysis.optimisation_gap); error bars: husai.study.sweep.curves. marks: widths to draw as
     vertical lines (e.g. the p answer classes)."""
     from husai.study.sweep import curves
 
     hooks = sorted({p["hook"] for p in points})
     panels = (("latents", "stability_effect", "PW-MCC over chance"), ("latents", "recovery", "atom recovery over reference"),
               ("l0", "stability_effect", "PW-MCC over chance"), ("l0", "recovery", "atom recovery over reference"),
-              ("l0", "ev", "explained variance"))
+              ("l0", "ev", "explained variance"), ("latents", "gap", "optimisation gap (oracle EV - SAE EV)"))
     fig, axes = plt.subplots(len(hooks), len(panels), figsize=(4.4 * len(panels), 4.0 * len(hooks)), squeeze=False)
     by = {"latents": curves(points, "knob", "latents"), "l0": curves(points, "latents", "l0")}
     for i, hook in enumerate(hooks):

@@ -32,31 +32,42 @@ def oracle_cells(rows: list[dict]) -> list[dict]:
                         gap=r0["optimisation_gap_mean"], gap_lo=r0["optimisation_gap_ci_lo"],
                         gap_hi=r0["optimisation_gap_ci_hi"], remainder=r0.get("truth_remainder"),
                         **{key: _mean(r.get(key) for r in rs) for key in (
-                            "explained_variance", "l0", "oracle_ev", "oracle_l0", "started_ev", "started_cosine_to_start",
+                            "explained_variance", "l0", "oracle_ev", "oracle_l0", "oracle_encoder_ev", "started_ev",
+                            "started_cosine_to_start",
                             "trained_near_truth", "started_near_truth")}))
     return sorted(out, key=lambda c: (c["hook"], c["architecture"], c["latents"] or 0, c["k"] or 0, c["model_seed"]))
 
 
+LEGEND = (
+    "Oracle: a circle tiling of the hook's complete ground truth (for each key frequency the output "
+    "plane, the input plane and, where it holds variance, the (a - b) plane; husai.analysis.oracle) with "
+    "as many atoms as the SAE has latents (the width rule leaves the remainder out: 'atoms'), coded as "
+    "well as possible with at most k atoms an input (k: the cell's k, or the trained SAEs' mean L0 for "
+    "ReLU). Gap: oracle EV minus SAE EV, paired by seed (each seed its own tiling phase), with the 95% "
+    "t-interval over SAE seeds. Reading: optimisation when the interval lies above 0 (a dictionary of the "
+    "model's features reconstructs better and training does not find it), objective when below 0, else "
+    "neither. Oracle + the family's encoder: the tiling as a frozen decoder with the cell's own encoder "
+    "trained on it by the cell's recipe; the best code's EV minus this is the amortisation gap (what a "
+    "one-layer encoder loses in choosing atoms). Started at truth: the cell's own recipe started from the "
+    "tiling; cos to start: each started row's cosine to its atom at the end; near truth: the share of "
+    "live decoder rows within cosine 0.9 of an atom of the tiling.")
+
+HEAD = ["hook", "architecture", "latents", "k", "model seed", "SAE EV", "oracle EV (atoms)",
+        "oracle + the family's encoder", "gap [95% CI]", "reading", "started at truth: EV",
+        "cos to start", "near truth: trained / started"]
+
+
 def oracle_table(cells: list[dict]) -> str:
-    head = ["hook", "architecture", "latents", "k", "model seed", "SAE EV", "oracle EV (atoms)", "gap [95% CI]",
-            "reading", "started at truth: EV", "cos to start", "near truth: trained / started"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     for c in cells:
-        lines.append("| " + " | ".join([
-            c["hook"], c["architecture"], _f(c["latents"]), _f(c["k"]), _f(c["model_seed"]), _f(c["explained_variance"]),
-            f"{_f(c['oracle_ev'])} ({_f(c['atoms'])})", f"{_f(c['gap'])} [{_f(c['gap_lo'])}, {_f(c['gap_hi'])}]",
-            c["reading"], _f(c["started_ev"]), _f(c["started_cosine_to_start"], 2),
-            f"{_f(c['trained_near_truth'], 2)} / {_f(c['started_near_truth'], 2)}"]) + " |")
-    return "\n".join(lines) + "\n\n" + (
-        "Oracle: a circle tiling of the hook's complete ground truth (for each key frequency the output plane, "
-        "the input plane and, where it holds variance, the (a - b) plane; husai.analysis.oracle) with as many atoms "
-        "as the SAE has latents (the width rule leaves the remainder out: 'atoms'), coded as well as possible with "
-        "at most k atoms an input (k: the cell's k, or the trained SAEs' mean L0 for ReLU). Gap: oracle EV minus "
-        "SAE EV, paired by seed (each seed its own tiling phase), with the 95% t-interval over SAE seeds. Reading: "
-        "optimisation when the interval lies above 0 (a dictionary of the model's features reconstructs better and "
-        "training does not find it), objective when below 0, else neither. Started at truth: the cell's own recipe "
-        "started from the tiling; cos to start: each started row's cosine to its atom at the end; near truth: the "
-        "share of live decoder rows within cosine 0.9 of an atom of the tiling.")
+        gap = f"{_f(c['gap'])} [{_f(c['gap_lo'])}, {_f(c['gap_hi'])}]"
+        near = f"{_f(c['trained_near_truth'], 2)} / {_f(c['started_near_truth'], 2)}"
+        cols = [c["hook"], c["architecture"], _f(c["latents"]), _f(c["k"]), _f(c["model_seed"]),
+                _f(c["explained_variance"]), f"{_f(c['oracle_ev'])} ({_f(c['atoms'])})",
+                _f(c["oracle_encoder_ev"]), gap, c["reading"], _f(c["started_ev"]),
+                _f(c["started_cosine_to_start"], 2), near]
+        lines.append("| " + " | ".join(cols) + " |")
+    return "\n".join(lines) + "\n\n" + LEGEND
 
 
 def oracle_verdict(cells: list[dict]) -> list[str]:

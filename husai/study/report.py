@@ -153,8 +153,10 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                                           figdir / "sweep.png"),
                         "The sweep, one row per hook: stability's effect over chance (PW-MCC minus its matched-"
                         "geometry null) and ground-truth atom recovery (Hungarian MCC minus the better no-learning "
-                        "reference) against width and against L0, and explained variance against L0. Error bars: the "
-                        "range over model seeds (one model seed: the 95% CI over SAE seeds)."))
+                        "reference) against width and against L0, explained variance against L0, and the "
+                        "optimisation gap against width (the oracle's EV minus the SAEs' at the same width and L0: "
+                        "above 0, a dictionary of the model's features does better than training finds). Error "
+                        "bars: the range over model seeds (one model seed: the 95% CI over SAE seeds)."))
         sections.insert(0, ("Sweep: width and L0", sweep_table(points) + "\n\n" + (
             "One row per cell (its SAE seeds' means). Recovery: the ground-truth atoms (answer-class centroids where "
             "most of the hook's variance is a function of the answer, else the single-frequency MLP neurons) matched "

@@ -101,6 +101,7 @@ def oracle_columns(oracle: dict, i: int) -> dict:
     seed at the cell's width and k, the optimisation gap (this seed's, and the cell's mean with its 95%
     interval), the reading, the truth's remainder, and the started-at-the-truth run of this seed."""
     per, gap, started = (oracle.get("oracle") or {}).get("per_seed") or [], oracle.get("gap") or {}, oracle.get("started") or {}
+    enc = oracle.get("encoder") or {}
     ci = gap.get("ci") or [None, None]
     mine = per[i] if i < len(per) else {}
     return dict(oracle_k=oracle.get("k"), oracle_atoms=mine.get("atoms"), oracle_ev=_num(mine.get("explained_variance")),
@@ -109,6 +110,8 @@ def oracle_columns(oracle: dict, i: int) -> dict:
                 optimisation_gap_ci_hi=_num(ci[1]), oracle_reading=oracle.get("reading"),
                 truth_remainder=_num((oracle.get("truth") or {}).get("remainder")),
                 trained_near_truth=_at(oracle.get("trained_near_truth"), i),
+                oracle_encoder_ev=_at(enc.get("explained_variance"), i), oracle_encoder_l0=_at(enc.get("l0"), i),
+                amortisation_gap=_at(enc.get("amortisation_gap"), i),
                 started_ev=_at(started.get("explained_variance"), i), started_l0=_at(started.get("l0"), i),
                 started_frac_dead=_at(started.get("frac_dead"), i),
                 started_cosine_to_start=_at(started.get("cosine_to_start"), i),

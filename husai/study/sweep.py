@@ -82,7 +82,9 @@ def sweep_points(root, rows: list[dict]) -> list[dict]:
             stability_null=first.get("pw_mcc_dec_null"), stability_effect=first.get("pw_mcc_dec_effect"),
             stability_effect_ci=[first.get("pw_mcc_dec_effect_ci_lo"), first.get("pw_mcc_dec_effect_ci_hi")],
             atoms=next(iter(rec.values()))[0] if rec else None, recovery_mcc=mcc, recovery_reference=ref,
-            recovery=None if mcc is None or ref is None else mcc - ref))
+            recovery=None if mcc is None or ref is None else mcc - ref,
+            gap=first.get("optimisation_gap_mean"), gap_ci=[first.get("optimisation_gap_ci_lo"),
+                                                             first.get("optimisation_gap_ci_hi")]))
     return points
 
 
@@ -97,14 +99,15 @@ def curves(points: list[dict], series: str, x: str) -> dict[tuple, list[dict]]:
     out = defaultdict(list)
     for (hook, arch, kn, width), ps in groups.items():
         row = dict(hook=hook, architecture=arch, knob=kn, n_models=len(ps))
-        for key in ("latents", "l0", "ev", "frac_dead", "stability", "stability_effect", "recovery", "stability_null"):
-            row[key] = _mean([p[key] for p in ps])
-        for key in ("stability", "stability_effect"):
+        for key in ("latents", "l0", "ev", "frac_dead", "stability", "stability_effect", "recovery", "stability_null",
+                    "gap"):
+            row[key] = _mean([p.get(key) for p in ps])
+        for key in ("stability", "stability_effect", "gap"):
             vals = [p[key] for p in ps if p[key] is not None]
             if len(ps) > 1 and vals:
                 row[f"{key}_lo"], row[f"{key}_hi"] = min(vals), max(vals)
             else:
-                ci = ps[0][f"{key}_ci"]
+                ci = ps[0].get(f"{key}_ci") or [None, None]
                 row[f"{key}_lo"], row[f"{key}_hi"] = (ci[0], ci[1]) if None not in ci else (None, None)
         rec = [p["recovery"] for p in ps if p["recovery"] is not None]
         row["recovery_lo"], row["recovery_hi"] = (min(rec), max(rec)) if len(rec) > 1 else (None, None)

@@ -235,3 +235,19 @@ def test_example_configs_load_and_train(path):
     res = train_saes(_acts(n=128), replace(cfg, epochs=1), [0])
     assert res.diverged_at_step is None and res.steps >= 1
     assert all(bool(torch.isfinite(p).all()) for p in res.sae.parameters())
+
+
+@pytest.mark.parametrize("arch", ["topk", "relu"])
+def test_a_frozen_decoder_keeps_its_rows_and_the_encoder_learns(arch):
+    """freeze_decoder: W_dec ends exactly where `start` put it (the oracle's frozen dictionary), while the
+    encoder moves; without it the same start moves the decoder too."""
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(600, 4, generator=g) @ torch.randn(4, 12, generator=g)
+    rows = torch.nn.functional.normalize(torch.randn(2, 24, 12, generator=g), dim=-1)
+    cfg = SAETrainConfig(architecture=arch, latents=24, k=3, epochs=2, batch_size=100, lr=3e-3)
+    start = dict(W_dec=rows, b_dec=acts.mean(0))
+    frozen = train_saes(acts, cfg, [1, 2], start=start, freeze_decoder=True).sae
+    assert torch.equal(frozen.W_dec.detach(), rows)
+    assert not torch.allclose(frozen.W_enc_T.detach(), rows)
+    free = train_saes(acts, cfg, [1, 2], start=start).sae
+    assert not torch.allclose(free.W_dec.detach(), rows, atol=1e-3)

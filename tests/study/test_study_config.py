@@ -67,11 +67,19 @@ def test_control_cells_pick_the_cells_that_run_the_controls():
     ({"stability": {"controls": ["untrained"], "control_seeds": 3}}, "stability.control_seeds"),  # 2 SAE seeds
     ({"stability": {"controls": ["untrained"], "control_seeds": 1}}, "stability.control_seeds"),
     ({"stability": {"colour": 1}}, "'stability' takes only"),
+    ({"oracle": {"started": "yes"}}, "'oracle' takes only score, encoder, started"),
+    ({"oracle": {"frozen": True}}, "'oracle' takes only"),
+    ({"oracle": [True]}, "'oracle' takes only"),
 ])
 def test_invalid_config_names_the_key(patch, fragment):
     with pytest.raises(HusaiError) as e:
         parse_study({**GOOD, **patch})
     assert fragment in str(e.value)
+
+
+def test_the_oracle_runs_by_default_and_each_part_can_be_turned_off():
+    assert parse_study(GOOD).oracle == dict(score=True, encoder=True, started=True)
+    assert parse_study(dict(GOOD, oracle={"started": False})).oracle == dict(score=True, encoder=True, started=False)
 
 
 def test_controls_are_optional_and_validated():
