@@ -7,7 +7,9 @@ families), and the optimisation gap is
 
     gap_s = EV(oracle_s) - EV(SAE_s)        (both over all p^2 inputs, EV centred)
 
-with its mean and 95% t-interval over seeds. The reading, by stated rules (`reading`):
+with its mean and 95% t-interval over seeds. At mlp.hook_post, whose coordinates are the model's neurons,
+the neurons of largest variance as one-hot atoms are a second oracle, and each seed's oracle is the better
+of the two. The reading, by stated rules (`reading`):
 
     optimisation   the interval lies above 0: a dictionary of the model's features reconstructs
                    better at this width and L0, and training does not find it
@@ -16,7 +18,8 @@ with its mean and 95% t-interval over seeds. The reading, by stated rules (`read
 
 Started at the truth: the cell's recipe (its config, the penalty weight its L0 search found) trained
 from decoder = the tiling (its atoms in the first rows, the other rows at the usual init), encoder =
-its transpose, b_dec = the data mean, for the cell's seeds, each with its own tiling. It says whether the
+its transpose, b_dec = the data mean (for ReLU and JumpReLU also b_enc, so that each atom fires on its
+arc: `truth_start`), for the cell's seeds, each with its own tiling. It says whether the
 truth is near a minimum of the SAE loss (rows stay near their atoms, EV at least the standard init's)
 and so whether the standard init is what loses it.
 
@@ -37,7 +40,7 @@ from dataclasses import replace
 import torch
 
 from husai.analysis.ground_truth import group_grid, on_grid
-from husai.analysis.oracle import complete_truth, score, tiling, truth_circles
+from husai.analysis.oracle import complete_truth, neuron_atoms, score, tiling, truth_circles
 
 NEAR = 0.9
 """A decoder row is near the truth when its cosine to some atom of the tiling is >= 0.9."""
@@ -90,36 +93,58 @@ def near_truth(W_dec: torch.Tensor, atoms: torch.Tensor, live: torch.Tensor | No
 
 def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int], cfg, seeds: list[int],
                 d_sae: int, sae_ev: list[float], sae_l0: list[float], saes: dict | None = None,
-                started: bool = True, encoder: bool = True) -> dict:
+                started: bool = True, encoder: bool = True, neurons: bool = False) -> dict:
     """The oracle reading of one cell. acts [p^2, d] the hook's activations; cfg the cell's SAETrainConfig
     (with the penalty weight its L0 search found); sae_ev, sae_l0 per seed; saes {seed: loaded SAE} for
-    the near-truth share of the trained rows. -> JSON-ready dict (module docstring)."""
+    the near-truth share of the trained rows; neurons: the hook's coordinates are the model's neurons
+    (mlp.hook_post), whose top-variance one-hot atoms are a second oracle. -> JSON-ready dict (module
+    docstring)."""
     from husai.sae.architectures import K_ARCHITECTURES
 
     grid = group_grid(p, operation)
     X = on_grid(acts, grid)  # centred, float64, grid order
     circles = truth_circles(X, grid, key_freqs)
     k = cfg.k if cfg.architecture in K_ARCHITECTURES else max(1, round(sum(sae_l0) / len(sae_l0)))
-    tilings = [tiling(circles, d_sae, seed)[0] for seed in seeds]
-    per = [score(X, D, k) for D in tilings]
+    tiled = [tiling(circles, d_sae, seed) for seed in seeds]
+    tilings = [D for D, _ in tiled]
+    per = [dict(score(X, D, k), source="circles") for D in tilings]
+    out = dict(k=k, width=d_sae, truth=complete_truth(X, circles), circles=[c.name for c in circles])
+    if neurons:  # the model's own basis is a second oracle; the better one per seed is the ceiling
+        out["neurons"] = dict(score(X, neuron_atoms(X, d_sae), k), source="neurons")
+        per = [max(s, out["neurons"], key=lambda o: o["explained_variance"]) for s in per]
     gap = gap_stats([s["explained_variance"] for s in per], sae_ev)
-    out = dict(k=k, width=d_sae, truth=complete_truth(X, circles), circles=[c.name for c in circles],
-               oracle=dict(per_seed=per, explained_variance=sum(s["explained_variance"] for s in per) / len(per),
-                           atoms=per[0]["atoms"]),
-               gap=gap, reading=reading(gap))
+    out.update(oracle=dict(per_seed=per, explained_variance=sum(s["explained_variance"] for s in per) / len(per),
+                           atoms=per[0]["atoms"]), gap=gap, reading=reading(gap))
     if saes:
         out["trained_near_truth"] = [near_truth(saes[s].W_dec, D, (saes[s].encode(acts.float()) > 0).any(0))
                                      for s, D in zip(seeds, tilings) if s in saes]
+    start = truth_start(acts, cfg, tiled)
     if encoder:
-        enc = oracle_with_encoder(acts, cfg, seeds, tilings)
-        enc["amortisation_gap"] = [s["explained_variance"] - e for s, e in zip(per, enc["explained_variance"])]
+        enc = oracle_with_encoder(acts, cfg, seeds, start)
+        best = [score(X, D, k)["explained_variance"] if neurons else s["explained_variance"]
+                for D, s in zip(tilings, per)]  # the tiling's own best code, which the encoder approximates
+        enc["amortisation_gap"] = [b - e for b, e in zip(best, enc["explained_variance"])]
         out["encoder"] = enc
     if started:
-        out["started"] = started_at_truth(acts, cfg, seeds, tilings)
+        out["started"] = started_at_truth(acts, cfg, seeds, start)
     return out
 
 
-def oracle_with_encoder(acts: torch.Tensor, cfg, seeds: list[int], tilings: list[torch.Tensor]) -> dict:
+def truth_start(acts: torch.Tensor, cfg, tiled: list[tuple[torch.Tensor, list[dict]]]) -> dict:
+    """The start at the truth for train_saes: decoder and encoder rows = each seed's tiling [S, m, d], b_dec
+    the data mean, and for the L1 families (ReLU, JumpReLU, which have no top-k to pick atoms) b_enc at minus
+    each atom's radius times cos(phase step), so that an atom fires on the arc of phases its two
+    neighbours bound, as the best code uses it (the TopK family starts at b_enc 0 and selects)."""
+    from husai.sae.architectures import K_ARCHITECTURES
+
+    start = dict(W_dec=torch.stack([D for D, _ in tiled]).float(), b_dec=acts.double().mean(0).float())
+    if cfg.architecture not in K_ARCHITECTURES:
+        start["b_enc"] = torch.tensor([[-a["radius"] * math.cos(a["spacing"]) for a in labels]
+                                       for _, labels in tiled], dtype=torch.float32)
+    return start
+
+
+def oracle_with_encoder(acts: torch.Tensor, cfg, seeds: list[int], start: dict) -> dict:
     """Each seed's tiling as a frozen decoder with the cell's own encoder trained by the cell's recipe (the
     other rows at the usual init and frozen too) -> EV, L0, dead per seed. Against the best code, its
     shortfall is the amortisation gap (O'Neill et al. 2024): what a one-layer encoder loses in choosing
@@ -127,28 +152,26 @@ def oracle_with_encoder(acts: torch.Tensor, cfg, seeds: list[int], tilings: list
     from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
 
-    start = dict(W_dec=torch.stack(tilings).float(), b_dec=acts.double().mean(0).float())
     res = train_saes(acts.float(), replace(cfg, trajectory_epochs=[]), seeds, start=start, freeze_decoder=True)
     m = reconstruction_metrics(res.sae, acts.float())
     return dict(explained_variance=m["explained_variance"], l0=m["l0"], frac_dead=m["frac_dead"],
                 diverged=res.diverged_at_step is not None)
 
 
-def started_at_truth(acts: torch.Tensor, cfg, seeds: list[int], tilings: list[torch.Tensor]) -> dict:
+def started_at_truth(acts: torch.Tensor, cfg, seeds: list[int], start: dict) -> dict:
     """The cell's recipe started at each seed's tiling (module docstring) -> EV, L0, dead per seed, each
     started row's cosine to its atom at the end (mean and min), and the share of live rows near the truth."""
     from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
 
-    start = dict(W_dec=torch.stack(tilings).float(), b_dec=acts.double().mean(0).float())
     res = train_saes(acts.float(), replace(cfg, trajectory_epochs=[]), seeds, start=start)
     m = reconstruction_metrics(res.sae, acts.float())
     W = res.sae.unit_decoder().detach().double()
     with torch.no_grad():
         live = (res.sae.encode(acts.float()) > 0).any(1)  # [S, d_sae]
-    n = tilings[0].shape[0]
+    n = start["W_dec"].shape[1]
     cos = torch.nn.functional.cosine_similarity(W[:, :n], start["W_dec"].double(), dim=-1)  # [S, n]
     return dict(explained_variance=m["explained_variance"], l0=m["l0"], frac_dead=m["frac_dead"],
                 cosine_to_start=cos.mean(1).tolist(), min_cosine_to_start=cos.min(1).values.tolist(),
-                near_truth=[near_truth(W[s], D.double(), live[s]) for s, D in enumerate(tilings)],
+                near_truth=[near_truth(W[s], start["W_dec"][s].double(), live[s]) for s in range(len(seeds))],
                 diverged=res.diverged_at_step is not None)

@@ -27,7 +27,10 @@ split evenly over them, m = width // circles; the atoms left over (width mod cir
 Scoring (`best_code`): the best non-negative code of at most k atoms per input with the decoder
 fixed, by greedy pursuit (the atom most correlated with the residual) with a non-negative least-
 squares refit of the chosen atoms after each choice (coordinate descent); tested against brute
-force on small cases. b_dec is the data mean. For the L1 families (ReLU, JumpReLU) k is the trained
+force on small cases. Greedy pursuit is not the exact optimum (that is a combinatorial search), so the
+oracle's EV is a lower bound on what its dictionary can do: an "optimisation" reading (the oracle above
+the SAEs) is conservative, an "objective" reading (the oracle below) could in part be the pursuit's
+shortfall. b_dec is the data mean. For the L1 families (ReLU, JumpReLU) k is the trained
 SAEs' mean L0, rounded.
 """
 
@@ -58,10 +61,16 @@ class Circle:
     frequency: int
     images: torch.Tensor
     share: float
+    n_inputs: int
+    """N, the grid's inputs: the activations' point at phase theta is point(theta) / sqrt(N / 2)."""
 
     def point(self, theta: torch.Tensor) -> torch.Tensor:
         """theta [m] -> the circle's directions [m, d] at those phases (not normalised)."""
         return torch.cos(theta)[:, None] * self.images[0] + torch.sin(theta)[:, None] * self.images[1]
+
+    def radius(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta [m] -> how far the activations' curve lies from the mean at those phases [m]."""
+        return self.point(theta).norm(dim=1) / math.sqrt(self.n_inputs / 2)
 
 
 def truth_circles(X: torch.Tensor, grid: Grid, freqs: list[int]) -> list[Circle]:
@@ -80,7 +89,7 @@ def truth_circles(X: torch.Tensor, grid: Grid, freqs: list[int]) -> list[Circle]
         for name, im in images.items():
             share = float(im.pow(2).sum()) / total
             if share >= CIRCLE_FLOOR:
-                out.append(Circle(f"{name} {k}", k, im, share))
+                out.append(Circle(f"{name} {k}", k, im, share, int(X.shape[0])))
     return sorted(out, key=lambda c: -c.share)
 
 
@@ -110,7 +119,8 @@ def complete_truth(X: torch.Tensor, circles: list[Circle]) -> dict:
 
 def tiling(circles: list[Circle], width: int, seed: int) -> tuple[torch.Tensor, list[dict]]:
     """A circle tiling of at most `width` unit atoms (the width rule in the module docstring) -> (atoms
-    [m_total, d], one {circle, phase} per atom). Each circle's phase offset phi_0 is drawn from `seed`."""
+    [m_total, d], one {circle, phase, radius, spacing} per atom: the curve's distance from the mean at
+    that phase and the phase step). Each circle's phase offset phi_0 is drawn from `seed`."""
     n = min(len(circles), width // MIN_ATOMS)
     if n == 0:
         raise ValueError(f"a width of {width} cannot tile any circle ({MIN_ATOMS} atoms each)")
@@ -121,9 +131,19 @@ def tiling(circles: list[Circle], width: int, seed: int) -> tuple[torch.Tensor, 
         phi0 = float(torch.rand((), generator=g, dtype=torch.float64)) * 2 * math.pi / m
         theta = phi0 + 2 * math.pi * torch.arange(m, dtype=torch.float64) / m
         atoms.append(c.point(theta))
-        labels += [dict(circle=c.name, phase=float(t)) for t in theta]
+        labels += [dict(circle=c.name, phase=float(t), radius=float(r), spacing=2 * math.pi / m)
+                   for t, r in zip(theta, c.radius(theta))]
     A = torch.cat(atoms)
     return A / A.norm(dim=1, keepdim=True).clamp_min(1e-30), labels
+
+
+def neuron_atoms(X: torch.Tensor, width: int) -> torch.Tensor:
+    """At a hook whose coordinates are the model's neurons (mlp.hook_post): the `width` neurons of largest
+    variance as unit atoms (one-hot rows) -> [min(width, d), d]. The MLP's basis is privileged (a ReLU acts
+    on each coordinate), and a grokked model's neurons are mostly single-frequency: they are the model's
+    own features at that hook, a second oracle beside the circles."""
+    top = X.pow(2).sum(0).argsort(descending=True)[: min(width, X.shape[1])].sort().values
+    return torch.eye(X.shape[1], dtype=X.dtype)[top]
 
 
 def unit_rows(D: torch.Tensor) -> torch.Tensor:

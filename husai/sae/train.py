@@ -111,9 +111,9 @@ def initial_b_dec(acts: torch.Tensor) -> torch.Tensor:
 def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None,
           b_dec: torch.Tensor | None = None, start: dict | None = None) -> tuple[StackedSAE, torch.Tensor | None]:
     """-> (the initial SAEs, Q [d_in, r] the data-span basis or None when cfg.data_span is off).
-    start: {"W_dec": [S, m, d_in] unit rows, m <= d_sae, "b_dec": [d_in]}: the first m decoder rows and
-    their encoder rows (tied) set to these, b_dec to this (husai.analysis.oracle's started-at-the-truth
-    runs); the other rows keep the config's init."""
+    start: {"W_dec": [S, m, d_in] unit rows, m <= d_sae, "b_dec": [d_in], optionally "b_enc": [S, m]}: the
+    first m decoder rows and their encoder rows (tied) set to these, b_dec (and those rows' b_enc) to
+    these (husai.analysis.optimisation_gap's runs from the truth); the other rows keep the config's init."""
     N, d_in = acts.shape
     for s in seeds:
         check_seed(s, "every SAE seed")
@@ -136,6 +136,8 @@ def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None,
             sae.W_dec[:, :m].copy_(start["W_dec"])
             sae.W_enc_T[:, :m].copy_(start["W_dec"])
             sae.b_dec.copy_(start["b_dec"].to(sae.b_dec).expand_as(sae.b_dec))
+            if "b_enc" in start:
+                sae.b_enc[:, :m].copy_(start["b_enc"])
     Q = None if cfg.data_span is None else data_span_basis(acts, cfg.data_span)
     if Q is not None:
         sae.project_rows(Q, renormalise=True)
@@ -179,8 +181,8 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
                freeze_decoder: bool = False) -> TrainResult:
     """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and
     on_epoch(row) are optional callbacks (progress bar, W&B). knobs: see build_sae; start: see _init;
-    freeze_decoder: W_dec keeps its initial rows (put back after every step), only the encoder, the biases
-    and the thresholds learn (husai.analysis.optimisation_gap: an oracle decoder with the family's encoder)."""
+    freeze_decoder: the decoder (W_dec and b_dec) keeps its initial values (put back after every step), only
+    the encoder, b_enc and the thresholds learn (husai.analysis.optimisation_gap: an oracle decoder with the family's encoder)."""
     torch.set_flush_denormal(True)  # Adam state under weight decay goes denormal (science brief sec. 1)
     N, d_in = acts.shape
     cfg.validate(d_in)
@@ -190,6 +192,7 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     sae, span = _init(acts, cfg, seeds, device, knobs, start=start)
     W_dec_init = sae.unit_decoder().detach().clone()  # unit rows, as the trained SAE's are compared
     W_dec_frozen = sae.W_dec.detach().clone() if freeze_decoder else None
+    b_dec_frozen = sae.b_dec.detach().clone() if freeze_decoder else None
     # with a data span the rows are projected between the update and the renormalisation
     opt = make_optimizer(sae, cfg.optimizer, cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2), constrain_decoder=span is None)
     next_order = _batch_orders(N, cfg, seeds, device)
@@ -219,6 +222,7 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
             if freeze_decoder:
                 with torch.no_grad():
                     sae.W_dec.copy_(W_dec_frozen)
+                    sae.b_dec.copy_(b_dec_frozen)
             if span is not None:  # back into the data span; after_step then renormalises decoder rows
                 sae.project_rows(span)
             sae.after_step(stats)

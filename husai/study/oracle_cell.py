@@ -28,4 +28,5 @@ def oracle_for_cell(folder: Path, spec: dict) -> dict:
     return cell_oracle(ctx["acts"], ctx["p"], ctx.get("operation", "add"), gt.key_frequencies, cfg, seeds,
                        int(metrics["d_sae"]), [per[str(s)]["explained_variance"] for s in seeds],
                        [per[str(s)]["l0"] for s in seeds], saes, started=bool(spec["oracle"].get("started", True)),
-                       encoder=bool(spec["oracle"].get("encoder", True)))
+                       encoder=bool(spec["oracle"].get("encoder", True)),
+                       neurons=str(spec["hook"]).endswith("mlp.hook_post"))

@@ -41,9 +41,10 @@ def oracle_cells(rows: list[dict]) -> list[dict]:
 LEGEND = (
     "Oracle: a circle tiling of the hook's complete ground truth (for each key frequency the output "
     "plane, the input plane and, where it holds variance, the (a - b) plane; husai.analysis.oracle) with "
-    "as many atoms as the SAE has latents (the width rule leaves the remainder out: 'atoms'), coded as "
+    "as many atoms as the SAE has latents (the width rule leaves the remainder out: 'atoms'; at "
+    "mlp.hook_post the better of it and the top-variance neurons as one-hot atoms), coded as "
     "well as possible with at most k atoms an input (k: the cell's k, or the trained SAEs' mean L0 for "
-    "ReLU). Gap: oracle EV minus SAE EV, paired by seed (each seed its own tiling phase), with the 95% "
+    "ReLU) by greedy pursuit, a lower bound on the dictionary's best. Gap: oracle EV minus SAE EV, paired by seed (each seed its own tiling phase), with the 95% "
     "t-interval over SAE seeds. Reading: optimisation when the interval lies above 0 (a dictionary of the "
     "model's features reconstructs better and training does not find it), objective when below 0, else "
     "neither. Oracle + the family's encoder: the tiling as a frozen decoder with the cell's own encoder "

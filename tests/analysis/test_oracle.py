@@ -13,8 +13,8 @@ import torch
 from scipy.optimize import nnls
 
 from husai.analysis.ground_truth import group_grid, on_grid
-from husai.analysis.optimisation_gap import gap_stats, near_truth, reading, started_at_truth
-from husai.analysis.oracle import best_code, code_scores, complete_truth, score, tiling, truth_circles
+from husai.analysis.optimisation_gap import gap_stats, near_truth, reading, started_at_truth, truth_start
+from husai.analysis.oracle import best_code, code_scores, complete_truth, neuron_atoms, score, tiling, truth_circles
 from husai.sae.config import SAETrainConfig
 
 P = 23
@@ -140,7 +140,7 @@ def test_an_sae_started_at_an_exact_planted_oracle_stays_there():
         codes[n, dirs] = 1 + torch.rand(2, generator=g)
     acts = codes @ atoms
     cfg = SAETrainConfig(architecture="topk", latents=16, k=2, epochs=3, batch_size=256, lr=1e-3)
-    out = started_at_truth(acts, cfg, [1, 2], [atoms.double(), atoms.double()])
+    out = started_at_truth(acts, cfg, [1, 2], dict(W_dec=torch.stack([atoms, atoms]), b_dec=acts.mean(0)))
     assert min(out["min_cosine_to_start"]) > 0.99
     assert min(out["explained_variance"]) > 0.99
     assert min(out["near_truth"]) == 1.0
@@ -171,3 +171,28 @@ def test_the_gap_interval_is_the_t_interval():
     gap = gap_stats([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
     half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) x sd / sqrt(n)
     assert gap["mean"] == pytest.approx(2.0) and gap["ci"] == pytest.approx([2 - half, 2 + half])
+
+
+def test_the_neuron_oracle_is_the_largest_variance_coordinates():
+    X = torch.zeros(50, 6, dtype=torch.float64)
+    X[:, 4], X[:, 1], X[:, 2] = torch.linspace(-3, 3, 50), torch.linspace(-2, 2, 50), 0.1
+    D = neuron_atoms(X - X.mean(0), 2)
+    torch.testing.assert_close(D, torch.eye(6, dtype=torch.float64)[[1, 4]])
+    assert neuron_atoms(X, 10).shape == (6, 6)
+
+
+def test_an_l1_family_starts_each_atom_firing_on_its_arc():
+    """truth_start: for ReLU, b_enc = -radius x cos(phase step), so that on the planted circle of radius 3
+    (the answer's k = 2 circle, 8 atoms) an atom's pre-activation is > 0 exactly within one phase step of
+    it; TopK starts at b_enc 0."""
+    acts, grid, _ = _planted()
+    X = on_grid(acts, grid)
+    circles = truth_circles(X, grid, [2, 5])
+    tiled = [tiling(circles, 24, seed=0)]
+    relu = truth_start(acts, SAETrainConfig(architecture="relu", latents=24), tiled)
+    labels = tiled[0][1]
+    first = [i for i, a in enumerate(labels) if a["circle"] == "out 2"]
+    assert all(labels[i]["radius"] == pytest.approx(3.0) for i in first)
+    torch.testing.assert_close(relu["b_enc"][0, first], torch.full((8,), -3.0 * math.cos(2 * math.pi / 8)),
+                               check_dtype=False)
+    assert "b_enc" not in truth_start(acts, SAETrainConfig(architecture="topk", latents=24, k=4), tiled)

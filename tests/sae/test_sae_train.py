@@ -239,7 +239,7 @@ def test_example_configs_load_and_train(path):
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])
 def test_a_frozen_decoder_keeps_its_rows_and_the_encoder_learns(arch):
-    """freeze_decoder: W_dec ends exactly where `start` put it (the oracle's frozen dictionary), while the
+    """freeze_decoder: W_dec and b_dec end exactly where `start` put them (the oracle's frozen dictionary), while the
     encoder moves; without it the same start moves the decoder too."""
     g = torch.Generator().manual_seed(0)
     acts = torch.randn(600, 4, generator=g) @ torch.randn(4, 12, generator=g)
@@ -248,6 +248,7 @@ def test_a_frozen_decoder_keeps_its_rows_and_the_encoder_learns(arch):
     start = dict(W_dec=rows, b_dec=acts.mean(0))
     frozen = train_saes(acts, cfg, [1, 2], start=start, freeze_decoder=True).sae
     assert torch.equal(frozen.W_dec.detach(), rows)
+    assert torch.equal(frozen.b_dec.detach(), acts.mean(0).expand(2, -1))
     assert not torch.allclose(frozen.W_enc_T.detach(), rows)
     free = train_saes(acts, cfg, [1, 2], start=start).sae
     assert not torch.allclose(free.W_dec.detach(), rows, atol=1e-3)
