@@ -25,6 +25,7 @@ from husai.analysis.optimisation_gap import (
     near_truth,
     oracle_with_encoder,
     started_at_truth,
+    truth_start,
 )
 from husai.analysis.oracle import score, tiling, truth_circles
 from husai.sae.config import SAETrainConfig
@@ -38,6 +39,8 @@ RECIPES = {
     "30 epochs": dict(epochs=30),
     "lr 1e-3": dict(lr=1e-3),
     "lr 1e-2": dict(lr=1e-2),
+    "lr 3e-2": dict(lr=3e-2),
+    "lr 1e-2, 30 epochs": dict(lr=1e-2, epochs=30),
     "batch 64": dict(batch_size=64),
     "batch 1024, 30 epochs": dict(batch_size=1024, epochs=30),
     "random init": dict(init="random"),
@@ -67,7 +70,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for cell in args.cells.split(","):
         width, k = map(int, cell.split(":"))
-        tilings = [tiling(circles, width, s)[0] for s in SEEDS]
+        tiled = [tiling(circles, width, s) for s in SEEDS]
+        tilings = [D for D, _ in tiled]
         oracle = [score(X, D, k)["explained_variance"] for D in tilings]
         base = SAETrainConfig(**BASE, latents=width, k=k, trajectory_epochs=[])
         print(f"| {width} | {k} | oracle, best code | {sum(oracle) / 3:.4f} | | 1 | |")
@@ -86,7 +90,7 @@ def main() -> None:
         for name, fn in (("started at the truth", started_at_truth), ("oracle + the recipe's encoder",
                                                                      oracle_with_encoder)):
             t0 = time.time()
-            out = fn(acts, base, SEEDS, tilings)
+            out = fn(acts, base, SEEDS, truth_start(acts, base, tiled))
             gap = gap_stats(oracle, out["explained_variance"])
             near = sum(out.get("near_truth", [float("nan")] * 3)) / 3
             print(f"| {width} | {k} | {name} | {sum(out['explained_variance']) / 3:.4f} | {gap['mean']:+.4f} "
