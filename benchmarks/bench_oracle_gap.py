@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--hook", default="blocks.0.hook_resid_post")
     ap.add_argument("--cells", default="64:8,256:32", help="width:k pairs")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--recipes", default=None, help="recipe names to run, separated by ; (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -75,7 +76,8 @@ def main() -> None:
         oracle = [score(X, D, k)["explained_variance"] for D in tilings]
         base = SAETrainConfig(**BASE, latents=width, k=k, trajectory_epochs=[])
         print(f"| {width} | {k} | oracle, best code | {sum(oracle) / 3:.4f} | | 1 | |")
-        for name, change in RECIPES.items():
+        chosen = args.recipes.split(";") if args.recipes else list(RECIPES)
+        for name, change in ((n, RECIPES[n]) for n in chosen):
             cfg = replace(base, **change)
             t0 = time.time()
             res = train_saes(acts, cfg, SEEDS)

@@ -12,7 +12,8 @@ the neurons of largest variance as one-hot atoms are a second oracle, and each s
 of the two. The reading, by stated rules (`reading`):
 
     optimisation   the interval lies above 0: a dictionary of the model's features reconstructs
-                   better at this width and L0, and training does not find it
+                   better at this width and L0, and training does not find it (flagged when the
+                   training had not converged: `convergence`)
     objective      the interval lies below 0: the SAE loss prefers what the SAEs learned
     neither        the interval holds 0 (or one seed: no interval)
 
@@ -41,6 +42,12 @@ import torch
 
 from husai.analysis.ground_truth import group_grid, on_grid
 from husai.analysis.oracle import complete_truth, neuron_atoms, score, tiling, truth_circles
+
+CONVERGED = 0.001
+"""Training had converged when the last epoch raised the training EV by less than 0.001 (mean over seeds).
+An optimisation reading of SAEs still improving says first that they are under-trained: on the default
+study's reference cells a longer, faster recipe (lr 1e-2, 30 epochs) reaches or passes the oracle's EV
+(BENCHMARKS.md, "Oracle dictionaries")."""
 
 NEAR = 0.9
 """A decoder row is near the truth when its cosine to some atom of the tiling is >= 0.9."""
@@ -81,6 +88,16 @@ def reading(gap: dict) -> str:
     return "optimisation" if lo > 0 else "objective" if hi < 0 else "neither"
 
 
+def convergence(history: list[dict] | None) -> dict | None:
+    """{last_epoch_ev_gain, converged}: the mean over seeds of the training EV's rise in the last epoch, and
+    whether it is below CONVERGED. None without two epochs of history."""
+    if not history or len(history) < 2:
+        return None
+    last, before = history[-1]["ev"], history[-2]["ev"]
+    gain = sum(a - b for a, b in zip(last, before)) / len(last)
+    return dict(last_epoch_ev_gain=gain, converged=gain < CONVERGED)
+
+
 def near_truth(W_dec: torch.Tensor, atoms: torch.Tensor, live: torch.Tensor | None = None) -> float:
     """Share of the (live) rows of W_dec [d_sae, d] within cosine NEAR of a row of atoms [m, d] (unit)."""
     W = W_dec.double()
@@ -93,12 +110,13 @@ def near_truth(W_dec: torch.Tensor, atoms: torch.Tensor, live: torch.Tensor | No
 
 def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int], cfg, seeds: list[int],
                 d_sae: int, sae_ev: list[float], sae_l0: list[float], saes: dict | None = None,
-                started: bool = True, encoder: bool = True, neurons: bool = False) -> dict:
+                started: bool = True, encoder: bool = True, neurons: bool = False,
+                history: list[dict] | None = None) -> dict:
     """The oracle reading of one cell. acts [p^2, d] the hook's activations; cfg the cell's SAETrainConfig
     (with the penalty weight its L0 search found); sae_ev, sae_l0 per seed; saes {seed: loaded SAE} for
     the near-truth share of the trained rows; neurons: the hook's coordinates are the model's neurons
-    (mlp.hook_post), whose top-variance one-hot atoms are a second oracle. -> JSON-ready dict (module
-    docstring)."""
+    (mlp.hook_post), whose top-variance one-hot atoms are a second oracle; history: the training's epoch
+    rows (metrics.json), for `convergence`. -> JSON-ready dict (module docstring)."""
     from husai.sae.architectures import K_ARCHITECTURES
 
     grid = group_grid(p, operation)
@@ -114,7 +132,7 @@ def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int]
         per = [max(s, out["neurons"], key=lambda o: o["explained_variance"]) for s in per]
     gap = gap_stats([s["explained_variance"] for s in per], sae_ev)
     out.update(oracle=dict(per_seed=per, explained_variance=sum(s["explained_variance"] for s in per) / len(per),
-                           atoms=per[0]["atoms"]), gap=gap, reading=reading(gap))
+                           atoms=per[0]["atoms"]), gap=gap, reading=reading(gap), convergence=convergence(history))
     if saes:
         out["trained_near_truth"] = [near_truth(saes[s].W_dec, D, (saes[s].encode(acts.float()) > 0).any(0))
                                      for s, D in zip(seeds, tilings) if s in saes]

@@ -29,4 +29,4 @@ def oracle_for_cell(folder: Path, spec: dict) -> dict:
                        int(metrics["d_sae"]), [per[str(s)]["explained_variance"] for s in seeds],
                        [per[str(s)]["l0"] for s in seeds], saes, started=bool(spec["oracle"].get("started", True)),
                        encoder=bool(spec["oracle"].get("encoder", True)),
-                       neurons=str(spec["hook"]).endswith("mlp.hook_post"))
+                       neurons=str(spec["hook"]).endswith("mlp.hook_post"), history=metrics.get("history"))

@@ -109,6 +109,8 @@ def oracle_columns(oracle: dict, i: int) -> dict:
                 optimisation_gap_mean=_num(gap.get("mean")), optimisation_gap_ci_lo=_num(ci[0]),
                 optimisation_gap_ci_hi=_num(ci[1]), oracle_reading=oracle.get("reading"),
                 truth_remainder=_num((oracle.get("truth") or {}).get("remainder")),
+                last_epoch_ev_gain=_num((oracle.get("convergence") or {}).get("last_epoch_ev_gain")),
+                converged=(oracle.get("convergence") or {}).get("converged"),
                 trained_near_truth=_at(oracle.get("trained_near_truth"), i),
                 oracle_encoder_ev=_at(enc.get("explained_variance"), i), oracle_encoder_l0=_at(enc.get("l0"), i),
                 amortisation_gap=_at(enc.get("amortisation_gap"), i),

@@ -13,7 +13,14 @@ import torch
 from scipy.optimize import nnls
 
 from husai.analysis.ground_truth import group_grid, on_grid
-from husai.analysis.optimisation_gap import gap_stats, near_truth, reading, started_at_truth, truth_start
+from husai.analysis.optimisation_gap import (
+    convergence,
+    gap_stats,
+    near_truth,
+    reading,
+    started_at_truth,
+    truth_start,
+)
 from husai.analysis.oracle import best_code, code_scores, complete_truth, neuron_atoms, score, tiling, truth_circles
 from husai.sae.config import SAETrainConfig
 
@@ -196,3 +203,10 @@ def test_an_l1_family_starts_each_atom_firing_on_its_arc():
     torch.testing.assert_close(relu["b_enc"][0, first], torch.full((8,), -3.0 * math.cos(2 * math.pi / 8)),
                                check_dtype=False)
     assert "b_enc" not in truth_start(acts, SAETrainConfig(architecture="topk", latents=24, k=4), tiled)
+
+
+def test_convergence_is_the_last_epochs_ev_gain():
+    rows = [dict(ev=[0.90, 0.92]), dict(ev=[0.93, 0.94]), dict(ev=[0.9305, 0.9408])]
+    c = convergence(rows)
+    assert c["last_epoch_ev_gain"] == pytest.approx(0.00065) and c["converged"]
+    assert not convergence(rows[:2])["converged"] and convergence(rows[:1]) is None and convergence(None) is None
