@@ -231,7 +231,27 @@ def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
         off = float((1 - (W @ span).pow(2).sum(1) / W.pow(2).sum(1).clamp_min(1e-30)).mean()) if len(W) else None
         out.append(dict(path=str(d), seed=metadata(sae).get("seed"), architecture=sae.cfg.get("architecture"),
                         off_data_span=off, **recovery(sae.W_dec.double(), live, span, atoms, planes, data=acts)))
+        if "atoms" in atoms:
+            out[-1]["oracle"] = file_oracle(sae, acts, atoms["atoms"])
     return int(span.shape[1]), out
+
+
+def file_oracle(sae, acts, atoms) -> dict:
+    """The user's atoms [n, d] as an oracle dictionary (husai.analysis.oracle) at the SAE's L0 on acts
+    [N, d]: its best non-negative code of at most round(L0) atoms an input, b_dec the data mean, against the
+    SAE's own EV; gap = oracle EV - SAE EV."""
+    import torch
+
+    from husai.analysis.oracle import score
+
+    x = acts.double()
+    with torch.no_grad():
+        z = sae.encode(acts.float())
+        ev = 1.0 - float((sae.decode(z).double() - x).pow(2).sum()) / float((x - x.mean(0)).pow(2).sum())
+    k = max(1, round(float((z != 0).sum(1).double().mean())))
+    o = score(x - x.mean(0), atoms.double(), k)
+    return dict(k=k, sae_explained_variance=ev, explained_variance=o["explained_variance"], l0=o["l0"],
+                gap=o["explained_variance"] - ev)
 
 
 def compare_saes(sae_dirs: list, model: Path | None = None, threshold: float = 0.7, plots: Path | None = None,

@@ -110,7 +110,7 @@ def _recover_command(sae_dirs, activations, gt_file, json_out, overwrite) -> Non
     span_dim, out = recover_saes(sae_dirs, acts, load_tensors(gt_file, "ground-truth file")[0])
     t = Table(title=f"recovery of the ground truth in {gt_file.name} (data span: {span_dim} dims)")
     for col in ("SAE", "live", "off data span", "atom MCC (random; data points)", "atom F1 (random)",
-                "plane coverage (random)"):
+                "plane coverage (random)", "EV / the atoms as oracle (gap)"):
         t.add_column(col)
     for r in out:
         a = r["atoms"].get("atoms")
@@ -120,12 +120,16 @@ def _recover_command(sae_dirs, activations, gt_file, json_out, overwrite) -> Non
         t.add_row(Path(r["path"]).name, str(r["n_live"]), _fmt(r["off_data_span"]),
                   f"{_fmt(a['mcc'])} ({_fmt(a['random_reference']['mcc'])}; {_fmt(a['data_point_reference']['mcc'])})"
                   if a else "-",
-                  f"{_fmt(a['f1'])} ({_fmt(a['random_reference']['f1'])})" if a else "-", cover)
+                  f"{_fmt(a['f1'])} ({_fmt(a['random_reference']['f1'])})" if a else "-", cover,
+                  f"{_fmt(o['sae_explained_variance'])} / {_fmt(o['explained_variance'])} ({o['gap']:+.3f})"
+                  if (o := r.get("oracle")) else "-")
     _console().print(t)
     typer.echo("compared inside the principal subspace holding 99.9% of the activations' variance; MCC: Hungarian-"
                "matched cosine of decoder rows to the atoms; F1 at cosine >= 0.7; coverage: how fully the latents lying "
                "mostly in a plane fill it; random: as many random directions in the same span; data points: as many "
-               "random centred activations (what a data-initialised SAE starts from; husai.analysis.recovery)")
+               "random centred activations (what a data-initialised SAE starts from; husai.analysis.recovery); "
+               "oracle: the atoms as a dictionary, the best code of at most the SAE's L0 atoms an input "
+               "(husai.analysis.oracle)")
     if json_out:
         write_json(json_out, {"activations": str(activations), "ground_truth": str(gt_file), "saes": out})
         typer.echo(f"recovery written to {json_out}")

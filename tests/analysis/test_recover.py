@@ -51,6 +51,13 @@ def test_recover_scores_an_oracle_at_one_and_a_random_dictionary_at_its_referenc
     assert set(o["planes"]) == {"out3", "in5"} and o["planes"]["out3"]["variance_share"] > 0.2
     assert o["off_data_span"] == pytest.approx(0.0, abs=1e-6) and r["off_data_span"] > 0.3  # random rows leave it
     assert "recovery of the ground truth" in out
+    # the user's atoms as an oracle at each SAE's L0 (TopK k 4: at most 4): its best code is at least the centroid lookup
+    # (one atom, at scale 1, is one of the codes it searches), and the gap is oracle EV minus the SAE's
+    for sae in (o, r):
+        orc = sae["oracle"]
+        assert 1 <= orc["k"] <= 4 and orc["l0"] <= orc["k"] and orc["explained_variance"] >= gt.centroid_ev - 1e-9
+        assert orc["gap"] == pytest.approx(orc["explained_variance"] - orc["sae_explained_variance"])
+    assert "oracle: the atoms as a dictionary" in out
 
 
 def test_recover_without_a_ground_truth_file_is_one_clear_error(user_files, capsys, monkeypatch):
