@@ -1,5 +1,6 @@
 """What the SAEs learned: their latents against the model's Fourier ground truth, cross-seed
-stability, the null baselines every figure is read against, the comparison of several SAEs
+stability, the null baselines every figure is read against, the oracle dictionaries that say why SAEs
+miss the truth (husai.analysis.oracle, optimisation_gap), the comparison of several SAEs
 (husai.analysis.compare) and its plots.
 
 May import: husai.sae, husai.model and the plumbing.
@@ -15,6 +16,8 @@ _EXPORTS = {
     "null_stats": "husai.analysis.nulls", "data_span": "husai.analysis.data_span",
     "seed_agreement": "husai.analysis.agreement", "sae_stability": "husai.analysis.seed_stability",
     "compare_saes": "husai.analysis.compare", "fourier_saes": "husai.analysis.compare",
+    **{name: "husai.analysis.oracle" for name in ("truth_circles", "tiling", "best_code", "score")},
+    "cell_oracle": "husai.analysis.optimisation_gap",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy(__name__, _EXPORTS)
