@@ -136,15 +136,14 @@ def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int]
     if saes:
         out["trained_near_truth"] = [near_truth(saes[s].W_dec, D, (saes[s].encode(acts.float()) > 0).any(0))
                                      for s, D in zip(seeds, tilings) if s in saes]
-    start = truth_start(acts, cfg, tiled)
-    if encoder:
-        enc = oracle_with_encoder(acts, cfg, seeds, start)
+    enc, begun = truth_runs(acts, cfg, seeds, truth_start(acts, cfg, tiled), encoder, started)
+    if enc is not None:
         best = [score(X, D, k)["explained_variance"] if neurons else s["explained_variance"]
                 for D, s in zip(tilings, per)]  # the tiling's own best code, which the encoder approximates
         enc["amortisation_gap"] = [b - e for b, e in zip(best, enc["explained_variance"])]
         out["encoder"] = enc
-    if started:
-        out["started"] = started_at_truth(acts, cfg, seeds, start)
+    if begun is not None:
+        out["started"] = begun
     return out
 
 
@@ -162,34 +161,50 @@ def truth_start(acts: torch.Tensor, cfg, tiled: list[tuple[torch.Tensor, list[di
     return start
 
 
-def oracle_with_encoder(acts: torch.Tensor, cfg, seeds: list[int], start: dict) -> dict:
-    """Each seed's tiling as a frozen decoder with the cell's own encoder trained by the cell's recipe (the
-    other rows at the usual init and frozen too) -> EV, L0, dead per seed. Against the best code, its
-    shortfall is the amortisation gap (O'Neill et al. 2024): what a one-layer encoder loses in choosing
-    the atoms, apart from the dictionary."""
+def truth_runs(acts: torch.Tensor, cfg, seeds: list[int], start: dict, encoder: bool = True,
+               started: bool = True) -> tuple[dict | None, dict | None]:
+    """The cell's recipe from `start` (truth_start), in one pass of the multi-seed trainer: with the decoder
+    frozen (the oracle with the family's encoder) and free (started at the truth), each for every seed ->
+    (oracle_with_encoder's dict, started_at_truth's dict), None for a run not asked for. Slots train
+    independently, so each run is the one it would be alone."""
     from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
 
-    res = train_saes(acts.float(), replace(cfg, trajectory_epochs=[]), seeds, start=start, freeze_decoder=True)
+    runs = [frozen for frozen, wanted in ((True, encoder), (False, started)) if wanted]
+    if not runs:
+        return None, None
+    S = len(seeds)
+    both = {key: torch.cat([v] * len(runs)) if key != "b_dec" else v for key, v in start.items()}
+    res = train_saes(acts.float(), replace(cfg, trajectory_epochs=[]), seeds * len(runs), start=both,
+                     freeze_decoder=[f for f in runs for _ in range(S)])
     m = reconstruction_metrics(res.sae, acts.float())
-    return dict(explained_variance=m["explained_variance"], l0=m["l0"], frac_dead=m["frac_dead"],
-                diverged=res.diverged_at_step is not None)
+    with torch.no_grad():
+        live = (res.sae.encode(acts.float()) > 0).any(1)  # [R S, d_sae]
+    W = res.sae.unit_decoder().detach().double()
+    out = {}
+    for r, frozen in enumerate(runs):
+        part = slice(r * S, (r + 1) * S)
+        entry = dict(explained_variance=m["explained_variance"][part], l0=m["l0"][part],
+                     frac_dead=m["frac_dead"][part], diverged=res.diverged_at_step is not None)
+        if not frozen:
+            n = start["W_dec"].shape[1]
+            cos = torch.nn.functional.cosine_similarity(W[part, :n], start["W_dec"].double(), dim=-1)  # [S, n]
+            entry.update(cosine_to_start=cos.mean(1).tolist(), min_cosine_to_start=cos.min(1).values.tolist(),
+                         near_truth=[near_truth(W[r * S + s], start["W_dec"][s].double(), live[r * S + s])
+                                     for s in range(S)])
+        out[frozen] = entry
+    return out.get(True), out.get(False)
+
+
+def oracle_with_encoder(acts: torch.Tensor, cfg, seeds: list[int], start: dict) -> dict:
+    """Each seed's tiling as a frozen decoder (and b_dec) with the cell's own encoder trained by the cell's
+    recipe (the other rows at the usual init and frozen too) -> EV, L0, dead per seed. Against the best
+    code, its shortfall is the amortisation gap (O'Neill et al. 2024): what a one-layer encoder loses in
+    choosing the atoms, apart from the dictionary."""
+    return truth_runs(acts, cfg, seeds, start, encoder=True, started=False)[0]
 
 
 def started_at_truth(acts: torch.Tensor, cfg, seeds: list[int], start: dict) -> dict:
     """The cell's recipe started at each seed's tiling (module docstring) -> EV, L0, dead per seed, each
     started row's cosine to its atom at the end (mean and min), and the share of live rows near the truth."""
-    from husai.sae.metrics import reconstruction_metrics
-    from husai.sae.train import train_saes
-
-    res = train_saes(acts.float(), replace(cfg, trajectory_epochs=[]), seeds, start=start)
-    m = reconstruction_metrics(res.sae, acts.float())
-    W = res.sae.unit_decoder().detach().double()
-    with torch.no_grad():
-        live = (res.sae.encode(acts.float()) > 0).any(1)  # [S, d_sae]
-    n = start["W_dec"].shape[1]
-    cos = torch.nn.functional.cosine_similarity(W[:, :n], start["W_dec"].double(), dim=-1)  # [S, n]
-    return dict(explained_variance=m["explained_variance"], l0=m["l0"], frac_dead=m["frac_dead"],
-                cosine_to_start=cos.mean(1).tolist(), min_cosine_to_start=cos.min(1).values.tolist(),
-                near_truth=[near_truth(W[s], start["W_dec"][s].double(), live[s]) for s in range(len(seeds))],
-                diverged=res.diverged_at_step is not None)
+    return truth_runs(acts, cfg, seeds, start, encoder=False, started=True)[1]

@@ -178,11 +178,12 @@ def _snapshot(sae: StackedSAE, live: torch.Tensor) -> dict:
 
 def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
                on_step=None, on_epoch=None, knobs: list | None = None, start: dict | None = None,
-               freeze_decoder: bool = False) -> TrainResult:
+               freeze_decoder: bool | list[bool] = False) -> TrainResult:
     """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and
     on_epoch(row) are optional callbacks (progress bar, W&B). knobs: see build_sae; start: see _init;
     freeze_decoder: the decoder (W_dec and b_dec) keeps its initial values (put back after every step), only
-    the encoder, b_enc and the thresholds learn (husai.analysis.optimisation_gap: an oracle decoder with the family's encoder)."""
+    the encoder, b_enc and the thresholds learn; a list: per seed slot (husai.analysis.optimisation_gap:
+    an oracle decoder with the family's encoder)."""
     torch.set_flush_denormal(True)  # Adam state under weight decay goes denormal (science brief sec. 1)
     N, d_in = acts.shape
     cfg.validate(d_in)
@@ -191,8 +192,9 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     acts = acts.to(device=device, dtype=torch.float32)
     sae, span = _init(acts, cfg, seeds, device, knobs, start=start)
     W_dec_init = sae.unit_decoder().detach().clone()  # unit rows, as the trained SAE's are compared
-    W_dec_frozen = sae.W_dec.detach().clone() if freeze_decoder else None
-    b_dec_frozen = sae.b_dec.detach().clone() if freeze_decoder else None
+    frozen = torch.tensor(freeze_decoder if isinstance(freeze_decoder, list) else [bool(freeze_decoder)] * S,
+                          device=device)
+    W_dec_frozen, b_dec_frozen = sae.W_dec.detach()[frozen].clone(), sae.b_dec.detach()[frozen].clone()
     # with a data span the rows are projected between the update and the renormalisation
     opt = make_optimizer(sae, cfg.optimizer, cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2), constrain_decoder=span is None)
     next_order = _batch_orders(N, cfg, seeds, device)
@@ -219,10 +221,10 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
             loss.backward()
             sae.remove_parallel_grads()
             opt.step()
-            if freeze_decoder:
+            if W_dec_frozen.shape[0]:
                 with torch.no_grad():
-                    sae.W_dec.copy_(W_dec_frozen)
-                    sae.b_dec.copy_(b_dec_frozen)
+                    sae.W_dec[frozen] = W_dec_frozen
+                    sae.b_dec[frozen] = b_dec_frozen
             if span is not None:  # back into the data span; after_step then renormalises decoder rows
                 sae.project_rows(span)
             sae.after_step(stats)

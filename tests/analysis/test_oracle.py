@@ -19,6 +19,7 @@ from husai.analysis.optimisation_gap import (
     near_truth,
     reading,
     started_at_truth,
+    truth_runs,
     truth_start,
 )
 from husai.analysis.oracle import best_code, code_scores, complete_truth, neuron_atoms, score, tiling, truth_circles
@@ -210,3 +211,19 @@ def test_convergence_is_the_last_epochs_ev_gain():
     c = convergence(rows)
     assert c["last_epoch_ev_gain"] == pytest.approx(0.00065) and c["converged"]
     assert not convergence(rows[:2])["converged"] and convergence(rows[:1]) is None and convergence(None) is None
+
+
+def test_the_two_runs_from_the_truth_in_one_pass_are_the_runs_alone():
+    """truth_runs trains the frozen-decoder and the free run side by side: each equals its run alone."""
+    acts, grid, _ = _planted()
+    X = on_grid(acts, grid)
+    tiled = [tiling(truth_circles(X, grid, [2, 5]), 12, seed=s) for s in (1, 2)]
+    cfg = SAETrainConfig(architecture="topk", latents=16, k=4, epochs=2, batch_size=128)
+    start = truth_start(acts, cfg, tiled)
+    enc, begun = truth_runs(acts, cfg, [1, 2], start)
+    alone_enc, _ = truth_runs(acts, cfg, [1, 2], start, started=False)
+    _, alone_begun = truth_runs(acts, cfg, [1, 2], start, encoder=False)
+    assert enc["explained_variance"] == pytest.approx(alone_enc["explained_variance"], abs=1e-6)
+    assert begun["explained_variance"] == pytest.approx(alone_begun["explained_variance"], abs=1e-6)
+    assert begun["cosine_to_start"] == pytest.approx(alone_begun["cosine_to_start"], abs=1e-6)
+    assert enc["explained_variance"] != pytest.approx(begun["explained_variance"], abs=1e-4)
