@@ -48,8 +48,10 @@ def test_report_has_every_section(finished):
     # the oracle: one row per analysed cell, with its reading, and a verdict sentence per architecture
     oracle = md.split("## Why the SAEs miss the truth: the oracle")[1].split("## ")[0]
     orows = [line for line in oracle.splitlines() if line.startswith("| blocks.0")]
-    assert len(orows) == 2 and all(any(r in row for r in ("| optimisation |", "| objective |", "| neither |"))
+    assert len(orows) == 2 and all(any(f"| {r}" in row for r in ("optimisation", "objective", "neither"))
                                    for row in orows)
+    # 2 epochs of training: the EV still rises, and an optimisation reading says so
+    assert all("EV still rising" in row for row in orows if "| optimisation" in row)
     assert sum(line.startswith("- Why ") and "misses the truth" in line for line in verdict.splitlines()) == 2
     assert "shared-init reference" in html and "matched geometry null" in html and "symmetry null" in html
     assert "Model-side controls, the same recipe: PW-MCC on an untrained model" in verdict
