@@ -23,14 +23,22 @@ def register(app: typer.Typer) -> None:
     ):
         """Model -> SAEs over a grid of seeds -> Fourier validation and stability with nulls -> report."""
         from husai.errors import HusaiError
-        from husai.study.runner import plan, run_study
+        from husai.interrupts import on_interrupt
 
-        if show_plan:
-            typer.echo("\n".join(plan(config, out)))
-            return
-        if workers < 1:
-            raise HusaiError(f"--workers must be >= 1, got {workers}")
-        res = run_study(config, out, executor, workers, address, retry_failed)
+        def on_disk() -> str:  # a Ctrl-C before the study's own note is armed (imports, config, the claim)
+            if (out / "study.yaml").is_file():
+                return f"{out} keeps every finished step; rerun the same command to resume"
+            return f"nothing was written to {out}; rerun the same command to start it"
+
+        with on_interrupt(lambda: None, fallback=on_disk):  # the study's own note, once armed, passes through
+            from husai.study.runner import plan, run_study
+
+            if show_plan:
+                typer.echo("\n".join(plan(config, out)))
+                return
+            if workers < 1:
+                raise HusaiError(f"--workers must be >= 1, got {workers}")
+            res = run_study(config, out, executor, workers, address, retry_failed)
         if res.failed:  # the table and report are written; the exit status still says it failed
             first = res.failed[0].relative_to(out)
             more = f" and {len(res.failed) - 1} more" if len(res.failed) > 1 else ""
