@@ -52,14 +52,6 @@ study's reference cells a longer, faster recipe (lr 1e-2, 30 epochs) reaches or 
 NEAR = 0.9
 """A decoder row is near the truth when its cosine to some atom of the tiling is >= 0.9."""
 
-READINGS = {
-    "optimisation": "a dictionary of the model's features reconstructs better at this width and L0; training does "
-                    "not find it",
-    "objective": "the SAE loss prefers what the SAEs learned over the model's features at this width and L0",
-    "neither": "the oracle and the SAEs reconstruct alike within the spread over seeds",
-}
-
-
 def t_interval(values: list[float]) -> tuple[float, float, float]:
     """(mean, lo, hi): the mean and its 95% t-interval; lo = hi = mean for a single value."""
     from scipy.stats import t
@@ -125,11 +117,12 @@ def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int]
     k = cfg.k if cfg.architecture in K_ARCHITECTURES else max(1, round(sum(sae_l0) / len(sae_l0)))
     tiled = [tiling(circles, d_sae, seed) for seed in seeds]
     tilings = [D for D, _ in tiled]
-    per = [dict(score(X, D, k), source="circles") for D in tilings]
+    circle_scores = [dict(score(X, D, k), source="circles") for D in tilings]
+    per = circle_scores
     out = dict(k=k, width=d_sae, truth=complete_truth(X, circles), circles=[c.name for c in circles])
     if neurons:  # the model's own basis is a second oracle; the better one per seed is the ceiling
         out["neurons"] = dict(score(X, neuron_atoms(X, d_sae), k), source="neurons")
-        per = [max(s, out["neurons"], key=lambda o: o["explained_variance"]) for s in per]
+        per = [max(s, out["neurons"], key=lambda o: o["explained_variance"]) for s in circle_scores]
     gap = gap_stats([s["explained_variance"] for s in per], sae_ev)
     out.update(oracle=dict(per_seed=per, explained_variance=sum(s["explained_variance"] for s in per) / len(per),
                            atoms=per[0]["atoms"]), gap=gap, reading=reading(gap), convergence=convergence(history))
@@ -138,9 +131,8 @@ def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int]
                                      for s, D in zip(seeds, tilings) if s in saes]
     enc, begun = truth_runs(acts, cfg, seeds, truth_start(acts, cfg, tiled), encoder, started)
     if enc is not None:
-        best = [score(X, D, k)["explained_variance"] if neurons else s["explained_variance"]
-                for D, s in zip(tilings, per)]  # the tiling's own best code, which the encoder approximates
-        enc["amortisation_gap"] = [b - e for b, e in zip(best, enc["explained_variance"])]
+        enc["amortisation_gap"] = [c["explained_variance"] - e  # against the tiling's own best code
+                                   for c, e in zip(circle_scores, enc["explained_variance"])]
         out["encoder"] = enc
     if begun is not None:
         out["started"] = begun

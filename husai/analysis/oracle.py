@@ -107,9 +107,8 @@ def complete_truth(X: torch.Tensor, circles: list[Circle]) -> dict:
     span of all their images, and the remainder (1 - that span's share): what no circle tiling can code."""
     total = float(X.pow(2).sum())
     if circles:
-        Q = torch.linalg.svd(torch.cat([c.images for c in circles]), full_matrices=False)[2]
-        s = torch.linalg.svdvals(torch.cat([c.images for c in circles]))
-        Q = Q[: int((s > 1e-9 * s[0]).sum())].T
+        _, s, Vh = torch.linalg.svd(torch.cat([c.images for c in circles]), full_matrices=False)
+        Q = Vh[: int((s > 1e-9 * s[0]).sum())].T
         span = float((X @ Q).pow(2).sum()) / total
     else:
         span = 0.0

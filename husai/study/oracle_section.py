@@ -5,13 +5,9 @@ architecture."""
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
-
-def _mean(values) -> float | None:
-    vs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(vs) / len(vs) if vs else None
+from husai.study.sweep import _mean
 
 
 def _f(v, nd=3) -> str:
