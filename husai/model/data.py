@@ -3,7 +3,7 @@
 The input is exactly three tokens, the third being `=` (token id p); the label c = (a op b) mod p
 is read from the logits at the `=` position. The answer is never an input token: public work that
 fed `[a, +, b, =, c]` and read the loss at c's own position trained a model that merely copies
-(science brief, section 5).
+the answer and has no Fourier structure (Nanda et al. 2023 feed `[a, b, =]`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Fourier ground truth of a grokked modular-addition model (Nanda et al. 2023, section 4).
 
-Fourier basis of Z_p (science brief, section 1): an orthonormal p x p matrix F whose row 0 is
+Fourier basis of Z_p (as in Nanda et al. 2023): an orthonormal p x p matrix F whose row 0 is
 ones/sqrt(p) and whose rows 2k-1, 2k are cos(2 pi k x / p), sin(2 pi k x / p), normalised, for
 k = 1..(p-1)/2. A function t over Z_p has 1-D coefficients `t @ F.T`; a function over the (a, b)
 grid has 2-D coefficients einsum('xyn,fx,Fy->fFn', act, F, F).

@@ -118,7 +118,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # Nanda et al.'s recipe: 30% of pairs, lr 1e-3, wd 1.0; groks after ~8-14k epochs.
     "canonical": dict(train_frac=0.3, lr=1e-3, weight_decay=1.0, epochs=40_000),
-    # Same recipe with half the pairs (still memorise-then-generalise, science brief section 1) and a
+    # Same recipe with half the pairs (still memorise-then-generalise: BENCHMARKS.md, fast preset) and a
     # larger learning rate, which speeds both grokking and the weight-decay clean-up (the
     # decoupled decay per step is lr * wd). Measured in BENCHMARKS.md. Weight decay 10 from the
     # evaluation at which the training pairs are fit (the memorised checkpoint) then cut grokked-and-

@@ -17,7 +17,7 @@ Biases exist (TransformerLens has them) but are buffers fixed at zero during tra
 Nanda's grokking setup (no attention biases); a checkpoint with non-zero biases still loads.
 
 Only the `=` position feeds the loss, so `forward(last_only=True)` computes the last block's
-queries, MLP and unembedding at that position only (science brief, section 1: CPU facts).
+queries, MLP and unembedding at that position only (BENCHMARKS.md, "Model training step").
 Every intermediate is exposed under TransformerLens hook names via `run_with_cache` and can be
 replaced via `run_with_hooks`.
 """

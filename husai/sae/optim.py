@@ -5,7 +5,7 @@ Why. Adam divides each coordinate's step by that coordinate's own gradient scale
 not a function of the geometry alone: training on X R (R orthogonal) is not training on X rotated.
 On the grokked model's residual stream in its PCA basis (coordinate variances 402 down to 1e-6)
 directions with ~zero data variance take full-size noise steps: TopK 16x EV 0.983 -> 0.932
-(science brief, section 6).
+(BENCHMARKS.md, "Training in any basis").
 
 RowAdam. For a parameter whose rows live in activation space (W_enc_T, W_dec [S, d_sae, d_in],
 b_dec [S, d_in]: the last axis is d_in), per row w with gradient g [d_in], step t:

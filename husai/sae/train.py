@@ -89,7 +89,7 @@ def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device:
               b_dec: torch.Tensor | None = None) -> StackedSAE:
     """The SAEs exactly as training starts them, from acts [N, d_in] (with cfg.data_span, rows
     projected onto the data span). Also the untrained-SAE null of `husai compare`, which must be
-    the architecture's real init (science brief, section 4). b_dec: initial_b_dec(acts), when the
+    the architecture's real init (README, "Nulls that fit the geometry"). b_dec: initial_b_dec(acts), when the
     caller already has it (it depends on the data alone; ~0.5 s at [12769, 512]). With decoder_norm
     rescale it comes folded to unit rows, as a trained SAE does (the same function)."""
     sae = _init(acts, cfg, seeds, device, b_dec=b_dec)[0]
@@ -184,7 +184,7 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     freeze_decoder: the decoder (W_dec and b_dec) keeps its initial values (put back after every step), only
     the encoder, b_enc and the thresholds learn; a list: per seed slot (husai.analysis.optimisation_gap:
     an oracle decoder with the family's encoder)."""
-    torch.set_flush_denormal(True)  # Adam state under weight decay goes denormal (science brief sec. 1)
+    torch.set_flush_denormal(True)  # Adam state under weight decay goes denormal (BENCHMARKS.md, "Model training step")
     N, d_in = acts.shape
     cfg.validate(d_in)
     check_informative(acts)
