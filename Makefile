@@ -48,10 +48,10 @@ run: $(VENV)/.core
 test: $(VENV)/.test $(VENV_TL4)/.test
 	$(PY) -m ruff check husai tests benchmarks
 	WANDB_MODE=offline HUSAI_EXPECT_TL_MAJOR=3 $(PY) -m pytest -q
-	HUSAI_EXPECT_TL_MAJOR=4 $(PY_TL4) -m pytest -q tests/test_interop.py
+	HUSAI_EXPECT_TL_MAJOR=4 $(PY_TL4) -m pytest -q tests/model/test_interop.py
 
 test-tl4: $(VENV_TL4)/.test
-	HUSAI_EXPECT_TL_MAJOR=4 $(PY_TL4) -m pytest -q tests/test_interop.py
+	HUSAI_EXPECT_TL_MAJOR=4 $(PY_TL4) -m pytest -q tests/model/test_interop.py
 
 lint: $(VENV)/.test
 	$(PY) -m ruff check --fix husai tests benchmarks

@@ -118,7 +118,7 @@ class Replay:
 
 
 def matryoshka_levels(width: int, levels: int) -> list[int]:
-    from husai.sae.topk import matryoshka_widths
+    from husai.sae.batchtopk import matryoshka_widths
 
     return matryoshka_widths(width, levels)
 

@@ -8,9 +8,9 @@ The pipeline, one subpackage per stage; imports run one way, from the top of thi
     husai.cli        the `husai` command: one thin module per command group
     husai.study      config, runner and executors, results table, report
     husai.analysis   latents vs the Fourier ground truth, stability, nulls, comparison of SAEs
-    husai.interop    a model run into the installed TransformerLens (3.x or 4.x)
     husai.sae        architectures, training, metrics, activations, SAELens-format files
-    husai.model      data, the transformer, its training, its Fourier analysis
+    husai.model      data, the transformer, its training, its Fourier analysis, and a run
+                     loaded into the installed TransformerLens (3.x or 4.x; husai.model.interop)
     husai.*          plumbing: errors, io (atomic writes), outputs (what may be written where),
                      interrupts (Ctrl-C), resources (memory), wandb_log
 
@@ -40,13 +40,13 @@ _torch.set_flush_denormal(True)
 _EXPORTS = {
     "HusaiError": "husai.errors",
     **{name: "husai.model" for name in ("ModelConfig", "Transformer", "TrainConfig", "train_model", "load_model",
-                                        "make_dataset", "get_fourier_basis", "key_frequencies")},
+                                        "make_dataset", "get_fourier_basis", "key_frequencies",
+                                        "to_transformer_lens")},
     **{name: "husai.sae" for name in ("SAETrainConfig", "train_saes", "load_sae", "load_saes", "save_sae",
                                       "model_activations")},
     **{name: "husai.analysis" for name in ("compute_fourier_overlap", "fourier_report", "compute_pwmcc", "pw_mcc",
                                            "compare_saes")},
     **{name: "husai.study" for name in ("load_study", "run_study")},
-    "to_transformer_lens": "husai.interop",
 }
 __all__ = ["__version__", *_EXPORTS]
 __getattr__, __dir__ = _lazy(__name__, _EXPORTS)

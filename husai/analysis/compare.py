@@ -142,7 +142,7 @@ def init_fn_for(sae, acts, medians: dict | None = None):
 
     recorded = metadata(sae).get("husai_config")
     try:
-        cfg = config_from_dict(recorded) if isinstance(recorded, dict) else SAETrainConfig(init="random")
+        cfg = config_from_dict(recorded, record=True) if isinstance(recorded, dict) else SAETrainConfig(init="random")
     except HusaiError:
         cfg = SAETrainConfig(init="random")
     if acts is None:

@@ -109,12 +109,11 @@ def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int]
     the near-truth share of the trained rows; neurons: the hook's coordinates are the model's neurons
     (mlp.hook_post), whose top-variance one-hot atoms are a second oracle; history: the training's epoch
     rows (metrics.json), for `convergence`. -> JSON-ready dict (module docstring)."""
-    from husai.sae.architectures import K_ARCHITECTURES
-
     grid = group_grid(p, operation)
     X = on_grid(acts, grid)  # centred, float64, grid order
     circles = truth_circles(X, grid, key_freqs)
-    k = cfg.k if cfg.architecture in K_ARCHITECTURES else max(1, round(sum(sae_l0) / len(sae_l0)))
+    fixed = cfg.family.fixed_l0()  # TopK's k; a penalised family's L0 is what training found
+    k = int(fixed) if fixed is not None else max(1, round(sum(sae_l0) / len(sae_l0)))
     tiled = [tiling(circles, d_sae, seed) for seed in seeds]
     tilings = [D for D, _ in tiled]
     circle_scores = [dict(score(X, D, k), source="circles") for D in tilings]
@@ -144,10 +143,8 @@ def truth_start(acts: torch.Tensor, cfg, tiled: list[tuple[torch.Tensor, list[di
     the data mean, and for the L1 families (ReLU, JumpReLU, which have no top-k to pick atoms) b_enc at minus
     each atom's radius times cos(phase step), so that an atom fires on the arc of phases its two
     neighbours bound, as the best code uses it (the TopK family starts at b_enc 0 and selects)."""
-    from husai.sae.architectures import K_ARCHITECTURES
-
     start = dict(W_dec=torch.stack([D for D, _ in tiled]).float(), b_dec=acts.double().mean(0).float())
-    if cfg.architecture not in K_ARCHITECTURES:
+    if cfg.family.fixed_l0() is None:  # no top-k to pick the atoms
         start["b_enc"] = torch.tensor([[-a["radius"] * math.cos(a["spacing"]) for a in labels]
                                        for _, labels in tiled], dtype=torch.float32)
     return start

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +10,7 @@ import typer
 
 from husai.errors import HusaiError
 from husai.outputs import ACTIVATIONS, claim_file
+from husai.sae.family import families, family
 from husai.sae.run import run_train_sae
 
 
@@ -26,6 +26,22 @@ def _device(name: str) -> str:
     return name
 
 
+def _settings(items: list[str]) -> dict:
+    """--set KEY=VALUE items -> {key: value}, each VALUE read as YAML (8 -> int, 0.5 -> float, null)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise HusaiError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise HusaiError(f"--set {key.strip()}: {text!r} is not a YAML value") from None
+    return out
+
+
 def register(app: typer.Typer) -> None:
     @app.command("train-sae")
     def train_sae_cmd(
@@ -39,7 +55,7 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("all", help="Train on all p^2 inputs, or only the train or test split."),
         seed: int = typer.Option(42, help="SAE seed (ignored when --seeds is given)."),
         seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds trained together, e.g. 42,123,456."),
-        architecture: Optional[str] = typer.Option(None, help="topk, batchtopk, matryoshka, relu or jumprelu."),
+        architecture: Optional[str] = typer.Option(None, help=f"{', '.join(families())} (husai.sae.family)."),
         epochs: Optional[int] = typer.Option(None), batch_size: Optional[int] = typer.Option(None),
         lr: Optional[float] = typer.Option(None), k: Optional[int] = typer.Option(None, help="TopK family: active latents."),
         expansion: Optional[int] = typer.Option(None, help="Width as d_sae = expansion x d_in (unless --latents)."),
@@ -48,19 +64,24 @@ def register(app: typer.Typer) -> None:
         target_l0: Optional[float] = typer.Option(None, help="relu, jumprelu: the L0 to reach; the penalty weight that "
                                                   "gives it is found first, from --l1-coeff / the config's weight."),
         l1_coeff: Optional[float] = typer.Option(None),
+        set_: list[str] = typer.Option([], "--set", help="KEY=VALUE: any config key, the family's included "
+                                       "(e.g. --set aux_coeff=0.05); VALUE is read as YAML. Repeatable."),
         device: str = typer.Option("cpu"), wandb: bool = typer.Option(False, help="Log to Weights & Biases."),
         quiet: bool = typer.Option(False, help="No progress bar."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier train-sae output in --save-dir."),
     ):
         """Train sparse autoencoders (one per seed, all in one pass) on a model's activations."""
         from husai.locks import exclusive
-        from husai.sae.config import SAETrainConfig, load_config
+        from husai.sae.config import SAETrainConfig, config_from_dict, load_config
         from husai.sae.train import parse_seeds
 
         cfg = load_config(config) if config is not None else SAETrainConfig()
         overrides = dict(architecture=architecture, epochs=epochs, batch_size=batch_size, lr=lr, k=k,
                          expansion=expansion, latents=latents, target_l0=target_l0, l1_coeff=l1_coeff)
-        cfg = replace(cfg, **{key: v for key, v in overrides.items() if v is not None}).validate()
+        flat = dict(cfg.to_dict(), **{key: v for key, v in overrides.items() if v is not None})
+        if architecture is not None and architecture != cfg.architecture:  # the new family's defaults
+            flat = {key: v for key, v in flat.items() if key not in family(cfg.architecture).keys()}
+        cfg = config_from_dict(dict(flat, **_settings(set_)), "train-sae options")
         seed_list = parse_seeds(seeds) if seeds is not None else [seed]
         with exclusive(save_dir, "husai train-sae", "--save-dir"):  # one writer per output folder
             m = run_train_sae(cfg, save_dir, seed_list, transformer_checkpoint, activations, layer, hook, split,

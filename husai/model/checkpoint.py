@@ -6,11 +6,11 @@
     DIR/checkpoints/epoch_XXXXXX.safetensors   weights + AdamW state, for --resume
     DIR/metrics.json, DIR/history.jsonl
 
-A TransformerLens user loads a run with `husai.interop.to_transformer_lens(DIR)`: TransformerLens 4
-(`TransformerBridge.boot_native(TransformerBridgeConfig(**TL_FIELDS))`, weights through
-`convert_tl_checkpoint`) or 3 (`HookedTransformer(HookedTransformerConfig(**TL_FIELDS))`, weights as
-they are), same logits and hook names (tests/test_interop.py). TL_FIELDS are the config fields
-both versions' config classes take.
+A TransformerLens user loads a run with `husai.model.interop.to_transformer_lens(DIR)`:
+TransformerLens 4 (`TransformerBridge.boot_native(TransformerBridgeConfig(**TL_FIELDS))`, weights
+through `convert_tl_checkpoint`) or 3 (`HookedTransformer(HookedTransformerConfig(**TL_FIELDS))`,
+weights as they are), same logits and hook names (tests/model/test_interop.py). TL_FIELDS are the
+config fields both versions' config classes take.
 """
 
 from __future__ import annotations

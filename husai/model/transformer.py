@@ -12,7 +12,7 @@ Parameter names and shapes are TransformerLens's (`embed.W_E`, `blocks.0.attn.W_
 [n_heads, d_model, d_head], ..., `unembed.W_U`), so `model.state_dict()` loads into a
 TransformerLens 3 `HookedTransformer` with the config from `ModelConfig.to_hooked_transformer_config()`
 as it is, and into a TransformerLens 4 `TransformerBridge` after `convert_tl_checkpoint`
-(husai.interop does either).
+(husai.model.interop does either).
 Biases exist (TransformerLens has them) but are buffers fixed at zero during training, as in
 Nanda's grokking setup (no attention biases); a checkpoint with non-zero biases still loads.
 

@@ -8,8 +8,9 @@ May import: husai.model and the plumbing.
 from husai._exports import lazy
 
 _EXPORTS = {
-    **{name: "husai.sae.architectures" for name in ("ARCHITECTURES", "K_ARCHITECTURES", "StackedSAE", "TopKSAE",
-                                                    "BatchTopKSAE", "MatryoshkaSAE", "ReLUSAE", "JumpReLUSAE")},
+    **{name: "husai.sae.architectures" for name in ("StackedSAE", "TopKSAE", "BatchTopKSAE",
+                                                    "MatryoshkaSAE", "ReLUSAE", "JumpReLUSAE")},
+    "families": "husai.sae.family", "family": "husai.sae.family", "register": "husai.sae.family",
     "SAETrainConfig": "husai.sae.config", "train_saes": "husai.sae.train", "load_config": "husai.sae.config",
     "train_cells": "husai.sae.cells",
     "load_sae": "husai.sae.checkpoint", "load_saes": "husai.sae.checkpoint", "save_sae": "husai.sae.checkpoint",

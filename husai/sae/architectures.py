@@ -15,12 +15,13 @@ Each seed's loss depends only on its own slice of the parameters, and the traini
 sum of the per-seed losses, so every seed's gradient is exactly what it would be if trained
 alone; Adam is elementwise, so the optimiser state is per-seed too (tests/sae/test_sae_train.py).
 
-Architectures (one file per family; the base StackedSAE is in husai.sae.base):
+Architectures (one file per family, each registering itself with husai.sae.family; the base
+StackedSAE is in husai.sae.base):
   TopKSAE        Gao et al. 2024, sec. 2.3: z = ReLU(TopK_k(pre)); AuxK loss for dead latents.
   BatchTopKSAE   Bussmann et al. 2024: keep the k*B largest pre-activations of the whole batch;
                  at inference a JumpReLU with a learned global threshold (as SAELens saves it).
   MatryoshkaSAE  Bussmann et al. 2025: BatchTopK in which every nested prefix of the dictionary
-                 must reconstruct the input on its own (the three: husai.sae.topk).
+                 must reconstruct the input on its own (these two: husai.sae.batchtopk).
   ReLUSAE        z = ReLU(pre); loss = MSE + l1_coeff * sum_i z_i ||W_dec,i|| (Anthropic, April
                  2024 update: the L1 is weighted by decoder norms, the decoder is unconstrained).
   JumpReLUSAE    Rajamanoharan et al. 2024 ("Jumping Ahead"): z = pre * H(pre - theta), loss =
@@ -31,12 +32,14 @@ Architectures (one file per family; the base StackedSAE is in husai.sae.base):
 from __future__ import annotations
 
 from husai.sae.base import StackedSAE
-from husai.sae.jumprelu import JumpReLUSAE
+
+# One import per family: importing its module registers it (husai.sae.family), and the import order
+# is the registry's, which orders the results table's columns, the legends and the help texts.
+# isort: off
+from husai.sae.topk import TopKSAE
+from husai.sae.batchtopk import BatchTopKSAE, MatryoshkaSAE
 from husai.sae.relu import ReLUSAE
-from husai.sae.topk import BatchTopKSAE, MatryoshkaSAE, TopKSAE
+from husai.sae.jumprelu import JumpReLUSAE
+# isort: on
 
-__all__ = ["StackedSAE", "TopKSAE", "BatchTopKSAE", "MatryoshkaSAE", "ReLUSAE", "JumpReLUSAE",
-           "ARCHITECTURES", "K_ARCHITECTURES"]
-
-ARCHITECTURES = {c.architecture: c for c in (TopKSAE, BatchTopKSAE, MatryoshkaSAE, ReLUSAE, JumpReLUSAE)}
-K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka")  # the ones whose sparsity knob is k
+__all__ = ["StackedSAE", "TopKSAE", "BatchTopKSAE", "MatryoshkaSAE", "ReLUSAE", "JumpReLUSAE"]

@@ -40,8 +40,10 @@ largest (L0 still too high) or ends at the smallest (too low)."""
 
 
 def penalty_key(architecture: str) -> str:
-    """The config key of a penalised architecture's weight."""
-    return {"relu": "l1_coeff", "jumprelu": "l0_coeff"}[architecture]
+    """The config key of a penalised architecture's weight (its family's sparsity key)."""
+    from husai.sae.family import family
+
+    return family(architecture).config.sparsity_key
 
 
 def calibrate_weight(acts: torch.Tensor, cfg, seed: int, device: str = "cpu") -> tuple[float, list[dict], bool]:

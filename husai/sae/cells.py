@@ -20,15 +20,14 @@ from dataclasses import replace
 
 import torch
 
-from husai.sae.architectures import K_ARCHITECTURES
 from husai.sae.config import SAETrainConfig
 from husai.sae.train import TrainResult, train_saes
 
 
 def group_key(cfg: SAETrainConfig) -> str:
-    """Cells with the same key can share a pass: configs equal but for k (which only the TopK
-    family reads; equal configs of any architecture simply stack their seeds)."""
-    return repr(sorted(replace(cfg, k=0).to_dict().items()))
+    """Cells with the same key can share a pass: configs equal but for the family's sparsity key
+    (k for the TopK family; equal configs of any architecture simply stack their seeds)."""
+    return repr(sorted(replace(cfg, **{cfg.family.sparsity_key: 0}).to_dict().items()))
 
 
 def group(cells: list[tuple[SAETrainConfig, list[int]]]) -> list[list[int]]:
@@ -51,9 +50,10 @@ def train_cells(acts: torch.Tensor, cells: list[tuple[SAETrainConfig, list[int]]
         if len({group_key(cells[i][0]) for i in members}) != 1:
             raise ValueError(f"cells {members} cannot share a pass (configs differ beyond k)")
         seeds = [s for i in members for s in cells[i][1]]
-        ks = [cells[i][0].k for i in members for _ in cells[i][1]]
         cfg = cells[members[0]][0]
-        per_slot = cfg.architecture in K_ARCHITECTURES and len(set(ks)) > 1
+        key = cfg.family.sparsity_key
+        ks = [getattr(cells[i][0], key) for i in members for _ in cells[i][1]]
+        per_slot = len(set(ks)) > 1
         res = train_saes(acts, cfg, seeds, device, knobs=ks if per_slot else None)
         start = 0
         for i in members:

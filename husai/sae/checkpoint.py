@@ -7,9 +7,9 @@
     FOLDER/sae_weights.safetensors   W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_enc [d_sae],
                                      b_dec [d_in], threshold [d_sae] (jumprelu)
 
-husai architecture -> SAELens inference architecture: topk -> topk, relu -> standard,
-jumprelu -> jumprelu, batchtopk and matryoshka -> jumprelu with a constant threshold (what
-SAELens itself saves after BatchTopK and Matryoshka BatchTopK training). So
+husai architecture -> SAELens inference architecture: each family's SAE says (`saelens_form`):
+topk -> topk, relu -> standard, jumprelu -> jumprelu, batchtopk and matryoshka -> jumprelu with a
+constant threshold (what SAELens itself saves after BatchTopK and Matryoshka BatchTopK training). So
 `sae_lens.SAE.load_from_disk(FOLDER)` loads any husai SAE, and `load_sae(FOLDER)` loads those
 and SAEs saved by SAELens in these architectures.
 """
@@ -26,23 +26,18 @@ from husai.io import load_tensors, read_json, save_tensors, write_json
 
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 SAELENS_VERSION = "6.54.0"  # the format version written; >= 6.0 skips SAELens's pre-6 conversion
-_SAELENS_ARCH = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu",
-                 "matryoshka": "jumprelu"}
 
 
 def save_sae(folder: str | Path, sae, slot: int = 0, metadata: dict | None = None) -> None:
     """Write seed slot `slot` of a stacked husai SAE as a SAELens folder (atomic file writes)."""
     folder = Path(folder)
     arch = sae.architecture
-    tensors = {"W_enc": sae.W_enc[slot], "W_dec": sae.W_dec[slot], "b_enc": sae.b_enc[slot], "b_dec": sae.b_dec[slot]}
-    if arch == "jumprelu":
-        tensors["threshold"] = sae.threshold[slot]
-    elif arch in ("batchtopk", "matryoshka"):
-        tensors["threshold"] = sae.threshold[slot].expand(sae.d_sae)
-    cfg = dict(architecture=_SAELENS_ARCH[arch], d_in=sae.d_in, d_sae=sae.d_sae, dtype="float32", device="cpu",
+    saelens_arch, extra, extra_cfg = sae.saelens_form(slot)
+    tensors = {"W_enc": sae.W_enc[slot], "W_dec": sae.W_dec[slot], "b_enc": sae.b_enc[slot],
+               "b_dec": sae.b_dec[slot], **extra}
+    cfg = dict(architecture=saelens_arch, d_in=sae.d_in, d_sae=sae.d_sae, dtype="float32", device="cpu",
                apply_b_dec_to_input=True, normalize_activations="none", reshape_activations="none")
-    if arch == "topk":
-        cfg.update(k=sae.slot_hparams([slot])["k"], rescale_acts_by_decoder_norm=False)
+    cfg.update(extra_cfg)
     meta = dict(sae_lens_version=SAELENS_VERSION, sae_lens_training_version=None, model_name="husai-modular",
                 hook_name=None, hook_head_index=None, prepend_bos=False, context_size=3)
     meta.update(husai_architecture=arch, husai_hparams=sae.slot_hparams([slot]))

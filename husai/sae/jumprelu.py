@@ -1,17 +1,21 @@
 """JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead"): z = pre * H(pre - theta), an L0 penalty,
 and straight-through pseudo-derivatives through the step with a rectangle kernel of width eps.
 
-Shapes as in husai.sae.architectures: pre [S, B, d_sae], theta [S, d_sae].
+Shapes as in husai.sae.architectures: pre [S, B, d_sae], theta [S, d_sae]. Its config keys
+(JumpReLUConfig) and its registration are at the end.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from husai.errors import HusaiError
 from husai.sae.base import PenalisedSAE, batch_variance
+from husai.sae.family import Family, PenaltyConfig, register
 from husai.sae.sparse import DENSE_ABOVE, Codes, decode, dense_pre, encode_at, entries_above, sparse_stats
 
 
@@ -196,3 +200,37 @@ class JumpReLUSAE(PenalisedSAE):
         var = batch_variance(x)
         stats = dict(loss=loss.detach(), mse=mse.detach(), l0=l0.detach().float(), ev=1 - mse.detach() / var, fired=fired)
         return loss.sum(), stats
+
+    def saelens_form(self, slot: int) -> tuple[str, dict, dict]:
+        """SAELens's jumprelu SAE, with this slot's per-latent thresholds."""
+        return "jumprelu", {"threshold": self.threshold[slot]}, {}
+
+
+@dataclass
+class JumpReLUConfig(PenaltyConfig):
+    """The JumpReLU SAE's keys: the L0 weight, the kernel width, the initial threshold, target_l0."""
+
+    sparsity_key = "l0_coeff"
+    knob_prefix = "l0"
+    columns = ("target_l0", "l0_coeff")
+
+    l0_coeff: float = 8.0
+    """Weight of the L0 penalty (absolute, like l1_coeff)."""
+    jumprelu_bandwidth: float = 2.0
+    """Width eps of the rectangle kernel in the pseudo-derivatives (Rajamanoharan et al. sec. 4), in
+    activation units: scale it with the pre-activations (here tens)."""
+    jumprelu_init_threshold: float = 1.0
+    """Initial threshold of every latent (> 0; learned as its logarithm)."""
+
+    def validate(self, d_sae: int | None, width: str) -> None:
+        super().validate(d_sae, width)
+        for name in ("jumprelu_bandwidth", "jumprelu_init_threshold"):
+            if getattr(self, name) <= 0:
+                raise HusaiError(f"config key {name!r} must be > 0, got {getattr(self, name)}")
+
+    def build(self, n_seeds, d_in, d_sae, rescale, sparsity=None):
+        return JumpReLUSAE(n_seeds, d_in, d_sae, self.l0_coeff if sparsity is None else sparsity,
+                           self.jumprelu_bandwidth, self.jumprelu_init_threshold)
+
+
+register(Family("jumprelu", JumpReLUConfig, JumpReLUSAE, label="JumpReLU", color="tab:orange"))

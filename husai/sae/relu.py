@@ -5,14 +5,18 @@ a smaller z for a larger W_dec.
 Training runs sparsely, as the TopK family's does (husai.sae.sparse): one dense no-grad pass for
 the pre-activations, then only the entries above a threshold (`entries_above`, shared with the
 JumpReLU SAE). The dense StackedSAE.training_loss is the reference the tests compare against.
+Its config keys (ReLUConfig) and its registration are at the end.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from husai.sae.base import PenalisedSAE, batch_variance
+from husai.sae.family import Family, PenaltyConfig, register
 from husai.sae.sparse import DENSE_ABOVE, Codes, RowNorms, decode, dense_pre, encode_at, entries_above, sparse_stats
 
 
@@ -56,3 +60,26 @@ class ReLUSAE(PenalisedSAE):
         norms = RowNorms.apply(self.W_dec)  # [S, d_sae]
         loss = mse + self.coeff * (z * norms.gather(1, cols)).sum(1) / B
         return loss.sum(), sparse_stats(loss, mse, batch_variance(x), z, cols, B, self.d_sae)
+
+    def saelens_form(self, slot: int) -> tuple[str, dict, dict]:
+        """SAELens's "standard" SAE: z = ReLU(pre)."""
+        return "standard", {}, {}
+
+
+@dataclass
+class ReLUConfig(PenaltyConfig):
+    """The ReLU SAE's keys: the L1 weight, and target_l0 (PenaltyConfig)."""
+
+    sparsity_key = "l1_coeff"
+    knob_prefix = "l1"
+    columns = ("target_l0", "l1_coeff")
+
+    l1_coeff: float = 2.0
+    """Weight of the decoder-norm-weighted L1 penalty. Absolute (the MSE is not normalised), so
+    scale it with the activations' variance, or give target_l0 and let the search find it."""
+
+    def build(self, n_seeds, d_in, d_sae, rescale, sparsity=None):
+        return ReLUSAE(n_seeds, d_in, d_sae, self.l1_coeff if sparsity is None else sparsity)
+
+
+register(Family("relu", ReLUConfig, ReLUSAE, label="ReLU", color="tab:red"))

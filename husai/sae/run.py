@@ -51,7 +51,7 @@ def _train_sae(cfg, out: Path, seeds, transformer_checkpoint, activations, layer
 
             run = init_run("husai-sae", dict(cfg.to_dict(), seeds=seeds, **info), stage, name=out.name)
         calibration = None
-        if cfg.target_l0 is not None:  # the penalty weight for that L0, then every seed trains at it
+        if cfg.family.target() is not None:  # the penalty weight for that L0, then every seed trains at it
             from dataclasses import replace
 
             from husai.sae.calibrate import calibrate_weight, penalty_key

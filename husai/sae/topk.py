@@ -1,24 +1,31 @@
-"""The TopK family, stacked over S seeds (shapes as in husai.sae.architectures): TopK, BatchTopK, Matryoshka.
+"""The TopK SAE (Gao et al. 2024, sec. 2.3), stacked over S seeds (shapes in husai.sae.architectures):
+z = ReLU(TopK_k(pre)); loss = FVU + aux_coeff * AuxK. Its config keys (TopKConfig) and its
+registration are at the end of this file; BatchTopK and Matryoshka, which share its sparse step,
+are in husai.sae.batchtopk.
 
-  TopKSAE        Gao et al. 2024, sec. 2.3: z = ReLU(TopK_k(pre)); loss = FVU + aux_coeff * AuxK.
-  BatchTopKSAE   Bussmann et al. 2024: keep the k*B largest pre-activations of the whole batch;
-                 at inference a JumpReLU with a learned global threshold (as SAELens saves it).
-  MatryoshkaSAE  Bussmann et al. 2025: BatchTopK whose nested dictionary prefixes must each
-                 reconstruct the input on their own.
-
-Training runs sparsely (husai.sae.sparse); the dense formulas (StackedSAE.training_loss with
-`activate`, `sparsity_loss`) are the reference the tests compare every gradient against.
+Which loss is which (one TopK loss, four code paths; tests/sae compares each with the reference):
+  reference   StackedSAE.training_loss with `activate` and `sparsity_loss`: dense, autograd,
+              written as the paper states it; only the tests run it.
+  fast path   TopKSAE.training_loss: one kernels.topk_step call does selection, AuxK, decode,
+              the loss and the whole backward (_KernelTopKStep), where the C kernels are built;
+              otherwise the sparse step with the C loss (_KernelFVU) or, without kernels, the
+              sparse PyTorch step (husai.sae.sparse). BatchTopK and Matryoshka take the sparse
+              step, never the one-call one (their selection spans the batch).
 """
 
 from __future__ import annotations
 
 import functools
+import typing
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from husai.errors import HusaiError
 from husai.sae import kernels
 from husai.sae.base import StackedSAE, batch_variance
+from husai.sae.family import Family, FamilyConfig, register
 from husai.sae.sparse import Codes, RowNorms, decode, encode_at, topk_rows
 
 
@@ -251,98 +258,47 @@ class TopKSAE(StackedSAE):
                 stats["min_active"] = torch.where(active, vals, torch.full_like(vals, float("inf"))).min(1).values
         return loss.sum(), stats
 
-
-class BatchTopKSAE(TopKSAE):
-    """Training: per seed, keep the k*B largest pre-activations across the whole batch (ReLU'd),
-    so the *average* L0 is k (Bussmann et al. 2024, sec. 3). Inference: z = ReLU(pre) * (pre >
-    threshold[s]) with threshold an EMA of the smallest kept activation per batch (SAELens's
-    estimator, rate `threshold_lr`), started at the first batch's value rather than at 0. From 0,
-    a 24-step run ended with the threshold at 21% of its target: L0 150 for k = 8, EV -237
-    (measured; from the first batch: L0 1.5, EV -1.7, an undertrained SAE either way). On the
-    grokked model's 1,000-step runs both starts give the same SAE (EV 0.978, L0 28)."""
-
-    architecture = "batchtopk"
-    selection_adds_bias = False  # its batch-wide selection reads pre with the bias
-    one_call_step = False
-    tracks_min_active = True
-
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
-                 aux_coeff: float = 1 / 32, threshold_lr: float = 0.01, rescale: bool = False):
-        super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff, rescale)
-        self.threshold_lr = threshold_lr
-        self.hparams["threshold_lr"] = threshold_lr
-        self.register_buffer("threshold", torch.zeros(n_seeds))  # [S]
-        self.register_buffer("threshold_updates", torch.zeros(n_seeds))  # [S] EMA updates so far
-
-    def activate(self, pre: torch.Tensor, training: bool = False) -> torch.Tensor:
-        if not training:
-            return F.relu(pre) * (pre > self.threshold.view(-1, 1, 1))
-        S, B, d_sae = pre.shape
-        flat = pre.reshape(S, B * d_sae)
-        vals, idx = self._per_slot(*topk_rows(flat, min(self.k * B, B * d_sae)), per_k=B)
-        return torch.zeros_like(flat).scatter(-1, idx, F.relu(vals)).view(S, B, d_sae)
-
-    def select_latents(self, pre: torch.Tensor, bias: torch.Tensor | None = None):
-        """The k*B largest pre-activations of each seed's batch, as a coordinate list sorted by row."""
-        if bias is not None:
-            pre = pre + bias.unsqueeze(1)
-        S, B, d_sae = pre.shape
-        vals, flat = self._per_slot(*topk_rows(pre.reshape(S, B * d_sae), min(self.k * B, B * d_sae)), per_k=B)
-        flat, order = flat.sort(dim=1)  # group by input row for embedding_bag
-        return vals.gather(1, order), flat // d_sae, flat % d_sae
-
-    @torch.no_grad()
-    def after_step(self, stats: dict) -> None:
-        super().after_step(stats)
-        pos = stats["min_active"]  # [S]: smallest positive kept activation (inf if none)
-        fired = torch.isfinite(pos)
-        lr = self.threshold_lr
-        ema = torch.where(self.threshold_updates > 0, (1 - lr) * self.threshold + lr * pos, pos)
-        self.threshold.copy_(torch.where(fired, ema, self.threshold))
-        self.threshold_updates.add_(fired.to(self.threshold_updates.dtype))
+    def saelens_form(self, slot: int) -> tuple[str, dict, dict]:
+        """SAELens's inference form of seed slot `slot`: (architecture, extra tensors, extra cfg keys)."""
+        return "topk", {}, dict(k=self.slot_hparams([slot])["k"], rescale_acts_by_decoder_norm=False)
 
 
-class MatryoshkaSAE(BatchTopKSAE):
-    """BatchTopK with nested dictionaries (Bussmann et al. 2025, "Learning Multi-Level Features
-    with Matryoshka Sparse Autoencoders", sec. 3): the latents are ordered, and every prefix
-    0..widths[l]-1 must reconstruct x on its own, so general features settle in the first latents
-    and are not absorbed by specific ones. widths [L], increasing, widths[-1] = d_sae:
+@dataclass
+class TopKConfig(FamilyConfig):
+    """The TopK family's keys (BatchTopK and Matryoshka extend them)."""
 
-        loss = sum_l FVU(x, b_dec + sum_{j < widths[l]} z_j W_dec,j) + aux_coeff * AuxK
+    sparsity_key = "k"
+    columns = ("k",)
 
-    (SAELens's matryoshka_batchtopk sums the levels' MSEs the same way; husai's TopK family uses
-    FVU, see StackedSAE.training_loss). Inference and the saved format are BatchTopK's (a
-    JumpReLU with a global threshold), as SAELens saves it too.
-    """
+    k: int = 32
+    """Active latents per input (topk) or on average per input (batchtopk, matryoshka)."""
+    aux_coeff: float = 0.03125
+    """AuxK loss coefficient (Gao et al. A.2: 1/32)."""
+    k_aux: typing.Optional[int] = None
+    """Dead latents used by AuxK; null = d_in // 2 (Gao et al. A.2)."""
 
-    architecture = "matryoshka"
+    def validate(self, d_sae: int | None, width: str) -> None:
+        if self.k < 1:
+            raise HusaiError(f"k must be >= 1, got {self.k}")
+        if d_sae is not None and self.k >= d_sae:
+            raise HusaiError(f"k must be smaller than d_sae = {d_sae} ({width}), got k = {self.k}")
+        if self.aux_coeff < 0:
+            raise HusaiError(f"config key 'aux_coeff' must be >= 0, got {self.aux_coeff}")
+        if self.k_aux is not None and self.k_aux < 1:
+            raise HusaiError(f"config key 'k_aux' must be >= 1, got {self.k_aux}")
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], widths: list[int],
-                 k_aux: int | None = None, aux_coeff: float = 1 / 32, threshold_lr: float = 0.01,
-                 rescale: bool = False):
-        super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff, threshold_lr, rescale)
-        widths = [int(w) for w in widths]
-        if not widths or widths[-1] != d_sae or any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1:
-            raise ValueError(f"matryoshka widths must increase strictly from >= 1 to d_sae = {d_sae}, got {widths}")
-        self.widths, self.n_levels = widths, len(widths)
-        self.hparams["widths"] = widths
-        self.register_buffer("_inner", torch.tensor(widths[:-1]), persistent=False)
+    def build(self, n_seeds, d_in, d_sae, rescale, sparsity=None):
+        k = self.k if sparsity is None else sparsity
+        return TopKSAE(n_seeds, d_in, d_sae, k, self.k_aux, self.aux_coeff, rescale)
 
-    def level_of(self, cols: torch.Tensor) -> torch.Tensor:
-        return torch.bucketize(cols, self._inner, right=True)  # widths[l-1] <= col < widths[l] -> l
+    def cell_knob(self) -> str:
+        return f"k{self.k}"
 
-    def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
-        """Dense reference: AuxK plus the inner levels' FVUs (the outer level is the main term)."""
-        var = batch_variance(x)
-        W = self.unit_decoder()
-        inner = sum(((torch.bmm(z[..., :w], W[:, :w]) + self.b_dec.unsqueeze(1) - x).pow(2).sum(-1).mean(1)
-                     for w in self.widths[:-1]), x_hat.new_zeros(self.n_seeds))
-        return inner / var + super().sparsity_loss(x, pre, z, x_hat, dead)
+    def fixed_l0(self) -> float | None:
+        return self.k
 
-
-MATRYOSHKA_GROWTH = 4  # width ratio between consecutive levels (husai's choice)
+    def table(self, weight: float | None) -> dict:
+        return {"k": self.k}
 
 
-def matryoshka_widths(d_sae: int, levels: int, growth: int = MATRYOSHKA_GROWTH) -> list[int]:
-    """Nested widths growing `growth`-fold per level up to d_sae: (2048, 4) -> [32, 128, 512, 2048]."""
-    return [max(1, d_sae // growth ** (levels - 1 - l)) for l in range(levels)]
+register(Family("topk", TopKConfig, TopKSAE, label="TopK", color="tab:blue", rescalable=True))

@@ -20,38 +20,17 @@ from husai.errors import HusaiError
 from husai.model.data import check_seed
 from husai.resources import check_fits_in_memory
 from husai.sae.activations import check_informative
-from husai.sae.architectures import (
-    BatchTopKSAE,
-    JumpReLUSAE,
-    MatryoshkaSAE,
-    ReLUSAE,
-    StackedSAE,
-    TopKSAE,
-)
-from husai.sae.base import PenalisedSAE, data_span_basis, geometric_median
+from husai.sae.base import PenalisedSAE, StackedSAE, data_span_basis, geometric_median
 from husai.sae.config import SAETrainConfig
 from husai.sae.optim import make_optimizer
 from husai.sae.resample import resample_dead
-from husai.sae.topk import matryoshka_widths
 
 
 def build_sae(cfg: SAETrainConfig, n_seeds: int, d_in: int, knobs: list | None = None) -> StackedSAE:
-    """knobs: one sparsity knob per slot instead of the config's: k for the TopK family (cells that
-    differ only in k, husai.sae.cells), the l1 / l0 weight for ReLU / JumpReLU (husai.sae.calibrate)."""
-    d_sae = cfg.d_sae(d_in)
-    k = cfg.k if knobs is None else knobs
-    rescale = cfg.decoder_norm == "rescale"
-    if cfg.architecture == "topk":
-        return TopKSAE(n_seeds, d_in, d_sae, k, cfg.k_aux, cfg.aux_coeff, rescale)
-    if cfg.architecture == "batchtopk":
-        return BatchTopKSAE(n_seeds, d_in, d_sae, k, cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr, rescale)
-    if cfg.architecture == "matryoshka":
-        return MatryoshkaSAE(n_seeds, d_in, d_sae, k, matryoshka_widths(d_sae, cfg.matryoshka_levels),
-                             cfg.k_aux, cfg.aux_coeff, cfg.batchtopk_threshold_lr, rescale)
-    if cfg.architecture == "relu":
-        return ReLUSAE(n_seeds, d_in, d_sae, cfg.l1_coeff if knobs is None else knobs)
-    return JumpReLUSAE(n_seeds, d_in, d_sae, cfg.l0_coeff if knobs is None else knobs, cfg.jumprelu_bandwidth,
-                       cfg.jumprelu_init_threshold)
+    """knobs: one value of the family's sparsity key per slot instead of the config's (k for the
+    TopK family: cells that differ only in k, husai.sae.cells; the penalty weight for ReLU /
+    JumpReLU: husai.sae.calibrate)."""
+    return cfg.build(n_seeds, d_in, knobs)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from husai.errors import HusaiError
 from husai.model.train import PRESETS, TrainConfig
-from husai.sae.config import SAETrainConfig, config_from_dict
+from husai.sae.config import SAETrainConfig, all_keys, config_from_dict
 
 TOP_KEYS = ("model", "hooks", "seeds", "saes", "stability", "oracle")
 ORACLE_KEYS = ("score", "encoder", "started")
@@ -47,12 +47,8 @@ class SAERun:
     def name(self) -> str:
         """Folder name from the parameters that vary in a grid."""
         c = self.cfg
-        knob = {"topk": f"k{c.k}", "batchtopk": f"k{c.k}", "matryoshka": f"k{c.k}_levels{c.matryoshka_levels}",
-                "relu": f"l1_{c.l1_coeff:g}", "jumprelu": f"l0_{c.l0_coeff:g}"}[c.architecture]
-        if c.target_l0 is not None:  # the weight is found per cell (husai.sae.calibrate): name the target
-            knob = f"targetL0_{c.target_l0:g}"
         width = f"x{c.expansion}" if c.latents is None else f"n{c.latents}"
-        return f"{c.architecture}_{width}_{knob}"
+        return f"{c.architecture}_{width}_{c.family.cell_knob()}"
 
     def folder(self, root: Path) -> Path:
         return root / "saes" / f"model_seed{self.model_seed}" / self.hook / self.name
@@ -172,7 +168,7 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
         raise HusaiError(f"{source}: key 'stability.control_seeds' must be an integer from 2 to the number of SAE "
                          f"seeds ({len(seeds)}), got {n_ctrl!r}")
     cells = st.get("control_cells") or []
-    keys = set(SAETrainConfig.__dataclass_fields__) | {"hook", "model_seed"}
+    keys = set(all_keys()) | {"hook", "model_seed"}
     if not isinstance(cells, list) or not all(isinstance(m, dict) and m and set(m) <= keys for m in cells):
         raise HusaiError(f"{source}: key 'stability.control_cells' must be a list of mappings of SAE config keys "
                          f"(and hook, model_seed), got {cells!r}")

@@ -13,6 +13,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from husai.io import atomic_write_bytes  # noqa: E402
+from husai.sae.family import families  # noqa: E402
 
 NULL_STYLE = {"isotropic": ("x", "tab:gray"), "matched_geometry": ("^", "tab:purple"), "symmetry": ("s", "tab:orange"),
               "shared_init": ("o", "tab:red")}
@@ -170,10 +171,6 @@ def frequency_coverage(cells: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-ARCH_COLOR = {"topk": "tab:blue", "batchtopk": "tab:cyan", "matryoshka": "tab:green", "relu": "tab:red",
-              "jumprelu": "tab:orange"}
-
-
 def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
     """One row per hook: stability's effect over chance and the ground-truth recovery against width
     (one line per architecture and sparsity) and against L0 (one line per architecture and width),
@@ -203,8 +200,9 @@ def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
                 if all(v is not None for v in lo + hi):
                     err = np.array([[max(0.0, v - a) for v, a in zip(ys, lo)], [max(0.0, b - v) for v, b in zip(ys, hi)]])
                 name = key[2] if x == "latents" else f"{key[2]:.0f} latents"
-                ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, color=ARCH_COLOR.get(key[1], "k"),
-                            ls=("-", "--", ":", "-.")[n % 4], label=f"{key[1]} {name}")
+                fam = families().get(key[1])
+                ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, color=fam.color if fam else "k",
+                            ls=("-", "--", ":", "-.")[n % 4], label=f"{fam.label if fam else key[1]} {name}")
             ax.set_xscale("log")
             xs_all = sorted({round(r[x], 1) for key in series for r in by[x][key] if r[x] is not None})
             if x == "latents" and xs_all:  # the widths themselves, not 10^k ticks

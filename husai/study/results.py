@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from husai.io import atomic_write_bytes, read_json
-from husai.sae.architectures import K_ARCHITECTURES
+from husai.sae.family import families
 from husai.study.config import StudyConfig
 
 SAE_METRICS = ("mse", "explained_variance", "l0", "frac_dead", "frac_dense", "spliced_acc", "spliced_ce", "delta_ce",
@@ -27,6 +27,14 @@ SAE_METRICS = ("mse", "explained_variance", "l0", "frac_dead", "frac_dense", "sp
 FOURIER = ("fourier_overlap", "frac_pure", "coverage", "n_live")
 STABILITY = ("pw_mcc_dec", "pw_mcc_enc", "mean_max_abs_cos_dec", "shared_fraction", "reappearance", "act_mcc",
              "act_reappearance", "plane_coverage_agreement", "mass_agreement", "class_jaccard")
+
+
+def family_columns() -> list[str]:
+    """The knob columns of every registered family (k, target_l0, l1_coeff, ...), in registry order."""
+    cols: list[str] = []
+    for fam in families().values():
+        cols += [c for c in fam.config.columns if c not in cols]
+    return cols
 
 
 def _num(x):
@@ -39,11 +47,9 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
     c = run.cfg
     weight = metrics.get("calibration", {}).get("weight")  # target_l0: the weight the search found
     base = dict(model_seed=run.model_seed, hook=run.hook, architecture=c.architecture, expansion=c.expansion,
-                latents=metrics.get("d_sae", c.latents),  # d_sae, also where the config gave an expansion
-                k=c.k if c.architecture in K_ARCHITECTURES else None, target_l0=c.target_l0,
-                l1_coeff=(weight or c.l1_coeff) if c.architecture == "relu" else None,
-                l0_coeff=(weight or c.l0_coeff) if c.architecture == "jumprelu" else None,
-                run=str(folder.relative_to(root)))
+                latents=metrics.get("d_sae", c.latents))  # d_sae, also where the config gave an expansion
+    base.update(dict.fromkeys(family_columns()), **c.family.table(weight))  # every family's, this one's filled
+    base["run"] = str(folder.relative_to(root))
     analysis = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
     if failed is None and not analysis and not metrics:
         failed = {"error": "not run (study interrupted before this cell)"}

@@ -1,5 +1,6 @@
 """The model: TransformerLens names, shapes and hooks; the fast path equals the plain path.
-That a run loads into TransformerLens 3 and 4 with the same logits and cache: tests/test_interop.py."""
+That a run loads into TransformerLens 3 and 4 with the same logits and cache:
+tests/model/test_interop.py."""
 
 import pytest
 import torch

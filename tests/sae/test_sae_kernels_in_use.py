@@ -112,8 +112,9 @@ def test_every_decode_gets_sorted_rows(monkeypatch, arch, options):
         from husai.sae.architectures import JumpReLUSAE, ReLUSAE
 
         monkeypatch.setattr(ReLUSAE if arch == "relu" else JumpReLUSAE, "dense_above", None)
-    cfg = SAETrainConfig(architecture=arch, expansion=8, k=4, epochs=3, batch_size=256, init="random", lr=3e-3,
-                         **options)
+    k = {} if arch in ("relu", "jumprelu") else dict(k=4)
+    cfg = SAETrainConfig(architecture=arch, expansion=8, epochs=3, batch_size=256, init="random", lr=3e-3,
+                         **k, **options)
     train_saes(_low_rank_acts(), cfg, [1, 2])
     assert len(seen) >= 8 and all(seen)
 

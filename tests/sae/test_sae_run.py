@@ -77,7 +77,7 @@ def test_the_sweep_axes_on_the_command_line(monkeypatch, capsys, tmp_path):
 
 @pytest.mark.parametrize("args,match", [(["--latents", "0"], "config key 'latents' must be >= 1"),
                                         (["--latents", "4", "--k", "4"], "k must be smaller than d_sae = 4 (latents 4)"),
-                                        (["--target-l0", "6"], "'target_l0' is for relu and jumprelu"),
+                                        (["--target-l0", "6"], "'target_l0' is for relu, jumprelu, not topk"),
                                         (["--architecture", "relu", "--target-l0", "-1"], "'target_l0' must lie")])
 def test_the_sweep_axes_are_validated_as_the_yaml_keys(monkeypatch, capsys, tmp_path, args, match):
     code, _, err = run_cli(monkeypatch, capsys, "train-sae", "--transformer-checkpoint", tiny_model_dir(),

@@ -244,7 +244,8 @@ def test_a_frozen_decoder_keeps_its_rows_and_the_encoder_learns(arch):
     g = torch.Generator().manual_seed(0)
     acts = torch.randn(600, 4, generator=g) @ torch.randn(4, 12, generator=g)
     rows = torch.nn.functional.normalize(torch.randn(2, 24, 12, generator=g), dim=-1)
-    cfg = SAETrainConfig(architecture=arch, latents=24, k=3, epochs=2, batch_size=100, lr=3e-3)
+    k = dict(k=3) if arch == "topk" else {}
+    cfg = SAETrainConfig(architecture=arch, latents=24, epochs=2, batch_size=100, lr=3e-3, **k)
     start = dict(W_dec=rows, b_dec=acts.mean(0))
     frozen = train_saes(acts, cfg, [1, 2], start=start, freeze_decoder=True).sae
     assert torch.equal(frozen.W_dec.detach(), rows)

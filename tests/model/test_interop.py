@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from husai.errors import HusaiError
-from husai.interop import to_transformer_lens, transformer_lens_major
 from husai.io import save_tensors, write_json
 from husai.model.data import make_tokens
+from husai.model.interop import to_transformer_lens, transformer_lens_major
 from husai.model.train import TrainConfig, config_json
 from husai.model.transformer import Transformer
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 P = 23
 
 
@@ -63,8 +63,8 @@ def test_transformer_lens_gives_husai_logits_and_cache(tmp_path, n_layers):
     for name in ours.hook_names():
         want = cache[name]
         if name.endswith("attn.hook_attn_scores") and transformer_lens_major() == 4:
-            # TransformerLens 4.3's native bridge caches the pattern here (README, husai/interop.py);
-            # when it caches the scores this fails and the note goes.
+            # TransformerLens 4.3's native bridge caches the pattern here (README,
+            # husai/model/interop.py); when it caches the scores this fails and the note goes.
             want = cache[name.replace("hook_attn_scores", "hook_pattern")]
         torch.testing.assert_close(tl_cache[name], want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
 
@@ -116,9 +116,9 @@ def test_the_readme_snippet_check_can_fail(tmp_path, monkeypatch):
     """The same snippet on a run whose weights do not match its husai model must raise."""
     save_run(tmp_path / "runs" / "model")
     monkeypatch.chdir(tmp_path)
-    import husai.interop
+    import husai.model.interop
 
-    real = husai.interop.load_model
+    real = husai.model.interop.load_model
 
     def other_weights(run_dir, which="model", device="cpu"):
         model, cfg = real(run_dir, which, device)
@@ -126,6 +126,6 @@ def test_the_readme_snippet_check_can_fail(tmp_path, monkeypatch):
             model.unembed.W_U.mul_(2)
         return model, cfg
 
-    monkeypatch.setattr(husai.interop, "load_model", other_weights)
+    monkeypatch.setattr(husai.model.interop, "load_model", other_weights)
     with pytest.raises(AssertionError):
         exec(compile(readme_snippet(), str(README), "exec"), {})
