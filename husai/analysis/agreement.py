@@ -23,20 +23,11 @@ seed (best cosine >= threshold), its mean best cosine and mean best activation c
 Uncertainty: seeds are the independent units, so the CI resamples seeds (with replacement) and
 averages the pairs of distinct draws (`bootstrap_ci`); with 5 seeds it is wide, as it should be.
 
-Nulls, each computed for every seed pair, so "effect" = mean over pairs of (value - null) has a CI:
-  isotropic         random unit directions in the span: the naive null (low-rank data already
-                    make random in-span directions agree more than random in R^d_in);
-  matched_geometry  Gaussian atoms with each dictionary's own second moment in the span: what a
-                    dictionary that merely spreads like this one would share by chance;
-  symmetry          seed B's dictionary moved by the shift (a, b) -> (a + t, b + t) (a rotation of the
-                    span; codes moved with it): an equally good SAE at another phase. Agreement above
-                    it is agreement on phase, i.e. on which latents exist, not only on which planes;
-  random_in_span    (ground-truth level) two random in-span dictionaries of the seeds' sizes.
-Readings: a metric is read against chance, its "fitting" null (FITTING: matched geometry for atoms,
-random in span for answer classes), and separately against the symmetry null, the phase reading:
-above it, the seeds agree on phase (which latents exist, not only which planes they tile); at it,
-they agree no more than with a shifted copy, which a dictionary that tiles every phase (e.g. all p
-answer detectors: its own symmetry null, score 1) and a phase-unstable one both do.
+Nulls: every null declared in husai.analysis.measures is drawn once per seed pair (from that pair's
+own generator), so "effect" = mean over pairs of (value - null) has a CI. Each measure is read
+against its "fitting" null (Measure.fitting: matched geometry for atoms, random in span for answer
+classes) and separately against the symmetry null, the phase reading: above it, the seeds agree on
+phase (which latents exist, not only which planes they tile). docs/methods.md, "Seed agreement".
 """
 
 from __future__ import annotations
@@ -47,23 +38,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from husai.analysis.data_span import DataSpan, shift_map, shift_permutation
-from husai.analysis.nulls import isotropic_dictionary, matched_geometry_dictionary
+from husai.analysis.data_span import DataSpan
+from husai.analysis.measures import NULLS, PAIR_LEVELS, TRUTH_LEVELS, fitting, measures, nulls_for
 from husai.analysis.stability import SHARED_THRESHOLD, hungarian, mean_max_abs_cos_from_cos, unit
 
 BOOTSTRAP = 2000
-ATOMS = ("pw_mcc_dec", "mean_max_abs_cos_dec", "pw_mcc_enc", "shared_fraction", "reappearance")
-ACTIVATIONS = ("act_mcc", "act_reappearance")
-GROUND_TRUTH = ("plane_coverage_agreement", "mass_agreement", "class_jaccard")
-FITTING = {m: ("matched_geometry",) for m in ATOMS} | {"class_jaccard": ("random_in_span",)}
-"""The chance null each metric is read against (its "fitting" null). The symmetry null is read
-separately, as the phase reading (`summarise`); the plane coverage and mass agreements have none: two
-random in-span dictionaries of ~2000 atoms already agree at ~0.96 / ~0.99 (a mass is an average over
-many atoms, a function of the dictionary's second moment alone), so they are descriptive figures."""
-SYMMETRY_FIT = 0.9
-"""The symmetry null needs the shift to be (nearly) an isometry of the representation: it is drawn only
-where the Procrustes map explains >= 90% of the shifted activations' variance (R^2; the grokked model's
-resid_post: ~0.97, measured; a random representation: ~0)."""
+# The plane coverage and mass agreements have no chance null: two random in-span dictionaries of ~2000
+# atoms already agree at ~0.96 / ~0.99 (a mass is an average over many atoms, a function of the
+# dictionary's second moment alone), so they are descriptive figures (husai.analysis.measures).
 
 
 @dataclass
@@ -138,15 +120,16 @@ def pair_agreement(A: SeedView, B: SeedView, threshold: float = SHARED_THRESHOLD
     tied: the encoders equal the decoders (null dictionaries): one Hungarian serves both.
     Returns (metrics {name: float}, best matches {"A": {best_cos [n_A], best_corr}, "B": {...}})."""
     if A.n == 0 or B.n == 0:
-        return {m: None for m in ATOMS + ACTIVATIONS}, {}
-    Cd = A.dec @ B.dec.T
-    rd, cd, vd = hungarian(Cd)
-    Ce = Cd if tied else A.enc @ B.enc.T
-    re_, ce, ve = (rd, cd, vd) if tied else hungarian(Ce)
-    both = (Ce.numpy()[re_, ce] > threshold) & (Cd.numpy()[re_, ce] > threshold)
-    reap, best_a, best_b = _reappear(Cd, threshold)
-    out = dict(pw_mcc_dec=float(vd.mean()), mean_max_abs_cos_dec=mean_max_abs_cos_from_cos(Cd),
-               pw_mcc_enc=float(ve.mean()), shared_fraction=float(both.mean()), reappearance=reap)
+        return {m: None for m in measures(*PAIR_LEVELS)}, {}
+    cos_dec = A.dec @ B.dec.T  # [n_A, n_B]
+    _, _, matched_dec = hungarian(cos_dec)
+    cos_enc = cos_dec if tied else A.enc @ B.enc.T
+    rows, cols, matched_enc = hungarian(cos_enc)
+    # Paulo & Belrose: pairs matched on the encoder whose encoder AND decoder cosines pass
+    both = (cos_enc.numpy()[rows, cols] > threshold) & (cos_dec.numpy()[rows, cols] > threshold)
+    reap, best_a, best_b = _reappear(cos_dec, threshold)
+    out = dict(pw_mcc_dec=float(matched_dec.mean()), mean_max_abs_cos_dec=mean_max_abs_cos_from_cos(cos_dec),
+               pw_mcc_enc=float(matched_enc.mean()), shared_fraction=float(both.mean()), reappearance=reap)
     best = {"A": {"best_cos": best_a}, "B": {"best_cos": best_b}}
     if A.codes is not None and B.codes is not None:
         Cz = correlation(A.codes, B.codes, A.codes_T_sparse())  # [n_A, n_B]
@@ -197,7 +180,7 @@ def summarise(M: np.ndarray, nulls: dict[str, np.ndarray], fitting: tuple[str, .
         strict = np.fmax.reduce(np.stack([nulls[k] for k in have]), axis=0)  # NaN only where every null is
         out["fitting"] = dict(nulls=have, value=_pair_mean(strict), effect=_pair_mean(M - strict),
                               effect_ci=bootstrap_ci(M - strict))
-    if "symmetry" in nulls:
+    if "symmetry" in nulls:  # the phase reading (husai.analysis.measures)
         out["phase"] = dict(nulls=["symmetry"], value=out["nulls"]["symmetry"]["value"],
                             effect=out["nulls"]["symmetry"]["effect"], effect_ci=out["nulls"]["symmetry"]["effect_ci"])
     return out
@@ -226,13 +209,6 @@ def _null_view(D: torch.Tensor, label: str) -> SeedView:
     return SeedView(label, np.arange(len(D)), D, D)
 
 
-def _moved(view: SeedView, M: torch.Tensor, p: int, t: int) -> SeedView:
-    """The view's SAE moved by the shift t: decoder and encoder rows times the orthogonal M
-    (husai.analysis.data_span.shift_map), codes z(a - t, b - t)."""
-    codes = view.codes[shift_permutation(p, -t)] if view.codes is not None else None
-    return SeedView(view.label, view.live, unit(view.dec @ M), unit(view.enc @ M), codes)
-
-
 def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, grid: tuple | None = None,
                    seed: int = 0) -> dict:
     """Atom- and activation-level agreement of N >= 2 seeds with their nulls (module docstring).
@@ -242,31 +218,29 @@ def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, g
     Returns {"levels": {metric: summarise(...)}, "per_latent": {label: {index, reappearance,
     best_cos, best_corr}}, "threshold"}."""
     N = len(views)
-    names = ATOMS + ACTIVATIONS
+    names = measures(*PAIR_LEVELS)
     mats = {m: _matrix(N) for m in names}
-    nulls = {k: {m: _matrix(N) for m in names} for k in ("isotropic", "matched_geometry", "symmetry")}
+    drawn = [n.name for n in NULLS.values() if n.pair is not None]
+    nulls = {k: {m: _matrix(N) for m in names} for k in drawn}
     best: list[dict[str, list]] = [dict(best_cos=[], best_corr=[]) for _ in views]
-    fits: list[float] = []  # R^2 of each pair's shift map
+    fits: dict[str, list[float]] = {k: [] for k in drawn}  # each draw's quality (Draw.fit), pair order
     r = views[0].dec.shape[1]
 
     def one_pair(n_pair: int, i: int, j: int) -> tuple:
-        """Everything seed pair (i, j) contributes; a function of the pair alone (its own generator)."""
+        """Everything seed pair (i, j) contributes; a function of the pair alone (its own generator,
+        which the nulls consume in their declaration order)."""
         gen = torch.Generator().manual_seed(seed + 7919 * n_pair)
         vals, b = pair_agreement(views[i], views[j], threshold)
-        draws = {"isotropic": (isotropic_dictionary(views[i].n, r, gen), isotropic_dictionary(views[j].n, r, gen)),
-                 "matched_geometry": (matched_geometry_dictionary(views[i].dec, gen),
-                                      matched_geometry_dictionary(views[j].dec, gen))}
-        null_vals = {kind: pair_agreement(_null_view(D1, "a"), _null_view(D2, "b"), threshold, tied=True)[0]
-                     for kind, (D1, D2) in draws.items()}
-        fit = None
-        if grid is not None:
-            Y, p = grid
-            t = int(torch.randint(1, p, (1,), generator=gen))
-            Msh = shift_map(Y, p, t)
-            Ys = Y[shift_permutation(p, t)]
-            fit = float(1 - (Ys - Y @ Msh).pow(2).sum() / Ys.pow(2).sum())
-            if fit >= SYMMETRY_FIT:
-                null_vals["symmetry"] = pair_agreement(views[i], _moved(views[j], Msh, p, t), threshold)[0]
+        ctx = dict(A=views[i], B=views[j], r=r, grid=grid)
+        draws = {k: NULLS[k].pair(ctx, gen) for k in drawn}
+        null_vals, fit = {}, {k: d.fit for k, d in draws.items() if d is not None and d.fit is not None}
+        for k, d in draws.items():
+            if d is None or d.A is None:
+                continue
+            if isinstance(d.A, torch.Tensor):  # two null dictionaries: encoder = decoder
+                null_vals[k] = pair_agreement(_null_view(d.A, "a"), _null_view(d.B, "b"), threshold, tied=True)[0]
+            else:
+                null_vals[k] = pair_agreement(d.A, d.B, threshold)[0]
         return vals, b, null_vals, fit
 
     for v in views:  # built once here, not by two threads at once
@@ -283,15 +257,12 @@ def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, g
         for kind, nv in null_vals.items():
             for m, v in nv.items():
                 nulls[kind][m][i, j] = nulls[kind][m][j, i] = np.nan if v is None else v
-        if fit is not None:
-            fits.append(fit)
-    if grid is None or not any(f >= SYMMETRY_FIT for f in fits):
-        del nulls["symmetry"]
+        for kind, f in fit.items():
+            fits[kind].append(f)
     levels = {}
     for m in names:
-        if np.isfinite(mats[m][np.triu_indices(N, 1)]).any():
-            levels[m] = summarise(mats[m], {k: v[m] for k, v in nulls.items() if np.isfinite(v[m][np.triu_indices(N, 1)]).any()},
-                                  FITTING.get(m, ()))
+        if _any(mats[m]):
+            levels[m] = summarise(mats[m], {k: v[m] for k, v in nulls.items() if _any(v[m])}, fitting(m))
     per_latent = {}
     for v, bl in zip(views, best):
         entry = dict(index=v.live.tolist(), reappearance=None, best_cos=None, best_corr=None)
@@ -301,8 +272,14 @@ def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, g
         if bl["best_corr"]:
             entry["best_corr"] = torch.stack(bl["best_corr"]).mean(0).tolist()
         per_latent[v.label] = entry
-    return dict(threshold=threshold, levels=levels, per_latent=per_latent,
-                symmetry_fit=float(np.mean(fits)) if fits else None)
+    out = dict(threshold=threshold, levels=levels, per_latent=per_latent)
+    out.update({f"{k}_fit": float(np.mean(f)) if f else None for k, f in fits.items() if f or k == "symmetry"})
+    return out
+
+
+def _any(M: np.ndarray) -> bool:
+    """Whether the matrix has any finite off-diagonal entry (a measure, or a null, was drawn)."""
+    return bool(np.isfinite(M[np.triu_indices(M.shape[0], 1)]).any())
 
 
 def reference_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD) -> dict:
@@ -356,27 +333,27 @@ def ground_truth_agreement(decoders: list[torch.Tensor], gt, threshold: float = 
 
     profiles = [profile(D) for D in decoders]
     N = len(decoders)
-    mats = {m: _matrix(N) for m in GROUND_TRUTH}
-    nulls = {"random_in_span": {m: _matrix(N) for m in GROUND_TRUTH}, "symmetry": {"class_jaccard": _matrix(N)}}
+    names = measures(*TRUTH_LEVELS)
+    mats = {m: _matrix(N) for m in names}
+    drawn = [n.name for n in NULLS.values() if n.truth is not None]
+    nulls = {k: {m: _matrix(N) for m in names if k in nulls_for(m)} for k in drawn}
     for n_pair, (i, j) in enumerate(itertools.combinations(range(N), 2)):
-        gen = torch.Generator().manual_seed(seed + 7919 * n_pair)
+        gen = torch.Generator().manual_seed(seed + 7919 * n_pair)  # consumed in the nulls' declaration order
         for m, v in _gt_pair(profiles[i], profiles[j]).items():
             mats[m][i, j] = mats[m][j, i] = v
-        rand = [profile(torch.randn(len(decoders[k]), S.shape[1], generator=gen, dtype=torch.float64) @ S.T)
-                for k in (i, j)]
-        for m, v in _gt_pair(*rand).items():
-            nulls["random_in_span"][m][i, j] = nulls["random_in_span"][m][j, i] = v
-        if operation == "add":
-            t = int(torch.randint(1, p, (1,), generator=gen))
-            moved = dict(profiles[j], classes={(c + 2 * t) % p for c in profiles[j]["classes"]})
-            nulls["symmetry"]["class_jaccard"][i, j] = nulls["symmetry"]["class_jaccard"][j, i] = \
-                _gt_pair(profiles[i], moved)["class_jaccard"]
-    if operation != "add":
-        del nulls["symmetry"]
+        ctx = dict(A=profiles[i], B=profiles[j], sizes=(len(decoders[i]), len(decoders[j])), profile=profile,
+                   span=S, p=p, operation=operation)
+        for k in drawn:
+            d = NULLS[k].truth(ctx, gen)
+            if d is None:
+                continue
+            for m, v in _gt_pair(d.A, d.B).items():
+                if m in nulls[k]:
+                    nulls[k][m][i, j] = nulls[k][m][j, i] = v
     out = {}
-    for m in GROUND_TRUTH:
-        if np.isfinite(mats[m][np.triu_indices(N, 1)]).any():
-            out[m] = summarise(mats[m], {k: v[m] for k, v in nulls.items() if m in v}, FITTING.get(m, ()))
+    for m in names:
+        if _any(mats[m]):
+            out[m] = summarise(mats[m], {k: v[m] for k, v in nulls.items() if m in v and _any(v[m])}, fitting(m))
     out["per_seed"] = [dict(coverage=pr["coverage"].tolist(), mass=pr["mass"].tolist(), n_classes=len(pr["classes"]))
                        for pr in profiles]
     out["planes"] = [pl.name for pl in gt.planes]

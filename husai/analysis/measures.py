@@ -55,7 +55,7 @@ class Null:
     name: str
     label: str
     controls_for: str
-    """What agreement above this null rules out (one sentence, the report's legend)."""
+    """What agreement above this null rules out (the report's legend: "above it rules out ...")."""
     drawn: str
     """How it is drawn (one sentence, the report's legend)."""
     marker: str
@@ -144,8 +144,8 @@ def _matched_geometry(ctx: dict, gen: torch.Generator) -> Draw:
 
 
 def _symmetry(ctx: dict, gen: torch.Generator) -> Draw | None:
-    """Seed B's SAE moved by the shift t: rows times the orthogonal Procrustes map of the shift
-    (husai.analysis.data_span.shift_map), codes z(a - t, b - t)."""
+    """Seed B's SAE moved by the shift t (shifted_view), with the orthogonal Procrustes map of the
+    shift (husai.analysis.data_span.shift_map)."""
     if ctx["grid"] is None:
         return None
     Y, p = ctx["grid"]
@@ -155,9 +155,14 @@ def _symmetry(ctx: dict, gen: torch.Generator) -> Draw | None:
     fit = float(1 - (Ys - Y @ M).pow(2).sum() / Ys.pow(2).sum())
     if fit < SYMMETRY_FIT:
         return Draw(None, None, fit)
-    B = ctx["B"]
-    codes = B.codes[shift_permutation(p, -t)] if B.codes is not None else None
-    return Draw(ctx["A"], replace(B, dec=unit(B.dec @ M), enc=unit(B.enc @ M), codes=codes), fit)
+    return Draw(ctx["A"], shifted_view(ctx["B"], M, p, t), fit)
+
+
+def shifted_view(view, M: torch.Tensor, p: int, t: int):
+    """A SeedView's SAE moved by the shift t: decoder and encoder rows times the orthogonal M [r, r]
+    (span coordinates), codes z(a - t, b - t)."""
+    codes = view.codes[shift_permutation(p, -t)] if view.codes is not None else None
+    return replace(view, dec=unit(view.dec @ M), enc=unit(view.enc @ M), codes=codes)
 
 
 def _random_in_span(ctx: dict, gen: torch.Generator) -> Draw:
@@ -177,19 +182,19 @@ def _class_symmetry(ctx: dict, gen: torch.Generator) -> Draw | None:
 
 for _n in (
     Null("isotropic", "isotropic",
-         controls_for="nothing the data's geometry explains: the naive null",
+         controls_for="random directions (the naive null, blind to the data's low rank)",
          drawn="random unit directions in the data span, as many as each seed has live latents",
          marker="x", color="tab:gray", pair=_isotropic),
     Null("matched_geometry", "matched geometry",
-         controls_for="what any dictionary spread over the space like this one shares by chance",
+         controls_for="the chance agreement of any dictionary spread over the space as this one is",
          drawn="Gaussian atoms with each seed's own second moment in the span",
          marker="^", color="tab:purple", pair=_matched_geometry),
     Null("random_in_span", "random in span",
-         controls_for="the answer classes a random dictionary of this size covers",
+         controls_for="the answer classes any random dictionary of this size covers",
          drawn="two random dictionaries of the seeds' sizes in the ground truth's span",
          marker="v", color="tab:brown", truth=_random_in_span),
     Null("symmetry", "symmetry",
-         controls_for="agreement on planes alone: above it, the seeds agree on phase (which latents exist)",
+         controls_for="agreement on the planes alone (above it the seeds agree on phase: which latents exist)",
          drawn="one seed's SAE moved by the shift (a, b) -> (a + t, b + t), an equally good SAE at "
                "another phase",
          marker="s", color="tab:orange", pair=_symmetry, truth=_class_symmetry,

@@ -277,12 +277,6 @@ def register(app: typer.Typer) -> None:
             _compare_command(sae_dirs, json_out, plots, force, model, activations, threshold, overwrite)
 
 
-STABILITY_NAMES = {"pw_mcc_dec": "PW-MCC dec", "pw_mcc_enc": "PW-MCC enc", "mean_max_abs_cos_dec": "max|cos| dec*",
-                   "shared_fraction": "shared", "reappearance": "reappearance", "act_mcc": "activation MCC",
-                   "act_reappearance": "activation reappearance", "plane_coverage_agreement": "plane coverage",
-                   "mass_agreement": "plane mass", "class_jaccard": "answer classes"}
-
-
 def _ci(c) -> str:
     return f"[{c[0]:.3f}, {c[1]:.3f}]" if c else "-"
 
@@ -291,13 +285,15 @@ def _print_compare(console, res: dict, Table) -> None:
     st = res["stability"]
     t = Table(title=f"stability across {len(res['saes'])} SAEs in the data metric ({st['data_span']['dim']}-d span, "
                     f"live latents): mean over seed pairs [95% CI]")
-    kinds = ("isotropic", "matched_geometry", "symmetry", "random_in_span")
-    for c in ("metric", "value", "chance null", "effect [CI]") + kinds:
+    from husai.analysis.measures import MEASURES, NULLS
+
+    kinds = list(NULLS)
+    for c in ("metric", "value", "chance null", "effect [CI]", *(NULLS[k].label for k in kinds)):
         t.add_column(c)
-    levels = dict(st["levels"], **{k: v for k, v in st.get("ground_truth", {}).items() if k in STABILITY_NAMES})
+    levels = dict(st["levels"], **{k: v for k, v in st.get("ground_truth", {}).items() if k in MEASURES})
     for m, r in levels.items():
         fit = r.get("fitting", {})
-        t.add_row(STABILITY_NAMES.get(m, m), f"{_fmt(r['value'])} {_ci(r['ci'])}", _fmt(fit.get("value")),
+        t.add_row(MEASURES[m].short if m in MEASURES else m, f"{_fmt(r['value'])} {_ci(r['ci'])}", _fmt(fit.get("value")),
                   f"{_fmt(fit.get('effect'))} {_ci(fit.get('effect_ci'))}",
                   *[_fmt(r["nulls"].get(k, {}).get("value")) for k in kinds])
     console.print(t)

@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from husai.analysis.measures import NULLS  # noqa: E402
 from husai.io import atomic_write_bytes  # noqa: E402
 from husai.sae.family import families  # noqa: E402
 
-NULL_STYLE = {"isotropic": ("x", "tab:gray"), "matched_geometry": ("^", "tab:purple"), "symmetry": ("s", "tab:orange"),
-              "shared_init": ("o", "tab:red")}
+SHARED_INIT_STYLE = ("o", "tab:red")  # the shared-init reference's markers (the nulls': husai.analysis.measures)
 
 
 def _save(fig, path: Path) -> Path:
@@ -127,15 +127,14 @@ def stability_vs_null(cells: list[dict], path: Path) -> Path:
         err = np.array([[max(0.0, y - r["ci"][0]), max(0.0, r["ci"][1] - y)] if r.get("ci") else [0, 0]
                         for y, r in zip(v, vals)]).T
         ax.bar(x, v, yerr=err, color="tab:blue", alpha=0.8, capsize=4, label="trained SAEs (95% CI)")
-        for kind, (marker, color) in NULL_STYLE.items():
-            if kind == "shared_init":
-                ys = [s.get("references", {}).get("shared_init", {}).get(m, {}).get("value") for s in st]
-            else:
-                ys = [r.get("nulls", {}).get(kind, {}).get("value") for r in vals]
+        marks = [(f"{n.label} null", n.marker, n.color, [r.get("nulls", {}).get(n.name, {}).get("value") for r in vals])
+                 for n in NULLS.values()]
+        marks.append(("shared-init reference", *SHARED_INIT_STYLE,
+                      [s.get("references", {}).get("shared_init", {}).get(m, {}).get("value") for s in st]))
+        for label, marker, color, ys in marks:
             pts = [(xi, y) for xi, y in zip(x, ys) if y is not None]
             if pts:
-                ax.scatter(*zip(*pts), marker=marker, color=color, zorder=3, s=50,
-                           label="shared-init reference" if kind == "shared_init" else f"{kind} null")
+                ax.scatter(*zip(*pts), marker=marker, color=color, zorder=3, s=50, label=label)
         ax.set_xticks(x, [_short(c) for c in cells], rotation=20, ha="right", fontsize=8)
         ax.set(ylabel="score", title=title, ylim=(0, 1.05))
         ax.legend(fontsize=6)

@@ -5,7 +5,8 @@ l0, frac_dead, delta_ce, ...), the SAE's Fourier validation (fourier_overlap, fr
 the untrained-SAE null), its latent types and ground-truth recovery, and its cell's cross-seed
 stability in the data metric (husai.analysis.agreement): per metric M the mean over seed pairs
 (M), its 95% CI (M_ci_lo, M_ci_hi), the fitting null's mean (M_null) and the effect over it with its CI
-(M_effect, M_effect_ci_lo, M_effect_ci_hi); the shared-init reference's PW-MCC; the raw-coordinate
+(M_effect, M_effect_ci_lo, M_effect_ci_hi) and, per declared null N, its mean (M_N_null); the
+shared-init reference's PW-MCC; the raw-coordinate
 PW-MCC (basis-dependent, kept for comparison); and the SAE's own mean PW-MCC to the other seeds, its
 off-span share and its latents' mean reappearance probability; the oracle reading (oracle_columns).
 Timing columns are left out so that a resumed study gives exactly the same table.
@@ -18,6 +19,7 @@ import io
 import math
 from pathlib import Path
 
+from husai.analysis.measures import NULLS, measures, nulls_for
 from husai.io import atomic_write_bytes, read_json
 from husai.sae.family import families
 from husai.study.config import StudyConfig
@@ -25,8 +27,6 @@ from husai.study.config import StudyConfig
 SAE_METRICS = ("mse", "explained_variance", "l0", "frac_dead", "frac_dense", "spliced_acc", "spliced_ce", "delta_ce",
                "ce_loss_recovered_zero", "ce_loss_recovered_mean", "cosine_to_init")
 FOURIER = ("fourier_overlap", "frac_pure", "coverage", "n_live")
-STABILITY = ("pw_mcc_dec", "pw_mcc_enc", "mean_max_abs_cos_dec", "shared_fraction", "reappearance", "act_mcc",
-             "act_reappearance", "plane_coverage_agreement", "mass_agreement", "class_jaccard")
 
 
 def family_columns() -> list[str]:
@@ -76,14 +76,18 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
         nu = fr.get("nulls_untrained", {}).get("fourier_overlap", {})
         row["fourier_overlap_null"], row["fourier_overlap_z"] = _num(nu.get("null_mean")), _num(nu.get("z"))
         st = analysis.get("stability", {})
-        levels = dict(st.get("levels", {}), **{k: v for k, v in st.get("ground_truth", {}).items() if k in STABILITY})
-        for m in STABILITY:
+        stability = measures()
+        levels = dict(st.get("levels", {}), **{k: v for k, v in st.get("ground_truth", {}).items() if k in stability})
+        for m in stability:
             r = levels.get(m, {})
             ci, fit = r.get("ci") or [None, None], r.get("fitting", {})
             eci = fit.get("effect_ci") or [None, None]
             row.update({m: _num(r.get("value")), f"{m}_ci_lo": _num(ci[0]), f"{m}_ci_hi": _num(ci[1]),
                         f"{m}_null": _num(fit.get("value")), f"{m}_effect": _num(fit.get("effect")),
                         f"{m}_effect_ci_lo": _num(eci[0]), f"{m}_effect_ci_hi": _num(eci[1])})
+        for m in stability:  # every declared null's mean, after the chance readings (husai.analysis.measures)
+            row.update({f"{m}_{k}_null": _num(((levels.get(m) or {}).get("nulls") or {}).get(k, {}).get("value"))
+                        for k in nulls_for(m) if k in NULLS})
         init = st.get("references", {}).get("shared_init", {}).get("pw_mcc_dec", {})
         row["pw_mcc_dec_shared_init"] = _num(init.get("value"))
         row["pw_mcc_dec_raw"] = _num(st.get("raw", {}).get("pw_mcc_dec", {}).get("value"))

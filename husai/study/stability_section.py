@@ -3,7 +3,7 @@ level by level, each figure with its 95% CI over seeds and the null it is read a
 (husai.analysis.agreement, husai.analysis.seed_stability).
 
 A level counts as agreeing beyond chance when the CI of its effect over its chance null (value -
-null, paired by seed pair; husai.analysis.agreement.FITTING) lies above 0; "at" the null when the CI
+null, paired by seed pair; husai.analysis.measures, Measure.fitting) lies above 0; "at" the null when the CI
 holds 0; "below" when it lies under 0. The symmetry null is read the same way, separately, as the
 phase reading. There is no z-score: a z against the spread of single null draws (the old rule) measures
 how precisely the null is drawn, not how sure the comparison is (it gave z = 825 and -226).
@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import math
 
-LEVELS = (("atoms", "pw_mcc_dec", "PW-MCC"), ("atoms", "mean_max_abs_cos_dec", "mean-max |cos| (public HUSAI 'PWMCC')"),
-          ("atoms", "shared_fraction", "shared fraction"), ("atoms", "reappearance", "reappearance"),
-          ("activations", "act_mcc", "matched activation correlation"),
-          ("activations", "act_reappearance", "activation reappearance"),
-          ("planes", "plane_coverage_agreement", "plane coverage agreement"),
-          ("planes", "mass_agreement", "plane mass agreement"),
-          ("classes", "class_jaccard", "answer-class Jaccard"))
-NULLS = ("isotropic", "matched_geometry", "symmetry", "random_in_span")
+from husai.analysis.measures import MEASURES, NULLS
+
+TABLE_SKIPS = ("pw_mcc_enc",)
+"""Measures left out of the report's table (in results.csv and analysis.json all are)."""
 
 
 def _f(v, nd=3) -> str:
@@ -140,7 +136,7 @@ def stability_table(cells: list[dict]) -> str:
     """Every level of every cell: value [CI], each null, the effects over chance and over the symmetry null
     [CI], and the
     shared-init reference; then PW-MCC along training where a trajectory was recorded."""
-    head = ["cell", "level", "metric", "value [95% CI]", *(n.replace("_", " ") + " null" for n in NULLS),
+    head = ["cell", "level", "metric", "value [95% CI]", *(n.label + " null" for n in NULLS.values()),
             "effect over chance [95% CI]", "reading", "effect over symmetry [95% CI]", "phase reading",
             "shared-init reference"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -150,9 +146,10 @@ def stability_table(cells: list[dict]) -> str:
         if not st:
             continue
         lv, refs = _levels(st), st.get("references", {})
-        for level, m, name in LEVELS:
-            if m not in lv:
+        for m, measure in MEASURES.items():
+            if m not in lv or m in TABLE_SKIPS:
                 continue
+            level, name = measure.level, measure.label
             r, fit, ph = lv[m], lv[m].get("fitting") or {}, lv[m].get("phase") or {}
             init = refs.get("shared_init", {}).get(m, {}).get("value")
             out.append("| " + " | ".join([c["name"], level, name, f"{_f(r['value'])} {_ci(r.get('ci'))}",
@@ -190,11 +187,11 @@ def stability_table(cells: list[dict]) -> str:
     return text + "\n\n" + (
         "All figures compare live latents in the data metric: decoder and encoder rows projected onto the principal "
         "subspace holding 99.9% of the activation variance, so a rotation of the activations leaves them unchanged. "
-        "CI: 95% bootstrap over seeds (with 3 seeds it is the range of the 3 pairs; with 2, none). Nulls: isotropic = "
-        "random directions in the span (naive); matched geometry = random atoms with each dictionary's own second "
-        "moment (chance for atoms); symmetry = one seed's SAE moved by the shift (a, b) -> (a + t, b + t), an equally "
-        "good SAE at another phase (the phase reading); random in span = random dictionaries of the same size "
-        "(chance for answer classes; plane coverage and mass agree at ~1 for any large dictionary, so they are "
-        "descriptive). Effect: value minus the null, paired by seed pair. "
+        "CI: 95% bootstrap over seeds (with 3 seeds it is the range of the 3 pairs; with 2, none). Nulls (the "
+        "chance null of each measure: " + "; ".join(f"{m.label}: {', '.join(NULLS[k].label for k in m.fitting)}"
+                                                    for m in MEASURES.values() if m.fitting)
+        + "; the others are descriptive): " + " ".join(f"{n.label} = {n.drawn}; above it rules out {n.controls_for}."
+                                                      for n in NULLS.values())
+        + " Effect: value minus the null, paired by seed pair. "
         "Shared-init reference: the same comparison between the seeds' initialisations (not chance: with data "
         "init they start from data points of the same tight clusters).")

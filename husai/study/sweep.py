@@ -35,13 +35,21 @@ def _mean(vals):
 
 
 def knob(row: dict) -> str:
-    """The sparsity setting that names a curve: k, a target L0, or a fixed penalty weight."""
-    if row.get("k") is not None:
-        return f"k {row['k']}"
-    if row.get("target_l0") is not None:
-        return f"target L0 {row['target_l0']:g}"
-    w = row.get("l1_coeff") if row.get("l1_coeff") is not None else row.get("l0_coeff")
-    return f"weight {w:g}" if w is not None else "-"
+    """The sparsity setting that names a curve: its family's first filled column (husai.sae.family):
+    k, a target L0, a fixed penalty weight, or a new family's own knob."""
+    from husai.sae.family import families
+
+    fam = families().get(row.get("architecture"))
+    for col in fam.config.columns if fam else ():
+        v = row.get(col)
+        if v is None:
+            continue
+        if col == "target_l0":
+            return f"target L0 {v:g}"
+        if col == fam.config.sparsity_key and col != "k":
+            return f"weight {v:g}"
+        return f"{col} {v:g}" if isinstance(v, float) else f"{col} {v}"
+    return "-"
 
 
 def _recovery(analysis: dict) -> dict:

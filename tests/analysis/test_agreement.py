@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from husai.analysis.agreement import (
-    _moved,
     bootstrap_ci,
     correlation,
     covered_classes,
@@ -19,6 +18,7 @@ from husai.analysis.agreement import (
     summarise,
 )
 from husai.analysis.data_span import data_span, shift_map, shift_permutation
+from husai.analysis.measures import shifted_view
 
 
 def _acts(n=400, d=12, r=5, seed=0):
@@ -177,13 +177,13 @@ def test_shift_map_rotates_a_fourier_plane_and_an_orbit_is_its_own_symmetry_null
     D = torch.stack([torch.cos(angles), torch.sin(angles)], 1)
     z = torch.relu(Y @ D.T - 0.9)
     v = seed_view("a", D, D, span, z)
-    moved = _moved(v, span.basis.T @ M @ span.basis, p, t)
+    moved = shifted_view(v, span.basis.T @ M @ span.basis, p, t)
     m, _ = pair_agreement(v, moved)
     assert m["pw_mcc_dec"] == pytest.approx(1.0) and m["act_mcc"] == pytest.approx(1.0)
     # three atoms off the orbit's phases do not map onto themselves
     D3 = D[:3] @ torch.tensor([[math.cos(0.1), math.sin(0.1)], [-math.sin(0.1), math.cos(0.1)]], dtype=torch.float64)
     v3 = seed_view("b", D3, D3, span, torch.relu(Y @ D3.T - 0.9))
-    m3, _ = pair_agreement(v3, _moved(v3, span.basis.T @ M @ span.basis, p, t))
+    m3, _ = pair_agreement(v3, shifted_view(v3, span.basis.T @ M @ span.basis, p, t))
     assert m3["pw_mcc_dec"] < 0.99
 
 

@@ -85,6 +85,7 @@ def test_headline_names_the_trend_and_the_table_every_cell(table):
 
 
 def test_knob_names():
-    assert knob(dict(k=32)) == "k 32"
-    assert knob(dict(k=None, target_l0=16.0)) == "target L0 16"
-    assert knob(dict(k=None, target_l0=None, l1_coeff=2.5)) == "weight 2.5"
+    assert knob(dict(architecture="topk", k=32)) == "k 32"
+    assert knob(dict(architecture="relu", k=None, target_l0=16.0)) == "target L0 16"
+    assert knob(dict(architecture="relu", k=None, target_l0=None, l1_coeff=2.5)) == "weight 2.5"
+    assert knob(dict(architecture="jumprelu", target_l0=None, l0_coeff=4.0)) == "weight 4"
