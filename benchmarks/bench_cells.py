@@ -33,31 +33,46 @@ def main() -> None:
 
     x = get_activations(args)
     seeds = list(range(1, args.seeds + 1))
-    print(f"activations {list(x.shape)}, {args.seeds} seeds per cell, {args.epochs} epochs, threads {args.threads}")
-    print(f"{'d_sae':>6s} {'cells':>5s} {'per cell s':>10s} {'one pass s':>10s} {'cells/min':>17s} {'max |dEV|':>9s}")
+    print(
+        f"activations {list(x.shape)}, {args.seeds} seeds per cell, {args.epochs} epochs, threads {args.threads}"
+    )
+    print(
+        f"{'d_sae':>6s} {'cells':>5s} {'per cell s':>10s} {'one pass s':>10s} {'cells/min':>17s} {'max |dEV|':>9s}"
+    )
     train_cells(x[:512], [(SAETrainConfig(expansion=1, k=8, epochs=1), [1])])  # warm-up
     total = {"alone": 0.0, "together": 0.0, "cells": 0}
     for e in (int(v) for v in args.expansions.split(",")):
         base = SAETrainConfig(architecture="topk", expansion=e, epochs=args.epochs)
-        cells = [(replace(base, k=k), seeds) for k in map(int, args.ks.split(",")) if k < base.d_sae(x.shape[1])]
+        cells = [
+            (replace(base, k=k), seeds)
+            for k in map(int, args.ks.split(","))
+            if k < base.d_sae(x.shape[1])
+        ]
         t = time.perf_counter()
         alone = train_cells(x, cells, passes=[[i] for i in range(len(cells))])
         t_alone = time.perf_counter() - t
         t = time.perf_counter()
         together = train_cells(x, cells)
         t_together = time.perf_counter() - t
-        dev = max(abs(a - b) for ra, rb in zip(alone, together)
-                  for a, b in zip(ra.history[-1]["ev"], rb.history[-1]["ev"]))
+        dev = max(
+            abs(a - b)
+            for ra, rb in zip(alone, together)
+            for a, b in zip(ra.history[-1]["ev"], rb.history[-1]["ev"])
+        )
         n = len(cells)
-        print(f"{base.d_sae(x.shape[1]):6d} {n:5d} {t_alone:10.1f} {t_together:10.1f} "
-              f"{60 * n / t_alone:7.1f} -> {60 * n / t_together:6.1f} {dev:9.1e}")
+        print(
+            f"{base.d_sae(x.shape[1]):6d} {n:5d} {t_alone:10.1f} {t_together:10.1f} "
+            f"{60 * n / t_alone:7.1f} -> {60 * n / t_together:6.1f} {dev:9.1e}"
+        )
         total["alone"] += t_alone
         total["together"] += t_together
         total["cells"] += n
     n = total["cells"]
-    print(f"grid: {n} cells, {60 * n / total['alone']:.1f} cells/min one pass per cell, "
-          f"{60 * n / total['together']:.1f} cells/min one pass per width "
-          f"({total['alone'] / total['together']:.2f}x)")
+    print(
+        f"grid: {n} cells, {60 * n / total['alone']:.1f} cells/min one pass per cell, "
+        f"{60 * n / total['together']:.1f} cells/min one pass per width "
+        f"({total['alone'] / total['together']:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ def sync() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--transformer-checkpoint", default=None, help="default: synthetic low-rank data")
+    ap.add_argument(
+        "--transformer-checkpoint", default=None, help="default: synthetic low-rank data"
+    )
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--device", default="cuda")
     args = ap.parse_args()
@@ -38,16 +40,23 @@ def main() -> None:
     args.synthetic, args.layer = args.transformer_checkpoint is None, 0
     x = get_activations(args)
     # label -> config keys; the free-norm rows cover the rescaled sparse path and the fold at the end
-    knobs = {"topk": dict(architecture="topk"), "batchtopk": dict(architecture="batchtopk"),
-             "matryoshka": dict(architecture="matryoshka"),
-             "topk rescale": dict(architecture="topk", decoder_norm="rescale", decoder_init_norm=0.1),
-             "batchtopk resc": dict(architecture="batchtopk", decoder_norm="rescale", decoder_init_norm=0.1),
-             "relu": dict(architecture="relu", l1_coeff=2.5, batch_size=64),
-             "jumprelu": dict(architecture="jumprelu", l0_coeff=2.0, batch_size=64)}
+    knobs = {
+        "topk": dict(architecture="topk"),
+        "batchtopk": dict(architecture="batchtopk"),
+        "matryoshka": dict(architecture="matryoshka"),
+        "topk rescale": dict(architecture="topk", decoder_norm="rescale", decoder_init_norm=0.1),
+        "batchtopk resc": dict(
+            architecture="batchtopk", decoder_norm="rescale", decoder_init_norm=0.1
+        ),
+        "relu": dict(architecture="relu", l1_coeff=2.5, batch_size=64),
+        "jumprelu": dict(architecture="jumprelu", l0_coeff=2.0, batch_size=64),
+    }
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else args.device
     print(f"activations {list(x.shape)}, {args.epochs} epochs, seeds 0 and 1, device {name}")
-    print(f"{'architecture':14s} {'EV cpu':>8s} {'EV cuda':>8s} {'L0 cpu':>8s} {'L0 cuda':>8s} {'max 1-cos':>10s} "
-          f"{'wall cpu':>9s} {'wall cuda':>9s}")
+    print(
+        f"{'architecture':14s} {'EV cpu':>8s} {'EV cuda':>8s} {'L0 cpu':>8s} {'L0 cuda':>8s} {'max 1-cos':>10s} "
+        f"{'wall cpu':>9s} {'wall cuda':>9s}"
+    )
     for arch, extra in knobs.items():
         cfg = SAETrainConfig(expansion=16, k=32, epochs=args.epochs, **extra).validate(x.shape[1])
         res, walls = {}, {}
@@ -58,13 +67,17 @@ def main() -> None:
             res[dev] = train_saes(x, cfg, [0, 1], device=dev)
             sync()
             walls[dev] = time.perf_counter() - t
-        figs = {dev: [ev_l0(r.sae.select(s).encode, r.sae.select(s).decode, x.to(dev)) for s in (0, 1)]
-                for dev, r in res.items()}
+        figs = {
+            dev: [ev_l0(r.sae.select(s).encode, r.sae.select(s).decode, x.to(dev)) for s in (0, 1)]
+            for dev, r in res.items()
+        }
         a, b = res["cpu"].sae.W_dec.detach(), res[args.device].sae.W_dec.detach().cpu()
         drift = float((1 - torch.nn.functional.cosine_similarity(a, b, dim=-1)).max())
         mean = lambda dev, i: sum(f[i] for f in figs[dev]) / 2
-        print(f"{arch:14s} {mean('cpu', 0):8.4f} {mean(args.device, 0):8.4f} {mean('cpu', 1):8.2f} "
-              f"{mean(args.device, 1):8.2f} {drift:10.2e} {walls['cpu']:9.2f} {walls[args.device]:9.2f}")
+        print(
+            f"{arch:14s} {mean('cpu', 0):8.4f} {mean(args.device, 0):8.4f} {mean('cpu', 1):8.2f} "
+            f"{mean(args.device, 1):8.2f} {drift:10.2e} {walls['cpu']:9.2f} {walls[args.device]:9.2f}"
+        )
 
 
 if __name__ == "__main__":

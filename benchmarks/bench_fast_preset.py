@@ -32,15 +32,36 @@ def main():
         for seed in (int(s) for s in args.seeds.split(",")):
             out = Path(tmp) / f"seed{seed}"
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "husai.cli", "train-model", "--preset", "fast", "--seed", str(seed),
-                            "--out", str(out), "--threads", str(args.threads), "--device", args.device],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "husai.cli",
+                    "train-model",
+                    "--preset",
+                    "fast",
+                    "--seed",
+                    str(seed),
+                    "--out",
+                    str(out),
+                    "--threads",
+                    str(args.threads),
+                    "--device",
+                    args.device,
+                ],
+                check=True,
+                capture_output=True,
+            )
             walls.append(time.perf_counter() - t0)
             m = json.loads((out / "metrics.json").read_text())
-            print(f"{seed:>4}  {walls[-1]:6.1f}  {m['epochs_trained']:6d}  {m['grokked_epoch']!s:>7}  {m['clean_epoch']!s:>5}  "
-                  f"{m['memorised_epoch']!s:>9}  {m['test_acc']:8.4f}  {m['frac_neurons_single_freq']:11.3f}  "
-                  f"{m['key_frequencies']}")
-    print(f"mean wall {statistics.mean(walls):.1f} s over {len(walls)} seed(s), {args.threads} thread(s), {args.device}")
+            print(
+                f"{seed:>4}  {walls[-1]:6.1f}  {m['epochs_trained']:6d}  {m['grokked_epoch']!s:>7}  {m['clean_epoch']!s:>5}  "
+                f"{m['memorised_epoch']!s:>9}  {m['test_acc']:8.4f}  {m['frac_neurons_single_freq']:11.3f}  "
+                f"{m['key_frequencies']}"
+            )
+    print(
+        f"mean wall {statistics.mean(walls):.1f} s over {len(walls)} seed(s), {args.threads} thread(s), {args.device}"
+    )
 
 
 if __name__ == "__main__":

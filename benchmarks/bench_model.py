@@ -44,20 +44,33 @@ def make_step(named_params, forward, x, y, state):
     names, params = zip(*named_params)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1.0, betas=(0.9, 0.98))
     if state is not None:
-        opt.load_state_dict({"state": {i: {k: state[f"optim.{n}.{k}"].clone() for k in ("step", "exp_avg", "exp_avg_sq")}
-                                       for i, n in enumerate(names)}, "param_groups": opt.state_dict()["param_groups"]})
+        opt.load_state_dict(
+            {
+                "state": {
+                    i: {
+                        k: state[f"optim.{n}.{k}"].clone()
+                        for k in ("step", "exp_avg", "exp_avg_sq")
+                    }
+                    for i, n in enumerate(names)
+                },
+                "param_groups": opt.state_dict()["param_groups"],
+            }
+        )
 
     def step():
         loss = F.cross_entropy(forward(x).to(torch.float64), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+
     return step
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", type=Path, default=None, help="a train-model run: start from its last checkpoint")
+    ap.add_argument(
+        "--run", type=Path, default=None, help="a train-model run: start from its last checkpoint"
+    )
     ap.add_argument("--p", type=int, default=113)
     ap.add_argument("--train-frac", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=20)
@@ -74,8 +87,12 @@ def main():
     data = make_dataset(args.p, args.train_frac, 0)
     x, y = data.tokens[data.train_idx], data.labels[data.train_idx]
     cfg = model_cfg.to_hooked_transformer_config()
-    print(f"p={args.p}, {len(x)} training pairs (full batch), start: {'checkpoint of ' + str(args.run) if state else 'init'}")
-    print(f"{'threads':>7} {'husai ms':>9} {'TL ms':>9} {'TL+flush ms':>12} {'TL/husai':>9} {'(TL+flush)/husai':>17}")
+    print(
+        f"p={args.p}, {len(x)} training pairs (full batch), start: {'checkpoint of ' + str(args.run) if state else 'init'}"
+    )
+    print(
+        f"{'threads':>7} {'husai ms':>9} {'TL ms':>9} {'TL+flush ms':>12} {'TL/husai':>9} {'(TL+flush)/husai':>17}"
+    )
     for threads in (1, 2):
         torch.set_num_threads(threads)
         res = {}
@@ -90,13 +107,17 @@ def main():
                 m.load_state_dict(husai.state_dict(), strict=False)
                 forward = lambda t, m=m: m(t)[:, -1]  # noqa: E731  logits everywhere, sliced at `=`
             # Nanda's setup trains the matrices only (biases frozen at zero): same tensors in both.
-            named = [(n, prm) for n, prm in m.named_parameters() if n in dict(husai.named_parameters())]
+            named = [
+                (n, prm) for n, prm in m.named_parameters() if n in dict(husai.named_parameters())
+            ]
             for n, prm in m.named_parameters():
                 prm.requires_grad_(any(n == k for k, _ in named))
             res[name] = time_steps(make_step(named, forward, x, y, state), args.steps)
         torch.set_flush_denormal(False)
-        print(f"{threads:>7} {res['husai']*1e3:>9.1f} {res['tl']*1e3:>9.1f} {res['tl_flush']*1e3:>12.1f} "
-              f"{res['tl']/res['husai']:>9.2f} {res['tl_flush']/res['husai']:>17.2f}")
+        print(
+            f"{threads:>7} {res['husai'] * 1e3:>9.1f} {res['tl'] * 1e3:>9.1f} {res['tl_flush'] * 1e3:>12.1f} "
+            f"{res['tl'] / res['husai']:>9.2f} {res['tl_flush'] / res['husai']:>17.2f}"
+        )
 
 
 if __name__ == "__main__":

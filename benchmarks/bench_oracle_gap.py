@@ -45,7 +45,9 @@ RECIPES = {
     "batch 1024, 30 epochs": dict(batch_size=1024, epochs=30),
     "random init": dict(init="random"),
     "AuxK 1/8": dict(aux_coeff=0.125),
-    "free decoder norms, b_dec 0 (SAELens)": dict(decoder_norm="rescale", decoder_init_norm=0.1, b_dec_init="zeros"),
+    "free decoder norms, b_dec 0 (SAELens)": dict(
+        decoder_norm="rescale", decoder_init_norm=0.1, b_dec_init="zeros"
+    ),
     "Matryoshka (BatchTopK, 2 levels)": dict(architecture="matryoshka", matryoshka_levels=2),
 }
 
@@ -56,7 +58,9 @@ def main() -> None:
     ap.add_argument("--hook", default="blocks.0.hook_resid_post")
     ap.add_argument("--cells", default="64:8,256:32", help="width:k pairs")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--recipes", default=None, help="recipe names to run, separated by ; (default: all)")
+    ap.add_argument(
+        "--recipes", default=None, help="recipe names to run, separated by ; (default: all)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -87,16 +91,24 @@ def main() -> None:
             W = res.sae.unit_decoder().detach()
             near = sum(near_truth(W[s], D, live[s]) for s, D in enumerate(tilings)) / 3
             gap = gap_stats(oracle, ev)
-            print(f"| {width} | {k} | {name} | {sum(ev) / 3:.4f} | {gap['mean']:+.4f} [{gap['ci'][0]:+.4f}, "
-                  f"{gap['ci'][1]:+.4f}] | {near:.2f} | {time.time() - t0:.0f} |", flush=True)
-        for name, fn in (("started at the truth", started_at_truth), ("oracle + the recipe's encoder",
-                                                                     oracle_with_encoder)):
+            print(
+                f"| {width} | {k} | {name} | {sum(ev) / 3:.4f} | {gap['mean']:+.4f} [{gap['ci'][0]:+.4f}, "
+                f"{gap['ci'][1]:+.4f}] | {near:.2f} | {time.time() - t0:.0f} |",
+                flush=True,
+            )
+        for name, fn in (
+            ("started at the truth", started_at_truth),
+            ("oracle + the recipe's encoder", oracle_with_encoder),
+        ):
             t0 = time.time()
             out = fn(acts, base, SEEDS, truth_start(acts, base, tiled))
             gap = gap_stats(oracle, out["explained_variance"])
             near = sum(out.get("near_truth", [float("nan")] * 3)) / 3
-            print(f"| {width} | {k} | {name} | {sum(out['explained_variance']) / 3:.4f} | {gap['mean']:+.4f} "
-                  f"[{gap['ci'][0]:+.4f}, {gap['ci'][1]:+.4f}] | {near:.2f} | {time.time() - t0:.0f} |", flush=True)
+            print(
+                f"| {width} | {k} | {name} | {sum(out['explained_variance']) / 3:.4f} | {gap['mean']:+.4f} "
+                f"[{gap['ci'][0]:+.4f}, {gap['ci'][1]:+.4f}] | {near:.2f} | {time.time() - t0:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

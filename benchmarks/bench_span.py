@@ -40,7 +40,10 @@ def bases(x: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
     xc = x.double() - x.double().mean(0)
     V = torch.linalg.eigh(xc.T @ xc).eigenvectors.flip(1).float()  # descending variance
     R = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(0))).Q
-    return {n: {"raw": torch.eye(d), "roundtrip": R @ R.T, "random_rotation": R, "pca": V}[n] for n in names}
+    return {
+        n: {"raw": torch.eye(d), "roundtrip": R @ R.T, "random_rotation": R, "pca": V}[n]
+        for n in names
+    }
 
 
 def in_span_share(W: torch.Tensor, Q: torch.Tensor, live: torch.Tensor) -> float:
@@ -49,8 +52,15 @@ def in_span_share(W: torch.Tensor, Q: torch.Tensor, live: torch.Tensor) -> float
     return float(share[live].mean())
 
 
-def run_span(x: torch.Tensor, cfg, seeds: list[int], names: list[str], spans: list, optimizers: list[str],
-             lrs: list[float]) -> list[dict]:
+def run_span(
+    x: torch.Tensor,
+    cfg,
+    seeds: list[int],
+    names: list[str],
+    spans: list,
+    optimizers: list[str],
+    lrs: list[float],
+) -> list[dict]:
     from husai.sae.base import data_span_basis
     from husai.sae.metrics import reconstruct, reconstruction_metrics
     from husai.sae.train import train_saes
@@ -68,21 +78,37 @@ def run_span(x: torch.Tensor, cfg, seeds: list[int], names: list[str], spans: li
                     W = res.sae.W_dec.detach()
                     ref = raw_dec.setdefault((opt, lr, span), (M, W))
                     # per row: max |W_dec(X) M - W_dec(X M)| over d_in; None on the first basis
-                    row_diff = (ref[1] @ ref[0].T @ M - W).abs().amax(-1) if ref[1] is not W else None
+                    row_diff = (
+                        (ref[1] @ ref[0].T @ M - W).abs().amax(-1) if ref[1] is not W else None
+                    )
                     rot_diff = None if row_diff is None else float(row_diff.max())
                     rot_med = None if row_diff is None else float(row_diff.median())
-                    row = dict(basis=name, optimizer=opt, lr=lr, data_span=span, r=Q.shape[1],
-                               ms_per_step=1e3 * res.wall_seconds / res.steps,
-                               **{k: statistics.mean(m[k]) for k in ("explained_variance", "l0", "frac_dead")},
-                               dec_in_span=in_span_share(W, Q, live),
-                               enc_in_span=in_span_share(res.sae.W_enc_T.detach(), Q, live),
-                               rot_diff=rot_diff, rot_diff_median=rot_med, ev_per_seed=m["explained_variance"])
+                    row = dict(
+                        basis=name,
+                        optimizer=opt,
+                        lr=lr,
+                        data_span=span,
+                        r=Q.shape[1],
+                        ms_per_step=1e3 * res.wall_seconds / res.steps,
+                        **{
+                            k: statistics.mean(m[k])
+                            for k in ("explained_variance", "l0", "frac_dead")
+                        },
+                        dec_in_span=in_span_share(W, Q, live),
+                        enc_in_span=in_span_share(res.sae.W_enc_T.detach(), Q, live),
+                        rot_diff=rot_diff,
+                        rot_diff_median=rot_med,
+                        ev_per_seed=m["explained_variance"],
+                    )
                     rows.append(row)
-                    print(f"{name:16s} {opt:8s} lr {lr:.0e} span {str(span):6s} EV {row['explained_variance']:.4f}  "
-                          f"L0 {row['l0']:6.2f}  dead {row['frac_dead']:.3f}  ms/step {row['ms_per_step']:6.2f}  "
-                          f"dec in span {row['dec_in_span']:.4f}  enc in span {row['enc_in_span']:.4f}  "
-                          f"rot_diff {'-' if rot_diff is None else f'{rot_diff:.1e}'}  "
-                          f"median row {'-' if rot_med is None else f'{rot_med:.1e}'}  (r = {row['r']})", flush=True)
+                    print(
+                        f"{name:16s} {opt:8s} lr {lr:.0e} span {str(span):6s} EV {row['explained_variance']:.4f}  "
+                        f"L0 {row['l0']:6.2f}  dead {row['frac_dead']:.3f}  ms/step {row['ms_per_step']:6.2f}  "
+                        f"dec in span {row['dec_in_span']:.4f}  enc in span {row['enc_in_span']:.4f}  "
+                        f"rot_diff {'-' if rot_diff is None else f'{rot_diff:.1e}'}  "
+                        f"median row {'-' if rot_med is None else f'{rot_med:.1e}'}  (r = {row['r']})",
+                        flush=True,
+                    )
     return rows
 
 
@@ -98,12 +124,20 @@ def run_order(x: torch.Tensor, cfg, seeds: list[int], steps: int) -> dict:
     torch.set_flush_denormal(True)
     S, B = len(seeds), cfg.batch_size
     Q = data_span_basis(x, 0.999)
-    variants = {"shared (data_seed 0)": (False, None, "adam"), "per seed (data_seed null)": (True, None, "adam"),
-                "per seed + data_span 0.999": (True, Q, "adam"), "per seed, row_adam": (True, None, "row_adam")}
-    saes = {name: init_saes(x, replace(cfg, data_span=None if q is None else 0.999), seeds)
-            for name, (_, q, _) in variants.items()}
-    opts = {name: make_optimizer(saes[name], opt, cfg.learning_rate(x.shape[1]), (cfg.beta1, cfg.beta2))
-            for name, (_, _, opt) in variants.items()}
+    variants = {
+        "shared (data_seed 0)": (False, None, "adam"),
+        "per seed (data_seed null)": (True, None, "adam"),
+        "per seed + data_span 0.999": (True, Q, "adam"),
+        "per seed, row_adam": (True, None, "row_adam"),
+    }
+    saes = {
+        name: init_saes(x, replace(cfg, data_span=None if q is None else 0.999), seeds)
+        for name, (_, q, _) in variants.items()
+    }
+    opts = {
+        name: make_optimizer(saes[name], opt, cfg.learning_rate(x.shape[1]), (cfg.beta1, cfg.beta2))
+        for name, (_, _, opt) in variants.items()
+    }
     dead = torch.zeros(S, cfg.d_sae(x.shape[1]), dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
     times = {name: [] for name in variants}
@@ -124,7 +158,9 @@ def run_order(x: torch.Tensor, cfg, seeds: list[int], steps: int) -> dict:
     for name, t in times.items():
         t[:] = t[10:]
         q = statistics.quantiles(t, n=4)
-        print(f"{name:28s} median {statistics.median(t):6.2f} ms/step  (quartiles {q[0]:.2f}, {q[2]:.2f})")
+        print(
+            f"{name:28s} median {statistics.median(t):6.2f} ms/step  (quartiles {q[0]:.2f}, {q[2]:.2f})"
+        )
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -140,9 +176,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seeds", default="42,123,456,789,1011", help="SAE seeds, comma-separated")
     ap.add_argument("--steps", type=int, default=100, help="order: timed steps of each kind")
-    ap.add_argument("--bases", default="raw,random_rotation,pca", help="raw first: the others are compared to it")
-    ap.add_argument("--spans", default="none,0.999", help="data_span values to train with (none = off)")
-    ap.add_argument("--optimizers", default="adam", help="span: optimizers to train with (adam, row_adam)")
+    ap.add_argument(
+        "--bases",
+        default="raw,random_rotation,pca",
+        help="raw first: the others are compared to it",
+    )
+    ap.add_argument(
+        "--spans", default="none,0.999", help="data_span values to train with (none = off)"
+    )
+    ap.add_argument(
+        "--optimizers", default="adam", help="span: optimizers to train with (adam, row_adam)"
+    )
     ap.add_argument("--lrs", default="3e-3", help="span: learning rates to train with")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -153,21 +197,42 @@ def main() -> None:
 
     x, _ = model_activations(args.checkpoint, hook=HOOK, split="all")
     epochs = args.epochs
-    cfg = SAETrainConfig(architecture=args.architecture, expansion=args.expansion, k=args.k, l1_coeff=args.l1_coeff,
-                         epochs=epochs, batch_size=args.batch_size, trajectory_epochs=[]).validate(x.shape[1])
+    cfg = SAETrainConfig(
+        architecture=args.architecture,
+        expansion=args.expansion,
+        k=args.k,
+        l1_coeff=args.l1_coeff,
+        epochs=epochs,
+        batch_size=args.batch_size,
+        trajectory_epochs=[],
+    ).validate(x.shape[1])
     seeds = [int(v) for v in args.seeds.split(",")]
-    print(f"activations {list(x.shape)}, {args.architecture} x{args.expansion}, epochs {epochs}, batch {args.batch_size}, "
-          f"seeds {seeds}, threads {args.threads}", flush=True)
+    print(
+        f"activations {list(x.shape)}, {args.architecture} x{args.expansion}, epochs {epochs}, batch {args.batch_size}, "
+        f"seeds {seeds}, threads {args.threads}",
+        flush=True,
+    )
     t = time.perf_counter()
-    out = (run_order(x, cfg, seeds, args.steps) if args.mode == "order"
-           else run_span(x, cfg, seeds, args.bases.split(","),
-                         [None if v == "none" else float(v) for v in args.spans.split(",")],
-                         args.optimizers.split(","), [float(v) for v in args.lrs.split(",")]))
+    out = (
+        run_order(x, cfg, seeds, args.steps)
+        if args.mode == "order"
+        else run_span(
+            x,
+            cfg,
+            seeds,
+            args.bases.split(","),
+            [None if v == "none" else float(v) for v in args.spans.split(",")],
+            args.optimizers.split(","),
+            [float(v) for v in args.lrs.split(",")],
+        )
+    )
     print(f"total {time.perf_counter() - t:.0f} s")
     if args.json:
         from husai.io import write_json
 
-        write_json(args.json, dict(config=cfg.to_dict(), seeds=seeds, threads=args.threads, results=out))
+        write_json(
+            args.json, dict(config=cfg.to_dict(), seeds=seeds, threads=args.threads, results=out)
+        )
 
 
 if __name__ == "__main__":

@@ -74,14 +74,18 @@ def main() -> None:
 
     decs = [trained_like(base, 100 + s) for s in range(a.seeds)]
     encs = [trained_like(base, 200 + s) for s in range(a.seeds)]
-    acts = torch.randn(4096, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64) @ \
-        torch.randn(16, a.d_in, generator=torch.Generator().manual_seed(8), dtype=torch.float64)  # rank-16 activations
+    acts = torch.randn(
+        4096, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64
+    ) @ torch.randn(
+        16, a.d_in, generator=torch.Generator().manual_seed(8), dtype=torch.float64
+    )  # rank-16 activations
     span = data_span(acts)
 
     def codes(E):  # TopK codes of every input: [4096, d_sae], k active per row
         pre = acts @ E.T
         vals, idx = pre.topk(a.k, dim=1)
         return torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
+
     t0 = time.perf_counter()
     views = [seed_view(str(s), D, E, span, codes(E)) for s, (D, E) in enumerate(zip(decs, encs))]
     t_views = time.perf_counter() - t0
@@ -90,17 +94,31 @@ def main() -> None:
     t_pairs = time.perf_counter() - t0
 
     out = dict(
-        machine=dict(python=platform.python_version(), torch=torch.__version__, threads=a.threads,
-                     cpu=platform.processor() or platform.machine()),
-        d_in=a.d_in, d_sae=a.d_sae, seeds=a.seeds, k=a.k, span_dim=int(span.basis.shape[1]),
+        machine=dict(
+            python=platform.python_version(),
+            torch=torch.__version__,
+            threads=a.threads,
+            cpu=platform.processor() or platform.machine(),
+        ),
+        d_in=a.d_in,
+        d_sae=a.d_sae,
+        seeds=a.seeds,
+        k=a.k,
+        span_dim=int(span.basis.shape[1]),
         cosine_matrix_s=round(t_cos, 4),
-        hungarian_random_s=round(t_rand, 4), hungarian_random_pw_mcc=round(float(v.mean()), 4),
-        hungarian_trained_like_s=round(t_like, 4), hungarian_trained_like_pw_mcc=round(float(v2.mean()), 4),
-        encode_s=round(t_views, 2), compare_s=round(t_pairs, 2), compare_total_s=round(t_views + t_pairs, 2),
+        hungarian_random_s=round(t_rand, 4),
+        hungarian_random_pw_mcc=round(float(v.mean()), 4),
+        hungarian_trained_like_s=round(t_like, 4),
+        hungarian_trained_like_pw_mcc=round(float(v2.mean()), 4),
+        encode_s=round(t_views, 2),
+        compare_s=round(t_pairs, 2),
+        compare_total_s=round(t_views + t_pairs, 2),
         pw_mcc_dec=round(res["levels"]["pw_mcc_dec"]["value"], 4),
         pw_mcc_dec_ci=[round(c, 4) for c in res["levels"]["pw_mcc_dec"]["ci"]],
         null_isotropic_pw_mcc=round(res["levels"]["pw_mcc_dec"]["nulls"]["isotropic"]["value"], 4),
-        null_matched_geometry_pw_mcc=round(res["levels"]["pw_mcc_dec"]["nulls"]["matched_geometry"]["value"], 4),
+        null_matched_geometry_pw_mcc=round(
+            res["levels"]["pw_mcc_dec"]["nulls"]["matched_geometry"]["value"], 4
+        ),
     )
     text = json.dumps(out, indent=2)
     print(text)

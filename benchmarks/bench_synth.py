@@ -61,15 +61,24 @@ def world_config(features: int, hidden_dim: int, seed: int):
     import sae_lens.synthetic as syn
 
     return syn.SyntheticModelConfig(
-        num_features=features, hidden_dim=hidden_dim,
-        firing_probability=syn.ZipfianFiringProbabilityConfig(exponent=0.5, max_prob=0.4, min_prob=5e-4),
-        hierarchy=syn.HierarchyConfig(total_root_nodes=max(1, features // 128), branching_factor=4, max_depth=3,
-                                      mutually_exclusive_portion=1.0, compensate_probabilities=True),
+        num_features=features,
+        hidden_dim=hidden_dim,
+        firing_probability=syn.ZipfianFiringProbabilityConfig(
+            exponent=0.5, max_prob=0.4, min_prob=5e-4
+        ),
+        hierarchy=syn.HierarchyConfig(
+            total_root_nodes=max(1, features // 128),
+            branching_factor=4,
+            max_depth=3,
+            mutually_exclusive_portion=1.0,
+            compensate_probabilities=True,
+        ),
         orthogonalization=syn.OrthogonalizationConfig(num_steps=100, lr=3e-4),
         correlation=syn.LowRankCorrelationConfig(rank=25, correlation_scale=0.1),
         mean_firing_magnitudes=syn.LinearMagnitudeConfig(start=5.0, end=4.0),
         std_firing_magnitudes=syn.FoldedNormalMagnitudeConfig(mean=0.5, std=0.5),
-        seed=seed)
+        seed=seed,
+    )
 
 
 def build_world(cfg):
@@ -78,7 +87,9 @@ def build_world(cfg):
 
     from sae_lens.synthetic import SyntheticModel
 
-    logging.getLogger("sae_lens").setLevel(logging.ERROR)  # the clamped-probabilities warning of compensation
+    logging.getLogger("sae_lens").setLevel(
+        logging.ERROR
+    )  # the clamped-probabilities warning of compensation
     with contextlib.redirect_stderr(io.StringIO()):
         return SyntheticModel(cfg)
 
@@ -112,7 +123,9 @@ class Replay:
 
     def sample(self, n: int) -> torch.Tensor:
         out = self.chunks[self.next].to_dense()
-        assert out.shape[0] == n, "eval_sae_on_synthetic_data asked for another batch size than was stored"
+        assert out.shape[0] == n, (
+            "eval_sae_on_synthetic_data asked for another batch size than was stored"
+        )
         self.next += 1
         return out
 
@@ -129,8 +142,15 @@ def husai_yaml(arch: str, init: str, args, path: Path) -> dict:
 
     cfg = yaml.safe_load((REPO / "configs" / "examples" / f"{arch}_16x.yaml").read_text())
     cfg.pop("expansion", None)
-    cfg.update(latents=args.width, k=args.k, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-               init=init, trajectory_epochs=[])
+    cfg.update(
+        latents=args.width,
+        k=args.k,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        init=init,
+        trajectory_epochs=[],
+    )
     if args.husai_settings == "tuned":
         cfg.update(TUNED.get(arch, {}))
     cfg.update(args.husai_set)
@@ -142,11 +162,26 @@ def train_husai(arch: str, init: str, acts_file: Path, args, out: Path) -> float
     """`husai train-sae --activations` in its own process, every seed in one pass -> wall seconds."""
     yaml_file = out.parent / f"{out.name}.yaml"
     husai_yaml(arch, init, args, yaml_file)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    cmd = [sys.executable, "-m", "husai.cli", "train-sae", "--activations", str(acts_file),
-           "--config", str(yaml_file), "--seeds", ",".join(map(str, args.seed_list)),
-           "--save-dir", str(out), "--quiet"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "husai.cli",
+        "train-sae",
+        "--activations",
+        str(acts_file),
+        "--config",
+        str(yaml_file),
+        "--seeds",
+        ",".join(map(str, args.seed_list)),
+        "--save-dir",
+        str(out),
+        "--quiet",
+    ]
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -161,9 +196,17 @@ def saelens_sae(arch: str, d_in: int, args):
     if arch == "topk":
         return sl.TopKTrainingSAE(sl.TopKTrainingSAEConfig(d_in=d_in, d_sae=args.width, k=args.k))
     if arch == "batchtopk":
-        return sl.BatchTopKTrainingSAE(sl.BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=args.width, k=float(args.k)))
-    return sl.MatryoshkaBatchTopKTrainingSAE(sl.MatryoshkaBatchTopKTrainingSAEConfig(
-        d_in=d_in, d_sae=args.width, k=float(args.k), matryoshka_widths=matryoshka_levels(args.width, args.levels)))
+        return sl.BatchTopKTrainingSAE(
+            sl.BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=args.width, k=float(args.k))
+        )
+    return sl.MatryoshkaBatchTopKTrainingSAE(
+        sl.MatryoshkaBatchTopKTrainingSAEConfig(
+            d_in=d_in,
+            d_sae=args.width,
+            k=float(args.k),
+            matryoshka_widths=matryoshka_levels(args.width, args.levels),
+        )
+    )
 
 
 def train_saelens(arch: str, x: torch.Tensor, seed: int, args, out: Path) -> float:
@@ -181,12 +224,20 @@ def train_saelens(arch: str, x: torch.Tensor, seed: int, args, out: Path) -> flo
         while True:
             perm = torch.randperm(n, generator=g)
             for i in range(0, n - bs + 1, bs):
-                yield x[perm[i:i + bs]]
+                yield x[perm[i : i + bs]]
 
-    tcfg = SAETrainerConfig(total_training_samples=(n // bs) * bs * args.epochs, train_batch_size_samples=bs,
-                            lr=args.lr, lr_end=args.lr, adam_beta1=0.9, adam_beta2=0.999, device="cpu",
-                            dead_feature_window=max(1, n // bs), feature_sampling_window=10**9,
-                            logger=LoggingConfig(log_to_wandb=False))
+    tcfg = SAETrainerConfig(
+        total_training_samples=(n // bs) * bs * args.epochs,
+        train_batch_size_samples=bs,
+        lr=args.lr,
+        lr_end=args.lr,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        device="cpu",
+        dead_feature_window=max(1, n // bs),
+        feature_sampling_window=10**9,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
     t = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):  # its progress bar
         SAETrainer(tcfg, sae, batches()).fit()
@@ -202,11 +253,25 @@ def score(folder: Path, world, draws: Replay, args) -> dict:
     from sae_lens.synthetic import eval_sae_on_synthetic_data
 
     sae = SAE.load_from_disk(str(folder))
-    r = eval_sae_on_synthetic_data(sae, world.feature_dict, draws.rewind(), num_samples=args.eval_samples,
-                                   batch_size=EVAL_CHUNK)
+    r = eval_sae_on_synthetic_data(
+        sae,
+        world.feature_dict,
+        draws.rewind(),
+        num_samples=args.eval_samples,
+        batch_size=EVAL_CHUNK,
+    )
     c = r.classification
-    return dict(mcc=r.mcc, f1=c.f1_score, precision=c.precision, recall=c.recall, dead=r.dead_latents,
-                l0=r.sae_l0, ev=r.explained_variance, uniqueness=r.uniqueness, true_l0=r.true_l0)
+    return dict(
+        mcc=r.mcc,
+        f1=c.f1_score,
+        precision=c.precision,
+        recall=c.recall,
+        dead=r.dead_latents,
+        l0=r.sae_l0,
+        ev=r.explained_variance,
+        uniqueness=r.uniqueness,
+        true_l0=r.true_l0,
+    )
 
 
 def _folder(root: Path, seed: int, n_seeds: int) -> Path:
@@ -221,28 +286,58 @@ def run(args, work: Path) -> dict:
 
     acts_file = work / "synth_acts.safetensors"
     save_activations(acts_file, x, dict(source="sae_lens.synthetic", features=args.features))
-    results = dict(world=dict(features=args.features, hidden_dim=args.hidden_dim, world_seed=args.world_seed,
-                              train_samples=args.train_samples, true_l0_train=true_l0),
-                   sae=dict(width=args.width, k=args.k, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-                            husai_settings=args.husai_settings, husai_set=args.husai_set,
-                            seeds=args.seed_list, matryoshka_widths=matryoshka_levels(args.width, args.levels)),
-                   trainers={}, rows={})
+    results = dict(
+        world=dict(
+            features=args.features,
+            hidden_dim=args.hidden_dim,
+            world_seed=args.world_seed,
+            train_samples=args.train_samples,
+            true_l0_train=true_l0,
+        ),
+        sae=dict(
+            width=args.width,
+            k=args.k,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            husai_settings=args.husai_settings,
+            husai_set=args.husai_set,
+            seeds=args.seed_list,
+            matryoshka_widths=matryoshka_levels(args.width, args.levels),
+        ),
+        trainers={},
+        rows={},
+    )
     for arch in args.architectures:
         row = results["rows"][arch] = {}
         for init in args.husai_inits:
             out = work / f"husai_{arch}_{init}"
             wall = train_husai(arch, init, acts_file, args, out)
-            row[f"husai_{init}"] = dict(scores=[score(_folder(out, s, len(args.seed_list)), world, draws, args)
-                                                for s in args.seed_list], wall_s=wall)
-            results["trainers"][f"husai_{init}"] = f"husai (init {init}, {len(args.seed_list)} seeds in one process)"
+            row[f"husai_{init}"] = dict(
+                scores=[
+                    score(_folder(out, s, len(args.seed_list)), world, draws, args)
+                    for s in args.seed_list
+                ],
+                wall_s=wall,
+            )
+            results["trainers"][f"husai_{init}"] = (
+                f"husai (init {init}, {len(args.seed_list)} seeds in one process)"
+            )
         scores, wall = [], 0.0
         for s in args.seed_list:
             wall += train_saelens(arch, x, s, args, work / f"saelens_{arch}_{s}")
             scores.append(score(work / f"saelens_{arch}_{s}", world, draws, args))
         row["saelens"] = dict(scores=scores, wall_s=wall)
         results["trainers"]["saelens"] = "SAELens SAETrainer (one seed at a time)"
-        print("  " + arch + ": MCC " + ", ".join(f"{k} {_mean(v['scores'], 'mcc'):.4f} ({v['wall_s']:.0f} s)"
-                                                  for k, v in row.items()), flush=True)
+        print(
+            "  "
+            + arch
+            + ": MCC "
+            + ", ".join(
+                f"{k} {_mean(v['scores'], 'mcc'):.4f} ({v['wall_s']:.0f} s)" for k, v in row.items()
+            ),
+            flush=True,
+        )
     results["true_l0_eval"] = scores[0]["true_l0"]
     return results
 
@@ -257,48 +352,83 @@ def _sd(rows: list[dict], key: str) -> float:
 
 def table(results: dict) -> str:
     """Markdown table: per architecture and trainer, mean +- sd over seeds; then each husai - SAELens."""
-    lines = ["| architecture | trainer | MCC | F1 | precision | recall | dead latents | L0 | EV | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| architecture | trainer | MCC | F1 | precision | recall | dead latents | L0 | EV | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for arch, row in results["rows"].items():
         for key, r in row.items():
             rs = r["scores"]
-            cells = [f"{_mean(rs, m):.3f} ± {_sd(rs, m):.3f}" for m in ("mcc", "f1", "precision", "recall")]
-            cells += [f"{_mean(rs, 'dead'):.1f}", f"{_mean(rs, 'l0'):.1f}", f"{_mean(rs, 'ev'):.3f}", f"{r['wall_s']:.0f}"]
+            cells = [
+                f"{_mean(rs, m):.3f} ± {_sd(rs, m):.3f}"
+                for m in ("mcc", "f1", "precision", "recall")
+            ]
+            cells += [
+                f"{_mean(rs, 'dead'):.1f}",
+                f"{_mean(rs, 'l0'):.1f}",
+                f"{_mean(rs, 'ev'):.3f}",
+                f"{r['wall_s']:.0f}",
+            ]
             lines.append(f"| {arch} | {results['trainers'][key]} | " + " | ".join(cells) + " |")
         for key in (k for k in row if k != "saelens"):
-            d = {m: _mean(row[key]["scores"], m) - _mean(row["saelens"]["scores"], m) for m in METRICS}
-            lines.append(f"| {arch} | {key.replace('_', ' init ')} - SAELens | {d['mcc']:+.3f} | {d['f1']:+.3f} | "
-                         f"{d['precision']:+.3f} | {d['recall']:+.3f} | {d['dead']:+.1f} | {d['l0']:+.1f} | {d['ev']:+.3f} | |")
+            d = {
+                m: _mean(row[key]["scores"], m) - _mean(row["saelens"]["scores"], m)
+                for m in METRICS
+            }
+            lines.append(
+                f"| {arch} | {key.replace('_', ' init ')} - SAELens | {d['mcc']:+.3f} | {d['f1']:+.3f} | "
+                f"{d['precision']:+.3f} | {d['recall']:+.3f} | {d['dead']:+.1f} | {d['l0']:+.1f} | {d['ev']:+.3f} | |"
+            )
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--features", type=int, default=1024, help="ground-truth features (16k: 16,384)")
+    ap.add_argument(
+        "--features", type=int, default=1024, help="ground-truth features (16k: 16,384)"
+    )
     ap.add_argument("--hidden-dim", type=int, default=64, help="activation dimension (16k: 768)")
     ap.add_argument("--world-seed", type=int, default=0)
     ap.add_argument("--train-samples", type=int, default=100_000)
     ap.add_argument("--eval-samples", type=int, default=50_000)
     ap.add_argument("--data-seed", type=int, default=1, help="seeds the training draws")
     ap.add_argument("--eval-seed", type=int, default=2, help="seeds the evaluation draws")
-    ap.add_argument("--width", type=int, default=256, help="SAE latents (16k's SAEs: a quarter of the features)")
+    ap.add_argument(
+        "--width", type=int, default=256, help="SAE latents (16k's SAEs: a quarter of the features)"
+    )
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--levels", type=int, default=4, help="Matryoshka levels (husai's default)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--husai-inits", default="random,data",
-                    help="husai decoder inits to run: random (isotropic, W_enc = W_dec^T: SAELens's kind) and/or data "
-                         "(the example configs' default, made for the grokked model's low-rank activations)")
-    ap.add_argument("--husai-settings", choices=("tuned", "defaults"), default="tuned",
-                    help="tuned: each architecture's better setting on this benchmark (TUNED: TopK with free decoder norms "
-                         "from 0.1 and b_dec from zeros, as SAELens trains it); defaults: husai's config defaults")
-    ap.add_argument("--husai-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="another husai config key for every husai run (a YAML value), e.g. decoder_norm=rescale; repeatable")
+    ap.add_argument(
+        "--husai-inits",
+        default="random,data",
+        help="husai decoder inits to run: random (isotropic, W_enc = W_dec^T: SAELens's kind) and/or data "
+        "(the example configs' default, made for the grokked model's low-rank activations)",
+    )
+    ap.add_argument(
+        "--husai-settings",
+        choices=("tuned", "defaults"),
+        default="tuned",
+        help="tuned: each architecture's better setting on this benchmark (TUNED: TopK with free decoder norms "
+        "from 0.1 and b_dec from zeros, as SAELens trains it); defaults: husai's config defaults",
+    )
+    ap.add_argument(
+        "--husai-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another husai config key for every husai run (a YAML value), e.g. decoder_norm=rescale; repeatable",
+    )
     ap.add_argument("--architectures", default=",".join(ARCHITECTURES))
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both trainers")
-    ap.add_argument("--work", default=None, help="folder for the activation file and SAEs (default: a temporary one)")
+    ap.add_argument(
+        "--work",
+        default=None,
+        help="folder for the activation file and SAEs (default: a temporary one)",
+    )
     ap.add_argument("--json", default=None, help="also write every per-seed score here")
     args = ap.parse_args(argv)
     args.architectures = [a for a in args.architectures.split(",") if a]
@@ -324,17 +454,30 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        work = Path(args.work) if args.work else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work = (
+            Path(args.work)
+            if args.work
+            else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        )
         work.mkdir(parents=True, exist_ok=True)
-        print(f"SynthSAEBench world: {args.features} features in {args.hidden_dim} dims; SAEs: {args.width} latents, "
-              f"k {args.k}, lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs of {args.train_samples} "
-              f"samples, seeds {args.seed_list}, {args.threads} thread(s); husai settings {args.husai_settings}"
-              + "".join(f"; {a}: {TUNED[a]}" for a in args.architectures if args.husai_settings == "tuned" and a in TUNED)
-              + (f"; every husai run: {args.husai_set}" if args.husai_set else ""), flush=True)
+        print(
+            f"SynthSAEBench world: {args.features} features in {args.hidden_dim} dims; SAEs: {args.width} latents, "
+            f"k {args.k}, lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs of {args.train_samples} "
+            f"samples, seeds {args.seed_list}, {args.threads} thread(s); husai settings {args.husai_settings}"
+            + "".join(
+                f"; {a}: {TUNED[a]}"
+                for a in args.architectures
+                if args.husai_settings == "tuned" and a in TUNED
+            )
+            + (f"; every husai run: {args.husai_set}" if args.husai_set else ""),
+            flush=True,
+        )
         results = run(args, work)
     results["wall_s"] = time.perf_counter() - t0
-    print(f"true L0: {results['world']['true_l0_train']:.2f} (training draws), {results['true_l0_eval']:.2f} (eval draws); "
-          f"scored by sae_lens.synthetic.eval_sae_on_synthetic_data on {args.eval_samples} draws")
+    print(
+        f"true L0: {results['world']['true_l0_train']:.2f} (training draws), {results['true_l0_eval']:.2f} (eval draws); "
+        f"scored by sae_lens.synthetic.eval_sae_on_synthetic_data on {args.eval_samples} draws"
+    )
     print(table(results))
     print(f"total {results['wall_s']:.0f} s")
     if args.json:

@@ -39,13 +39,41 @@ _torch.set_flush_denormal(True)
 
 _EXPORTS = {
     "HusaiError": "husai.errors",
-    **{name: "husai.model" for name in ("ModelConfig", "Transformer", "TrainConfig", "train_model", "load_model",
-                                        "make_dataset", "get_fourier_basis", "key_frequencies",
-                                        "to_transformer_lens")},
-    **{name: "husai.sae" for name in ("SAETrainConfig", "train_saes", "load_sae", "load_saes", "save_sae",
-                                      "model_activations")},
-    **{name: "husai.analysis" for name in ("compute_fourier_overlap", "fourier_report", "compute_pwmcc", "pw_mcc",
-                                           "compare_saes")},
+    **{
+        name: "husai.model"
+        for name in (
+            "ModelConfig",
+            "Transformer",
+            "TrainConfig",
+            "train_model",
+            "load_model",
+            "make_dataset",
+            "get_fourier_basis",
+            "key_frequencies",
+            "to_transformer_lens",
+        )
+    },
+    **{
+        name: "husai.sae"
+        for name in (
+            "SAETrainConfig",
+            "train_saes",
+            "load_sae",
+            "load_saes",
+            "save_sae",
+            "model_activations",
+        )
+    },
+    **{
+        name: "husai.analysis"
+        for name in (
+            "compute_fourier_overlap",
+            "fourier_report",
+            "compute_pwmcc",
+            "pw_mcc",
+            "compare_saes",
+        )
+    },
     **{name: "husai.study" for name in ("load_study", "run_study")},
 }
 __all__ = ["__version__", *_EXPORTS]

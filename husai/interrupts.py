@@ -50,7 +50,9 @@ def interruptible(command):
             _finished = True
         except KeyboardInterrupt as e:
             raise CommandInterrupted(str(e)) from None
-        except BaseException:  # an error or a chosen exit status (a study with a failed cell): done too
+        except (
+            BaseException
+        ):  # an error or a chosen exit status (a study with a failed cell): done too
             _finished = True
             raise
         return result
@@ -72,8 +74,9 @@ def finished_note(note: str, in_command: bool = True) -> str:
 
 
 @contextmanager
-def on_interrupt(note: str | Callable[[], str | None],
-                 fallback: Callable[[], str] | None = None) -> Iterator[None]:
+def on_interrupt(
+    note: str | Callable[[], str | None], fallback: Callable[[], str] | None = None
+) -> Iterator[None]:
     """Turn a KeyboardInterrupt in the block (or an inner note) into Interrupted(note); a callable
     note is evaluated at the moment of the interrupt (e.g. to name the last checkpoint), and may
     return None to keep the inner note (a command that has handed over to a function with its own).
@@ -136,7 +139,9 @@ def _quiet_dropped_interrupt(unraisable, _default=sys.unraisablehook) -> None:
     """A Ctrl-C raised inside a weakref callback or a __del__ is dropped by CPython, which prints it as
     "Exception ignored ... Traceback" (seen in CI, in a study's last seconds). `_seen` keeps it, and
     raise_if_interrupted or dropped_interrupt report it, so print nothing; anything else as before."""
-    if not (isinstance(unraisable.exc_type, type) and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+    if not (
+        isinstance(unraisable.exc_type, type) and issubclass(unraisable.exc_type, KeyboardInterrupt)
+    ):
         _default(unraisable)
 
 

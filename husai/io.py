@@ -81,12 +81,16 @@ def _jsonable(obj):
 
 
 def write_json(path: str | Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n").encode()
+    )
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     """Rewrites the whole file atomically: an append could leave a torn last line."""
-    atomic_write_bytes(path, "".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in rows).encode())
+    atomic_write_bytes(
+        path, "".join(json.dumps(_jsonable(r), allow_nan=False) + "\n" for r in rows).encode()
+    )
 
 
 def read_json(path: str | Path, what: str = "file") -> dict:
@@ -96,7 +100,9 @@ def read_json(path: str | Path, what: str = "file") -> dict:
     try:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HusaiError(f"{what} {path} is not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        raise HusaiError(
+            f"{what} {path} is not valid JSON ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+        ) from None
     if not isinstance(obj, dict):
         raise HusaiError(f"{what} {path} must hold a JSON object, found {type(obj).__name__}")
     return obj
@@ -122,10 +128,12 @@ checksum, so a flipped bit in the tensor bytes would otherwise load silently as 
 
 def _data_section(raw: bytes) -> bytes:
     n = int.from_bytes(raw[:8], "little")
-    return raw[8 + n:]
+    return raw[8 + n :]
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Atomically write a safetensors file (tensors are made contiguous and moved to CPU), with the
     SHA-256 of its tensor bytes in the metadata so that `load_tensors` detects corruption."""
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -140,13 +148,16 @@ def _canonical(raw: bytes) -> bytes:
     Rust HashMap order, which changes from process to process, so identical tensors would otherwise
     give different bytes. Offsets are relative to the data section, so only the header changes."""
     n = int.from_bytes(raw[:8], "little")
-    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # safetensors pads the header to 8-byte alignment with spaces
-    return len(header).to_bytes(8, "little") + header + raw[8 + n:]
+    header = json.dumps(json.loads(raw[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (
+        -len(header) % 8
+    )  # safetensors pads the header to 8-byte alignment with spaces
+    return len(header).to_bytes(8, "little") + header + raw[8 + n :]
 
 
-def load_tensors(path: str | Path, what: str = "tensor file",
-                 device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(
+    path: str | Path, what: str = "tensor file", device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a safetensors file. Returns (tensors, metadata). Bad files raise HusaiError."""
     path = Path(path)
     if not path.is_file():
@@ -165,7 +176,9 @@ def load_tensors(path: str | Path, what: str = "tensor file",
         except OSError as e:
             raise HusaiError(f"cannot read {what} {path}: {e.strerror or e}") from None
         if actual != digest:
-            raise HusaiError(f"{what} {path} is corrupt: its tensor data does not match the checksum it was saved with")
+            raise HusaiError(
+                f"{what} {path} is corrupt: its tensor data does not match the checksum it was saved with"
+            )
     for k, v in tensors.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise HusaiError(f"{what} {path}: tensor {k!r} holds NaN or Inf")

@@ -65,7 +65,9 @@ def exclusive(folder: str | Path, command: str, flag: str) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)  # while still held: a process that opened it meanwhile sees it gone and retries
+            os.unlink(
+                path
+            )  # while still held: a process that opened it meanwhile sees it gone and retries
         os.close(fd)  # releases the lock
 
 
@@ -82,12 +84,20 @@ def _acquire(path: Path, folder: Path, flag: str) -> int:
             os.close(fd)
             info = holder(folder)
             pid = info.get("pid") if info else None
-            stop = f"stop it (kill {pid})" if pid and info.get("host") == socket.gethostname() else "stop it"
-            raise HusaiError(f"{flag} {folder} is in use by {_describe(info)}: wait for it to finish or {stop}, "
-                             f"then run this command again") from None
+            stop = (
+                f"stop it (kill {pid})"
+                if pid and info.get("host") == socket.gethostname()
+                else "stop it"
+            )
+            raise HusaiError(
+                f"{flag} {folder} is in use by {_describe(info)}: wait for it to finish or {stop}, "
+                f"then run this command again"
+            ) from None
         except OSError as e:  # a file system without flock: say so rather than run unguarded
             os.close(fd)
-            raise HusaiError(f"cannot lock {flag} {folder} ({e.strerror or e}): husai needs flock there") from None
+            raise HusaiError(
+                f"cannot lock {flag} {folder} ({e.strerror or e}): husai needs flock there"
+            ) from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

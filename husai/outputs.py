@@ -55,7 +55,9 @@ class OutputKind:
     """Whether the command can continue an earlier output in place (--resume)."""
 
     def is_folder_of(self, files: list[str]) -> bool:
-        return bool(self.markers) and all(any(fnmatch.fnmatch(f, m) for f in files) for m in self.markers)
+        return bool(self.markers) and all(
+            any(fnmatch.fnmatch(f, m) for f in files) for m in self.markers
+        )
 
     def foreign(self, files: list[str]) -> list[str]:
         """The files among `files` (relative paths) that this kind never writes."""
@@ -69,6 +71,7 @@ def _json_with(*keys: str) -> Callable[[Path], bool]:
         except (OSError, ValueError):
             return False
         return isinstance(obj, dict) and all(k in obj for k in keys)
+
     return looks
 
 
@@ -81,8 +84,11 @@ def _is_activation_file(path: Path) -> bool:
             header = json.loads(f.read(n)) if 0 < n < 1 << 24 else None
     except (OSError, ValueError):
         return False
-    return (isinstance(header, dict) and set(header) - {"__metadata__"} == {"activations"}
-            and "hook_name" in (header.get("__metadata__") or {}))
+    return (
+        isinstance(header, dict)
+        and set(header) - {"__metadata__"} == {"activations"}
+        and "hook_name" in (header.get("__metadata__") or {})
+    )
 
 
 BROWSER_TAG = b'<meta name="generator" content="husai browse">'
@@ -97,22 +103,64 @@ def _is_browser_page(path: Path) -> bool:
         return False
 
 
-SAE_FILES = ("cfg.json", "sae_weights.safetensors", "metrics.json", "seed_*/cfg.json", "seed_*/sae_weights.safetensors",
-             "trajectory.safetensors", "wandb/*", "browser.html")
+SAE_FILES = (
+    "cfg.json",
+    "sae_weights.safetensors",
+    "metrics.json",
+    "seed_*/cfg.json",
+    "seed_*/sae_weights.safetensors",
+    "trajectory.safetensors",
+    "wandb/*",
+    "browser.html",
+)
 
-MODEL_RUN = OutputKind("model run", "husai train-model", markers=("config.json",), resumable=True, files=(
-    "config.json", "model.safetensors", "best.safetensors", "memorised.safetensors", "metrics.json", "history.jsonl",
-    "checkpoints/epoch_*.safetensors", "snapshots/epoch_*.safetensors", "wandb/*"))
-SAE_OUTPUT = OutputKind("SAE output", "husai train-sae", markers=("metrics.json", "*cfg.json"), files=SAE_FILES)
-STUDY = OutputKind("study", "husai study", markers=("study.yaml",), resumable=True)  # resumed, never replaced
-STUDY_CELL = OutputKind("study cell", "husai study", files=SAE_FILES + ("analysis.json", "failed.json", "figures/*.png"))
-PLOTS = OutputKind("folder of stability plots", "husai compare --plots", markers=("*.png",), files=(
-    "pw_mcc_decoder.png", "mean_max_abs_cos_decoder.png", "frequency_histogram.png"))
-ACTIVATIONS = OutputKind("activation file", "husai extract-activations", looks_like=_is_activation_file)
-COMPARE_JSON = OutputKind("comparison", "husai compare --json", looks_like=_json_with("saes", "stability"))
-FOURIER_JSON = OutputKind("Fourier report", "husai fourier --json", looks_like=_json_with("model", "saes"))
-GROUND_TRUTH_JSON = OutputKind("ground-truth report", "husai ground-truth --json", looks_like=_json_with("model", "hooks"))
-RECOVERY_JSON = OutputKind("recovery report", "husai recover --json", looks_like=_json_with("activations", "saes"))
+MODEL_RUN = OutputKind(
+    "model run",
+    "husai train-model",
+    markers=("config.json",),
+    resumable=True,
+    files=(
+        "config.json",
+        "model.safetensors",
+        "best.safetensors",
+        "memorised.safetensors",
+        "metrics.json",
+        "history.jsonl",
+        "checkpoints/epoch_*.safetensors",
+        "snapshots/epoch_*.safetensors",
+        "wandb/*",
+    ),
+)
+SAE_OUTPUT = OutputKind(
+    "SAE output", "husai train-sae", markers=("metrics.json", "*cfg.json"), files=SAE_FILES
+)
+STUDY = OutputKind(
+    "study", "husai study", markers=("study.yaml",), resumable=True
+)  # resumed, never replaced
+STUDY_CELL = OutputKind(
+    "study cell", "husai study", files=SAE_FILES + ("analysis.json", "failed.json", "figures/*.png")
+)
+PLOTS = OutputKind(
+    "folder of stability plots",
+    "husai compare --plots",
+    markers=("*.png",),
+    files=("pw_mcc_decoder.png", "mean_max_abs_cos_decoder.png", "frequency_histogram.png"),
+)
+ACTIVATIONS = OutputKind(
+    "activation file", "husai extract-activations", looks_like=_is_activation_file
+)
+COMPARE_JSON = OutputKind(
+    "comparison", "husai compare --json", looks_like=_json_with("saes", "stability")
+)
+FOURIER_JSON = OutputKind(
+    "Fourier report", "husai fourier --json", looks_like=_json_with("model", "saes")
+)
+GROUND_TRUTH_JSON = OutputKind(
+    "ground-truth report", "husai ground-truth --json", looks_like=_json_with("model", "hooks")
+)
+RECOVERY_JSON = OutputKind(
+    "recovery report", "husai recover --json", looks_like=_json_with("activations", "saes")
+)
 BROWSER = OutputKind("feature browser", "husai browse", looks_like=_is_browser_page)
 FOLDER_KINDS = (STUDY, MODEL_RUN, SAE_OUTPUT, PLOTS)
 FILE_KINDS = (ACTIVATIONS, COMPARE_JSON, FOURIER_JSON, GROUND_TRUTH_JSON, RECOVERY_JSON, BROWSER)
@@ -171,12 +219,21 @@ def check_not_an_input(out: Path, inputs, flag: str) -> None:
         i = Path(inp).resolve()
         if o == i or i in o.parents:
             where = "is" if o == i else "lies inside"
-            raise HusaiError(f"{flag} {out} {where} the input {inp}: husai never writes into what it reads; "
-                             f"choose another {flag}")
+            raise HusaiError(
+                f"{flag} {out} {where} the input {inp}: husai never writes into what it reads; "
+                f"choose another {flag}"
+            )
 
 
-def claim_folder(out: str | Path, kind: OutputKind, flag: str, *, inputs=(), overwrite: bool = False,
-                 resume: bool = False) -> str:
+def claim_folder(
+    out: str | Path,
+    kind: OutputKind,
+    flag: str,
+    *,
+    inputs=(),
+    overwrite: bool = False,
+    resume: bool = False,
+) -> str:
     """May `kind.command` write folder `out`? Returns "new" (absent or empty), "resume" (an earlier
     output of the same kind, and resume=True) or "overwrite" (one, and overwrite=True); raises
     HusaiError (one line, naming what is there) in every other case. Puts back an output that a
@@ -189,41 +246,57 @@ def claim_folder(out: str | Path, kind: OutputKind, flag: str, *, inputs=(), ove
             raise HusaiError(f"{flag} {out} is a broken symbolic link; choose another {flag}")
         return "new"
     if not out.is_dir():
-        raise HusaiError(f"{flag} {out} is a file, not a folder ({describe(out)}); choose another {flag}")
+        raise HusaiError(
+            f"{flag} {out} is a file, not a folder ({describe(out)}); choose another {flag}"
+        )
     files = files_in(out)
     if not files:
         return "new"
     if not kind.is_folder_of(files):
-        raise HusaiError(f"{flag} {out} already holds {describe(out)}; husai never replaces what another "
-                         f"command or you wrote: choose another {flag}")
+        raise HusaiError(
+            f"{flag} {out} already holds {describe(out)}; husai never replaces what another "
+            f"command or you wrote: choose another {flag}"
+        )
     if resume and kind.resumable:
         return "resume"
     if not overwrite:
-        how = "--overwrite to replace it" + (" or --resume to continue it" if kind.resumable else "")
+        how = "--overwrite to replace it" + (
+            " or --resume to continue it" if kind.resumable else ""
+        )
         raise HusaiError(f"{flag} {out} already holds a husai {kind.name}; pass {how}")
     foreign = kind.foreign(files)
     if foreign:
-        raise HusaiError(f"{flag} {out} holds a husai {kind.name} and file(s) husai did not write "
-                         f"({_listing(foreign)}); --overwrite never deletes those: move them out first")
+        raise HusaiError(
+            f"{flag} {out} holds a husai {kind.name} and file(s) husai did not write "
+            f"({_listing(foreign)}); --overwrite never deletes those: move them out first"
+        )
     return "overwrite"
 
 
-def claim_file(out: str | Path, kind: OutputKind, flag: str, *, inputs=(), overwrite: bool = False) -> None:
+def claim_file(
+    out: str | Path, kind: OutputKind, flag: str, *, inputs=(), overwrite: bool = False
+) -> None:
     """May `kind.command` write file `out`? Absent: yes. An earlier output of the same kind: only
     with overwrite. A folder or any other file: never. Raises HusaiError otherwise."""
     out = Path(out)
     check_not_an_input(out, inputs, flag)
     if out.is_dir():
-        raise HusaiError(f"{flag} {out} is a folder, not a file ({describe(out)}); give a file name")
+        raise HusaiError(
+            f"{flag} {out} is a folder, not a file ({describe(out)}); give a file name"
+        )
     if not out.exists():
         if out.is_symlink():
             raise HusaiError(f"{flag} {out} is a broken symbolic link; choose another {flag}")
         return
     if not kind.looks_like(out):
-        raise HusaiError(f"{flag} {out} already exists and is {describe(out)}; husai never replaces what "
-                         f"another command or you wrote: choose another {flag}")
+        raise HusaiError(
+            f"{flag} {out} already exists and is {describe(out)}; husai never replaces what "
+            f"another command or you wrote: choose another {flag}"
+        )
     if not overwrite:
-        raise HusaiError(f"{flag} {out} already holds a husai {kind.name}; pass --overwrite to replace it")
+        raise HusaiError(
+            f"{flag} {out} already holds a husai {kind.name}; pass --overwrite to replace it"
+        )
 
 
 def remove_output(folder: Path, kind: OutputKind) -> None:
@@ -231,8 +304,10 @@ def remove_output(folder: Path, kind: OutputKind) -> None:
     refuses, deleting nothing, if anything else is in it."""
     foreign = kind.foreign(files_in(folder))
     if foreign:
-        raise HusaiError(f"{folder} holds file(s) husai did not write ({_listing(foreign)}); "
-                         f"move them out first, husai never deletes them")
+        raise HusaiError(
+            f"{folder} holds file(s) husai did not write ({_listing(foreign)}); "
+            f"move them out first, husai never deletes them"
+        )
     shutil.rmtree(folder)
 
 
@@ -259,7 +334,9 @@ def staged_folder(out: str | Path, flag: str) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
         clear_stale_stages(out)
         stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=stage_prefix(out)))
-        os.chmod(stage, 0o777 & ~umask())  # mkdtemp makes 0700; an output folder gets what mkdir gives
+        os.chmod(
+            stage, 0o777 & ~umask()
+        )  # mkdtemp makes 0700; an output folder gets what mkdir gives
     except OSError as e:
         raise HusaiError(f"cannot write {flag} {out}: {e.strerror or e}") from None
     # Replace only what the claim saw: where `out` was absent or empty then, a plain rename, which
@@ -277,8 +354,10 @@ def staged_folder(out: str | Path, flag: str) -> Iterator[Path]:
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
                     raise
-                raise HusaiError(f"{flag} {out} was taken by something else while this command ran; "
-                                 f"left it untouched: run the command again") from None
+                raise HusaiError(
+                    f"{flag} {out} was taken by something else while this command ran; "
+                    f"left it untouched: run the command again"
+                ) from None
     except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
         if isinstance(e, OSError):

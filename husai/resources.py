@@ -37,12 +37,16 @@ def available_memory(device: str = "cpu") -> int | None:
     return avail
 
 
-def check_fits_in_memory(n_bytes: int, what: str, device: str = "cpu", hint: str | None = None) -> None:
+def check_fits_in_memory(
+    n_bytes: int, what: str, device: str = "cpu", hint: str | None = None
+) -> None:
     """Refuse up front (HusaiError) a job whose memory need exceeds what is available, instead of
     letting the OS kill the process mid-run with no message."""
     avail = available_memory(device)
     if avail is not None and n_bytes > avail:
         # The free amount is left out of the message on purpose: it changes from moment to moment,
         # and the same bad input should give the same one-line error.
-        raise HusaiError(f"{what} needs at least {n_bytes / 2**30:.1f} GiB, more than is available on {device}; "
-                         f"{hint or oom_hint()}")
+        raise HusaiError(
+            f"{what} needs at least {n_bytes / 2**30:.1f} GiB, more than is available on {device}; "
+            f"{hint or oom_hint()}"
+        )

@@ -19,5 +19,11 @@ def init_run(project: str, config: dict, out_dir: str | Path, name: str | None =
         raise HusaiError("--wandb needs the wandb package: pip install 'husai[wandb]'") from None
     mode = os.environ.get("WANDB_MODE", "offline")
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=project, config=config, dir=str(out_dir), mode=mode, name=name or Path(out_dir).name,
-                      reinit="finish_previous")
+    return wandb.init(
+        project=project,
+        config=config,
+        dir=str(out_dir),
+        mode=mode,
+        name=name or Path(out_dir).name,
+        reinit="finish_previous",
+    )

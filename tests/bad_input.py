@@ -65,7 +65,14 @@ def write_yaml(path: Path, yamls: dict[str, str | None], kind: str) -> None:
         path.write_text(yamls[kind])
 
 
-SAFETENSORS_FAULTS = ["missing", "empty", "truncated", "bitflip_header", "bitflip_data", "wrong_tensors"]
+SAFETENSORS_FAULTS = [
+    "missing",
+    "empty",
+    "truncated",
+    "bitflip_header",
+    "bitflip_data",
+    "wrong_tensors",
+]
 JSON_FAULTS = ["missing", "empty", "truncated", "bitflip_header", "not_object", "bad_json"]
 
 # a model run's config.json: each fault is a `corrupt` way (None) or an edit of the parsed dict
@@ -110,9 +117,11 @@ YAMLS = {
 }
 
 # study configs: the YAMLS that are bad whatever the schema, and bad study sections
-STUDY_YAMLS = {**{k: v for k, v in YAMLS.items() if k not in ("wrong_type", "nan", "inf")},
-               "saes_not_list": "saes: {architecture: topk}\n",
-               "negative_epochs": yaml.safe_dump({"saes": [{"architecture": "topk", "epochs": -1}]}),
-               "huge_p_model": yaml.safe_dump({"model": {"p": 10**9}, "saes": [{"architecture": "topk"}]}),
-               "model_not_mapping": yaml.safe_dump({"model": [1], "saes": [{"architecture": "topk"}]}),
-               "bad_hook": yaml.safe_dump({"hooks": ["blocks.9.nothing"], "saes": [{"architecture": "topk"}]})}
+STUDY_YAMLS = {
+    **{k: v for k, v in YAMLS.items() if k not in ("wrong_type", "nan", "inf")},
+    "saes_not_list": "saes: {architecture: topk}\n",
+    "negative_epochs": yaml.safe_dump({"saes": [{"architecture": "topk", "epochs": -1}]}),
+    "huge_p_model": yaml.safe_dump({"model": {"p": 10**9}, "saes": [{"architecture": "topk"}]}),
+    "model_not_mapping": yaml.safe_dump({"model": [1], "saes": [{"architecture": "topk"}]}),
+    "bad_hook": yaml.safe_dump({"hooks": ["blocks.9.nothing"], "saes": [{"architecture": "topk"}]}),
+}

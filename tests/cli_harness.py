@@ -53,14 +53,19 @@ def work(pristine, tmp_path):
     shutil.copy(pristine["acts"], tmp_path / "acts.safetensors")
     (tmp_path / "afile").write_text("a regular file, not a folder\n")
     d_in = int(json.loads((tmp_path / "sae" / "seed_1" / "cfg.json").read_text())["d_in"])
-    atoms = torch.randn(6, d_in, generator=torch.Generator().manual_seed(0))  # a user's ground truth (husai recover)
+    atoms = torch.randn(
+        6, d_in, generator=torch.Generator().manual_seed(0)
+    )  # a user's ground truth (husai recover)
     save_tensors(tmp_path / "gt.safetensors", {"atoms": atoms, "plane.two": atoms[:2].clone()})
     return tmp_path
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def assert_unchanged(before: dict[str, str], root: Path) -> None:
@@ -83,7 +88,9 @@ def assert_clean_error(r: subprocess.CompletedProcess, match: str | None = None)
 def husai_subprocess(work: Path, *args, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m husai.cli ARGS` in a fresh interpreter ("W/" in ARGS stands for the work folder)."""
     argv = [a.replace("W/", f"{work}/") if isinstance(a, str) else str(a) for a in args]
-    return subprocess.run(HUSAI + argv, capture_output=True, text=True, env=ENV, cwd=work, timeout=timeout)
+    return subprocess.run(
+        HUSAI + argv, capture_output=True, text=True, env=ENV, cwd=work, timeout=timeout
+    )
 
 
 def husai_forked(work: Path, *args, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -136,4 +143,8 @@ def husai_forked(work: Path, *args, timeout: int = 300) -> subprocess.CompletedP
 
 # HUSAI_HARDENING_SUBPROCESS=1 runs every case through a fresh `python -m husai.cli` (~4x slower);
 # test_same_outcome_in_a_real_subprocess checks a sample of cases both ways.
-husai = husai_subprocess if os.environ.get("HUSAI_HARDENING_SUBPROCESS") or not hasattr(os, "fork") else husai_forked
+husai = (
+    husai_subprocess
+    if os.environ.get("HUSAI_HARDENING_SUBPROCESS") or not hasattr(os, "fork")
+    else husai_forked
+)

@@ -23,7 +23,11 @@ GROKKED_P = 47  # the smallest p that groks in well under a minute with the defa
 def tiny_run(tmp_path_factory):
     """A p=23 model trained for 100 epochs (not grokked): for file-format and error tests."""
     out = tmp_path_factory.mktemp("tiny") / "run"
-    m = train_model(TrainConfig(p=23, train_frac=0.6, epochs=100, eval_every=25, checkpoint_every=50), out, progress=False)
+    m = train_model(
+        TrainConfig(p=23, train_frac=0.6, epochs=100, eval_every=25, checkpoint_every=50),
+        out,
+        progress=False,
+    )
     return out, m
 
 
@@ -31,8 +35,16 @@ def tiny_run(tmp_path_factory):
 def grokked_run(tmp_path_factory):
     """A grokked p=47 model (test accuracy >= 99%, ~1000 epochs, ~20 s on one core)."""
     out = tmp_path_factory.mktemp("grokked") / "run"
-    cfg = TrainConfig(p=GROKKED_P, train_frac=0.5, lr=3e-3, epochs=3000, eval_every=50, checkpoint_every=1000,
-                      stop_test_acc=0.995, stop_frac_single_freq=0.0)
+    cfg = TrainConfig(
+        p=GROKKED_P,
+        train_frac=0.5,
+        lr=3e-3,
+        epochs=3000,
+        eval_every=50,
+        checkpoint_every=1000,
+        stop_test_acc=0.995,
+        stop_frac_single_freq=0.0,
+    )
     m = train_model(cfg, out, progress=False)
     return out, m
 
@@ -56,7 +68,9 @@ def finished_study(tmp_path_factory):
     wall = time.time() - t0
     assert_one_cell_failed(r)
     assert (root / "A" / "report.html").is_file() and (root / "A" / "results.parquet").is_file()
-    model = json.loads((root / "A" / "models" / "seed0" / "metrics.json").read_text())["wall_seconds"]
+    model = json.loads((root / "A" / "models" / "seed0" / "metrics.json").read_text())[
+        "wall_seconds"
+    ]
     return cfg, root / "A", r.stdout, wall - model
 
 

@@ -18,7 +18,16 @@ import torch
 
 from husai.errors import HusaiError
 
-from bad_input import MODEL_CONFIG_FAULTS, SAE_CFG_FAULTS, SAFETENSORS_FAULTS, STUDY_YAMLS, YAMLS, break_json, corrupt, write_yaml
+from bad_input import (
+    MODEL_CONFIG_FAULTS,
+    SAE_CFG_FAULTS,
+    SAFETENSORS_FAULTS,
+    STUDY_YAMLS,
+    YAMLS,
+    break_json,
+    corrupt,
+    write_yaml,
+)
 from cli_harness import assert_unchanged, pristine, snapshot, work  # noqa: F401
 
 PKG = Path(__file__).resolve().parent.parent / "husai"
@@ -49,9 +58,11 @@ def _api_load_activations(work):
 @pytest.mark.parametrize("how", SAFETENSORS_FAULTS)
 @pytest.mark.parametrize("target", ["model", "sae", "acts"])
 def test_api_bad_tensor_files(work, target, how):
-    path, fn = {"model": (work / "run" / "model.safetensors", _api_load_model),
-                "sae": (work / "sae" / "seed_1" / "sae_weights.safetensors", _api_load_sae),
-                "acts": (work / "acts.safetensors", _api_load_activations)}[target]
+    path, fn = {
+        "model": (work / "run" / "model.safetensors", _api_load_model),
+        "sae": (work / "sae" / "seed_1" / "sae_weights.safetensors", _api_load_sae),
+        "acts": (work / "acts.safetensors", _api_load_activations),
+    }[target]
     fn(work)  # loads before the damage
     corrupt(path, how)
     before = snapshot(work)
@@ -138,10 +149,24 @@ def test_checksum_does_not_leak_into_metadata(work):
 # ---------------------------------------------------------------------------------------------
 # nothing is ever unpickled
 
-UNPICKLERS = {("torch", "load"), ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"),
-              ("cPickle", "load"), ("cPickle", "loads"), ("dill", "load"), ("dill", "loads"),
-              ("cloudpickle", "load"), ("cloudpickle", "loads"), ("joblib", "load"), ("pandas", "read_pickle"),
-              ("pd", "read_pickle"), ("shelve", "open"), ("marshal", "load"), ("marshal", "loads")}
+UNPICKLERS = {
+    ("torch", "load"),
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("cPickle", "load"),
+    ("cPickle", "loads"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("cloudpickle", "load"),
+    ("cloudpickle", "loads"),
+    ("joblib", "load"),
+    ("pandas", "read_pickle"),
+    ("pd", "read_pickle"),
+    ("shelve", "open"),
+    ("marshal", "load"),
+    ("marshal", "loads"),
+}
 NUMPY_LOADERS = {("np", "load"), ("numpy", "load")}
 
 
@@ -162,7 +187,9 @@ def unpickling_calls(source: str, filename: str = "<src>") -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                alias[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                alias[a.asname or a.name.split(".")[0]] = (
+                    a.name if a.asname else a.name.split(".")[0]
+                )
         elif isinstance(node, ast.ImportFrom) and node.module:
             for a in node.names:
                 alias[a.asname or a.name] = f"{node.module}.{a.name}"
@@ -178,12 +205,18 @@ def unpickling_calls(source: str, filename: str = "<src>") -> list[str]:
         parts = full.split(".")
         key = (parts[0], parts[-1]) if len(parts) >= 2 else None
         np_key = {"numpy": "np"}.get(parts[0], parts[0]), parts[-1]
-        if key in UNPICKLERS or (len(parts) == 2 and (parts[0] in ("pickle", "dill", "torch", "joblib"))
-                                 and parts[1] in ("load", "loads")):
+        if key in UNPICKLERS or (
+            len(parts) == 2
+            and (parts[0] in ("pickle", "dill", "torch", "joblib"))
+            and parts[1] in ("load", "loads")
+        ):
             found.append(f"{filename}:{node.lineno}: {name}")
         elif np_key in NUMPY_LOADERS or key in NUMPY_LOADERS:
             pickle_kw = [k for k in node.keywords if k.arg == "allow_pickle"]
-            if any(not (isinstance(k.value, ast.Constant) and k.value.value is False) for k in pickle_kw):
+            if any(
+                not (isinstance(k.value, ast.Constant) and k.value.value is False)
+                for k in pickle_kw
+            ):
                 found.append(f"{filename}:{node.lineno}: {name}(allow_pickle=...)")
     return found
 
@@ -205,7 +238,14 @@ def test_nothing_in_husai_unpickles():
     """Every .py file under husai/, the subpackages (model, sae, analysis, study, cli) included."""
     files = sorted(PKG.rglob("*.py"))
     assert len(files) > 30, f"the scan found only {len(files)} files under {PKG}"
-    assert {p.parent.name for p in files} >= {"husai", "model", "sae", "analysis", "study", "cli"}, files
+    assert {p.parent.name for p in files} >= {
+        "husai",
+        "model",
+        "sae",
+        "analysis",
+        "study",
+        "cli",
+    }, files
     hits = []
     for path in files:
         hits += unpickling_calls(path.read_text(), str(path.relative_to(PKG.parent)))

@@ -20,7 +20,11 @@ import pytest
 import yaml
 
 HUSAI = [sys.executable, "-m", "husai.cli"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # bitwise determinism across runs
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}  # bitwise determinism across runs
 ENV.pop("HUSAI_DEBUG", None)
 
 
@@ -53,7 +57,9 @@ def check_whole(path: Path) -> None:
         pq.read_table(path)
     elif name.endswith(".png"):
         data = path.read_bytes()
-        assert data.startswith(b"\x89PNG\r\n\x1a\n") and data[-12:-4] == b"\x00\x00\x00\x00IEND", path
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and data[-12:-4] == b"\x00\x00\x00\x00IEND", (
+            path
+        )
     elif name.endswith((".md", ".html")):
         text = path.read_text()
         assert text.strip(), path
@@ -84,7 +90,9 @@ def check_tree(root: Path) -> list[Path]:
 
 def run_and_kill(argv: list[str], delay: float) -> int | None:
     """Start the command, SIGKILL it after `delay` seconds. Returns its exit status if it finished first."""
-    proc = subprocess.Popen(HUSAI + argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        HUSAI + argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         rc = proc.wait(timeout=delay)
         return rc
@@ -99,8 +107,22 @@ def run_and_kill(argv: list[str], delay: float) -> int | None:
 
 # --------------------------------------------------------------------------------------------- train-model
 
-TRAIN = ["train-model", "--p", "23", "--epochs", "500", "--eval-every", "10", "--checkpoint-every", "20",
-         "--run-all-epochs", "--train-frac", "0.6", "--seed", "3"]
+TRAIN = [
+    "train-model",
+    "--p",
+    "23",
+    "--epochs",
+    "500",
+    "--eval-every",
+    "10",
+    "--checkpoint-every",
+    "20",
+    "--run-all-epochs",
+    "--train-frac",
+    "0.6",
+    "--seed",
+    "3",
+]
 
 
 @pytest.mark.slow
@@ -132,8 +154,12 @@ def test_train_model_survives_random_sigkills(reference_training, tmp_path):
     assert kills == 8, "the run finished before it could be killed 8 times"
 
     resume = (out / "config.json").is_file()
-    r = subprocess.run(HUSAI + TRAIN + ["--out", str(out)] + (["--resume"] if resume else []), env=ENV,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        HUSAI + TRAIN + ["--out", str(out)] + (["--resume"] if resume else []),
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     check_tree(out)
     assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
@@ -152,8 +178,24 @@ def test_a_stray_temp_file_does_not_block_a_fresh_run(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / ".config.json.abc123.tmp").write_text("{")
-    r = subprocess.run(HUSAI + ["train-model", "--p", "23", "--epochs", "2", "--eval-every", "1",
-                                "--run-all-epochs", "--out", str(out)], env=ENV, capture_output=True, text=True)
+    r = subprocess.run(
+        HUSAI
+        + [
+            "train-model",
+            "--p",
+            "23",
+            "--epochs",
+            "2",
+            "--eval-every",
+            "1",
+            "--run-all-epochs",
+            "--out",
+            str(out),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     check_tree(out)
 
@@ -167,7 +209,9 @@ from study_harness import assert_one_cell_failed, reuse_model  # noqa: E402  the
 def test_study_survives_random_sigkills(finished_study, tmp_path):
     import pyarrow.parquet as pq
 
-    cfg, ref, _, full = finished_study  # full: how long its SAE stages take, to spread the kills over them
+    cfg, ref, _, full = (
+        finished_study  # full: how long its SAE stages take, to spread the kills over them
+    )
     out = tmp_path / "killed"
     reuse_model(ref, out)  # reuse the trained model: the SAE stages are what we kill
     argv = ["study", "--config", str(cfg), "--out", str(out)]
@@ -190,5 +234,8 @@ def test_study_survives_random_sigkills(finished_study, tmp_path):
     assert_one_cell_failed(r)
     check_tree(out)
     assert (out / "results.csv").read_text() == (ref / "results.csv").read_text()
-    assert pq.read_table(out / "results.parquet").to_pylist() == pq.read_table(ref / "results.parquet").to_pylist()
+    assert (
+        pq.read_table(out / "results.parquet").to_pylist()
+        == pq.read_table(ref / "results.parquet").to_pylist()
+    )
     assert not list(out.rglob(".*partial*"))  # no staging folder left behind

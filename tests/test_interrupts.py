@@ -29,8 +29,15 @@ def interrupt(argv: list[str], delay: float) -> subprocess.CompletedProcess | No
     included) is gone."""
     # A terminal's Ctrl-C reaches a command whose SIGINT is at its default; a test suite started as a
     # shell's background job inherits SIGINT ignored, which husai (rightly) keeps, so reset it here.
-    proc = subprocess.Popen(HUSAI + argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        HUSAI + argv,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -45,8 +52,14 @@ def interrupt(argv: list[str], delay: float) -> subprocess.CompletedProcess | No
             time.sleep(0.05)
         else:
             os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError("processes of the interrupted command were still running 30 s later")
-        return subprocess.CompletedProcess(argv, proc.returncode, out, err) if proc.returncode else None
+            raise AssertionError(
+                "processes of the interrupted command were still running 30 s later"
+            )
+        return (
+            subprocess.CompletedProcess(argv, proc.returncode, out, err)
+            if proc.returncode
+            else None
+        )
     proc.communicate()
     return None
 
@@ -67,7 +80,9 @@ def test_train_model_interrupted_at_random_moments(reference_training, tmp_path)
     rng = random.Random(1010)
     argv = TRAIN + ["--out", str(out)]
     notes = []
-    for _ in range(40):  # bounded: a command that never stops on SIGINT must fail the test, not hang it
+    for _ in range(
+        40
+    ):  # bounded: a command that never stops on SIGINT must fail the test, not hang it
         if len(notes) == 5:
             break
         r = interrupt(argv, rng.uniform(0.05, 0.9 * full))
@@ -84,7 +99,9 @@ def test_train_model_interrupted_at_random_moments(reference_training, tmp_path)
             assert str(out) in line and (out / "config.json").is_file()
             argv = TRAIN + ["--out", str(out), "--resume"]
         elif "had finished" in line:  # stopped while printing the summary: the run is whole
-            assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
+            assert (out / "model.safetensors").read_bytes() == (
+                ref / "model.safetensors"
+            ).read_bytes()
             shutil.rmtree(out)
             argv = TRAIN + ["--out", str(out)]
         else:
@@ -107,7 +124,9 @@ def test_study_interrupted_at_random_moments(finished_study, tmp_path, executor)
     for _ in range(8):
         if hits == 2:
             break
-        if not out.exists():  # reuse the trained model: the SAE stages and the pool are what we interrupt
+        if (
+            not out.exists()
+        ):  # reuse the trained model: the SAE stages and the pool are what we interrupt
             reuse_model(ref, out)
         r = interrupt(argv, rng.uniform(0.05, 0.9 * full))
         if r is None:
@@ -116,7 +135,9 @@ def test_study_interrupted_at_random_moments(finished_study, tmp_path, executor)
         hits += 1
         line = assert_one_line(r)
         # "had finished": the Ctrl-C landed after the study's own code returned (it exits 1 for its failed cell)
-        assert "rerun the same command" in line or "still starting" in line or "had finished" in line, line
+        assert (
+            "rerun the same command" in line or "still starting" in line or "had finished" in line
+        ), line
         check_tree(out)
     assert hits == 2, "the study finished before it could be interrupted"
     r = subprocess.run(HUSAI + argv, env=ENV, capture_output=True, text=True)
@@ -130,8 +151,22 @@ def test_study_interrupted_at_random_moments(finished_study, tmp_path, executor)
 def test_interrupted_overwrite_leaves_the_earlier_output_whole(tiny_run, tmp_path):
     run, _ = tiny_run
     out = tmp_path / "sae"
-    args = ["train-sae", "--transformer-checkpoint", str(run), "--save-dir", str(out), "--expansion", "4", "--k", "4",
-            "--seeds", "1,2", "--epochs", "300", "--quiet"]
+    args = [
+        "train-sae",
+        "--transformer-checkpoint",
+        str(run),
+        "--save-dir",
+        str(out),
+        "--expansion",
+        "4",
+        "--k",
+        "4",
+        "--seeds",
+        "1,2",
+        "--epochs",
+        "300",
+        "--quiet",
+    ]
     t0 = time.time()
     r = subprocess.run(HUSAI + args, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -172,11 +207,14 @@ tm.train_model = cut_short
 sys.argv = ["husai", "train-model", "--out", sys.argv[1]]
 cli.main()
 """
-    r = subprocess.run([sys.executable, "-c", code, "unused-out"], env=ENV, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code, "unused-out"], env=ENV, capture_output=True, text=True
+    )
     assert r.returncode == 130
     # train_model never armed its own note, so the CLI's fallback reads the folder: nothing there
-    assert r.stderr.strip().splitlines() == ["interrupted: nothing was written to unused-out; run the same command "
-                                             "again"], r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "interrupted: nothing was written to unused-out; run the same command again"
+    ], r.stderr
 
 
 def test_a_note_that_hands_over_falls_back_when_nothing_took_over():
@@ -223,10 +261,13 @@ cli.main()
 """
     (tmp_path / "flagged_main.py").write_text(code)
     env = {**ENV, "PYTHONPATH": os.pathsep.join([str(tmp_path), ENV.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-m", "flagged_main"], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "flagged_main"], env=env, capture_output=True, text=True
+    )
     assert r.returncode == 130, (r.returncode, r.stderr)
-    assert r.stderr.strip().splitlines() == ["interrupted: nothing was written to unused-out; run the same command "
-                                             "again"], r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "interrupted: nothing was written to unused-out; run the same command again"
+    ], r.stderr
 
 
 def test_a_ctrl_c_swallowed_by_a_weakref_callback_is_raised_at_the_next_safe_point(monkeypatch):
@@ -267,7 +308,10 @@ def test_a_ctrl_c_after_the_command_returned_says_its_work_is_done(monkeypatch):
         interrupts.interruptible(stopped)()
     assert interrupts.finished_note("") == ""
     assert interrupts.interruptible(lambda: 7)() == 7
-    assert interrupts.finished_note("") == interrupts.FINISHED_NOTE and interrupts.finished_note("x") == "x"
+    assert (
+        interrupts.finished_note("") == interrupts.FINISHED_NOTE
+        and interrupts.finished_note("x") == "x"
+    )
 
 
 def test_a_dropped_ctrl_c_prints_no_traceback_and_is_reported(capsys, monkeypatch):
@@ -285,7 +329,9 @@ def test_a_dropped_ctrl_c_prints_no_traceback_and_is_reported(capsys, monkeypatc
             raise self.exc
 
     monkeypatch.setattr(sys, "unraisablehook", interrupts._quiet_dropped_interrupt)
-    Raises(KeyboardInterrupt())  # dropped at once (refcount 0): CPython calls the hook with real arguments
+    Raises(
+        KeyboardInterrupt()
+    )  # dropped at once (refcount 0): CPython calls the hook with real arguments
     assert capsys.readouterr().err == ""
     Raises(ValueError("kept"))
     assert "ValueError: kept" in capsys.readouterr().err
@@ -304,14 +350,18 @@ def test_a_ctrl_c_while_typer_builds_the_cli_says_nothing_was_written(tmp_path):
     callback runs; a Ctrl-C there is a bare KeyboardInterrupt out of `app()` (seen in CI as the generic
     line). A real `husai` process, with typer's get_command made to be interrupted: exit 130 and the
     line that says nothing was written and how to go on."""
-    code = ("import sys, typer.main\n"
-            "sys.argv = ['husai', 'train-model', '--out', sys.argv[1]]\n"
-            "def interrupted(app): raise KeyboardInterrupt\n"
-            "typer.main.get_command = interrupted\n"
-            "import husai.cli\n"
-            "husai.cli.main()\n")
+    code = (
+        "import sys, typer.main\n"
+        "sys.argv = ['husai', 'train-model', '--out', sys.argv[1]]\n"
+        "def interrupted(app): raise KeyboardInterrupt\n"
+        "typer.main.get_command = interrupted\n"
+        "import husai.cli\n"
+        "husai.cli.main()\n"
+    )
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-c", code, str(out)], env=ENV, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(out)], env=ENV, capture_output=True, text=True, timeout=120
+    )
     line = assert_one_line(r)
     assert line == "interrupted: nothing was written; run the same command again", line
     assert not out.exists()

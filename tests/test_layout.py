@@ -37,12 +37,20 @@ def imports(path: Path) -> list[tuple[str, int, bool]]:
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{path}:{node.lineno}: relative import (husai imports by absolute path)"
+            assert node.level == 0, (
+                f"{path}:{node.lineno}: relative import (husai imports by absolute path)"
+            )
             base = node.module or ""
-            names = [base] + [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES]
+            names = [base] + [
+                f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in MODULES
+            ]
         else:
             continue
-        out += [(n, node.lineno, id(node) in top) for n in names if n == "husai" or n.startswith("husai.")]
+        out += [
+            (n, node.lineno, id(node) in top)
+            for n in names
+            if n == "husai" or n.startswith("husai.")
+        ]
     return out
 
 
@@ -52,16 +60,26 @@ def test_the_scan_sees_every_subpackage():
 
 
 def test_no_module_imports_a_higher_floor():
-    upward = [f"{name} (floor {layer(name)}) imports {target} (floor {layer(target)}) at line {line}"
-              for name, path in MODULES.items() if name != "husai"  # husai/__init__ re-exports by name only
-              for target, line, _ in imports(path) if target != "husai" and layer(target) > layer(name)]
+    upward = [
+        f"{name} (floor {layer(name)}) imports {target} (floor {layer(target)}) at line {line}"
+        for name, path in MODULES.items()
+        if name != "husai"  # husai/__init__ re-exports by name only
+        for target, line, _ in imports(path)
+        if target != "husai" and layer(target) > layer(name)
+    ]
     assert not upward, "\n".join(upward)
 
 
 def test_the_floor_check_finds_a_planted_upward_import(monkeypatch):
     real = imports
-    monkeypatch.setitem(globals(), "imports", lambda path: real(path) + (
-        [("husai.study.report", 7, False)] if module_name(path) == "husai.sae.train" else []))
+    monkeypatch.setitem(
+        globals(),
+        "imports",
+        lambda path: (
+            real(path)
+            + ([("husai.study.report", 7, False)] if module_name(path) == "husai.sae.train" else [])
+        ),
+    )
     planted = "husai.sae.train .floor 2. imports husai.study.report .floor 5. at line 7"
     with pytest.raises(AssertionError, match=planted):
         test_no_module_imports_a_higher_floor()
@@ -73,14 +91,19 @@ def test_from_husai_imports_only_the_version_below_the_top():
     for name, path in MODULES.items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "husai":
-                bad += [f"{name}:{node.lineno} imports husai.{a.name}" for a in node.names
-                        if a.name not in ("__version__",) and f"husai.{a.name}" not in MODULES]
+                bad += [
+                    f"{name}:{node.lineno} imports husai.{a.name}"
+                    for a in node.names
+                    if a.name not in ("__version__",) and f"husai.{a.name}" not in MODULES
+                ]
     assert not bad, bad
 
 
 def test_no_import_cycle_at_import_time():
-    graph = {name: {t for t, _, top in imports(path) if top and t in MODULES and t != name}
-             for name, path in MODULES.items()}
+    graph = {
+        name: {t for t, _, top in imports(path) if top and t in MODULES and t != name}
+        for name, path in MODULES.items()
+    }
     # a module's own package __init__ is executed first anyway; importing it is no cycle
     for name in graph:
         graph[name] -= {name.rsplit(".", 1)[0]}
@@ -90,7 +113,9 @@ def test_no_import_cycle_at_import_time():
         state[node] = 1
         for nxt in graph[node]:
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [node, nxt]))
+                raise AssertionError(
+                    "import cycle: " + " -> ".join(stack[stack.index(nxt) :] + [node, nxt])
+                )
             if nxt not in state:
                 visit(nxt, stack + [node])
         state[node] = 2
@@ -113,7 +138,9 @@ def test_no_module_over_400_lines(name):
     assert len(MODULES[name].read_text().splitlines()) <= 400
 
 
-@pytest.mark.parametrize("package", ["husai", "husai.model", "husai.sae", "husai.analysis", "husai.study"])
+@pytest.mark.parametrize(
+    "package", ["husai", "husai.model", "husai.sae", "husai.analysis", "husai.study"]
+)
 def test_public_names_import(package):
     mod = importlib.import_module(package)
     assert mod.__doc__ and len(mod.__all__) >= 4
@@ -131,8 +158,15 @@ def test_the_names_users_type():
     from husai.sae.checkpoint import load_sae
     from husai.sae.train import train_saes
 
-    assert husai.get_fourier_basis is get_fourier_basis and husai.compute_fourier_overlap is compute_fourier_overlap
-    assert husai.compute_pwmcc is compute_pwmcc and husai.load_sae is load_sae and husai.train_saes is train_saes
+    assert (
+        husai.get_fourier_basis is get_fourier_basis
+        and husai.compute_fourier_overlap is compute_fourier_overlap
+    )
+    assert (
+        husai.compute_pwmcc is compute_pwmcc
+        and husai.load_sae is load_sae
+        and husai.train_saes is train_saes
+    )
     from husai.sae import train_saes as via_subpackage
 
     assert via_subpackage is train_saes

@@ -40,7 +40,9 @@ def _wait_for(cond, timeout=60.0):
 
 
 def _holder_process(folder: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -57,7 +59,9 @@ def _refused(r: subprocess.CompletedProcess, pid: int, command: str) -> None:
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     line = lines[0]
     assert line.startswith("error: ") and "is in use by " + command in line
-    assert f"pid {pid} on {socket.gethostname()}" in line and "started 20" in line and " UTC" in line
+    assert (
+        f"pid {pid} on {socket.gethostname()}" in line and "started 20" in line and " UTC" in line
+    )
     assert f"kill {pid}" in line and "wait for it to finish" in line
 
 
@@ -67,13 +71,17 @@ def test_a_second_holder_is_refused_and_a_sigkill_frees_the_lock(tmp_path):
     try:
         info = holder(folder)
         assert info["pid"] == proc.pid and info["command"] == "husai test-holder"
-        with pytest.raises(HusaiError, match=rf"--out {folder} is in use by husai test-holder \(pid {proc.pid} "):
+        with pytest.raises(
+            HusaiError, match=rf"--out {folder} is in use by husai test-holder \(pid {proc.pid} "
+        ):
             with exclusive(folder, "husai study", "--out"):
                 pass
     finally:
         _kill(proc)
     assert holder(folder)["pid"] == proc.pid  # the file stays, naming its last holder ...
-    with exclusive(folder, "husai study", "--out"):  # ... but the kernel dropped the lock with the process
+    with exclusive(
+        folder, "husai study", "--out"
+    ):  # ... but the kernel dropped the lock with the process
         assert holder(folder)["pid"] == os.getpid()
     assert not folder.exists()  # the lock lives beside the folder, never inside it
     assert not lock_path(folder).exists()  # and goes when its holder lets go
@@ -116,14 +124,27 @@ def test_a_second_study_and_a_report_are_refused_while_a_study_runs(tmp_path):
     cfg.write_text(yaml.safe_dump(CONFIG))
     out = tmp_path / "study"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(HUSAI + ["study", "--config", str(cfg), "--out", str(out)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        HUSAI + ["study", "--config", str(cfg), "--out", str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        _wait_for(lambda: (holder(out) or {}).get("pid") == first.pid and (out / "study.yaml").is_file())
-        second = subprocess.run(HUSAI + ["study", "--config", str(cfg), "--out", str(out)], env=env,
-                                capture_output=True, text=True, timeout=120)
+        _wait_for(
+            lambda: (holder(out) or {}).get("pid") == first.pid and (out / "study.yaml").is_file()
+        )
+        second = subprocess.run(
+            HUSAI + ["study", "--config", str(cfg), "--out", str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         _refused(second, first.pid, "husai study")
-        report = subprocess.run(HUSAI + ["report", str(out)], env=env, capture_output=True, text=True, timeout=120)
+        report = subprocess.run(
+            HUSAI + ["report", str(out)], env=env, capture_output=True, text=True, timeout=120
+        )
         _refused(report, first.pid, "husai study")
         assert first.poll() is None  # the refusals did not disturb the running study
     finally:
@@ -134,15 +155,24 @@ def test_a_second_study_and_a_report_are_refused_while_a_study_runs(tmp_path):
 
 def test_train_model_and_train_sae_refuse_a_folder_in_use(tmp_path, tiny_run):
     run, _ = tiny_run
-    for argv, flag in ((["train-model", "--p", "23", "--epochs", "10", "--out"], "--out"),
-                       (["train-sae", "--transformer-checkpoint", str(run), "--epochs", "1", "--save-dir"], "--save-dir")):
+    for argv, flag in (
+        (["train-model", "--p", "23", "--epochs", "10", "--out"], "--out"),
+        (
+            ["train-sae", "--transformer-checkpoint", str(run), "--epochs", "1", "--save-dir"],
+            "--save-dir",
+        ),
+    ):
         folder = tmp_path / argv[0]
         proc = _holder_process(folder)
         try:
-            r = subprocess.run(HUSAI + argv + [str(folder)], capture_output=True, text=True, timeout=120)
+            r = subprocess.run(
+                HUSAI + argv + [str(folder)], capture_output=True, text=True, timeout=120
+            )
             _refused(r, proc.pid, "husai test-holder")
             assert f"{flag} {folder}" in r.stderr and not folder.exists()
         finally:
             _kill(proc)
-        r = subprocess.run(HUSAI + argv + [str(folder)], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            HUSAI + argv + [str(folder)], capture_output=True, text=True, timeout=300
+        )
         assert r.returncode == 0, r.stderr

@@ -30,9 +30,12 @@ import yaml
 
 from cli_harness import assert_clean_error, husai, pristine, snapshot, work  # noqa: F401
 
-STUDY = {"model": {"p": 23, "epochs": 2, "eval_every": 1}, "seeds": [1, 2],
-         "saes": [{"architecture": "topk", "expansion": 2, "k": 4, "epochs": 1, "batch_size": 128}],
-         "stability": {"threshold": 0.7}}
+STUDY = {
+    "model": {"p": 23, "epochs": 2, "eval_every": 1},
+    "seeds": [1, 2],
+    "saes": [{"architecture": "topk", "expansion": 2, "k": 4, "epochs": 1, "batch_size": 128}],
+    "stability": {"threshold": 0.7},
+}
 
 
 @dataclass
@@ -63,32 +66,91 @@ def _compare_json(w: Path, o: Path) -> None:
 
 SAE_ARGS = ["--epochs", "1", "--expansion", "2", "--k", "4", "--quiet"]
 WRITERS = {
-    "train-model": Writer(lambda o: ["train-model", "--p", "23", "--epochs", "2", "--eval-every", "1", "--out", o],
-                          True, _copy_tree("sae"), None),
-    "train-sae": Writer(lambda o: ["train-sae", "--transformer-checkpoint", "W/run", "--save-dir", o, *SAE_ARGS],
-                        True, _copy_tree("run"), "W/run/sae"),
-    "train-sae-activations": Writer(lambda o: ["train-sae", "--activations", "W/acts.safetensors", "--save-dir", o,
-                                               *SAE_ARGS], True, _copy_tree("run"), "W/acts.safetensors"),
-    "extract-activations": Writer(lambda o: ["extract-activations", "--transformer-checkpoint", "W/run", "--out", o],
-                                  False, _compare_json, "W/run/acts.safetensors"),
-    "ground-truth": Writer(lambda o: ["ground-truth", "W/run", "--json", o], False, _compare_json, "W/run/gt.json"),
-    "fourier": Writer(lambda o: ["fourier", "W/sae", "--model", "W/run", "--n-null", "1", "--json", o],
-                      False, _compare_json, "W/sae/fourier.json"),
-    "recover": Writer(lambda o: ["recover", "W/sae", "--activations", "W/acts.safetensors", "--ground-truth",
-                                 "W/gt.safetensors", "--json", o], False, _compare_json, "W/sae/recover.json"),
-    "compare": Writer(lambda o: ["compare", "W/sae", "--json", o],
-                      False, _copy_file("acts.safetensors"), "W/sae/seed_1/compare.json"),
-    "compare-plots": Writer(lambda o: ["compare", "W/sae", "--json", o + ".json", "--plots", o],
-                            True, _copy_tree("sae"), "W/sae/plots"),
-    "study": Writer(lambda o: ["study", "--config", "W/ok.yaml", "--out", o], True, _copy_tree("run"), "W/ok.yaml",
-                    resumes=True),
+    "train-model": Writer(
+        lambda o: ["train-model", "--p", "23", "--epochs", "2", "--eval-every", "1", "--out", o],
+        True,
+        _copy_tree("sae"),
+        None,
+    ),
+    "train-sae": Writer(
+        lambda o: ["train-sae", "--transformer-checkpoint", "W/run", "--save-dir", o, *SAE_ARGS],
+        True,
+        _copy_tree("run"),
+        "W/run/sae",
+    ),
+    "train-sae-activations": Writer(
+        lambda o: ["train-sae", "--activations", "W/acts.safetensors", "--save-dir", o, *SAE_ARGS],
+        True,
+        _copy_tree("run"),
+        "W/acts.safetensors",
+    ),
+    "extract-activations": Writer(
+        lambda o: ["extract-activations", "--transformer-checkpoint", "W/run", "--out", o],
+        False,
+        _compare_json,
+        "W/run/acts.safetensors",
+    ),
+    "ground-truth": Writer(
+        lambda o: ["ground-truth", "W/run", "--json", o], False, _compare_json, "W/run/gt.json"
+    ),
+    "fourier": Writer(
+        lambda o: ["fourier", "W/sae", "--model", "W/run", "--n-null", "1", "--json", o],
+        False,
+        _compare_json,
+        "W/sae/fourier.json",
+    ),
+    "recover": Writer(
+        lambda o: [
+            "recover",
+            "W/sae",
+            "--activations",
+            "W/acts.safetensors",
+            "--ground-truth",
+            "W/gt.safetensors",
+            "--json",
+            o,
+        ],
+        False,
+        _compare_json,
+        "W/sae/recover.json",
+    ),
+    "compare": Writer(
+        lambda o: ["compare", "W/sae", "--json", o],
+        False,
+        _copy_file("acts.safetensors"),
+        "W/sae/seed_1/compare.json",
+    ),
+    "compare-plots": Writer(
+        lambda o: ["compare", "W/sae", "--json", o + ".json", "--plots", o],
+        True,
+        _copy_tree("sae"),
+        "W/sae/plots",
+    ),
+    "study": Writer(
+        lambda o: ["study", "--config", "W/ok.yaml", "--out", o],
+        True,
+        _copy_tree("run"),
+        "W/ok.yaml",
+        resumes=True,
+    ),
 }
 CASES = ("absent", "empty", "earlier", "other_husai", "user_files", "mixed", "inside_input")
 # a file output cannot hold a user's file beside its own; train-model reads no input
-TABLE = [(c, k) for c, w in WRITERS.items() for k in CASES
-         if not (k == "mixed" and not w.folder) and not (k == "inside_input" and w.inside_input is None)]
+TABLE = [
+    (c, k)
+    for c, w in WRITERS.items()
+    for k in CASES
+    if not (k == "mixed" and not w.folder) and not (k == "inside_input" and w.inside_input is None)
+]
 # what a resumed study rewrites (atomically, file by file): its table and report
-REPORT = ("out/results.csv", "out/results.parquet", "out/report.md", "out/report.html", "out/figures/", "out/browser.html")
+REPORT = (
+    "out/results.csv",
+    "out/results.parquet",
+    "out/report.md",
+    "out/report.html",
+    "out/figures/",
+    "out/browser.html",
+)
 
 
 def _changed(before: dict, after: dict, allowed: tuple[str, ...]) -> list[str]:
@@ -101,7 +163,9 @@ def _run(work, writer: Writer, out: str, *extra):
 
 
 def _ok(r) -> None:
-    assert r.returncode == 0, f"exit {r.returncode}\nstdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}"
+    assert r.returncode == 0, (
+        f"exit {r.returncode}\nstdout: {r.stdout[-2000:]}\nstderr: {r.stderr[-2000:]}"
+    )
     assert "Traceback" not in r.stderr
 
 
@@ -199,7 +263,9 @@ def test_a_study_run_on_its_own_config_folder_keeps_the_users_yaml(work):
     mine = "# my grid, with my notes\n" + yaml.safe_dump(STUDY)
     (work / "exp" / "study.yaml").write_text(mine)
     _ok(husai(work, "study", "--config", "W/exp/study.yaml", "--out", "W/exp"))
-    assert (work / "exp" / "study.yaml").read_text() == mine and (work / "exp" / "report.html").is_file()
+    assert (work / "exp" / "study.yaml").read_text() == mine and (
+        work / "exp" / "report.html"
+    ).is_file()
 
 
 # --------------------------------------------------------------------------------------------- no information in
@@ -208,9 +274,13 @@ def test_a_study_run_on_its_own_config_folder_keeps_the_users_yaml(work):
 def test_zero_variance_activations_are_refused(work):
     from husai.sae.activations import save_activations
 
-    save_activations(work / "const.safetensors", torch.full((200, 8), 3.25), {"hook_name": "constant"})
+    save_activations(
+        work / "const.safetensors", torch.full((200, 8), 3.25), {"hook_name": "constant"}
+    )
     before = snapshot(work)
-    r = husai(work, "train-sae", "--activations", "W/const.safetensors", "--save-dir", "W/o", *SAE_ARGS)
+    r = husai(
+        work, "train-sae", "--activations", "W/const.safetensors", "--save-dir", "W/o", *SAE_ARGS
+    )
     assert_clean_error(r, "zero variance")
     assert snapshot(work) == before and not (work / "o").exists()
 
@@ -237,8 +307,17 @@ def test_written_files_follow_the_umask(work, mask):
     umask (temp files are created 0600 and staging folders 0700, so this must be set on purpose)."""
     old = os.umask(mask)
     try:
-        r = husai(work, "train-sae", "--transformer-checkpoint", "W/run", "--save-dir", "W/o", "--seeds", "1,2",
-                  *SAE_ARGS)
+        r = husai(
+            work,
+            "train-sae",
+            "--transformer-checkpoint",
+            "W/run",
+            "--save-dir",
+            "W/o",
+            "--seeds",
+            "1,2",
+            *SAE_ARGS,
+        )
         r2 = husai(work, "compare", "W/o", "--json", "W/cmp.json", "--plots", "W/plots")
     finally:
         os.umask(old)
@@ -248,7 +327,9 @@ def test_written_files_follow_the_umask(work, mask):
     assert len(written) > 8
     for p in written:
         want = (0o777 if p.is_dir() else 0o666) & ~mask
-        assert stat.S_IMODE(p.stat().st_mode) == want, f"{p}: {oct(stat.S_IMODE(p.stat().st_mode))} != {oct(want)}"
+        assert stat.S_IMODE(p.stat().st_mode) == want, (
+            f"{p}: {oct(stat.S_IMODE(p.stat().st_mode))} != {oct(want)}"
+        )
 
 
 # --------------------------------------------------------------------------------------------- the swap
@@ -265,7 +346,9 @@ def test_staged_replacement_swaps_whole_folders(tmp_path, monkeypatch, atomic):
     import husai.outputs as outputs
 
     if not atomic:  # a C library without renameat2
-        monkeypatch.setattr(outputs.ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("no libc")))
+        monkeypatch.setattr(
+            outputs.ctypes, "CDLL", lambda *a, **k: (_ for _ in ()).throw(OSError("no libc"))
+        )
     out = tmp_path / "out"
     (out / "sub").mkdir(parents=True)
     (out / "a.txt").write_text("old a")
@@ -308,4 +391,6 @@ def test_a_path_taken_while_the_command_ran_is_left_alone(tmp_path):
             (stage / "new.txt").write_text("new")
             out.mkdir()
             (out / "theirs.txt").write_text("someone else's")
-    assert _tree(out) == {"theirs.txt": b"someone else's"} and [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert _tree(out) == {"theirs.txt": b"someone else's"} and [
+        p.name for p in tmp_path.iterdir()
+    ] == ["out"]

@@ -10,6 +10,11 @@ def tiny_configs(epochs: int) -> dict[str, SAETrainConfig]:
         "batchtopk": SAETrainConfig(architecture="batchtopk", k=3, **common),
         "matryoshka": SAETrainConfig(architecture="matryoshka", k=3, matryoshka_levels=3, **common),
         "relu": SAETrainConfig(architecture="relu", l1_coeff=0.01, **common),
-        "jumprelu": SAETrainConfig(architecture="jumprelu", l0_coeff=0.01, jumprelu_bandwidth=0.05,
-                                   jumprelu_init_threshold=0.05, **common),
+        "jumprelu": SAETrainConfig(
+            architecture="jumprelu",
+            l0_coeff=0.01,
+            jumprelu_bandwidth=0.05,
+            jumprelu_init_threshold=0.05,
+            **common,
+        ),
     }

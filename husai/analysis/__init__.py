@@ -9,13 +9,31 @@ May import: husai.sae, husai.model and the plumbing.
 from husai._exports import lazy
 
 _EXPORTS = {
-    **{name: "husai.analysis.latent_fourier" for name in ("compute_fourier_overlap", "latent_frequencies",
-                                                          "chance_purity", "fourier_report")},
-    **{name: "husai.analysis.stability" for name in ("compute_pwmcc", "pw_mcc", "mean_max_abs_cos", "cosine_matrix",
-                                                     "pairwise_matrices")},
-    "null_stats": "husai.analysis.nulls", "data_span": "husai.analysis.data_span",
-    "seed_agreement": "husai.analysis.agreement", "sae_stability": "husai.analysis.seed_stability",
-    "compare_saes": "husai.analysis.compare", "fourier_saes": "husai.analysis.compare",
+    **{
+        name: "husai.analysis.latent_fourier"
+        for name in (
+            "compute_fourier_overlap",
+            "latent_frequencies",
+            "chance_purity",
+            "fourier_report",
+        )
+    },
+    **{
+        name: "husai.analysis.stability"
+        for name in (
+            "compute_pwmcc",
+            "pw_mcc",
+            "mean_max_abs_cos",
+            "cosine_matrix",
+            "pairwise_matrices",
+        )
+    },
+    "null_stats": "husai.analysis.nulls",
+    "data_span": "husai.analysis.data_span",
+    "seed_agreement": "husai.analysis.agreement",
+    "sae_stability": "husai.analysis.seed_stability",
+    "compare_saes": "husai.analysis.compare",
+    "fourier_saes": "husai.analysis.compare",
     **{name: "husai.analysis.oracle" for name in ("truth_circles", "tiling", "best_code", "score")},
     "cell_oracle": "husai.analysis.optimisation_gap",
 }

@@ -73,18 +73,30 @@ class SeedView:
         return self._sparse
 
 
-def seed_view(label: str, W_dec: torch.Tensor, W_enc_T: torch.Tensor, span: DataSpan,
-              z: torch.Tensor | None = None, live: torch.Tensor | None = None) -> SeedView:
+def seed_view(
+    label: str,
+    W_dec: torch.Tensor,
+    W_enc_T: torch.Tensor,
+    span: DataSpan,
+    z: torch.Tensor | None = None,
+    live: torch.Tensor | None = None,
+) -> SeedView:
     """W_dec, W_enc_T [d_sae, d_in]; z [N, d_sae] codes on every input (gives live and the activation
     level) or live [d_sae] bool (then no activation level). Without either every latent counts as live."""
     if live is None:
         live = (z != 0).any(0) if z is not None else torch.ones(W_dec.shape[0], dtype=torch.bool)
     idx = torch.nonzero(live.cpu()).flatten()
-    codes = z[:, idx].float() if z is not None else None  # float32: 100 MB per 2048-latent seed on p^2 = 12769 inputs
-    return SeedView(label, idx.numpy(), span.unit_coords(W_dec[idx]), span.unit_coords(W_enc_T[idx]), codes)
+    codes = (
+        z[:, idx].float() if z is not None else None
+    )  # float32: 100 MB per 2048-latent seed on p^2 = 12769 inputs
+    return SeedView(
+        label, idx.numpy(), span.unit_coords(W_dec[idx]), span.unit_coords(W_enc_T[idx]), codes
+    )
 
 
-def correlation(ZA: torch.Tensor, ZB: torch.Tensor, ZA_T_sparse: torch.Tensor | None = None) -> torch.Tensor:
+def correlation(
+    ZA: torch.Tensor, ZB: torch.Tensor, ZA_T_sparse: torch.Tensor | None = None
+) -> torch.Tensor:
     """Pearson correlations [n_A, n_B] between the columns of ZA [N, n_A] and ZB [N, n_B]
     (ZA_T_sparse: ZA^T as a sparse tensor, if already built).
 
@@ -113,8 +125,9 @@ def _reappear(C: torch.Tensor, threshold: float) -> tuple[float, torch.Tensor, t
     return float(((r >= threshold).double().mean() + (c >= threshold).double().mean()) / 2), r, c
 
 
-def pair_agreement(A: SeedView, B: SeedView, threshold: float = SHARED_THRESHOLD,
-                   tied: bool = False) -> tuple[dict, dict]:
+def pair_agreement(
+    A: SeedView, B: SeedView, threshold: float = SHARED_THRESHOLD, tied: bool = False
+) -> tuple[dict, dict]:
     """Atom and activation metrics of one seed pair (module docstring).
 
     tied: the encoders equal the decoders (null dictionaries): one Hungarian serves both.
@@ -128,20 +141,29 @@ def pair_agreement(A: SeedView, B: SeedView, threshold: float = SHARED_THRESHOLD
     # Paulo & Belrose: pairs matched on the encoder whose encoder AND decoder cosines pass
     both = (cos_enc.numpy()[rows, cols] > threshold) & (cos_dec.numpy()[rows, cols] > threshold)
     reap, best_a, best_b = _reappear(cos_dec, threshold)
-    out = dict(pw_mcc_dec=float(matched_dec.mean()), mean_max_abs_cos_dec=mean_max_abs_cos_from_cos(cos_dec),
-               pw_mcc_enc=float(matched_enc.mean()), shared_fraction=float(both.mean()), reappearance=reap)
+    out = dict(
+        pw_mcc_dec=float(matched_dec.mean()),
+        mean_max_abs_cos_dec=mean_max_abs_cos_from_cos(cos_dec),
+        pw_mcc_enc=float(matched_enc.mean()),
+        shared_fraction=float(both.mean()),
+        reappearance=reap,
+    )
     best = {"A": {"best_cos": best_a}, "B": {"best_cos": best_b}}
     if A.codes is not None and B.codes is not None:
         Cz = correlation(A.codes, B.codes, A.codes_T_sparse())  # [n_A, n_B]
         _, _, vz = hungarian(Cz)
         out["act_mcc"] = float(vz.mean())
-        out["act_reappearance"], best["A"]["best_corr"], best["B"]["best_corr"] = _reappear(Cz, threshold)
+        out["act_reappearance"], best["A"]["best_corr"], best["B"]["best_corr"] = _reappear(
+            Cz, threshold
+        )
     else:
         out["act_mcc"] = out["act_reappearance"] = None
     return out, best
 
 
-def bootstrap_ci(M: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0, level: float = 0.95) -> list | None:
+def bootstrap_ci(
+    M: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0, level: float = 0.95
+) -> list | None:
     """CI of the mean over seed pairs of a symmetric [N, N] matrix (NaN = missing), resampling seeds.
 
     Each bootstrap draw picks N seeds with replacement and averages M over the pairs of draws that
@@ -152,7 +174,9 @@ def bootstrap_ci(M: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0, level: f
         return None  # two seeds are one pair: no spread to resample (with 3 the CI is the pairs' range)
     idx = np.random.default_rng(seed).integers(0, N, size=(n_boot, N))
     V = M[idx[:, :, None], idx[:, None, :]]  # [n_boot, N, N]
-    ok = (idx[:, :, None] < idx[:, None, :]) & np.isfinite(V)  # distinct seeds, each unordered pair once
+    ok = (idx[:, :, None] < idx[:, None, :]) & np.isfinite(
+        V
+    )  # distinct seeds, each unordered pair once
     cnt = ok.sum((1, 2))
     means = np.where(ok, V, 0).sum((1, 2))[cnt > 0] / cnt[cnt > 0]
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
@@ -169,20 +193,39 @@ def summarise(M: np.ndarray, nulls: dict[str, np.ndarray], fitting: tuple[str, .
     """value (mean over pairs) with its CI, and per null its mean, the effect (value - null, paired by
     seed pair) with the effect's CI; `fitting`: the effect against the pairwise max of those nulls."""
     v = M[np.triu_indices(M.shape[0], 1)]
-    out = dict(value=_pair_mean(M), ci=bootstrap_ci(M), std=float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else None,
-               n_pairs=int(np.isfinite(v).sum()), matrix=[[None if not np.isfinite(x) else float(x) for x in r] for r in M],
-               nulls={})
+    out = dict(
+        value=_pair_mean(M),
+        ci=bootstrap_ci(M),
+        std=float(np.nanstd(v, ddof=1)) if np.isfinite(v).sum() > 1 else None,
+        n_pairs=int(np.isfinite(v).sum()),
+        matrix=[[None if not np.isfinite(x) else float(x) for x in r] for r in M],
+        nulls={},
+    )
     for kind, Nm in nulls.items():
-        out["nulls"][kind] = dict(value=_pair_mean(Nm), ci=bootstrap_ci(Nm), effect=_pair_mean(M - Nm),
-                                  effect_ci=bootstrap_ci(M - Nm))
+        out["nulls"][kind] = dict(
+            value=_pair_mean(Nm),
+            ci=bootstrap_ci(Nm),
+            effect=_pair_mean(M - Nm),
+            effect_ci=bootstrap_ci(M - Nm),
+        )
     have = [k for k in fitting if k in nulls]
     if have:
-        strict = np.fmax.reduce(np.stack([nulls[k] for k in have]), axis=0)  # NaN only where every null is
-        out["fitting"] = dict(nulls=have, value=_pair_mean(strict), effect=_pair_mean(M - strict),
-                              effect_ci=bootstrap_ci(M - strict))
+        strict = np.fmax.reduce(
+            np.stack([nulls[k] for k in have]), axis=0
+        )  # NaN only where every null is
+        out["fitting"] = dict(
+            nulls=have,
+            value=_pair_mean(strict),
+            effect=_pair_mean(M - strict),
+            effect_ci=bootstrap_ci(M - strict),
+        )
     if "symmetry" in nulls:  # the phase reading (husai.analysis.measures)
-        out["phase"] = dict(nulls=["symmetry"], value=out["nulls"]["symmetry"]["value"],
-                            effect=out["nulls"]["symmetry"]["effect"], effect_ci=out["nulls"]["symmetry"]["effect_ci"])
+        out["phase"] = dict(
+            nulls=["symmetry"],
+            value=out["nulls"]["symmetry"]["value"],
+            effect=out["nulls"]["symmetry"]["effect"],
+            effect_ci=out["nulls"]["symmetry"]["effect_ci"],
+        )
     return out
 
 
@@ -209,8 +252,12 @@ def _null_view(D: torch.Tensor, label: str) -> SeedView:
     return SeedView(label, np.arange(len(D)), D, D)
 
 
-def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, grid: tuple | None = None,
-                   seed: int = 0) -> dict:
+def seed_agreement(
+    views: list[SeedView],
+    threshold: float = SHARED_THRESHOLD,
+    grid: tuple | None = None,
+    seed: int = 0,
+) -> dict:
     """Atom- and activation-level agreement of N >= 2 seeds with their nulls (module docstring).
 
     grid: (Y [p^2, r] span coordinates of the centred activations in grid order, p) enables the
@@ -223,7 +270,9 @@ def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, g
     drawn = [n.name for n in NULLS.values() if n.pair is not None]
     nulls = {k: {m: _matrix(N) for m in names} for k in drawn}
     best: list[dict[str, list]] = [dict(best_cos=[], best_corr=[]) for _ in views]
-    fits: dict[str, list[float]] = {k: [] for k in drawn}  # each draw's quality (Draw.fit), pair order
+    fits: dict[str, list[float]] = {
+        k: [] for k in drawn
+    }  # each draw's quality (Draw.fit), pair order
     r = views[0].dec.shape[1]
 
     def one_pair(n_pair: int, i: int, j: int) -> tuple:
@@ -233,12 +282,17 @@ def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, g
         vals, b = pair_agreement(views[i], views[j], threshold)
         ctx = dict(A=views[i], B=views[j], r=r, grid=grid)
         draws = {k: NULLS[k].pair(ctx, gen) for k in drawn}
-        null_vals, fit = {}, {k: d.fit for k, d in draws.items() if d is not None and d.fit is not None}
+        null_vals, fit = (
+            {},
+            {k: d.fit for k, d in draws.items() if d is not None and d.fit is not None},
+        )
         for k, d in draws.items():
             if d is None or d.A is None:
                 continue
             if isinstance(d.A, torch.Tensor):  # two null dictionaries: encoder = decoder
-                null_vals[k] = pair_agreement(_null_view(d.A, "a"), _null_view(d.B, "b"), threshold, tied=True)[0]
+                null_vals[k] = pair_agreement(
+                    _null_view(d.A, "a"), _null_view(d.B, "b"), threshold, tied=True
+                )[0]
             else:
                 null_vals[k] = pair_agreement(d.A, d.B, threshold)[0]
         return vals, b, null_vals, fit
@@ -247,7 +301,9 @@ def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, g
         if v.codes is not None:
             v.codes_T_sparse()
     pairs = list(itertools.combinations(range(N), 2))
-    for (i, j), (vals, b, null_vals, fit) in zip(pairs, in_threads(one_pair, [(n, i, j) for n, (i, j) in enumerate(pairs)])):
+    for (i, j), (vals, b, null_vals, fit) in zip(
+        pairs, in_threads(one_pair, [(n, i, j) for n, (i, j) in enumerate(pairs)])
+    ):
         for m, v in vals.items():
             mats[m][i, j] = mats[m][j, i] = np.nan if v is None else v
         for side, k in (("A", i), ("B", j)):
@@ -262,18 +318,28 @@ def seed_agreement(views: list[SeedView], threshold: float = SHARED_THRESHOLD, g
     levels = {}
     for m in names:
         if _any(mats[m]):
-            levels[m] = summarise(mats[m], {k: v[m] for k, v in nulls.items() if _any(v[m])}, fitting(m))
+            levels[m] = summarise(
+                mats[m], {k: v[m] for k, v in nulls.items() if _any(v[m])}, fitting(m)
+            )
     per_latent = {}
     for v, bl in zip(views, best):
         entry = dict(index=v.live.tolist(), reappearance=None, best_cos=None, best_corr=None)
         if bl["best_cos"]:
             B = torch.stack(bl["best_cos"])  # [N - 1, n]
-            entry.update(reappearance=(B >= threshold).double().mean(0).tolist(), best_cos=B.mean(0).tolist())
+            entry.update(
+                reappearance=(B >= threshold).double().mean(0).tolist(), best_cos=B.mean(0).tolist()
+            )
         if bl["best_corr"]:
             entry["best_corr"] = torch.stack(bl["best_corr"]).mean(0).tolist()
         per_latent[v.label] = entry
     out = dict(threshold=threshold, levels=levels, per_latent=per_latent)
-    out.update({f"{k}_fit": float(np.mean(f)) if f else None for k, f in fits.items() if f or k == "symmetry"})
+    out.update(
+        {
+            f"{k}_fit": float(np.mean(f)) if f else None
+            for k, f in fits.items()
+            if f or k == "symmetry"
+        }
+    )
     return out
 
 
@@ -289,13 +355,17 @@ def reference_agreement(views: list[SeedView], threshold: float = SHARED_THRESHO
     N = len(views)
     mats = {m: _matrix(N) for m in ("pw_mcc_dec", "mean_max_abs_cos_dec", "shared_fraction")}
     pairs = list(itertools.combinations(range(N), 2))
-    for (i, j), (vals, _) in zip(pairs, in_threads(lambda i, j: pair_agreement(views[i], views[j], threshold), pairs)):
+    for (i, j), (vals, _) in zip(
+        pairs, in_threads(lambda i, j: pair_agreement(views[i], views[j], threshold), pairs)
+    ):
         for m in mats:
             mats[m][i, j] = mats[m][j, i] = np.nan if vals[m] is None else vals[m]
     return {m: summarise(M, {}) for m, M in mats.items()}
 
 
-def covered_classes(D: torch.Tensor, centroids: torch.Tensor, threshold: float = SHARED_THRESHOLD) -> set[int]:
+def covered_classes(
+    D: torch.Tensor, centroids: torch.Tensor, threshold: float = SHARED_THRESHOLD
+) -> set[int]:
     """Answer classes c whose centroid some row of D matches at cosine >= threshold.
     D [n, r], centroids [p, r]: both in the same (span) coordinates."""
     if len(D) == 0:
@@ -306,13 +376,20 @@ def covered_classes(D: torch.Tensor, centroids: torch.Tensor, threshold: float =
 
 def _gt_pair(a: dict, b: dict) -> dict:
     inter, union = len(a["classes"] & b["classes"]), len(a["classes"] | b["classes"])
-    return dict(plane_coverage_agreement=float(1 - np.abs(a["coverage"] - b["coverage"]).mean()),
-                mass_agreement=float(1 - 0.5 * np.abs(a["mass"] - b["mass"]).sum()),
-                class_jaccard=inter / union if union else np.nan)
+    return dict(
+        plane_coverage_agreement=float(1 - np.abs(a["coverage"] - b["coverage"]).mean()),
+        mass_agreement=float(1 - 0.5 * np.abs(a["mass"] - b["mass"]).sum()),
+        class_jaccard=inter / union if union else np.nan,
+    )
 
 
-def ground_truth_agreement(decoders: list[torch.Tensor], gt, threshold: float = SHARED_THRESHOLD,
-                           seed: int = 0, operation: str = "add") -> dict:
+def ground_truth_agreement(
+    decoders: list[torch.Tensor],
+    gt,
+    threshold: float = SHARED_THRESHOLD,
+    seed: int = 0,
+    operation: str = "add",
+) -> dict:
     """Do the seeds recover the same planes, spend the same dictionary mass on each, and cover the
     same answer classes? decoders: per seed the LIVE decoder rows [n_i, d_in]; gt: the hook's
     husai.analysis.ground_truth.GroundTruth (planes, centroids, span). Rows are compared inside the
@@ -327,9 +404,11 @@ def ground_truth_agreement(decoders: list[torch.Tensor], gt, threshold: float = 
         D = unit(D.double() @ S)
         sc = plane_scores(D @ S.T, gt.planes)
         mass = np.array([sc[pl.name]["mass"] or 0.0 for pl in gt.planes])
-        return dict(coverage=np.array([sc[pl.name]["coverage"] for pl in gt.planes]),
-                    mass=np.append(mass, max(0.0, 1 - mass.sum())),
-                    classes=covered_classes(D, gt.centroids.double() @ S, threshold))
+        return dict(
+            coverage=np.array([sc[pl.name]["coverage"] for pl in gt.planes]),
+            mass=np.append(mass, max(0.0, 1 - mass.sum())),
+            classes=covered_classes(D, gt.centroids.double() @ S, threshold),
+        )
 
     profiles = [profile(D) for D in decoders]
     N = len(decoders)
@@ -338,11 +417,20 @@ def ground_truth_agreement(decoders: list[torch.Tensor], gt, threshold: float = 
     drawn = [n.name for n in NULLS.values() if n.truth is not None]
     nulls = {k: {m: _matrix(N) for m in names if k in nulls_for(m)} for k in drawn}
     for n_pair, (i, j) in enumerate(itertools.combinations(range(N), 2)):
-        gen = torch.Generator().manual_seed(seed + 7919 * n_pair)  # consumed in the nulls' declaration order
+        gen = torch.Generator().manual_seed(
+            seed + 7919 * n_pair
+        )  # consumed in the nulls' declaration order
         for m, v in _gt_pair(profiles[i], profiles[j]).items():
             mats[m][i, j] = mats[m][j, i] = v
-        ctx = dict(A=profiles[i], B=profiles[j], sizes=(len(decoders[i]), len(decoders[j])), profile=profile,
-                   span=S, p=p, operation=operation)
+        ctx = dict(
+            A=profiles[i],
+            B=profiles[j],
+            sizes=(len(decoders[i]), len(decoders[j])),
+            profile=profile,
+            span=S,
+            p=p,
+            operation=operation,
+        )
         for k in drawn:
             d = NULLS[k].truth(ctx, gen)
             if d is None:
@@ -353,8 +441,14 @@ def ground_truth_agreement(decoders: list[torch.Tensor], gt, threshold: float = 
     out = {}
     for m in names:
         if _any(mats[m]):
-            out[m] = summarise(mats[m], {k: v[m] for k, v in nulls.items() if m in v and _any(v[m])}, fitting(m))
-    out["per_seed"] = [dict(coverage=pr["coverage"].tolist(), mass=pr["mass"].tolist(), n_classes=len(pr["classes"]))
-                       for pr in profiles]
+            out[m] = summarise(
+                mats[m], {k: v[m] for k, v in nulls.items() if m in v and _any(v[m])}, fitting(m)
+            )
+    out["per_seed"] = [
+        dict(
+            coverage=pr["coverage"].tolist(), mass=pr["mass"].tolist(), n_classes=len(pr["classes"])
+        )
+        for pr in profiles
+    ]
     out["planes"] = [pl.name for pl in gt.planes]
     return out

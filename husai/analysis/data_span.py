@@ -99,7 +99,9 @@ def _data_span(acts: torch.Tensor, share: float) -> DataSpan:
     energy = var.cumsum(0) / total
     r = int((energy < share - 1e-12).sum()) + 1
     r = min(r, len(s))
-    return DataSpan(mu, Vh[:r].T.contiguous(), var[:r] / max(X.shape[0] - 1, 1), float(energy[r - 1]))
+    return DataSpan(
+        mu, Vh[:r].T.contiguous(), var[:r] / max(X.shape[0] - 1, 1), float(energy[r - 1])
+    )
 
 
 def shift_permutation(p: int, t: int) -> torch.Tensor:

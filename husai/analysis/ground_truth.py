@@ -58,8 +58,12 @@ variance (Nanda et al. 2023; husai.model.fourier.PURITY_THRESHOLD)."""
 def primitive_root(p: int) -> int:
     """The smallest generator of the multiplicative group mod the prime p."""
     n = p - 1
-    factors = {q for q in range(2, n + 1) if n % q == 0 and all(q % r for r in range(2, int(q ** 0.5) + 1))}
-    return next(g for g in range(2, p) if all(pow(g, n // q, p) != 1 for q in factors)) if p > 2 else 1
+    factors = {
+        q for q in range(2, n + 1) if n % q == 0 and all(q % r for r in range(2, int(q**0.5) + 1))
+    }
+    return (
+        next(g for g in range(2, p) if all(pow(g, n // q, p) != 1 for q in factors)) if p > 2 else 1
+    )
 
 
 @dataclass
@@ -95,11 +99,17 @@ def group_grid(p: int, operation: str = "add") -> Grid:
         x, y = log[a[keep]], log[b[keep]]
         order = torch.argsort(x * n + y)
         rows, x, y = torch.nonzero(keep).squeeze(1)[order], x[order], y[order]
-        names = dict(answer="c = a*b (log c = log a + log b)", conjugate="a/b", a="a (log a)", b="b (log b)")
+        names = dict(
+            answer="c = a*b (log c = log a + log b)", conjugate="a/b", a="a (log a)", b="b (log b)"
+        )
     else:
         n, rows, x, y = p, torch.arange(p * p), a, b
-        names = dict(answer=f"c = a{'+' if operation == 'add' else '-'}b",
-                     conjugate=f"a{'-' if operation == 'add' else '+'}b", a="a", b="b")
+        names = dict(
+            answer=f"c = a{'+' if operation == 'add' else '-'}b",
+            conjugate=f"a{'-' if operation == 'add' else '+'}b",
+            a="a",
+            b="b",
+        )
     plus, minus = (x + y) % n, (x - y) % n
     answer, conjugate = (minus, plus) if operation == "sub" else (plus, minus)
     return Grid(p, operation, n, rows, x, y, answer, conjugate, names)
@@ -107,8 +117,10 @@ def group_grid(p: int, operation: str = "add") -> Grid:
 
 def on_grid(acts: torch.Tensor, grid: Grid) -> torch.Tensor:
     """acts [p*p, d] (rows a*p + b) -> centred float64 [N, d] in grid order."""
-    if acts.ndim != 2 or acts.shape[0] != grid.p ** 2:
-        raise HusaiError(f"need activations over all {grid.p}^2 inputs ([{grid.p ** 2}, d]), got {list(acts.shape)}")
+    if acts.ndim != 2 or acts.shape[0] != grid.p**2:
+        raise HusaiError(
+            f"need activations over all {grid.p}^2 inputs ([{grid.p**2}, d]), got {list(acts.shape)}"
+        )
     X = acts[grid.rows].double()
     return X - X.mean(0)
 
@@ -131,7 +143,9 @@ def frequency_masks(grid: Grid) -> dict[str, torch.Tensor]:
     nonzero = (U != 0) & (V != 0)
     same, opposite = nonzero & (U == V), nonzero & ((U + V) % n == 0)
     answer, conjugate = (opposite, same) if grid.operation == "sub" else (same, opposite)
-    return dict(answer=answer, a=(U != 0) & (V == 0), b=(U == 0) & (V != 0), conjugate=conjugate & ~answer)
+    return dict(
+        answer=answer, a=(U != 0) & (V == 0), b=(U == 0) & (V != 0), conjugate=conjugate & ~answer
+    )
 
 
 def variance_decomposition(X: torch.Tensor, grid: Grid) -> dict[str, float]:
@@ -165,7 +179,9 @@ def orthonormal_basis(M: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
     if M.shape[0] == 0:
         return M.new_zeros(M.shape[1], 0)
     _, s, Vh = torch.linalg.svd(M, full_matrices=False)
-    keep = (s >= REL_DIM * s[0]) & (s > floor) if s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
+    keep = (
+        (s >= REL_DIM * s[0]) & (s > floor) if s[0] > 0 else torch.zeros_like(s, dtype=torch.bool)
+    )
     return Vh[: int(keep.sum())].T
 
 
@@ -185,11 +201,24 @@ def planes(X: torch.Tensor, grid: Grid, freqs: list[int]) -> list[Plane]:
     floor = (PLANE_FLOOR * total) ** 0.5  # a direction carrying < 1e-6 of the variance is round-off
     out = []
     for k in freqs:
-        for name, funcs in ((f"out {k}", _unit_functions(grid.answer, grid.n, k)),
-                            (f"in {k}", torch.cat([_unit_functions(grid.x, grid.n, k),
-                                                   _unit_functions(grid.y, grid.n, k)], dim=1))):
+        for name, funcs in (
+            (f"out {k}", _unit_functions(grid.answer, grid.n, k)),
+            (
+                f"in {k}",
+                torch.cat(
+                    [_unit_functions(grid.x, grid.n, k), _unit_functions(grid.y, grid.n, k)], dim=1
+                ),
+            ),
+        ):
             images = funcs.T @ X  # [m, d]
-            out.append(Plane(name, images, orthonormal_basis(images, floor), float(images.pow(2).sum()) / total))
+            out.append(
+                Plane(
+                    name,
+                    images,
+                    orthonormal_basis(images, floor),
+                    float(images.pow(2).sum()) / total,
+                )
+            )
     return out
 
 
@@ -199,7 +228,9 @@ def plane_shares(X: torch.Tensor, grid: Grid) -> dict[str, list[float]]:
     outs, ins = [], []
     for k in range(1, grid.n // 2 + 1):
         outs.append(float((_unit_functions(grid.answer, grid.n, k).T @ X).pow(2).sum()) / total)
-        both = torch.cat([_unit_functions(grid.x, grid.n, k), _unit_functions(grid.y, grid.n, k)], dim=1)
+        both = torch.cat(
+            [_unit_functions(grid.x, grid.n, k), _unit_functions(grid.y, grid.n, k)], dim=1
+        )
         ins.append(float((both.T @ X).pow(2).sum()) / total)
     return dict(output=outs, input=ins)
 
@@ -218,7 +249,9 @@ def class_centroids(X: torch.Tensor, grid: Grid) -> torch.Tensor:
     return C / torch.bincount(grid.answer, minlength=grid.n).clamp_min(1).unsqueeze(1).to(X.dtype)
 
 
-def frequency_purity(X: torch.Tensor, grid: Grid, power: torch.Tensor | None = None) -> torch.Tensor:
+def frequency_purity(
+    X: torch.Tensor, grid: Grid, power: torch.Tensor | None = None
+) -> torch.Tensor:
     """Share of each column's centred variance in each frequency's 3x3 block {0, k, -k}^2 of the
     grid's 2-D DFT (for add this is husai.model.fourier.frequency_fractions). -> [d, n//2].
     power: grid_power(X, grid) when the caller has it already."""
@@ -229,10 +262,14 @@ def frequency_purity(X: torch.Tensor, grid: Grid, power: torch.Tensor | None = N
     for k in range(1, n // 2 + 1):
         idx = torch.tensor(sorted({0, k, (n - k) % n}))
         out.append(power[idx][:, idx].sum(dim=(0, 1)))
-    return (torch.stack(out, dim=1) / total.clamp_min(1e-30).unsqueeze(1)) * (total > 1e-20).unsqueeze(1)
+    return (torch.stack(out, dim=1) / total.clamp_min(1e-30).unsqueeze(1)) * (
+        total > 1e-20
+    ).unsqueeze(1)
 
 
-def key_frequencies_on_grid(neuron_acts: torch.Tensor, grid: Grid, share: float = KEY_SHARE) -> list[int]:
+def key_frequencies_on_grid(
+    neuron_acts: torch.Tensor, grid: Grid, share: float = KEY_SHARE
+) -> list[int]:
     """Key frequencies from MLP neurons [p*p, d_mlp]: those whose 3x3 blocks hold >= `share` of the
     neurons' summed centred variance (husai.model.fourier.key_frequencies, on the group's own grid,
     so that for (a * b) mod p they are frequencies of the discrete logarithm)."""
@@ -256,7 +293,9 @@ def model_key_frequencies(model_dir, p: int, operation: str) -> list[int]:
     if keys is not None and operation != "mul":  # recorded keys use the additive DFT
         return [int(k) for k in keys]
     model, _ = load_model(model_dir)
-    return key_frequencies_on_grid(extract(model, "blocks.0.mlp.hook_post", make_tokens(p)), group_grid(p, operation))
+    return key_frequencies_on_grid(
+        extract(model, "blocks.0.mlp.hook_post", make_tokens(p)), group_grid(p, operation)
+    )
 
 
 def pca_ev(X: torch.Tensor, ranks=PCA_RANKS) -> dict[int, float]:
@@ -287,31 +326,58 @@ class GroundTruth:
         for pl in self.planes:
             dim, sv = _dim(pl.images)
             entry = dict(dim=dim, share=pl.share, singular_values=sv)
-            if pl.name.startswith("in"):  # do the a-plane and the b-plane coincide? (all principal cosines ~1)
+            if pl.name.startswith(
+                "in"
+            ):  # do the a-plane and the b-plane coincide? (all principal cosines ~1)
                 m = pl.images.shape[0] // 2
                 Qa, Qb = orthonormal_basis(pl.images[:m]), orthonormal_basis(pl.images[m:])
-                cos = torch.linalg.svdvals(Qa.T @ Qb) if Qa.shape[1] and Qb.shape[1] else torch.zeros(1)
+                cos = (
+                    torch.linalg.svdvals(Qa.T @ Qb)
+                    if Qa.shape[1] and Qb.shape[1]
+                    else torch.zeros(1)
+                )
                 entry["a_b_principal_cosines"] = [float(c) for c in cos.clamp(max=1.0)]
             per[pl.name] = entry
         return dict(
-            p=self.grid.p, operation=self.grid.operation, group_order=self.grid.n, n_inputs=int(self.grid.rows.numel()),
-            key_frequencies=self.key_frequencies, variance=self.variance, variance_names=self.grid.names,
-            planes=per, plane_max_cosines=dict(labels=labels, matrix=[[max_cosine(p1.basis, p2.basis) for p2 in self.planes]
-                                                                     for p1 in self.planes]),
+            p=self.grid.p,
+            operation=self.grid.operation,
+            group_order=self.grid.n,
+            n_inputs=int(self.grid.rows.numel()),
+            key_frequencies=self.key_frequencies,
+            variance=self.variance,
+            variance_names=self.grid.names,
+            planes=per,
+            plane_max_cosines=dict(
+                labels=labels,
+                matrix=[
+                    [max_cosine(p1.basis, p2.basis) for p2 in self.planes] for p1 in self.planes
+                ],
+            ),
             span=dict(dim=int(self.span.shape[1]), share=self.span_share),
             plane_shares_all_frequencies=self.all_planes,
-            atoms=dict(answer_centroids=dict(count=int(self.centroids.shape[0]),
-                                             mean_norm=float(self.centroids.norm(dim=1).mean())),
-                       **({"single_frequency_neurons": self.neurons} if self.neurons else {})),
-            baselines=dict(centroid_lookup=dict(l0=1, explained_variance=self.centroid_ev),
-                           pca={str(r): v for r, v in self.pca.items()},
-                           planes_span=dict(dim=int(self.span.shape[1]), explained_variance=self.span_share),
-                           planes_functions=sum(pl.share for pl in self.planes)),
+            atoms=dict(
+                answer_centroids=dict(
+                    count=int(self.centroids.shape[0]),
+                    mean_norm=float(self.centroids.norm(dim=1).mean()),
+                ),
+                **({"single_frequency_neurons": self.neurons} if self.neurons else {}),
+            ),
+            baselines=dict(
+                centroid_lookup=dict(l0=1, explained_variance=self.centroid_ev),
+                pca={str(r): v for r, v in self.pca.items()},
+                planes_span=dict(dim=int(self.span.shape[1]), explained_variance=self.span_share),
+                planes_functions=sum(pl.share for pl in self.planes),
+            ),
         )
 
 
-def ground_truth(acts: torch.Tensor, p: int, operation: str = "add", key_freqs: list[int] | None = None,
-                 neurons: bool = False) -> GroundTruth:
+def ground_truth(
+    acts: torch.Tensor,
+    p: int,
+    operation: str = "add",
+    key_freqs: list[int] | None = None,
+    neurons: bool = False,
+) -> GroundTruth:
     """The ground truth of one hook from its activations over all p^2 inputs (rows a*p + b).
 
     key_freqs: the model's key frequencies (husai.model.fourier, from its MLP neurons); without
@@ -323,14 +389,21 @@ def ground_truth(acts: torch.Tensor, p: int, operation: str = "add", key_freqs: 
     variance = variance_decomposition(X, grid)
     shares = plane_shares(X, grid)
     if key_freqs is None:
-        key_freqs = [k for k in range(1, grid.n // 2 + 1)
-                     if max(shares["output"][k - 1], shares["input"][k - 1]) >= KEY_SHARE]
+        key_freqs = [
+            k
+            for k in range(1, grid.n // 2 + 1)
+            if max(shares["output"][k - 1], shares["input"][k - 1]) >= KEY_SHARE
+        ]
     bad = [k for k in key_freqs if not 1 <= k <= grid.n // 2]
     if bad:
         raise HusaiError(f"key frequency {bad[0]} is not one of 1..{grid.n // 2}")
     pls = planes(X, grid, key_freqs)
     # the span of all plane directions (each plane's floored basis), so that every plane lies inside it
-    span = orthonormal_basis(torch.cat([pl.basis.T for pl in pls]), 1e-6) if pls else X.new_zeros(X.shape[1], 0)
+    span = (
+        orthonormal_basis(torch.cat([pl.basis.T for pl in pls]), 1e-6)
+        if pls
+        else X.new_zeros(X.shape[1], 0)
+    )
     total = float(X.pow(2).sum())
     C = class_centroids(X, grid)
     centroid_ev = 1.0 - float((X - C[grid.answer]).pow(2).sum()) / total
@@ -339,9 +412,28 @@ def ground_truth(acts: torch.Tensor, p: int, operation: str = "add", key_freqs: 
         purity = frequency_purity(X, grid)
         best, freq = purity.max(dim=1)
         single = best >= SINGLE_FREQUENCY
-        clusters = {int(k): int((single & (freq + 1 == k)).sum()) for k in torch.unique(freq[single] + 1)}
-        neuron_info = dict(count=int(single.sum()), of=int(X.shape[1]), clusters=clusters,
-                           neurons=[dict(index=int(j), frequency=int(freq[j]) + 1, purity=float(best[j]))
-                                    for j in torch.nonzero(single).squeeze(1)])
-    return GroundTruth(grid, list(key_freqs), variance, pls, span, float((X @ span).pow(2).sum()) / total, C,
-                       centroid_ev, pca_ev(X), shares, neuron_info)
+        clusters = {
+            int(k): int((single & (freq + 1 == k)).sum()) for k in torch.unique(freq[single] + 1)
+        }
+        neuron_info = dict(
+            count=int(single.sum()),
+            of=int(X.shape[1]),
+            clusters=clusters,
+            neurons=[
+                dict(index=int(j), frequency=int(freq[j]) + 1, purity=float(best[j]))
+                for j in torch.nonzero(single).squeeze(1)
+            ],
+        )
+    return GroundTruth(
+        grid,
+        list(key_freqs),
+        variance,
+        pls,
+        span,
+        float((X @ span).pow(2).sum()) / total,
+        C,
+        centroid_ev,
+        pca_ev(X),
+        shares,
+        neuron_info,
+    )

@@ -42,7 +42,9 @@ activation purity stays low even when their decoder row sits squarely in one fre
 _CHUNK = 256  # latents per frequency_fractions call: bounds the [p, p, n] float64 buffer (~26 MB at p=113)
 
 
-def latent_frequencies(latent_acts: torch.Tensor, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def latent_frequencies(
+    latent_acts: torch.Tensor, p: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Purity and frequency of every latent.
 
     latent_acts: [p*p, n] (row a*p + b). Returns (purity [n] float64 in [0, 1], freq [n] int64 in
@@ -50,16 +52,32 @@ def latent_frequencies(latent_acts: torch.Tensor, p: int) -> tuple[torch.Tensor,
     purity_i = max_k frac_{i,k}, freq_i = argmax_k + 1 with frac from `frequency_fractions`.
     """
     if latent_acts.ndim != 2 or latent_acts.shape[0] != p * p:
-        raise ValueError(f"latent activations must be [p*p = {p * p}, n], got {list(latent_acts.shape)}")
-    fr = torch.cat([frequency_fractions(latent_acts[:, i:i + _CHUNK], p)
-                    for i in range(0, latent_acts.shape[1], _CHUNK)]) if latent_acts.shape[1] else torch.zeros(0, (p - 1) // 2)
-    purity, idx = fr.max(dim=1) if fr.shape[0] else (torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+        raise ValueError(
+            f"latent activations must be [p*p = {p * p}, n], got {list(latent_acts.shape)}"
+        )
+    fr = (
+        torch.cat(
+            [
+                frequency_fractions(latent_acts[:, i : i + _CHUNK], p)
+                for i in range(0, latent_acts.shape[1], _CHUNK)
+            ]
+        )
+        if latent_acts.shape[1]
+        else torch.zeros(0, (p - 1) // 2)
+    )
+    purity, idx = (
+        fr.max(dim=1)
+        if fr.shape[0]
+        else (torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+    )
     freq = torch.where(purity > 0, idx + 1, torch.zeros_like(idx))
     live = (latent_acts != 0).any(dim=0)
     return purity, freq, live
 
 
-def compute_fourier_overlap(latent_acts: torch.Tensor, p: int, live: torch.Tensor | None = None) -> float:
+def compute_fourier_overlap(
+    latent_acts: torch.Tensor, p: int, live: torch.Tensor | None = None
+) -> float:
     """Mean Fourier purity over live latents: sum_{i live} max_k frac_{i,k} / n_live, in [0, 1].
 
     latent_acts: [p*p, d_sae] SAE latent activations over the whole grid (row a*p + b); live: optional
@@ -86,7 +104,9 @@ def chance_purity(p: int, n_samples: int = 100_000, seed: int = 0) -> float:
     return float((Q.max(axis=1) / (Q.sum(axis=1) + R)).mean())
 
 
-def frequency_subspaces(resid_acts: torch.Tensor, p: int, freqs: list[int], energy: float = 0.99) -> dict[int, torch.Tensor]:
+def frequency_subspaces(
+    resid_acts: torch.Tensor, p: int, freqs: list[int], energy: float = 0.99
+) -> dict[int, torch.Tensor]:
     """Orthonormal basis of the activation-space subspace carrying each frequency.
 
     resid_acts: [p*p, d] model activations at the SAE's hook (row a*p + b). For frequency k, the 8
@@ -109,7 +129,9 @@ def frequency_subspaces(resid_acts: torch.Tensor, p: int, freqs: list[int], ener
     return out
 
 
-def decoder_frequency_fractions(W_dec: torch.Tensor, subspaces: dict[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def decoder_frequency_fractions(
+    W_dec: torch.Tensor, subspaces: dict[int, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fraction of each decoder row's squared norm inside each frequency subspace.
 
     W_dec: [n, d]; subspaces: {k: Q_k [d, r_k]}. Returns (fractions [n, len(subspaces)] with
@@ -120,7 +142,9 @@ def decoder_frequency_fractions(W_dec: torch.Tensor, subspaces: dict[int, torch.
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
     Qs = list(subspaces.values())
     if not Qs:
-        return torch.zeros(W.shape[0], 0, dtype=torch.float64), torch.zeros(W.shape[0], dtype=torch.float64)
+        return torch.zeros(W.shape[0], 0, dtype=torch.float64), torch.zeros(
+            W.shape[0], dtype=torch.float64
+        )
     fr = torch.stack([(W @ Q).pow(2).sum(dim=1) for Q in Qs], dim=1)
     allQ = torch.cat(Qs, dim=1)
     if allQ.shape[1]:
@@ -132,8 +156,14 @@ def decoder_frequency_fractions(W_dec: torch.Tensor, subspaces: dict[int, torch.
     return fr, union
 
 
-def fourier_report(latent_acts: torch.Tensor, p: int, key_freqs: list[int], W_dec: torch.Tensor | None = None,
-                   resid_acts: torch.Tensor | None = None, threshold: float = PURITY_THRESHOLD) -> dict:
+def fourier_report(
+    latent_acts: torch.Tensor,
+    p: int,
+    key_freqs: list[int],
+    W_dec: torch.Tensor | None = None,
+    resid_acts: torch.Tensor | None = None,
+    threshold: float = PURITY_THRESHOLD,
+) -> dict:
     """Everything husai says about one SAE's Fourier structure, JSON-ready.
 
     latent_acts: [p*p, d_sae]; key_freqs: the model's key frequencies; W_dec [d_sae, d] and
@@ -151,11 +181,15 @@ def fourier_report(latent_acts: torch.Tensor, p: int, key_freqs: list[int], W_de
     non_key = {k: c for k, c in counts.items() if k not in keys}
     n_live = int(live.sum())
     rep = {
-        "n_latents": int(latent_acts.shape[1]), "n_live": n_live,
+        "n_latents": int(latent_acts.shape[1]),
+        "n_live": n_live,
         "fourier_overlap": float(purity[live].mean()) if n_live else None,
         "frac_pure": float(pure.sum()) / n_live if n_live else None,
-        "purity_threshold": threshold, "chance_purity": chance_purity(p),
-        "key_frequencies": keys, "covered": covered, "missing": [k for k in keys if k not in covered],
+        "purity_threshold": threshold,
+        "chance_purity": chance_purity(p),
+        "key_frequencies": keys,
+        "covered": covered,
+        "missing": [k for k in keys if k not in covered],
         "coverage": len(covered) / len(keys) if keys else None,
         "pure_per_frequency": counts,
         "non_key_pure": dict(sorted(non_key.items())),
@@ -170,16 +204,21 @@ def fourier_report(latent_acts: torch.Tensor, p: int, key_freqs: list[int], W_de
         ws = {}
         for j, k in enumerate(keys):
             assigned = pure & (freq == k)
-            ws[k] = {"dim": int(subs[k].shape[1]), "null": subs[k].shape[1] / d,
-                     "mean_frac_live": float(fr[live, j].mean()) if n_live else None,
-                     "mean_frac_assigned": float(fr[assigned, j].mean()) if assigned.any() else None,
-                     "n_weight_assigned": int((live & (wfreq == k)).sum())}
+            ws[k] = {
+                "dim": int(subs[k].shape[1]),
+                "null": subs[k].shape[1] / d,
+                "mean_frac_live": float(fr[live, j].mean()) if n_live else None,
+                "mean_frac_assigned": float(fr[assigned, j].mean()) if assigned.any() else None,
+                "n_weight_assigned": int((live & (wfreq == k)).sum()),
+            }
         rep["weight_space"] = {
-            "per_frequency": ws, "union_mean_live": float(union[live].mean()) if n_live else None,
+            "per_frequency": ws,
+            "union_mean_live": float(union[live].mean()) if n_live else None,
             "union_dim": int(torch.linalg.matrix_rank(torch.cat(list(subs.values()), 1))),
             "weight_purity_mean_live": float(wmax[live].mean()) if n_live else None,
             "frac_weight_assigned": float((live & (wfreq > 0)).sum()) / n_live if n_live else None,
-            "covered_by_weights": [k for k in keys if ws[k]["n_weight_assigned"] > 0]}
+            "covered_by_weights": [k for k in keys if ws[k]["n_weight_assigned"] > 0],
+        }
         rep["latents"]["weight_frequency"] = wfreq.tolist()
         rep["latents"]["weight_purity"] = wmax.tolist()
     return rep

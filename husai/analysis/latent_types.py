@@ -26,7 +26,13 @@ from __future__ import annotations
 
 import torch
 
-from husai.analysis.ground_truth import GroundTruth, frequency_masks, frequency_purity, grid_power, on_grid
+from husai.analysis.ground_truth import (
+    GroundTruth,
+    frequency_masks,
+    frequency_purity,
+    grid_power,
+    on_grid,
+)
 
 FUNCTION_OF = 0.8
 """A latent is "a function of" c (or of the inputs) when that explains >= 80% of its variance."""
@@ -55,9 +61,14 @@ def _shares(power: torch.Tensor, gt: GroundTruth, freqs: list[int]) -> tuple[tor
     harmonics = []
     for k in freqs:  # on the answer diagonal, a function of c at frequency u sits at (u, +-u)
         us = {(h * k) % n for h in (1, 2)} | {(-h * k) % n for h in (1, 2)}
-        harmonics.append(sum(power[uu, (-uu if gt.grid.operation == "sub" else uu) % n] for uu in us if uu))
-    harmonic = (torch.stack(harmonics, 1) / answer_power.clamp_min(1e-30).unsqueeze(1) if freqs
-                else power.new_zeros(power.shape[2], 0))
+        harmonics.append(
+            sum(power[uu, (-uu if gt.grid.operation == "sub" else uu) % n] for uu in us if uu)
+        )
+    harmonic = (
+        torch.stack(harmonics, 1) / answer_power.clamp_min(1e-30).unsqueeze(1)
+        if freqs
+        else power.new_zeros(power.shape[2], 0)
+    )
     return answer_power / total, power[masks["a"] | masks["b"]].sum(0) / total, harmonic
 
 
@@ -67,14 +78,32 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
     latent_acts: [p*p, d_sae] over all inputs (rows a*p + b); W_dec: [d_sae, d]. Dead latents (never
     nonzero) are left out. Returns {thresholds, counts {type: n}, latents {index, type, ...}}.
     """
-    live = (latent_acts[gt.grid.rows] != 0).any(0)  # live on the group grid, where everything below is measured
+    live = (latent_acts[gt.grid.rows] != 0).any(
+        0
+    )  # live on the group grid, where everything below is measured
     idx = torch.nonzero(live).squeeze(1)
-    thresholds = dict(function_of=FUNCTION_OF, in_plane=IN_PLANE, on_circle=ON_CIRCLE, near_centroid=NEAR_CENTROID,
-                      patch_rate=PATCH_RATE)
+    thresholds = dict(
+        function_of=FUNCTION_OF,
+        in_plane=IN_PLANE,
+        on_circle=ON_CIRCLE,
+        near_centroid=NEAR_CENTROID,
+        patch_rate=PATCH_RATE,
+    )
     if len(idx) == 0:  # every latent dead: nothing to type
-        return dict(thresholds=thresholds, n_live=0, counts={t: 0 for t in TYPES}, examples={t: [] for t in TYPES},
-                    mean=dict(answer_share=None, inputs_share=None, off_span=None, in_output_planes=None,
-                              in_input_planes=None), latents=[])
+        return dict(
+            thresholds=thresholds,
+            n_live=0,
+            counts={t: 0 for t in TYPES},
+            examples={t: [] for t in TYPES},
+            mean=dict(
+                answer_share=None,
+                inputs_share=None,
+                off_span=None,
+                in_output_planes=None,
+                in_input_planes=None,
+            ),
+            latents=[],
+        )
     Z = on_grid(latent_acts[:, idx], gt.grid)
     outs = [pl for pl in gt.planes if pl.name.startswith("out")]
     power = grid_power(Z, gt.grid)  # one DFT for the shares and the purity
@@ -89,14 +118,24 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
     W = W @ gt.span @ gt.span.T
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
     ins = [pl for pl in gt.planes if pl.name.startswith("in")]
-    in_out = torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in outs], 1) if outs else W.new_zeros(len(idx), 0)
-    in_in = torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in ins], 1) if ins else W.new_zeros(len(idx), 0)
+    in_out = (
+        torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in outs], 1)
+        if outs
+        else W.new_zeros(len(idx), 0)
+    )
+    in_in = (
+        torch.stack([(W @ pl.basis).pow(2).sum(1) for pl in ins], 1)
+        if ins
+        else W.new_zeros(len(idx), 0)
+    )
     C = gt.centroids / gt.centroids.norm(dim=1, keepdim=True).clamp_min(1e-30)
     centroid_cos = (W @ C.T).max(dim=1).values
     rate = (latent_acts[gt.grid.rows][:, idx] > 0).double().mean(0)
     if outs:
         best_out, plane = in_out.max(dim=1)
-        on_circle = harmonic.gather(1, plane.unsqueeze(1)).squeeze(1)  # at the decoder's own plane's frequency
+        on_circle = harmonic.gather(1, plane.unsqueeze(1)).squeeze(
+            1
+        )  # at the decoder's own plane's frequency
     else:
         best_out = on_circle = torch.zeros(len(idx), dtype=torch.float64)
     types = []
@@ -111,18 +150,36 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
             types.append("patch")
         else:
             types.append("other")
-    latents = [dict(index=int(j), type=types[i], answer_share=float(answer[i]), inputs_share=float(inputs[i]),
-                    purity=float(purity[i]), frequency=int(freq[i]) + 1, firing_rate=float(rate[i]),
-                    on_circle=float(on_circle[i]),
-                    centroid_cos=float(centroid_cos[i]), off_span=float(off_span[i]),
-                    in_output={pl.name.split()[1]: float(in_out[i, m]) for m, pl in enumerate(outs)},
-                    in_input={pl.name.split()[1]: float(in_in[i, m]) for m, pl in enumerate(ins)})
-               for i, j in enumerate(idx.tolist())]
+    latents = [
+        dict(
+            index=int(j),
+            type=types[i],
+            answer_share=float(answer[i]),
+            inputs_share=float(inputs[i]),
+            purity=float(purity[i]),
+            frequency=int(freq[i]) + 1,
+            firing_rate=float(rate[i]),
+            on_circle=float(on_circle[i]),
+            centroid_cos=float(centroid_cos[i]),
+            off_span=float(off_span[i]),
+            in_output={pl.name.split()[1]: float(in_out[i, m]) for m, pl in enumerate(outs)},
+            in_input={pl.name.split()[1]: float(in_in[i, m]) for m, pl in enumerate(ins)},
+        )
+        for i, j in enumerate(idx.tolist())
+    ]
     counts = {t: types.count(t) for t in TYPES}
-    mean = (lambda v: float(v.mean()) if v.numel() else None)
-    return dict(thresholds=thresholds, n_live=len(idx), counts=counts,
-                examples={t: [lat["index"] for lat in latents if lat["type"] == t][:5] for t in TYPES},
-                mean=dict(answer_share=mean(answer), inputs_share=mean(inputs), off_span=mean(off_span),
-                          in_output_planes=mean(in_out.sum(1)) if outs else None,
-                          in_input_planes=mean(in_in.sum(1)) if ins else None),
-                latents=latents)
+    mean = lambda v: float(v.mean()) if v.numel() else None
+    return dict(
+        thresholds=thresholds,
+        n_live=len(idx),
+        counts=counts,
+        examples={t: [lat["index"] for lat in latents if lat["type"] == t][:5] for t in TYPES},
+        mean=dict(
+            answer_share=mean(answer),
+            inputs_share=mean(inputs),
+            off_span=mean(off_span),
+            in_output_planes=mean(in_out.sum(1)) if outs else None,
+            in_input_planes=mean(in_in.sum(1)) if ins else None,
+        ),
+        latents=latents,
+    )

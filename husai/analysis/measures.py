@@ -105,24 +105,36 @@ def nulls_for(name: str) -> list[str]:
     level = MEASURES[name].level
     if level in PAIR_LEVELS:
         return [n.name for n in NULLS.values() if n.pair is not None]
-    return [n.name for n in NULLS.values() if n.truth is not None
-            and (n.truth_measures is None or name in n.truth_measures)]
+    return [
+        n.name
+        for n in NULLS.values()
+        if n.truth is not None and (n.truth_measures is None or name in n.truth_measures)
+    ]
 
 
 # ---------------------------------------------------------------- the measures
 
 for _m in (
     Measure("pw_mcc_dec", "atoms", "PW-MCC", "PW-MCC dec", ("matched_geometry",)),
-    Measure("mean_max_abs_cos_dec", "atoms", "mean-max |cos| (public HUSAI 'PWMCC')", "max|cos| dec*",
-            ("matched_geometry",)),
+    Measure(
+        "mean_max_abs_cos_dec",
+        "atoms",
+        "mean-max |cos| (public HUSAI 'PWMCC')",
+        "max|cos| dec*",
+        ("matched_geometry",),
+    ),
     Measure("pw_mcc_enc", "atoms", "PW-MCC (encoder)", "PW-MCC enc", ("matched_geometry",)),
     Measure("shared_fraction", "atoms", "shared fraction", "shared", ("matched_geometry",)),
     Measure("reappearance", "atoms", "reappearance", "reappearance", ("matched_geometry",)),
     Measure("act_mcc", "activations", "matched activation correlation", "activation MCC"),
-    Measure("act_reappearance", "activations", "activation reappearance", "activation reappearance"),
+    Measure(
+        "act_reappearance", "activations", "activation reappearance", "activation reappearance"
+    ),
     Measure("plane_coverage_agreement", "planes", "plane coverage agreement", "plane coverage"),
     Measure("mass_agreement", "planes", "plane mass agreement", "plane mass"),
-    Measure("class_jaccard", "classes", "answer-class Jaccard", "answer classes", ("random_in_span",)),
+    Measure(
+        "class_jaccard", "classes", "answer-class Jaccard", "answer classes", ("random_in_span",)
+    ),
 ):
     register_measure(_m)
 
@@ -136,11 +148,17 @@ resid_post: ~0.97, measured; a random representation: ~0)."""
 
 
 def _isotropic(ctx: dict, gen: torch.Generator) -> Draw:
-    return Draw(isotropic_dictionary(ctx["A"].n, ctx["r"], gen), isotropic_dictionary(ctx["B"].n, ctx["r"], gen))
+    return Draw(
+        isotropic_dictionary(ctx["A"].n, ctx["r"], gen),
+        isotropic_dictionary(ctx["B"].n, ctx["r"], gen),
+    )
 
 
 def _matched_geometry(ctx: dict, gen: torch.Generator) -> Draw:
-    return Draw(matched_geometry_dictionary(ctx["A"].dec, gen), matched_geometry_dictionary(ctx["B"].dec, gen))
+    return Draw(
+        matched_geometry_dictionary(ctx["A"].dec, gen),
+        matched_geometry_dictionary(ctx["B"].dec, gen),
+    )
 
 
 def _symmetry(ctx: dict, gen: torch.Generator) -> Draw | None:
@@ -167,8 +185,12 @@ def shifted_view(view, M: torch.Tensor, p: int, t: int):
 
 def _random_in_span(ctx: dict, gen: torch.Generator) -> Draw:
     S = ctx["span"]
-    return Draw(*[ctx["profile"](torch.randn(n, S.shape[1], generator=gen, dtype=torch.float64) @ S.T)
-                  for n in ctx["sizes"]])
+    return Draw(
+        *[
+            ctx["profile"](torch.randn(n, S.shape[1], generator=gen, dtype=torch.float64) @ S.T)
+            for n in ctx["sizes"]
+        ]
+    )
 
 
 def _class_symmetry(ctx: dict, gen: torch.Generator) -> Draw | None:
@@ -181,23 +203,44 @@ def _class_symmetry(ctx: dict, gen: torch.Generator) -> Draw | None:
 
 
 for _n in (
-    Null("isotropic", "isotropic",
-         controls_for="random directions (the naive null, blind to the data's low rank)",
-         drawn="random unit directions in the data span, as many as each seed has live latents",
-         marker="x", color="tab:gray", pair=_isotropic),
-    Null("matched_geometry", "matched geometry",
-         controls_for="the chance agreement of any dictionary spread over the space as this one is",
-         drawn="Gaussian atoms with each seed's own second moment in the span",
-         marker="^", color="tab:purple", pair=_matched_geometry),
-    Null("random_in_span", "random in span",
-         controls_for="the answer classes any random dictionary of this size covers",
-         drawn="two random dictionaries of the seeds' sizes in the ground truth's span",
-         marker="v", color="tab:brown", truth=_random_in_span),
-    Null("symmetry", "symmetry",
-         controls_for="agreement on the planes alone (above it the seeds agree on phase: which latents exist)",
-         drawn="one seed's SAE moved by the shift (a, b) -> (a + t, b + t), an equally good SAE at "
-               "another phase",
-         marker="s", color="tab:orange", pair=_symmetry, truth=_class_symmetry,
-         truth_measures=("class_jaccard",)),
+    Null(
+        "isotropic",
+        "isotropic",
+        controls_for="random directions (the naive null, blind to the data's low rank)",
+        drawn="random unit directions in the data span, as many as each seed has live latents",
+        marker="x",
+        color="tab:gray",
+        pair=_isotropic,
+    ),
+    Null(
+        "matched_geometry",
+        "matched geometry",
+        controls_for="the chance agreement of any dictionary spread over the space as this one is",
+        drawn="Gaussian atoms with each seed's own second moment in the span",
+        marker="^",
+        color="tab:purple",
+        pair=_matched_geometry,
+    ),
+    Null(
+        "random_in_span",
+        "random in span",
+        controls_for="the answer classes any random dictionary of this size covers",
+        drawn="two random dictionaries of the seeds' sizes in the ground truth's span",
+        marker="v",
+        color="tab:brown",
+        truth=_random_in_span,
+    ),
+    Null(
+        "symmetry",
+        "symmetry",
+        controls_for="agreement on the planes alone (above it the seeds agree on phase: which latents exist)",
+        drawn="one seed's SAE moved by the shift (a, b) -> (a + t, b + t), an equally good SAE at "
+        "another phase",
+        marker="s",
+        color="tab:orange",
+        pair=_symmetry,
+        truth=_class_symmetry,
+        truth_measures=("class_jaccard",),
+    ),
 ):
     register_null(_n)

@@ -52,7 +52,9 @@ def matched_geometry_dictionary(D: torch.Tensor, seed: int | torch.Generator) ->
     U = unit(D.double())
     C = U.T @ U / max(len(U), 1)
     w, V = torch.linalg.eigh(C)
-    w = torch.where(w > 1e-12 * w.max(), w, torch.zeros_like(w))  # rounding noise is not a direction of D
+    w = torch.where(
+        w > 1e-12 * w.max(), w, torch.zeros_like(w)
+    )  # rounding noise is not a direction of D
     probe = torch.randn(8192, len(w), generator=_gen(0), dtype=torch.float64)
     lam = w.clone()
     for _ in range(10):
@@ -80,11 +82,19 @@ def null_stats(value: float | None, samples) -> dict:
     z = None
     if value is not None and mean is not None and std is not None and std > 1e-12:
         z = (value - mean) / std
-    return {"value": value, "null_mean": mean, "null_std": std, "z": z,
-            "exceeds_null_max": None if value is None or not s.size else bool(value > s.max()), "n_null": int(s.size)}
+    return {
+        "value": value,
+        "null_mean": mean,
+        "null_std": std,
+        "z": z,
+        "exceeds_null_max": None if value is None or not s.size else bool(value > s.max()),
+        "n_null": int(s.size),
+    }
 
 
-def untrained_latent_acts(x: torch.Tensor, W_dec_init: torch.Tensor, b_dec: torch.Tensor, k: int | None = None) -> torch.Tensor:
+def untrained_latent_acts(
+    x: torch.Tensor, W_dec_init: torch.Tensor, b_dec: torch.Tensor, k: int | None = None
+) -> torch.Tensor:
     """Latent activations of an SAE at its tied initialisation: the Fourier-purity null.
 
     x: [N, d_in]; W_dec_init: [d_sae, d_in] (W_enc = W_dec^T, b_enc = 0 at init); b_dec: [d_in]
@@ -98,4 +108,3 @@ def untrained_latent_acts(x: torch.Tensor, W_dec_init: torch.Tensor, b_dec: torc
         return torch.relu(pre)
     vals, idx = pre.topk(k, dim=1)
     return torch.zeros_like(pre).scatter(1, idx, torch.relu(vals))
-

@@ -52,6 +52,7 @@ study's reference cells a longer, faster recipe (lr 1e-2, 30 epochs) reaches or 
 NEAR = 0.9
 """A decoder row is near the truth when its cosine to some atom of the tiling is >= 0.9."""
 
+
 def t_interval(values: list[float]) -> tuple[float, float, float]:
     """(mean, lo, hi): the mean and its 95% t-interval; lo = hi = mean for a single value."""
     from scipy.stats import t
@@ -100,10 +101,22 @@ def near_truth(W_dec: torch.Tensor, atoms: torch.Tensor, live: torch.Tensor | No
     return float((best >= NEAR).double().mean()) if best.numel() else float("nan")
 
 
-def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int], cfg, seeds: list[int],
-                d_sae: int, sae_ev: list[float], sae_l0: list[float], saes: dict | None = None,
-                started: bool = True, encoder: bool = True, neurons: bool = False,
-                history: list[dict] | None = None) -> dict:
+def cell_oracle(
+    acts: torch.Tensor,
+    p: int,
+    operation: str,
+    key_freqs: list[int],
+    cfg,
+    seeds: list[int],
+    d_sae: int,
+    sae_ev: list[float],
+    sae_l0: list[float],
+    saes: dict | None = None,
+    started: bool = True,
+    encoder: bool = True,
+    neurons: bool = False,
+    history: list[dict] | None = None,
+) -> dict:
     """The oracle reading of one cell. acts [p^2, d] the hook's activations; cfg the cell's SAETrainConfig
     (with the penalty weight its L0 search found); sae_ev, sae_l0 per seed; saes {seed: loaded SAE} for
     the near-truth share of the trained rows; neurons: the hook's coordinates are the model's neurons
@@ -118,20 +131,35 @@ def cell_oracle(acts: torch.Tensor, p: int, operation: str, key_freqs: list[int]
     tilings = [D for D, _ in tiled]
     circle_scores = [dict(score(X, D, k), source="circles") for D in tilings]
     per = circle_scores
-    out = dict(k=k, width=d_sae, truth=complete_truth(X, circles), circles=[c.name for c in circles])
+    out = dict(
+        k=k, width=d_sae, truth=complete_truth(X, circles), circles=[c.name for c in circles]
+    )
     if neurons:  # the model's own basis is a second oracle; the better one per seed is the ceiling
         out["neurons"] = dict(score(X, neuron_atoms(X, d_sae), k), source="neurons")
         per = [max(s, out["neurons"], key=lambda o: o["explained_variance"]) for s in circle_scores]
     gap = gap_stats([s["explained_variance"] for s in per], sae_ev)
-    out.update(oracle=dict(per_seed=per, explained_variance=sum(s["explained_variance"] for s in per) / len(per),
-                           atoms=per[0]["atoms"]), gap=gap, reading=reading(gap), convergence=convergence(history))
+    out.update(
+        oracle=dict(
+            per_seed=per,
+            explained_variance=sum(s["explained_variance"] for s in per) / len(per),
+            atoms=per[0]["atoms"],
+        ),
+        gap=gap,
+        reading=reading(gap),
+        convergence=convergence(history),
+    )
     if saes:
-        out["trained_near_truth"] = [near_truth(saes[s].W_dec, D, (saes[s].encode(acts.float()) > 0).any(0))
-                                     for s, D in zip(seeds, tilings) if s in saes]
+        out["trained_near_truth"] = [
+            near_truth(saes[s].W_dec, D, (saes[s].encode(acts.float()) > 0).any(0))
+            for s, D in zip(seeds, tilings)
+            if s in saes
+        ]
     enc, begun = truth_runs(acts, cfg, seeds, truth_start(acts, cfg, tiled), encoder, started)
     if enc is not None:
-        enc["amortisation_gap"] = [c["explained_variance"] - e  # against the tiling's own best code
-                                   for c, e in zip(circle_scores, enc["explained_variance"])]
+        enc["amortisation_gap"] = [
+            c["explained_variance"] - e  # against the tiling's own best code
+            for c, e in zip(circle_scores, enc["explained_variance"])
+        ]
         out["encoder"] = enc
     if begun is not None:
         out["started"] = begun
@@ -143,15 +171,25 @@ def truth_start(acts: torch.Tensor, cfg, tiled: list[tuple[torch.Tensor, list[di
     the data mean, and for the L1 families (ReLU, JumpReLU, which have no top-k to pick atoms) b_enc at minus
     each atom's radius times cos(phase step), so that an atom fires on the arc of phases its two
     neighbours bound, as the best code uses it (the TopK family starts at b_enc 0 and selects)."""
-    start = dict(W_dec=torch.stack([D for D, _ in tiled]).float(), b_dec=acts.double().mean(0).float())
+    start = dict(
+        W_dec=torch.stack([D for D, _ in tiled]).float(), b_dec=acts.double().mean(0).float()
+    )
     if cfg.family.fixed_l0() is None:  # no top-k to pick the atoms
-        start["b_enc"] = torch.tensor([[-a["radius"] * math.cos(a["spacing"]) for a in labels]
-                                       for _, labels in tiled], dtype=torch.float32)
+        start["b_enc"] = torch.tensor(
+            [[-a["radius"] * math.cos(a["spacing"]) for a in labels] for _, labels in tiled],
+            dtype=torch.float32,
+        )
     return start
 
 
-def truth_runs(acts: torch.Tensor, cfg, seeds: list[int], start: dict, encoder: bool = True,
-               started: bool = True) -> tuple[dict | None, dict | None]:
+def truth_runs(
+    acts: torch.Tensor,
+    cfg,
+    seeds: list[int],
+    start: dict,
+    encoder: bool = True,
+    started: bool = True,
+) -> tuple[dict | None, dict | None]:
     """The cell's recipe from `start` (truth_start), in one pass of the multi-seed trainer: with the decoder
     frozen (the oracle with the family's encoder) and free (started at the truth), each for every seed ->
     (oracle_with_encoder's dict, started_at_truth's dict), None for a run not asked for. Slots train
@@ -164,8 +202,13 @@ def truth_runs(acts: torch.Tensor, cfg, seeds: list[int], start: dict, encoder: 
         return None, None
     S = len(seeds)
     both = {key: torch.cat([v] * len(runs)) if key != "b_dec" else v for key, v in start.items()}
-    res = train_saes(acts.float(), replace(cfg, trajectory_epochs=[]), seeds * len(runs), start=both,
-                     freeze_decoder=[f for f in runs for _ in range(S)])
+    res = train_saes(
+        acts.float(),
+        replace(cfg, trajectory_epochs=[]),
+        seeds * len(runs),
+        start=both,
+        freeze_decoder=[f for f in runs for _ in range(S)],
+    )
     m = reconstruction_metrics(res.sae, acts.float())
     with torch.no_grad():
         live = (res.sae.encode(acts.float()) > 0).any(1)  # [R S, d_sae]
@@ -173,14 +216,25 @@ def truth_runs(acts: torch.Tensor, cfg, seeds: list[int], start: dict, encoder: 
     out = {}
     for r, frozen in enumerate(runs):
         part = slice(r * S, (r + 1) * S)
-        entry = dict(explained_variance=m["explained_variance"][part], l0=m["l0"][part],
-                     frac_dead=m["frac_dead"][part], diverged=res.diverged_at_step is not None)
+        entry = dict(
+            explained_variance=m["explained_variance"][part],
+            l0=m["l0"][part],
+            frac_dead=m["frac_dead"][part],
+            diverged=res.diverged_at_step is not None,
+        )
         if not frozen:
             n = start["W_dec"].shape[1]
-            cos = torch.nn.functional.cosine_similarity(W[part, :n], start["W_dec"].double(), dim=-1)  # [S, n]
-            entry.update(cosine_to_start=cos.mean(1).tolist(), min_cosine_to_start=cos.min(1).values.tolist(),
-                         near_truth=[near_truth(W[r * S + s], start["W_dec"][s].double(), live[r * S + s])
-                                     for s in range(S)])
+            cos = torch.nn.functional.cosine_similarity(
+                W[part, :n], start["W_dec"].double(), dim=-1
+            )  # [S, n]
+            entry.update(
+                cosine_to_start=cos.mean(1).tolist(),
+                min_cosine_to_start=cos.min(1).values.tolist(),
+                near_truth=[
+                    near_truth(W[r * S + s], start["W_dec"][s].double(), live[r * S + s])
+                    for s in range(S)
+                ],
+            )
         out[frozen] = entry
     return out.get(True), out.get(False)
 

@@ -66,7 +66,9 @@ class Circle:
 
     def point(self, theta: torch.Tensor) -> torch.Tensor:
         """theta [m] -> the circle's directions [m, d] at those phases (not normalised)."""
-        return torch.cos(theta)[:, None] * self.images[0] + torch.sin(theta)[:, None] * self.images[1]
+        return (
+            torch.cos(theta)[:, None] * self.images[0] + torch.sin(theta)[:, None] * self.images[1]
+        )
 
     def radius(self, theta: torch.Tensor) -> torch.Tensor:
         """theta [m] -> how far the activations' curve lies from the mean at those phases [m]."""
@@ -82,10 +84,19 @@ def truth_circles(X: torch.Tensor, grid: Grid, freqs: list[int]) -> list[Circle]
     for k in freqs:
         if 2 * k == grid.n:  # the sine vanishes: a line, not a circle
             continue
-        images = {name: _unit_functions(idx, grid.n, k).T @ X for name, idx in index.items()}  # [2, d] each
-        if _coincide(images["in-a"], images["in-b"]):  # one input plane (a trained model's): one tiling codes
-            both = images.pop("in-a") + images.pop("in-b")  # a point of the a-curve plus one of the b-curve
-            images = {"in": both / math.sqrt(2), **images}  # the a- and b-curves' mean direction, their share
+        images = {
+            name: _unit_functions(idx, grid.n, k).T @ X for name, idx in index.items()
+        }  # [2, d] each
+        if _coincide(
+            images["in-a"], images["in-b"]
+        ):  # one input plane (a trained model's): one tiling codes
+            both = images.pop("in-a") + images.pop(
+                "in-b"
+            )  # a point of the a-curve plus one of the b-curve
+            images = {
+                "in": both / math.sqrt(2),
+                **images,
+            }  # the a- and b-curves' mean direction, their share
         for name, im in images.items():
             share = float(im.pow(2).sum()) / total
             if share >= CIRCLE_FLOOR:
@@ -112,8 +123,12 @@ def complete_truth(X: torch.Tensor, circles: list[Circle]) -> dict:
         span = float((X @ Q).pow(2).sum()) / total
     else:
         span = 0.0
-    return dict(circles={c.name: c.share for c in circles}, circles_sum=sum(c.share for c in circles),
-                span_share=span, remainder=max(0.0, 1.0 - span))
+    return dict(
+        circles={c.name: c.share for c in circles},
+        circles_sum=sum(c.share for c in circles),
+        span_share=span,
+        remainder=max(0.0, 1.0 - span),
+    )
 
 
 def tiling(circles: list[Circle], width: int, seed: int) -> tuple[torch.Tensor, list[dict]]:
@@ -130,8 +145,10 @@ def tiling(circles: list[Circle], width: int, seed: int) -> tuple[torch.Tensor, 
         phi0 = float(torch.rand((), generator=g, dtype=torch.float64)) * 2 * math.pi / m
         theta = phi0 + 2 * math.pi * torch.arange(m, dtype=torch.float64) / m
         atoms.append(c.point(theta))
-        labels += [dict(circle=c.name, phase=float(t), radius=float(r), spacing=2 * math.pi / m)
-                   for t, r in zip(theta, c.radius(theta))]
+        labels += [
+            dict(circle=c.name, phase=float(t), radius=float(r), spacing=2 * math.pi / m)
+            for t, r in zip(theta, c.radius(theta))
+        ]
     A = torch.cat(atoms)
     return A / A.norm(dim=1, keepdim=True).clamp_min(1e-30), labels
 
@@ -149,7 +166,9 @@ def unit_rows(D: torch.Tensor) -> torch.Tensor:
     return D / D.norm(dim=1, keepdim=True).clamp_min(1e-30)
 
 
-def best_code(X: torch.Tensor, D: torch.Tensor, k: int, sweeps: int = 1, final_sweeps: int = 20) -> torch.Tensor:
+def best_code(
+    X: torch.Tensor, D: torch.Tensor, k: int, sweeps: int = 1, final_sweeps: int = 20
+) -> torch.Tensor:
     """The best non-negative code of at most k atoms per row: X [N, d] (centred), D [m, d] (unit rows) ->
     Z [N, m] with <= k non-zeros a row, by greedy pursuit with a non-negative refit (module docstring):
     after each choice, coordinate descent on the chosen atoms' least squares with z >= 0 (`sweeps` passes,
@@ -174,7 +193,9 @@ def best_code(X: torch.Tensor, D: torch.Tensor, k: int, sweeps: int = 1, final_s
         z[:, t] = corr[rows, best].clamp_min(0)  # <= 0: nothing to gain, it stays 0
         for _ in range(sweeps if t < k - 1 else final_sweeps):
             for j in range(t + 1):
-                step = (cs[:, j] - (Gs[:, j, : t + 1] * z[:, : t + 1]).sum(1)) / Gs[:, j, j].clamp_min(1e-30)
+                step = (cs[:, j] - (Gs[:, j, : t + 1] * z[:, : t + 1]).sum(1)) / Gs[
+                    :, j, j
+                ].clamp_min(1e-30)
                 z[:, j] = (z[:, j] + step).clamp_min(0)
         if t < k - 1:
             Z = X.new_zeros(N, m).scatter_(1, support[:, : t + 1], z[:, : t + 1])
@@ -188,8 +209,12 @@ def code_scores(X: torch.Tensor, D: torch.Tensor, Z: torch.Tensor) -> dict:
     total = float(X.double().pow(2).sum())
     ev = 1.0 - float((X.double() - Z @ D.double()).pow(2).sum()) / total
     used = Z > 0
-    return dict(explained_variance=ev, l0=float(used.sum(1).double().mean()), frac_dead=float((~used.any(0)).double().mean()),
-                atoms=int(D.shape[0]))
+    return dict(
+        explained_variance=ev,
+        l0=float(used.sum(1).double().mean()),
+        frac_dead=float((~used.any(0)).double().mean()),
+        atoms=int(D.shape[0]),
+    )
 
 
 def score(X: torch.Tensor, D: torch.Tensor, k: int) -> dict:

@@ -24,8 +24,14 @@ def _save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def stability_heatmap(matrix, labels: list[str], path: str | Path, title: str,
-                      null_mean: float | None = None, null_name: str = "null mean") -> Path:
+def stability_heatmap(
+    matrix,
+    labels: list[str],
+    path: str | Path,
+    title: str,
+    null_mean: float | None = None,
+    null_name: str = "null mean",
+) -> Path:
     """Heatmap of an [N, N] pairwise matrix (e.g. PW-MCC), each cell annotated; the colour scale runs
     from the null mean (or 0) to 1 so that "no better than chance" reads as the bottom of the scale."""
     M = np.asarray(matrix, dtype=float)
@@ -38,16 +44,24 @@ def stability_heatmap(matrix, labels: list[str], path: str | Path, title: str,
     if N <= 16:
         for i in range(N):
             for j in range(N):
-                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if M[i, j] < (lo + 1) / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{M[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if M[i, j] < (lo + 1) / 2 else "black",
+                )
     sub = f" ({null_name} {null_mean:.3f})" if null_mean is not None else ""
     ax.set_title(title + sub, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     return _save(fig, path)
 
 
-def frequency_histogram(counts: list[dict], labels: list[str], key_freqs: list[int], p: int,
-                        path: str | Path) -> Path:
+def frequency_histogram(
+    counts: list[dict], labels: list[str], key_freqs: list[int], p: int, path: str | Path
+) -> Path:
     """Grouped bars: for each seed, the number of pure latents at each frequency 1..(p-1)/2.
 
     counts: per seed {frequency: n pure latents}; key frequencies are shaded so latents on non-key
@@ -60,7 +74,12 @@ def frequency_histogram(counts: list[dict], labels: list[str], key_freqs: list[i
         ax.axvspan(k - 0.5, k + 0.5, color="0.9", zorder=0)
     width = 0.8 / max(N, 1)
     for s, (c, lab) in enumerate(zip(counts, labels)):
-        ax.bar(freqs - 0.4 + width * (s + 0.5), [c.get(int(k), c.get(str(k), 0)) for k in freqs], width, label=lab)
+        ax.bar(
+            freqs - 0.4 + width * (s + 0.5),
+            [c.get(int(k), c.get(str(k), 0)) for k in freqs],
+            width,
+            label=lab,
+        )
     ax.set_xlabel("frequency k (shaded: model's key frequencies)")
     ax.set_ylabel("pure latents (purity >= 0.85)")
     ax.set_xlim(0.5, K + 0.5)

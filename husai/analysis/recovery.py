@@ -25,6 +25,7 @@ References, each with as many rows as the SAE has live latents, drawn REFERENCE_
 what a data-initialised SAE starts from: it matches the answer centroids well because the
 activations are p tight clusters, science brief section 6, so it is the bar that learning must clear).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -69,12 +70,19 @@ def plane_scores(D: torch.Tensor, planes: list[Plane]) -> dict:
         frac = (D @ pl.basis).pow(2).sum(1) if len(D) else D.new_zeros(0)  # [m]
         assigned, r = D[frac > IN_PLANE], pl.basis.shape[1]
         if len(assigned) and r:
-            Q = torch.linalg.svd(assigned.T, full_matrices=False)[0][:, :r]  # the rows' own top-r directions
+            Q = torch.linalg.svd(assigned.T, full_matrices=False)[0][
+                :, :r
+            ]  # the rows' own top-r directions
             coverage = float(torch.linalg.svdvals(pl.basis.T @ Q).pow(2).sum()) / r
         else:
             coverage = 0.0
-        out[pl.name] = dict(dim=int(pl.basis.shape[1]), variance_share=pl.share, latents=int(len(assigned)),
-                            coverage=coverage, mass=float(frac.mean()) if len(frac) else None)
+        out[pl.name] = dict(
+            dim=int(pl.basis.shape[1]),
+            variance_share=pl.share,
+            latents=int(len(assigned)),
+            coverage=coverage,
+            mass=float(frac.mean()) if len(frac) else None,
+        )
     return out
 
 
@@ -83,39 +91,65 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def recovery(W_dec: torch.Tensor, live: torch.Tensor, span: torch.Tensor, atom_sets: dict[str, torch.Tensor],
-             planes: list[Plane], data: torch.Tensor | None = None, threshold: float = MATCH_THRESHOLD,
-             draws: int = REFERENCE_DRAWS) -> dict:
+def recovery(
+    W_dec: torch.Tensor,
+    live: torch.Tensor,
+    span: torch.Tensor,
+    atom_sets: dict[str, torch.Tensor],
+    planes: list[Plane],
+    data: torch.Tensor | None = None,
+    threshold: float = MATCH_THRESHOLD,
+    draws: int = REFERENCE_DRAWS,
+) -> dict:
     """Recovery of ground-truth atoms ({name: [n, d]}) and planes by an SAE's live decoder rows
     (W_dec [d_sae, d], live [d_sae] bool), all compared inside `span` [d, r] (orthonormal), with the
     references of the module docstring (the data-point one needs the activations, data [N, d])."""
     D = unit(W_dec[live].double() @ span @ span.T)  # in the span: what the data can see of each row
-    result = dict(threshold=threshold, n_live=int(live.sum()), span_dim=int(span.shape[1]), atoms={}, planes={})
+    result = dict(
+        threshold=threshold,
+        n_live=int(live.sum()),
+        span_dim=int(span.shape[1]),
+        atoms={},
+        planes={},
+    )
     refs = {"random_reference": [_random_in_span(len(D), span, seed) for seed in range(draws)]}
     if data is not None:
         X = data.double() - data.double().mean(0)
-        picks = [torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:len(D)] for seed in range(draws)]
+        picks = [
+            torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[: len(D)]
+            for seed in range(draws)
+        ]
         refs["data_point_reference"] = [unit(X[i] @ span @ span.T) for i in picks]
     for name, atoms in atom_sets.items():
         atoms = unit(atoms.double() @ span @ span.T)
         scores = atom_scores(D, atoms, threshold)
         for ref_name, dicts in refs.items():
             ref = [atom_scores(R, atoms, threshold) for R in dicts]
-            scores[ref_name] = {k: _mean([r[k] for r in ref]) for k in ("mcc", "precision", "recall", "f1")}
+            scores[ref_name] = {
+                k: _mean([r[k] for r in ref]) for k in ("mcc", "precision", "recall", "f1")
+            }
         scores["n_atoms"] = int(atoms.shape[0])
         result["atoms"][name] = scores
     scored = plane_scores(D, planes)
     for ref_name, dicts in refs.items():
         ref_planes = [plane_scores(R, planes) for R in dicts]
         for name, entry in scored.items():
-            entry[ref_name] = {k: _mean([r[name][k] for r in ref_planes]) for k in ("latents", "coverage", "mass")}
+            entry[ref_name] = {
+                k: _mean([r[name][k] for r in ref_planes]) for k in ("latents", "coverage", "mass")
+            }
     result["planes"] = scored
     return result
 
 
-def hook_recovery(W_dec: torch.Tensor, live: torch.Tensor, gt: GroundTruth, neuron_atoms: torch.Tensor | None = None,
-                  data: torch.Tensor | None = None, threshold: float = MATCH_THRESHOLD,
-                  draws: int = REFERENCE_DRAWS) -> dict:
+def hook_recovery(
+    W_dec: torch.Tensor,
+    live: torch.Tensor,
+    gt: GroundTruth,
+    neuron_atoms: torch.Tensor | None = None,
+    data: torch.Tensor | None = None,
+    threshold: float = MATCH_THRESHOLD,
+    draws: int = REFERENCE_DRAWS,
+) -> dict:
     """`recovery` against a model hook's ground truth: the answer-class centroids (and neuron_atoms
     [n, d], the single-frequency neurons at an mlp.hook_post) and the key frequencies' planes,
     inside the planes' span."""
@@ -125,19 +159,23 @@ def hook_recovery(W_dec: torch.Tensor, live: torch.Tensor, gt: GroundTruth, neur
     return recovery(W_dec, live, gt.span, atom_sets, gt.planes, data, threshold, draws)
 
 
-
-
-def file_ground_truth(acts: torch.Tensor, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, list[Plane]]:
+def file_ground_truth(
+    acts: torch.Tensor, tensors: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict, list[Plane]]:
     """A user's own ground truth for activations acts [N, d]: a safetensors file's `atoms` [n, d]
     and any `plane.NAME` [m, d] (rows spanning the plane). -> (span [d, r], atom sets, planes)."""
     d = acts.shape[1]
     bad = [k for k in tensors if k != "atoms" and not k.startswith("plane.")]
     if bad or not tensors:
-        raise HusaiError(f"a ground-truth file holds `atoms` [n, {d}] and/or `plane.NAME` [m, {d}] tensors"
-                         + (f", not {bad[0]!r}" if bad else ", and this one holds none"))
+        raise HusaiError(
+            f"a ground-truth file holds `atoms` [n, {d}] and/or `plane.NAME` [m, {d}] tensors"
+            + (f", not {bad[0]!r}" if bad else ", and this one holds none")
+        )
     for k, t in tensors.items():
         if t.ndim != 2 or t.shape[1] != d or t.shape[0] == 0 or not torch.isfinite(t).all():
-            raise HusaiError(f"ground-truth tensor {k!r} must be a finite [n, {d}] matrix, got {list(t.shape)}")
+            raise HusaiError(
+                f"ground-truth tensor {k!r} must be a finite [n, {d}] matrix, got {list(t.shape)}"
+            )
     X = acts.double() - acts.double().mean(0)
     try:
         span = data_span(acts, SPAN_VARIANCE).basis
@@ -148,6 +186,13 @@ def file_ground_truth(acts: torch.Tensor, tensors: dict[str, torch.Tensor]) -> t
     for k, rows in tensors.items():
         if k.startswith("plane."):
             basis = orthonormal_basis(rows.double())
-            planes.append(Plane(k.removeprefix("plane."), rows.double(), basis, float((X @ basis).pow(2).sum()) / total))
+            planes.append(
+                Plane(
+                    k.removeprefix("plane."),
+                    rows.double(),
+                    basis,
+                    float((X @ basis).pow(2).sum()) / total,
+                )
+            )
     atoms = {"atoms": tensors["atoms"].double()} if "atoms" in tensors else {}
     return span, atoms, planes

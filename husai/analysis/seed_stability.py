@@ -34,7 +34,12 @@ from husai.analysis.agreement import (
     summarise,
 )
 from husai.analysis.data_span import data_span
-from husai.analysis.stability import SHARED_THRESHOLD, cosine_matrix, mean_max_abs_cos_from_cos, pw_mcc_from_cos
+from husai.analysis.stability import (
+    SHARED_THRESHOLD,
+    cosine_matrix,
+    mean_max_abs_cos_from_cos,
+    pw_mcc_from_cos,
+)
 
 TRAJECTORY = "trajectory.safetensors"
 
@@ -87,13 +92,24 @@ def _raw(saes) -> dict:
         for j in range(i + 1, N):
             C = cosine_matrix(saes[i].W_dec.double(), saes[j].W_dec.double())
             mats["pw_mcc_dec"][i, j] = mats["pw_mcc_dec"][j, i] = pw_mcc_from_cos(C)
-            mats["mean_max_abs_cos_dec"][i, j] = mats["mean_max_abs_cos_dec"][j, i] = mean_max_abs_cos_from_cos(C)
+            mats["mean_max_abs_cos_dec"][i, j] = mats["mean_max_abs_cos_dec"][j, i] = (
+                mean_max_abs_cos_from_cos(C)
+            )
     return {m: summarise(M, {}) for m, M in mats.items()}
 
 
-def sae_stability(saes: list, labels: list[str], acts: torch.Tensor, dirs: list[Path] | None = None,
-                  seeds: list | None = None, init_fn=None, grid_p: int | None = None, gt=None,
-                  operation: str = "add", threshold: float = SHARED_THRESHOLD) -> dict:
+def sae_stability(
+    saes: list,
+    labels: list[str],
+    acts: torch.Tensor,
+    dirs: list[Path] | None = None,
+    seeds: list | None = None,
+    init_fn=None,
+    grid_p: int | None = None,
+    gt=None,
+    operation: str = "add",
+    threshold: float = SHARED_THRESHOLD,
+) -> dict:
     """Everything of the module docstring for N >= 2 SAEs on activations acts [N_inputs, d_in].
 
     dirs, seeds: where each SAE was loaded from and its seed (for the trajectory file); init_fn
@@ -108,15 +124,27 @@ def sae_stability(saes: list, labels: list[str], acts: torch.Tensor, dirs: list[
             z = sae.encode(x)
         views.append(seed_view(lab, sae.W_dec, sae.W_enc.T, span, z))
     grid = (span.data_coords(acts), grid_p) if grid_p else None
-    out = dict(data_span=dict(dim=int(span.basis.shape[1]), share=span.share), threshold=threshold,
-               off_span={v.label: float(span.off_span(sae.W_dec[v.live]).mean()) if v.n else None
-                         for v, sae in zip(views, saes)})
+    out = dict(
+        data_span=dict(dim=int(span.basis.shape[1]), share=span.share),
+        threshold=threshold,
+        off_span={
+            v.label: float(span.off_span(sae.W_dec[v.live]).mean()) if v.n else None
+            for v, sae in zip(views, saes)
+        },
+    )
     out.update(seed_agreement(views, threshold, grid))
     if gt is not None:
-        out["ground_truth"] = ground_truth_agreement([sae.W_dec.double()[v.live] for v, sae in zip(views, saes)], gt,
-                                                     threshold, operation=operation)
+        out["ground_truth"] = ground_truth_agreement(
+            [sae.W_dec.double()[v.live] for v, sae in zip(views, saes)],
+            gt,
+            threshold,
+            operation=operation,
+        )
     for v in views:
-        v.codes, v._sparse = None, None  # [N_inputs, n_live] per seed and its sparse copy: freed before the references
+        v.codes, v._sparse = (
+            None,
+            None,
+        )  # [N_inputs, n_live] per seed and its sparse copy: freed before the references
     out["references"] = _references(saes, labels, span, dirs, seeds, init_fn, threshold)
     out["raw"] = _raw(saes)
     return out
@@ -129,13 +157,17 @@ def _references(saes, labels, span, dirs, seeds, init_fn, threshold) -> dict:
     if 0 not in epochs and init_fn is not None and seeds and all(isinstance(s, int) for s in seeds):
         d_in = saes[0].W_dec.shape[1]
         inits = [init_fn(d_in, sae.W_dec.shape[0], s) for sae, s in zip(saes, seeds)]
-        refs["shared_init"] = reference_agreement([seed_view(lab, W_dec, W_enc.T, span)
-                                                   for lab, (W_enc, W_dec) in zip(labels, inits)], threshold)
+        refs["shared_init"] = reference_agreement(
+            [seed_view(lab, W_dec, W_enc.T, span) for lab, (W_enc, W_dec) in zip(labels, inits)],
+            threshold,
+        )
     if epochs:
         refs["trajectory"] = {}
         for e in epochs:
-            views = [seed_view(lab, t[e]["W_dec"], t[e]["W_enc_T"], span, live=t[e]["live"].bool())
-                     for lab, t in zip(labels, trajs)]
+            views = [
+                seed_view(lab, t[e]["W_dec"], t[e]["W_enc_T"], span, live=t[e]["live"].bool())
+                for lab, t in zip(labels, trajs)
+            ]
             refs["trajectory"][e] = reference_agreement(views, threshold)
         if 0 in refs["trajectory"]:
             refs["shared_init"] = refs["trajectory"][0]

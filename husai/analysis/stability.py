@@ -40,7 +40,9 @@ def _as_tensor(x) -> torch.Tensor:
         x = x.W_dec
     t = torch.as_tensor(x).detach().to("cpu", torch.float64)
     if t.ndim != 2:
-        raise ValueError(f"a dictionary must be a 2-D [n_atoms, d] tensor, got shape {list(t.shape)}")
+        raise ValueError(
+            f"a dictionary must be a 2-D [n_atoms, d] tensor, got shape {list(t.shape)}"
+        )
     return t
 
 
@@ -108,8 +110,9 @@ def compute_pwmcc(sae1, sae2, signed: bool = True) -> float:
     return pw_mcc(sae1, sae2, signed)
 
 
-def pair_metrics(dec1, dec2, enc1=None, enc2=None, threshold: float = SHARED_THRESHOLD,
-                 match_on: str = "encoder") -> dict:
+def pair_metrics(
+    dec1, dec2, enc1=None, enc2=None, threshold: float = SHARED_THRESHOLD, match_on: str = "encoder"
+) -> dict:
     """All atom-level metrics for one pair of SAEs.
 
     dec*: decoder rows [d_sae, d_in]; enc*: encoder atoms as rows [d_sae, d_in] (i.e. W_enc.T), optional.
@@ -141,12 +144,21 @@ def _summary(M: np.ndarray) -> dict:
     """Mean and std (ddof=1 when >= 2 pairs) of the strict upper triangle of a symmetric [N, N] matrix."""
     iu = np.triu_indices(M.shape[0], k=1)
     v = M[iu]
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "min": float(v.min()), "max": float(v.max()), "n_pairs": int(v.size)}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n_pairs": int(v.size),
+    }
 
 
-def pairwise_matrices(decoders: list, encoders: list | None = None, threshold: float = SHARED_THRESHOLD,
-                      match_on: str = "encoder") -> dict:
+def pairwise_matrices(
+    decoders: list,
+    encoders: list | None = None,
+    threshold: float = SHARED_THRESHOLD,
+    match_on: str = "encoder",
+) -> dict:
     """Pairwise stability over N seeds.
 
     decoders: N dictionaries [d_sae, d_in]; encoders: N encoder dictionaries (rows = W_enc.T) or None.
@@ -160,8 +172,14 @@ def pairwise_matrices(decoders: list, encoders: list | None = None, threshold: f
     encoders = [unit_rows(E) for E in encoders] if encoders else None
     mats: dict[str, np.ndarray] = {}
     for i, j in itertools.combinations(range(N), 2):
-        m = pair_metrics(decoders[i], decoders[j], encoders[i] if encoders else None,
-                         encoders[j] if encoders else None, threshold, match_on)
+        m = pair_metrics(
+            decoders[i],
+            decoders[j],
+            encoders[i] if encoders else None,
+            encoders[j] if encoders else None,
+            threshold,
+            match_on,
+        )
         for k, v in m.items():
             mats.setdefault(k, np.eye(N))[i, j] = v
             mats[k][j, i] = v
@@ -183,9 +201,12 @@ def frequency_set_stability(freq_sets: list[set[int]]) -> dict:
     J = np.array([[jaccard(freq_sets[i], freq_sets[j]) for j in range(N)] for i in range(N)])
     off = J[np.triu_indices(N, k=1)]
     off = off[np.isfinite(off)]
-    return {"jaccard": J.tolist(), "jaccard_mean": float(off.mean()) if off.size else None,
-            "in_all": sorted(set.intersection(*map(set, freq_sets))) if freq_sets else [],
-            "in_any": sorted(set.union(*map(set, freq_sets))) if freq_sets else []}
+    return {
+        "jaccard": J.tolist(),
+        "jaccard_mean": float(off.mean()) if off.size else None,
+        "in_all": sorted(set.intersection(*map(set, freq_sets))) if freq_sets else [],
+        "in_any": sorted(set.union(*map(set, freq_sets))) if freq_sets else [],
+    }
 
 
 def span_basis(A, rel: float = 0.05) -> torch.Tensor:
@@ -223,7 +244,9 @@ def subspace_overlap(Q1: torch.Tensor, Q2: torch.Tensor) -> float:
     return float(principal_cosines(Q1, Q2).pow(2).sum() / r) if r else float("nan")
 
 
-def subspace_stability(decoders: list, latent_freqs: list, freqs: list[int], rel: float = 0.05) -> dict:
+def subspace_stability(
+    decoders: list, latent_freqs: list, freqs: list[int], rel: float = 0.05
+) -> dict:
     """Per frequency: are the latents assigned to it spanning the same subspace in every seed?
 
     decoders: N tensors [d_sae, d_in]; latent_freqs: N int tensors [d_sae] (frequency of each latent,
@@ -242,17 +265,35 @@ def subspace_stability(decoders: list, latent_freqs: list, freqs: list[int], rel
         pairs = []
         for i, j in itertools.combinations(range(len(Qs)), 2):
             if atoms[i].shape[0] == 0 or atoms[j].shape[0] == 0:
-                pairs.append({"seeds": [i, j], "overlap": None, "cosines": [], "atom_pw_mcc": None, "null_overlap": None})
+                pairs.append(
+                    {
+                        "seeds": [i, j],
+                        "overlap": None,
+                        "cosines": [],
+                        "atom_pw_mcc": None,
+                        "null_overlap": None,
+                    }
+                )
                 continue
-            pairs.append({"seeds": [i, j], "overlap": subspace_overlap(Qs[i], Qs[j]),
-                          "cosines": principal_cosines(Qs[i], Qs[j]).tolist(),
-                          "atom_pw_mcc": pw_mcc(atoms[i], atoms[j]),
-                          "null_overlap": min(Qs[i].shape[1], Qs[j].shape[1]) / d})
+            pairs.append(
+                {
+                    "seeds": [i, j],
+                    "overlap": subspace_overlap(Qs[i], Qs[j]),
+                    "cosines": principal_cosines(Qs[i], Qs[j]).tolist(),
+                    "atom_pw_mcc": pw_mcc(atoms[i], atoms[j]),
+                    "null_overlap": min(Qs[i].shape[1], Qs[j].shape[1]) / d,
+                }
+            )
         ok = [q for q in pairs if q["overlap"] is not None]
         mean = lambda key: float(np.mean([q[key] for q in ok])) if ok else None  # noqa: E731
-        out[int(k)] = {"n_latents": [int(a.shape[0]) for a in atoms], "dims": [int(Q.shape[1]) for Q in Qs],
-                       "overlap_mean": mean("overlap"), "atom_pw_mcc_mean": mean("atom_pw_mcc"),
-                       "null_overlap_mean": mean("null_overlap"), "pairs": pairs}
+        out[int(k)] = {
+            "n_latents": [int(a.shape[0]) for a in atoms],
+            "dims": [int(Q.shape[1]) for Q in Qs],
+            "overlap_mean": mean("overlap"),
+            "atom_pw_mcc_mean": mean("atom_pw_mcc"),
+            "null_overlap_mean": mean("null_overlap"),
+            "pairs": pairs,
+        }
     return out
 
 

@@ -144,8 +144,15 @@ def _matches(views: list, codes: list[torch.Tensor]) -> list[dict]:
     return out
 
 
-def cell_data(cell: Path, label: str, ctx: dict, gt, layout: np.ndarray, model_id: int,
-              threshold: float = MATCH_THRESHOLD) -> list[dict]:
+def cell_data(
+    cell: Path,
+    label: str,
+    ctx: dict,
+    gt,
+    layout: np.ndarray,
+    model_id: int,
+    threshold: float = MATCH_THRESHOLD,
+) -> list[dict]:
     """One entry per seed of the cell (module docstring), in the cell's seed order."""
     from husai.analysis.agreement import seed_view
     from husai.analysis.compare import expand_sae_dirs, hook_of, load_sae_folders, metadata
@@ -156,7 +163,9 @@ def cell_data(cell: Path, label: str, ctx: dict, gt, layout: np.ndarray, model_i
     saes = load_sae_folders(dirs)
     x = ctx["acts"]
     if any(s.W_dec.shape[1] != x.shape[1] for s in saes):
-        raise HusaiError(f"{cell}: the SAEs' d_in does not match the model's activations at {hook_of(saes[0])}")
+        raise HusaiError(
+            f"{cell}: the SAEs' d_in does not match the model's activations at {hook_of(saes[0])}"
+        )
     span = data_span(x)
     entries, views, codes = [], [], []
     for d, sae in zip(dirs, saes):
@@ -165,7 +174,15 @@ def cell_data(cell: Path, label: str, ctx: dict, gt, layout: np.ndarray, model_i
             x_hat = sae.decode(z.float()).double()
         types = {lat["index"]: lat for lat in latent_types(z, sae.W_dec.double(), gt)["latents"]}
         live = torch.tensor(sorted(types), dtype=torch.long)
-        views.append(seed_view(d.name, sae.W_dec, sae.W_enc.T, span, live=torch.isin(torch.arange(z.shape[1]), live)))
+        views.append(
+            seed_view(
+                d.name,
+                sae.W_dec,
+                sae.W_enc.T,
+                span,
+                live=torch.isin(torch.arange(z.shape[1]), live),
+            )
+        )
         codes.append(z[:, live])
         blob, scale = pack_levels(z[:, live].numpy(), layout)
         lats = [types[int(i)] for i in live]
@@ -174,28 +191,50 @@ def cell_data(cell: Path, label: str, ctx: dict, gt, layout: np.ndarray, model_i
         plane_freq = [keys[int(np.argmax(c))] if c and max(c) >= 0.5 else 0 for c in comp]
         ev = float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
         meta = metadata(sae)
-        entries.append(dict(
-            cell=label, model=model_id, hook=hook_of(sae), seed=meta.get("seed", d.name), path=str(d),
-            architecture=meta.get("husai_architecture") or sae.cfg.get("architecture"), d_sae=int(z.shape[1]),
-            l0=round(float((z != 0).sum(1).double().mean()), 3), ev=round(ev, 4),
-            n_live=len(lats), keys=keys, blob=blob, scale=scale,
-            latents=dict(
-                index=live.tolist(), type=[TYPES.index(lat["type"]) for lat in lats], freq=plane_freq,
-                purity=_round(lat["purity"] for lat in lats), purity_freq=[lat["frequency"] for lat in lats],
-                rate=_round((lat["firing_rate"] for lat in lats), 5), answer=_round(lat["answer_share"] for lat in lats),
-                inputs=_round(lat["inputs_share"] for lat in lats), centroid=_round(lat["centroid_cos"] for lat in lats),
-                off_span=_round(lat["off_span"] for lat in lats),
-                # plane shares to 2 decimals, as the page draws them (0.4 MB of the default study's page at 3)
-                out=[_round((lat["in_output"][str(k)] for k in keys), 2) for lat in lats],
-                inp=[_round((lat["in_input"][str(k)] for k in keys), 2) for lat in lats])))
+        entries.append(
+            dict(
+                cell=label,
+                model=model_id,
+                hook=hook_of(sae),
+                seed=meta.get("seed", d.name),
+                path=str(d),
+                architecture=meta.get("husai_architecture") or sae.cfg.get("architecture"),
+                d_sae=int(z.shape[1]),
+                l0=round(float((z != 0).sum(1).double().mean()), 3),
+                ev=round(ev, 4),
+                n_live=len(lats),
+                keys=keys,
+                blob=blob,
+                scale=scale,
+                latents=dict(
+                    index=live.tolist(),
+                    type=[TYPES.index(lat["type"]) for lat in lats],
+                    freq=plane_freq,
+                    purity=_round(lat["purity"] for lat in lats),
+                    purity_freq=[lat["frequency"] for lat in lats],
+                    rate=_round((lat["firing_rate"] for lat in lats), 5),
+                    answer=_round(lat["answer_share"] for lat in lats),
+                    inputs=_round(lat["inputs_share"] for lat in lats),
+                    centroid=_round(lat["centroid_cos"] for lat in lats),
+                    off_span=_round(lat["off_span"] for lat in lats),
+                    # plane shares to 2 decimals, as the page draws them (0.4 MB of the default study's page at 3)
+                    out=[_round((lat["in_output"][str(k)] for k in keys), 2) for lat in lats],
+                    inp=[_round((lat["in_input"][str(k)] for k in keys), 2) for lat in lats],
+                ),
+            )
+        )
     for e, m in zip(entries, _matches(views, codes)):
         # keyed by the other seed's position in this cell (made global ids by the caller)
         # the same-feature flags from the unrounded cosines: a cosine of 0.6996 does not reappear
-        e["matches"] = {j: (idx, _round(cos), _round(corr), (cos >= threshold).astype(int).tolist())
-                        for j, (idx, cos, corr) in m.items()}
+        e["matches"] = {
+            j: (idx, _round(cos), _round(corr), (cos >= threshold).astype(int).tolist())
+            for j, (idx, cos, corr) in m.items()
+        }
         n = len(e["latents"]["index"])
         cos = [v[1] for v in m.values()]
-        e["latents"]["reappear"] = _round(np.mean([c >= threshold for c in cos], 0)) if cos else [None] * n
+        e["latents"]["reappear"] = (
+            _round(np.mean([c >= threshold for c in cos], 0)) if cos else [None] * n
+        )
         e["latents"]["best_cos"] = _round(np.mean(cos, 0)) if cos else [None] * n
     return entries
 
@@ -206,16 +245,40 @@ def model_data(model_dir: Path, hooks: list[str], contexts: dict) -> dict:
     from husai.io import read_json
 
     cfg = read_json(model_dir / "config.json", "model config")
-    metrics = read_json(model_dir / "metrics.json", "model metrics") if (model_dir / "metrics.json").is_file() else {}
-    keep = ("test_acc", "train_acc", "memorised_epoch", "grokked_epoch", "clean_epoch", "epochs_trained",
-            "frac_neurons_single_freq", "neurons_per_key_frequency", "key_frequencies", "frac_neurons_dead")
-    out = dict(path=str(model_dir), p=cfg["p"], operation=cfg["operation"], seed=cfg.get("seed"),
-               metrics={k: metrics[k] for k in keep if k in metrics}, hooks={})
+    metrics = (
+        read_json(model_dir / "metrics.json", "model metrics")
+        if (model_dir / "metrics.json").is_file()
+        else {}
+    )
+    keep = (
+        "test_acc",
+        "train_acc",
+        "memorised_epoch",
+        "grokked_epoch",
+        "clean_epoch",
+        "epochs_trained",
+        "frac_neurons_single_freq",
+        "neurons_per_key_frequency",
+        "key_frequencies",
+        "frac_neurons_dead",
+    )
+    out = dict(
+        path=str(model_dir),
+        p=cfg["p"],
+        operation=cfg["operation"],
+        seed=cfg.get("seed"),
+        metrics={k: metrics[k] for k in keep if k in metrics},
+        hooks={},
+    )
     for hook in hooks:
         gt = hook_ground_truth(contexts[hook]).to_json()
-        out["hooks"][hook] = dict(variance=gt["variance"], variance_names=gt["variance_names"],
-                                  planes={k: round(v["share"], 4) for k, v in gt["planes"].items()},
-                                  span=gt["span"], key_frequencies=gt["key_frequencies"])
+        out["hooks"][hook] = dict(
+            variance=gt["variance"],
+            variance_names=gt["variance_names"],
+            planes={k: round(v["share"], 4) for k, v in gt["planes"].items()},
+            span=gt["span"],
+            key_frequencies=gt["key_frequencies"],
+        )
     mlp = model_context(model_dir, MLP_HOOK)
     neurons = hook_ground_truth(mlp).neurons or {"neurons": [], "clusters": {}, "count": 0, "of": 0}
     by_freq: dict[int, list] = {}
@@ -224,7 +287,16 @@ def model_data(model_dir: Path, hooks: list[str], contexts: dict) -> dict:
     examples = [n for k in sorted(by_freq) for n in by_freq[k][:NEURON_EXAMPLES]]
     idx = [n["index"] for n in examples]
     blob, scale = pack_levels(mlp["acts"][:, idx].numpy(), grid_layout(cfg["p"], cfg["operation"]))
-    out["neurons"] = dict(count=neurons["count"], of=neurons["of"], clusters={str(k): v for k, v in neurons["clusters"].items()},
-                          examples=dict(index=idx, freq=[n["frequency"] for n in examples],
-                                        purity=_round(n["purity"] for n in examples)), blob=blob, scale=scale)
+    out["neurons"] = dict(
+        count=neurons["count"],
+        of=neurons["of"],
+        clusters={str(k): v for k, v in neurons["clusters"].items()},
+        examples=dict(
+            index=idx,
+            freq=[n["frequency"] for n in examples],
+            purity=_round(n["purity"] for n in examples),
+        ),
+        blob=blob,
+        scale=scale,
+    )
     return out

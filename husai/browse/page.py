@@ -17,7 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from husai.browse.data import LEVELS, MATCH_THRESHOLD, cell_data, find_cells, grid_layout, model_data, resolve_model
+from husai.browse.data import (
+    LEVELS,
+    MATCH_THRESHOLD,
+    cell_data,
+    find_cells,
+    grid_layout,
+    model_data,
+    resolve_model,
+)
 from husai.errors import HusaiError
 from husai.io import atomic_write_bytes, read_json
 from husai.outputs import BROWSER_TAG
@@ -45,7 +53,14 @@ TEMPLATE = """<!doctype html>
 
 def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str, str]]:
     """(the page's JSON data, {element id: text85 blob}) for every SAE cell under root."""
-    from husai.analysis.compare import expand_sae_dirs, hook_ground_truth, hook_of, load_sae_folders, metadata, model_context
+    from husai.analysis.compare import (
+        expand_sae_dirs,
+        hook_ground_truth,
+        hook_of,
+        load_sae_folders,
+        metadata,
+        model_context,
+    )
     from husai.analysis.latent_types import TYPES
 
     cells, skipped = [], []
@@ -73,7 +88,9 @@ def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str,
         base = len(saes)
         threshold = MATCH_THRESHOLD
         if (cell / "analysis.json").is_file():  # the study's own threshold for this cell
-            threshold = float(read_json(cell / "analysis.json", "cell analysis").get("threshold", MATCH_THRESHOLD))
+            threshold = float(
+                read_json(cell / "analysis.json", "cell analysis").get("threshold", MATCH_THRESHOLD)
+            )
         for e in cell_data(cell, label, ctx, hook_ground_truth(ctx), layout, mid, threshold):
             e["threshold"] = threshold
             e["matches"] = {str(base + j): v for j, v in e["matches"].items()}
@@ -84,12 +101,20 @@ def browser_data(root: Path, model: Path | None = None) -> tuple[dict, dict[str,
         m = model_data(mdir, hs, contexts[key])
         blobs[f"n{len(models)}"] = m["neurons"].pop("blob")
         models.append(m)
-    data = dict(root=str(root), created=time.strftime("%Y-%m-%d %H:%M:%S"), threshold=MATCH_THRESHOLD, levels=LEVELS,
-                types=list(TYPES),
-                skipped=[str(c.relative_to(root)) if c != root else root.name for c in skipped],
-                layouts={f"{p}-{op}": base64.b64encode(lay.astype(np.uint16).tobytes()).decode("ascii")
-                         for (p, op), lay in layouts.items()},
-                models=models, saes=saes)
+    data = dict(
+        root=str(root),
+        created=time.strftime("%Y-%m-%d %H:%M:%S"),
+        threshold=MATCH_THRESHOLD,
+        levels=LEVELS,
+        types=list(TYPES),
+        skipped=[str(c.relative_to(root)) if c != root else root.name for c in skipped],
+        layouts={
+            f"{p}-{op}": base64.b64encode(lay.astype(np.uint16).tobytes()).decode("ascii")
+            for (p, op), lay in layouts.items()
+        },
+        models=models,
+        saes=saes,
+    )
     return data, blobs
 
 
@@ -100,13 +125,23 @@ def render(data: dict, blobs: dict[str, str], title: str) -> str:
     # "<" inside a <script> element can end it early ("</script") or change how the parser reads it
     # ("<!--"); JSON allows the escaped form \u003c, which no folder name can turn back into markup
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
-    tags = "\n".join(f'<script type="application/octet-stream" id="{k}">{v}</script>' for k, v in blobs.items())
+    tags = "\n".join(
+        f'<script type="application/octet-stream" id="{k}">{v}</script>' for k, v in blobs.items()
+    )
     js = (HERE / "browser.js").read_text() + (HERE / "app.js").read_text()
-    return TEMPLATE.format(generator=GENERATOR, title=html.escape(title), css=(HERE / "browser.css").read_text(),
-                           data=payload, blobs=tags, js=js)
+    return TEMPLATE.format(
+        generator=GENERATOR,
+        title=html.escape(title),
+        css=(HERE / "browser.css").read_text(),
+        data=payload,
+        blobs=tags,
+        js=js,
+    )
 
 
-def write_browser(root: str | Path, out: str | Path | None = None, model: str | Path | None = None) -> Path:
+def write_browser(
+    root: str | Path, out: str | Path | None = None, model: str | Path | None = None
+) -> Path:
     """Write the browser for the SAEs under root (a study folder, a `husai train-sae` output, or any
     folder holding SAE cells) to out (default root/browser.html), atomically. Returns its path."""
     root = Path(root)

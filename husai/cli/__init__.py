@@ -111,5 +111,3 @@ def _handled_keyboard_interrupt() -> None:
         ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 0
     except (AttributeError, ValueError, OSError):
         pass
-
-

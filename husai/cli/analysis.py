@@ -64,29 +64,52 @@ def _ground_truth_command(model, hooks, json_out, overwrite) -> None:
         claim_file(json_out, GROUND_TRUTH_JSON, "--json", inputs=[model], overwrite=overwrite)
     keys, report = None, {}
     for hook in hooks or ["blocks.0.hook_resid_post"]:
-        acts, info = model_activations(model, hook=hook, split="all")  # a bad run folder is a one-line error here
+        acts, info = model_activations(
+            model, hook=hook, split="all"
+        )  # a bad run folder is a one-line error here
         p, operation = info["p"], info["operation"]
         keys = keys if keys is not None else model_key_frequencies(model, p, operation)
-        neurons = info["hook_name"].endswith("mlp.hook_post")  # the columns are neurons: list the single-frequency ones
-        report[info["hook_name"]] = ground_truth(acts, p, operation, keys, neurons=neurons).to_json()
-    t = Table(title=f"ground truth (p = {p}, {operation}; key frequencies {keys}); shares of centred variance")
+        neurons = info["hook_name"].endswith(
+            "mlp.hook_post"
+        )  # the columns are neurons: list the single-frequency ones
+        report[info["hook_name"]] = ground_truth(
+            acts, p, operation, keys, neurons=neurons
+        ).to_json()
+    t = Table(
+        title=f"ground truth (p = {p}, {operation}; key frequencies {keys}); shares of centred variance"
+    )
     t.add_column("hook", no_wrap=True)
-    for col in ("answer", "a", "b", "conj.", "rest", "span dim (share)", "out planes", "in planes", "centroid EV",
-                "PCA EV 4/16"):
+    for col in (
+        "answer",
+        "a",
+        "b",
+        "conj.",
+        "rest",
+        "span dim (share)",
+        "out planes",
+        "in planes",
+        "centroid EV",
+        "PCA EV 4/16",
+    ):
         t.add_column(col)
     for hook, r in report.items():
         v, pl = r["variance"], r["planes"]
-        t.add_row(hook, *(_fmt(v[k], 3) for k in ("answer", "a", "b", "conjugate", "rest")),
-                  f"{r['span']['dim']} ({_fmt(r['span']['share'], 3)})",
-                  _fmt(sum(e["share"] for n, e in pl.items() if n.startswith("out")), 3),
-                  _fmt(sum(e["share"] for n, e in pl.items() if n.startswith("in")), 3),
-                  _fmt(r["baselines"]["centroid_lookup"]["explained_variance"], 3),
-                  "/".join(_fmt(r["baselines"]["pca"].get(str(k)), 2) for k in (4, 16)))
+        t.add_row(
+            hook,
+            *(_fmt(v[k], 3) for k in ("answer", "a", "b", "conjugate", "rest")),
+            f"{r['span']['dim']} ({_fmt(r['span']['share'], 3)})",
+            _fmt(sum(e["share"] for n, e in pl.items() if n.startswith("out")), 3),
+            _fmt(sum(e["share"] for n, e in pl.items() if n.startswith("in")), 3),
+            _fmt(r["baselines"]["centroid_lookup"]["explained_variance"], 3),
+            "/".join(_fmt(r["baselines"]["pca"].get(str(k)), 2) for k in (4, 16)),
+        )
     _console().print(t)
-    typer.echo("answer: share that is a function of the answer c; a, b: of one input alone; conj.: of the other "
-               "combination (a-b for addition); span: of all key-frequency planes; out/in planes: per key frequency the "
-               "images of cos/sin of w_k c and of w_k a, w_k b; centroid EV: the answer-class means as a dictionary "
-               "used one at a time (L0 = 1)")
+    typer.echo(
+        "answer: share that is a function of the answer c; a, b: of one input alone; conj.: of the other "
+        "combination (a-b for addition); span: of all key-frequency planes; out/in planes: per key frequency the "
+        "images of cos/sin of w_k c and of w_k a, w_k b; centroid EV: the answer-class means as a dictionary "
+        "used one at a time (L0 = 1)"
+    )
     if json_out:
         write_json(json_out, {"model": str(model), "hooks": report})
         typer.echo(f"ground truth written to {json_out}")
@@ -100,38 +123,72 @@ def _recover_command(sae_dirs, activations, gt_file, json_out, overwrite) -> Non
     from husai.io import load_tensors, write_json
     from husai.sae.activations import load_activations
 
-    gt_file = gt_file or activations.with_name(activations.name.removesuffix(".safetensors") + ".ground_truth.safetensors")
+    gt_file = gt_file or activations.with_name(
+        activations.name.removesuffix(".safetensors") + ".ground_truth.safetensors"
+    )
     if json_out:
-        claim_file(json_out, RECOVERY_JSON, "--json", inputs=[*sae_dirs, activations, gt_file], overwrite=overwrite)
+        claim_file(
+            json_out,
+            RECOVERY_JSON,
+            "--json",
+            inputs=[*sae_dirs, activations, gt_file],
+            overwrite=overwrite,
+        )
     acts, _ = load_activations(activations)
     if not gt_file.is_file():
-        raise HusaiError(f"no ground-truth file {gt_file}: give --ground-truth FILE, a safetensors file with `atoms` "
-                         "[n, d] and/or `plane.NAME` [m, d] tensors")
+        raise HusaiError(
+            f"no ground-truth file {gt_file}: give --ground-truth FILE, a safetensors file with `atoms` "
+            "[n, d] and/or `plane.NAME` [m, d] tensors"
+        )
     span_dim, out = recover_saes(sae_dirs, acts, load_tensors(gt_file, "ground-truth file")[0])
     t = Table(title=f"recovery of the ground truth in {gt_file.name} (data span: {span_dim} dims)")
-    for col in ("SAE", "live", "off data span", "atom MCC (random; data points)", "atom F1 (random)",
-                "plane coverage (random)", "EV / the atoms as oracle (gap)"):
+    for col in (
+        "SAE",
+        "live",
+        "off data span",
+        "atom MCC (random; data points)",
+        "atom F1 (random)",
+        "plane coverage (random)",
+        "EV / the atoms as oracle (gap)",
+    ):
         t.add_column(col)
     for r in out:
         a = r["atoms"].get("atoms")
         pl = list(r["planes"].values())
-        cover = (f"{_fmt(sum(e['coverage'] for e in pl) / len(pl))} "
-                 f"({_fmt(sum(e['random_reference']['coverage'] for e in pl) / len(pl))})") if pl else "-"
-        t.add_row(Path(r["path"]).name, str(r["n_live"]), _fmt(r["off_data_span"]),
-                  f"{_fmt(a['mcc'])} ({_fmt(a['random_reference']['mcc'])}; {_fmt(a['data_point_reference']['mcc'])})"
-                  if a else "-",
-                  f"{_fmt(a['f1'])} ({_fmt(a['random_reference']['f1'])})" if a else "-", cover,
-                  f"{_fmt(o['sae_explained_variance'])} / {_fmt(o['explained_variance'])} ({o['gap']:+.3f})"
-                  if (o := r.get("oracle")) else "-")
+        cover = (
+            (
+                f"{_fmt(sum(e['coverage'] for e in pl) / len(pl))} "
+                f"({_fmt(sum(e['random_reference']['coverage'] for e in pl) / len(pl))})"
+            )
+            if pl
+            else "-"
+        )
+        t.add_row(
+            Path(r["path"]).name,
+            str(r["n_live"]),
+            _fmt(r["off_data_span"]),
+            f"{_fmt(a['mcc'])} ({_fmt(a['random_reference']['mcc'])}; {_fmt(a['data_point_reference']['mcc'])})"
+            if a
+            else "-",
+            f"{_fmt(a['f1'])} ({_fmt(a['random_reference']['f1'])})" if a else "-",
+            cover,
+            f"{_fmt(o['sae_explained_variance'])} / {_fmt(o['explained_variance'])} ({o['gap']:+.3f})"
+            if (o := r.get("oracle"))
+            else "-",
+        )
     _console().print(t)
-    typer.echo("compared inside the principal subspace holding 99.9% of the activations' variance; MCC: Hungarian-"
-               "matched cosine of decoder rows to the atoms; F1 at cosine >= 0.7; coverage: how fully the latents lying "
-               "mostly in a plane fill it; random: as many random directions in the same span; data points: as many "
-               "random centred activations (what a data-initialised SAE starts from; husai.analysis.recovery); "
-               "oracle: the atoms as a dictionary, the best code of at most the SAE's L0 atoms an input "
-               "(husai.analysis.oracle)")
+    typer.echo(
+        "compared inside the principal subspace holding 99.9% of the activations' variance; MCC: Hungarian-"
+        "matched cosine of decoder rows to the atoms; F1 at cosine >= 0.7; coverage: how fully the latents lying "
+        "mostly in a plane fill it; random: as many random directions in the same span; data points: as many "
+        "random centred activations (what a data-initialised SAE starts from; husai.analysis.recovery); "
+        "oracle: the atoms as a dictionary, the best code of at most the SAE's L0 atoms an input "
+        "(husai.analysis.oracle)"
+    )
     if json_out:
-        write_json(json_out, {"activations": str(activations), "ground_truth": str(gt_file), "saes": out})
+        write_json(
+            json_out, {"activations": str(activations), "ground_truth": str(gt_file), "saes": out}
+        )
         typer.echo(f"recovery written to {json_out}")
 
 
@@ -146,21 +203,52 @@ def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
     if json_out:
         claim_file(json_out, FOURIER_JSON, "--json", inputs=[*sae_dirs, model], overwrite=overwrite)
     out = fourier_saes(sae_dirs, model, n_null)
-    t = Table(title=f"Fourier validation (key frequencies {out[0]['key_frequencies']}; "
-                    f"chance purity {out[0]['chance_purity']:.4f})")
-    for c in ("SAE", "arch", "live", "overlap", "untrained null (z)", "pure", "covered/key", "non-key", "dec in key",
-              "w-assigned"):
+    t = Table(
+        title=f"Fourier validation (key frequencies {out[0]['key_frequencies']}; "
+        f"chance purity {out[0]['chance_purity']:.4f})"
+    )
+    for c in (
+        "SAE",
+        "arch",
+        "live",
+        "overlap",
+        "untrained null (z)",
+        "pure",
+        "covered/key",
+        "non-key",
+        "dec in key",
+        "w-assigned",
+    ):
         t.add_column(c)
     for r in out:
         nu, w = r["nulls_untrained"]["fourier_overlap"], r.get("weight_space") or {}
-        t.add_row(Path(r["path"]).name, str(r["architecture"]), f"{r['n_live']}/{r['n_latents']}", _fmt(r["fourier_overlap"]),
-                  f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})", _fmt(r["frac_pure"]),
-                  f"{len(r['covered'])}/{len(r['key_frequencies'])}", str(sum(r["non_key_pure"].values())),
-                  _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
+        t.add_row(
+            Path(r["path"]).name,
+            str(r["architecture"]),
+            f"{r['n_live']}/{r['n_latents']}",
+            _fmt(r["fourier_overlap"]),
+            f"{_fmt(nu['null_mean'])} (z {_fmt(nu['z'], 1)})",
+            _fmt(r["frac_pure"]),
+            f"{len(r['covered'])}/{len(r['key_frequencies'])}",
+            str(sum(r["non_key_pure"].values())),
+            _fmt(w.get("union_mean_live")),
+            _fmt(w.get("frac_weight_assigned")),
+        )
     _console().print(t)
-    types = Table(title="what the live latents are (husai.analysis.latent_types: rules and thresholds in the JSON)")
-    for c in ("SAE", "plane feature", "answer detector", "input feature", "patch", "other", "off span",
-              "centroid MCC (random; data points)", "out-plane coverage (random)"):
+    types = Table(
+        title="what the live latents are (husai.analysis.latent_types: rules and thresholds in the JSON)"
+    )
+    for c in (
+        "SAE",
+        "plane feature",
+        "answer detector",
+        "input feature",
+        "patch",
+        "other",
+        "off span",
+        "centroid MCC (random; data points)",
+        "out-plane coverage (random)",
+    ):
         types.add_column(c)
     for r in out:
         lt, rec = r["latent_types"], r["recovery"]
@@ -168,24 +256,33 @@ def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
         outs = [e for name, e in rec["planes"].items() if name.startswith("out")]
         cover = sum(e["coverage"] for e in outs) / max(1, len(outs))
         cover_ref = sum(e["random_reference"]["coverage"] for e in outs) / max(1, len(outs))
-        types.add_row(Path(r["path"]).name, *(str(n) for n in lt["counts"].values()), _fmt(lt["mean"]["off_span"]),
-                      f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])}; "
-                      f"{_fmt(cent['data_point_reference']['mcc'])})", f"{_fmt(cover)} ({_fmt(cover_ref)})")
+        types.add_row(
+            Path(r["path"]).name,
+            *(str(n) for n in lt["counts"].values()),
+            _fmt(lt["mean"]["off_span"]),
+            f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])}; "
+            f"{_fmt(cent['data_point_reference']['mcc'])})",
+            f"{_fmt(cover)} ({_fmt(cover_ref)})",
+        )
     _console().print(types)
-    typer.echo("overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; covered: key "
-               "frequencies with a pure latent; non-key: pure latents on other frequencies; dec in key: mean fraction "
-               "of live decoder rows in the key frequencies' activation subspaces; w-assigned: fraction of live "
-               "latents with > 50% of their decoder row in one key frequency's subspace; off span: mean fraction of "
-               "live decoder rows outside the span of the key frequencies' output and input planes; centroid MCC: "
-               "Hungarian-matched cosine of in-span decoder rows to the answer-class centroids; out-plane coverage: how "
-               "fully the latents lying mostly in each output plane fill it (husai.analysis.recovery); random: as many "
-               "random directions in the same span; data points: as many random centred activations")
+    typer.echo(
+        "overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; covered: key "
+        "frequencies with a pure latent; non-key: pure latents on other frequencies; dec in key: mean fraction "
+        "of live decoder rows in the key frequencies' activation subspaces; w-assigned: fraction of live "
+        "latents with > 50% of their decoder row in one key frequency's subspace; off span: mean fraction of "
+        "live decoder rows outside the span of the key frequencies' output and input planes; centroid MCC: "
+        "Hungarian-matched cosine of in-span decoder rows to the answer-class centroids; out-plane coverage: how "
+        "fully the latents lying mostly in each output plane fill it (husai.analysis.recovery); random: as many "
+        "random directions in the same span; data points: as many random centred activations"
+    )
     if json_out:
         write_json(json_out, {"model": str(model), "saes": out})
         typer.echo(f"report written to {json_out}")
 
 
-def _compare_command(sae_dirs, json_out, plots, force, model, activations, threshold, overwrite) -> None:
+def _compare_command(
+    sae_dirs, json_out, plots, force, model, activations, threshold, overwrite
+) -> None:
     """Body of `husai compare` (see register): validate, compare, write JSON, print."""
     from rich.table import Table
 
@@ -207,74 +304,148 @@ def _compare_command(sae_dirs, json_out, plots, force, model, activations, thres
     if plots is not None:
         claim_folder(plots, PLOTS, "--plots", inputs=inputs, overwrite=overwrite)
     # the plots are drawn into a staging folder that replaces --plots only once all are drawn
-    with staged_folder(plots, "--plots") if plots is not None else contextlib.nullcontext() as stage:
+    with (
+        staged_folder(plots, "--plots") if plots is not None else contextlib.nullcontext() as stage
+    ):
         result = compare_saes(sae_dirs, model, threshold, stage, force, acts=acts)
     write_json(json_out, result)
     _print_compare(_console(), result, Table)
-    typer.echo(f"comparison of {len(result['saes'])} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)")
+    typer.echo(
+        f"comparison of {len(result['saes'])} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)"
+    )
 
 
 def register(app: typer.Typer) -> None:
     @app.command("ground-truth")
     def ground_truth_cmd(
         model: Path = typer.Argument(..., help="A train-model run folder."),
-        hooks: Optional[List[str]] = typer.Option(None, "--hook", help="Hook(s) to analyse (default: blocks.0.hook_resid_post)."),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full ground truth here."),
-        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier ground-truth report at --json."),
+        hooks: Optional[List[str]] = typer.Option(
+            None, "--hook", help="Hook(s) to analyse (default: blocks.0.hook_resid_post)."
+        ),
+        json_out: Optional[Path] = typer.Option(
+            None, "--json", help="Write the full ground truth here."
+        ),
+        threads: int = typer.Option(
+            1, "--threads", help="torch CPU threads (1 is fastest for this work)."
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace an earlier ground-truth report at --json."
+        ),
     ):
         """What the model's features are at each hook: variance by answer and inputs, Fourier planes, atoms, baselines."""
-        with _threads(threads), on_interrupt(f"nothing was written{f' to {json_out}' if json_out else ''}; "
-                                             "run the same command again"):
+        with (
+            _threads(threads),
+            on_interrupt(
+                f"nothing was written{f' to {json_out}' if json_out else ''}; "
+                "run the same command again"
+            ),
+        ):
             _ground_truth_command(model, hooks, json_out, overwrite)
 
     @app.command("fourier")
     def fourier_cmd(
-        sae_dirs: List[Path] = typer.Argument(..., help="SAE folders (SAELens format) or multi-seed output folders."),
-        model: Path = typer.Option(..., "--model", help="The model run folder the SAEs were trained on."),
+        sae_dirs: List[Path] = typer.Argument(
+            ..., help="SAE folders (SAELens format) or multi-seed output folders."
+        ),
+        model: Path = typer.Option(
+            ..., "--model", help="The model run folder the SAEs were trained on."
+        ),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
         n_null: int = typer.Option(3, "--n-null", help="Untrained-SAE draws for the purity null."),
-        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier Fourier report at --json."),
+        threads: int = typer.Option(
+            1, "--threads", help="torch CPU threads (1 is fastest for this work)."
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace an earlier Fourier report at --json."
+        ),
     ):
         """Check every latent against the model's Fourier ground truth (purity, frequency, coverage)."""
-        with _threads(threads), on_interrupt(f"nothing was written{f' to {json_out}' if json_out else ''}; "
-                                             "run the same command again"):
+        with (
+            _threads(threads),
+            on_interrupt(
+                f"nothing was written{f' to {json_out}' if json_out else ''}; "
+                "run the same command again"
+            ),
+        ):
             _fourier_command(sae_dirs, model, json_out, n_null, overwrite)
 
     @app.command("recover")
     def recover_cmd(
-        sae_dirs: List[Path] = typer.Argument(..., help="SAE folders (SAELens format) or multi-seed output folders."),
-        activations: Path = typer.Option(..., "--activations", help="The activations the SAEs were trained on."),
+        sae_dirs: List[Path] = typer.Argument(
+            ..., help="SAE folders (SAELens format) or multi-seed output folders."
+        ),
+        activations: Path = typer.Option(
+            ..., "--activations", help="The activations the SAEs were trained on."
+        ),
         ground_truth: Optional[Path] = typer.Option(
-            None, "--ground-truth", help="Safetensors with atoms [n, d] and/or plane.NAME [m, d] "
-                                         "(default: ACTS.ground_truth.safetensors beside the activations)."),
+            None,
+            "--ground-truth",
+            help="Safetensors with atoms [n, d] and/or plane.NAME [m, d] "
+            "(default: ACTS.ground_truth.safetensors beside the activations).",
+        ),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full report here."),
-        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier recovery report at --json."),
+        threads: int = typer.Option(
+            1, "--threads", help="torch CPU threads (1 is fastest for this work)."
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace an earlier recovery report at --json."
+        ),
     ):
         """How well SAEs trained on your own activations recover your ground-truth atoms and planes."""
-        with _threads(threads), on_interrupt(f"nothing was written{f' to {json_out}' if json_out else ''}; "
-                                             "run the same command again"):
+        with (
+            _threads(threads),
+            on_interrupt(
+                f"nothing was written{f' to {json_out}' if json_out else ''}; "
+                "run the same command again"
+            ),
+        ):
             _recover_command(sae_dirs, activations, ground_truth, json_out, overwrite)
 
     @app.command("compare")
     def compare_cmd(
-        sae_dirs: List[Path] = typer.Argument(..., help="Two or more SAE folders (or multi-seed output folders)."),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the full comparison here (required)."),
-        plots: Optional[Path] = typer.Option(None, "--plots", help="Folder for the heatmap and frequency histogram PNGs."),
-        force: bool = typer.Option(False, "--force", help="Compare SAEs trained on different models or hooks."),
-        model: Optional[Path] = typer.Option(None, "--model", help="Model run folder (default: the SAEs' metadata.model_path)."),
-        activations: Optional[Path] = typer.Option(None, "--activations", help=(
-            "The activations the SAEs were trained on (safetensors), for SAEs without a model.")),
-        threshold: float = typer.Option(0.7, "--threshold", help="Match threshold: shared fraction, reappearance."),
-        threads: int = typer.Option(1, "--threads", help="torch CPU threads (1 is fastest for this work)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison at --json (and --plots)."),
+        sae_dirs: List[Path] = typer.Argument(
+            ..., help="Two or more SAE folders (or multi-seed output folders)."
+        ),
+        json_out: Optional[Path] = typer.Option(
+            None, "--json", help="Write the full comparison here (required)."
+        ),
+        plots: Optional[Path] = typer.Option(
+            None, "--plots", help="Folder for the heatmap and frequency histogram PNGs."
+        ),
+        force: bool = typer.Option(
+            False, "--force", help="Compare SAEs trained on different models or hooks."
+        ),
+        model: Optional[Path] = typer.Option(
+            None, "--model", help="Model run folder (default: the SAEs' metadata.model_path)."
+        ),
+        activations: Optional[Path] = typer.Option(
+            None,
+            "--activations",
+            help=(
+                "The activations the SAEs were trained on (safetensors), for SAEs without a model."
+            ),
+        ),
+        threshold: float = typer.Option(
+            0.7, "--threshold", help="Match threshold: shared fraction, reappearance."
+        ),
+        threads: int = typer.Option(
+            1, "--threads", help="torch CPU threads (1 is fastest for this work)."
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace an earlier comparison at --json (and --plots)."
+        ),
     ):
         """Cross-seed stability (PW-MCC, mean-max |cos|, shared fraction, frequency subspaces) with nulls."""
-        with _threads(threads), on_interrupt(f"nothing was written to {json_out}{' or ' + str(plots) if plots else ''}"
-                                             "; run the same command again"):
-            _compare_command(sae_dirs, json_out, plots, force, model, activations, threshold, overwrite)
+        with (
+            _threads(threads),
+            on_interrupt(
+                f"nothing was written to {json_out}{' or ' + str(plots) if plots else ''}"
+                "; run the same command again"
+            ),
+        ):
+            _compare_command(
+                sae_dirs, json_out, plots, force, model, activations, threshold, overwrite
+            )
 
 
 def _ci(c) -> str:
@@ -283,42 +454,76 @@ def _ci(c) -> str:
 
 def _print_compare(console, res: dict, Table) -> None:
     st = res["stability"]
-    t = Table(title=f"stability across {len(res['saes'])} SAEs in the data metric ({st['data_span']['dim']}-d span, "
-                    f"live latents): mean over seed pairs [95% CI]")
+    t = Table(
+        title=f"stability across {len(res['saes'])} SAEs in the data metric ({st['data_span']['dim']}-d span, "
+        f"live latents): mean over seed pairs [95% CI]"
+    )
     from husai.analysis.measures import MEASURES, NULLS
 
     kinds = list(NULLS)
     for c in ("metric", "value", "chance null", "effect [CI]", *(NULLS[k].label for k in kinds)):
         t.add_column(c)
-    levels = dict(st["levels"], **{k: v for k, v in st.get("ground_truth", {}).items() if k in MEASURES})
+    levels = dict(
+        st["levels"], **{k: v for k, v in st.get("ground_truth", {}).items() if k in MEASURES}
+    )
     for m, r in levels.items():
         fit = r.get("fitting", {})
-        t.add_row(MEASURES[m].short if m in MEASURES else m, f"{_fmt(r['value'])} {_ci(r['ci'])}", _fmt(fit.get("value")),
-                  f"{_fmt(fit.get('effect'))} {_ci(fit.get('effect_ci'))}",
-                  *[_fmt(r["nulls"].get(k, {}).get("value")) for k in kinds])
+        t.add_row(
+            MEASURES[m].short if m in MEASURES else m,
+            f"{_fmt(r['value'])} {_ci(r['ci'])}",
+            _fmt(fit.get("value")),
+            f"{_fmt(fit.get('effect'))} {_ci(fit.get('effect_ci'))}",
+            *[_fmt(r["nulls"].get(k, {}).get("value")) for k in kinds],
+        )
     console.print(t)
     ref = st["references"].get("shared_init", {}).get("pw_mcc_dec")
-    console.print("PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, what public "
-                  "HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & Belrose 2025); "
-                  "reappearance: best match above threshold (Gerasimov et al. 2026). Effect: value - the chance null "
-                  "(matched geometry for atoms), per seed pair; symmetry: the other seed moved by a shift of the "
-                  "inputs. " + (f"Shared-init reference (the seeds' initialisations): PW-MCC "
-                                                      f"{_fmt(ref['value'])}. " if ref else "")
-                  + f"Raw-coordinate PW-MCC (basis-dependent): {_fmt(st['raw']['pw_mcc_dec']['value'])}.")
+    console.print(
+        "PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, what public "
+        "HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & Belrose 2025); "
+        "reappearance: best match above threshold (Gerasimov et al. 2026). Effect: value - the chance null "
+        "(matched geometry for atoms), per seed pair; symmetry: the other seed moved by a shift of the "
+        "inputs. "
+        + (
+            f"Shared-init reference (the seeds' initialisations): PW-MCC {_fmt(ref['value'])}. "
+            if ref
+            else ""
+        )
+        + f"Raw-coordinate PW-MCC (basis-dependent): {_fmt(st['raw']['pw_mcc_dec']['value'])}."
+    )
     if "fourier" in res:
         ft = Table(title=f"Fourier per seed (key frequencies {res['key_frequencies']})")
-        for c in ("SAE", "fourier_overlap (init null)", "frac pure", "covered", "non-key pure", "dec in key subspaces",
-                  "weight-assigned"):
+        for c in (
+            "SAE",
+            "fourier_overlap (init null)",
+            "frac pure",
+            "covered",
+            "non-key pure",
+            "dec in key subspaces",
+            "weight-assigned",
+        ):
             ft.add_column(c)
         for lab, r in res["fourier"].items():
             w = r.get("weight_space") or {}
-            ft.add_row(lab, f"{_fmt(r['fourier_overlap'])} ({_fmt(r['nulls_untrained']['fourier_overlap']['null_mean'])})",
-                       _fmt(r["frac_pure"]), str(r["covered"]), str(sum(r["non_key_pure"].values())),
-                       _fmt(w.get("union_mean_live")), _fmt(w.get("frac_weight_assigned")))
+            ft.add_row(
+                lab,
+                f"{_fmt(r['fourier_overlap'])} ({_fmt(r['nulls_untrained']['fourier_overlap']['null_mean'])})",
+                _fmt(r["frac_pure"]),
+                str(r["covered"]),
+                str(sum(r["non_key_pure"].values())),
+                _fmt(w.get("union_mean_live")),
+                _fmt(w.get("frac_weight_assigned")),
+            )
         console.print(ft)
-        for key, how in (("subspaces", "by activation purity"), ("subspaces_by_weights", "by decoder weights")):
-            console.print(f"frequency subspaces, latents assigned {how} (overlap / atom PW-MCC / null): " + "; ".join(
-                f"k={k}: {_fmt(v['overlap_mean'], 2)}/{_fmt(v['atom_pw_mcc_mean'], 2)}/{_fmt(v['null_overlap_mean'], 2)}"
-                for k, v in res["frequency_level"][key].items()))
+        for key, how in (
+            ("subspaces", "by activation purity"),
+            ("subspaces_by_weights", "by decoder weights"),
+        ):
+            console.print(
+                f"frequency subspaces, latents assigned {how} (overlap / atom PW-MCC / null): "
+                + "; ".join(
+                    f"k={k}: {_fmt(v['overlap_mean'], 2)}/{_fmt(v['atom_pw_mcc_mean'], 2)}/{_fmt(v['null_overlap_mean'], 2)}"
+                    for k, v in res["frequency_level"][key].items()
+                )
+            )
     for w in res["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {w}")

@@ -11,10 +11,18 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("browse")
     def browse_cmd(
-        run_dir: Path = typer.Argument(..., help="A study folder, a `husai train-sae` output, or a folder of SAE cells."),
-        model: Optional[Path] = typer.Option(None, "--model", help="The model run folder (default: the one the SAEs record)."),
-        out: Optional[Path] = typer.Option(None, "--out", help="The page to write (default: RUN_DIR/browser.html)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier page husai browse wrote there."),
+        run_dir: Path = typer.Argument(
+            ..., help="A study folder, a `husai train-sae` output, or a folder of SAE cells."
+        ),
+        model: Optional[Path] = typer.Option(
+            None, "--model", help="The model run folder (default: the one the SAEs record)."
+        ),
+        out: Optional[Path] = typer.Option(
+            None, "--out", help="The page to write (default: RUN_DIR/browser.html)."
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace an earlier page husai browse wrote there."
+        ),
     ):
         """Write browser.html: every latent of every seed (heatmap over (a, b), E[z|c], 2-D Fourier spectrum,
         decoder planes, top inputs, best match in each other seed) and the model's ground truth; offline, one file."""
@@ -31,5 +39,7 @@ def register(app: typer.Typer) -> None:
         # a study's own browser.html is rebuilt like its report; anywhere else an earlier page needs --overwrite
         own = out is None and STUDY.is_folder_of(files_in(run_dir))
         claim_file(page, BROWSER, "--out", overwrite=overwrite or own)
-        with on_interrupt(f"nothing was written to {page} (it is written whole at the end); run the same command again"):
+        with on_interrupt(
+            f"nothing was written to {page} (it is written whole at the end); run the same command again"
+        ):
             typer.echo(f"browser: {write_browser(run_dir, page, model)}")

@@ -17,8 +17,10 @@ def register(app: typer.Typer) -> None:
     @app.command("doctor")
     def doctor_cmd(
         transformer_checkpoint: Optional[Path] = typer.Option(
-            None, "--transformer-checkpoint",
-            help="A train-model run folder (default: train a small model first)."),
+            None,
+            "--transformer-checkpoint",
+            help="A train-model run folder (default: train a small model first).",
+        ),
     ):
         """Five-step pipeline self-test: model, activations, SAE, Fourier overlap, save/load."""
         from husai.study.doctor import environment, run_doctor

@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from husai.model.data import ModularData
-from husai.model.fourier import PURITY_THRESHOLD, embed_spectrum, frequency_fractions, key_frequencies, restricted_excluded_loss
+from husai.model.fourier import (
+    PURITY_THRESHOLD,
+    embed_spectrum,
+    frequency_fractions,
+    key_frequencies,
+    restricted_excluded_loss,
+)
 from husai.model.transformer import Transformer
 
 
@@ -19,7 +25,9 @@ from husai.model.transformer import Transformer
 def loss_acc(model: Transformer, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     """Float64 cross-entropy and accuracy at `=`. tokens [B, 3], labels [B]."""
     logits = model(tokens)
-    return float(F.cross_entropy(logits.to(torch.float64), labels)), float((logits.argmax(-1) == labels).float().mean())
+    return float(F.cross_entropy(logits.to(torch.float64), labels)), float(
+        (logits.argmax(-1) == labels).float().mean()
+    )
 
 
 @torch.no_grad()
@@ -51,22 +59,30 @@ def analyze_model(model: Transformer, data: ModularData) -> dict:
     best, best_k = fr.max(dim=1)
     single = best >= PURITY_THRESHOLD
     keys, shares = key_frequencies(acts, p)
-    restricted, excluded = restricted_excluded_loss(model(tokens), labels, tr, p, keys, data.operation)
+    restricted, excluded = restricted_excluded_loss(
+        model(tokens), labels, tr, p, keys, data.operation
+    )
     counts = {k: int(((best_k + 1 == k) & single).sum()) for k in keys}
     return dict(
-        train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc,
+        train_loss=train_loss,
+        train_acc=train_acc,
+        test_loss=test_loss,
+        test_acc=test_acc,
         key_frequencies=keys,
         frac_neurons_single_freq=float(single.double().mean()),
         neurons_per_key_frequency={str(k): c for k, c in counts.items()},
         frac_neurons_dead=float((acts.abs().amax(dim=0) == 0).double().mean()),
         frequency_variance_share=shares,
         embed_spectrum=embed_spectrum(model.embed.W_E, p),
-        restricted_loss=restricted, excluded_loss=excluded,
+        restricted_loss=restricted,
+        excluded_loss=excluded,
     )
 
 
 @torch.no_grad()
-def progress_measures(snapshots: list, model_config, data: ModularData, keys: list[int], device: str = "cpu") -> list[dict]:
+def progress_measures(
+    snapshots: list, model_config, data: ModularData, keys: list[int], device: str = "cpu"
+) -> list[dict]:
     """Nanda et al.'s progress measures (section 5.1) at each weight snapshot (train-model's
     snapshots/epoch_E.safetensors), all with the FINAL key frequencies `keys`, as they define them:
     restricted loss (only the key frequencies' logit components: low once the Fourier circuit alone
@@ -81,10 +97,17 @@ def progress_measures(snapshots: list, model_config, data: ModularData, keys: li
     rows = []
     for path in snapshots:
         load_weights(model, path, "weight snapshot")
-        restricted, excluded = restricted_excluded_loss(model(tokens), labels, tr, data.p, keys, data.operation)
-        rows.append(dict(epoch=int(path.stem.split("_")[-1]),  # snapshots/epoch_000025.safetensors
-                         restricted_loss=restricted, excluded_loss=excluded,
-                         train_loss=loss_acc(model, tokens[tr], labels[tr])[0],
-                         test_loss=loss_acc(model, tokens[te], labels[te])[0],
-                         frac_neurons_single_freq=single_freq_fraction(model, data)))
+        restricted, excluded = restricted_excluded_loss(
+            model(tokens), labels, tr, data.p, keys, data.operation
+        )
+        rows.append(
+            dict(
+                epoch=int(path.stem.split("_")[-1]),  # snapshots/epoch_000025.safetensors
+                restricted_loss=restricted,
+                excluded_loss=excluded,
+                train_loss=loss_acc(model, tokens[tr], labels[tr])[0],
+                test_loss=loss_acc(model, tokens[te], labels[te])[0],
+                frac_neurons_single_freq=single_freq_fraction(model, data),
+            )
+        )
     return rows

@@ -24,8 +24,21 @@ from husai.io import load_tensors, read_json
 from husai.model.data import OPERATIONS, check_modulus, check_seed
 from husai.model.transformer import ModelConfig, Transformer
 
-TL_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "d_vocab_out", "n_ctx",
-             "act_fn", "normalization_type", "attn_only", "positional_embedding_type", "original_architecture")
+TL_FIELDS = (
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_head",
+    "d_mlp",
+    "d_vocab",
+    "d_vocab_out",
+    "n_ctx",
+    "act_fn",
+    "normalization_type",
+    "attn_only",
+    "positional_embedding_type",
+    "original_architecture",
+)
 REQUIRED_FIELDS = TL_FIELDS + ("p", "operation", "seed", "split_seed", "train_frac")
 OPTIONAL_FIELDS = ("husai_version", "preset", "training", "stopping", "device")
 
@@ -45,35 +58,53 @@ def model_config_from_json(cfg: dict, source: str = "config.json") -> ModelConfi
     if not isinstance(tf, (int, float)) or isinstance(tf, bool) or not 0 < tf < 1:
         raise HusaiError(f"{source}: field 'train_frac' must be a number in (0, 1), got {tf!r}")
     if cfg["operation"] not in OPERATIONS:
-        raise HusaiError(f"{source}: field 'operation' must be one of {', '.join(OPERATIONS)}, got {cfg['operation']!r}")
+        raise HusaiError(
+            f"{source}: field 'operation' must be one of {', '.join(OPERATIONS)}, got {cfg['operation']!r}"
+        )
     for k in ("training", "stopping"):
         if not isinstance(cfg.get(k, {}), dict):
-            raise HusaiError(f"{source}: field {k!r} must be a mapping, got {type(cfg[k]).__name__}")
+            raise HusaiError(
+                f"{source}: field {k!r} must be a mapping, got {type(cfg[k]).__name__}"
+            )
     try:
         check_modulus(cfg["p"])
         check_seed(cfg["seed"], "field 'seed'")
         check_seed(cfg["split_seed"], "field 'split_seed'")
     except HusaiError as e:
         raise HusaiError(f"{source}: {e}") from None
-    mc = ModelConfig(p=cfg["p"], n_layers=cfg["n_layers"], d_model=cfg["d_model"], n_heads=cfg["n_heads"],
-                     d_head=cfg["d_head"], d_mlp=cfg["d_mlp"])
+    mc = ModelConfig(
+        p=cfg["p"],
+        n_layers=cfg["n_layers"],
+        d_model=cfg["d_model"],
+        n_heads=cfg["n_heads"],
+        d_head=cfg["d_head"],
+        d_mlp=cfg["d_mlp"],
+    )
     expected = mc.to_hooked_transformer_config()
     for k in TL_FIELDS:
         if k != "original_architecture" and cfg[k] != expected[k]:
-            raise HusaiError(f"{source}: field {k!r} is {cfg[k]!r}, but husai's model needs {expected[k]!r}")
+            raise HusaiError(
+                f"{source}: field {k!r} is {cfg[k]!r}, but husai's model needs {expected[k]!r}"
+            )
     return mc
 
 
-def load_weights(model: Transformer, path: Path, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+def load_weights(
+    model: Transformer, path: Path, what: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """Load model weights (and return any extra tensors, e.g. optimizer state) from safetensors."""
     tensors, _ = load_tensors(path, what)
     expected = model.state_dict()
     missing = [k for k in expected if k not in tensors]
     if missing:
-        raise HusaiError(f"{what} {path} lacks tensor(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        raise HusaiError(
+            f"{what} {path} lacks tensor(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+        )
     for k, v in expected.items():
         if tensors[k].shape != v.shape:
-            raise HusaiError(f"{what} {path}: {k} has shape {list(tensors[k].shape)} but the config needs {list(v.shape)}")
+            raise HusaiError(
+                f"{what} {path}: {k} has shape {list(tensors[k].shape)} but the config needs {list(v.shape)}"
+            )
     model.load_state_dict({k: tensors[k].to(v.dtype) for k, v in expected.items()})
     return {k: v for k, v in tensors.items() if k not in expected}
 
@@ -81,7 +112,9 @@ def load_weights(model: Transformer, path: Path, what: str = "checkpoint") -> di
 WHICH = ("model", "best", "memorised", "untrained")
 
 
-def load_model(run_dir: str | Path, which: str = "model", device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+def load_model(
+    run_dir: str | Path, which: str = "model", device: str | torch.device = "cpu"
+) -> tuple[Transformer, dict]:
     """Load a trained model from its run folder. which: 'model' (final), 'best' (lowest test loss),
     'memorised' (the first evaluation that fit the training pairs before the model generalised,
     husai.model.train; the model-side control of stability) or 'untrained' (the run's own
@@ -103,7 +136,9 @@ def load_model(run_dir: str | Path, which: str = "model", device: str | torch.de
     if which == "untrained":
         return model.init_weights(int(cfg.get("seed", 0))).to(device).eval(), cfg
     if which == "memorised" and not weights.is_file():
-        raise HusaiError(f"{run_dir} has no memorised checkpoint (runs of husai < 0.3 did not keep one, and a model "
-                         "that generalised before its first evaluation never had one)")
+        raise HusaiError(
+            f"{run_dir} has no memorised checkpoint (runs of husai < 0.3 did not keep one, and a model "
+            "that generalised before its first evaluation never had one)"
+        )
     load_weights(model, weights, "model checkpoint")
     return model.to(device).eval(), cfg

@@ -25,7 +25,9 @@ def is_prime(n: int) -> bool:
 
 def check_modulus(p: int) -> None:
     if not isinstance(p, int) or p < 3 or not is_prime(p):
-        raise HusaiError(f"p must be a prime >= 3 (the Fourier analysis needs a field Z_p), got {p}")
+        raise HusaiError(
+            f"p must be a prime >= 3 (the Fourier analysis needs a field Z_p), got {p}"
+        )
 
 
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
@@ -92,5 +94,9 @@ def make_dataset(p: int, train_frac: float, seed: int, operation: str = "add") -
     perm = torch.randperm(p * p, generator=gen)
     n_train = int(round(train_frac * p * p))
     if n_train < 1 or n_train >= p * p:
-        raise HusaiError(f"train fraction {train_frac} leaves an empty train or test split for p={p}")
-    return ModularData(p, operation, tokens, labels, perm[:n_train].sort().values, perm[n_train:].sort().values)
+        raise HusaiError(
+            f"train fraction {train_frac} leaves an empty train or test split for p={p}"
+        )
+    return ModularData(
+        p, operation, tokens, labels, perm[:n_train].sort().values, perm[n_train:].sort().values
+    )

@@ -68,7 +68,9 @@ def frequency_fractions(acts: torch.Tensor, p: int) -> torch.Tensor:
     return (out / total.clamp_min(1e-30)).T * (total > 1e-20).unsqueeze(1)
 
 
-def key_frequencies(neuron_acts: torch.Tensor, p: int, share: float = KEY_FREQ_SHARE) -> tuple[list[int], list[float]]:
+def key_frequencies(
+    neuron_acts: torch.Tensor, p: int, share: float = KEY_FREQ_SHARE
+) -> tuple[list[int], list[float]]:
     """Key frequencies of a model from its MLP neurons. neuron_acts: [p*p, d_mlp].
 
     Returns (sorted key frequencies, share of total centred MLP variance per frequency 1..(p-1)/2).
@@ -108,8 +110,14 @@ def _sum_dirs(p: int, freqs: list[int], sign: int) -> torch.Tensor:
     return D / D.norm(dim=0, keepdim=True)
 
 
-def restricted_excluded_loss(logits: torch.Tensor, labels: torch.Tensor, train_idx: torch.Tensor,
-                             p: int, freqs: list[int], operation: str = "add") -> tuple[float, float]:
+def restricted_excluded_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: torch.Tensor,
+    p: int,
+    freqs: list[int],
+    operation: str = "add",
+) -> tuple[float, float]:
     """Nanda et al.'s progress measures (section 5.1), computed in logit space.
 
     logits: [p*p, p] over the full grid. For each output c the logits, as a function of (a, b),

@@ -31,7 +31,9 @@ import torch
 from husai.errors import HusaiError
 from husai.model.checkpoint import load_model
 
-INSTALL_HINT = "pip install 'husai[transformer-lens]' (TransformerLens 3 or 4; README, 'The model stage')"
+INSTALL_HINT = (
+    "pip install 'husai[transformer-lens]' (TransformerLens 3 or 4; README, 'The model stage')"
+)
 
 
 def transformer_lens_major() -> int:
@@ -39,7 +41,9 @@ def transformer_lens_major() -> int:
     try:
         import transformer_lens  # noqa: F401
     except ModuleNotFoundError as e:
-        if e.name != "transformer_lens":  # installed but broken: its own traceback says more than we could
+        if (
+            e.name != "transformer_lens"
+        ):  # installed but broken: its own traceback says more than we could
             raise
         raise HusaiError(f"TransformerLens is not installed: {INSTALL_HINT}") from None
     try:
@@ -49,25 +53,35 @@ def transformer_lens_major() -> int:
     return 3
 
 
-def to_transformer_lens(run_dir: str | Path, *, checkpoint: str = "model", device: str | torch.device = "cpu"):
+def to_transformer_lens(
+    run_dir: str | Path, *, checkpoint: str = "model", device: str | torch.device = "cpu"
+):
     """Load a husai model run (`husai train-model --out DIR`) into the installed TransformerLens.
 
     checkpoint: 'model' (final weights), 'best', 'memorised' or 'untrained' (husai.model.checkpoint).
     Returns a TransformerBridge (TransformerLens 4) or a HookedTransformer (3), in eval mode on
     `device`. Raises HusaiError (one line) if TransformerLens is missing or `run_dir` is no run.
     """
-    major = transformer_lens_major()  # before reading the run: a missing extra is the likelier mistake
+    major = (
+        transformer_lens_major()
+    )  # before reading the run: a missing extra is the likelier mistake
     run_dir = Path(run_dir)
     if run_dir.is_dir() and not (run_dir / "config.json").is_file():
-        raise HusaiError(f"{run_dir} is not a husai model run: it has no config.json "
-                         "(a run folder is what `husai train-model --out DIR` writes)")
+        raise HusaiError(
+            f"{run_dir} is not a husai model run: it has no config.json "
+            "(a run folder is what `husai train-model --out DIR` writes)"
+        )
     model, _ = load_model(run_dir, checkpoint)  # validates config.json and every tensor's shape
     fields = model.cfg.to_hooked_transformer_config()
     weights = model.state_dict()
     # TransformerLens initialises its weights from the global RNG before ours replace them; a fork
     # keeps loading a model from changing the caller's random numbers.
     with torch.random.fork_rng(devices=[]):
-        tl_model = _bridge(fields, weights, device) if major == 4 else _hooked_transformer(fields, weights, device)
+        tl_model = (
+            _bridge(fields, weights, device)
+            if major == 4
+            else _hooked_transformer(fields, weights, device)
+        )
     return tl_model.eval()
 
 
@@ -95,5 +109,7 @@ def _hooked_transformer(fields: dict, weights: dict[str, torch.Tensor], device):
     missing, unexpected = model.load_state_dict(weights, strict=False)
     left = [k for k in missing if not k.endswith(("mask", "IGNORE"))]  # its buffers, not weights
     if left or unexpected:
-        raise HusaiError(f"HookedTransformer and husai disagree on weight names: missing {left}, unexpected {unexpected}")
+        raise HusaiError(
+            f"HookedTransformer and husai disagree on weight names: missing {left}, unexpected {unexpected}"
+        )
     return model.to(device)

@@ -98,19 +98,29 @@ class TrainConfig:
     def validate(self) -> None:
         check_modulus(self.p)
         if self.operation not in OPERATIONS:
-            raise HusaiError(f"unknown operation {self.operation!r}; choose one of {', '.join(OPERATIONS)}")
+            raise HusaiError(
+                f"unknown operation {self.operation!r}; choose one of {', '.join(OPERATIONS)}"
+            )
         if not 0.0 < self.train_frac < 1.0:
-            raise HusaiError(f"train fraction must lie strictly between 0 and 1, got {self.train_frac}")
+            raise HusaiError(
+                f"train fraction must lie strictly between 0 and 1, got {self.train_frac}"
+            )
         for name in ("n_layers", "epochs", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise HusaiError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise HusaiError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
+                )
         if self.snapshot_every < 0:
             raise HusaiError(f"--snapshot-every must be >= 0 (0: none), got {self.snapshot_every}")
         check_seed(self.seed, "seed")
         if self.split_seed is not None:
             check_seed(self.split_seed, "split seed")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise HusaiError(f"need lr > 0 and weight decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not (
+            self.weight_decay >= 0 and math.isfinite(self.weight_decay)
+        ):
+            raise HusaiError(
+                f"need lr > 0 and weight decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}"
+            )
         if not (self.cleanup_weight_decay >= 0 and math.isfinite(self.cleanup_weight_decay)):
             raise HusaiError(f"need cleanup weight decay >= 0, got {self.cleanup_weight_decay}")
 
@@ -128,22 +138,45 @@ PRESETS: dict[str, dict] = {
     # to 50, and stop a run at most 25 epochs after it is clean: seed 0 175 epochs (21.3 s) instead of 200
     # (26.4 s), seed 2 225 instead of 250 (23.6 vs 29.4 s, 2 threads, AMD); weight decay 15 instead of 10
     # had not cleaned seed 0 up after 4 minutes.
-    "fast": dict(train_frac=0.5, lr=3e-3, weight_decay=1.0, cleanup_weight_decay=10.0, cleanup_from_train_acc=0.99,
-                 cleanup_from_test_acc=0.0, epochs=10_000, eval_every=25, snapshot_every=25),
+    "fast": dict(
+        train_frac=0.5,
+        lr=3e-3,
+        weight_decay=1.0,
+        cleanup_weight_decay=10.0,
+        cleanup_from_train_acc=0.99,
+        cleanup_from_test_acc=0.0,
+        epochs=10_000,
+        eval_every=25,
+        snapshot_every=25,
+    ),
 }
 
 
 def config_json(cfg: TrainConfig, device: str) -> dict:
     mc = cfg.model_config()
-    training = {k: v for k, v in dataclasses.asdict(cfg).items()
-                if k not in ("p", "operation", "n_layers", "seed", "split_seed", "train_frac", "preset")}
+    training = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("p", "operation", "n_layers", "seed", "split_seed", "train_frac", "preset")
+    }
     return dict(
-        **mc.to_hooked_transformer_config(), p=cfg.p, operation=cfg.operation, seed=cfg.seed,
-        split_seed=cfg.seed if cfg.split_seed is None else cfg.split_seed, train_frac=cfg.train_frac,
-        preset=cfg.preset, husai_version=__version__, device=device, training=training,
-        stopping=dict(rule="test_acc >= stop_test_acc and frac_neurons_single_freq >= stop_frac_single_freq, "
-                           "checked every eval_every epochs", stop_test_acc=cfg.stop_test_acc,
-                      stop_frac_single_freq=cfg.stop_frac_single_freq, run_all_epochs=cfg.run_all_epochs),
+        **mc.to_hooked_transformer_config(),
+        p=cfg.p,
+        operation=cfg.operation,
+        seed=cfg.seed,
+        split_seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
+        train_frac=cfg.train_frac,
+        preset=cfg.preset,
+        husai_version=__version__,
+        device=device,
+        training=training,
+        stopping=dict(
+            rule="test_acc >= stop_test_acc and frac_neurons_single_freq >= stop_frac_single_freq, "
+            "checked every eval_every epochs",
+            stop_test_acc=cfg.stop_test_acc,
+            stop_frac_single_freq=cfg.stop_frac_single_freq,
+            run_all_epochs=cfg.run_all_epochs,
+        ),
     )
 
 
@@ -151,30 +184,54 @@ def config_from_json(d: dict) -> TrainConfig:
     model_config_from_json(d)
     training = d.get("training", {})
     if not isinstance(training, dict):
-        raise HusaiError(f"config.json: field 'training' must be a mapping, got {type(training).__name__}")
+        raise HusaiError(
+            f"config.json: field 'training' must be a mapping, got {type(training).__name__}"
+        )
     defaults = dataclasses.asdict(TrainConfig())
     kw = {}
     for k, v in training.items():
         if k not in defaults:
             continue
         want = type(defaults[k])
-        ok = isinstance(v, bool) if want is bool else (
-            isinstance(v, (int, float)) and not isinstance(v, bool) and (want is float or isinstance(v, int)))
+        ok = (
+            isinstance(v, bool)
+            if want is bool
+            else (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and (want is float or isinstance(v, int))
+            )
+        )
         if not ok:
-            raise HusaiError(f"config.json: field 'training.{k}' must be {want.__name__}, got {v!r}")
+            raise HusaiError(
+                f"config.json: field 'training.{k}' must be {want.__name__}, got {v!r}"
+            )
         kw[k] = v
-    return TrainConfig(p=d["p"], operation=d["operation"], n_layers=d["n_layers"], seed=d["seed"],
-                       split_seed=d["split_seed"], train_frac=d["train_frac"], preset=d.get("preset", "custom"), **kw)
+    return TrainConfig(
+        p=d["p"],
+        operation=d["operation"],
+        n_layers=d["n_layers"],
+        seed=d["seed"],
+        split_seed=d["split_seed"],
+        train_frac=d["train_frac"],
+        preset=d.get("preset", "custom"),
+        **kw,
+    )
 
 
 def _train_bytes(cfg: TrainConfig) -> int:
     """Rough lower bound on the memory full-batch training needs: weights with their gradients and
     AdamW state (4 copies), plus the forward/backward activations and float64 logits of all p^2 inputs."""
     mc = cfg.model_config()
-    n_params = (2 * (cfg.p + 1) * mc.d_model + 3 * mc.d_model
-                + cfg.n_layers * (4 * mc.d_model * mc.n_heads * mc.d_head + 2 * mc.d_model * mc.d_mlp))
+    n_params = (
+        2 * (cfg.p + 1) * mc.d_model
+        + 3 * mc.d_model
+        + cfg.n_layers * (4 * mc.d_model * mc.n_heads * mc.d_head + 2 * mc.d_model * mc.d_mlp)
+    )
     rows = cfg.p * cfg.p * 3
-    return 4 * 4 * n_params + rows * (8 * 3 * (cfg.p + 1) + 4 * 2 * cfg.n_layers * (mc.d_mlp + 4 * mc.d_model))
+    return 4 * 4 * n_params + rows * (
+        8 * 3 * (cfg.p + 1) + 4 * 2 * cfg.n_layers * (mc.d_mlp + 4 * mc.d_model)
+    )
 
 
 MEMORISED_TEST_ACC = 0.9
@@ -199,12 +256,16 @@ def _optimizer_tensors(model: Transformer, opt: torch.optim.Optimizer) -> dict[s
     return out
 
 
-def _load_optimizer(model: Transformer, opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor], path: Path) -> None:
+def _load_optimizer(
+    model: Transformer, opt: torch.optim.Optimizer, extra: dict[str, torch.Tensor], path: Path
+) -> None:
     state = {}
     for i, (name, param) in enumerate(model.named_parameters()):
         keys = [f"optim.{name}.{k}" for k in ("step", "exp_avg", "exp_avg_sq")]
         if not all(k in extra for k in keys):
-            raise HusaiError(f"checkpoint {path} lacks optimizer state for {name}; cannot resume exactly")
+            raise HusaiError(
+                f"checkpoint {path} lacks optimizer state for {name}; cannot resume exactly"
+            )
         state[i] = {k.rsplit(".", 1)[1]: extra[k].to(param.device) for k in keys}
         state[i]["step"] = state[i]["step"].cpu()
     opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
@@ -214,12 +275,27 @@ def _cleanup_epoch(cfg: TrainConfig, history: list[dict]) -> int | None:
     """The evaluation epoch that started the clean-up phase (None: not yet, or no clean-up schedule)."""
     if not cfg.cleanup_weight_decay:
         return None
-    return next((r["epoch"] for r in history
-                 if r["train_acc"] >= cfg.cleanup_from_train_acc and r["test_acc"] >= cfg.cleanup_from_test_acc), None)
+    return next(
+        (
+            r["epoch"]
+            for r in history
+            if r["train_acc"] >= cfg.cleanup_from_train_acc
+            and r["test_acc"] >= cfg.cleanup_from_test_acc
+        ),
+        None,
+    )
 
 
-def train_model(cfg: TrainConfig, out: str | Path, device: str = "cpu", resume: bool = False, overwrite: bool = False,
-          use_wandb: bool = False, threads: int | None = None, progress: bool = True) -> dict:
+def train_model(
+    cfg: TrainConfig,
+    out: str | Path,
+    device: str = "cpu",
+    resume: bool = False,
+    overwrite: bool = False,
+    use_wandb: bool = False,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Train (or resume) a model into run folder `out`; returns the final metrics dict.
 
     `out` is claimed through husai.outputs: a new run goes straight into it (so that a killed run
@@ -242,8 +318,9 @@ def train_model(cfg: TrainConfig, out: str | Path, device: str = "cpu", resume: 
         return _train(cfg, out, device, mode == "resume", use_wandb, threads, progress, t_start)
 
 
-def _claim_and_check(cfg: TrainConfig, out: Path, device: str, threads: int | None, overwrite: bool,
-                     resume: bool) -> tuple[str, TrainConfig]:
+def _claim_and_check(
+    cfg: TrainConfig, out: Path, device: str, threads: int | None, overwrite: bool, resume: bool
+) -> tuple[str, TrainConfig]:
     """Claim `out` (husai.outputs) and refuse what cannot run; returns the claim's mode and the
     config to train with (the recorded one when resuming)."""
     mode = claim_folder(out, MODEL_RUN, "--out", overwrite=overwrite, resume=resume)
@@ -260,8 +337,12 @@ def _claim_and_check(cfg: TrainConfig, out: Path, device: str, threads: int | No
         raise HusaiError(f"device {device!r} requested but CUDA is not available")
     if threads is not None and threads < 0:
         raise HusaiError(f"--threads must be >= 1 (or 0 for torch's choice), got {threads}")
-    check_fits_in_memory(_train_bytes(cfg), f"training a p = {cfg.p}, {cfg.n_layers}-layer model", device,
-                         "out of memory: use a smaller --p or fewer --n-layers (or run on a larger device)")
+    check_fits_in_memory(
+        _train_bytes(cfg),
+        f"training a p = {cfg.p}, {cfg.n_layers}-layer model",
+        device,
+        "out of memory: use a smaller --p or fewer --n-layers (or run on a larger device)",
+    )
     return mode, cfg
 
 
@@ -270,11 +351,21 @@ def _resume_note(out: Path) -> str:
         return f"nothing was written to {out}; run the same command again"
     ckpt = _latest_checkpoint(out)
     kept = f"its checkpoint {ckpt.name}" if ckpt else "its start (no checkpoint yet)"
-    return f"{out} keeps the run up to {kept}; continue it with husai train-model --out {out} --resume"
+    return (
+        f"{out} keeps the run up to {kept}; continue it with husai train-model --out {out} --resume"
+    )
 
 
-def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bool, threads: int | None,
-           progress: bool, t_start: float) -> dict:
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    device: str,
+    resume: bool,
+    use_wandb: bool,
+    threads: int | None,
+    progress: bool,
+    t_start: float,
+) -> dict:
     """The training loop proper, into `out` (which `train` has claimed)."""
     # AdamW with wd 1.0 pushes optimizer state into denormals, which are ~10x slower on CPUs.
     torch.set_flush_denormal(True)
@@ -286,9 +377,13 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
         # on a busy 2-core machine made a p = 47 run 20x slower (measured: 584 s instead of ~25 s).
         torch.set_num_threads(1)
 
-    data = make_dataset(cfg.p, cfg.train_frac, cfg.seed if cfg.split_seed is None else cfg.split_seed, cfg.operation)
+    data = make_dataset(
+        cfg.p, cfg.train_frac, cfg.seed if cfg.split_seed is None else cfg.split_seed, cfg.operation
+    )
     model = Transformer(cfg.model_config()).init_weights(cfg.seed).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
+    )
     x_tr, y_tr = data.tokens[data.train_idx].to(device), data.labels[data.train_idx].to(device)
     x_te, y_te = data.tokens[data.test_idx].to(device), data.labels[data.test_idx].to(device)
 
@@ -299,8 +394,13 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
         _load_optimizer(model, opt, extra, ckpt)
         start = int(extra["epoch"].item())
         rows = read_jsonl(out / "history.jsonl")
-        if not all(isinstance(r.get("epoch"), int) and isinstance(r.get("wall_seconds"), (int, float)) for r in rows):
-            raise HusaiError(f"{out / 'history.jsonl'} has rows without an integer 'epoch' and 'wall_seconds'")
+        if not all(
+            isinstance(r.get("epoch"), int) and isinstance(r.get("wall_seconds"), (int, float))
+            for r in rows
+        ):
+            raise HusaiError(
+                f"{out / 'history.jsonl'} has rows without an integer 'epoch' and 'wall_seconds'"
+            )
         history = [r for r in rows if r["epoch"] <= start]
         best = (float(extra["best_test_loss"].item()), int(extra["best_epoch"].item()))
     cleanup = _cleanup_epoch(cfg, history)  # a function of history, so --resume restores it
@@ -311,12 +411,19 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
     run = None
     if use_wandb:
         from husai.wandb_log import init_run  # lazy: wandb is an optional extra
+
         run = init_run("husai-model", config_json(cfg, device), out)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("train-model"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}"), disable=not progress)
+    bar = Progress(
+        TextColumn("train-model"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not progress,
+    )
     stopped = "max_epochs"
     with bar:
         task = bar.add_task("", total=cfg.epochs, completed=start, info="")
@@ -324,14 +431,20 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
         for epoch in range(start + 1, cfg.epochs + 1):
             for g in opt.param_groups:  # stateless warm-up: resumes exactly
                 g["lr"] = cfg.lr * min(1.0, epoch / cfg.warmup_epochs)
-                g["weight_decay"] = cfg.weight_decay if cleanup is None else cfg.cleanup_weight_decay
+                g["weight_decay"] = (
+                    cfg.weight_decay if cleanup is None else cfg.cleanup_weight_decay
+                )
             logits = model(x_tr)
-            loss = F.cross_entropy(logits.to(torch.float64), y_tr)  # float64: train loss reaches ~1e-7
+            loss = F.cross_entropy(
+                logits.to(torch.float64), y_tr
+            )  # float64: train loss reaches ~1e-7
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if not torch.isfinite(loss):
-                raise HusaiError(f"training diverged: loss is {loss.item()} at epoch {epoch}; last good checkpoint kept")
+                raise HusaiError(
+                    f"training diverged: loss is {loss.item()} at epoch {epoch}; last good checkpoint kept"
+                )
 
             done = epoch == cfg.epochs
             if epoch % cfg.eval_every == 0 or done:
@@ -340,8 +453,15 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
                 test_loss, test_acc = loss_acc(model, x_te, y_te)
                 single = single_freq_fraction(model, data)
                 model.train()
-                row = dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
-                           test_acc=test_acc, frac_neurons_single_freq=single, wall_seconds=offset + time.time() - t_start)
+                row = dict(
+                    epoch=epoch,
+                    train_loss=train_loss,
+                    train_acc=train_acc,
+                    test_loss=test_loss,
+                    test_acc=test_acc,
+                    frac_neurons_single_freq=single,
+                    wall_seconds=offset + time.time() - t_start,
+                )
                 history.append(row)
                 if cleanup is None:
                     cleanup = _cleanup_epoch(cfg, history)
@@ -352,35 +472,72 @@ def _train(cfg: TrainConfig, out: Path, device: str, resume: bool, use_wandb: bo
                     save_tensors(out / "best.safetensors", model.state_dict(), {"epoch": epoch})
                 if memorised(row) and not any(memorised(r) for r in history[:-1]):
                     # the stability controls train SAEs on the model before it generalised (husai study)
-                    save_tensors(out / "memorised.safetensors", model.state_dict(), {"epoch": epoch})
-                bar.update(task, completed=epoch, info=f"train {train_loss:.1e} test {test_loss:.1e} "
-                           f"acc {test_acc:.3f} single-freq {single:.2f}")
-                if test_acc >= cfg.stop_test_acc and single >= cfg.stop_frac_single_freq and not cfg.run_all_epochs:
+                    save_tensors(
+                        out / "memorised.safetensors", model.state_dict(), {"epoch": epoch}
+                    )
+                bar.update(
+                    task,
+                    completed=epoch,
+                    info=f"train {train_loss:.1e} test {test_loss:.1e} "
+                    f"acc {test_acc:.3f} single-freq {single:.2f}",
+                )
+                if (
+                    test_acc >= cfg.stop_test_acc
+                    and single >= cfg.stop_frac_single_freq
+                    and not cfg.run_all_epochs
+                ):
                     stopped = "grokked_and_clean"
                     done = True
             if cfg.snapshot_every and epoch % cfg.snapshot_every == 0:
-                save_tensors(out / "snapshots" / f"epoch_{epoch:06d}.safetensors", model.state_dict(), {"epoch": epoch})
+                save_tensors(
+                    out / "snapshots" / f"epoch_{epoch:06d}.safetensors",
+                    model.state_dict(),
+                    {"epoch": epoch},
+                )
             if epoch % cfg.checkpoint_every == 0 or done:
-                write_jsonl(out / "history.jsonl", history)  # before the checkpoint that refers to it
-                state = {**model.state_dict(), **_optimizer_tensors(model, opt),
-                         "epoch": torch.tensor(epoch), "best_test_loss": torch.tensor(best[0], dtype=torch.float64),
-                         "best_epoch": torch.tensor(best[1])}
-                save_tensors(out / "checkpoints" / f"epoch_{epoch:06d}.safetensors", state, {"epoch": epoch})
+                write_jsonl(
+                    out / "history.jsonl", history
+                )  # before the checkpoint that refers to it
+                state = {
+                    **model.state_dict(),
+                    **_optimizer_tensors(model, opt),
+                    "epoch": torch.tensor(epoch),
+                    "best_test_loss": torch.tensor(best[0], dtype=torch.float64),
+                    "best_epoch": torch.tensor(best[1]),
+                }
+                save_tensors(
+                    out / "checkpoints" / f"epoch_{epoch:06d}.safetensors", state, {"epoch": epoch}
+                )
             if done:
                 break
 
     save_tensors(out / "model.safetensors", model.state_dict(), {"epoch": epoch, "seed": cfg.seed})
     metrics = analyze_model(model.eval(), data)
     grok = next((r["epoch"] for r in history if r["test_acc"] >= 0.99), None)
-    clean = next((r["epoch"] for r in history if r["test_acc"] >= cfg.stop_test_acc
-                  and r["frac_neurons_single_freq"] >= cfg.stop_frac_single_freq), None)
+    clean = next(
+        (
+            r["epoch"]
+            for r in history
+            if r["test_acc"] >= cfg.stop_test_acc
+            and r["frac_neurons_single_freq"] >= cfg.stop_frac_single_freq
+        ),
+        None,
+    )
     mem = next((r for r in history if memorised(r)), None)
     metrics.update(memorised_epoch=mem and mem["epoch"], memorised_test_acc=mem and mem["test_acc"])
     snaps = sorted((out / "snapshots").glob("epoch_*.safetensors"))
     if snaps:  # Nanda et al.'s progress measures over training, with the final key frequencies
-        metrics["progress"] = progress_measures(snaps, cfg.model_config(), data, metrics["key_frequencies"], device)
-    metrics.update(epochs_trained=epoch, grokked_epoch=grok, clean_epoch=clean, stopped_because=stopped,
-                   best_epoch=best[1], wall_seconds=offset + time.time() - t_start)
+        metrics["progress"] = progress_measures(
+            snaps, cfg.model_config(), data, metrics["key_frequencies"], device
+        )
+    metrics.update(
+        epochs_trained=epoch,
+        grokked_epoch=grok,
+        clean_epoch=clean,
+        stopped_because=stopped,
+        best_epoch=best[1],
+        wall_seconds=offset + time.time() - t_start,
+    )
     write_json(out / "metrics.json", metrics)
     if run is not None:
         run.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -64,10 +64,19 @@ class ModelConfig:
         """The config fields that reproduce this model in TransformerLens: HookedTransformerConfig's
         (3.x) and TransformerBridgeConfig's (4.x) take the same names."""
         return dict(
-            n_layers=self.n_layers, d_model=self.d_model, n_heads=self.n_heads, d_head=self.d_head,
-            d_mlp=self.d_mlp, d_vocab=self.d_vocab, d_vocab_out=self.d_vocab_out, n_ctx=self.n_ctx,
-            act_fn="relu", normalization_type=None, attn_only=False,
-            positional_embedding_type="standard", original_architecture="husai-modular",
+            n_layers=self.n_layers,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            d_head=self.d_head,
+            d_mlp=self.d_mlp,
+            d_vocab=self.d_vocab,
+            d_vocab_out=self.d_vocab_out,
+            n_ctx=self.n_ctx,
+            act_fn="relu",
+            normalization_type=None,
+            attn_only=False,
+            positional_embedding_type="standard",
+            original_architecture="husai-modular",
         )
 
     def to_dict(self) -> dict:
@@ -139,13 +148,17 @@ class Block(nn.Module):
         vt = qkv[:, :, :, 2] + a.b_V
         # All gathers go through F.embedding: its backward is a dense index_add that stays fast
         # with 2 threads, where advanced-indexing's index_put(accumulate) was ~10x slower.
-        S = torch.einsum("uhe,pvhe->puvh", qt, kt).reshape(P * V * V, H) / math.sqrt(e)  # [(P, q tok, k tok), H]
+        S = torch.einsum("uhe,pvhe->puvh", qt, kt).reshape(P * V * V, H) / math.sqrt(
+            e
+        )  # [(P, q tok, k tok), H]
         pos = torch.arange(P, device=tokens.device)
         scores = F.embedding(pos * V * V + tokens[:, -1:] * V + tokens, S)  # [B, P, H]
         pattern = scores.softmax(dim=1)  # [B, P, H]
         v = F.embedding(pos * V + tokens, vt.reshape(P * V, H * e)).view(B, P, H, e)
         z = (pattern.unsqueeze(-1) * v).sum(1)  # [B, H, e]
-        resid_mid = torch.addmm(a.b_O, z.reshape(B, H * e), a.W_O.reshape(H * e, d)) + F.embedding(tokens[:, -1], table[-1])
+        resid_mid = torch.addmm(a.b_O, z.reshape(B, H * e), a.W_O.reshape(H * e, d)) + F.embedding(
+            tokens[:, -1], table[-1]
+        )
         post = F.relu(torch.addmm(mlp.b_in, resid_mid, mlp.W_in), inplace=True)
         return torch.addmm(mlp.b_out, post, mlp.W_out).add_(resid_mid)
 
@@ -161,7 +174,11 @@ class Block(nn.Module):
         q = (xq @ a.W_Q.permute(1, 0, 2).reshape(d, H * e)).view(B, Q, H, e) + a.b_Q
         k = (x @ a.W_K.permute(1, 0, 2).reshape(d, H * e)).view(B, P, H, e) + a.b_K
         v = (x @ a.W_V.permute(1, 0, 2).reshape(d, H * e)).view(B, P, H, e) + a.b_V
-        q, k, v = hook(prefix + "attn.hook_q", q), hook(prefix + "attn.hook_k", k), hook(prefix + "attn.hook_v", v)
+        q, k, v = (
+            hook(prefix + "attn.hook_q", q),
+            hook(prefix + "attn.hook_k", k),
+            hook(prefix + "attn.hook_v", v),
+        )
         if Q == 1:
             # One query (at `=`) sees every position, so no mask. With 3 keys, batched 1x32 @ 32x3
             # matmuls cost more in dispatch than the arithmetic; a broadcast multiply-sum is ~10x faster.
@@ -173,11 +190,15 @@ class Block(nn.Module):
         scores = hook(prefix + "attn.hook_attn_scores", scores)
         pattern = hook(prefix + "attn.hook_pattern", scores.softmax(dim=-1))
         if Q == 1:
-            z = (pattern[:, :, 0].transpose(1, 2).unsqueeze(-1) * v).sum(1, keepdim=True)  # [B, 1, H, e]
+            z = (pattern[:, :, 0].transpose(1, 2).unsqueeze(-1) * v).sum(
+                1, keepdim=True
+            )  # [B, 1, H, e]
         else:
             z = (pattern @ v.transpose(1, 2)).transpose(1, 2)  # [B, Q, H, e]
         z = hook(prefix + "attn.hook_z", z)
-        attn_out = hook(prefix + "hook_attn_out", z.reshape(B, Q, H * e) @ a.W_O.reshape(H * e, d) + a.b_O)
+        attn_out = hook(
+            prefix + "hook_attn_out", z.reshape(B, Q, H * e) @ a.W_O.reshape(H * e, d) + a.b_O
+        )
         resid_mid = hook(prefix + "hook_resid_mid", xq + attn_out)
         pre = hook(prefix + "mlp.hook_pre", resid_mid @ self.mlp.W_in + self.mlp.b_in)
         post = hook(prefix + "mlp.hook_post", F.relu(pre))
@@ -207,7 +228,11 @@ class Transformer(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, param in self.named_parameters():
-                std = 1 / math.sqrt(self.cfg.d_vocab) if name == "unembed.W_U" else 1 / math.sqrt(self.cfg.d_model)
+                std = (
+                    1 / math.sqrt(self.cfg.d_vocab)
+                    if name == "unembed.W_U"
+                    else 1 / math.sqrt(self.cfg.d_model)
+                )
                 param.copy_(torch.randn(param.shape, generator=gen) * std)
         return self
 
@@ -215,10 +240,24 @@ class Transformer(nn.Module):
         """Every hook point, in forward order (TransformerLens names)."""
         names = ["hook_embed", "hook_pos_embed"]
         for l in range(self.cfg.n_layers):
-            names += [f"blocks.{l}.{n}" for n in (
-                "hook_resid_pre", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_attn_scores",
-                "attn.hook_pattern", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_pre",
-                "mlp.hook_post", "hook_mlp_out", "hook_resid_post")]
+            names += [
+                f"blocks.{l}.{n}"
+                for n in (
+                    "hook_resid_pre",
+                    "attn.hook_q",
+                    "attn.hook_k",
+                    "attn.hook_v",
+                    "attn.hook_attn_scores",
+                    "attn.hook_pattern",
+                    "attn.hook_z",
+                    "hook_attn_out",
+                    "hook_resid_mid",
+                    "mlp.hook_pre",
+                    "mlp.hook_post",
+                    "hook_mlp_out",
+                    "hook_resid_post",
+                )
+            ]
         return names
 
     def forward(self, tokens: torch.Tensor, last_only: bool = True, hook=_noop) -> torch.Tensor:
@@ -230,7 +269,9 @@ class Transformer(nn.Module):
         n = len(self.blocks)
         if hook is _noop and last_only and n == 1:
             table = self.embed.W_E[None] + W_pos[:, None]  # [P, d_vocab, d_model]
-            return torch.addmm(self.unembed.b_U, self.blocks[0].forward_fast(tokens, table), self.unembed.W_U)
+            return torch.addmm(
+                self.unembed.b_U, self.blocks[0].forward_fast(tokens, table), self.unembed.W_U
+            )
         embed = hook("hook_embed", self.embed.W_E[tokens])
         pos = hook("hook_pos_embed", W_pos.expand_as(embed))
         x = embed + pos
@@ -239,7 +280,9 @@ class Transformer(nn.Module):
         logits = x @ self.unembed.W_U + self.unembed.b_U
         return logits[:, -1] if last_only else logits
 
-    def run_with_cache(self, tokens: torch.Tensor, names: list[str] | None = None, last_only: bool = False):
+    def run_with_cache(
+        self, tokens: torch.Tensor, names: list[str] | None = None, last_only: bool = False
+    ):
         """Forward pass recording activations. Returns (logits [B, 3, vocab_out], {name: tensor}).
 
         Mirrors HookedTransformer.run_with_cache: cache[name] has shape [B, pos, ...]; with
@@ -249,6 +292,8 @@ class Transformer(nn.Module):
         logits = self.forward(tokens, last_only, _Ctx(None, cache, set(names) if names else None))
         return logits, cache
 
-    def run_with_hooks(self, tokens: torch.Tensor, fwd_hooks: list[tuple[str, HookFn]], last_only: bool = True):
+    def run_with_hooks(
+        self, tokens: torch.Tensor, fwd_hooks: list[tuple[str, HookFn]], last_only: bool = True
+    ):
         """Forward pass where each (name, fn) replaces the activation at `name` by fn(activation)."""
         return self.forward(tokens, last_only, _Ctx(dict(fwd_hooks), None, None))

@@ -31,7 +31,9 @@ def resolve_hook(model, layer: int | None = None, hook: str | None = None) -> st
     if hook is None:
         layer = 0 if layer is None else layer
         if not 0 <= layer < model.cfg.n_layers:
-            raise HusaiError(f"--layer {layer} is out of range: the model has {model.cfg.n_layers} layer(s)")
+            raise HusaiError(
+                f"--layer {layer} is out of range: the model has {model.cfg.n_layers} layer(s)"
+            )
         hook = f"blocks.{layer}.hook_resid_post"
     if hook not in names:
         raise HusaiError(f"the model has no hook {hook!r}; valid hooks: {', '.join(names)}")
@@ -65,13 +67,19 @@ def extract(model, hook_name: str, tokens: torch.Tensor, batch_size: int = 4096)
     """Activations at `=` for tokens [N, 3] -> [N, d] float32."""
     out = []
     for i in range(0, tokens.shape[0], batch_size):
-        _, cache = model.run_with_cache(tokens[i:i + batch_size], [hook_name], last_only=True)
+        _, cache = model.run_with_cache(tokens[i : i + batch_size], [hook_name], last_only=True)
         out.append(at_eq(hook_name, cache[hook_name]).float())
     return torch.cat(out)
 
 
-def model_activations(run_dir: str | Path, layer: int | None = None, hook: str | None = None,
-                      split: str = "all", device: str = "cpu", which: str = "model") -> tuple[torch.Tensor, dict]:
+def model_activations(
+    run_dir: str | Path,
+    layer: int | None = None,
+    hook: str | None = None,
+    split: str = "all",
+    device: str = "cpu",
+    which: str = "model",
+) -> tuple[torch.Tensor, dict]:
     """Load a model run and extract activations. Returns (acts [N, d], info) where info holds
     hook_name, model_path, split, p, operation (what metrics and cfg.json need).
     which: the model's final weights, or another checkpoint (husai.model.checkpoint.load_model)."""
@@ -80,25 +88,38 @@ def model_activations(run_dir: str | Path, layer: int | None = None, hook: str |
     model, cfg = load_model(run_dir, which=which, device=device)
     hook_name = resolve_hook(model, layer, hook)
     data = make_dataset(cfg["p"], cfg["train_frac"], cfg["split_seed"], cfg["operation"])
-    idx = {"all": torch.arange(data.tokens.shape[0]), "train": data.train_idx, "test": data.test_idx}[split]
+    idx = {
+        "all": torch.arange(data.tokens.shape[0]),
+        "train": data.train_idx,
+        "test": data.test_idx,
+    }[split]
     acts = extract(model, hook_name, data.tokens[idx].to(device)).cpu()
-    info = dict(hook_name=hook_name, model_path=str(Path(run_dir)), split=split, p=cfg["p"],
-                operation=cfg["operation"])
+    info = dict(
+        hook_name=hook_name,
+        model_path=str(Path(run_dir)),
+        split=split,
+        p=cfg["p"],
+        operation=cfg["operation"],
+    )
     return acts, info
 
 
 def save_activations(path: str | Path, acts: torch.Tensor, info: dict | None = None) -> None:
     """Write acts [N, d] as a one-tensor safetensors file (atomically)."""
     check_activations(acts, str(path))
-    save_tensors(path, {"activations": acts.float()}, metadata={k: str(v) for k, v in (info or {}).items()})
+    save_tensors(
+        path, {"activations": acts.float()}, metadata={k: str(v) for k, v in (info or {}).items()}
+    )
 
 
 def load_activations(path: str | Path) -> tuple[torch.Tensor, dict]:
     """Read a one-tensor safetensors file -> (acts [N, d] float32, metadata)."""
     tensors, meta = load_tensors(path, "activation file")
     if len(tensors) != 1:
-        raise HusaiError(f"activation file {path} must hold exactly one tensor, found {len(tensors)}: "
-                         f"{', '.join(sorted(tensors)) or 'none'}")
+        raise HusaiError(
+            f"activation file {path} must hold exactly one tensor, found {len(tensors)}: "
+            f"{', '.join(sorted(tensors)) or 'none'}"
+        )
     acts = next(iter(tensors.values()))
     check_activations(acts, str(path))
     return acts.float(), dict(meta)
@@ -106,11 +127,15 @@ def load_activations(path: str | Path) -> tuple[torch.Tensor, dict]:
 
 def check_activations(acts: torch.Tensor, source: str = "activations") -> None:
     if acts.ndim != 2:
-        raise HusaiError(f"{source}: activations must be a 2-D tensor [n, d], got shape {list(acts.shape)}")
+        raise HusaiError(
+            f"{source}: activations must be a 2-D tensor [n, d], got shape {list(acts.shape)}"
+        )
     if not acts.is_floating_point():
         raise HusaiError(f"{source}: activations must be floating point, got {acts.dtype}")
     if acts.shape[0] < 2 or acts.shape[1] < 1:
-        raise HusaiError(f"{source}: need at least 2 rows and 1 column, got shape {list(acts.shape)}")
+        raise HusaiError(
+            f"{source}: need at least 2 rows and 1 column, got shape {list(acts.shape)}"
+        )
     if not torch.isfinite(acts).all():
         raise HusaiError(f"{source}: activations hold NaN or Inf")
 
@@ -122,5 +147,7 @@ def check_informative(acts: torch.Tensor) -> None:
     x = acts.double()
     total = (x - x.mean(0)).pow(2).sum()
     if total <= 1e-12 * x.pow(2).sum() or total == 0:
-        raise HusaiError(f"the activations have zero variance (all {x.shape[0]} rows are the same vector): there "
-                         "is nothing for an SAE to learn, and explained variance would be 0/0; pick another hook or file")
+        raise HusaiError(
+            f"the activations have zero variance (all {x.shape[0]} rows are the same vector): there "
+            "is nothing for an SAE to learn, and explained variance would be 0/0; pick another hook or file"
+        )

@@ -36,8 +36,17 @@ class BatchTopKSAE(TopKSAE):
     one_call_step = False
     tracks_min_active = True
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
-                 aux_coeff: float = 1 / 32, threshold_lr: float = 0.01, rescale: bool = False):
+    def __init__(
+        self,
+        n_seeds: int,
+        d_in: int,
+        d_sae: int,
+        k: int | list[int],
+        k_aux: int | None = None,
+        aux_coeff: float = 1 / 32,
+        threshold_lr: float = 0.01,
+        rescale: bool = False,
+    ):
         super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff, rescale)
         self.threshold_lr = threshold_lr
         self.hparams["threshold_lr"] = threshold_lr
@@ -57,7 +66,9 @@ class BatchTopKSAE(TopKSAE):
         if bias is not None:
             pre = pre + bias.unsqueeze(1)
         S, B, d_sae = pre.shape
-        vals, flat = self._per_slot(*topk_rows(pre.reshape(S, B * d_sae), min(self.k * B, B * d_sae)), per_k=B)
+        vals, flat = self._per_slot(
+            *topk_rows(pre.reshape(S, B * d_sae), min(self.k * B, B * d_sae)), per_k=B
+        )
         flat, order = flat.sort(dim=1)  # group by input row for embedding_bag
         return vals.gather(1, order), flat // d_sae, flat % d_sae
 
@@ -91,13 +102,29 @@ class MatryoshkaSAE(BatchTopKSAE):
 
     architecture = "matryoshka"
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], widths: list[int],
-                 k_aux: int | None = None, aux_coeff: float = 1 / 32, threshold_lr: float = 0.01,
-                 rescale: bool = False):
+    def __init__(
+        self,
+        n_seeds: int,
+        d_in: int,
+        d_sae: int,
+        k: int | list[int],
+        widths: list[int],
+        k_aux: int | None = None,
+        aux_coeff: float = 1 / 32,
+        threshold_lr: float = 0.01,
+        rescale: bool = False,
+    ):
         super().__init__(n_seeds, d_in, d_sae, k, k_aux, aux_coeff, threshold_lr, rescale)
         widths = [int(w) for w in widths]
-        if not widths or widths[-1] != d_sae or any(a >= b for a, b in zip(widths, widths[1:])) or widths[0] < 1:
-            raise ValueError(f"matryoshka widths must increase strictly from >= 1 to d_sae = {d_sae}, got {widths}")
+        if (
+            not widths
+            or widths[-1] != d_sae
+            or any(a >= b for a, b in zip(widths, widths[1:]))
+            or widths[0] < 1
+        ):
+            raise ValueError(
+                f"matryoshka widths must increase strictly from >= 1 to d_sae = {d_sae}, got {widths}"
+            )
         self.widths, self.n_levels = widths, len(widths)
         self.hparams["widths"] = widths
         self.register_buffer("_inner", torch.tensor(widths[:-1]), persistent=False)
@@ -109,8 +136,16 @@ class MatryoshkaSAE(BatchTopKSAE):
         """Dense reference: AuxK plus the inner levels' FVUs (the outer level is the main term)."""
         var = batch_variance(x)
         W = self.unit_decoder()
-        inner = sum(((torch.bmm(z[..., :w], W[:, :w]) + self.b_dec.unsqueeze(1) - x).pow(2).sum(-1).mean(1)
-                     for w in self.widths[:-1]), x_hat.new_zeros(self.n_seeds))
+        inner = sum(
+            (
+                (torch.bmm(z[..., :w], W[:, :w]) + self.b_dec.unsqueeze(1) - x)
+                .pow(2)
+                .sum(-1)
+                .mean(1)
+                for w in self.widths[:-1]
+            ),
+            x_hat.new_zeros(self.n_seeds),
+        )
         return inner / var + super().sparsity_loss(x, pre, z, x_hat, dead)
 
 
@@ -131,8 +166,16 @@ class BatchTopKConfig(TopKConfig):
 
     def build(self, n_seeds, d_in, d_sae, rescale, sparsity=None):
         k = self.k if sparsity is None else sparsity
-        return BatchTopKSAE(n_seeds, d_in, d_sae, k, self.k_aux, self.aux_coeff,
-                            self.batchtopk_threshold_lr, rescale)
+        return BatchTopKSAE(
+            n_seeds,
+            d_in,
+            d_sae,
+            k,
+            self.k_aux,
+            self.aux_coeff,
+            self.batchtopk_threshold_lr,
+            rescale,
+        )
 
 
 @dataclass
@@ -147,22 +190,51 @@ class MatryoshkaConfig(BatchTopKConfig):
     def validate(self, d_sae: int | None, width: str) -> None:
         super().validate(d_sae, width)
         if self.matryoshka_levels < 1:
-            raise HusaiError(f"config key 'matryoshka_levels' must be >= 1, got {self.matryoshka_levels}")
+            raise HusaiError(
+                f"config key 'matryoshka_levels' must be >= 1, got {self.matryoshka_levels}"
+            )
         need = MATRYOSHKA_GROWTH ** (self.matryoshka_levels - 1)
         if d_sae is not None and d_sae < need:
-            raise HusaiError(f"config key 'matryoshka_levels': {self.matryoshka_levels} levels growing "
-                             f"{MATRYOSHKA_GROWTH}x need d_sae >= {need}, got d_sae = {d_sae}")
+            raise HusaiError(
+                f"config key 'matryoshka_levels': {self.matryoshka_levels} levels growing "
+                f"{MATRYOSHKA_GROWTH}x need d_sae >= {need}, got d_sae = {d_sae}"
+            )
 
     def build(self, n_seeds, d_in, d_sae, rescale, sparsity=None):
         k = self.k if sparsity is None else sparsity
-        return MatryoshkaSAE(n_seeds, d_in, d_sae, k, matryoshka_widths(d_sae, self.matryoshka_levels),
-                             self.k_aux, self.aux_coeff, self.batchtopk_threshold_lr, rescale)
+        return MatryoshkaSAE(
+            n_seeds,
+            d_in,
+            d_sae,
+            k,
+            matryoshka_widths(d_sae, self.matryoshka_levels),
+            self.k_aux,
+            self.aux_coeff,
+            self.batchtopk_threshold_lr,
+            rescale,
+        )
 
     def cell_knob(self) -> str:
         return f"k{self.k}_levels{self.matryoshka_levels}"
 
 
-register(Family("batchtopk", BatchTopKConfig, BatchTopKSAE, label="BatchTopK", color="tab:cyan",
-                rescalable=True))
-register(Family("matryoshka", MatryoshkaConfig, MatryoshkaSAE, label="Matryoshka", color="tab:green",
-                rescalable=True))
+register(
+    Family(
+        "batchtopk",
+        BatchTopKConfig,
+        BatchTopKSAE,
+        label="BatchTopK",
+        color="tab:cyan",
+        rescalable=True,
+    )
+)
+register(
+    Family(
+        "matryoshka",
+        MatryoshkaConfig,
+        MatryoshkaSAE,
+        label="Matryoshka",
+        color="tab:green",
+        rescalable=True,
+    )
+)

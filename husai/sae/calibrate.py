@@ -46,7 +46,9 @@ def penalty_key(architecture: str) -> str:
     return family(architecture).config.sparsity_key
 
 
-def calibrate_weight(acts: torch.Tensor, cfg, seed: int, device: str = "cpu") -> tuple[float, list[dict], bool]:
+def calibrate_weight(
+    acts: torch.Tensor, cfg, seed: int, device: str = "cpu"
+) -> tuple[float, list[dict], bool]:
     """-> (the weight for cfg.target_l0, the table of every weight tried {weight, l0, ev}, whether
     the target was bracketed by two weights that did not collapse; if not, the healthy weight with
     the nearest L0 is returned: e.g. when every weight large enough for the target collapses)."""
@@ -60,7 +62,10 @@ def calibrate_weight(acts: torch.Tensor, cfg, seed: int, device: str = "cpu") ->
         weights = [start * f for f in FACTORS]
         res = train_saes(acts, plain, [seed] * len(weights), device, knobs=weights)
         m = reconstruction_metrics(res.sae, acts.to(device))
-        table += [dict(weight=w, l0=l0, ev=ev) for w, l0, ev in zip(weights, m["l0"], m["explained_variance"])]
+        table += [
+            dict(weight=w, l0=l0, ev=ev)
+            for w, l0, ev in zip(weights, m["l0"], m["explained_variance"])
+        ]
         weight, start = next_step(table, target)
         if weight is not None:
             return weight, sorted(table, key=lambda r: r["weight"]), True
@@ -88,7 +93,9 @@ def next_step(table: list[dict], target: float) -> tuple[float | None, float | N
         if healthy[-1] is not rows[-1]:
             return None, None  # the larger weights collapsed before L0 came down to the target
         return None, rows[-1]["weight"] / min(FACTORS)  # the next grid starts at the largest weight
-    return None, rows[0]["weight"] / max(FACTORS)  # L0 already below the target (or all collapsed): smaller
+    return None, rows[0]["weight"] / max(
+        FACTORS
+    )  # L0 already below the target (or all collapsed): smaller
 
 
 def _log(l0: float) -> float:

@@ -38,8 +38,12 @@ def group(cells: list[tuple[SAETrainConfig, list[int]]]) -> list[list[int]]:
     return list(passes.values())
 
 
-def train_cells(acts: torch.Tensor, cells: list[tuple[SAETrainConfig, list[int]]], device: str = "cpu",
-                passes: list[list[int]] | None = None) -> list[TrainResult]:
+def train_cells(
+    acts: torch.Tensor,
+    cells: list[tuple[SAETrainConfig, list[int]]],
+    device: str = "cpu",
+    passes: list[list[int]] | None = None,
+) -> list[TrainResult]:
     """Train every (config, seeds) cell on acts [N, d_in] -> one TrainResult per cell, in order.
     passes: which cells share a pass (default: group(cells), every compatible cell together)."""
     d_in = acts.shape[1]
@@ -64,10 +68,18 @@ def train_cells(acts: torch.Tensor, cells: list[tuple[SAETrainConfig, list[int]]
 
 def _slots(res: TrainResult, slots: list[int]) -> TrainResult:
     """The part of a pass's result that belongs to these slots (wall_seconds: the whole pass's)."""
+
     def cut(row: dict) -> dict:
         return {k: [v[s] for s in slots] if isinstance(v, list) else v for k, v in row.items()}
 
     idx = torch.tensor(slots)
-    return TrainResult(res.sae.subset(slots), [res.seeds[s] for s in slots], res.W_dec_init[idx], res.steps,
-                       res.wall_seconds, res.diverged_at_step, [cut(r) for r in res.history],
-                       {e: {k: v[idx] for k, v in snap.items()} for e, snap in res.trajectory.items()})
+    return TrainResult(
+        res.sae.subset(slots),
+        [res.seeds[s] for s in slots],
+        res.W_dec_init[idx],
+        res.steps,
+        res.wall_seconds,
+        res.diverged_at_step,
+        [cut(r) for r in res.history],
+        {e: {k: v[idx] for k, v in snap.items()} for e, snap in res.trajectory.items()},
+    )

@@ -33,13 +33,33 @@ def save_sae(folder: str | Path, sae, slot: int = 0, metadata: dict | None = Non
     folder = Path(folder)
     arch = sae.architecture
     saelens_arch, extra, extra_cfg = sae.saelens_form(slot)
-    tensors = {"W_enc": sae.W_enc[slot], "W_dec": sae.W_dec[slot], "b_enc": sae.b_enc[slot],
-               "b_dec": sae.b_dec[slot], **extra}
-    cfg = dict(architecture=saelens_arch, d_in=sae.d_in, d_sae=sae.d_sae, dtype="float32", device="cpu",
-               apply_b_dec_to_input=True, normalize_activations="none", reshape_activations="none")
+    tensors = {
+        "W_enc": sae.W_enc[slot],
+        "W_dec": sae.W_dec[slot],
+        "b_enc": sae.b_enc[slot],
+        "b_dec": sae.b_dec[slot],
+        **extra,
+    }
+    cfg = dict(
+        architecture=saelens_arch,
+        d_in=sae.d_in,
+        d_sae=sae.d_sae,
+        dtype="float32",
+        device="cpu",
+        apply_b_dec_to_input=True,
+        normalize_activations="none",
+        reshape_activations="none",
+    )
     cfg.update(extra_cfg)
-    meta = dict(sae_lens_version=SAELENS_VERSION, sae_lens_training_version=None, model_name="husai-modular",
-                hook_name=None, hook_head_index=None, prepend_bos=False, context_size=3)
+    meta = dict(
+        sae_lens_version=SAELENS_VERSION,
+        sae_lens_training_version=None,
+        model_name="husai-modular",
+        hook_name=None,
+        hook_head_index=None,
+        prepend_bos=False,
+        context_size=3,
+    )
     meta.update(husai_architecture=arch, husai_hparams=sae.slot_hparams([slot]))
     meta.update(metadata or {})
     cfg["metadata"] = meta
@@ -99,28 +119,42 @@ def load_sae(folder: str | Path) -> LoadedSAE:
     cfg = read_json(folder / CFG_FILE, "SAE config")
     meta = cfg.get("metadata")
     if meta is not None and not isinstance(meta, dict):
-        raise HusaiError(f"{folder / CFG_FILE}: 'metadata' must be a mapping, got {type(meta).__name__}")
+        raise HusaiError(
+            f"{folder / CFG_FILE}: 'metadata' must be a mapping, got {type(meta).__name__}"
+        )
     for key, typ in (("seed", int), ("hook_name", str), ("model_path", str)):
         v = (meta or {}).get(key)
         if v is not None and (not isinstance(v, typ) or isinstance(v, bool)):
-            raise HusaiError(f"{folder / CFG_FILE}: 'metadata.{key}' must be {typ.__name__}, got {v!r}")
+            raise HusaiError(
+                f"{folder / CFG_FILE}: 'metadata.{key}' must be {typ.__name__}, got {v!r}"
+            )
     arch = cfg.get("architecture", "standard")
     if arch not in ("topk", "standard", "jumprelu"):
-        raise HusaiError(f"{folder}: architecture {arch!r} is not supported (topk, standard, jumprelu)")
+        raise HusaiError(
+            f"{folder}: architecture {arch!r} is not supported (topk, standard, jumprelu)"
+        )
     if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise HusaiError(f"{folder}: normalize_activations={cfg['normalize_activations']!r} is not supported")
+        raise HusaiError(
+            f"{folder}: normalize_activations={cfg['normalize_activations']!r} is not supported"
+        )
     tensors, _ = load_tensors(folder / WEIGHTS_FILE, "SAE weights")
     needed = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
     missing = [k for k in needed if k not in tensors]
     if missing:
         raise HusaiError(f"{folder / WEIGHTS_FILE} lacks tensor(s) {', '.join(missing)}")
     d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
-    shapes = dict(W_enc=[d_in, d_sae], W_dec=[d_sae, d_in], b_enc=[d_sae], b_dec=[d_in], threshold=[d_sae])
+    shapes = dict(
+        W_enc=[d_in, d_sae], W_dec=[d_sae, d_in], b_enc=[d_sae], b_dec=[d_in], threshold=[d_sae]
+    )
     for k in needed:
         if list(tensors[k].shape) != shapes[k]:
-            raise HusaiError(f"{folder}: {k} has shape {list(tensors[k].shape)}, cfg.json says {shapes[k]}")
+            raise HusaiError(
+                f"{folder}: {k} has shape {list(tensors[k].shape)}, cfg.json says {shapes[k]}"
+            )
     if arch == "topk" and not (isinstance(cfg.get("k"), int) and 1 <= cfg["k"] < d_sae):
-        raise HusaiError(f"{folder}: topk SAE needs an integer k with 1 <= k < d_sae, got {cfg.get('k')!r}")
+        raise HusaiError(
+            f"{folder}: topk SAE needs an integer k with 1 <= k < d_sae, got {cfg.get('k')!r}"
+        )
     return LoadedSAE(cfg, {k: v.float() for k, v in tensors.items()})
 
 

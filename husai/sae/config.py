@@ -95,8 +95,11 @@ class SAETrainConfig:
         family, or of none, is a HusaiError naming it."""
         self.architecture = architecture
         for f in _TRAINING_FIELDS:
-            value = keys.pop(f.name) if f.name in keys else (
-                f.default_factory() if f.default is dataclasses.MISSING else f.default)
+            value = (
+                keys.pop(f.name)
+                if f.name in keys
+                else (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+            )
             setattr(self, f.name, value)
         fam = _family(architecture)
         base = family if isinstance(family, fam.config) else fam.config()
@@ -110,29 +113,42 @@ class SAETrainConfig:
         fam = self.__dict__.get("family")
         if fam is not None and name in fam.__dataclass_fields__:
             return getattr(fam, name)
-        raise AttributeError(f"{type(self).__name__} of architecture "
-                             f"{self.__dict__.get('architecture')!r} has no key {name!r}")
+        raise AttributeError(
+            f"{type(self).__name__} of architecture "
+            f"{self.__dict__.get('architecture')!r} has no key {name!r}"
+        )
 
     def validate(self, d_in: int | None = None) -> "SAETrainConfig":
         fam = family(self.architecture)
         if self.optimizer not in OPTIMIZERS:
-            raise HusaiError(f"config key 'optimizer': unknown {self.optimizer!r}; "
-                             f"choose one of {', '.join(OPTIMIZERS)}")
+            raise HusaiError(
+                f"config key 'optimizer': unknown {self.optimizer!r}; "
+                f"choose one of {', '.join(OPTIMIZERS)}"
+            )
         if self.decoder_norm not in ("unit", "rescale"):
-            raise HusaiError(f"config key 'decoder_norm': unknown {self.decoder_norm!r}; "
-                             "choose unit or rescale")
+            raise HusaiError(
+                f"config key 'decoder_norm': unknown {self.decoder_norm!r}; choose unit or rescale"
+            )
         if self.decoder_norm == "rescale" and not fam.rescalable:
             can = [f.name for f in families().values() if f.rescalable]
-            raise HusaiError(f"config key 'decoder_norm': rescale is for {', '.join(can)}; "
-                             f"{self.architecture} keeps its own decoder")
+            raise HusaiError(
+                f"config key 'decoder_norm': rescale is for {', '.join(can)}; "
+                f"{self.architecture} keeps its own decoder"
+            )
         if not (self.decoder_init_norm > 0 and math.isfinite(self.decoder_init_norm)):
-            raise HusaiError(f"config key 'decoder_init_norm' must be a positive number, "
-                             f"got {self.decoder_init_norm}")
+            raise HusaiError(
+                f"config key 'decoder_init_norm' must be a positive number, "
+                f"got {self.decoder_init_norm}"
+            )
         if self.decoder_norm == "unit" and self.decoder_init_norm != 1:
-            raise HusaiError("config key 'decoder_init_norm' needs decoder_norm rescale "
-                             "(unit rows start at norm 1)")
+            raise HusaiError(
+                "config key 'decoder_init_norm' needs decoder_norm rescale "
+                "(unit rows start at norm 1)"
+            )
         if self.b_dec_init not in ("median", "zeros"):
-            raise HusaiError(f"config key 'b_dec_init': unknown {self.b_dec_init!r}; choose median or zeros")
+            raise HusaiError(
+                f"config key 'b_dec_init': unknown {self.b_dec_init!r}; choose median or zeros"
+            )
         if self.init not in ("random", "data"):
             raise HusaiError(f"config key 'init': unknown {self.init!r}; choose random or data")
         if self.latents is not None and self.latents < 1:
@@ -141,14 +157,18 @@ class SAETrainConfig:
             if getattr(self, name) < 1:
                 raise HusaiError(f"config key {name!r} must be >= 1, got {getattr(self, name)}")
         if self.dead_after_epochs < 0:
-            raise HusaiError(f"config key 'dead_after_epochs' must be >= 0, got {self.dead_after_epochs}")
+            raise HusaiError(
+                f"config key 'dead_after_epochs' must be >= 0, got {self.dead_after_epochs}"
+            )
         for key, v in self.to_dict().items():
             if isinstance(v, float) and not math.isfinite(v):
                 raise HusaiError(f"config key {key!r} must be a finite number, got {v}")
         if self.data_seed is not None:
             check_seed(self.data_seed, "config key 'data_seed'")
         if self.data_span is not None and not 0 < self.data_span <= 1:
-            raise HusaiError(f"config key 'data_span' must lie in (0, 1] or be null, got {self.data_span}")
+            raise HusaiError(
+                f"config key 'data_span' must lie in (0, 1] or be null, got {self.data_span}"
+            )
         for key, low in (("resample_dead", 1), ("trajectory_epochs", 0)):
             v = getattr(self, key)
             if any(e < low for e in v) or len(set(v)) != len(v):
@@ -159,8 +179,11 @@ class SAETrainConfig:
             raise HusaiError("config keys 'beta1' and 'beta2' must lie in [0, 1)")
         width = None
         if d_in is not None:
-            width = f"latents {self.latents}" if self.latents is not None else \
-                f"expansion {self.expansion} x d_in {d_in}"
+            width = (
+                f"latents {self.latents}"
+                if self.latents is not None
+                else f"expansion {self.expansion} x d_in {d_in}"
+            )
         self.family.validate(None if d_in is None else self.d_sae(d_in), width)
         return self
 
@@ -175,14 +198,18 @@ class SAETrainConfig:
     def build(self, n_seeds: int, d_in: int, sparsity: list | None = None):
         """The untrained StackedSAE of this config (its family builds it); sparsity: one value of the
         family's sparsity key per seed slot instead of the config's."""
-        return self.family.build(n_seeds, d_in, self.d_sae(d_in), self.decoder_norm == "rescale", sparsity)
+        return self.family.build(
+            n_seeds, d_in, self.d_sae(d_in), self.decoder_norm == "rescale", sparsity
+        )
 
     def to_dict(self) -> dict:
         """The flat keys: architecture and the width first, then the family's, then training's."""
         d = dict(architecture=self.architecture, expansion=self.expansion, latents=self.latents)
         d.update({f.name: getattr(self.family, f.name) for f in fields(self.family)})
         d.update({f.name: getattr(self, f.name) for f in _TRAINING_FIELDS if f.name not in d})
-        return {k: list(v) if isinstance(v, list) else v for k, v in d.items()}  # a copy: lists are mutable
+        return {
+            k: list(v) if isinstance(v, list) else v for k, v in d.items()
+        }  # a copy: lists are mutable
 
 
 _TRAINING_FIELDS = [f for f in fields(SAETrainConfig) if f.name not in ("architecture", "family")]
@@ -202,7 +229,9 @@ def all_keys() -> list[str]:
 
 def _family(name):
     if not isinstance(name, str):
-        raise HusaiError(f"config key 'architecture' must be str, got {type(name).__name__} {name!r}")
+        raise HusaiError(
+            f"config key 'architecture' must be str, got {type(name).__name__} {name!r}"
+        )
     return family(name)
 
 
@@ -210,19 +239,27 @@ def _refuse(key: str, architecture: str) -> None:
     own = family(architecture).keys()
     belongs = owners(key)
     if belongs:
-        raise HusaiError(f"config key {key!r} is for {', '.join(belongs)}, not {architecture} "
-                         f"({architecture}'s own keys: {', '.join(own) or 'none'})")
-    raise HusaiError(f"unknown config key {key!r}; valid keys for {architecture}: "
-                     f"{', '.join(training_keys() + own)}")
+        raise HusaiError(
+            f"config key {key!r} is for {', '.join(belongs)}, not {architecture} "
+            f"({architecture}'s own keys: {', '.join(own) or 'none'})"
+        )
+    raise HusaiError(
+        f"unknown config key {key!r}; valid keys for {architecture}: "
+        f"{', '.join(training_keys() + own)}"
+    )
 
 
 def _check_type(key: str, value, hint) -> object:
     """Value of YAML key `key` checked against the dataclass annotation; ints accepted as floats."""
     if typing.get_origin(hint) is list:  # list[int]: every item an int (bools are not)
-        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if isinstance(value, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
             return list(value)
-        raise HusaiError(f"config key {key!r} must be a list of int, got {type(value).__name__} {value!r} (in a "
-                         f"study config a list is a grid axis: write [[0, 1, 3]] for the list [0, 1, 3])")
+        raise HusaiError(
+            f"config key {key!r} must be a list of int, got {type(value).__name__} {value!r} (in a "
+            f"study config a list is a grid axis: write [[0, 1, 3]] for the list [0, 1, 3])"
+        )
     args = typing.get_args(hint)
     if type(None) in args:
         if value is None:
@@ -234,7 +271,9 @@ def _check_type(key: str, value, hint) -> object:
         return value
     if hint is str and isinstance(value, str):
         return value
-    raise HusaiError(f"config key {key!r} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+    raise HusaiError(
+        f"config key {key!r} must be {hint.__name__}, got {type(value).__name__} {value!r}"
+    )
 
 
 def config_from_dict(d: dict, source: str = "config", record: bool = False) -> SAETrainConfig:

@@ -38,7 +38,9 @@ class FamilyConfig:
         """Raise HusaiError naming the key. d_sae: the SAE's width when known; width: how it was given
         (for messages, e.g. 'latents 64')."""
 
-    def build(self, n_seeds: int, d_in: int, d_sae: int, rescale: bool, sparsity: list | None = None):
+    def build(
+        self, n_seeds: int, d_in: int, d_sae: int, rescale: bool, sparsity: list | None = None
+    ):
         """The untrained StackedSAE. sparsity: one value of `sparsity_key` per seed slot, or None."""
         raise NotImplementedError
 
@@ -72,11 +74,16 @@ class PenaltyConfig(FamilyConfig):
 
     def validate(self, d_sae: int | None, width: str) -> None:
         if getattr(self, self.sparsity_key) < 0:
-            raise HusaiError(f"config key {self.sparsity_key!r} must be >= 0, "
-                             f"got {getattr(self, self.sparsity_key)}")
-        if self.target_l0 is not None and (not self.target_l0 > 0
-                                           or (d_sae is not None and self.target_l0 >= d_sae)):
-            raise HusaiError(f"config key 'target_l0' must lie between 0 and d_sae, got {self.target_l0}")
+            raise HusaiError(
+                f"config key {self.sparsity_key!r} must be >= 0, "
+                f"got {getattr(self, self.sparsity_key)}"
+            )
+        if self.target_l0 is not None and (
+            not self.target_l0 > 0 or (d_sae is not None and self.target_l0 >= d_sae)
+        ):
+            raise HusaiError(
+                f"config key 'target_l0' must lie between 0 and d_sae, got {self.target_l0}"
+            )
 
     def cell_knob(self) -> str:
         if self.target_l0 is not None:  # the weight is found per cell: name the target
@@ -90,7 +97,10 @@ class PenaltyConfig(FamilyConfig):
         return self.target_l0
 
     def table(self, weight: float | None) -> dict:
-        return {"target_l0": self.target_l0, self.sparsity_key: weight or getattr(self, self.sparsity_key)}
+        return {
+            "target_l0": self.target_l0,
+            self.sparsity_key: weight or getattr(self, self.sparsity_key),
+        }
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,9 @@ def register(fam: Family) -> Family:
     """Add a family (its module calls this once, at import). A second family of the same name
     replaces the first (a test's toy family, re-registered)."""
     if fam.sae.architecture != fam.name:
-        raise ValueError(f"family {fam.name!r}: its SAE class says architecture {fam.sae.architecture!r}")
+        raise ValueError(
+            f"family {fam.name!r}: its SAE class says architecture {fam.sae.architecture!r}"
+        )
     _FAMILIES[fam.name] = fam
     return fam
 
@@ -140,7 +152,9 @@ def family(name: str) -> Family:
     """The family called `name`; unknown -> HusaiError naming the choices."""
     known = families()
     if name not in known:
-        raise HusaiError(f"config key 'architecture': unknown {name!r}; choose one of {', '.join(known)}")
+        raise HusaiError(
+            f"config key 'architecture': unknown {name!r}; choose one of {', '.join(known)}"
+        )
     return known[name]
 
 

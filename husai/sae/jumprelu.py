@@ -16,7 +16,15 @@ from torch import nn
 from husai.errors import HusaiError
 from husai.sae.base import PenalisedSAE, batch_variance
 from husai.sae.family import Family, PenaltyConfig, register
-from husai.sae.sparse import DENSE_ABOVE, Codes, decode, dense_pre, encode_at, entries_above, sparse_stats
+from husai.sae.sparse import (
+    DENSE_ABOVE,
+    Codes,
+    decode,
+    dense_pre,
+    encode_at,
+    entries_above,
+    sparse_stats,
+)
 
 
 class _JumpReLU(torch.autograd.Function):
@@ -135,8 +143,15 @@ class JumpReLUSAE(PenalisedSAE):
     coeff_name = "l0_coeff"
     dense_above: float | None = DENSE_ABOVE  # husai.sae.sparse.entries_above; None: always sparse
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, l0_coeff: float | list[float],
-                 bandwidth: float = 2.0, init_threshold: float = 1.0):
+    def __init__(
+        self,
+        n_seeds: int,
+        d_in: int,
+        d_sae: int,
+        l0_coeff: float | list[float],
+        bandwidth: float = 2.0,
+        init_threshold: float = 1.0,
+    ):
         super().__init__(n_seeds, d_in, d_sae)
         self._set_coeff(n_seeds, l0_coeff)  # one per slot (PenalisedSAE)
         self.bandwidth = bandwidth
@@ -178,7 +193,9 @@ class JumpReLUSAE(PenalisedSAE):
             lowest = theta - eps / 2 - 1e-5 * (eps / 2 + theta.abs())
             found = entries_above(pre, lowest, self.dense_above)
         if found is None:
-            return self._dense_loss(x, dense_pre(pre, self.W_enc_T, self.b_enc, self.b_dec, x), theta)
+            return self._dense_loss(
+                x, dense_pre(pre, self.W_enc_T, self.b_enc, self.b_dec, x), theta
+            )
         pvals, rows, cols, counts = found
         with torch.no_grad():
             valid = torch.arange(pvals.shape[1], device=x.device) < counts.unsqueeze(1)
@@ -192,13 +209,21 @@ class JumpReLUSAE(PenalisedSAE):
         loss = mse + self.coeff * l0
         return loss.sum(), sparse_stats(loss, mse, batch_variance(x), z, cols, B, self.d_sae)
 
-    def _dense_loss(self, x: torch.Tensor, pre: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def _dense_loss(
+        self, x: torch.Tensor, pre: torch.Tensor, theta: torch.Tensor
+    ) -> tuple[torch.Tensor, dict]:
         """StackedSAE.loss_from_pre for this architecture, with activation and L0 fused (_DenseJumpReLU)."""
         z, l0, fired = _DenseJumpReLU.apply(pre, theta, self.bandwidth)
         mse = (self.decode(z) - x).pow(2).sum(-1).mean(1)  # [S]
         loss = mse + self.coeff * l0
         var = batch_variance(x)
-        stats = dict(loss=loss.detach(), mse=mse.detach(), l0=l0.detach().float(), ev=1 - mse.detach() / var, fired=fired)
+        stats = dict(
+            loss=loss.detach(),
+            mse=mse.detach(),
+            l0=l0.detach().float(),
+            ev=1 - mse.detach() / var,
+            fired=fired,
+        )
         return loss.sum(), stats
 
     def saelens_form(self, slot: int) -> tuple[str, dict, dict]:
@@ -229,8 +254,14 @@ class JumpReLUConfig(PenaltyConfig):
                 raise HusaiError(f"config key {name!r} must be > 0, got {getattr(self, name)}")
 
     def build(self, n_seeds, d_in, d_sae, rescale, sparsity=None):
-        return JumpReLUSAE(n_seeds, d_in, d_sae, self.l0_coeff if sparsity is None else sparsity,
-                           self.jumprelu_bandwidth, self.jumprelu_init_threshold)
+        return JumpReLUSAE(
+            n_seeds,
+            d_in,
+            d_sae,
+            self.l0_coeff if sparsity is None else sparsity,
+            self.jumprelu_bandwidth,
+            self.jumprelu_init_threshold,
+        )
 
 
 register(Family("jumprelu", JumpReLUConfig, JumpReLUSAE, label="JumpReLU", color="tab:orange"))

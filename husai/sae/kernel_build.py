@@ -26,21 +26,36 @@ import tempfile
 import warnings
 from pathlib import Path
 
-SOURCES = [Path(__file__).with_name(n) for n in ("kernels.c", "step.c")]  # compiled into one library
+SOURCES = [
+    Path(__file__).with_name(n) for n in ("kernels.c", "step.c")
+]  # compiled into one library
 HEADER = Path(__file__).with_name("kernels.h")
-FLAGS = ["-O3", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-std=c11"]  # no errno: sqrtf vectorises
+FLAGS = [
+    "-O3",
+    "-fno-math-errno",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+    "-std=c11",
+]  # no errno: sqrtf vectorises
 
 
 def _flags() -> list[str]:
     """FLAGS for this CPU: -march=native, or $HUSAI_KERNELS_MARCH (the tests build an AVX2-only
     x86-64-v3 library on an AVX-512 machine to check the kernels' non-AVX-512 code)."""
     return [*FLAGS, f"-march={os.environ.get('HUSAI_KERNELS_MARCH') or 'native'}"]
+
+
 _lib: Kernels | None | bool = False  # False: not tried yet; None: unavailable
 
 
 def _cpu_id() -> str:
     try:
-        return next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        return next(
+            line
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
     except (OSError, StopIteration):
         import platform
 
@@ -61,11 +76,17 @@ def _cache_dirs():
     not be one another user could have put there); when it is not, or cannot be created or written, a
     directory of the system's temporary one that is private in the same way."""
     try:
-        home = Path(os.environ.get("HUSAI_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "husai")
+        home = Path(
+            os.environ.get("HUSAI_CACHE")
+            or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "husai"
+        )
         home.mkdir(parents=True, exist_ok=True)
         if not _private(home):
-            warnings.warn(f"husai: kernel cache {home} is not private to this user (owner or mode); using a private "
-                          "temporary directory", stacklevel=4)
+            warnings.warn(
+                f"husai: kernel cache {home} is not private to this user (owner or mode); using a private "
+                "temporary directory",
+                stacklevel=4,
+            )
             home = None
     except (OSError, RuntimeError):  # not creatable, or no home directory
         home = None
@@ -87,9 +108,13 @@ def _names(cc: str) -> tuple[str, str]:
     """(the library's file name, its source part): `kernels-SRC-BUILD.so`, SRC a hash of the C sources,
     BUILD of the flags, the compiler (its resolved path, size and mtime: `cc --version` would cost a
     process start in every husai process) and the CPU."""
-    src = hashlib.sha256("\0".join(p.read_text() for p in (*SOURCES, HEADER)).encode()).hexdigest()[:12]
+    src = hashlib.sha256("\0".join(p.read_text() for p in (*SOURCES, HEADER)).encode()).hexdigest()[
+        :12
+    ]
     st = os.stat(cc)
-    build = "\0".join([*_flags(), os.path.realpath(cc), str(st.st_size), str(st.st_mtime_ns), _cpu_id()])
+    build = "\0".join(
+        [*_flags(), os.path.realpath(cc), str(st.st_size), str(st.st_mtime_ns), _cpu_id()]
+    )
     return f"kernels-{src}-{hashlib.sha256(build.encode()).hexdigest()[:8]}.so", f"kernels-{src}-"
 
 
@@ -113,13 +138,19 @@ def _build() -> ctypes.CDLL:
             path = d / name
             break
         try:
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=d)  # built beside, renamed in: concurrent builds are safe
+            fd, tmp = tempfile.mkstemp(
+                suffix=".so", dir=d
+            )  # built beside, renamed in: concurrent builds are safe
         except OSError:
             continue
         os.close(fd)
         try:
-            proc = subprocess.run([cc, *_flags(), "-Werror=missing-prototypes", *map(str, SOURCES), "-o", tmp, "-lm"],
-                                  capture_output=True, text=True, timeout=300)
+            proc = subprocess.run(
+                [cc, *_flags(), "-Werror=missing-prototypes", *map(str, SOURCES), "-o", tmp, "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             if proc.returncode:
                 last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
                 raise RuntimeError(f"{cc} failed: {last}")
@@ -131,7 +162,9 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     else:
-        raise RuntimeError("no usable cache directory (~/.cache/husai or $HUSAI_CACHE, or a private temporary one)")
+        raise RuntimeError(
+            "no usable cache directory (~/.cache/husai or $HUSAI_CACHE, or a private temporary one)"
+        )
     return Kernels(ctypes.CDLL(str(path)))
 
 
@@ -174,6 +207,7 @@ def _checked(name: str, fn, n: int):
         if len(args) != n:
             raise TypeError(f"kernels.{name} takes {n} arguments (kernels.h), got {len(args)}")
         return fn(*args)
+
     return call
 
 
@@ -186,8 +220,9 @@ def library() -> Kernels | None:
         try:
             _lib = _build()
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            warnings.warn(f"husai: compiled CPU kernels unavailable ({e}); using the slower PyTorch path", stacklevel=2)
+            warnings.warn(
+                f"husai: compiled CPU kernels unavailable ({e}); using the slower PyTorch path",
+                stacklevel=2,
+            )
             _lib = None
     return _lib
-
-

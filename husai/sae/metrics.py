@@ -31,7 +31,7 @@ def reconstruct(sae, x: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Ten
     """x [N, d_in] -> (x_hat [S, N, d_in], fire counts [S, d_sae], active-latent sums [S])."""
     outs, counts, l0 = [], 0, 0
     for i in range(0, x.shape[0], batch_size):
-        z = sae.encode(x[i:i + batch_size])
+        z = sae.encode(x[i : i + batch_size])
         outs.append(sae.decode(z))
         active = z > 0
         counts = counts + active.sum(1)
@@ -54,7 +54,9 @@ def reconstruction_metrics(sae, x: torch.Tensor) -> dict[str, list[float]]:
     N = x.shape[0]
     return dict(
         mse=(x_hat.double() - x.double()).pow(2).mean((1, 2)).tolist(),
-        explained_variance=[None if math.isnan(v) else v for v in explained_variance(x, x_hat).tolist()],
+        explained_variance=[
+            None if math.isnan(v) else v for v in explained_variance(x, x_hat).tolist()
+        ],
         l0=(l0.double() / N).tolist(),
         frac_dead=(counts == 0).double().mean(1).tolist(),
         frac_dense=(counts > DENSE_FRACTION * N).double().mean(1).tolist(),
@@ -67,24 +69,29 @@ def cosine_to_init(W_dec: torch.Tensor, W_dec_init: torch.Tensor) -> list[float]
 
 
 @torch.no_grad()
-def _ce_acc(model, tokens, labels, hook_name=None, new=None, batch_size: int = 4096) -> tuple[float, float]:
+def _ce_acc(
+    model, tokens, labels, hook_name=None, new=None, batch_size: int = 4096
+) -> tuple[float, float]:
     """Mean cross-entropy (float64) and accuracy of the model, optionally with the activation at
     `=` of hook_name replaced by new [N, d]."""
     ce, correct = 0.0, 0
     for i in range(0, tokens.shape[0], batch_size):
-        t = tokens[i:i + batch_size]
+        t = tokens[i : i + batch_size]
         if hook_name is None:
             logits = model(t)
         else:
-            logits = model.run_with_hooks(t, [(hook_name, splice_at_eq(hook_name, new[i:i + batch_size]))])
-        y = labels[i:i + batch_size]
+            logits = model.run_with_hooks(
+                t, [(hook_name, splice_at_eq(hook_name, new[i : i + batch_size]))]
+            )
+        y = labels[i : i + batch_size]
         ce += F.cross_entropy(logits.double(), y, reduction="sum").item()
         correct += (logits.argmax(-1) == y).sum().item()
     return ce / tokens.shape[0], correct / tokens.shape[0]
 
 
-def spliced_metrics(sae, model, hook_name: str, tokens: torch.Tensor, labels: torch.Tensor,
-                    x: torch.Tensor) -> tuple[dict[str, list[float]], dict[str, float]]:
+def spliced_metrics(
+    sae, model, hook_name: str, tokens: torch.Tensor, labels: torch.Tensor, x: torch.Tensor
+) -> tuple[dict[str, list[float]], dict[str, float]]:
     """x [N, d] = the activations of hook_name at `=` for tokens [N, 3] (labels [N]).
 
     Returns (per-seed spliced_acc, spliced_ce, delta_ce, ce_loss_recovered_zero/_mean, and the
@@ -93,7 +100,16 @@ def spliced_metrics(sae, model, hook_name: str, tokens: torch.Tensor, labels: to
     zero_ce, _ = _ce_acc(model, tokens, labels, hook_name, torch.zeros_like(x))
     mean_ce, _ = _ce_acc(model, tokens, labels, hook_name, x.mean(0, keepdim=True).expand_as(x))
     x_hat, _, _ = reconstruct(sae, x)
-    out = {k: [] for k in ("spliced_acc", "spliced_ce", "delta_ce", "ce_loss_recovered_zero", "ce_loss_recovered_mean")}
+    out = {
+        k: []
+        for k in (
+            "spliced_acc",
+            "spliced_ce",
+            "delta_ce",
+            "ce_loss_recovered_zero",
+            "ce_loss_recovered_mean",
+        )
+    }
     for s in range(x_hat.shape[0]):
         ce, acc = _ce_acc(model, tokens, labels, hook_name, x_hat[s])
         out["spliced_acc"].append(acc)
@@ -101,7 +117,9 @@ def spliced_metrics(sae, model, hook_name: str, tokens: torch.Tensor, labels: to
         out["delta_ce"].append(ce - clean_ce)
         out["ce_loss_recovered_zero"].append(_recovered(zero_ce, ce, clean_ce))
         out["ce_loss_recovered_mean"].append(_recovered(mean_ce, ce, clean_ce))
-    base = dict(clean_ce=clean_ce, clean_acc=clean_acc, zero_ablation_ce=zero_ce, mean_ablation_ce=mean_ce)
+    base = dict(
+        clean_ce=clean_ce, clean_acc=clean_acc, zero_ablation_ce=zero_ce, mean_ablation_ce=mean_ce
+    )
     return out, base
 
 

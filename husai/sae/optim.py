@@ -43,7 +43,9 @@ class RowAdam(torch.optim.Optimizer):
     """Adam with one second moment per row (the last axis) for param groups with rows=True, ordinary
     per-coordinate Adam for groups with rows=False (the module docstring gives the update)."""
 
-    def __init__(self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self, params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, rows=False))
 
     @torch.no_grad()
@@ -59,18 +61,24 @@ class RowAdam(torch.optim.Optimizer):
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p)  # m, the shape of p
                     # v: [..., 1] per row (broadcasts over d_in) or the shape of p
-                    state["exp_avg_sq"] = p.new_zeros(*p.shape[:-1], 1) if group["rows"] else torch.zeros_like(p)
+                    state["exp_avg_sq"] = (
+                        p.new_zeros(*p.shape[:-1], 1) if group["rows"] else torch.zeros_like(p)
+                    )
                 state["step"] += 1
                 t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
                 m.lerp_(g, 1 - beta1)
                 if group["rows"]:
                     # ||g||^2 / d_in from a norm: one pass, no [.., d_in] temporary
-                    sq = torch.linalg.vector_norm(g, dim=-1, keepdim=True).square_().div_(g.shape[-1])
+                    sq = (
+                        torch.linalg.vector_norm(g, dim=-1, keepdim=True)
+                        .square_()
+                        .div_(g.shape[-1])
+                    )
                     v.mul_(beta2).add_(sq, alpha=1 - beta2)
                 else:
                     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / math.sqrt(1 - beta2 ** t)).add_(group["eps"])
-                p.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1 ** t))
+                denom = (v.sqrt() / math.sqrt(1 - beta2**t)).add_(group["eps"])
+                p.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1**t))
 
 
 class KernelAdam(torch.optim.Adam):
@@ -95,11 +103,24 @@ class KernelAdam(torch.optim.Adam):
                     continue
                 state = self.state[p]
                 if not state:
-                    state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+                    state.update(
+                        step=torch.tensor(0.0),
+                        exp_avg=torch.zeros_like(p),
+                        exp_avg_sq=torch.zeros_like(p),
+                    )
                 state["step"] += 1
                 t = float(state["step"])
-                kernels.adam_rows_(p.data, p.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], lr / (1 - b1 ** t),
-                                   (b1, b2), eps, math.sqrt(1 - b2 ** t), id(p) in self.constrained)
+                kernels.adam_rows_(
+                    p.data,
+                    p.grad.contiguous(),
+                    state["exp_avg"],
+                    state["exp_avg_sq"],
+                    lr / (1 - b1**t),
+                    (b1, b2),
+                    eps,
+                    math.sqrt(1 - b2**t),
+                    id(p) in self.constrained,
+                )
 
 
 def fused_adam(params: list, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -111,14 +132,21 @@ def fused_adam(params: list, lr: float, betas: tuple[float, float]) -> torch.opt
         return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
-def make_optimizer(sae: torch.nn.Module, name: str, lr: float, betas: tuple[float, float],
-                   constrain_decoder: bool = False) -> torch.optim.Optimizer:
+def make_optimizer(
+    sae: torch.nn.Module,
+    name: str,
+    lr: float,
+    betas: tuple[float, float],
+    constrain_decoder: bool = False,
+) -> torch.optim.Optimizer:
     """name "adam" -> KernelAdam on the CPU with the compiled kernels (constrain_decoder: it also applies
     the unit-row decoder's constraint, and the SAE's own steps for it skip; the caller passes False
     when something must run between the update and the renormalisation), else fused_adam, over every
     parameter; "row_adam" -> RowAdam with rows=True for the ACTIVATION_SPACE parameters and
     per-coordinate Adam for the rest."""
-    sae.decoder_constraint_in_optimizer = False  # until a KernelAdam below takes the constraint over
+    sae.decoder_constraint_in_optimizer = (
+        False  # until a KernelAdam below takes the constraint over
+    )
     if name == "adam":
         params = list(sae.parameters())
         if kernels.usable(*params):
@@ -129,6 +157,8 @@ def make_optimizer(sae: torch.nn.Module, name: str, lr: float, betas: tuple[floa
     if name != "row_adam":
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     named = list(sae.named_parameters())
-    groups = [dict(params=[p for n, p in named if n in ACTIVATION_SPACE], rows=True),
-              dict(params=[p for n, p in named if n not in ACTIVATION_SPACE], rows=False)]
+    groups = [
+        dict(params=[p for n, p in named if n in ACTIVATION_SPACE], rows=True),
+        dict(params=[p for n, p in named if n not in ACTIVATION_SPACE], rows=False),
+    ]
     return RowAdam([g for g in groups if g["params"]], lr, betas)

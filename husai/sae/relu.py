@@ -17,7 +17,16 @@ import torch.nn.functional as F
 
 from husai.sae.base import PenalisedSAE, batch_variance
 from husai.sae.family import Family, PenaltyConfig, register
-from husai.sae.sparse import DENSE_ABOVE, Codes, RowNorms, decode, dense_pre, encode_at, entries_above, sparse_stats
+from husai.sae.sparse import (
+    DENSE_ABOVE,
+    Codes,
+    RowNorms,
+    decode,
+    dense_pre,
+    encode_at,
+    entries_above,
+    sparse_stats,
+)
 
 
 class ReLUSAE(PenalisedSAE):
@@ -51,7 +60,9 @@ class ReLUSAE(PenalisedSAE):
             pre = self.pre_acts(x, reuse_buffer=True)  # [S, B, d_sae], valid until the next step
             found = entries_above(pre, 0.0, self.dense_above)
         if found is None:
-            return self.loss_from_pre(x, dense_pre(pre, self.W_enc_T, self.b_enc, self.b_dec, x), dead)
+            return self.loss_from_pre(
+                x, dense_pre(pre, self.W_enc_T, self.b_enc, self.b_dec, x), dead
+            )
         pvals, rows, cols, _ = found
         codes = Codes(rows, cols, B, self.d_sae)
         z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x, codes))  # [S, M]

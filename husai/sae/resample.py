@@ -30,13 +30,21 @@ ENCODER_SCALE = 0.2
 
 
 def resample_generator(seed: int, epoch: int) -> torch.Generator:
-    state = np.random.SeedSequence([RESAMPLE_KEY, int(seed) + 2**63, epoch]).generate_state(2, np.uint32)
+    state = np.random.SeedSequence([RESAMPLE_KEY, int(seed) + 2**63, epoch]).generate_state(
+        2, np.uint32
+    )
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 @torch.no_grad()
-def resample_dead(sae, opt: torch.optim.Optimizer, acts: torch.Tensor, dead: torch.Tensor, seeds: list[int],
-                  epoch: int) -> list[int]:
+def resample_dead(
+    sae,
+    opt: torch.optim.Optimizer,
+    acts: torch.Tensor,
+    dead: torch.Tensor,
+    seeds: list[int],
+    epoch: int,
+) -> list[int]:
     """Resample the latents marked in dead [S, d_sae] (bool) of the stacked sae, trained by opt, on
     acts [N, d_in]; returns how many latents each slot got back."""
     counts = dead.sum(1).tolist()
@@ -49,11 +57,15 @@ def resample_dead(sae, opt: torch.optim.Optimizer, acts: torch.Tensor, dead: tor
             continue
         j = dead[s].nonzero().squeeze(1)
         weights = err[s].square().cpu() + 1e-30  # every input stays possible, even at zero error
-        picks = torch.multinomial(weights, n, replacement=False, generator=resample_generator(seeds[s], epoch))
+        picks = torch.multinomial(
+            weights, n, replacement=False, generator=resample_generator(seeds[s], epoch)
+        )
         u = acts[picks.to(acts.device)] - sae.b_dec[s]
         u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [n, d_in]
         live = ~dead[s]
-        enc_norm = sae.W_enc_T[s][live].norm(dim=-1).mean() if bool(live.any()) else torch.tensor(1.0)
+        enc_norm = (
+            sae.W_enc_T[s][live].norm(dim=-1).mean() if bool(live.any()) else torch.tensor(1.0)
+        )
         sae.W_dec[s, j] = u
         sae.W_enc_T[s, j] = u * (ENCODER_SCALE * enc_norm)
         sae.b_enc[s, j] = 0.0

@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from husai.sae import kernels
 
 
-def topk_rows(pre: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_rows(
+    pre: torch.Tensor, k: int, bias: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k along the last dim (values, indices; unsorted), faster than torch.topk on CPU
     for k << d. pre [..., d] -> ([..., k], [..., k]); bias [S, d] (pre [S, B, d]): of pre + bias[s].
 
@@ -39,7 +41,9 @@ def topk_rows(pre: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> tu
     Strided groups make the group maximum a vectorised elementwise max over g rows of m.
     """
     d = pre.shape[-1]
-    if 2 * k <= d <= 2**16 and kernels.usable(pre):  # rows of one input: kernels.c, ~4x faster (measured)
+    if 2 * k <= d <= 2**16 and kernels.usable(
+        pre
+    ):  # rows of one input: kernels.c, ~4x faster (measured)
         vals, idx = kernels.topk_rows(pre.detach(), k, bias)
         return (pre.gather(-1, idx) if pre.requires_grad else vals), idx
     if bias is not None:  # pre [S, B, d] + bias [S, d]: written out here
@@ -63,13 +67,21 @@ class Codes:
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_inputs: int, d_sae: int):
         # contiguous once here, not in every kernel call (TopK's rows are an expanded view)
-        self.rows, self.cols, self.B, self.d_sae = rows.contiguous(), cols.contiguous(), n_inputs, d_sae  # B: rows per seed
+        self.rows, self.cols, self.B, self.d_sae = (
+            rows.contiguous(),
+            cols.contiguous(),
+            n_inputs,
+            d_sae,
+        )  # B: rows per seed
         self._by_latent = self._stacked = None
 
     def _stack(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._stacked is None:  # only the PyTorch path reads these (the kernels take rows, cols)
             off = torch.arange(self.rows.shape[0], device=self.rows.device).unsqueeze(1)
-            self._stacked = ((self.cols + off * self.d_sae).reshape(-1), (self.rows + off * self.B).reshape(-1))
+            self._stacked = (
+                (self.cols + off * self.d_sae).reshape(-1),
+                (self.rows + off * self.B).reshape(-1),
+            )
         return self._stacked
 
     @property
@@ -88,7 +100,9 @@ class Codes:
         stacked input row of each sorted entry, and the bag offsets."""
         if self._by_latent is None:
             n_keys = self.rows.shape[0] * self.d_sae
-            key = self.latent.to(torch.int32) if n_keys < 2**31 else self.latent  # int32 sorts 2x faster
+            key = (
+                self.latent.to(torch.int32) if n_keys < 2**31 else self.latent
+            )  # int32 sorts 2x faster
             order = torch.sort(key, stable=True).indices
             counts = torch.bincount(self.latent, minlength=n_keys)
             self._by_latent = (order, self.input[order], torch.cumsum(counts, 0) - counts)
@@ -99,7 +113,9 @@ def _sum_rows_by_latent(codes: Codes, table: torch.Tensor, weights: torch.Tensor
     """out[l] = sum over entries e with latent l of weights[e] * table[codes.input[e]].
     table [S*R, d] (stacked per seed), weights [S*M] -> [S*d_sae, d] (zero rows for idle latents)."""
     order, table_rows, offsets = codes.by_latent()
-    return F.embedding_bag(table_rows, table, offsets, mode="sum", per_sample_weights=weights[order])
+    return F.embedding_bag(
+        table_rows, table, offsets, mode="sum", per_sample_weights=weights[order]
+    )
 
 
 class _EncodeAt(torch.autograd.Function):
@@ -125,15 +141,32 @@ class _EncodeAt(torch.autograd.Function):
         S, d_sae, d_in = W_enc_T.shape
         if kernels.usable(g, x):
             centred = x - b_dec.unsqueeze(1)  # [S, R', d_in]
-            g_W, g_b_enc = kernels.sum_by_latent(g, codes.rows, codes.cols, centred, d_sae, with_bias=True)
-            return None, g_W, g_b_enc, -kernels.weighted_row_sum(g_b_enc, W_enc_T.detach()), None, None
+            g_W, g_b_enc = kernels.sum_by_latent(
+                g, codes.rows, codes.cols, centred, d_sae, with_bias=True
+            )
+            return (
+                None,
+                g_W,
+                g_b_enc,
+                -kernels.weighted_row_sum(g_b_enc, W_enc_T.detach()),
+                None,
+                None,
+            )
         if x.shape[-2] != codes.B:
-            x = x.repeat(codes.B // x.shape[-2], 1) if x.ndim == 2 else x.repeat(1, codes.B // x.shape[-2], 1)
-        g_b_enc = torch.zeros(S, d_sae, dtype=g.dtype, device=g.device).scatter_add_(1, codes.cols, g)
+            x = (
+                x.repeat(codes.B // x.shape[-2], 1)
+                if x.ndim == 2
+                else x.repeat(1, codes.B // x.shape[-2], 1)
+            )
+        g_b_enc = torch.zeros(S, d_sae, dtype=g.dtype, device=g.device).scatter_add_(
+            1, codes.cols, g
+        )
         # x [R, d_in] (shared) broadcasts over the seeds; x [S, R, d_in] is already per seed
         centred = (x - b_dec.unsqueeze(1)).reshape(-1, d_in)  # [S * R, d_in], small
         g_W = _sum_rows_by_latent(codes, centred, g.reshape(-1)).view(S, d_sae, d_in)
-        g_b_dec = -torch.einsum("sj,sjd->sd", g_b_enc, W_enc_T)  # 0.23 ms; as a bmm with a leading 1: 0.6 ms
+        g_b_dec = -torch.einsum(
+            "sj,sjd->sd", g_b_enc, W_enc_T
+        )  # 0.23 ms; as a bmm with a leading 1: 0.6 ms
         return None, g_W, g_b_enc, g_b_dec, None, None
 
 
@@ -176,7 +209,9 @@ class RowNorms(torch.autograd.Function):
         return W * scale.unsqueeze(-1)
 
 
-def encode_at(pre_vals: torch.Tensor, W_enc_T, b_enc, b_dec, x: torch.Tensor, codes: Codes) -> torch.Tensor:
+def encode_at(
+    pre_vals: torch.Tensor, W_enc_T, b_enc, b_dec, x: torch.Tensor, codes: Codes
+) -> torch.Tensor:
     """pre_vals [S, M] (no grad) -> the same values [S, M] with gradients to W_enc_T [S, d_sae, d_in],
     b_enc [S, d_sae], b_dec [S, d_in]; x holds the inputs that codes.rows index (R = codes.B, or R
     a multiple of x's rows, read cyclically): [R, d_in] shared by all seeds, or [S, R, d_in] one set per seed."""
@@ -198,11 +233,20 @@ class _KernelDecode(torch.autograd.Function):
     def backward(ctx, g):
         z, W_dec = ctx.saved_tensors
         codes = ctx.codes
-        g_W, g_z = kernels.decode_backward(z, codes.rows, codes.cols, g, W_dec, skip_zero=ctx.from_relu)
-        return (g_z if ctx.needs_input_grad[0] else None), (g_W if ctx.needs_input_grad[1] else None), None, None
+        g_W, g_z = kernels.decode_backward(
+            z, codes.rows, codes.cols, g, W_dec, skip_zero=ctx.from_relu
+        )
+        return (
+            (g_z if ctx.needs_input_grad[0] else None),
+            (g_W if ctx.needs_input_grad[1] else None),
+            None,
+            None,
+        )
 
 
-def decode(z: torch.Tensor, W_dec: torch.Tensor, codes: Codes, from_relu: bool = False) -> torch.Tensor:
+def decode(
+    z: torch.Tensor, W_dec: torch.Tensor, codes: Codes, from_relu: bool = False
+) -> torch.Tensor:
     """z [S, M] (entry values) -> sum_m z W_dec[cols] per input, [S, B, d_in] (no b_dec).
     from_relu: z (up to a positive factor) came out of a relu, so z's gradient is never read where
     z = 0 and the kernels skip it (AuxK's entries are mostly 0: 47-59% of a step's entries once
@@ -213,8 +257,13 @@ def decode(z: torch.Tensor, W_dec: torch.Tensor, codes: Codes, from_relu: bool =
     B = codes.B
     counts = torch.bincount(codes.input, minlength=S * B)
     offsets = torch.cumsum(counts, 0) - counts  # codes.rows is sorted per seed: bags are contiguous
-    out = F.embedding_bag(codes.latent, W_dec.detach().reshape(S * d_sae, d_in), offsets,
-                          mode="sum", per_sample_weights=z.reshape(-1))
+    out = F.embedding_bag(
+        codes.latent,
+        W_dec.detach().reshape(S * d_sae, d_in),
+        offsets,
+        mode="sum",
+        per_sample_weights=z.reshape(-1),
+    )
     return _DecoderGrad.apply(out, W_dec, z.detach(), codes).view(S, B, d_in)
 
 
@@ -269,7 +318,11 @@ def entries_above(pre: torch.Tensor, thr, dense_above: float | None = DENSE_ABOV
     counts = per_row.sum(1)  # [S]
     M = max(1, int(counts.max()))
     # entry n of block k goes to seed s_b[k]'s slot (entries of its earlier rows) + (n - start of block k)
-    base = (torch.cumsum(per_row, 1) - per_row)[s_b, b_b] + s_b * M - (torch.cumsum(per_block, 0) - per_block)
+    base = (
+        (torch.cumsum(per_row, 1) - per_row)[s_b, b_b]
+        + s_b * M
+        - (torch.cumsum(per_block, 0) - per_block)
+    )
     pos = torch.arange(idx.numel(), device=dev) + base[blk]
     out_rows = torch.full((S * M,), B - 1, dtype=torch.long, device=dev)
     out_cols = torch.zeros(S * M, dtype=torch.long, device=dev)
@@ -309,6 +362,14 @@ def sparse_stats(loss, mse, var, z, cols, B: int, d_sae: int) -> dict:
     """The stats of StackedSAE.training_loss from entry values z [S, M] at latents cols [S, M]."""
     with torch.no_grad():
         active = z > 0
-        fired = torch.zeros(z.shape[0], d_sae, device=z.device).scatter_add_(1, cols, active.float()) > 0
-        return dict(loss=loss.detach(), mse=mse.detach(), l0=active.float().sum(1) / B,
-                    ev=1 - mse.detach() / var, fired=fired)
+        fired = (
+            torch.zeros(z.shape[0], d_sae, device=z.device).scatter_add_(1, cols, active.float())
+            > 0
+        )
+        return dict(
+            loss=loss.detach(),
+            mse=mse.detach(),
+            l0=active.float().sum(1) / B,
+            ev=1 - mse.detach() / var,
+            fired=fired,
+        )

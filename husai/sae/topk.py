@@ -98,7 +98,9 @@ class _KernelTopKStep(torch.autograd.Function):
     def backward(ctx, g_loss, *_):
         grads, ctx.grads = ctx.grads, None
         if grads is None:
-            raise RuntimeError("_KernelTopKStep: backward twice (its gradients are handed over once)")
+            raise RuntimeError(
+                "_KernelTopKStep: backward twice (its gradients are handed over once)"
+            )
         if not bool((g_loss == 1).all()):  # loss.sum()'s ones: the gradients as written
             grads = [g * g_loss.view(-1, *[1] * (g.ndim - 1)) for g in grads]
         return (*grads, None, None, None, None, None, None, None)
@@ -109,12 +111,24 @@ class TopKSAE(StackedSAE):
 
     architecture = "topk"
     normalized_mse = True
-    selection_adds_bias = True  # select_latents takes pre without b_enc (StackedSAE.pre_acts split_bias)
+    selection_adds_bias = (
+        True  # select_latents takes pre without b_enc (StackedSAE.pre_acts split_bias)
+    )
     tracks_min_active = False  # stats["min_active"]: BatchTopK's threshold estimate reads it
-    one_call_step = True  # training_loss through kernels.topk_step (TopK itself; not BatchTopK, Matryoshka)
+    one_call_step = (
+        True  # training_loss through kernels.topk_step (TopK itself; not BatchTopK, Matryoshka)
+    )
 
-    def __init__(self, n_seeds: int, d_in: int, d_sae: int, k: int | list[int], k_aux: int | None = None,
-                 aux_coeff: float = 1 / 32, rescale: bool = False):
+    def __init__(
+        self,
+        n_seeds: int,
+        d_in: int,
+        d_sae: int,
+        k: int | list[int],
+        k_aux: int | None = None,
+        aux_coeff: float = 1 / 32,
+        rescale: bool = False,
+    ):
         """k: one for every slot, or a list with one per slot (cells that differ only in k trained in
         one pass, husai.sae.cells.train_cells). rescale: StackedSAE.rescale, a way of training, so it
         is not among the hyper-parameters a saved SAE records (training ends with unit rows)."""
@@ -123,24 +137,35 @@ class TopKSAE(StackedSAE):
         self.ks = [int(k)] * n_seeds if isinstance(k, int) else [int(v) for v in k]
         if len(self.ks) != n_seeds:
             raise ValueError(f"k: need one per slot ({n_seeds}), got {k}")
-        self.k, self.aux_coeff = max(self.ks), aux_coeff  # k: the selection width (every slot's k if uniform)
+        self.k, self.aux_coeff = (
+            max(self.ks),
+            aux_coeff,
+        )  # k: the selection width (every slot's k if uniform)
         self.k_aux = k_aux if k_aux is not None else max(1, d_in // 2)  # Gao et al. A.2: ~d_model/2
         self.hparams = dict(k=k, k_aux=k_aux, aux_coeff=aux_coeff)
         uniform = len(set(self.ks)) == 1
-        self.register_buffer("_slot_k", None if uniform else torch.tensor(self.ks), persistent=False)
+        self.register_buffer(
+            "_slot_k", None if uniform else torch.tensor(self.ks), persistent=False
+        )
 
     def slot_hparams(self, slots: list[int]) -> dict:
         ks = [self.ks[s] for s in slots]
         return dict(self.hparams, k=ks[0] if len(set(ks)) == 1 else ks)
 
-    def _per_slot(self, vals: torch.Tensor, idx: torch.Tensor, per_k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def _per_slot(
+        self, vals: torch.Tensor, idx: torch.Tensor, per_k: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """vals, idx [S, ..., n]: each row's n = self.k * per_k largest (unsorted). With per-slot k,
         slot s keeps its ks[s] * per_k largest and the rest get value 0 (relu(0) = 0 and its gradient
         is 0: those entries decode to nothing and train nothing)."""
         if self._slot_k is None:
             return vals, idx
-        vals, order = vals.sort(dim=-1, descending=True, stable=True)  # ties: the lower column (columns come increasing)
-        keep = torch.arange(vals.shape[-1], device=vals.device) < (self._slot_k * per_k).view(-1, *[1] * (vals.ndim - 1))
+        vals, order = vals.sort(
+            dim=-1, descending=True, stable=True
+        )  # ties: the lower column (columns come increasing)
+        keep = torch.arange(vals.shape[-1], device=vals.device) < (self._slot_k * per_k).view(
+            -1, *[1] * (vals.ndim - 1)
+        )
         return vals.masked_fill(~keep, 0.0), idx.gather(-1, order)
 
     def sparsity_loss(self, x, pre, z, x_hat, dead) -> torch.Tensor:
@@ -156,7 +181,11 @@ class TopKSAE(StackedSAE):
         M = B * k (before the ReLU)."""
         S, B, _ = pre.shape
         vals, cols = self._per_slot(*topk_rows(pre, self.k, bias))  # [S, B, k]
-        return vals.reshape(S, -1), _row_index(B, self.k, pre.device).expand(S, -1), cols.reshape(S, -1)
+        return (
+            vals.reshape(S, -1),
+            _row_index(B, self.k, pre.device).expand(S, -1),
+            cols.reshape(S, -1),
+        )
 
     def _dead_topk(self, pre: torch.Tensor, dead: torch.Tensor, bias: torch.Tensor | None = None):
         """Top-k_aux pre-activations among dead latents: (vals [S, B, k], cols [S, B, k]) with
@@ -166,16 +195,24 @@ class TopKSAE(StackedSAE):
         columns, much cheaper than a top-k over all d_sae when few latents are dead. bias: as select_latents."""
         S, B, d_sae = pre.shape
         if kernels.usable(pre):
-            return kernels.topk_among(pre, dead, self.k_aux, above=0.0, bias=bias)  # a value <= 0 adds nothing
+            return kernels.topk_among(
+                pre, dead, self.k_aux, above=0.0, bias=bias
+            )  # a value <= 0 adds nothing
         n_dead = int(dead.sum(1).max())
         k_aux = min(self.k_aux, n_dead)
         if bias is not None:
             pre = pre + bias.unsqueeze(1)
         if n_dead > d_sae // 2:
-            return pre.masked_fill(~dead.unsqueeze(1), float("-inf")).topk(k_aux, dim=-1, sorted=False)
-        dead_first = torch.sort(dead.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :n_dead]  # [S, n]
+            return pre.masked_fill(~dead.unsqueeze(1), float("-inf")).topk(
+                k_aux, dim=-1, sorted=False
+            )
+        dead_first = torch.sort(dead.to(torch.int8), dim=1, descending=True, stable=True).indices[
+            :, :n_dead
+        ]  # [S, n]
         is_dead = dead.gather(1, dead_first).unsqueeze(1)  # padding columns are live: masked out
-        cand = pre.gather(2, dead_first.unsqueeze(1).expand(S, B, n_dead)).masked_fill(~is_dead, float("-inf"))
+        cand = pre.gather(2, dead_first.unsqueeze(1).expand(S, B, n_dead)).masked_fill(
+            ~is_dead, float("-inf")
+        )
         vals, j = cand.topk(k_aux, dim=-1, sorted=False)
         return vals, dead_first.unsqueeze(1).expand(S, B, n_dead).gather(2, j)
 
@@ -204,15 +241,31 @@ class TopKSAE(StackedSAE):
         if self.one_call_step and not self.rescale and kernels.usable(x, self.W_enc_T, self.W_dec):
             with torch.no_grad():
                 pre, bias = self.pre_acts(x, reuse_buffer=True, split_bias=True)
-            loss, mse, var, l0, fired = _KernelTopKStep.apply(self.W_enc_T, self.b_enc, self.b_dec, self.W_dec, pre,
-                                                              bias, x, dead, self.ks, self.k_aux, self.aux_coeff)
-            return loss.sum(), dict(loss=loss.detach(), mse=mse, l0=l0, ev=1 - mse / var, fired=fired)
+            loss, mse, var, l0, fired = _KernelTopKStep.apply(
+                self.W_enc_T,
+                self.b_enc,
+                self.b_dec,
+                self.W_dec,
+                pre,
+                bias,
+                x,
+                dead,
+                self.ks,
+                self.k_aux,
+                self.aux_coeff,
+            )
+            return loss.sum(), dict(
+                loss=loss.detach(), mse=mse, l0=l0, ev=1 - mse / var, fired=fired
+            )
         aux = bool(dead.any())
         with torch.no_grad():
             # [S, B, d_sae], valid until the next step; with the kernels, the bias is added as they select
             split = self.selection_adds_bias and not self.rescale and kernels.usable(x)
-            pre, bias = (self.pre_acts(x, reuse_buffer=True, split_bias=True) if split
-                         else (self.pre_acts(x, reuse_buffer=True), None))
+            pre, bias = (
+                self.pre_acts(x, reuse_buffer=True, split_bias=True)
+                if split
+                else (self.pre_acts(x, reuse_buffer=True), None)
+            )
             pvals, rows, cols = self.select_latents(pre, bias)  # [S, M], sorted by row
             M = pvals.shape[1]
             if L > 1:
@@ -237,30 +290,50 @@ class TopKSAE(StackedSAE):
             z = F.relu(encode_at(pvals, self.W_enc_T, self.b_enc, self.b_dec, x, codes))
             out = decode(z, self.W_dec, codes, from_relu=True)  # [S, R, d_in], without b_dec
         if kernels.usable(out, x):  # the same terms in one pass, the gradient written alongside
-            loss, mse, var = _KernelFVU.apply(out, self.b_dec, x, L, dead.any(-1) if aux else None, self.aux_coeff)
+            loss, mse, var = _KernelFVU.apply(
+                out, self.b_dec, x, L, dead.any(-1) if aux else None, self.aux_coeff
+            )
         else:
-            recon = out[:, :L * B].view(S, L, B, -1)
-            recon = (recon.cumsum(1) if L > 1 else recon) + self.b_dec[:, None, None]  # [S, L, B, d_in]
+            recon = out[:, : L * B].view(S, L, B, -1)
+            recon = (recon.cumsum(1) if L > 1 else recon) + self.b_dec[
+                :, None, None
+            ]  # [S, L, B, d_in]
             x_hat = recon[:, -1]
             var = batch_variance(x)
             sq = (recon - (x if x.ndim == 2 else x.unsqueeze(1))).pow(2).sum(-1).mean(-1)  # [S, L]
             mse = sq[:, -1]
             loss = sq.sum(1) / var
             if aux:
-                loss = loss + self.aux_coeff * _auxk_fvu(out[:, L * B:], (x - x_hat).detach(), dead)
+                loss = loss + self.aux_coeff * _auxk_fvu(
+                    out[:, L * B :], (x - x_hat).detach(), dead
+                )
         with torch.no_grad():
             vals, cols = z[:, :M], cols[:, :M]
             active = vals > 0
-            fired = torch.zeros(S, self.d_sae, device=x.device).scatter_add_(1, cols, active.float()) > 0
-            stats = dict(loss=loss.detach(), mse=mse.detach(), l0=active.float().sum(1) / B,
-                         ev=1 - mse.detach() / var, fired=fired)
+            fired = (
+                torch.zeros(S, self.d_sae, device=x.device).scatter_add_(1, cols, active.float())
+                > 0
+            )
+            stats = dict(
+                loss=loss.detach(),
+                mse=mse.detach(),
+                l0=active.float().sum(1) / B,
+                ev=1 - mse.detach() / var,
+                fired=fired,
+            )
             if self.tracks_min_active:
-                stats["min_active"] = torch.where(active, vals, torch.full_like(vals, float("inf"))).min(1).values
+                stats["min_active"] = (
+                    torch.where(active, vals, torch.full_like(vals, float("inf"))).min(1).values
+                )
         return loss.sum(), stats
 
     def saelens_form(self, slot: int) -> tuple[str, dict, dict]:
         """SAELens's inference form of seed slot `slot`: (architecture, extra tensors, extra cfg keys)."""
-        return "topk", {}, dict(k=self.slot_hparams([slot])["k"], rescale_acts_by_decoder_norm=False)
+        return (
+            "topk",
+            {},
+            dict(k=self.slot_hparams([slot])["k"], rescale_acts_by_decoder_norm=False),
+        )
 
 
 @dataclass

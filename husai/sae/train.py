@@ -26,7 +26,9 @@ from husai.sae.optim import make_optimizer
 from husai.sae.resample import resample_dead
 
 
-def build_sae(cfg: SAETrainConfig, n_seeds: int, d_in: int, knobs: list | None = None) -> StackedSAE:
+def build_sae(
+    cfg: SAETrainConfig, n_seeds: int, d_in: int, knobs: list | None = None
+) -> StackedSAE:
     """knobs: one value of the family's sparsity key per slot instead of the config's (k for the
     TopK family: cells that differ only in k, husai.sae.cells; the penalty weight for ReLU /
     JumpReLU: husai.sae.calibrate)."""
@@ -64,8 +66,13 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
-              b_dec: torch.Tensor | None = None) -> StackedSAE:
+def init_saes(
+    acts: torch.Tensor,
+    cfg: SAETrainConfig,
+    seeds: list[int],
+    device: str = "cpu",
+    b_dec: torch.Tensor | None = None,
+) -> StackedSAE:
     """The SAEs exactly as training starts them, from acts [N, d_in] (with cfg.data_span, rows
     projected onto the data span). Also the untrained-SAE null of `husai compare`, which must be
     the architecture's real init (README, "Nulls that fit the geometry"). b_dec: initial_b_dec(acts), when the
@@ -79,7 +86,13 @@ def init_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device:
 def _sample(acts: torch.Tensor) -> torch.Tensor:
     """The rows the init reads: all of acts [N, d_in], or a fixed subsample of 8192."""
     N = acts.shape[0]
-    return acts if N <= 8192 else acts[torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(acts.device)]
+    return (
+        acts
+        if N <= 8192
+        else acts[
+            torch.randperm(N, generator=torch.Generator().manual_seed(0))[:8192].to(acts.device)
+        ]
+    )
 
 
 def initial_b_dec(acts: torch.Tensor) -> torch.Tensor:
@@ -87,8 +100,15 @@ def initial_b_dec(acts: torch.Tensor) -> torch.Tensor:
     return geometric_median(_sample(acts.to(torch.float32)).cpu())
 
 
-def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None,
-          b_dec: torch.Tensor | None = None, start: dict | None = None) -> tuple[StackedSAE, torch.Tensor | None]:
+def _init(
+    acts,
+    cfg: SAETrainConfig,
+    seeds: list[int],
+    device,
+    knobs=None,
+    b_dec: torch.Tensor | None = None,
+    start: dict | None = None,
+) -> tuple[StackedSAE, torch.Tensor | None]:
     """-> (the initial SAEs, Q [d_in, r] the data-span basis or None when cfg.data_span is off).
     start: {"W_dec": [S, m, d_in] unit rows, m <= d_sae, "b_dec": [d_in], optionally "b_enc": [S, m]}: the
     first m decoder rows and their encoder rows (tied) set to these, b_dec (and those rows' b_enc) to
@@ -104,8 +124,15 @@ def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None,
     check_fits_in_memory(need, f"{len(seeds)} SAE(s) with d_sae = {d_sae}", str(device))
     acts = acts.to(device=device, dtype=torch.float32)
     sample = _sample(acts)
-    sae = build_sae(cfg, len(seeds), d_in, knobs).to(device).init_weights(
-        seeds, initial_b_dec(acts) if b_dec is None else b_dec, sample.cpu() if cfg.init == "data" else None)
+    sae = (
+        build_sae(cfg, len(seeds), d_in, knobs)
+        .to(device)
+        .init_weights(
+            seeds,
+            initial_b_dec(acts) if b_dec is None else b_dec,
+            sample.cpu() if cfg.init == "data" else None,
+        )
+    )
     if cfg.b_dec_init == "zeros":  # SAELens's; data init's rows stay centred on the median
         with torch.no_grad():
             sae.b_dec.zero_()
@@ -120,7 +147,9 @@ def _init(acts, cfg: SAETrainConfig, seeds: list[int], device, knobs=None,
     Q = None if cfg.data_span is None else data_span_basis(acts, cfg.data_span)
     if Q is not None:
         sae.project_rows(Q, renormalise=True)
-    if cfg.decoder_init_norm != 1:  # decoder_norm rescale only (validate): SAELens's small initial rows
+    if (
+        cfg.decoder_init_norm != 1
+    ):  # decoder_norm rescale only (validate): SAELens's small initial rows
         with torch.no_grad():
             sae.W_dec.mul_(cfg.decoder_init_norm)
             sae.W_enc_T.mul_(cfg.decoder_init_norm)
@@ -151,19 +180,32 @@ def _batch_orders(N: int, cfg: SAETrainConfig, seeds: list[int], device):
 @torch.no_grad()
 def _snapshot(sae: StackedSAE, live: torch.Tensor) -> dict:
     """The weights as the SAE's function has them: with decoder_norm rescale, folded to unit rows."""
-    return dict(W_dec=sae.unit_decoder().float().clone(), W_enc_T=sae.unit_encoder().float().clone(),
-                live=live.clone())
+    return dict(
+        W_dec=sae.unit_decoder().float().clone(),
+        W_enc_T=sae.unit_encoder().float().clone(),
+        live=live.clone(),
+    )
 
 
-def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device: str = "cpu",
-               on_step=None, on_epoch=None, knobs: list | None = None, start: dict | None = None,
-               freeze_decoder: bool | list[bool] = False) -> TrainResult:
+def train_saes(
+    acts: torch.Tensor,
+    cfg: SAETrainConfig,
+    seeds: list[int],
+    device: str = "cpu",
+    on_step=None,
+    on_epoch=None,
+    knobs: list | None = None,
+    start: dict | None = None,
+    freeze_decoder: bool | list[bool] = False,
+) -> TrainResult:
     """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and
     on_epoch(row) are optional callbacks (progress bar, W&B). knobs: see build_sae; start: see _init;
     freeze_decoder: the decoder (W_dec and b_dec) keeps its initial values (put back after every step), only
     the encoder, b_enc and the thresholds learn; a list: per seed slot (husai.analysis.optimisation_gap:
     an oracle decoder with the family's encoder)."""
-    torch.set_flush_denormal(True)  # Adam state under weight decay goes denormal (BENCHMARKS.md, "Model training step")
+    torch.set_flush_denormal(
+        True
+    )  # Adam state under weight decay goes denormal (BENCHMARKS.md, "Model training step")
     N, d_in = acts.shape
     cfg.validate(d_in)
     check_informative(acts)
@@ -171,15 +213,32 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
     acts = acts.to(device=device, dtype=torch.float32)
     sae, span = _init(acts, cfg, seeds, device, knobs, start=start)
     W_dec_init = sae.unit_decoder().detach().clone()  # unit rows, as the trained SAE's are compared
-    frozen = torch.tensor(freeze_decoder if isinstance(freeze_decoder, list) else [bool(freeze_decoder)] * S,
-                          device=device)
-    W_dec_frozen, b_dec_frozen = sae.W_dec.detach()[frozen].clone(), sae.b_dec.detach()[frozen].clone()
+    frozen = torch.tensor(
+        freeze_decoder if isinstance(freeze_decoder, list) else [bool(freeze_decoder)] * S,
+        device=device,
+    )
+    W_dec_frozen, b_dec_frozen = (
+        sae.W_dec.detach()[frozen].clone(),
+        sae.b_dec.detach()[frozen].clone(),
+    )
     # with a data span the rows are projected between the update and the renormalisation
-    opt = make_optimizer(sae, cfg.optimizer, cfg.learning_rate(d_in), (cfg.beta1, cfg.beta2), constrain_decoder=span is None)
+    opt = make_optimizer(
+        sae,
+        cfg.optimizer,
+        cfg.learning_rate(d_in),
+        (cfg.beta1, cfg.beta2),
+        constrain_decoder=span is None,
+    )
     next_order = _batch_orders(N, cfg, seeds, device)
     record = {e for e in cfg.trajectory_epochs if e < cfg.epochs}
-    trajectory = {0: _snapshot(sae, torch.ones(S, sae.d_sae, dtype=torch.bool, device=device))} if 0 in record else {}
-    since_fired = torch.zeros(S, sae.d_sae, device=device)  # inputs seen since each latent last fired
+    trajectory = (
+        {0: _snapshot(sae, torch.ones(S, sae.d_sae, dtype=torch.bool, device=device))}
+        if 0 in record
+        else {}
+    )
+    since_fired = torch.zeros(
+        S, sae.d_sae, device=device
+    )  # inputs seen since each latent last fired
     dead_after = max(1, math.ceil(cfg.dead_after_epochs * N))
     n_batches = math.ceil(N / cfg.batch_size)
     total, step, history, diverged = cfg.epochs * n_batches, 0, [], None
@@ -190,8 +249,10 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
         sums = torch.zeros(4, S, device=device)
         fired_epoch = torch.zeros(S, sae.d_sae, dtype=torch.bool, device=device)
         for i in range(0, N, cfg.batch_size):
-            idx = perm[..., i:i + cfg.batch_size]
-            x = acts.index_select(0, idx.reshape(-1)).view(*idx.shape, d_in)  # [(S,) B, d_in]; acts[idx]: 5x slower
+            idx = perm[..., i : i + cfg.batch_size]
+            x = acts.index_select(0, idx.reshape(-1)).view(
+                *idx.shape, d_in
+            )  # [(S,) B, d_in]; acts[idx]: 5x slower
             loss, stats = sae.training_loss(x, since_fired >= dead_after)
             if not bool(torch.isfinite(stats["loss"]).all()):
                 diverged = step
@@ -204,12 +265,16 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
                 with torch.no_grad():
                     sae.W_dec[frozen] = W_dec_frozen
                     sae.b_dec[frozen] = b_dec_frozen
-            if span is not None:  # back into the data span; after_step then renormalises decoder rows
+            if (
+                span is not None
+            ):  # back into the data span; after_step then renormalises decoder rows
                 sae.project_rows(span)
             sae.after_step(stats)
             fired = stats["fired"]
             fired_epoch |= fired
-            since_fired = torch.where(fired, torch.zeros_like(since_fired), since_fired + x.shape[-2])
+            since_fired = torch.where(
+                fired, torch.zeros_like(since_fired), since_fired + x.shape[-2]
+            )
             sums += torch.stack([stats["loss"], stats["mse"], stats["l0"], stats["ev"]])
             step += 1
             if on_step is not None:
@@ -217,7 +282,9 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
         if diverged is None and not all(bool(torch.isfinite(p).all()) for p in sae.parameters()):
             diverged = step
         if diverged is not None:
-            sae.load_state_dict(last_good)  # keep the last good checkpoint (end of the previous epoch)
+            sae.load_state_dict(
+                last_good
+            )  # keep the last good checkpoint (end of the previous epoch)
             break
         last_good = {k: v.clone() for k, v in sae.state_dict().items()}
         if epoch + 1 in cfg.resample_dead and epoch + 1 < cfg.epochs:
@@ -227,8 +294,15 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
         if epoch + 1 in record:
             trajectory[epoch + 1] = _snapshot(sae, fired_epoch)
         means = (sums / n_batches).tolist()
-        row = dict(epoch=epoch + 1, step=step, loss=means[0], mse=means[1], l0=means[2], ev=means[3],
-                   frac_dead=(since_fired >= dead_after).float().mean(1).tolist())
+        row = dict(
+            epoch=epoch + 1,
+            step=step,
+            loss=means[0],
+            mse=means[1],
+            l0=means[2],
+            ev=means[3],
+            frac_dead=(since_fired >= dead_after).float().mean(1).tolist(),
+        )
         if epoch + 1 in cfg.resample_dead and epoch + 1 < cfg.epochs:
             row["resampled"] = resampled
         if isinstance(sae, PenalisedSAE):
@@ -238,5 +312,9 @@ def train_saes(acts: torch.Tensor, cfg: SAETrainConfig, seeds: list[int], device
             on_epoch(row)
     sae.fold_decoder_norms()  # decoder_norm rescale: the same SAE with unit rows (a no-op for unit)
     sae._pre_buffer = None  # the training steps' scratch buffer (StackedSAE.pre_acts)
-    sae.decoder_constraint_in_optimizer = False  # the optimizer is gone: the SAE's own steps apply it again
-    return TrainResult(sae, list(seeds), W_dec_init, step, time.perf_counter() - t0, diverged, history, trajectory)
+    sae.decoder_constraint_in_optimizer = (
+        False  # the optimizer is gone: the SAE's own steps apply it again
+    )
+    return TrainResult(
+        sae, list(seeds), W_dec_init, step, time.perf_counter() - t0, diverged, history, trajectory
+    )

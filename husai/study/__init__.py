@@ -7,7 +7,8 @@ May import: husai.analysis, husai.sae, husai.model and the plumbing.
 from husai._exports import lazy
 
 _EXPORTS = {
-    "StudyConfig": "husai.study.config", "load_study": "husai.study.config",
+    "StudyConfig": "husai.study.config",
+    "load_study": "husai.study.config",
     "run_study": "husai.study.runner",
     "build_table": "husai.study.results",
     "write_report": "husai.study.report",

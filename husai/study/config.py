@@ -30,8 +30,22 @@ ORACLE_KEYS = ("score", "encoder", "started")
 its reading; oracle.encoder: also the oracle as a frozen decoder with the cell's own encoder trained on it;
 oracle.started: also the cell's recipe started at the oracle (encoder and started: one more training of the
 cell each). All default to true (husai.analysis.optimisation_gap)."""
-MODEL_KEYS = ("preset", "seeds", "p", "operation", "n_layers", "train_frac", "lr", "weight_decay", "epochs",
-              "eval_every", "checkpoint_every", "snapshot_every", "stop_test_acc", "stop_frac_single_freq")
+MODEL_KEYS = (
+    "preset",
+    "seeds",
+    "p",
+    "operation",
+    "n_layers",
+    "train_frac",
+    "lr",
+    "weight_decay",
+    "epochs",
+    "eval_every",
+    "checkpoint_every",
+    "snapshot_every",
+    "stop_test_acc",
+    "stop_frac_single_freq",
+)
 
 
 @dataclass
@@ -85,10 +99,17 @@ class StudyConfig:
         if not self.controls:
             return False
         cell = dict(run.cfg.to_dict(), hook=run.hook, model_seed=run.model_seed)
-        return not self.control_cells or any(all(cell.get(k) == v for k, v in m.items()) for m in self.control_cells)
+        return not self.control_cells or any(
+            all(cell.get(k) == v for k, v in m.items()) for m in self.control_cells
+        )
 
     def runs(self) -> list[SAERun]:
-        return [SAERun(ms, h, c, self.seeds) for ms in self.model_seeds for h in self.hooks for c in self.saes]
+        return [
+            SAERun(ms, h, c, self.seeds)
+            for ms in self.model_seeds
+            for h in self.hooks
+            for c in self.saes
+        ]
 
 
 def _int_list(value, key: str) -> list[int]:
@@ -113,10 +134,14 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
         raise HusaiError(f"{source}: key 'model' must be a mapping")
     bad = [k for k in m if k not in MODEL_KEYS]
     if bad:
-        raise HusaiError(f"{source}: unknown key 'model.{bad[0]}'; valid keys: {', '.join(MODEL_KEYS)}")
+        raise HusaiError(
+            f"{source}: unknown key 'model.{bad[0]}'; valid keys: {', '.join(MODEL_KEYS)}"
+        )
     preset = m.get("preset", "fast")
     if preset not in PRESETS:
-        raise HusaiError(f"{source}: key 'model.preset' must be one of {', '.join(PRESETS)}, got {preset!r}")
+        raise HusaiError(
+            f"{source}: key 'model.preset' must be one of {', '.join(PRESETS)}, got {preset!r}"
+        )
     over = {k: v for k, v in m.items() if k not in ("preset", "seeds")}
     try:
         model = TrainConfig(**{**PRESETS[preset], **over}, preset=preset)
@@ -129,7 +154,9 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
     hooks = d.get("hooks", ["blocks.0.hook_resid_post"])
     hooks = hooks if isinstance(hooks, list) else [hooks]
     if not hooks or not all(isinstance(h, str) for h in hooks):
-        raise HusaiError(f"{source}: key 'hooks' must be a non-empty list of hook names, got {hooks!r}")
+        raise HusaiError(
+            f"{source}: key 'hooks' must be a non-empty list of hook names, got {hooks!r}"
+        )
     seeds = _int_list(d.get("seeds", [42, 123, 456, 789, 1011]), "seeds")
     entries = d.get("saes")
     if not isinstance(entries, list) or not entries:
@@ -141,7 +168,9 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
         axes = {k: (v if isinstance(v, list) else [v]) for k, v in entry.items()}
         for k, v in axes.items():
             if not v:
-                raise HusaiError(f"{source}: key 'saes[{i}].{k}' is an empty list: the grid would be empty")
+                raise HusaiError(
+                    f"{source}: key 'saes[{i}].{k}' is an empty list: the grid would be empty"
+                )
         for combo in itertools.product(*axes.values()):
             try:
                 saes.append(config_from_dict(dict(zip(axes, combo)), f"{source} saes[{i}]"))
@@ -149,39 +178,84 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
                 raise HusaiError(str(e)) from None
     st = d.get("stability") or {}
     if isinstance(st, dict) and "null_pairs" in st:
-        raise HusaiError(f"{source}: key 'stability.null_pairs' is gone: every null is now drawn once per seed pair "
-                         "(husai.analysis.agreement); remove it")
-    if not isinstance(st, dict) or any(k not in ("threshold", "controls", "control_seeds", "control_cells") for k in st):
-        raise HusaiError(f"{source}: key 'stability' takes only 'threshold', 'controls', 'control_seeds' and "
-                         "'control_cells'")
+        raise HusaiError(
+            f"{source}: key 'stability.null_pairs' is gone: every null is now drawn once per seed pair "
+            "(husai.analysis.agreement); remove it"
+        )
+    if not isinstance(st, dict) or any(
+        k not in ("threshold", "controls", "control_seeds", "control_cells") for k in st
+    ):
+        raise HusaiError(
+            f"{source}: key 'stability' takes only 'threshold', 'controls', 'control_seeds' and "
+            "'control_cells'"
+        )
     threshold = st.get("threshold", 0.7)
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0 < threshold < 1:
-        raise HusaiError(f"{source}: key 'stability.threshold' must be a number in (0, 1), got {threshold!r}")
+    if (
+        not isinstance(threshold, (int, float))
+        or isinstance(threshold, bool)
+        or not 0 < threshold < 1
+    ):
+        raise HusaiError(
+            f"{source}: key 'stability.threshold' must be a number in (0, 1), got {threshold!r}"
+        )
     from husai.study.controls import CONTROLS
 
     controls = st.get("controls") or []
-    if not isinstance(controls, list) or any(c not in CONTROLS for c in controls) or len(set(controls)) < len(controls):
-        raise HusaiError(f"{source}: key 'stability.controls' must be a list of distinct names from "
-                         f"{', '.join(CONTROLS)}, got {controls!r}")
+    if (
+        not isinstance(controls, list)
+        or any(c not in CONTROLS for c in controls)
+        or len(set(controls)) < len(controls)
+    ):
+        raise HusaiError(
+            f"{source}: key 'stability.controls' must be a list of distinct names from "
+            f"{', '.join(CONTROLS)}, got {controls!r}"
+        )
     n_ctrl = st.get("control_seeds", min(3, len(seeds)))
-    if not isinstance(n_ctrl, int) or isinstance(n_ctrl, bool) or not 2 <= n_ctrl <= max(2, len(seeds)):
-        raise HusaiError(f"{source}: key 'stability.control_seeds' must be an integer from 2 to the number of SAE "
-                         f"seeds ({len(seeds)}), got {n_ctrl!r}")
+    if (
+        not isinstance(n_ctrl, int)
+        or isinstance(n_ctrl, bool)
+        or not 2 <= n_ctrl <= max(2, len(seeds))
+    ):
+        raise HusaiError(
+            f"{source}: key 'stability.control_seeds' must be an integer from 2 to the number of SAE "
+            f"seeds ({len(seeds)}), got {n_ctrl!r}"
+        )
     cells = st.get("control_cells") or []
     keys = set(all_keys()) | {"hook", "model_seed"}
-    if not isinstance(cells, list) or not all(isinstance(m, dict) and m and set(m) <= keys for m in cells):
-        raise HusaiError(f"{source}: key 'stability.control_cells' must be a list of mappings of SAE config keys "
-                         f"(and hook, model_seed), got {cells!r}")
+    if not isinstance(cells, list) or not all(
+        isinstance(m, dict) and m and set(m) <= keys for m in cells
+    ):
+        raise HusaiError(
+            f"{source}: key 'stability.control_cells' must be a list of mappings of SAE config keys "
+            f"(and hook, model_seed), got {cells!r}"
+        )
     oracle = d.get("oracle") or {}
-    if not isinstance(oracle, dict) or any(k not in ORACLE_KEYS or not isinstance(v, bool) for k, v in oracle.items()):
-        raise HusaiError(f"{source}: key 'oracle' takes only {', '.join(ORACLE_KEYS)}, each true or false, "
-                         f"got {oracle!r}")
+    if not isinstance(oracle, dict) or any(
+        k not in ORACLE_KEYS or not isinstance(v, bool) for k, v in oracle.items()
+    ):
+        raise HusaiError(
+            f"{source}: key 'oracle' takes only {', '.join(ORACLE_KEYS)}, each true or false, "
+            f"got {oracle!r}"
+        )
     oracle = dict(dict(score=True, encoder=True, started=True), **oracle)
-    cfg = StudyConfig(model, model_seeds, hooks, seeds, saes, float(threshold), tuple(controls), n_ctrl, cells, d,
-                      oracle)
+    cfg = StudyConfig(
+        model,
+        model_seeds,
+        hooks,
+        seeds,
+        saes,
+        float(threshold),
+        tuple(controls),
+        n_ctrl,
+        cells,
+        d,
+        oracle,
+    )
     names = [r.folder(Path(".")) for r in cfg.runs()]
     if len(set(names)) != len(names):
-        raise HusaiError(f"{source}: two grid cells map to the same run folder (duplicate SAE configs)")
+        raise HusaiError(
+            f"{source}: two grid cells map to the same run folder (duplicate SAE configs)"
+        )
     return cfg
 
 
@@ -211,7 +285,9 @@ def load_study(path: str | Path) -> StudyConfig:
     try:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise HusaiError(f"study config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise HusaiError(
+            f"study config {path} is not valid YAML ({str(e).splitlines()[0]})"
+        ) from None
     except UnicodeDecodeError:
         raise HusaiError(f"study config {path} is not a text file (not UTF-8)") from None
     return parse_study(d, f"study config {path}")

@@ -28,11 +28,15 @@ def contrast(cell_levels: dict, control: dict, n: int) -> dict:
         cell = np.array(cell_levels[m]["matrix"], dtype=float)[:n, :n]
         D = cell - np.array(r["matrix"], dtype=float)
         v = D[np.triu_indices(n, 1)]
-        out[m] = dict(value=float(np.nanmean(v)) if np.isfinite(v).any() else None, ci=bootstrap_ci(D))
+        out[m] = dict(
+            value=float(np.nanmean(v)) if np.isfinite(v).any() else None, ci=bootstrap_ci(D)
+        )
     return out
 
 
-def run_controls(model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS, threshold: float = 0.7) -> dict:
+def run_controls(
+    model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS, threshold: float = 0.7
+) -> dict:
     """{control: {epoch (memorised), test_acc, explained_variance [per seed], data_span, off_span, levels
     {metric: summary} for KEPT metrics, shared_init}} (module docstring); a control that cannot be
     built (e.g. no memorised checkpoint) is {"error": "..."}."""
@@ -58,13 +62,24 @@ def run_controls(model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS,
         def init(d_in, d_sae, seed, W0=W0):
             W = W0[seeds.index(seed)]
             return W.T.clone(), W
-        st = sae_stability(saes, [f"seed {s}" for s in seeds], acts.double(), seeds=seeds, init_fn=init,
-                           grid_p=info["p"] if info["operation"] == "add" else None, threshold=threshold)
+
+        st = sae_stability(
+            saes,
+            [f"seed {s}" for s in seeds],
+            acts.double(),
+            seeds=seeds,
+            init_fn=init,
+            grid_p=info["p"] if info["operation"] == "add" else None,
+            threshold=threshold,
+        )
         ev = reconstruction_metrics(res.sae, acts.float())["explained_variance"]
         out[which] = dict(
             epoch=metrics.get("memorised_epoch") if which == "memorised" else 0,
             test_acc=metrics.get("memorised_test_acc") if which == "memorised" else None,
-            explained_variance=ev, data_span=st["data_span"], off_span=st["off_span"],
+            explained_variance=ev,
+            data_span=st["data_span"],
+            off_span=st["off_span"],
             levels={m: st["levels"][m] for m in KEPT if m in st["levels"]},
-            shared_init=st["references"].get("shared_init", {}).get("pw_mcc_dec"))
+            shared_init=st["references"].get("shared_init", {}).get("pw_mcc_dec"),
+        )
     return out

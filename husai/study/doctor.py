@@ -58,19 +58,29 @@ N_CHECKS = 5
 def model_hints(test_acc: float, frac_single: float | None = None) -> list[str]:
     hints = []
     if test_acc < GROKKED_ACC:
-        hints.append(f"model not grokked (test accuracy {test_acc:.1%} < {GROKKED_ACC:.0%}): "
-                     "train longer (--epochs) or use the fast preset "
-                     "(husai train-model --preset fast)")
+        hints.append(
+            f"model not grokked (test accuracy {test_acc:.1%} < {GROKKED_ACC:.0%}): "
+            "train longer (--epochs) or use the fast preset "
+            "(husai train-model --preset fast)"
+        )
     elif frac_single is not None and frac_single < 0.5:
-        hints.append(f"model grokked but its circuit is not clean yet ({frac_single:.0%} "
-                     "single-frequency neurons): train longer so weight decay finishes the "
-                     "clean-up (Nanda et al. 2023, section 5)")
+        hints.append(
+            f"model grokked but its circuit is not clean yet ({frac_single:.0%} "
+            "single-frequency neurons): train longer so weight decay finishes the "
+            "clean-up (Nanda et al. 2023, section 5)"
+        )
     return hints
 
 
-def sae_hints(architecture: str, k: int | None, l0: float, frac_dead: float,
-              fourier_overlap: float | None = None, explained_variance: float | None = None,
-              key_weight_frac: float | None = None) -> list[str]:
+def sae_hints(
+    architecture: str,
+    k: int | None,
+    l0: float,
+    frac_dead: float,
+    fourier_overlap: float | None = None,
+    explained_variance: float | None = None,
+    key_weight_frac: float | None = None,
+) -> list[str]:
     """key_weight_frac: mean fraction of live decoder-row norm inside the key-frequency subspaces.
 
     Fourier overlap (mean activation purity) is bounded for sparse latents: a latent firing on part
@@ -81,22 +91,33 @@ def sae_hints(architecture: str, k: int | None, l0: float, frac_dead: float,
     """
     hints = []
     if family(architecture).config.sparsity_key == "k" and k and not 0.5 * k <= l0 <= 1.1 * k:
-        hints.append(f"L0 {l0:.1f} is far from k = {k}: check the TopK configuration "
-                     "(k, expansion; TopK then ReLU can only lower L0 when pre-activations are "
-                     "negative, so a tiny L0 means a bad b_enc/b_dec init)")
+        hints.append(
+            f"L0 {l0:.1f} is far from k = {k}: check the TopK configuration "
+            "(k, expansion; TopK then ReLU can only lower L0 when pre-activations are "
+            "negative, so a tiny L0 means a bad b_enc/b_dec init)"
+        )
     if frac_dead > DEAD_MAX:
-        hints.append(f"{frac_dead:.0%} dead latents (> {DEAD_MAX:.0%}): keep AuxK on "
-                     "(aux_coeff 1/32, Gao et al. A.2) and lower the learning rate (--lr)")
+        hints.append(
+            f"{frac_dead:.0%} dead latents (> {DEAD_MAX:.0%}): keep AuxK on "
+            "(aux_coeff 1/32, Gao et al. A.2) and lower the learning rate (--lr)"
+        )
     weights_low = key_weight_frac is None or key_weight_frac < KEY_WEIGHT_MIN
     if fourier_overlap is not None and fourier_overlap < OVERLAP_MIN and weights_low:
-        weights = ("" if key_weight_frac is None
-                   else f" and only {key_weight_frac:.0%} of decoder weight lies in the "
-                        "key-frequency subspaces")
-        hints.append(f"Fourier overlap {fourier_overlap:.2f} < {OVERLAP_MIN}{weights}: verify the "
-                     "model grokked (husai analyze-model) and train the SAE longer (--epochs)")
+        weights = (
+            ""
+            if key_weight_frac is None
+            else f" and only {key_weight_frac:.0%} of decoder weight lies in the "
+            "key-frequency subspaces"
+        )
+        hints.append(
+            f"Fourier overlap {fourier_overlap:.2f} < {OVERLAP_MIN}{weights}: verify the "
+            "model grokked (husai analyze-model) and train the SAE longer (--epochs)"
+        )
     if explained_variance is not None and explained_variance < 0.5:
-        hints.append(f"explained variance {explained_variance:.2f} is low: train longer or raise "
-                     "k / expansion")
+        hints.append(
+            f"explained variance {explained_variance:.2f} is low: train longer or raise "
+            "k / expansion"
+        )
     return hints
 
 
@@ -121,13 +142,18 @@ class Activations(NamedTuple):
 
 
 def environment() -> dict:
-    return dict(husai=__version__, torch=torch.__version__, python=platform.python_version(),
-                device="cuda" if torch.cuda.is_available() else "cpu",
-                threads=torch.get_num_threads())
+    return dict(
+        husai=__version__,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        device="cuda" if torch.cuda.is_available() else "cpu",
+        threads=torch.get_num_threads(),
+    )
 
 
 # The five checks. Each fills in its Check (figures, hints, passed) and returns what later checks
 # take from it.
+
 
 def check_transformer(check: Check, checkpoint: Path) -> LoadedModel:
     model, cfg = load_model(checkpoint)
@@ -142,21 +168,26 @@ def check_transformer(check: Check, checkpoint: Path) -> LoadedModel:
 
 def check_activations(check: Check, checkpoint: Path, loaded: LoadedModel) -> Activations:
     acts, info = model_activations(checkpoint, layer=0)
-    check.figures = (f"{info['hook_name']}: shape {list(acts.shape)}, mean {acts.mean():.4f}, "
-                     f"std {acts.std():.4f}")
-    check.passed = (acts.shape[0] == loaded.p ** 2 and bool(torch.isfinite(acts).all())
-                    and float(acts.std()) > 0)
+    check.figures = (
+        f"{info['hook_name']}: shape {list(acts.shape)}, mean {acts.mean():.4f}, "
+        f"std {acts.std():.4f}"
+    )
+    check.passed = (
+        acts.shape[0] == loaded.p**2 and bool(torch.isfinite(acts).all()) and float(acts.std()) > 0
+    )
     return Activations(acts, info)
 
 
-def check_sae_training(check: Check, activations: Activations, k: int,
-                       expansion: int) -> StackedSAE:
+def check_sae_training(
+    check: Check, activations: Activations, k: int, expansion: int
+) -> StackedSAE:
     # One epoch is few steps (2,209 inputs at p = 47), so: batches of 16 and lr 1e-2. Measured on
     # the p = 47 test model: EV 0.73, 2% dead, 64% of decoder weight in the key-frequency
     # subspaces (random directions: 15%); with batch 256 and lr 3e-3 data init is still
     # reconstructing ~k times too large after one epoch (EV -189).
-    cfg = SAETrainConfig(architecture="topk", expansion=expansion, k=k, epochs=1, batch_size=16,
-                         lr=1e-2)
+    cfg = SAETrainConfig(
+        architecture="topk", expansion=expansion, k=k, epochs=1, batch_size=16, lr=1e-2
+    )
     res = train_saes(activations.acts, cfg, [42])
     m = reconstruction_metrics(res.sae, activations.acts)
     l0, ev, dead = m["l0"][0], m["explained_variance"][0], m["frac_dead"][0]
@@ -166,8 +197,9 @@ def check_sae_training(check: Check, activations: Activations, k: int,
     return res.sae
 
 
-def check_fourier_overlap(check: Check, loaded: LoadedModel, activations: Activations,
-                          sae: StackedSAE) -> None:
+def check_fourier_overlap(
+    check: Check, loaded: LoadedModel, activations: Activations, sae: StackedSAE
+) -> None:
     p, acts = loaded.p, activations.acts
     keys = key_frequencies(neuron_acts(loaded.model, make_tokens(p)), p)[0]
     with torch.no_grad():
@@ -176,21 +208,26 @@ def check_fourier_overlap(check: Check, loaded: LoadedModel, activations: Activa
     fo, chance = rep["fourier_overlap"], rep["chance_purity"]
     wf = rep.get("weight_space", {}).get("union_mean_live")
     dim = rep.get("weight_space", {}).get("union_dim", 0)
-    check.figures = (f"Fourier overlap {fo:.3f} (chance {chance:.4f}); decoder weight in "
-                     f"key-frequency subspaces {wf:.0%} (random direction: "
-                     f"{dim / acts.shape[1]:.0%}); key frequencies {keys}")
+    check.figures = (
+        f"Fourier overlap {fo:.3f} (chance {chance:.4f}); decoder weight in "
+        f"key-frequency subspaces {wf:.0%} (random direction: "
+        f"{dim / acts.shape[1]:.0%}); key frequencies {keys}"
+    )
     check.hints = sae_hints("topk", None, 0.0, 0.0, fourier_overlap=fo, key_weight_frac=wf)
     check.passed = not check.hints
 
 
-def check_save_and_load(check: Check, folder: Path, activations: Activations,
-                        sae: StackedSAE) -> None:
+def check_save_and_load(
+    check: Check, folder: Path, activations: Activations, sae: StackedSAE
+) -> None:
     save_sae(folder, sae, 0, dict(activations.info, seed=42))
     loaded = load_sae(folder)
-    diff = max(float((loaded.W_enc - sae.W_enc[0].detach()).abs().max()),
-               float((loaded.W_dec - sae.W_dec[0].detach()).abs().max()),
-               float((loaded.b_enc - sae.b_enc[0].detach()).abs().max()),
-               float((loaded.b_dec - sae.b_dec[0].detach()).abs().max()))
+    diff = max(
+        float((loaded.W_enc - sae.W_enc[0].detach()).abs().max()),
+        float((loaded.W_dec - sae.W_dec[0].detach()).abs().max()),
+        float((loaded.b_enc - sae.b_enc[0].detach()).abs().max()),
+        float((loaded.b_dec - sae.b_dec[0].detach()).abs().max()),
+    )
     check.figures = f"max weight difference {diff:.2e}"
     check.passed = diff < 1e-6
 
@@ -211,15 +248,19 @@ class _Report:
         blocker = next((c for c in inputs if c.output is None), None)
         if blocker is not None:
             check.skipped = True
-            check.figures = (f"skipped: needs {blocker.name}, which "
-                             f"{'was skipped' if blocker.skipped else 'failed'}")
+            check.figures = (
+                f"skipped: needs {blocker.name}, which "
+                f"{'was skipped' if blocker.skipped else 'failed'}"
+            )
         else:
             args = tuple(map(_given, args))
             kwargs = {key: _given(value) for key, value in kwargs.items()}
             _run(check, lambda c: fn(c, *args, **kwargs))
         self.checks.append(check)
-        self.say(f"[{len(self.checks)}/{N_CHECKS}] {check.name:<26} "
-                 f"{'PASS' if check.passed else 'FAIL'}  {check.figures}")
+        self.say(
+            f"[{len(self.checks)}/{N_CHECKS}] {check.name:<26} "
+            f"{'PASS' if check.passed else 'FAIL'}  {check.figures}"
+        )
         for h in check.hints:
             self.say(f"      -> {h}")
         return check
@@ -248,14 +289,30 @@ def train_small_model(out: Path, say: Callable[[str], Any] = print) -> Path:
     """The doctor's own model when it is given none: p = 47, stopped once grokked (~1 minute)."""
     say(f"no --transformer-checkpoint: training a small model (p = {DOCTOR_P}) in {out} ...")
     t0 = time.time()
-    train_model(TrainConfig(p=DOCTOR_P, train_frac=0.5, lr=3e-3, epochs=3000, eval_every=50,
-                            stop_test_acc=0.995, stop_frac_single_freq=0.0), out, progress=False)
+    train_model(
+        TrainConfig(
+            p=DOCTOR_P,
+            train_frac=0.5,
+            lr=3e-3,
+            epochs=3000,
+            eval_every=50,
+            stop_test_acc=0.995,
+            stop_frac_single_freq=0.0,
+        ),
+        out,
+        progress=False,
+    )
     say(f"  trained in {time.time() - t0:.0f} s")
     return out
 
 
-def run_doctor(checkpoint: Path | None, work: Path, say: Callable[[str], Any] = print,
-               k: int = 32, expansion: int = 16) -> list[Check]:
+def run_doctor(
+    checkpoint: Path | None,
+    work: Path,
+    say: Callable[[str], Any] = print,
+    k: int = 32,
+    expansion: int = 16,
+) -> list[Check]:
     """Run the five checks on a model run (None: train one in `work`), writing into `work`;
     `say` gets each report line as it is ready. Returns the checks in order."""
     torch.set_flush_denormal(True)

@@ -16,7 +16,10 @@ from husai.analysis.measures import NULLS  # noqa: E402
 from husai.io import atomic_write_bytes  # noqa: E402
 from husai.sae.family import families  # noqa: E402
 
-SHARED_INIT_STYLE = ("o", "tab:red")  # the shared-init reference's markers (the nulls': husai.analysis.measures)
+SHARED_INIT_STYLE = (
+    "o",
+    "tab:red",
+)  # the shared-init reference's markers (the nulls': husai.analysis.measures)
 
 
 def _save(fig, path: Path) -> Path:
@@ -27,8 +30,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def training_curves(history: list[dict], grokked: int | None, clean: int | None, path: Path,
-                    progress: list[dict] | None = None, memorised: int | None = None) -> Path:
+def training_curves(
+    history: list[dict],
+    grokked: int | None,
+    clean: int | None,
+    path: Path,
+    progress: list[dict] | None = None,
+    memorised: int | None = None,
+) -> Path:
     """Loss, accuracy with the single-frequency neuron share, and (with weight snapshots) Nanda et
     al.'s progress measures: the grokking story as memorisation, circuit formation, clean-up."""
     ep = [r["epoch"] for r in history]
@@ -40,19 +49,49 @@ def training_curves(history: list[dict], grokked: int | None, clean: int | None,
     ax1.set(xlabel="epoch", ylabel="cross-entropy (nats, log scale)", title="Loss")
     ax2.plot(ep, [r["train_acc"] for r in history], label="train accuracy", marker=".")
     ax2.plot(ep, [r["test_acc"] for r in history], label="test accuracy", marker=".")
-    ax2.plot(ep, [r["frac_neurons_single_freq"] for r in history], label="single-frequency neurons", ls="--", marker=".")
-    ax2.set(xlabel="epoch", ylabel="fraction", title="Accuracy and circuit clean-up", ylim=(-0.02, 1.02))
+    ax2.plot(
+        ep,
+        [r["frac_neurons_single_freq"] for r in history],
+        label="single-frequency neurons",
+        ls="--",
+        marker=".",
+    )
+    ax2.set(
+        xlabel="epoch", ylabel="fraction", title="Accuracy and circuit clean-up", ylim=(-0.02, 1.02)
+    )
     if progress:
         ax3 = axes[2]
         pe = [r["epoch"] for r in progress]
-        ax3.semilogy(pe, [r["restricted_loss"] for r in progress], marker=".", label="restricted loss (key frequencies only)")
-        ax3.semilogy(pe, [r["excluded_loss"] for r in progress], marker=".", label="excluded loss (key freqs removed)")
-        ax3.semilogy(pe, [r["test_loss"] for r in progress], marker=".", ls=":", color="tab:gray", label="test loss")
-        ax3.set(xlabel="epoch", ylabel="cross-entropy (nats, log scale)",
-                title="Progress measures (final key frequencies)")
+        ax3.semilogy(
+            pe,
+            [r["restricted_loss"] for r in progress],
+            marker=".",
+            label="restricted loss (key frequencies only)",
+        )
+        ax3.semilogy(
+            pe,
+            [r["excluded_loss"] for r in progress],
+            marker=".",
+            label="excluded loss (key freqs removed)",
+        )
+        ax3.semilogy(
+            pe,
+            [r["test_loss"] for r in progress],
+            marker=".",
+            ls=":",
+            color="tab:gray",
+            label="test loss",
+        )
+        ax3.set(
+            xlabel="epoch",
+            ylabel="cross-entropy (nats, log scale)",
+            title="Progress measures (final key frequencies)",
+        )
     for ax in axes:
         if memorised:
-            ax.axvline(memorised, color="tab:purple", ls=":", label=f"memorised (epoch {memorised})")
+            ax.axvline(
+                memorised, color="tab:purple", ls=":", label=f"memorised (epoch {memorised})"
+            )
         if grokked:
             ax.axvline(grokked, color="k", ls=":", label=f"grokked (epoch {grokked})")
         if clean:
@@ -65,15 +104,22 @@ def fourier_spectrum(m: dict, path: Path) -> Path:
     keys = set(m.get("key_frequencies", []))
     emb, share = m.get("embed_spectrum", []), m.get("frequency_variance_share", [])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
-    for ax, vals, ylabel, title in ((ax1, emb, "norm of W_E along frequency", "Embedding Fourier norms"),
-                                    (ax2, share, "share of MLP variance", "MLP neuron variance by frequency")):
+    for ax, vals, ylabel, title in (
+        (ax1, emb, "norm of W_E along frequency", "Embedding Fourier norms"),
+        (ax2, share, "share of MLP variance", "MLP neuron variance by frequency"),
+    ):
         k = np.arange(1, len(vals) + 1)
         ax.bar(k, vals, color=["tab:red" if i in keys else "tab:blue" for i in k])
         ax.set(xlabel="frequency k (cycles per p)", ylabel=ylabel, title=title)
     from matplotlib.patches import Patch
 
-    ax2.legend(handles=[Patch(color="tab:red", label=f"key frequencies {sorted(keys)}"),
-                        Patch(color="tab:blue", label="other frequencies")], fontsize=8)
+    ax2.legend(
+        handles=[
+            Patch(color="tab:red", label=f"key frequencies {sorted(keys)}"),
+            Patch(color="tab:blue", label="other frequencies"),
+        ],
+        fontsize=8,
+    )
     return _save(fig, path)
 
 
@@ -85,8 +131,13 @@ def _short(c: dict) -> str:
 def _panels(n: int, width: float, height: float, cols: int = 4):
     """n panels in rows of at most `cols` (a sweep has tens of cells: one row was 14,000 px wide)."""
     ncols, nrows = min(n, cols), -(-n // cols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
-                             gridspec_kw={"wspace": 0.45, "hspace": 0.6})
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(width * ncols, height * nrows),
+        squeeze=False,
+        gridspec_kw={"wspace": 0.45, "hspace": 0.6},
+    )
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.axis("off")
@@ -98,17 +149,30 @@ def stability_heatmaps(cells: list[dict], path: Path) -> Path:
     for ax, c in zip(axes, cells):
         a = c["analysis"]["stability"]["levels"]["pw_mcc_dec"]
         M = np.array([[1.0 if v is None else v for v in r] for r in a["matrix"]], dtype=float)
-        labels = [s["label"] for s in c["analysis"].get("saes", [])] or [str(i) for i in range(len(M))]
+        labels = [s["label"] for s in c["analysis"].get("saes", [])] or [
+            str(i) for i in range(len(M))
+        ]
         im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(M)), labels, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(M)), labels, fontsize=7)
         for i in range(len(M)):
             for j in range(len(M)):
-                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="w" if M[i, j] < 0.6 else "k")
+                ax.text(
+                    j,
+                    i,
+                    f"{M[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="w" if M[i, j] < 0.6 else "k",
+                )
         null = a.get("fitting", {}).get("value")
-        ax.set_title(f"{_short(c)}\nPW-MCC, data metric (fitting null {null:.2f})" if null is not None
-                     else _short(c), fontsize=9)
+        ax.set_title(
+            f"{_short(c)}\nPW-MCC, data metric (fitting null {null:.2f})"
+            if null is not None
+            else _short(c),
+            fontsize=9,
+        )
         fig.colorbar(im, ax=ax, fraction=0.046, label="PW-MCC")
     return _save(fig, path)
 
@@ -116,21 +180,46 @@ def stability_heatmaps(cells: list[dict], path: Path) -> Path:
 def stability_vs_null(cells: list[dict], path: Path) -> Path:
     """Per cell, each stability level's value with its 95% CI over seeds (bars) and its nulls and the
     shared-init reference (markers)."""
-    metrics = (("pw_mcc_dec", "atoms: PW-MCC (decoder)"), ("shared_fraction", "atoms: shared fraction"),
-               ("act_mcc", "activations: matched correlation"), ("class_jaccard", "answer classes: Jaccard"))
+    metrics = (
+        ("pw_mcc_dec", "atoms: PW-MCC (decoder)"),
+        ("shared_fraction", "atoms: shared fraction"),
+        ("act_mcc", "activations: matched correlation"),
+        ("class_jaccard", "answer classes: Jaccard"),
+    )
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.8))
     x = np.arange(len(cells))
     for ax, (m, title) in zip(axes, metrics):
         st = [c["analysis"].get("stability", {}) for c in cells]
         vals = [dict(s.get("levels", {}), **s.get("ground_truth", {})).get(m, {}) for s in st]
         v = [r.get("value") or 0 for r in vals]
-        err = np.array([[max(0.0, y - r["ci"][0]), max(0.0, r["ci"][1] - y)] if r.get("ci") else [0, 0]
-                        for y, r in zip(v, vals)]).T
-        ax.bar(x, v, yerr=err, color="tab:blue", alpha=0.8, capsize=4, label="trained SAEs (95% CI)")
-        marks = [(f"{n.label} null", n.marker, n.color, [r.get("nulls", {}).get(n.name, {}).get("value") for r in vals])
-                 for n in NULLS.values()]
-        marks.append(("shared-init reference", *SHARED_INIT_STYLE,
-                      [s.get("references", {}).get("shared_init", {}).get(m, {}).get("value") for s in st]))
+        err = np.array(
+            [
+                [max(0.0, y - r["ci"][0]), max(0.0, r["ci"][1] - y)] if r.get("ci") else [0, 0]
+                for y, r in zip(v, vals)
+            ]
+        ).T
+        ax.bar(
+            x, v, yerr=err, color="tab:blue", alpha=0.8, capsize=4, label="trained SAEs (95% CI)"
+        )
+        marks = [
+            (
+                f"{n.label} null",
+                n.marker,
+                n.color,
+                [r.get("nulls", {}).get(n.name, {}).get("value") for r in vals],
+            )
+            for n in NULLS.values()
+        ]
+        marks.append(
+            (
+                "shared-init reference",
+                *SHARED_INIT_STYLE,
+                [
+                    s.get("references", {}).get("shared_init", {}).get(m, {}).get("value")
+                    for s in st
+                ],
+            )
+        )
         for label, marker, color, ys in marks:
             pts = [(xi, y) for xi, y in zip(x, ys) if y is not None]
             if pts:
@@ -156,13 +245,29 @@ def frequency_coverage(cells: list[dict], path: Path) -> Path:
                 return float((fr.get(l, {}).get("pure_per_frequency") or {}).get(str(k), 0))
             per = (fr.get(l, {}).get("weight_space") or {}).get("per_frequency", {}).get(str(k), {})
             return float(per.get("n_weight_assigned") or 0)
-        W = np.array([[count(l, k, "weights") for k in keys] for l in labels]) if keys and labels else np.zeros((1, 1))
-        P = np.array([[count(l, k, "pure") for k in keys] for l in labels]) if keys and labels else np.zeros((1, 1))
+
+        W = (
+            np.array([[count(l, k, "weights") for k in keys] for l in labels])
+            if keys and labels
+            else np.zeros((1, 1))
+        )
+        P = (
+            np.array([[count(l, k, "pure") for k in keys] for l in labels])
+            if keys and labels
+            else np.zeros((1, 1))
+        )
         im = ax.imshow(W, cmap="viridis", aspect="auto", vmin=0, vmax=max(1.0, float(W.max())))
         for i in range(W.shape[0]):
             for j in range(W.shape[1]):
-                ax.text(j, i, f"{W[i, j]:.0f} ({P[i, j]:.0f})", ha="center", va="center", fontsize=7,
-                        color="w" if W[i, j] < 0.6 * max(1.0, W.max()) else "k")
+                ax.text(
+                    j,
+                    i,
+                    f"{W[i, j]:.0f} ({P[i, j]:.0f})",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="w" if W[i, j] < 0.6 * max(1.0, W.max()) else "k",
+                )
         ax.set_xticks(range(len(keys)), [str(k) for k in keys])
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.set(xlabel="key frequency k", title=_short(c))
@@ -179,10 +284,17 @@ def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
     from husai.study.sweep import curves
 
     hooks = sorted({p["hook"] for p in points})
-    panels = (("latents", "stability_effect", "PW-MCC over chance"), ("latents", "recovery", "atom recovery over reference"),
-              ("l0", "stability_effect", "PW-MCC over chance"), ("l0", "recovery", "atom recovery over reference"),
-              ("l0", "ev", "explained variance"), ("latents", "gap", "optimisation gap (oracle EV - SAE EV)"))
-    fig, axes = plt.subplots(len(hooks), len(panels), figsize=(4.4 * len(panels), 4.0 * len(hooks)), squeeze=False)
+    panels = (
+        ("latents", "stability_effect", "PW-MCC over chance"),
+        ("latents", "recovery", "atom recovery over reference"),
+        ("l0", "stability_effect", "PW-MCC over chance"),
+        ("l0", "recovery", "atom recovery over reference"),
+        ("l0", "ev", "explained variance"),
+        ("latents", "gap", "optimisation gap (oracle EV - SAE EV)"),
+    )
+    fig, axes = plt.subplots(
+        len(hooks), len(panels), figsize=(4.4 * len(panels), 4.0 * len(hooks)), squeeze=False
+    )
     by = {"latents": curves(points, "knob", "latents"), "l0": curves(points, "latents", "l0")}
     for i, hook in enumerate(hooks):
         for j, (x, y, label) in enumerate(panels):
@@ -197,13 +309,29 @@ def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
                 hi = [r.get(f"{y}_hi") for r in c]
                 err = None
                 if all(v is not None for v in lo + hi):
-                    err = np.array([[max(0.0, v - a) for v, a in zip(ys, lo)], [max(0.0, b - v) for v, b in zip(ys, hi)]])
+                    err = np.array(
+                        [
+                            [max(0.0, v - a) for v, a in zip(ys, lo)],
+                            [max(0.0, b - v) for v, b in zip(ys, hi)],
+                        ]
+                    )
                 name = key[2] if x == "latents" else f"{key[2]:.0f} latents"
                 fam = families().get(key[1])
-                ax.errorbar(xs, ys, yerr=err, marker="o", ms=4, capsize=3, color=fam.color if fam else "k",
-                            ls=("-", "--", ":", "-.")[n % 4], label=f"{fam.label if fam else key[1]} {name}")
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=err,
+                    marker="o",
+                    ms=4,
+                    capsize=3,
+                    color=fam.color if fam else "k",
+                    ls=("-", "--", ":", "-.")[n % 4],
+                    label=f"{fam.label if fam else key[1]} {name}",
+                )
             ax.set_xscale("log")
-            xs_all = sorted({round(r[x], 1) for key in series for r in by[x][key] if r[x] is not None})
+            xs_all = sorted(
+                {round(r[x], 1) for key in series for r in by[x][key] if r[x] is not None}
+            )
             if x == "latents" and xs_all:  # the widths themselves, not 10^k ticks
                 ax.set_xticks(xs_all, [f"{v:g}" for v in xs_all])
                 ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -214,7 +342,10 @@ def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
                     ax.axvline(v, color="tab:gray", ls=":", lw=1)
                     ax.text(v, ax.get_ylim()[1], f" {mark}", fontsize=6, va="top", color="tab:gray")
             ax.set(xlabel="latents" if x == "latents" else "L0 (log)", ylabel=label)
-            ax.set_title(f"{hook.replace('blocks.0.', '')}: {label} vs {'width' if x == 'latents' else 'L0'}", fontsize=9)
+            ax.set_title(
+                f"{hook.replace('blocks.0.', '')}: {label} vs {'width' if x == 'latents' else 'L0'}",
+                fontsize=9,
+            )
             ax.legend(fontsize=6)
     fig.tight_layout()
     return _save(fig, path)

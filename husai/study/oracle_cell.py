@@ -23,10 +23,23 @@ def oracle_for_cell(folder: Path, spec: dict) -> dict:
     seeds = list(spec["seeds"])
     per = metrics["per_seed"]
     ctx = model_context(Path(spec["model_dir"]), spec["hook"])
-    gt = hook_ground_truth(ctx)  # its key frequencies are the grid's own (discrete logarithms for mul)
+    gt = hook_ground_truth(
+        ctx
+    )  # its key frequencies are the grid's own (discrete logarithms for mul)
     saes = load_saes(folder) if len(seeds) > 1 else None
-    return cell_oracle(ctx["acts"], ctx["p"], ctx.get("operation", "add"), gt.key_frequencies, cfg, seeds,
-                       int(metrics["d_sae"]), [per[str(s)]["explained_variance"] for s in seeds],
-                       [per[str(s)]["l0"] for s in seeds], saes, started=bool(spec["oracle"].get("started", True)),
-                       encoder=bool(spec["oracle"].get("encoder", True)),
-                       neurons=str(spec["hook"]).endswith("mlp.hook_post"), history=metrics.get("history"))
+    return cell_oracle(
+        ctx["acts"],
+        ctx["p"],
+        ctx.get("operation", "add"),
+        gt.key_frequencies,
+        cfg,
+        seeds,
+        int(metrics["d_sae"]),
+        [per[str(s)]["explained_variance"] for s in seeds],
+        [per[str(s)]["l0"] for s in seeds],
+        saes,
+        started=bool(spec["oracle"].get("started", True)),
+        encoder=bool(spec["oracle"].get("encoder", True)),
+        neurons=str(spec["hook"]).endswith("mlp.hook_post"),
+        history=metrics.get("history"),
+    )

@@ -23,16 +23,48 @@ def oracle_cells(rows: list[dict]) -> list[dict]:
     out = []
     for run, rs in by_run.items():
         r0 = rs[0]
-        out.append(dict(run=run, hook=r0["hook"], architecture=r0["architecture"], model_seed=r0["model_seed"],
-                        latents=r0["latents"], k=r0["oracle_k"], atoms=r0["oracle_atoms"], reading=r0["oracle_reading"],
-                        gap=r0["optimisation_gap_mean"], gap_lo=r0["optimisation_gap_ci_lo"],
-                        gap_hi=r0["optimisation_gap_ci_hi"], remainder=r0.get("truth_remainder"),
-                        converged=r0.get("converged"), ev_gain=r0.get("last_epoch_ev_gain"),
-                        **{key: _mean(r.get(key) for r in rs) for key in (
-                            "explained_variance", "l0", "oracle_ev", "oracle_l0", "oracle_encoder_ev", "started_ev",
-                            "started_cosine_to_start",
-                            "trained_near_truth", "started_near_truth")}))
-    return sorted(out, key=lambda c: (c["hook"], c["architecture"], c["latents"] or 0, c["k"] or 0, c["model_seed"]))
+        out.append(
+            dict(
+                run=run,
+                hook=r0["hook"],
+                architecture=r0["architecture"],
+                model_seed=r0["model_seed"],
+                latents=r0["latents"],
+                k=r0["oracle_k"],
+                atoms=r0["oracle_atoms"],
+                reading=r0["oracle_reading"],
+                gap=r0["optimisation_gap_mean"],
+                gap_lo=r0["optimisation_gap_ci_lo"],
+                gap_hi=r0["optimisation_gap_ci_hi"],
+                remainder=r0.get("truth_remainder"),
+                converged=r0.get("converged"),
+                ev_gain=r0.get("last_epoch_ev_gain"),
+                **{
+                    key: _mean(r.get(key) for r in rs)
+                    for key in (
+                        "explained_variance",
+                        "l0",
+                        "oracle_ev",
+                        "oracle_l0",
+                        "oracle_encoder_ev",
+                        "started_ev",
+                        "started_cosine_to_start",
+                        "trained_near_truth",
+                        "started_near_truth",
+                    )
+                },
+            )
+        )
+    return sorted(
+        out,
+        key=lambda c: (
+            c["hook"],
+            c["architecture"],
+            c["latents"] or 0,
+            c["k"] or 0,
+            c["model_seed"],
+        ),
+    )
 
 
 LEGEND = (
@@ -53,11 +85,24 @@ LEGEND = (
     "trained on it by the cell's recipe; the best code's EV minus this is the amortisation gap (what a "
     "one-layer encoder loses in choosing atoms). Started at truth: the cell's own recipe started from the "
     "tiling; cos to start: each started row's cosine to its atom at the end; near truth: the share of "
-    "live decoder rows within cosine 0.9 of an atom of the tiling.")
+    "live decoder rows within cosine 0.9 of an atom of the tiling."
+)
 
-HEAD = ["hook", "architecture", "latents", "k", "model seed", "SAE EV", "oracle EV (atoms)",
-        "oracle + the family's encoder", "gap [95% CI]", "reading", "started at truth: EV",
-        "cos to start", "near truth: trained / started"]
+HEAD = [
+    "hook",
+    "architecture",
+    "latents",
+    "k",
+    "model seed",
+    "SAE EV",
+    "oracle EV (atoms)",
+    "oracle + the family's encoder",
+    "gap [95% CI]",
+    "reading",
+    "started at truth: EV",
+    "cos to start",
+    "near truth: trained / started",
+]
 
 
 def _reading(c: dict) -> str:
@@ -71,10 +116,21 @@ def oracle_table(cells: list[dict]) -> str:
     for c in cells:
         gap = f"{_f(c['gap'])} [{_f(c['gap_lo'])}, {_f(c['gap_hi'])}]"
         near = f"{_f(c['trained_near_truth'], 2)} / {_f(c['started_near_truth'], 2)}"
-        cols = [c["hook"], c["architecture"], _f(c["latents"]), _f(c["k"]), _f(c["model_seed"]),
-                _f(c["explained_variance"]), f"{_f(c['oracle_ev'])} ({_f(c['atoms'])})",
-                _f(c["oracle_encoder_ev"]), gap, _reading(c), _f(c["started_ev"]),
-                _f(c["started_cosine_to_start"], 2), near]
+        cols = [
+            c["hook"],
+            c["architecture"],
+            _f(c["latents"]),
+            _f(c["k"]),
+            _f(c["model_seed"]),
+            _f(c["explained_variance"]),
+            f"{_f(c['oracle_ev'])} ({_f(c['atoms'])})",
+            _f(c["oracle_encoder_ev"]),
+            gap,
+            _reading(c),
+            _f(c["started_ev"]),
+            _f(c["started_cosine_to_start"], 2),
+            near,
+        ]
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n\n" + LEGEND
 
@@ -87,19 +143,31 @@ def oracle_verdict(cells: list[dict]) -> list[str]:
         groups[(c["hook"], c["architecture"])].append(c)
     lines = []
     for (hook, arch), cs in sorted(groups.items()):
-        counts = {r: sum(c["reading"] == r for c in cs) for r in ("optimisation", "objective", "neither")}
+        counts = {
+            r: sum(c["reading"] == r for c in cs) for r in ("optimisation", "objective", "neither")
+        }
         gaps = [c["gap"] for c in cs if c["gap"] is not None]
         said = ", ".join(f"{r} in {n}" for r, n in counts.items() if n)
         rising = sum(c["reading"] == "optimisation" and c["converged"] is False for c in cs)
-        said += f" of {len(cs)} cells" + (f" (the EV was still rising in {rising} of the {counts['optimisation']} "
-                                          "optimisation cells: under-trained)" if rising else "")
-        line = (f"Why {arch} at {hook} misses the truth: {said}; the oracle's EV minus the SAEs' "
-                f"runs {min(gaps):+.3f} to {max(gaps):+.3f}")
-        started = [(c["started_ev"], c["explained_variance"]) for c in cs if c["started_ev"] is not None]
+        said += f" of {len(cs)} cells" + (
+            f" (the EV was still rising in {rising} of the {counts['optimisation']} "
+            "optimisation cells: under-trained)"
+            if rising
+            else ""
+        )
+        line = (
+            f"Why {arch} at {hook} misses the truth: {said}; the oracle's EV minus the SAEs' "
+            f"runs {min(gaps):+.3f} to {max(gaps):+.3f}"
+        )
+        started = [
+            (c["started_ev"], c["explained_variance"]) for c in cs if c["started_ev"] is not None
+        ]
         if started:
             better = sum(s > e for s, e in started)
-            line += (f"; started at the truth, the same recipe ends above the standard init in {better} of "
-                     f"{len(started)} cells (EV {_f(_mean(s for s, _ in started))} against "
-                     f"{_f(_mean(e for _, e in started))})")
+            line += (
+                f"; started at the truth, the same recipe ends above the standard init in {better} of "
+                f"{len(started)} cells (EV {_f(_mean(s for s, _ in started))} against "
+                f"{_f(_mean(e for _, e in started))})"
+            )
         lines.append(line + ".")
     return lines

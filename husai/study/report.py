@@ -28,19 +28,29 @@ std 0.004 at 1200-2048 latents, and each reference averages 5 draws, so 0.05 is 
 
 def criteria(row: dict) -> dict[str, bool | None]:
     """Pass/fail of the plan's success criteria for one SAE row (None: not applicable / missing)."""
+
     def ok(v, test):
         return None if v is None else bool(test(v))
+
     l0 = None
     if row.get("k") == 32:  # the TopK family's column (husai.sae.family)
         l0 = ok(row.get("l0"), lambda v: 28 <= v <= 36)
     refs = [row.get("centroid_mcc_random"), row.get("centroid_mcc_data_points")]
-    bar = None if None in refs or (row.get("hook_answer_share") or 0) < ANSWER_HOOK else max(refs) + ATOM_MARGIN
-    return {"L0 28-36 (k=32)": l0, "EV > 0.85": ok(row.get("explained_variance"), lambda v: v > 0.85),
-            "dead < 15%": ok(row.get("frac_dead"), lambda v: v < 0.15),
-            "Fourier overlap > 0.5 (the plan's)": ok(row.get("fourier_overlap"), lambda v: v > 0.5),
-            # the replacement (husai.analysis.recovery): sparse latents can meet it, no-learning ones cannot
-            f"answer atoms: MCC > references + {ATOM_MARGIN}": None if bar is None else ok(
-                row.get("centroid_mcc"), lambda v: v > bar)}
+    bar = (
+        None
+        if None in refs or (row.get("hook_answer_share") or 0) < ANSWER_HOOK
+        else max(refs) + ATOM_MARGIN
+    )
+    return {
+        "L0 28-36 (k=32)": l0,
+        "EV > 0.85": ok(row.get("explained_variance"), lambda v: v > 0.85),
+        "dead < 15%": ok(row.get("frac_dead"), lambda v: v < 0.15),
+        "Fourier overlap > 0.5 (the plan's)": ok(row.get("fourier_overlap"), lambda v: v > 0.5),
+        # the replacement (husai.analysis.recovery): sparse latents can meet it, no-learning ones cannot
+        f"answer atoms: MCC > references + {ATOM_MARGIN}": None
+        if bar is None
+        else ok(row.get("centroid_mcc"), lambda v: v > bar),
+    }
 
 
 def _fmt(v, nd=3):
@@ -81,65 +91,150 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
         mdir = root / "models" / f"seed{ms}"
         m = read_json(mdir / "metrics.json", "model metrics")
         hist = read_jsonl(mdir / "history.jsonl")
-        figs.append(("model", rf.training_curves(hist, m.get("grokked_epoch"), m.get("clean_epoch"),
-                                                 figdir / f"model_seed{ms}_training.png", m.get("progress"),
-                                                 m.get("memorised_epoch")),
-                     f"Model seed {ms}: training curves with the memorised, grokked and clean epochs marked"
-                     + ("; right: Nanda et al.'s progress measures from the weight snapshots, with the final key "
-                        "frequencies (the restricted loss falls before the test loss: the Fourier circuit forms while "
-                        "the model still memorises; the excluded loss rises as the clean-up removes memorisation)."
-                        if m.get("progress") else ".")))
-        figs.append(("model", rf.fourier_spectrum(m, figdir / f"model_seed{ms}_spectrum.png"),
-                     f"Model seed {ms}: Fourier spectrum; key frequencies {m.get('key_frequencies')}."))
-        sections.append((f"Model (seed {ms})", "\n".join([
-            f"- test accuracy {_fmt(m.get('test_acc'), 4)}, test loss {_fmt(m.get('test_loss'), 6)}, "
-            f"train loss {_fmt(m.get('train_loss'), 6)}",
-            f"- epochs {m.get('epochs_trained')}, grokked at {m.get('grokked_epoch')}, clean at {m.get('clean_epoch')}",
-            f"- key frequencies {m.get('key_frequencies')}; single-frequency neurons "
-            f"{_fmt(m.get('frac_neurons_single_freq'))}",
-            f"- restricted loss {_fmt(m.get('restricted_loss'), 6)}, excluded loss {_fmt(m.get('excluded_loss'))}"])))
+        figs.append(
+            (
+                "model",
+                rf.training_curves(
+                    hist,
+                    m.get("grokked_epoch"),
+                    m.get("clean_epoch"),
+                    figdir / f"model_seed{ms}_training.png",
+                    m.get("progress"),
+                    m.get("memorised_epoch"),
+                ),
+                f"Model seed {ms}: training curves with the memorised, grokked and clean epochs marked"
+                + (
+                    "; right: Nanda et al.'s progress measures from the weight snapshots, with the final key "
+                    "frequencies (the restricted loss falls before the test loss: the Fourier circuit forms while "
+                    "the model still memorises; the excluded loss rises as the clean-up removes memorisation)."
+                    if m.get("progress")
+                    else "."
+                ),
+            )
+        )
+        figs.append(
+            (
+                "model",
+                rf.fourier_spectrum(m, figdir / f"model_seed{ms}_spectrum.png"),
+                f"Model seed {ms}: Fourier spectrum; key frequencies {m.get('key_frequencies')}.",
+            )
+        )
+        sections.append(
+            (
+                f"Model (seed {ms})",
+                "\n".join(
+                    [
+                        f"- test accuracy {_fmt(m.get('test_acc'), 4)}, test loss {_fmt(m.get('test_loss'), 6)}, "
+                        f"train loss {_fmt(m.get('train_loss'), 6)}",
+                        f"- epochs {m.get('epochs_trained')}, grokked at {m.get('grokked_epoch')}, clean at {m.get('clean_epoch')}",
+                        f"- key frequencies {m.get('key_frequencies')}; single-frequency neurons "
+                        f"{_fmt(m.get('frac_neurons_single_freq'))}",
+                        f"- restricted loss {_fmt(m.get('restricted_loss'), 6)}, excluded loss {_fmt(m.get('excluded_loss'))}",
+                    ]
+                ),
+            )
+        )
 
     cells = []
     for run in cfg.runs():
         folder = run.folder(root)
         crow = [r for r in rows if r["run"] == str(folder.relative_to(root))]
         an = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
-        cells.append(dict(name=f"{run.name} @ {run.hook} (model seed {run.model_seed})", rows=crow, analysis=an,
-                          status=crow[0]["status"] if crow else "missing", arch=run.cfg.architecture))
+        cells.append(
+            dict(
+                name=f"{run.name} @ {run.hook} (model seed {run.model_seed})",
+                rows=crow,
+                analysis=an,
+                status=crow[0]["status"] if crow else "missing",
+                arch=run.cfg.architecture,
+            )
+        )
 
     # Per-SAE quality with the plan's criteria.
-    head = ["run", "seed", "EV", "L0", "dead", "spliced acc", "delta CE (nats)", "CE rec (zero)", "CE rec (mean)",
-            "Fourier overlap", "cosine to init", "off span"] + list(criteria(rows[0]).keys() if rows else [])
+    head = [
+        "run",
+        "seed",
+        "EV",
+        "L0",
+        "dead",
+        "spliced acc",
+        "delta CE (nats)",
+        "CE rec (zero)",
+        "CE rec (mean)",
+        "Fourier overlap",
+        "cosine to init",
+        "off span",
+    ] + list(criteria(rows[0]).keys() if rows else [])
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r["status"] != "ok":
-            table.append(f"| {r['run']} | {r['seed']} | FAILED: {r['error']} |" + " |" * (len(head) - 3))
+            table.append(
+                f"| {r['run']} | {r['seed']} | FAILED: {r['error']} |" + " |" * (len(head) - 3)
+            )
             continue
-        table.append("| " + " | ".join([r["run"].split("/")[-1], str(r["seed"]), _fmt(r["explained_variance"]),
-                                         _fmt(r["l0"], 1), _fmt(r["frac_dead"]), _fmt(r["spliced_acc"]),
-                                         _sci(r.get("delta_ce")), _fmt(r["ce_loss_recovered_zero"]),
-                                         _fmt(r["ce_loss_recovered_mean"]), _fmt(r["fourier_overlap"]),
-                                         _fmt(r.get("cosine_to_init")), _fmt(r.get("off_span_live"))]
-                                        + [_mark(v) for v in criteria(r).values()]) + " |")
-    sections.append(("SAE quality", "\n".join(table) + "\n\n" + (
-        "delta CE: the model's loss with the SAE spliced in minus its clean loss, in nats; CE-loss-recovered saturates "
-        "near 1.000 whenever the clean loss is near 0 (~1e-7 after a long weight-decay-1 run, science brief section 6; "
-        "the fast preset's stronger clean-up decay leaves it near 0.1), so delta CE is the figure to read. Cosine to "
-        "init: mean cosine of each decoder row with its initialisation (high: it moved little). Off span: share of "
-        "the live decoder rows' squared norm outside the 99.9%-variance span of the activations (a training-health "
-        "figure).")))
+        table.append(
+            "| "
+            + " | ".join(
+                [
+                    r["run"].split("/")[-1],
+                    str(r["seed"]),
+                    _fmt(r["explained_variance"]),
+                    _fmt(r["l0"], 1),
+                    _fmt(r["frac_dead"]),
+                    _fmt(r["spliced_acc"]),
+                    _sci(r.get("delta_ce")),
+                    _fmt(r["ce_loss_recovered_zero"]),
+                    _fmt(r["ce_loss_recovered_mean"]),
+                    _fmt(r["fourier_overlap"]),
+                    _fmt(r.get("cosine_to_init")),
+                    _fmt(r.get("off_span_live")),
+                ]
+                + [_mark(v) for v in criteria(r).values()]
+            )
+            + " |"
+        )
+    sections.append(
+        (
+            "SAE quality",
+            "\n".join(table)
+            + "\n\n"
+            + (
+                "delta CE: the model's loss with the SAE spliced in minus its clean loss, in nats; CE-loss-recovered saturates "
+                "near 1.000 whenever the clean loss is near 0 (~1e-7 after a long weight-decay-1 run, science brief section 6; "
+                "the fast preset's stronger clean-up decay leaves it near 0.1), so delta CE is the figure to read. Cosine to "
+                "init: mean cosine of each decoder row with its initialisation (high: it moved little). Off span: share of "
+                "the live decoder rows' squared norm outside the 99.9%-variance span of the activations (a training-health "
+                "figure)."
+            ),
+        )
+    )
 
     ok_cells = [c for c in cells if c["analysis"].get("stability", {}).get("levels")]
     if ok_cells:
-        figs.append(("stability", rf.stability_heatmaps(ok_cells, figdir / "stability_heatmaps.png"),
-                     "PW-MCC between seeds (Hungarian-matched decoder cosine of live latents in the data metric), "
-                     "one panel per SAE cell."))
-        figs.append(("stability", rf.stability_vs_null(ok_cells, figdir / "stability_vs_null.png"),
-                     "Stability at each level (bars: mean over seed pairs with its 95% bootstrap CI over seeds) "
-                     "against its nulls and the shared-init reference (markers)."))
-        figs.append(("stability", rf.frequency_coverage(ok_cells, figdir / "frequency_coverage.png"),
-                     "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the row in that "
-                     "frequency's residual subspace), with activation-pure ones (purity >= 0.85) in brackets."))
+        figs.append(
+            (
+                "stability",
+                rf.stability_heatmaps(ok_cells, figdir / "stability_heatmaps.png"),
+                "PW-MCC between seeds (Hungarian-matched decoder cosine of live latents in the data metric), "
+                "one panel per SAE cell.",
+            )
+        )
+        figs.append(
+            (
+                "stability",
+                rf.stability_vs_null(ok_cells, figdir / "stability_vs_null.png"),
+                "Stability at each level (bars: mean over seed pairs with its 95% bootstrap CI over seeds) "
+                "against its nulls and the shared-init reference (markers).",
+            )
+        )
+        figs.append(
+            (
+                "stability",
+                rf.frequency_coverage(ok_cells, figdir / "frequency_coverage.png"),
+                "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the row in that "
+                "frequency's residual subspace), with activation-pure ones (purity >= 0.85) in brackets.",
+            )
+        )
     stab = [stability_table(ok_cells)]
     per_cell = verdict(cells)
     sections.append(("Stability across seeds", "\n\n".join(stab)))
@@ -148,36 +243,67 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
     points = sweep_points(root, rows)
     sweep_lines = headline(points)
     if sweep_lines:  # a grid with at least two widths or sparsities of one architecture
-        figs.insert(0, ("sweep", rf.sweep(points, {f"p = {cfg.model.p} answer classes": cfg.model.p},
-                                          figdir / "sweep.png"),
-                        "The sweep, one row per hook: stability's effect over chance (PW-MCC minus its matched-"
-                        "geometry null) and ground-truth atom recovery (Hungarian MCC minus the better no-learning "
-                        "reference) against width and against L0, explained variance against L0, and the "
-                        "optimisation gap against width (the oracle's EV minus the SAEs' at the same width and L0: "
-                        "above 0, a dictionary of the model's features does better than training finds). Error "
-                        "bars: the range over model seeds (one model seed: the 95% CI over SAE seeds)."))
-        sections.insert(0, ("Sweep: width and L0", sweep_table(points) + "\n\n" + (
-            "One row per cell (its SAE seeds' means). Recovery: the ground-truth atoms (answer-class centroids where "
-            "most of the hook's variance is a function of the answer, else the single-frequency MLP neurons) matched "
-            "by Hungarian MCC in the span, minus the better of two no-learning references of the same size (random "
-            "directions in the span, random data points); > 0 means learned. ReLU cells with a target L0 trained at the "
-            "penalty weight a search found for it (metrics.json `calibration`).")))
+        figs.insert(
+            0,
+            (
+                "sweep",
+                rf.sweep(
+                    points, {f"p = {cfg.model.p} answer classes": cfg.model.p}, figdir / "sweep.png"
+                ),
+                "The sweep, one row per hook: stability's effect over chance (PW-MCC minus its matched-"
+                "geometry null) and ground-truth atom recovery (Hungarian MCC minus the better no-learning "
+                "reference) against width and against L0, explained variance against L0, and the "
+                "optimisation gap against width (the oracle's EV minus the SAEs' at the same width and L0: "
+                "above 0, a dictionary of the model's features does better than training finds). Error "
+                "bars: the range over model seeds (one model seed: the 95% CI over SAE seeds).",
+            ),
+        )
+        sections.insert(
+            0,
+            (
+                "Sweep: width and L0",
+                sweep_table(points)
+                + "\n\n"
+                + (
+                    "One row per cell (its SAE seeds' means). Recovery: the ground-truth atoms (answer-class centroids where "
+                    "most of the hook's variance is a function of the answer, else the single-frequency MLP neurons) matched "
+                    "by Hungarian MCC in the span, minus the better of two no-learning references of the same size (random "
+                    "directions in the span, random data points); > 0 means learned. ReLU cells with a target L0 trained at the "
+                    "penalty weight a search found for it (metrics.json `calibration`)."
+                ),
+            ),
+        )
     ocells = oracle_cells(rows)
     if ocells:
-        sections.insert(1 if sweep_lines else 0, ("Why the SAEs miss the truth: the oracle", oracle_table(ocells)))
+        sections.insert(
+            1 if sweep_lines else 0,
+            ("Why the SAEs miss the truth: the oracle", oracle_table(ocells)),
+        )
     failed = [r for r in rows if r["status"] != "ok"]
     if sweep_lines:  # the trends lead; each cell's own reading moves to the stability section
-        sections = [(t, "\n".join(f"- {v}" for v in per_cell) + "\n\n" + b if t == "Stability across seeds" else b)
-                    for t, b in sections]  # by title: the sweep and oracle sections were inserted above it
+        sections = [
+            (
+                t,
+                "\n".join(f"- {v}" for v in per_cell) + "\n\n" + b
+                if t == "Stability across seeds"
+                else b,
+            )
+            for t, b in sections
+        ]  # by title: the sweep and oracle sections were inserted above it
         ref = [c for c in cells if c["analysis"].get("controls")]
         per_cell = [f"Reference cell (with the model-side controls): {v}" for v in verdict(ref)]
-    verdict_lines = (sweep_lines + oracle_verdict(ocells) + per_cell
-                     + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else []))
+    verdict_lines = (
+        sweep_lines
+        + oracle_verdict(ocells)
+        + per_cell
+        + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
+    )
     sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
 
     browser = browsable(root, cfg)
-    md = ["# husai study report", ""] + (["Every latent of every seed: [the feature browser](browser.html).", ""]
-                                         if browser else [])
+    md = ["# husai study report", ""] + (
+        ["Every latent of every seed: [the feature browser](browser.html).", ""] if browser else []
+    )
     for title, body in sections:
         md += [f"## {title}", "", body, ""]
     md += ["## Figures", ""] + [f"![{cap}](figures/{p.name})\n\n*{cap}*\n" for _, p, cap in figs]
@@ -195,15 +321,28 @@ def _ground_truth_section(cells: list[dict]) -> str:
         if not gt:
             continue
         v, base = gt["variance"], gt["baselines"]
-        lines.append(f"- {c['name']}: {_fmt(v['answer'])} of the variance is a function of the answer, "
-                     f"{_fmt(v['a'] + v['b'])} of a or b alone, {_fmt(v['conjugate'])} of {gt['variance_names']['conjugate']}, "
-                     f"{_fmt(v['rest'])} the rest; the output and input planes of the key frequencies "
-                     f"{gt['key_frequencies']} span {gt['span']['dim']} dimensions holding {_fmt(gt['span']['share'])}; "
-                     f"answer-centroid lookup (L0 = 1) EV {_fmt(base['centroid_lookup']['explained_variance'])}, "
-                     f"PCA EV {_fmt(base['pca'].get('4'))} (r = 4) / {_fmt(base['pca'].get('16'))} (r = 16).")
-    head = ["cell", "SAE", "plane feature", "answer detector", "input feature", "patch", "other", "off span",
-            "centroid MCC (random; data points)", "centroid F1 (random)", "out-plane coverage (random)",
-            "out-plane mass (random; variance)"]
+        lines.append(
+            f"- {c['name']}: {_fmt(v['answer'])} of the variance is a function of the answer, "
+            f"{_fmt(v['a'] + v['b'])} of a or b alone, {_fmt(v['conjugate'])} of {gt['variance_names']['conjugate']}, "
+            f"{_fmt(v['rest'])} the rest; the output and input planes of the key frequencies "
+            f"{gt['key_frequencies']} span {gt['span']['dim']} dimensions holding {_fmt(gt['span']['share'])}; "
+            f"answer-centroid lookup (L0 = 1) EV {_fmt(base['centroid_lookup']['explained_variance'])}, "
+            f"PCA EV {_fmt(base['pca'].get('4'))} (r = 4) / {_fmt(base['pca'].get('16'))} (r = 16)."
+        )
+    head = [
+        "cell",
+        "SAE",
+        "plane feature",
+        "answer detector",
+        "input feature",
+        "patch",
+        "other",
+        "off span",
+        "centroid MCC (random; data points)",
+        "centroid F1 (random)",
+        "out-plane coverage (random)",
+        "out-plane mass (random; variance)",
+    ]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in cells:
         for label, f in c["analysis"].get("fourier", {}).items():
@@ -212,39 +351,76 @@ def _ground_truth_section(cells: list[dict]) -> str:
                 continue
             cent = rec["atoms"]["answer_centroids"]
             outs = [e for name, e in rec["planes"].items() if name.startswith("out")]
-            mean = lambda key, ref=False: (sum((e["random_reference"] if ref else e)[key] for e in outs) / len(outs)
-                                           if outs else None)
-            rows.append("| " + " | ".join([c["name"], label, *(str(n) for n in lt["counts"].values()),
-                                            _fmt(lt["mean"]["off_span"]),
-                                            f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])}; "
-                                            f"{_fmt((cent.get('data_point_reference') or {}).get('mcc'))})",
-                                            f"{_fmt(cent['f1'])} ({_fmt(cent['random_reference']['f1'])})",
-                                            f"{_fmt(mean('coverage'))} ({_fmt(mean('coverage', True))})",
-                                            f"{_fmt(sum(e['mass'] for e in outs))} "
-                                            f"({_fmt(sum(e['random_reference']['mass'] for e in outs))}; "
-                                            f"{_fmt(sum(e['variance_share'] for e in outs))})"]) + " |")
-    plane_names = next((list(f["recovery"]["planes"]) for c in cells for f in c["analysis"].get("fourier", {}).values()
-                        if f.get("recovery")), [])
-    per_plane = ["| cell | SAE | " + " | ".join(plane_names) + " |", "|" + "---|" * (len(plane_names) + 2)]
+            mean = lambda key, ref=False: (
+                sum((e["random_reference"] if ref else e)[key] for e in outs) / len(outs)
+                if outs
+                else None
+            )
+            rows.append(
+                "| "
+                + " | ".join(
+                    [
+                        c["name"],
+                        label,
+                        *(str(n) for n in lt["counts"].values()),
+                        _fmt(lt["mean"]["off_span"]),
+                        f"{_fmt(cent['mcc'])} ({_fmt(cent['random_reference']['mcc'])}; "
+                        f"{_fmt((cent.get('data_point_reference') or {}).get('mcc'))})",
+                        f"{_fmt(cent['f1'])} ({_fmt(cent['random_reference']['f1'])})",
+                        f"{_fmt(mean('coverage'))} ({_fmt(mean('coverage', True))})",
+                        f"{_fmt(sum(e['mass'] for e in outs))} "
+                        f"({_fmt(sum(e['random_reference']['mass'] for e in outs))}; "
+                        f"{_fmt(sum(e['variance_share'] for e in outs))})",
+                    ]
+                )
+                + " |"
+            )
+    plane_names = next(
+        (
+            list(f["recovery"]["planes"])
+            for c in cells
+            for f in c["analysis"].get("fourier", {}).values()
+            if f.get("recovery")
+        ),
+        [],
+    )
+    per_plane = [
+        "| cell | SAE | " + " | ".join(plane_names) + " |",
+        "|" + "---|" * (len(plane_names) + 2),
+    ]
     for c in cells:
         for label, f in c["analysis"].get("fourier", {}).items():
             planes = (f.get("recovery") or {}).get("planes", {})
             if planes:
-                per_plane.append(f"| {c['name']} | {label} | " + " | ".join(
-                    f"{_fmt(planes[n]['coverage'], 2)} ({_fmt(planes[n]['random_reference']['coverage'], 2)})"
-                    if n in planes else "-" for n in plane_names) + " |")
-    lines += ["", "\n".join(rows), "", "Coverage of each plane (random reference in brackets):", "",
-              "\n".join(per_plane), "",
-              "Types by the rules of husai.analysis.latent_types (a function of the answer with its decoder in one "
-              "output plane: plane feature; near one answer-class centroid: answer detector; f(a) + g(b): input "
-              "feature; firing on under 5% of inputs: patch). MCC: Hungarian-matched cosine of in-span decoder rows "
-              "to the answer-class centroids; coverage: how fully the latents lying mostly in each output plane "
-              "fill it (1: they span it, 1/2: they lie on one line); mass: share of the dictionary in the output "
-              "planes, with the planes' share of the variance after the semicolon. In brackets: a dictionary of as "
-              "many random directions in the same span, and (MCC) one of as many random centred data points, what a "
-              "data-initialised SAE starts from. The plan's "
-              "'Fourier overlap > 0.5' cannot be met by sparse latents: a latent that fires on part of a phase "
-              "cycle spreads its variance over harmonics (a perfect one-answer detector scores 2/(p - 1), 0.018 at p = 113)."]
+                per_plane.append(
+                    f"| {c['name']} | {label} | "
+                    + " | ".join(
+                        f"{_fmt(planes[n]['coverage'], 2)} ({_fmt(planes[n]['random_reference']['coverage'], 2)})"
+                        if n in planes
+                        else "-"
+                        for n in plane_names
+                    )
+                    + " |"
+                )
+    lines += [
+        "",
+        "\n".join(rows),
+        "",
+        "Coverage of each plane (random reference in brackets):",
+        "",
+        "\n".join(per_plane),
+        "",
+        "Types by the rules of husai.analysis.latent_types (a function of the answer with its decoder in one "
+        "output plane: plane feature; near one answer-class centroid: answer detector; f(a) + g(b): input "
+        "feature; firing on under 5% of inputs: patch). MCC: Hungarian-matched cosine of in-span decoder rows "
+        "to the answer-class centroids; coverage: how fully the latents lying mostly in each output plane "
+        "fill it (1: they span it, 1/2: they lie on one line); mass: share of the dictionary in the output "
+        "planes, with the planes' share of the variance after the semicolon. In brackets: a dictionary of as "
+        "many random directions in the same span, and (MCC) one of as many random centred data points, what a "
+        "data-initialised SAE starts from. The plan's "
+        "'Fourier overlap > 0.5' cannot be met by sparse latents: a latent that fires on part of a phase "
+        "cycle spreads its variance over harmonics (a perfect one-answer detector scores 2/(p - 1), 0.018 at p = 113).",
+    ]
     return "\n".join(lines)
 
 
@@ -257,32 +433,53 @@ def _md_table_to_html(body: str) -> str:
         if not lines:
             continue
         if all(line.startswith("|") for line in lines):
-            cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not set(line) <= set("|-")]
-            out += ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>"]
+            cells = [
+                [c.strip() for c in line.strip("|").split("|")]
+                for line in lines
+                if not set(line) <= set("|-")
+            ]
+            out += [
+                "<table>",
+                "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>",
+            ]
             for r in cells[1:]:
-                out.append("<tr>" + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" for c in r) + "</tr>")
+                out.append(
+                    "<tr>"
+                    + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" for c in r)
+                    + "</tr>"
+                )
             out.append("</table>")
         elif all(line.startswith("- ") for line in lines):
-            out.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines) + "</ul>")
+            out.append(
+                "<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines) + "</ul>"
+            )
         else:
             out.append(f"<p>{html.escape(' '.join(lines))}</p>")
     return "\n".join(out)
 
 
 def _html(sections, figs, browsable: bool = False) -> str:
-    css = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
-           "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}td.pass{background:#dfd}td.fail{background:#fdd}"
-           "img{max-width:100%}figure{margin:1.5em 0}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>husai study report</title><style>{css}</style>"
-             "</head><body><h1>husai study report</h1>"]
+    css = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}td.pass{background:#dfd}td.fail{background:#fdd}"
+        "img{max-width:100%}figure{margin:1.5em 0}"
+    )
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>husai study report</title><style>{css}</style>"
+        "</head><body><h1>husai study report</h1>"
+    ]
     if browsable:
-        parts.append("<p>Every latent of every seed, with its heatmap over (a, b) and its best match in the other "
-                     "seeds: <a href='browser.html'>the feature browser</a> (browser.html).</p>")
+        parts.append(
+            "<p>Every latent of every seed, with its heatmap over (a, b) and its best match in the other "
+            "seeds: <a href='browser.html'>the feature browser</a> (browser.html).</p>"
+        )
     for title, body in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>{_md_table_to_html(body)}")
     parts.append("<h2>Figures</h2>")
     for _, png, cap in figs:
         data = base64.b64encode(png.read_bytes()).decode()
-        parts.append(f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(cap)}'>"
-                     f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+        parts.append(
+            f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(cap)}'>"
+            f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+        )
     return "\n".join(parts + ["</body></html>"])

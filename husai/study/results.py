@@ -24,8 +24,19 @@ from husai.io import atomic_write_bytes, read_json
 from husai.sae.family import families
 from husai.study.config import StudyConfig
 
-SAE_METRICS = ("mse", "explained_variance", "l0", "frac_dead", "frac_dense", "spliced_acc", "spliced_ce", "delta_ce",
-               "ce_loss_recovered_zero", "ce_loss_recovered_mean", "cosine_to_init")
+SAE_METRICS = (
+    "mse",
+    "explained_variance",
+    "l0",
+    "frac_dead",
+    "frac_dense",
+    "spliced_acc",
+    "spliced_ce",
+    "delta_ce",
+    "ce_loss_recovered_zero",
+    "ce_loss_recovered_mean",
+    "cosine_to_init",
+)
 FOURIER = ("fourier_overlap", "frac_pure", "coverage", "n_live")
 
 
@@ -46,9 +57,16 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
     metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
     c = run.cfg
     weight = metrics.get("calibration", {}).get("weight")  # target_l0: the weight the search found
-    base = dict(model_seed=run.model_seed, hook=run.hook, architecture=c.architecture, expansion=c.expansion,
-                latents=metrics.get("d_sae", c.latents))  # d_sae, also where the config gave an expansion
-    base.update(dict.fromkeys(family_columns()), **c.family.table(weight))  # every family's, this one's filled
+    base = dict(
+        model_seed=run.model_seed,
+        hook=run.hook,
+        architecture=c.architecture,
+        expansion=c.expansion,
+        latents=metrics.get("d_sae", c.latents),
+    )  # d_sae, also where the config gave an expansion
+    base.update(
+        dict.fromkeys(family_columns()), **c.family.table(weight)
+    )  # every family's, this one's filled
     base["run"] = str(folder.relative_to(root))
     analysis = read_json(folder / "analysis.json") if (folder / "analysis.json").is_file() else {}
     if failed is None and not analysis and not metrics:
@@ -56,7 +74,9 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
     rows = []
     labels = [s["label"] for s in analysis.get("saes", [])]
     for i, seed in enumerate(run.seeds):
-        row = dict(base, seed=seed, status="failed" if failed else "ok", error=(failed or {}).get("error"))
+        row = dict(
+            base, seed=seed, status="failed" if failed else "ok", error=(failed or {}).get("error")
+        )
         per = metrics.get("per_seed", {}).get(str(seed), {})
         row.update({m: _num(per.get(m)) for m in SAE_METRICS})
         if row["cosine_to_init"] is None:  # metrics.json of husai < 0.3 called it decoder_drift
@@ -65,37 +85,78 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
         fr = analysis.get("fourier", {}).get(label, {})
         row.update({m: _num(fr.get(m)) for m in FOURIER})
         row["n_key_covered"] = len(fr["covered"]) if "covered" in fr else None
-        row["n_non_key_pure"] = sum(fr["non_key_pure"].values()) if isinstance(fr.get("non_key_pure"), dict) else None
-        lt, rec = fr.get("latent_types", {}), fr.get("recovery", {}).get("atoms", {}).get("answer_centroids", {})
+        row["n_non_key_pure"] = (
+            sum(fr["non_key_pure"].values()) if isinstance(fr.get("non_key_pure"), dict) else None
+        )
+        lt, rec = (
+            fr.get("latent_types", {}),
+            fr.get("recovery", {}).get("atoms", {}).get("answer_centroids", {}),
+        )
         for t in ("plane feature", "answer detector", "input feature", "patch", "other"):
             row[f"n_{t.replace(' ', '_')}"] = lt.get("counts", {}).get(t)
         row["off_span"] = _num(lt.get("mean", {}).get("off_span"))
-        row["centroid_mcc"], row["centroid_mcc_random"] = _num(rec.get("mcc")), _num(rec.get("random_reference", {}).get("mcc"))
+        row["centroid_mcc"], row["centroid_mcc_random"] = (
+            _num(rec.get("mcc")),
+            _num(rec.get("random_reference", {}).get("mcc")),
+        )
         row["centroid_mcc_data_points"] = _num(rec.get("data_point_reference", {}).get("mcc"))
-        row["hook_answer_share"] = _num(analysis.get("ground_truth", {}).get("variance", {}).get("answer"))
+        row["hook_answer_share"] = _num(
+            analysis.get("ground_truth", {}).get("variance", {}).get("answer")
+        )
         nu = fr.get("nulls_untrained", {}).get("fourier_overlap", {})
-        row["fourier_overlap_null"], row["fourier_overlap_z"] = _num(nu.get("null_mean")), _num(nu.get("z"))
+        row["fourier_overlap_null"], row["fourier_overlap_z"] = (
+            _num(nu.get("null_mean")),
+            _num(nu.get("z")),
+        )
         st = analysis.get("stability", {})
         stability = measures()
-        levels = dict(st.get("levels", {}), **{k: v for k, v in st.get("ground_truth", {}).items() if k in stability})
+        levels = dict(
+            st.get("levels", {}),
+            **{k: v for k, v in st.get("ground_truth", {}).items() if k in stability},
+        )
         for m in stability:
             r = levels.get(m, {})
             ci, fit = r.get("ci") or [None, None], r.get("fitting", {})
             eci = fit.get("effect_ci") or [None, None]
-            row.update({m: _num(r.get("value")), f"{m}_ci_lo": _num(ci[0]), f"{m}_ci_hi": _num(ci[1]),
-                        f"{m}_null": _num(fit.get("value")), f"{m}_effect": _num(fit.get("effect")),
-                        f"{m}_effect_ci_lo": _num(eci[0]), f"{m}_effect_ci_hi": _num(eci[1])})
-        for m in stability:  # every declared null's mean, after the chance readings (husai.analysis.measures)
-            row.update({f"{m}_{k}_null": _num(((levels.get(m) or {}).get("nulls") or {}).get(k, {}).get("value"))
-                        for k in nulls_for(m) if k in NULLS})
+            row.update(
+                {
+                    m: _num(r.get("value")),
+                    f"{m}_ci_lo": _num(ci[0]),
+                    f"{m}_ci_hi": _num(ci[1]),
+                    f"{m}_null": _num(fit.get("value")),
+                    f"{m}_effect": _num(fit.get("effect")),
+                    f"{m}_effect_ci_lo": _num(eci[0]),
+                    f"{m}_effect_ci_hi": _num(eci[1]),
+                }
+            )
+        for m in (
+            stability
+        ):  # every declared null's mean, after the chance readings (husai.analysis.measures)
+            row.update(
+                {
+                    f"{m}_{k}_null": _num(
+                        ((levels.get(m) or {}).get("nulls") or {}).get(k, {}).get("value")
+                    )
+                    for k in nulls_for(m)
+                    if k in NULLS
+                }
+            )
         init = st.get("references", {}).get("shared_init", {}).get("pw_mcc_dec", {})
         row["pw_mcc_dec_shared_init"] = _num(init.get("value"))
         row["pw_mcc_dec_raw"] = _num(st.get("raw", {}).get("pw_mcc_dec", {}).get("value"))
         M = levels.get("pw_mcc_dec", {}).get("matrix")
-        others = [M[i][j] for j in range(len(M)) if j != i and M[i][j] is not None] if M and i < len(M) else []
+        others = (
+            [M[i][j] for j in range(len(M)) if j != i and M[i][j] is not None]
+            if M and i < len(M)
+            else []
+        )
         row["pw_mcc_to_other_seeds"] = sum(others) / len(others) if others else None
         row["off_span_live"] = _num(st.get("off_span", {}).get(label))
-        reap = [v for v in (st.get("per_latent", {}).get(label, {}).get("reappearance") or []) if v is not None]
+        reap = [
+            v
+            for v in (st.get("per_latent", {}).get(label, {}).get("reappearance") or [])
+            if v is not None
+        ]
         row["latent_reappearance_mean"] = sum(reap) / len(reap) if reap else None
         row.update(oracle_columns(analysis.get("oracle") or {}, i))
         rows.append(row)
@@ -110,24 +171,37 @@ def oracle_columns(oracle: dict, i: int) -> dict:
     """The oracle reading's columns for seed slot i (husai.analysis.optimisation_gap): the oracle of that
     seed at the cell's width and k, the optimisation gap (this seed's, and the cell's mean with its 95%
     interval), the reading, the truth's remainder, and the started-at-the-truth run of this seed."""
-    per, gap, started = (oracle.get("oracle") or {}).get("per_seed") or [], oracle.get("gap") or {}, oracle.get("started") or {}
+    per, gap, started = (
+        (oracle.get("oracle") or {}).get("per_seed") or [],
+        oracle.get("gap") or {},
+        oracle.get("started") or {},
+    )
     enc = oracle.get("encoder") or {}
     ci = gap.get("ci") or [None, None]
     mine = per[i] if i < len(per) else {}
-    return dict(oracle_k=oracle.get("k"), oracle_atoms=mine.get("atoms"), oracle_ev=_num(mine.get("explained_variance")),
-                oracle_l0=_num(mine.get("l0")), optimisation_gap=_at(gap.get("per_seed"), i),
-                optimisation_gap_mean=_num(gap.get("mean")), optimisation_gap_ci_lo=_num(ci[0]),
-                optimisation_gap_ci_hi=_num(ci[1]), oracle_reading=oracle.get("reading"),
-                truth_remainder=_num((oracle.get("truth") or {}).get("remainder")),
-                last_epoch_ev_gain=_num((oracle.get("convergence") or {}).get("last_epoch_ev_gain")),
-                converged=(oracle.get("convergence") or {}).get("converged"),
-                trained_near_truth=_at(oracle.get("trained_near_truth"), i),
-                oracle_encoder_ev=_at(enc.get("explained_variance"), i), oracle_encoder_l0=_at(enc.get("l0"), i),
-                amortisation_gap=_at(enc.get("amortisation_gap"), i),
-                started_ev=_at(started.get("explained_variance"), i), started_l0=_at(started.get("l0"), i),
-                started_frac_dead=_at(started.get("frac_dead"), i),
-                started_cosine_to_start=_at(started.get("cosine_to_start"), i),
-                started_near_truth=_at(started.get("near_truth"), i))
+    return dict(
+        oracle_k=oracle.get("k"),
+        oracle_atoms=mine.get("atoms"),
+        oracle_ev=_num(mine.get("explained_variance")),
+        oracle_l0=_num(mine.get("l0")),
+        optimisation_gap=_at(gap.get("per_seed"), i),
+        optimisation_gap_mean=_num(gap.get("mean")),
+        optimisation_gap_ci_lo=_num(ci[0]),
+        optimisation_gap_ci_hi=_num(ci[1]),
+        oracle_reading=oracle.get("reading"),
+        truth_remainder=_num((oracle.get("truth") or {}).get("remainder")),
+        last_epoch_ev_gain=_num((oracle.get("convergence") or {}).get("last_epoch_ev_gain")),
+        converged=(oracle.get("convergence") or {}).get("converged"),
+        trained_near_truth=_at(oracle.get("trained_near_truth"), i),
+        oracle_encoder_ev=_at(enc.get("explained_variance"), i),
+        oracle_encoder_l0=_at(enc.get("l0"), i),
+        amortisation_gap=_at(enc.get("amortisation_gap"), i),
+        started_ev=_at(started.get("explained_variance"), i),
+        started_l0=_at(started.get("l0"), i),
+        started_frac_dead=_at(started.get("frac_dead"), i),
+        started_cosine_to_start=_at(started.get("cosine_to_start"), i),
+        started_near_truth=_at(started.get("near_truth"), i),
+    )
 
 
 def build_table(root: Path, cfg: StudyConfig) -> list[dict]:
@@ -140,7 +214,9 @@ def build_table(root: Path, cfg: StudyConfig) -> list[dict]:
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+        w.writerow(
+            {k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in r.items()}
+        )
     atomic_write_bytes(root / "results.csv", buf.getvalue().encode())
     try:
         import pyarrow as pa

@@ -48,16 +48,26 @@ def ensure_model(cfg: StudyConfig, out: Path, seed: int, progress: bool = True) 
     if (d / "model.safetensors").is_file() and (d / "metrics.json").is_file():
         return d
     # a run killed before its first checkpoint resumes from epoch 0: the same seeded run
-    train_model(replace(cfg.model, seed=seed), d, resume=(d / "config.json").is_file(), progress=progress)
+    train_model(
+        replace(cfg.model, seed=seed), d, resume=(d / "config.json").is_file(), progress=progress
+    )
     return d
 
 
 def cell_spec(run: SAERun, out: Path, cfg: StudyConfig) -> dict:
     """Everything a worker needs, as plain data (picklable for process pools and Ray)."""
-    return dict(root=str(out), folder=str(run.folder(out)), model_dir=str(model_dir(out, run.model_seed)), hook=run.hook,
-                sae_cfg=run.cfg.to_dict(), seeds=list(run.seeds), threshold=cfg.threshold,
-                controls=list(cfg.controls) if cfg.has_controls(run) else [],
-                control_seeds=list(run.seeds)[:cfg.control_seeds], oracle=dict(cfg.oracle))
+    return dict(
+        root=str(out),
+        folder=str(run.folder(out)),
+        model_dir=str(model_dir(out, run.model_seed)),
+        hook=run.hook,
+        sae_cfg=run.cfg.to_dict(),
+        seeds=list(run.seeds),
+        threshold=cfg.threshold,
+        controls=list(cfg.controls) if cfg.has_controls(run) else [],
+        control_seeds=list(run.seeds)[: cfg.control_seeds],
+        oracle=dict(cfg.oracle),
+    )
 
 
 def cell_done(folder: Path) -> bool:
@@ -79,18 +89,39 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
     t0 = time.time()
     try:
         if not (folder / "metrics.json").is_file():
-            run_train_sae(config_from_dict(spec["sae_cfg"]), folder, spec["seeds"],
-                          transformer_checkpoint=spec["model_dir"], hook=spec["hook"], progress=False)
+            run_train_sae(
+                config_from_dict(spec["sae_cfg"]),
+                folder,
+                spec["seeds"],
+                transformer_checkpoint=spec["model_dir"],
+                hook=spec["hook"],
+                progress=False,
+            )
         dirs = [folder / f"seed_{s}" for s in spec["seeds"]] if len(spec["seeds"]) > 1 else [folder]
-        result = compare_saes(dirs, Path(spec["model_dir"]), threshold=spec["threshold"],
-                              plots=folder / "figures") if len(dirs) > 1 else None
+        result = (
+            compare_saes(
+                dirs, Path(spec["model_dir"]), threshold=spec["threshold"], plots=folder / "figures"
+            )
+            if len(dirs) > 1
+            else None
+        )
         if result and spec.get("controls"):
             from husai.study.controls import contrast, run_controls
 
-            result["controls"] = run_controls(spec["model_dir"], spec["hook"], config_from_dict(spec["sae_cfg"]),
-                                              spec["control_seeds"], spec["controls"], spec["threshold"])
-            for c in result["controls"].values():  # the grokked model's SAEs against the control's, pair by pair
-                c["contrast"] = contrast(result["stability"]["levels"], c, len(spec["control_seeds"]))
+            result["controls"] = run_controls(
+                spec["model_dir"],
+                spec["hook"],
+                config_from_dict(spec["sae_cfg"]),
+                spec["control_seeds"],
+                spec["controls"],
+                spec["threshold"],
+            )
+            for c in result[
+                "controls"
+            ].values():  # the grokked model's SAEs against the control's, pair by pair
+                c["contrast"] = contrast(
+                    result["stability"]["levels"], c, len(spec["control_seeds"])
+                )
         if result and spec.get("oracle", {}).get("score"):
             from husai.study.oracle_cell import oracle_for_cell
 
@@ -99,7 +130,9 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
         return dict(folder=str(folder), status="ok", seconds=time.time() - t0)
     except Exception as e:  # recorded, reported, never silently dropped
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        msg = msg.replace(spec["root"].rstrip("/") + "/", "")  # relative paths: the table must not depend on --out
+        msg = msg.replace(
+            spec["root"].rstrip("/") + "/", ""
+        )  # relative paths: the table must not depend on --out
         write_json(folder / "failed.json", dict(error=f"{type(e).__name__}: {msg}", spec=spec))
         return dict(folder=str(folder), status="failed", error=msg, seconds=time.time() - t0)
 
@@ -124,14 +157,20 @@ def execute(specs: list[dict], executor: str, workers: int, address: str | None,
         try:
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                futures = [pool.submit(run_cell, s, threads) for s in specs]  # spawns every worker now
+                futures = [
+                    pool.submit(run_cell, s, threads) for s in specs
+                ]  # spawns every worker now
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a Ctrl-C held back arrives here, inside the try
+                signal.pthread_sigmask(
+                    signal.SIG_SETMASK, old
+                )  # a Ctrl-C held back arrives here, inside the try
             for fut in cf.as_completed(futures):
                 on_done(fut.result())
                 raise_if_interrupted()
         except BaseException:
-            for proc in list(getattr(pool, "_processes", {}).values()):  # Python < 3.14 has no terminate_workers
+            for proc in list(
+                getattr(pool, "_processes", {}).values()
+            ):  # Python < 3.14 has no terminate_workers
                 proc.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -141,7 +180,9 @@ def execute(specs: list[dict], executor: str, workers: int, address: str | None,
             import ray
         except ImportError:
             raise HusaiError("--executor ray needs Ray: pip install 'husai[ray]'") from None
-        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address=address, ignore_reinit_error=True, include_dashboard=False, log_to_driver=False
+        )
         task = ray.remote(num_cpus=1)(run_cell)
         pending = [task.remote(s, 1) for s in specs]
         while pending:
@@ -154,7 +195,9 @@ def check_config_matches(out: Path, raw: dict) -> None:
     saved = out / "study.yaml"
     if saved.is_file():
         if yaml.safe_load(saved.read_text()) != raw:
-            raise HusaiError(f"{out} holds a study with a different config; use another --out or the same config")
+            raise HusaiError(
+                f"{out} holds a study with a different config; use another --out or the same config"
+            )
 
 
 @dataclass
@@ -169,8 +212,15 @@ class StudyOutcome:
     """The failed.json of every cell that failed (its error is also in the table and report)."""
 
 
-def run_study(config: str | Path, out: str | Path, executor: str = "local", workers: int = 2,
-              address: str | None = None, retry_failed: bool = False, progress: bool = True) -> StudyOutcome:
+def run_study(
+    config: str | Path,
+    out: str | Path,
+    executor: str = "local",
+    workers: int = 2,
+    address: str | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> StudyOutcome:
     """The whole study: claims `out` (new, or a study with the same config to resume; husai.outputs),
     then model -> SAE cells -> table -> report. A failed cell does not stop the others."""
     from rich.console import Console
@@ -186,14 +236,20 @@ def run_study(config: str | Path, out: str | Path, executor: str = "local", work
 
     def note() -> str:
         done = sum(cell_done(r.folder(out)) for r in runs)
-        return (f"{out} keeps every finished step ({done} of {len(runs)} SAE cells); rerun the same command "
-                "to resume")
+        return (
+            f"{out} keeps every finished step ({done} of {len(runs)} SAE cells); rerun the same command "
+            "to resume"
+        )
 
-    with exclusive(out, "husai study", "--out"):  # one writer per study folder, the driver holding it
+    with exclusive(
+        out, "husai study", "--out"
+    ):  # one writer per study folder, the driver holding it
         claim_folder(out, STUDY, "--out", inputs=(resolve_config(config),), resume=True)
         check_config_matches(out, cfg.raw)
         with on_interrupt(note):
-            return _run_study(cfg, runs, out, executor, workers, address, retry_failed, console, progress)
+            return _run_study(
+                cfg, runs, out, executor, workers, address, retry_failed, console, progress
+            )
 
 
 def checked_study(config: str | Path) -> StudyConfig:
@@ -204,7 +260,9 @@ def checked_study(config: str | Path) -> StudyConfig:
     valid = Transformer(cfg.model.model_config()).hook_names()
     bad = [h for h in cfg.hooks if h not in valid]
     if bad:
-        raise HusaiError(f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: {', '.join(valid)}")
+        raise HusaiError(
+            f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: {', '.join(valid)}"
+        )
     return cfg
 
 
@@ -215,22 +273,37 @@ def plan(config: str | Path, out: str | Path) -> list[str]:
     out = Path(out)
     done = sum(cell_done(r.folder(out)) for r in runs) if (out / "study.yaml").is_file() else 0
     archs = sorted({r.cfg.architecture for r in runs})
-    return [f"config: {resolve_config(config)}",
-            f"models: {len(cfg.model_seeds)} (preset {cfg.model.preset}, seeds {', '.join(map(str, cfg.model_seeds))})",
-            f"hooks: {', '.join(cfg.hooks)}",
-            f"SAE cells: {len(runs)} ({', '.join(archs)}), {len(cfg.seeds)} SAE seeds each; {done} already done in {out}"]
+    return [
+        f"config: {resolve_config(config)}",
+        f"models: {len(cfg.model_seeds)} (preset {cfg.model.preset}, seeds {', '.join(map(str, cfg.model_seeds))})",
+        f"hooks: {', '.join(cfg.hooks)}",
+        f"SAE cells: {len(runs)} ({', '.join(archs)}), {len(cfg.seeds)} SAE seeds each; {done} already done in {out}",
+    ]
 
 
-def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, workers: int, address: str | None,
-               retry_failed: bool, console, progress: bool) -> StudyOutcome:
+def _run_study(
+    cfg: StudyConfig,
+    runs: list[SAERun],
+    out: Path,
+    executor: str,
+    workers: int,
+    address: str | None,
+    retry_failed: bool,
+    console,
+    progress: bool,
+) -> StudyOutcome:
     from husai.browse import write_browser
     from husai.study.report import browsable, write_report
     from husai.study.results import build_table
 
-    if not (out / "study.yaml").is_file():  # one already there holds this config (check_config_matches), maybe
+    if not (
+        out / "study.yaml"
+    ).is_file():  # one already there holds this config (check_config_matches), maybe
         # in the user's own words and comments (--config OUT/study.yaml): it is never rewritten
         atomic_write_bytes(out / "study.yaml", yaml.safe_dump(cfg.raw, sort_keys=False).encode())
-    console.rule(f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} seeds")
+    console.rule(
+        f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} seeds"
+    )
     for i, s in enumerate(cfg.model_seeds, 1):
         console.print(f"[bold]stage 1/5[/] model {i}/{len(cfg.model_seeds)} (seed {s})")
         ensure_model(cfg, out, s, progress)
@@ -239,7 +312,9 @@ def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, w
             if (r.folder(out) / "failed.json").is_file():
                 remove_output(r.folder(out), STUDY_CELL)
     todo = [r for r in runs if not cell_done(r.folder(out))]
-    console.print(f"[bold]stage 2/5[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run ({executor})")
+    console.print(
+        f"[bold]stage 2/5[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run ({executor})"
+    )
     done = [0]
 
     def on_done(res: dict) -> None:
@@ -248,7 +323,9 @@ def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, w
         status = "ok" if res["status"] == "ok" else f"[red]FAILED[/]: {res['error']}"
         console.print(f"  [{done[0]}/{len(todo)}] {rel}  {status}  ({res['seconds']:.0f} s)")
 
-    with console.status("training and analysing SAE cells") if progress else contextlib.nullcontext():
+    with (
+        console.status("training and analysing SAE cells") if progress else contextlib.nullcontext()
+    ):
         execute([cell_spec(r, out, cfg) for r in todo], executor, workers, address, on_done)
     console.print("[bold]stage 3/5[/] results table")
     rows = build_table(out, cfg)
@@ -259,6 +336,8 @@ def _run_study(cfg: StudyConfig, runs: list[SAERun], out: Path, executor: str, w
         console.print("[bold]stage 5/5[/] feature browser")
         console.print(f"browser: {write_browser(out)}")
     raise_if_interrupted()  # a Ctrl-C swallowed in the last stages gets the study's note, not a finished exit
-    return StudyOutcome(html, len(runs), [r.folder(out) / "failed.json" for r in runs
-                                         if (r.folder(out) / "failed.json").is_file()])
-
+    return StudyOutcome(
+        html,
+        len(runs),
+        [r.folder(out) / "failed.json" for r in runs if (r.folder(out) / "failed.json").is_file()],
+    )

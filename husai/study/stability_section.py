@@ -30,8 +30,14 @@ def _ci(c, nd=3) -> str:
 
 
 def _levels(st: dict) -> dict:
-    return dict(st.get("levels", {}), **{k: v for k, v in st.get("ground_truth", {}).items() if isinstance(v, dict)
-                                         and "value" in v})
+    return dict(
+        st.get("levels", {}),
+        **{
+            k: v
+            for k, v in st.get("ground_truth", {}).items()
+            if isinstance(v, dict) and "value" in v
+        },
+    )
 
 
 def reading(r: dict, key: str = "fitting") -> str:
@@ -44,9 +50,11 @@ def reading(r: dict, key: str = "fitting") -> str:
     return "above" if ci[0] > 0 else ("below" if ci[1] < 0 else "at")
 
 
-PHASE_WORDS = {"above": "above it: the seeds agree on phase, i.e. on which latents exist, not only on the planes",
-               "at": "at it: they agree no more than with a shifted copy (a phase-invariant tiling or phase-unstable latents)",
-               "below": "below it: a shifted copy of the other seed matches better than the seed itself"}
+PHASE_WORDS = {
+    "above": "above it: the seeds agree on phase, i.e. on which latents exist, not only on the planes",
+    "at": "at it: they agree no more than with a shifted copy (a phase-invariant tiling or phase-unstable latents)",
+    "below": "below it: a shifted copy of the other seed matches better than the seed itself",
+}
 
 
 def _phrase(r: dict, name: str) -> str:
@@ -54,13 +62,17 @@ def _phrase(r: dict, name: str) -> str:
     nulls = " / ".join(n.replace("_", " ") for n in fit.get("nulls", []))
     text = f"{name} {_f(r['value'])} {_ci(r.get('ci'))}"
     if fit:
-        text += (f", {reading(r)} chance ({nulls} null {_f(fit.get('value'))}; effect {_f(fit.get('effect'))} "
-                 f"{_ci(fit.get('effect_ci'))})")
+        text += (
+            f", {reading(r)} chance ({nulls} null {_f(fit.get('value'))}; effect {_f(fit.get('effect'))} "
+            f"{_ci(fit.get('effect_ci'))})"
+        )
     if "phase" in r:
         ph = r["phase"]
         word = reading(r, "phase")
-        text += (f"; against a shifted copy of the other seed (symmetry null {_f(ph.get('value'))}, effect "
-                 f"{_f(ph.get('effect'))} {_ci(ph.get('effect_ci'))}) " + PHASE_WORDS.get(word, word))
+        text += (
+            f"; against a shifted copy of the other seed (symmetry null {_f(ph.get('value'))}, effect "
+            f"{_f(ph.get('effect'))} {_ci(ph.get('effect_ci'))}) " + PHASE_WORDS.get(word, word)
+        )
     return text
 
 
@@ -73,61 +85,102 @@ def verdict(cells: list[dict]) -> list[str]:
             lines.append(f"{c['name']}: no stability result ({c['status']}).")
             continue
         lv, n = _levels(st), len(c["rows"])
-        parts = [f"{c['name']}, {n} seeds, in the data metric ({st['data_span']['dim']}-d span, live latents)."]
+        parts = [
+            f"{c['name']}, {n} seeds, in the data metric ({st['data_span']['dim']}-d span, live latents)."
+        ]
         cos = [r.get("cosine_to_init") for r in c["rows"] if r.get("cosine_to_init") is not None]
         cos_mean = sum(cos) / len(cos) if cos else None
         if "pw_mcc_dec" in lv:
-            init = st.get("references", {}).get("shared_init", {}).get("pw_mcc_dec", {}).get("value")
+            init = (
+                st.get("references", {}).get("shared_init", {}).get("pw_mcc_dec", {}).get("value")
+            )
             raw = st.get("raw", {}).get("pw_mcc_dec", {}).get("value")
             learned = ""
             if init is not None:
                 if lv["pw_mcc_dec"]["value"] > init:
                     learned = f"; training raised it above the seeds' initialisations ({_f(init)}, shared-init reference)"
                 else:
-                    learned = (f"; the seeds' initialisations agreed more ({_f(init)}, shared-init reference), so "
-                               "training lowered it")
+                    learned = (
+                        f"; the seeds' initialisations agreed more ({_f(init)}, shared-init reference), so "
+                        "training lowered it"
+                    )
                     if cos_mean is not None:
-                        learned += (f", and the rows kept cosine {_f(cos_mean, 2)} with their init: part of what remains "
-                                    "may be inherited from step 0" if cos_mean >= 0.5 else
-                                    f", while the rows moved far from their init (cosine {_f(cos_mean, 2)}): what remains "
-                                    "was learned, not inherited")
-            parts.append(f"Atoms: {_phrase(lv['pw_mcc_dec'], 'PW-MCC')}{learned}; raw-coordinate PW-MCC {_f(raw)} "
-                         "(basis-dependent, the old figure).")
+                        learned += (
+                            f", and the rows kept cosine {_f(cos_mean, 2)} with their init: part of what remains "
+                            "may be inherited from step 0"
+                            if cos_mean >= 0.5
+                            else f", while the rows moved far from their init (cosine {_f(cos_mean, 2)}): what remains "
+                            "was learned, not inherited"
+                        )
+            parts.append(
+                f"Atoms: {_phrase(lv['pw_mcc_dec'], 'PW-MCC')}{learned}; raw-coordinate PW-MCC {_f(raw)} "
+                "(basis-dependent, the old figure)."
+            )
         if "shared_fraction" in lv:
-            parts.append(f"Shared fraction {_f(lv['shared_fraction']['value'])} {_ci(lv['shared_fraction'].get('ci'))} "
-                         f"({reading(lv['shared_fraction'])} chance); latents reappear in another seed with "
-                         f"probability {_f(lv.get('reappearance', {}).get('value'))}.")
+            parts.append(
+                f"Shared fraction {_f(lv['shared_fraction']['value'])} {_ci(lv['shared_fraction'].get('ci'))} "
+                f"({reading(lv['shared_fraction'])} chance); latents reappear in another seed with "
+                f"probability {_f(lv.get('reappearance', {}).get('value'))}."
+            )
         if "act_mcc" in lv:
             parts.append(f"Activations: {_phrase(lv['act_mcc'], 'matched correlation')}.")
-        gtp = (("class_jaccard", "answer-class Jaccard"), ("mass_agreement", "plane-mass agreement (descriptive)"))
+        gtp = (
+            ("class_jaccard", "answer-class Jaccard"),
+            ("mass_agreement", "plane-mass agreement (descriptive)"),
+        )
         if any(m in lv for m, _ in gtp):
-            parts.append("Planes and classes: " + "; ".join(_phrase(lv[m], name) for m, name in gtp if m in lv) + ".")
-        rec = [(r.get("centroid_mcc"), max(r.get("centroid_mcc_random") or -1, r.get("centroid_mcc_data_points") or -1))
-               for r in c["rows"] if r.get("centroid_mcc") is not None]
+            parts.append(
+                "Planes and classes: "
+                + "; ".join(_phrase(lv[m], name) for m, name in gtp if m in lv)
+                + "."
+            )
+        rec = [
+            (
+                r.get("centroid_mcc"),
+                max(r.get("centroid_mcc_random") or -1, r.get("centroid_mcc_data_points") or -1),
+            )
+            for r in c["rows"]
+            if r.get("centroid_mcc") is not None
+        ]
         if rec and (c["rows"][0].get("hook_answer_share") or 0) >= 0.5:
             m, ref = sum(a for a, _ in rec) / len(rec), sum(b for _, b in rec) / len(rec)
-            parts.append(f"Ground truth: answer-centroid MCC {_f(m)} against {_f(ref)} for the better no-learning "
-                         f"reference ({'above' if m > ref else 'not above'} it).")
+            parts.append(
+                f"Ground truth: answer-centroid MCC {_f(m)} against {_f(ref)} for the better no-learning "
+                f"reference ({'above' if m > ref else 'not above'} it)."
+            )
         ctrl = c["analysis"].get("controls") or {}
         if ctrl and "pw_mcc_dec" in lv:
             said = []
-            for which, name in (("memorised", "the memorising model"), ("untrained", "an untrained model")):
+            for which, name in (
+                ("memorised", "the memorising model"),
+                ("untrained", "an untrained model"),
+            ):
                 r = (ctrl.get(which) or {}).get("levels", {}).get("pw_mcc_dec")
                 if r:
                     con = (ctrl[which].get("contrast") or {}).get("pw_mcc_dec") or {}
-                    said.append(f"on {name} {_f(r['value'])} {_ci(r.get('ci'))} (effect over chance "
-                                f"{_f((r.get('fitting') or {}).get('effect'))}; the grokked model's SAEs minus these, "
-                                f"paired by seed pair: {_f(con.get('value'))} {_ci(con.get('ci'))})")
+                    said.append(
+                        f"on {name} {_f(r['value'])} {_ci(r.get('ci'))} (effect over chance "
+                        f"{_f((r.get('fitting') or {}).get('effect'))}; the grokked model's SAEs minus these, "
+                        f"paired by seed pair: {_f(con.get('value'))} {_ci(con.get('ci'))})"
+                    )
                 elif ctrl.get(which, {}).get("error"):
                     said.append(f"on {name}: not run ({ctrl[which]['error']})")
             if said:
-                parts.append("Model-side controls, the same recipe: PW-MCC " + "; ".join(said) + ".")
+                parts.append(
+                    "Model-side controls, the same recipe: PW-MCC " + "; ".join(said) + "."
+                )
         off = [v for v in st.get("off_span", {}).values() if v is not None]
         if off or cos:
-            parts.append(f"Health: {_f(sum(off) / len(off) if off else None)} of the live decoder rows' squared norm "
-                         f"lies outside the data span; decoder rows keep cosine {_f(sum(cos) / len(cos) if cos else None, 2)} "
-                         "with their init" + (" (they barely moved: no stability figure here means much)."
-                                              if cos and sum(cos) / len(cos) > 0.9 else "."))
+            parts.append(
+                f"Health: {_f(sum(off) / len(off) if off else None)} of the live decoder rows' squared norm "
+                f"lies outside the data span; decoder rows keep cosine {_f(sum(cos) / len(cos) if cos else None, 2)} "
+                "with their init"
+                + (
+                    " (they barely moved: no stability figure here means much)."
+                    if cos and sum(cos) / len(cos) > 0.9
+                    else "."
+                )
+            )
         lines.append(" ".join(parts))
     return lines
 
@@ -136,9 +189,18 @@ def stability_table(cells: list[dict]) -> str:
     """Every level of every cell: value [CI], each null, the effects over chance and over the symmetry null
     [CI], and the
     shared-init reference; then PW-MCC along training where a trajectory was recorded."""
-    head = ["cell", "level", "metric", "value [95% CI]", *(n.label + " null" for n in NULLS.values()),
-            "effect over chance [95% CI]", "reading", "effect over symmetry [95% CI]", "phase reading",
-            "shared-init reference"]
+    head = [
+        "cell",
+        "level",
+        "metric",
+        "value [95% CI]",
+        *(n.label + " null" for n in NULLS.values()),
+        "effect over chance [95% CI]",
+        "reading",
+        "effect over symmetry [95% CI]",
+        "phase reading",
+        "shared-init reference",
+    ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     traj = []
     for c in cells:
@@ -152,16 +214,35 @@ def stability_table(cells: list[dict]) -> str:
             level, name = measure.level, measure.label
             r, fit, ph = lv[m], lv[m].get("fitting") or {}, lv[m].get("phase") or {}
             init = refs.get("shared_init", {}).get(m, {}).get("value")
-            out.append("| " + " | ".join([c["name"], level, name, f"{_f(r['value'])} {_ci(r.get('ci'))}",
-                                            *(_f(r["nulls"].get(k, {}).get("value")) for k in NULLS),
-                                            f"{_f(fit.get('effect'))} {_ci(fit.get('effect_ci'))}" if fit else "-",
-                                            reading(r), f"{_f(ph.get('effect'))} {_ci(ph.get('effect_ci'))}" if ph else "-",
-                                            reading(r, "phase"), _f(init)]) + " |")
+            out.append(
+                "| "
+                + " | ".join(
+                    [
+                        c["name"],
+                        level,
+                        name,
+                        f"{_f(r['value'])} {_ci(r.get('ci'))}",
+                        *(_f(r["nulls"].get(k, {}).get("value")) for k in NULLS),
+                        f"{_f(fit.get('effect'))} {_ci(fit.get('effect_ci'))}" if fit else "-",
+                        reading(r),
+                        f"{_f(ph.get('effect'))} {_ci(ph.get('effect_ci'))}" if ph else "-",
+                        reading(r, "phase"),
+                        _f(init),
+                    ]
+                )
+                + " |"
+            )
         tr = refs.get("trajectory")
         if tr and "pw_mcc_dec" in lv:
-            steps = [f"epoch {e}: {_f(v['pw_mcc_dec']['value'])}" for e, v in sorted(tr.items(), key=lambda kv: int(kv[0]))]
-            traj.append(f"- {c['name']}: PW-MCC along training (data metric, live latents): " + ", ".join(steps)
-                        + f", final: {_f(lv['pw_mcc_dec']['value'])}.")
+            steps = [
+                f"epoch {e}: {_f(v['pw_mcc_dec']['value'])}"
+                for e, v in sorted(tr.items(), key=lambda kv: int(kv[0]))
+            ]
+            traj.append(
+                f"- {c['name']}: PW-MCC along training (data metric, live latents): "
+                + ", ".join(steps)
+                + f", final: {_f(lv['pw_mcc_dec']['value'])}."
+            )
     text = "\n".join(out)
     ctrl_rows = []
     for c in cells:
@@ -171,27 +252,52 @@ def stability_table(cells: list[dict]) -> str:
                 continue
             ev = ctl.get("explained_variance") or []
             lv = ctl["levels"]
-            cells_ = [f"{_f(lv[m]['value'])} {_ci(lv[m].get('ci'))} ({_f((lv[m].get('fitting') or {}).get('value'))})"
-                      if m in lv else "-" for m in ("pw_mcc_dec", "shared_fraction", "act_mcc")]
-            ctrl_rows.append(f"| {c['name']} | {which}" + (f" (epoch {ctl.get('epoch')}, test acc {_f(ctl.get('test_acc'))})"
-                                                             if which == "memorised" else "")
-                             + f" | {_f(sum(ev) / len(ev) if ev else None)} | {ctl['data_span']['dim']} | "
-                             + " | ".join(cells_) + " |")
+            cells_ = [
+                f"{_f(lv[m]['value'])} {_ci(lv[m].get('ci'))} ({_f((lv[m].get('fitting') or {}).get('value'))})"
+                if m in lv
+                else "-"
+                for m in ("pw_mcc_dec", "shared_fraction", "act_mcc")
+            ]
+            ctrl_rows.append(
+                f"| {c['name']} | {which}"
+                + (
+                    f" (epoch {ctl.get('epoch')}, test acc {_f(ctl.get('test_acc'))})"
+                    if which == "memorised"
+                    else ""
+                )
+                + f" | {_f(sum(ev) / len(ev) if ev else None)} | {ctl['data_span']['dim']} | "
+                + " | ".join(cells_)
+                + " |"
+            )
     if ctrl_rows:
-        text += ("\n\nModel-side controls: the same SAE recipe and seeds (the first few) on the model before it "
-                 "generalised and on its untrained initialisation; value [95% CI] (chance null).\n\n"
-                 "| cell | control | EV | span dim | PW-MCC | shared fraction | activation MCC |\n|---|---|---|---|---|---|---|\n"
-                 + "\n".join(ctrl_rows))
+        text += (
+            "\n\nModel-side controls: the same SAE recipe and seeds (the first few) on the model before it "
+            "generalised and on its untrained initialisation; value [95% CI] (chance null).\n\n"
+            "| cell | control | EV | span dim | PW-MCC | shared fraction | activation MCC |\n|---|---|---|---|---|---|---|\n"
+            + "\n".join(ctrl_rows)
+        )
     if traj:
         text += "\n\n" + "\n".join(traj)
-    return text + "\n\n" + (
-        "All figures compare live latents in the data metric: decoder and encoder rows projected onto the principal "
-        "subspace holding 99.9% of the activation variance, so a rotation of the activations leaves them unchanged. "
-        "CI: 95% bootstrap over seeds (with 3 seeds it is the range of the 3 pairs; with 2, none). Nulls (the "
-        "chance null of each measure: " + "; ".join(f"{m.label}: {', '.join(NULLS[k].label for k in m.fitting)}"
-                                                    for m in MEASURES.values() if m.fitting)
-        + "; the others are descriptive): " + " ".join(f"{n.label} = {n.drawn}; above it rules out {n.controls_for}."
-                                                      for n in NULLS.values())
-        + " Effect: value minus the null, paired by seed pair. "
-        "Shared-init reference: the same comparison between the seeds' initialisations (not chance: with data "
-        "init they start from data points of the same tight clusters).")
+    return (
+        text
+        + "\n\n"
+        + (
+            "All figures compare live latents in the data metric: decoder and encoder rows projected onto the principal "
+            "subspace holding 99.9% of the activation variance, so a rotation of the activations leaves them unchanged. "
+            "CI: 95% bootstrap over seeds (with 3 seeds it is the range of the 3 pairs; with 2, none). Nulls (the "
+            "chance null of each measure: "
+            + "; ".join(
+                f"{m.label}: {', '.join(NULLS[k].label for k in m.fitting)}"
+                for m in MEASURES.values()
+                if m.fitting
+            )
+            + "; the others are descriptive): "
+            + " ".join(
+                f"{n.label} = {n.drawn}; above it rules out {n.controls_for}."
+                for n in NULLS.values()
+            )
+            + " Effect: value minus the null, paired by seed pair. "
+            "Shared-init reference: the same comparison between the seeds' initialisations (not chance: with data "
+            "init they start from data points of the same tight clusters)."
+        )
+    )

@@ -58,11 +58,18 @@ def _recovery(analysis: dict) -> dict:
     answer = analysis.get("ground_truth", {}).get("variance", {}).get("answer")
     for label, f in analysis.get("fourier", {}).items():
         atoms = (f.get("recovery") or {}).get("atoms", {})
-        name = "answer_centroids" if (answer or 0) >= ANSWER_HOOK or "neurons" not in atoms else "neurons"
+        name = (
+            "answer_centroids"
+            if (answer or 0) >= ANSWER_HOOK or "neurons" not in atoms
+            else "neurons"
+        )
         a = atoms.get(name)
         if not a or a.get("mcc") is None:
             continue
-        refs = [a.get("random_reference", {}).get("mcc"), (a.get("data_point_reference") or {}).get("mcc")]
+        refs = [
+            a.get("random_reference", {}).get("mcc"),
+            (a.get("data_point_reference") or {}).get("mcc"),
+        ]
         refs = [r for r in refs if r is not None]
         out[label] = (name, a["mcc"], max(refs) if refs else None)
     return out
@@ -81,18 +88,34 @@ def sweep_points(root, rows: list[dict]) -> list[dict]:
         rec = _recovery(read_json(an_path)) if an_path.is_file() else {}
         mcc = _mean([v[1] for v in rec.values()])
         ref = _mean([v[2] for v in rec.values()])
-        points.append(dict(
-            run=run, hook=first["hook"], architecture=first["architecture"], knob=knob(first),
-            model_seed=first["model_seed"], latents=first.get("latents"), n_seeds=len(rs),
-            l0=_mean([r["l0"] for r in rs]), ev=_mean([r["explained_variance"] for r in rs]),
-            frac_dead=_mean([r["frac_dead"] for r in rs]),
-            stability=first.get("pw_mcc_dec"), stability_ci=[first.get("pw_mcc_dec_ci_lo"), first.get("pw_mcc_dec_ci_hi")],
-            stability_null=first.get("pw_mcc_dec_null"), stability_effect=first.get("pw_mcc_dec_effect"),
-            stability_effect_ci=[first.get("pw_mcc_dec_effect_ci_lo"), first.get("pw_mcc_dec_effect_ci_hi")],
-            atoms=next(iter(rec.values()))[0] if rec else None, recovery_mcc=mcc, recovery_reference=ref,
-            recovery=None if mcc is None or ref is None else mcc - ref,
-            gap=first.get("optimisation_gap_mean"), gap_ci=[first.get("optimisation_gap_ci_lo"),
-                                                             first.get("optimisation_gap_ci_hi")]))
+        points.append(
+            dict(
+                run=run,
+                hook=first["hook"],
+                architecture=first["architecture"],
+                knob=knob(first),
+                model_seed=first["model_seed"],
+                latents=first.get("latents"),
+                n_seeds=len(rs),
+                l0=_mean([r["l0"] for r in rs]),
+                ev=_mean([r["explained_variance"] for r in rs]),
+                frac_dead=_mean([r["frac_dead"] for r in rs]),
+                stability=first.get("pw_mcc_dec"),
+                stability_ci=[first.get("pw_mcc_dec_ci_lo"), first.get("pw_mcc_dec_ci_hi")],
+                stability_null=first.get("pw_mcc_dec_null"),
+                stability_effect=first.get("pw_mcc_dec_effect"),
+                stability_effect_ci=[
+                    first.get("pw_mcc_dec_effect_ci_lo"),
+                    first.get("pw_mcc_dec_effect_ci_hi"),
+                ],
+                atoms=next(iter(rec.values()))[0] if rec else None,
+                recovery_mcc=mcc,
+                recovery_reference=ref,
+                recovery=None if mcc is None or ref is None else mcc - ref,
+                gap=first.get("optimisation_gap_mean"),
+                gap_ci=[first.get("optimisation_gap_ci_lo"), first.get("optimisation_gap_ci_hi")],
+            )
+        )
     return points
 
 
@@ -107,8 +130,17 @@ def curves(points: list[dict], series: str, x: str) -> dict[tuple, list[dict]]:
     out = defaultdict(list)
     for (hook, arch, kn, width), ps in groups.items():
         row = dict(hook=hook, architecture=arch, knob=kn, n_models=len(ps))
-        for key in ("latents", "l0", "ev", "frac_dead", "stability", "stability_effect", "recovery", "stability_null",
-                    "gap"):
+        for key in (
+            "latents",
+            "l0",
+            "ev",
+            "frac_dead",
+            "stability",
+            "stability_effect",
+            "recovery",
+            "stability_null",
+            "gap",
+        ):
             row[key] = _mean([p.get(key) for p in ps])
         for key in ("stability", "stability_effect", "gap"):
             vals = [p[key] for p in ps if p[key] is not None]
@@ -116,9 +148,13 @@ def curves(points: list[dict], series: str, x: str) -> dict[tuple, list[dict]]:
                 row[f"{key}_lo"], row[f"{key}_hi"] = min(vals), max(vals)
             else:
                 ci = ps[0].get(f"{key}_ci") or [None, None]
-                row[f"{key}_lo"], row[f"{key}_hi"] = (ci[0], ci[1]) if None not in ci else (None, None)
+                row[f"{key}_lo"], row[f"{key}_hi"] = (
+                    (ci[0], ci[1]) if None not in ci else (None, None)
+                )
         rec = [p["recovery"] for p in ps if p["recovery"] is not None]
-        row["recovery_lo"], row["recovery_hi"] = (min(rec), max(rec)) if len(rec) > 1 else (None, None)
+        row["recovery_lo"], row["recovery_hi"] = (
+            (min(rec), max(rec)) if len(rec) > 1 else (None, None)
+        )
         out[(hook, arch, row[series])].append(row)
     return {k: sorted(v, key=lambda r: (r[x] is None, r[x] or 0)) for k, v in out.items()}
 
@@ -138,9 +174,11 @@ def headline(points: list[dict]) -> list[str]:
         return []
     agree = [p for p in points if (p["stability_effect_ci"][0] or 0) > 0]
     found = [p for p in points if (p["recovery"] or 0) > 0]
-    lines = [f"Across the sweep's {len(points)} cells, the seeds agree beyond chance (PW-MCC's effect over its "
-             f"matched-geometry null, CI above 0) in {len(agree)}, and the SAEs recover the ground-truth atoms beyond "
-             f"the better no-learning reference in {len(found)}."]
+    lines = [
+        f"Across the sweep's {len(points)} cells, the seeds agree beyond chance (PW-MCC's effect over its "
+        f"matched-geometry null, CI above 0) in {len(agree)}, and the SAEs recover the ground-truth atoms beyond "
+        f"the better no-learning reference in {len(found)}."
+    ]
     by_width = curves(points, "knob", "latents")
     by_l0 = curves(points, "latents", "l0")
     for hook in sorted({p["hook"] for p in points}):
@@ -150,28 +188,66 @@ def headline(points: list[dict]) -> list[str]:
                 if (h, a) != (hook, arch) or len(c) < 2:
                     continue
                 w = f"{c[0]['latents']:.0f} -> {c[-1]['latents']:.0f} latents ({s})"
-                parts.append(f"{w}: stability over chance {_trend(c, 'stability_effect') or '-'}, "
-                             f"recovery over the no-learning reference {_trend(c, 'recovery') or '-'}")
+                parts.append(
+                    f"{w}: stability over chance {_trend(c, 'stability_effect') or '-'}, "
+                    f"recovery over the no-learning reference {_trend(c, 'recovery') or '-'}"
+                )
             for (h, a, s), c in sorted(by_l0.items(), key=lambda kv: str(kv[0])):
                 if (h, a) != (hook, arch) or len(c) < 2:
                     continue
-                parts.append(f"L0 {c[0]['l0']:.1f} -> {c[-1]['l0']:.1f} at {s:.0f} latents: stability over chance "
-                             f"{_trend(c, 'stability_effect') or '-'}, recovery {_trend(c, 'recovery') or '-'}")
+                parts.append(
+                    f"L0 {c[0]['l0']:.1f} -> {c[-1]['l0']:.1f} at {s:.0f} latents: stability over chance "
+                    f"{_trend(c, 'stability_effect') or '-'}, recovery {_trend(c, 'recovery') or '-'}"
+                )
             if parts:
                 lines.append(f"Sweep, {arch} at {hook}: " + "; ".join(parts) + ".")
     return lines if len(lines) > 1 else []  # no curve: a single cell, not a sweep
 
 
 def sweep_table(points: list[dict]) -> str:
-    head = ["hook", "architecture", "sparsity", "latents", "model seed", "L0", "EV", "dead", "PW-MCC [95% CI]",
-            "chance", "effect [95% CI]", "atoms", "recovery MCC (reference)", "recovery"]
+    head = [
+        "hook",
+        "architecture",
+        "sparsity",
+        "latents",
+        "model seed",
+        "L0",
+        "EV",
+        "dead",
+        "PW-MCC [95% CI]",
+        "chance",
+        "effect [95% CI]",
+        "atoms",
+        "recovery MCC (reference)",
+        "recovery",
+    ]
     f = lambda v, nd=3: "-" if v is None else f"{v:.{nd}f}"
     ci = lambda c: "[-]" if None in c else f"[{c[0]:.3f}, {c[1]:.3f}]"
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in sorted(points, key=lambda p: (p["hook"], p["architecture"], p["knob"], p["latents"] or 0, p["model_seed"])):
-        lines.append("| " + " | ".join([p["hook"], p["architecture"], p["knob"], str(p["latents"]), str(p["model_seed"]),
-                                         f(p["l0"], 1), f(p["ev"]), f(p["frac_dead"]),
-                                         f"{f(p['stability'])} {ci(p['stability_ci'])}", f(p["stability_null"]),
-                                         f"{f(p['stability_effect'])} {ci(p['stability_effect_ci'])}", p["atoms"] or "-",
-                                         f"{f(p['recovery_mcc'])} ({f(p['recovery_reference'])})", f(p["recovery"])]) + " |")
+    for p in sorted(
+        points,
+        key=lambda p: (p["hook"], p["architecture"], p["knob"], p["latents"] or 0, p["model_seed"]),
+    ):
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    p["hook"],
+                    p["architecture"],
+                    p["knob"],
+                    str(p["latents"]),
+                    str(p["model_seed"]),
+                    f(p["l0"], 1),
+                    f(p["ev"]),
+                    f(p["frac_dead"]),
+                    f"{f(p['stability'])} {ci(p['stability_ci'])}",
+                    f(p["stability_null"]),
+                    f"{f(p['stability_effect'])} {ci(p['stability_effect_ci'])}",
+                    p["atoms"] or "-",
+                    f"{f(p['recovery_mcc'])} ({f(p['recovery_reference'])})",
+                    f(p["recovery"]),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)

@@ -30,11 +30,18 @@ def planted_hook():
     model's resid_post (science brief, section 6). dirs[4m : 4m+2] is output plane KEYS[m], dirs[4m+2 :
     4m+4] its input plane."""
     a, b, c = grid_values()
-    Q, _ = torch.linalg.qr(torch.randn(D, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    Q, _ = torch.linalg.qr(
+        torch.randn(D, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    )
     dirs = Q.T
     X = torch.zeros(P * P, D, dtype=torch.float64)
     for m, k in enumerate(KEYS):
-        X += 3 * (wave(c, k)[:, None] * dirs[4 * m] + wave(c, k, -math.pi / 2)[:, None] * dirs[4 * m + 1])
+        X += 3 * (
+            wave(c, k)[:, None] * dirs[4 * m] + wave(c, k, -math.pi / 2)[:, None] * dirs[4 * m + 1]
+        )
         for i in (a, b):
-            X += wave(i, k)[:, None] * dirs[4 * m + 2] + wave(i, k, -math.pi / 2)[:, None] * dirs[4 * m + 3]
+            X += (
+                wave(i, k)[:, None] * dirs[4 * m + 2]
+                + wave(i, k, -math.pi / 2)[:, None] * dirs[4 * m + 3]
+            )
     return X, dirs, ground_truth(X, P, "add", KEYS)

@@ -26,8 +26,9 @@ def _acts(n=400, d=12, r=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     basis = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))[0][:, :r]
     scales = torch.linspace(3.0, 1.0, r, dtype=torch.float64)
-    return (torch.randn(n, r, generator=g, dtype=torch.float64) * scales) @ basis.T + 1e-4 * torch.randn(
-        n, d, generator=g, dtype=torch.float64)
+    return (
+        torch.randn(n, r, generator=g, dtype=torch.float64) * scales
+    ) @ basis.T + 1e-4 * torch.randn(n, d, generator=g, dtype=torch.float64)
 
 
 def _dict(n, d, seed):
@@ -62,7 +63,9 @@ def test_every_level_is_unchanged_by_a_rotation_of_the_activations():
 
     def levels(X, decs, encs):
         span = data_span(X)
-        views = [seed_view(f"s{i}", D, E, span, _codes(X, E)) for i, (D, E) in enumerate(zip(decs, encs))]
+        views = [
+            seed_view(f"s{i}", D, E, span, _codes(X, E)) for i, (D, E) in enumerate(zip(decs, encs))
+        ]
         return seed_agreement(views)["levels"]
 
     a = levels(X, decs, encs)
@@ -70,7 +73,9 @@ def test_every_level_is_unchanged_by_a_rotation_of_the_activations():
     for m in a:
         assert b[m]["value"] == pytest.approx(a[m]["value"], abs=1e-9), m
         for k in a[m]["nulls"]:
-            assert b[m]["nulls"][k]["value"] == pytest.approx(a[m]["nulls"][k]["value"], abs=1e-9), (m, k)
+            assert b[m]["nulls"][k]["value"] == pytest.approx(
+                a[m]["nulls"][k]["value"], abs=1e-9
+            ), (m, k)
     # off-span drift: add to each decoder a different component outside the data span
     span = data_span(X)
     P_off = torch.eye(12, dtype=torch.float64) - span.basis @ span.basis.T
@@ -79,7 +84,9 @@ def test_every_level_is_unchanged_by_a_rotation_of_the_activations():
     assert c["pw_mcc_dec"]["value"] == pytest.approx(a["pw_mcc_dec"]["value"], abs=1e-12)
     from husai.analysis.stability import pw_mcc
 
-    assert abs(pw_mcc(drifted[0], drifted[1]) - pw_mcc(decs[0], decs[1])) > 0.05  # the raw figure moves
+    assert (
+        abs(pw_mcc(drifted[0], drifted[1]) - pw_mcc(decs[0], decs[1])) > 0.05
+    )  # the raw figure moves
 
 
 def test_dead_latents_do_not_count():
@@ -104,7 +111,14 @@ def test_identical_and_permuted_seeds_agree_fully():
     a = seed_view("a", D, E, span, _codes(X, E))
     b = seed_view("b", D[perm], E[perm], span, _codes(X, E[perm]))
     m, best = pair_agreement(a, b)
-    for k in ("pw_mcc_dec", "pw_mcc_enc", "mean_max_abs_cos_dec", "shared_fraction", "reappearance", "act_mcc"):
+    for k in (
+        "pw_mcc_dec",
+        "pw_mcc_enc",
+        "mean_max_abs_cos_dec",
+        "shared_fraction",
+        "reappearance",
+        "act_mcc",
+    ):
         assert m[k] == pytest.approx(1.0), k
     assert torch.allclose(best["A"]["best_cos"], torch.ones(16, dtype=torch.float64))
 
@@ -125,7 +139,11 @@ def _bootstrap_slow(M, n_boot, seed):
     means = []
     for draw in idx:
         # each unordered pair of positions once, pairs of the same seed dropped
-        vals = [M[draw[a], draw[b]] for a, b in itertools.combinations(range(N), 2) if draw[a] != draw[b]]
+        vals = [
+            M[draw[a], draw[b]]
+            for a, b in itertools.combinations(range(N), 2)
+            if draw[a] != draw[b]
+        ]
         if vals:
             means.append(np.mean(vals))
     return list(np.quantile(means, [0.025, 0.975]))
@@ -145,10 +163,12 @@ def test_bootstrap_ci_matches_the_slow_definition():
 
 
 def test_summarise_pairs_the_effect_with_the_null():
-    M = np.array([[1, .8, .7], [.8, 1, .9], [.7, .9, 1]])
-    Nl = np.array([[1, .5, .6], [.5, 1, .4], [.6, .4, 1]])
+    M = np.array([[1, 0.8, 0.7], [0.8, 1, 0.9], [0.7, 0.9, 1]])
+    Nl = np.array([[1, 0.5, 0.6], [0.5, 1, 0.4], [0.6, 0.4, 1]])
     s = summarise(M, {"symmetry": Nl, "isotropic": Nl - 0.2}, fitting=("symmetry", "isotropic"))
-    assert s["value"] == pytest.approx(0.8) and s["nulls"]["symmetry"]["value"] == pytest.approx(0.5)
+    assert s["value"] == pytest.approx(0.8) and s["nulls"]["symmetry"]["value"] == pytest.approx(
+        0.5
+    )
     assert s["nulls"]["symmetry"]["effect"] == pytest.approx(0.3)
     assert s["fitting"]["value"] == pytest.approx(0.5)  # the stricter null, pair by pair
     lo, hi = s["fitting"]["effect_ci"]
@@ -168,7 +188,9 @@ def test_shift_map_rotates_a_fourier_plane_and_an_orbit_is_its_own_symmetry_null
     Y = _fourier_grid(p, k)
     M = shift_map(Y, p, t)
     ang = 2 * math.pi * k * 2 * t / p  # the shift moves a + b by 2t
-    rot = torch.tensor([[math.cos(ang), math.sin(ang)], [-math.sin(ang), math.cos(ang)]], dtype=torch.float64)
+    rot = torch.tensor(
+        [[math.cos(ang), math.sin(ang)], [-math.sin(ang), math.cos(ang)]], dtype=torch.float64
+    )
     assert torch.allclose(M, rot, atol=1e-10)
     assert torch.allclose(Y[shift_permutation(p, t)], Y @ M, atol=1e-10)
     # a dictionary of one atom per answer class (the orbit of the shift) is mapped onto itself
@@ -181,7 +203,9 @@ def test_shift_map_rotates_a_fourier_plane_and_an_orbit_is_its_own_symmetry_null
     m, _ = pair_agreement(v, moved)
     assert m["pw_mcc_dec"] == pytest.approx(1.0) and m["act_mcc"] == pytest.approx(1.0)
     # three atoms off the orbit's phases do not map onto themselves
-    D3 = D[:3] @ torch.tensor([[math.cos(0.1), math.sin(0.1)], [-math.sin(0.1), math.cos(0.1)]], dtype=torch.float64)
+    D3 = D[:3] @ torch.tensor(
+        [[math.cos(0.1), math.sin(0.1)], [-math.sin(0.1), math.cos(0.1)]], dtype=torch.float64
+    )
     v3 = seed_view("b", D3, D3, span, torch.relu(Y @ D3.T - 0.9))
     m3, _ = pair_agreement(v3, shifted_view(v3, span.basis.T @ M @ span.basis, p, t))
     assert m3["pw_mcc_dec"] < 0.99
@@ -196,10 +220,16 @@ def test_symmetry_null_is_computed_on_a_grid_and_per_latent_reappearance_is_per_
     views = []
     for s in range(3):
         D = base.clone()
-        D[5] = torch.randn(4, generator=torch.Generator().manual_seed(100 + s), dtype=torch.float64)  # unshared
+        D[5] = torch.randn(
+            4, generator=torch.Generator().manual_seed(100 + s), dtype=torch.float64
+        )  # unshared
         views.append(seed_view(f"s{s}", D, D, span, torch.relu(Y @ D.T)))
     res = seed_agreement(views, grid=(span.data_coords(Y), p))
-    assert set(res["levels"]["pw_mcc_dec"]["nulls"]) == {"isotropic", "matched_geometry", "symmetry"}
+    assert set(res["levels"]["pw_mcc_dec"]["nulls"]) == {
+        "isotropic",
+        "matched_geometry",
+        "symmetry",
+    }
     reap = res["per_latent"]["s0"]["reappearance"]
     assert reap[:5] == [1.0] * 5 and res["per_latent"]["s0"]["best_cos"][0] == pytest.approx(1.0)
     no_grid = seed_agreement(views)
@@ -208,7 +238,9 @@ def test_symmetry_null_is_computed_on_a_grid_and_per_latent_reappearance_is_per_
 
 def test_covered_classes_by_hand():
     centroids = torch.eye(4, dtype=torch.float64)
-    D = torch.tensor([[1.0, 0.1, 0, 0], [0, 0, 0.5, 0.5]], dtype=torch.float64)  # cos 0.995 to class 0; 0.71 to 2 and 3
+    D = torch.tensor(
+        [[1.0, 0.1, 0, 0], [0, 0, 0.5, 0.5]], dtype=torch.float64
+    )  # cos 0.995 to class 0; 0.71 to 2 and 3
     assert covered_classes(D, centroids, 0.7) == {0, 2, 3}
     assert covered_classes(D, centroids, 0.8) == {0}
     assert covered_classes(D[:0], centroids) == set()

@@ -28,7 +28,9 @@ P = 13
 
 def directions(d: int, m: int, seed: int = 0) -> torch.Tensor:
     """m orthonormal directions in R^d -> [m, d]."""
-    Q, _ = torch.linalg.qr(torch.randn(d, m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    Q, _ = torch.linalg.qr(
+        torch.randn(d, m, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
     return Q.T
 
 
@@ -44,7 +46,9 @@ def group_mean_share(X: torch.Tensor, labels: torch.Tensor) -> float:
 def test_variance_decomposition_matches_group_means(operation):
     a, b, c = grid_values(P, operation)
     X = torch.randn(P * P, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    X += 3 * torch.randn(P, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))[c]  # a strong answer part
+    X += (
+        3 * torch.randn(P, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))[c]
+    )  # a strong answer part
     grid = group_grid(P, operation)
     v = variance_decomposition(on_grid(X, grid), grid)
     conj = (a - b) % P if operation == "add" else (a + b) % P
@@ -65,24 +69,37 @@ def test_a_planted_sum_of_planes_decomposes_exactly():
     parts = {  # name: (list of (function over the grid, direction)), amplitude
         "out2": [(wave(c, 2), D[0]), (wave(c, 2, -math.pi / 2), D[1])],
         "out5": [(wave(c, 5), 2 * D[2]), (wave(c, 5, -math.pi / 2), 2 * D[3])],
-        "in2": [(wave(a, 2), D[4]), (wave(a, 2, -math.pi / 2), D[5]),
-                (wave(b, 2), D[4]), (wave(b, 2, -math.pi / 2), D[5])],
+        "in2": [
+            (wave(a, 2), D[4]),
+            (wave(a, 2, -math.pi / 2), D[5]),
+            (wave(b, 2), D[4]),
+            (wave(b, 2, -math.pi / 2), D[5]),
+        ],
         "conj": [(wave(a - b, 3), 0.5 * D[6])],
         "rest": [(wave(a, 1) * wave(b, 4), D[7])],
     }
     X = sum(f[:, None] * v[None, :] for terms in parts.values() for f, v in terms)
-    energy = {name: sum(float(f.pow(2).sum() * v.pow(2).sum()) for f, v in terms) for name, terms in parts.items()}
+    energy = {
+        name: sum(float(f.pow(2).sum() * v.pow(2).sum()) for f, v in terms)
+        for name, terms in parts.items()
+    }
     total = sum(energy.values())
     gt = ground_truth(X, P, "add", key_freqs=[2, 5])
-    assert gt.variance["answer"] == pytest.approx((energy["out2"] + energy["out5"]) / total, abs=1e-12)
+    assert gt.variance["answer"] == pytest.approx(
+        (energy["out2"] + energy["out5"]) / total, abs=1e-12
+    )
     assert gt.variance["a"] + gt.variance["b"] == pytest.approx(energy["in2"] / total, abs=1e-12)
     assert gt.variance["a"] == pytest.approx(gt.variance["b"], abs=1e-12)
     assert gt.variance["conjugate"] == pytest.approx(energy["conj"] / total, abs=1e-12)
     assert gt.variance["rest"] == pytest.approx(energy["rest"] / total, abs=1e-12)
     j = gt.to_json()
-    assert j["planes"]["out 2"]["dim"] == 2 and j["planes"]["out 2"]["share"] == pytest.approx(energy["out2"] / total)
+    assert j["planes"]["out 2"]["dim"] == 2 and j["planes"]["out 2"]["share"] == pytest.approx(
+        energy["out2"] / total
+    )
     assert j["planes"]["out 5"]["share"] == pytest.approx(energy["out5"] / total)
-    assert j["planes"]["in 2"]["dim"] == 2 and j["planes"]["in 2"]["a_b_principal_cosines"] == pytest.approx([1.0, 1.0])
+    assert j["planes"]["in 2"]["dim"] == 2 and j["planes"]["in 2"][
+        "a_b_principal_cosines"
+    ] == pytest.approx([1.0, 1.0])
     assert j["planes"]["in 5"]["share"] == pytest.approx(0.0, abs=1e-12)
     # the planes span exactly the six directions used by them; the others lie outside
     assert j["span"]["dim"] == 6
@@ -99,7 +116,9 @@ def test_centroid_lookup_explains_exactly_the_answer_share_and_pca_is_monotone()
     _, _, c = grid_values(P)
     X += 2 * torch.randn(P, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)[c]
     j = ground_truth(X, P, key_freqs=[1]).to_json()
-    assert j["baselines"]["centroid_lookup"]["explained_variance"] == pytest.approx(j["variance"]["answer"], abs=1e-10)
+    assert j["baselines"]["centroid_lookup"]["explained_variance"] == pytest.approx(
+        j["variance"]["answer"], abs=1e-10
+    )
     pca = [j["baselines"]["pca"][str(r)] for r in (2, 4, 8, 16)]
     assert pca == sorted(pca) and 0 < pca[0] < pca[-1] < 1
     # PCA's rank-r EV is the top-r eigenvalue share: check r = 2 against numpy-free eigh
@@ -134,20 +153,28 @@ def test_single_frequency_neurons_and_their_clusters():
     for k, count in planted.items():
         for i in range(count):
             cols.append(wave(c, k, i) + wave(a, k, 2 * i))  # frequency k only: single-frequency
-    cols.append(torch.randn(P * P, generator=torch.Generator().manual_seed(7), dtype=torch.float64))  # noise neuron
+    cols.append(
+        torch.randn(P * P, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    )  # noise neuron
     X = torch.stack(cols, dim=1)
     j = ground_truth(X, P, key_freqs=[2, 6], neurons=True).to_json()
     n = j["atoms"]["single_frequency_neurons"]
     assert n["count"] == 5 and n["of"] == 6 and n["clusters"] == planted
     assert [e["index"] for e in n["neurons"]] == [0, 1, 2, 3, 4]
     grid = group_grid(P)
-    assert key_frequencies_on_grid(X, grid) == [2, 6] == key_frequencies(X, P)[0]  # the model's own rule, for add
+    assert (
+        key_frequencies_on_grid(X, grid) == [2, 6] == key_frequencies(X, P)[0]
+    )  # the model's own rule, for add
 
 
 def test_key_frequencies_are_found_without_the_model():
     _, _, c = grid_values(P)
     D = directions(8, 4)
-    X = wave(c, 4)[:, None] * D[0] + wave(c, 4, -math.pi / 2)[:, None] * D[1] + 0.7 * wave(c, 1)[:, None] * D[2]
+    X = (
+        wave(c, 4)[:, None] * D[0]
+        + wave(c, 4, -math.pi / 2)[:, None] * D[1]
+        + 0.7 * wave(c, 1)[:, None] * D[2]
+    )
     assert ground_truth(X, P).key_frequencies == [1, 4]
 
 
@@ -161,8 +188,12 @@ def test_multiplication_uses_the_discrete_logarithm():
     lc = torch.tensor([log[int(v)] if v else 0 for v in c])
     D = directions(6, 2)
     X = torch.zeros(p * p, 6, dtype=torch.float64)
-    X[keep] = (wave(lc, 3, n=p - 1)[:, None] * D[0] + wave(lc, 3, -math.pi / 2, n=p - 1)[:, None] * D[1])[keep]
-    X[~keep] = 0.0  # the rows with a = 0 or b = 0 (answer 0) are outside the group: at the mean, they add nothing
+    X[keep] = (
+        wave(lc, 3, n=p - 1)[:, None] * D[0] + wave(lc, 3, -math.pi / 2, n=p - 1)[:, None] * D[1]
+    )[keep]
+    X[~keep] = (
+        0.0  # the rows with a = 0 or b = 0 (answer 0) are outside the group: at the mean, they add nothing
+    )
     gt = ground_truth(X, p, "mul")
     assert gt.grid.rows.numel() == (p - 1) ** 2 and gt.grid.n == p - 1
     assert gt.variance["answer"] == pytest.approx(1.0, abs=1e-12)
@@ -196,16 +227,34 @@ def test_the_ground_truth_command_on_a_grokked_model(grokked_run, tmp_path):
 
     run, metrics = grokked_run
     out = tmp_path / "gt.json"
-    r = subprocess.run(HUSAI + ["ground-truth", str(run), "--hook", "blocks.0.hook_resid_post", "--hook",
-                                "blocks.0.mlp.hook_post", "--json", str(out)], env=ENV, capture_output=True, text=True)
+    r = subprocess.run(
+        HUSAI
+        + [
+            "ground-truth",
+            str(run),
+            "--hook",
+            "blocks.0.hook_resid_post",
+            "--hook",
+            "blocks.0.mlp.hook_post",
+            "--json",
+            str(out),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     j = json.loads(out.read_text())
     resid, neurons = j["hooks"]["blocks.0.hook_resid_post"], j["hooks"]["blocks.0.mlp.hook_post"]
     assert resid["key_frequencies"] == metrics["key_frequencies"]
     clusters = neurons["atoms"]["single_frequency_neurons"]["clusters"]
-    assert {int(k): v for k, v in clusters.items()} == {int(k): v for k, v in metrics["neurons_per_key_frequency"].items()}
+    assert {int(k): v for k, v in clusters.items()} == {
+        int(k): v for k, v in metrics["neurons_per_key_frequency"].items()
+    }
     assert resid["variance"]["answer"] > 0.5 > neurons["variance"]["answer"]
-    assert resid["span"]["share"] > 0.9 and resid["span"]["dim"] == 4 * len(resid["key_frequencies"])
+    assert resid["span"]["share"] > 0.9 and resid["span"]["dim"] == 4 * len(
+        resid["key_frequencies"]
+    )
     assert "answer" in r.stdout and "centroid EV" in r.stdout
 
 

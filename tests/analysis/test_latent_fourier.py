@@ -31,15 +31,25 @@ def planted(p, specs):
     cols = []
     for k, form, phi in specs:
         w = 2 * math.pi * k / p
-        cols.append({"a": torch.cos(w * a + phi), "b": torch.cos(w * b + phi),
-                     "sum": torch.cos(w * (a + b) + phi),
-                     "prod": torch.cos(w * a + phi) * torch.sin(w * b)}[form])
+        cols.append(
+            {
+                "a": torch.cos(w * a + phi),
+                "b": torch.cos(w * b + phi),
+                "sum": torch.cos(w * (a + b) + phi),
+                "prod": torch.cos(w * a + phi) * torch.sin(w * b),
+            }[form]
+        )
     return torch.stack(cols, dim=1)
 
 
 @pytest.mark.parametrize("p", [13, 113])
 def test_planted_cosines_have_purity_one_and_their_frequency(p):
-    specs = [(k, form, phi) for k in (1, 2, (p - 1) // 2) for form in ("a", "b", "sum", "prod") for phi in (0.0, 0.7, 2.5)]
+    specs = [
+        (k, form, phi)
+        for k in (1, 2, (p - 1) // 2)
+        for form in ("a", "b", "sum", "prod")
+        for phi in (0.0, 0.7, 2.5)
+    ]
     purity, freq, live = latent_frequencies(planted(p, specs), p)
     assert torch.allclose(purity, torch.ones_like(purity), atol=1e-9)
     assert freq.tolist() == [k for k, _, _ in specs]
@@ -69,10 +79,14 @@ def test_chance_purity_matches_brute_force_on_the_grid():
 def test_random_latents_score_near_chance():
     p = 113
     g = torch.Generator().manual_seed(1)
-    X = torch.relu(torch.randn(p * p, 400, generator=g, dtype=torch.float64))  # ReLU noise: i.i.d., still chance
+    X = torch.relu(
+        torch.randn(p * p, 400, generator=g, dtype=torch.float64)
+    )  # ReLU noise: i.i.d., still chance
     ov = compute_fourier_overlap(X, p)
     c = chance_purity(p)
-    assert 0.0012 < c < 0.0020  # derived: mean block fraction 8/(p^2-1) = 6.3e-4, max of 56 ~ 2.5x that
+    assert (
+        0.0012 < c < 0.0020
+    )  # derived: mean block fraction 8/(p^2-1) = 6.3e-4, max of 56 ~ 2.5x that
     assert ov == pytest.approx(c, rel=0.05)
 
 
@@ -105,9 +119,15 @@ def test_weight_space_view_on_a_synthetic_residual():
     """x(a, b) = u1 cos(w3 a) + u2 sin(w3 a) + u3 cos(w5 b): frequency 3 lives in span(u1, u2)."""
     p, d = 31, 16
     a, b = grid(p)
-    U = torch.linalg.qr(torch.randn(d, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64))[0].T
+    U = torch.linalg.qr(
+        torch.randn(d, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    )[0].T
     w3, w5 = 2 * math.pi * 3 / p, 2 * math.pi * 5 / p
-    x = torch.cos(w3 * a)[:, None] * U[0] + torch.sin(w3 * a)[:, None] * U[1] + torch.cos(w5 * b)[:, None] * U[2]
+    x = (
+        torch.cos(w3 * a)[:, None] * U[0]
+        + torch.sin(w3 * a)[:, None] * U[1]
+        + torch.cos(w5 * b)[:, None] * U[2]
+    )
     subs = frequency_subspaces(x, p, [3, 5])
     assert subs[3].shape == (d, 2) and subs[5].shape == (d, 1)
     rows = torch.stack([U[0], (U[0] + U[1]) / 2, U[2], U[0] + U[2]])
@@ -131,7 +151,11 @@ def test_report_weight_space_fields():
     lat = planted(p, [(2, "a", 0.0)])
     rep = fourier_report(lat, p, [2], W_dec=u[None], resid_acts=x)
     ws = rep["weight_space"]["per_frequency"][2]
-    assert ws["dim"] == 1 and ws["mean_frac_assigned"] == pytest.approx(1.0) and ws["null"] == pytest.approx(1 / d)
+    assert (
+        ws["dim"] == 1
+        and ws["mean_frac_assigned"] == pytest.approx(1.0)
+        and ws["null"] == pytest.approx(1 / d)
+    )
 
 
 def test_get_fourier_basis_is_orthonormal():
@@ -145,9 +169,15 @@ def test_sparse_bump_latent_is_impure_but_weight_assigned():
     weight-space view assigns it to 3. A row split over several subspaces stays unassigned."""
     p, d = 31, 16
     a, b = grid(p)
-    U = torch.linalg.qr(torch.randn(d, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64))[0].T
+    U = torch.linalg.qr(
+        torch.randn(d, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    )[0].T
     w3, w5 = 2 * math.pi * 3 / p, 2 * math.pi * 5 / p
-    x = torch.cos(w3 * a)[:, None] * U[0] + torch.sin(w3 * a)[:, None] * U[1] + torch.cos(w5 * b)[:, None] * U[2]
+    x = (
+        torch.cos(w3 * a)[:, None] * U[0]
+        + torch.sin(w3 * a)[:, None] * U[1]
+        + torch.cos(w5 * b)[:, None] * U[2]
+    )
     bump = torch.relu(torch.cos(w3 * a) - 0.9)[:, None]
     lat = torch.cat([bump, bump], dim=1)
     W_dec = torch.stack([U[0], U[0] + U[2] + U[3]])  # second: 1/3 in each of k=3, k=5 and elsewhere

@@ -24,12 +24,21 @@ def test_each_planted_latent_gets_its_type(model):
     a, b, c = grid_values()
     centroids = class_centroids(on_grid(X, gt.grid), gt.grid)
     latents = [  # (activation over the grid, decoder row, expected type)
-        (torch.relu(wave(c, 3, 0.3)), dirs[4] * math.cos(0.3) + dirs[5] * math.sin(0.3), "plane feature"),
+        (
+            torch.relu(wave(c, 3, 0.3)),
+            dirs[4] * math.cos(0.3) + dirs[5] * math.sin(0.3),
+            "plane feature",
+        ),
         ((c == 7).double(), centroids[7], "answer detector"),
         (torch.relu(wave(a, 5)) + torch.relu(wave(b, 5)), dirs[10], "input feature"),
         (((a < 2) & (b < 2)).double(), dirs[0] + dirs[6] + dirs[10], "patch"),
-        (torch.relu(torch.randn(P * P, generator=torch.Generator().manual_seed(1), dtype=torch.float64)),
-         torch.randn(D, generator=torch.Generator().manual_seed(2), dtype=torch.float64), "other"),
+        (
+            torch.relu(
+                torch.randn(P * P, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+            ),
+            torch.randn(D, generator=torch.Generator().manual_seed(2), dtype=torch.float64),
+            "other",
+        ),
         # a one-answer detector whose decoder happens to lie in output plane 3: not smooth on that circle,
         # so not a plane feature, and not near a centroid either
         ((c == 3).double(), dirs[4], "other"),
@@ -41,14 +50,30 @@ def test_each_planted_latent_gets_its_type(model):
     assert r["n_live"] == 6
     assert [lat["type"] for lat in r["latents"]] == [t for _, _, t in latents if t]
     plane, detector, inputs, patch, _, rough = r["latents"]
-    assert plane["on_circle"] > 0.95 and rough["in_output"]["3"] == pytest.approx(1.0) and rough["on_circle"] < 0.5
-    assert plane["answer_share"] == pytest.approx(1.0) and plane["in_output"]["3"] == pytest.approx(1.0)
+    assert (
+        plane["on_circle"] > 0.95
+        and rough["in_output"]["3"] == pytest.approx(1.0)
+        and rough["on_circle"] < 0.5
+    )
+    assert plane["answer_share"] == pytest.approx(1.0) and plane["in_output"]["3"] == pytest.approx(
+        1.0
+    )
     assert plane["off_span"] == pytest.approx(0.0, abs=1e-12)
-    assert detector["centroid_cos"] == pytest.approx(1.0) and detector["answer_share"] == pytest.approx(1.0)
+    assert detector["centroid_cos"] == pytest.approx(1.0) and detector[
+        "answer_share"
+    ] == pytest.approx(1.0)
     assert max(detector["in_output"].values()) < 0.5  # a centroid mixes every output plane
-    assert inputs["inputs_share"] == pytest.approx(1.0) and inputs["in_input"]["5"] == pytest.approx(1.0)
+    assert inputs["inputs_share"] == pytest.approx(1.0) and inputs["in_input"][
+        "5"
+    ] == pytest.approx(1.0)
     assert patch["firing_rate"] == pytest.approx(4 / P**2) and patch["firing_rate"] < PATCH_RATE
-    assert r["counts"] == {"plane feature": 1, "answer detector": 1, "input feature": 1, "patch": 1, "other": 2}
+    assert r["counts"] == {
+        "plane feature": 1,
+        "answer detector": 1,
+        "input feature": 1,
+        "patch": 1,
+        "other": 2,
+    }
     assert r["examples"]["patch"] == [3]
 
 

@@ -65,7 +65,9 @@ def test_ev_is_shift_invariant_and_at_most_one(x, seed, c, noise):
     x_hat = x + noise * torch.randn(x.shape, generator=g, dtype=torch.float64)
     ev = float(explained_variance(x, x_hat))
     assert ev <= 1 + 1e-12
-    assert float(explained_variance(x + c, x_hat + c)) == pytest.approx(ev, abs=1e-6 * (1 + abs(ev)))
+    assert float(explained_variance(x + c, x_hat + c)) == pytest.approx(
+        ev, abs=1e-6 * (1 + abs(ev))
+    )
     # the slow reference: 1 - FVU, written out
     ref = 1 - ((x - x_hat) ** 2).sum().item() / ((x - x.mean(0)) ** 2).sum().item()
     assert ev == pytest.approx(ref, rel=1e-9, abs=1e-9)
@@ -95,7 +97,7 @@ class HandMadeSAE:
     def encode(self, x):
         n0 = self._seen
         self._seen += x.shape[0]
-        return self.z[:, n0:n0 + x.shape[0]]
+        return self.z[:, n0 : n0 + x.shape[0]]
 
     def decode(self, z):
         return torch.einsum("snm,smd->snd", z, self.W)
@@ -106,7 +108,13 @@ class HandMadeSAE:
 
 
 @SETTINGS
-@given(st.integers(1, 3), st.integers(2, 20), st.integers(1, 10), st.integers(0, 2**31 - 1), floats(0, 1))
+@given(
+    st.integers(1, 3),
+    st.integers(2, 20),
+    st.integers(1, 10),
+    st.integers(0, 2**31 - 1),
+    floats(0, 1),
+)
 def test_l0_dead_dense_match_a_direct_count(S, N, m, seed, density):
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(S, N, m, generator=g) < density
@@ -157,7 +165,11 @@ def _unit_ok(A) -> bool:
 
 
 @SETTINGS
-@given(matrices(n=st.integers(1, 6), d=st.just(4)), matrices(n=st.integers(1, 6), d=st.just(4)), st.booleans())
+@given(
+    matrices(n=st.integers(1, 6), d=st.just(4)),
+    matrices(n=st.integers(1, 6), d=st.just(4)),
+    st.booleans(),
+)
 def test_pw_mcc_matches_brute_force(A, B, signed):
     assume(_unit_ok(A) and _unit_ok(B))
     # Hungarian picks pairs on |C| when unsigned and returns their |cos|; compare the objective it maximises
@@ -180,12 +192,17 @@ def test_pw_mcc_invariances_and_bounds(A, data):
     assert pw_mcc(A[perm], B) == pytest.approx(v, abs=1e-9)  # latent order does not matter
     scale = torch.rand(n, 1, generator=g, dtype=torch.float64) * 100 + 1e-3
     assert pw_mcc(A * scale, B) == pytest.approx(v, abs=1e-9)  # positive row scaling
-    assert pw_mcc(A, A[perm] * scale) == pytest.approx(1.0, abs=1e-9)  # same atoms, shuffled and rescaled
+    assert pw_mcc(A, A[perm] * scale) == pytest.approx(
+        1.0, abs=1e-9
+    )  # same atoms, shuffled and rescaled
 
 
 @SETTINGS
-@given(matrices(n=st.integers(1, 8), d=st.integers(2, 5)), matrices(n=st.integers(1, 8), d=st.integers(2, 5)),
-       st.integers(0, 2**31 - 1))
+@given(
+    matrices(n=st.integers(1, 8), d=st.integers(2, 5)),
+    matrices(n=st.integers(1, 8), d=st.integers(2, 5)),
+    st.integers(0, 2**31 - 1),
+)
 def test_mean_max_abs_cos_relations(A, B, seed):
     d = min(A.shape[1], B.shape[1])
     A, B = A[:, :d], B[:, :d]
@@ -224,7 +241,9 @@ def test_mean_max_abs_cos_can_be_below_mcc_for_unequal_sizes():
 
 def test_sign_flipped_orthonormal_dictionary_scores_zero():
     """stability.py's documented example: a fully sign-flipped orthonormal copy scores exactly 0."""
-    Q = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))[0]
+    Q = torch.linalg.qr(
+        torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    )[0]
     assert pw_mcc(Q, -Q) == pytest.approx(0.0, abs=1e-12)
     assert pw_mcc(Q, -Q, signed=False) == pytest.approx(1.0, abs=1e-12)
     assert mean_max_abs_cos(Q, -Q) == pytest.approx(1.0, abs=1e-12)
@@ -247,12 +266,14 @@ def slow_frequency_fractions(acts: np.ndarray, p: int) -> np.ndarray:
     for j in range(acts.shape[1]):
         g = acts[:, j].reshape(p, p)
         g = g - g.mean()
-        total = (g ** 2).sum()
+        total = (g**2).sum()
         if total <= 1e-20:
             continue
         for k in range(1, K + 1):
             idx = [0, 2 * k - 1, 2 * k]
-            e = sum(float(np.einsum("ab,a,b->", g, basis[i], basis[i2])) ** 2 for i in idx for i2 in idx)
+            e = sum(
+                float(np.einsum("ab,a,b->", g, basis[i], basis[i2])) ** 2 for i in idx for i2 in idx
+            )
             out[j, k - 1] = e / total
     return out
 
@@ -315,7 +336,9 @@ def test_planted_single_frequency_latents_are_pure(p, data):
     purity, freq, live = latent_frequencies(z[:, None], p)
     assert float(purity[0]) == pytest.approx(1.0, abs=1e-9)
     assert int(freq[0]) == k
-    relu = torch.relu(z - z.mean())[:, None]  # a rectified latent is NOT single-frequency in general
+    relu = torch.relu(z - z.mean())[
+        :, None
+    ]  # a rectified latent is NOT single-frequency in general
     assert float(latent_frequencies(relu, p)[0][0]) <= 1 + 1e-12
 
 

@@ -22,7 +22,15 @@ from husai.analysis.optimisation_gap import (
     truth_runs,
     truth_start,
 )
-from husai.analysis.oracle import best_code, code_scores, complete_truth, neuron_atoms, score, tiling, truth_circles
+from husai.analysis.oracle import (
+    best_code,
+    code_scores,
+    complete_truth,
+    neuron_atoms,
+    score,
+    tiling,
+    truth_circles,
+)
 from husai.sae.config import SAETrainConfig
 
 P = 23
@@ -33,7 +41,9 @@ def _planted(d: int = 12, seed: int = 0):
     k = 2, the input circle of k = 2 (a and b in one plane, as a grokked model has them) and the answer's
     circle of k = 5; radii 3, 1, 2 and an offset. Returns (acts [p^2, d], grid, {circle: its 2-D basis})."""
     g = torch.Generator().manual_seed(seed)
-    Q = torch.linalg.qr(torch.randn(d, 6, generator=g, dtype=torch.float64))[0].T  # 6 orthonormal rows
+    Q = torch.linalg.qr(torch.randn(d, 6, generator=g, dtype=torch.float64))[
+        0
+    ].T  # 6 orthonormal rows
     grid = group_grid(P)
     w = lambda k, i: 2 * math.pi * k * i.double() / P  # noqa: E731
     acts = torch.zeros(P * P, d, dtype=torch.float64)
@@ -41,7 +51,9 @@ def _planted(d: int = 12, seed: int = 0):
     for k, idx, (u, v), r in ((2, grid.answer, Q[0:2], 3.0), (5, grid.answer, Q[4:6], 2.0)):
         acts[rows] += r * (torch.cos(w(k, idx))[:, None] * u + torch.sin(w(k, idx))[:, None] * v)
     for idx in (grid.x, grid.y):
-        acts[rows] += 1.0 * (torch.cos(w(2, idx))[:, None] * Q[2] + torch.sin(w(2, idx))[:, None] * Q[3])
+        acts[rows] += 1.0 * (
+            torch.cos(w(2, idx))[:, None] * Q[2] + torch.sin(w(2, idx))[:, None] * Q[3]
+        )
     return acts + 0.7, grid, {"out 2": Q[0:2], "in 2": Q[2:4], "out 5": Q[4:6]}
 
 
@@ -49,7 +61,11 @@ def test_the_planted_truth_is_complete_and_found():
     acts, grid, planes = _planted()
     X = on_grid(acts, grid)
     circles = truth_circles(X, grid, [2, 5])
-    assert [c.name for c in circles] == ["out 2", "out 5", "in 2"]  # by share: 9/2, 4/2, 2/2 of the variance
+    assert [c.name for c in circles] == [
+        "out 2",
+        "out 5",
+        "in 2",
+    ]  # by share: 9/2, 4/2, 2/2 of the variance
     truth = complete_truth(X, circles)
     assert truth["remainder"] < 1e-9 and truth["circles_sum"] == pytest.approx(1.0, abs=1e-9)
     assert truth["circles"]["out 2"] == pytest.approx(9 / 15, abs=1e-6)
@@ -85,8 +101,12 @@ def test_the_tiling_puts_evenly_spaced_unit_atoms_on_each_circle_at_a_seeded_pha
         gaps = np.diff(phases)
         assert np.allclose(gaps, 2 * math.pi / 8)
         rows = D0[[i for i, a in enumerate(lab0) if a["circle"] == name]]
-        torch.testing.assert_close((rows @ planes[name].T).norm(dim=1), torch.ones(8, dtype=torch.float64))
-    assert lab0[0]["phase"] != lab1[0]["phase"]  # another seed, another phase: equally true, different
+        torch.testing.assert_close(
+            (rows @ planes[name].T).norm(dim=1), torch.ones(8, dtype=torch.float64)
+        )
+    assert (
+        lab0[0]["phase"] != lab1[0]["phase"]
+    )  # another seed, another phase: equally true, different
     torch.testing.assert_close(tiling(circles, 24, seed=0)[0], D0)  # the same seed, the same tiling
     with pytest.raises(ValueError, match="cannot tile"):
         tiling(circles, 2, seed=0)
@@ -148,7 +168,9 @@ def test_an_sae_started_at_an_exact_planted_oracle_stays_there():
         codes[n, dirs] = 1 + torch.rand(2, generator=g)
     acts = codes @ atoms
     cfg = SAETrainConfig(architecture="topk", latents=16, k=2, epochs=3, batch_size=256, lr=1e-3)
-    out = started_at_truth(acts, cfg, [1, 2], dict(W_dec=torch.stack([atoms, atoms]), b_dec=acts.mean(0)))
+    out = started_at_truth(
+        acts, cfg, [1, 2], dict(W_dec=torch.stack([atoms, atoms]), b_dec=acts.mean(0))
+    )
     assert min(out["min_cosine_to_start"]) > 0.99
     assert min(out["explained_variance"]) > 0.99
     assert min(out["near_truth"]) == 1.0
@@ -161,12 +183,15 @@ def test_near_truth_counts_live_rows_within_the_cosine():
     assert near_truth(W, atoms, torch.tensor([True, True, False, False])) == 0.5
 
 
-@pytest.mark.parametrize("oracle,sae,expect", [
-    ([0.970, 0.971, 0.969], [0.930, 0.931, 0.928], "optimisation"),
-    ([0.930, 0.931, 0.928], [0.970, 0.971, 0.969], "objective"),
-    ([0.950, 0.960, 0.940], [0.951, 0.939, 0.962], "neither"),
-    ([0.990], [0.900], "neither"),  # one seed: no interval, no claim
-])
+@pytest.mark.parametrize(
+    "oracle,sae,expect",
+    [
+        ([0.970, 0.971, 0.969], [0.930, 0.931, 0.928], "optimisation"),
+        ([0.930, 0.931, 0.928], [0.970, 0.971, 0.969], "objective"),
+        ([0.950, 0.960, 0.940], [0.951, 0.939, 0.962], "neither"),
+        ([0.990], [0.900], "neither"),  # one seed: no interval, no claim
+    ],
+)
 def test_the_reading_rules(oracle, sae, expect):
     gap = gap_stats(oracle, sae)
     assert gap["per_seed"] == pytest.approx([o - s for o, s in zip(oracle, sae)])
@@ -201,16 +226,25 @@ def test_an_l1_family_starts_each_atom_firing_on_its_arc():
     labels = tiled[0][1]
     first = [i for i, a in enumerate(labels) if a["circle"] == "out 2"]
     assert all(labels[i]["radius"] == pytest.approx(3.0) for i in first)
-    torch.testing.assert_close(relu["b_enc"][0, first], torch.full((8,), -3.0 * math.cos(2 * math.pi / 8)),
-                               check_dtype=False)
-    assert "b_enc" not in truth_start(acts, SAETrainConfig(architecture="topk", latents=24, k=4), tiled)
+    torch.testing.assert_close(
+        relu["b_enc"][0, first],
+        torch.full((8,), -3.0 * math.cos(2 * math.pi / 8)),
+        check_dtype=False,
+    )
+    assert "b_enc" not in truth_start(
+        acts, SAETrainConfig(architecture="topk", latents=24, k=4), tiled
+    )
 
 
 def test_convergence_is_the_last_epochs_ev_gain():
     rows = [dict(ev=[0.90, 0.92]), dict(ev=[0.93, 0.94]), dict(ev=[0.9305, 0.9408])]
     c = convergence(rows)
     assert c["last_epoch_ev_gain"] == pytest.approx(0.00065) and c["converged"]
-    assert not convergence(rows[:2])["converged"] and convergence(rows[:1]) is None and convergence(None) is None
+    assert (
+        not convergence(rows[:2])["converged"]
+        and convergence(rows[:1]) is None
+        and convergence(None) is None
+    )
 
 
 def test_the_two_runs_from_the_truth_in_one_pass_are_the_runs_alone():

@@ -30,24 +30,46 @@ def _stability(acts: torch.Tensor, cfg: SAETrainConfig, p: int) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("basis", ["random", "pca"])
 @pytest.mark.parametrize("architecture", ["topk", "relu"])
-def test_stability_does_not_depend_on_the_basis_of_the_activations(grokked_run, architecture, basis):
+def test_stability_does_not_depend_on_the_basis_of_the_activations(
+    grokked_run, architecture, basis
+):
     run, metrics = grokked_run
     acts, info = model_activations(run, hook=HOOK)
     if basis == "random":
-        R = torch.linalg.qr(torch.randn(acts.shape[1], acts.shape[1], generator=torch.Generator().manual_seed(7)))[0]
+        R = torch.linalg.qr(
+            torch.randn(acts.shape[1], acts.shape[1], generator=torch.Generator().manual_seed(7))
+        )[0]
     else:  # the covariance eigenvectors: coordinate variances from hundreds down to ~0
         X = acts - acts.mean(0)
         R = torch.linalg.eigh(X.T @ X)[1].flip(1)
-    cfg = SAETrainConfig(architecture=architecture, expansion=4, k=8, l1_coeff=5.0, epochs=8, batch_size=128,
-                         optimizer="row_adam")
+    cfg = SAETrainConfig(
+        architecture=architecture,
+        expansion=4,
+        k=8,
+        l1_coeff=5.0,
+        epochs=8,
+        batch_size=128,
+        optimizer="row_adam",
+    )
     a = _stability(acts, cfg, info["p"])
     b = _stability(acts @ R, cfg, info["p"])
     assert a["data_span"]["dim"] == b["data_span"]["dim"]
     diffs = {m: abs(a["levels"][m]["value"] - b["levels"][m]["value"]) for m in a["levels"]}
-    print(architecture, basis, {m: round(v, 4) for m, v in diffs.items()},
-          "raw", round(abs(a["raw"]["pw_mcc_dec"]["value"] - b["raw"]["pw_mcc_dec"]["value"]), 4))
+    print(
+        architecture,
+        basis,
+        {m: round(v, 4) for m, v in diffs.items()},
+        "raw",
+        round(abs(a["raw"]["pw_mcc_dec"]["value"] - b["raw"]["pw_mcc_dec"]["value"]), 4),
+    )
     assert set(diffs) >= {"pw_mcc_dec", "shared_fraction", "act_mcc", "reappearance"}
     assert max(diffs.values()) <= TOLERANCE, diffs
-    for m in ("pw_mcc_dec", "act_mcc"):  # the nulls are drawn in the same coordinates of the span: equal too
+    for m in (
+        "pw_mcc_dec",
+        "act_mcc",
+    ):  # the nulls are drawn in the same coordinates of the span: equal too
         for kind in a["levels"][m]["nulls"]:
-            assert abs(a["levels"][m]["nulls"][kind]["value"] - b["levels"][m]["nulls"][kind]["value"]) <= TOLERANCE
+            assert (
+                abs(a["levels"][m]["nulls"][kind]["value"] - b["levels"][m]["nulls"][kind]["value"])
+                <= TOLERANCE
+            )

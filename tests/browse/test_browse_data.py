@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from husai.browse.data import LEVELS, MATCH_THRESHOLD, bytes85, find_cells, grid_layout, pack_levels, resolve_model, text85
+from husai.browse.data import (
+    LEVELS,
+    MATCH_THRESHOLD,
+    bytes85,
+    find_cells,
+    grid_layout,
+    pack_levels,
+    resolve_model,
+    text85,
+)
 from husai.errors import HusaiError
 
 from study_harness import ENV, HUSAI
@@ -44,7 +53,11 @@ def test_text85_round_trip_and_safe_in_a_script_element(n):
     data = bytes(range(256)) * 4 + bytes([0xFF] * 8 + [0x3C, 0x2F])  # every byte value, and runs
     data = data[:n] if n < len(data) else data
     text = text85(data)
-    assert bytes85(text) == data and not set(text) & set("<>\"'\\") and len(text) == -(-len(data) * 5 // 4)
+    assert (
+        bytes85(text) == data
+        and not set(text) & set("<>\"'\\")
+        and len(text) == -(-len(data) * 5 // 4)
+    )
 
 
 def test_pack_levels_round_trip_within_half_a_level():
@@ -73,7 +86,11 @@ def test_find_cells_and_resolve_model(tmp_path):
     (tmp_path / "one_seed").mkdir()
     (tmp_path / "one_seed" / "cfg.json").write_text("{}")  # a one-seed train-sae output
     # the staging folder a kill left (hidden) is not a cell
-    assert find_cells(tmp_path) == [tmp_path / "one_seed", tmp_path / "saes/m/h/a", tmp_path / "saes/m/h/b"]
+    assert find_cells(tmp_path) == [
+        tmp_path / "one_seed",
+        tmp_path / "saes/m/h/a",
+        tmp_path / "saes/m/h/b",
+    ]
     assert find_cells(tmp_path / "saes/m/h/a") == [tmp_path / "saes/m/h/a"]
     with pytest.raises(HusaiError, match="holds no SAEs"):
         (tmp_path / "empty").mkdir()
@@ -81,7 +98,10 @@ def test_find_cells_and_resolve_model(tmp_path):
     (tmp_path / "models" / "seed0").mkdir(parents=True)
     (tmp_path / "models" / "seed0" / "config.json").write_text("{}")
     # a recorded path that moved with the study is found under root/models
-    assert resolve_model("/elsewhere/runs/study/models/seed0", tmp_path, None) == tmp_path / "models" / "seed0"
+    assert (
+        resolve_model("/elsewhere/runs/study/models/seed0", tmp_path, None)
+        == tmp_path / "models" / "seed0"
+    )
     with pytest.raises(HusaiError, match="pass --model"):
         resolve_model("/elsewhere/seed9", tmp_path, None)
     with pytest.raises(HusaiError, match="not a model run folder"):
@@ -89,13 +109,21 @@ def test_find_cells_and_resolve_model(tmp_path):
 
 
 def _page_data(html: str) -> tuple[dict, dict]:
-    data = json.loads(re.search(r'<script type="application/json" id="husai-data">(.*?)</script>', html, re.S).group(1))
-    blobs = dict(re.findall(r'<script type="application/octet-stream" id="(\w+)">(.*?)</script>', html))
+    data = json.loads(
+        re.search(
+            r'<script type="application/json" id="husai-data">(.*?)</script>', html, re.S
+        ).group(1)
+    )
+    blobs = dict(
+        re.findall(r'<script type="application/octet-stream" id="(\w+)">(.*?)</script>', html)
+    )
     return data, blobs
 
 
 @pytest.mark.slow
-def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_stability(finished_study):
+def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_stability(
+    finished_study,
+):
     """The study wrote browser.html; every SAE of every finished cell is in it, each latent's stored
     activations decode to the SAE's own activations, and the per-latent reappearance and mean best
     cosine equal what the study's stability analysis (husai.analysis.agreement) computed."""
@@ -108,7 +136,9 @@ def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_
     assert "http://" not in html and "https://" not in html  # offline: nothing fetched
     data, blobs = _page_data(html)
     cells = sorted(c.parent for c in (out / "saes").rglob("analysis.json"))
-    assert sorted({s["cell"] for s in data["saes"]}) == sorted(str(c.relative_to(out)) for c in cells)
+    assert sorted({s["cell"] for s in data["saes"]}) == sorted(
+        str(c.relative_to(out)) for c in cells
+    )
     assert data["skipped"] and all("l1_0.1" in s for s in data["skipped"])  # the failed cell
     assert len(data["saes"]) == 3 * len(cells)
     for i, e in enumerate(data["saes"]):
@@ -125,7 +155,9 @@ def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_
         level = np.array(e["scale"]) / LEVELS
         zl = z[:, live]
         weak = (zl > 0) & (zl < level / 2)
-        assert (np.abs(back - zl)[~weak] <= np.broadcast_to(level * (0.5 + 1e-4), zl.shape)[~weak]).all()
+        assert (
+            np.abs(back - zl)[~weak] <= np.broadcast_to(level * (0.5 + 1e-4), zl.shape)[~weak]
+        ).all()
         assert ((back > 0) == (zl > 0)).all()
         assert e["l0"] == pytest.approx((z != 0).sum(1).mean(), abs=1e-3)
         analysis = json.loads((out / e["cell"] / "analysis.json").read_text())
@@ -148,11 +180,15 @@ def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_
 
 def test_browse_command_errors_are_one_line(tmp_path):
     def run(*args):
-        return subprocess.run(HUSAI + ["browse", *map(str, args)], capture_output=True, text=True, env=ENV)
+        return subprocess.run(
+            HUSAI + ["browse", *map(str, args)], capture_output=True, text=True, env=ENV
+        )
 
-    for args, msg in (([tmp_path / "missing"], "is not a folder"),
-                      ([tmp_path], "holds no SAEs"),
-                      ([tmp_path, "--out", tmp_path / "no" / "page.html"], "does not exist")):
+    for args, msg in (
+        ([tmp_path / "missing"], "is not a folder"),
+        ([tmp_path], "holds no SAEs"),
+        ([tmp_path, "--out", tmp_path / "no" / "page.html"], "does not exist"),
+    ):
         r = run(*args)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and msg in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1

@@ -15,7 +15,9 @@ import torch
 
 from husai.browse.data import LEVELS
 
-ARTIFACTS = Path(os.environ.get("HUSAI_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("HUSAI_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts")
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +26,18 @@ def browser():
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "Debian's chromium and chromium-driver are needed (make test installs them)"
+    assert chromium and driver, (
+        "Debian's chromium and chromium-driver are needed (make test installs them)"
+    )
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1600,1100"):
+    for a in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1600,1100",
+    ):
         opts.add_argument(a)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     d = webdriver.Chrome(service=Service(driver), options=opts)
@@ -78,12 +88,16 @@ def test_the_study_page_in_chromium(finished_study, browser):
     _, out, _, _ = finished_study
     d = browser
     seconds = _open(d, out / "browser.html")
-    print(f"browser.html ready in {seconds:.2f} s (in-page start-up {d.execute_script('return HB.readyMs'):.0f} ms)")
+    print(
+        f"browser.html ready in {seconds:.2f} s (in-page start-up {d.execute_script('return HB.readyMs'):.0f} ms)"
+    )
     data = d.execute_script("return HB.data")
 
     # pick the third row of the first cell's list (sorted by reappearance) and click it
     rows = _rows(d)
-    assert len(rows) == sum(s["n_live"] for s in data["saes"] if s["cell"] == data["saes"][0]["cell"])
+    assert len(rows) == sum(
+        s["n_live"] for s in data["saes"] if s["cell"] == data["saes"][0]["cell"]
+    )
     target = rows[2]
     d.find_elements("css selector", "#latent-body tr.latent")[2].click()
     _wait(d, f"HB.view && HB.view.sae === {target['sae']} && HB.view.latent === {target['index']}")
@@ -91,7 +105,9 @@ def test_the_study_page_in_chromium(finished_study, browser):
     p = data["models"][e["model"]]["p"]
 
     # the card names the latent that was clicked, and its row is marked
-    assert f"seed {e['seed']} · latent {target['index']}" in d.find_element("id", "latent-card").text
+    assert (
+        f"seed {e['seed']} · latent {target['index']}" in d.find_element("id", "latent-card").text
+    )
     sel = d.find_elements("css selector", "#latent-body tr.sel")
     marked = [(int(r.get_attribute("data-sae")), int(r.get_attribute("data-index"))) for r in sel]
     assert marked == [(target["sae"], target["index"])]
@@ -106,7 +122,9 @@ def test_the_study_page_in_chromium(finished_study, browser):
     v = np.array(d.execute_script("return Array.from(HB.view.values)"))
     level = e["scale"][k] / LEVELS
     weak = (z > 0) & (z < level / 2)  # firing, however weakly: drawn at one level, never as silent
-    assert np.abs(v - z)[~weak].max() <= level * (0.5 + 1e-4) and np.allclose(v[weak], level, rtol=1e-5)
+    assert np.abs(v - z)[~weak].max() <= level * (0.5 + 1e-4) and np.allclose(
+        v[weak], level, rtol=1e-5
+    )
     assert ((v > 0) == (z > 0)).all()
     # ... and the canvas shows them: the brightest cell in the top colour, a silent cell in the bottom one
     pix = d.execute_script("""const c = document.getElementById('heatmap'), g = c.getContext('2d');
@@ -121,21 +139,35 @@ def test_the_study_page_in_chromium(finished_study, browser):
     prof = np.array([v[c == j].mean() for j in range(p)])
     np.testing.assert_allclose(d.execute_script("return HB.view.profile"), prof, atol=1e-6)
     power = np.abs(np.fft.fft2((v - v.mean()).reshape(p, p))) ** 2
-    np.testing.assert_allclose(d.execute_script("return Array.from(HB.view.spectrum)"), power.reshape(-1),
-                               atol=1e-6 * power.max())
+    np.testing.assert_allclose(
+        d.execute_script("return Array.from(HB.view.spectrum)"),
+        power.reshape(-1),
+        atol=1e-6 * power.max(),
+    )
+
     # ... and the canvases draw them: the spectrum's peak (zero frequency at the centre) in the top colour,
     # the profile's line reaching the top of its plot at the answer of its maximum
     def canvas(cid):
-        return np.array(d.execute_script(f"""const c = document.getElementById('{cid}'), g = c.getContext('2d');
-            return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)]""")[2])
+        return np.array(
+            d.execute_script(f"""const c = document.getElementById('{cid}'), g = c.getContext('2d');
+            return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)]""")[
+                2
+            ]
+        )
+
     spec = canvas("spectrum").reshape(p, p, 4)[:, :, :3]
     u, w = np.unravel_index(int(np.argmax(power)), (p, p))
     assert spec[(u + p // 2) % p, (w + p // 2) % p].tolist() == top
-    W, H = d.execute_script("const c = document.getElementById('profile'); return [c.width, c.height]")
+    W, H = d.execute_script(
+        "const c = document.getElementById('profile'); return [c.width, c.height]"
+    )
     line = canvas("profile").reshape(H, W, 4)
     blue = (line[:, :, 2] > 150) & (line[:, :, 0] < 80)  # the profile's stroke colour (#1565c0)
     ys, xs = np.nonzero(blue)
-    assert ys.min() <= 14 and abs(xs[ys.argmin()] - (2 + int(np.argmax(prof)) / (p - 1) * (W - 4))) <= 3
+    assert (
+        ys.min() <= 14
+        and abs(xs[ys.argmin()] - (2 + int(np.argmax(prof)) / (p - 1) * (W - 4))) <= 3
+    )
     tops = d.execute_script("return HB.view.tops")
     first = tops[0]["a"] * p + tops[0]["b"]
     assert first in np.flatnonzero(v == v.max()) and tops[0]["c"] == c[first]
@@ -143,7 +175,9 @@ def test_the_study_page_in_chromium(finished_study, browser):
     types = latent_types(z_all, sae.W_dec.double(), hook_ground_truth(ctx))["latents"]
     lat = next(x for x in types if x["index"] == target["index"])
     comp = d.execute_script("return HB.view.composition")
-    np.testing.assert_allclose(comp["out"], [lat["in_output"][str(q)] for q in comp["keys"]], atol=5.1e-3)  # 2 decimals
+    np.testing.assert_allclose(
+        comp["out"], [lat["in_output"][str(q)] for q in comp["keys"]], atol=5.1e-3
+    )  # 2 decimals
     np.testing.assert_allclose(comp["off"], lat["off_span"], atol=6e-4)
 
     # its best match in each of the other two seeds, side by side; a click opens the match
@@ -168,7 +202,9 @@ def test_the_study_page_in_chromium(finished_study, browser):
     assert len(rows) == counts[t] and {r["type"] for r in rows} == {data["types"][t]}
     _pick(d, "type-filter", "any")
     keys = data["models"][0]["hooks"][e["hook"]]["key_frequencies"]
-    n_k = sum(f == keys[0] for s in data["saes"] if s["cell"] == e["cell"] for f in s["latents"]["freq"])
+    n_k = sum(
+        f == keys[0] for s in data["saes"] if s["cell"] == e["cell"] for f in s["latents"]["freq"]
+    )
     _pick(d, "freq-filter", str(keys[0]))
     assert len(_rows(d)) == n_k and {r["freq"] for r in _rows(d)} <= {keys[0]}
     _pick(d, "freq-filter", "any")
@@ -179,7 +215,9 @@ def test_the_study_page_in_chromium(finished_study, browser):
     rates = [r for s in data["saes"] if s["cell"] == e["cell"] for r in s["latents"]["rate"]]
     cut = round(float(np.median(rates)), 3)
     d.find_element("id", "min-rate").send_keys(str(cut))
-    assert len(_rows(d)) == sum(r >= cut for r in rates) < len(reap) and all(r["rate"] >= cut for r in _rows(d))
+    assert len(_rows(d)) == sum(r >= cut for r in rates) < len(reap) and all(
+        r["rate"] >= cut for r in _rows(d)
+    )
     d.find_element("id", "min-rate").clear()
     d.execute_script("document.getElementById('min-rate').dispatchEvent(new Event('input'))")
     _pick(d, "sort-key", "rate")
@@ -207,7 +245,9 @@ def test_the_study_page_in_chromium(finished_study, browser):
 
 
 @pytest.mark.slow
-def test_a_link_to_a_latent_opens_it_and_browse_rewrites_only_its_own_page(finished_study, browser, tmp_path):
+def test_a_link_to_a_latent_opens_it_and_browse_rewrites_only_its_own_page(
+    finished_study, browser, tmp_path
+):
     import subprocess
 
     from study_harness import ENV, HUSAI
@@ -216,11 +256,19 @@ def test_a_link_to_a_latent_opens_it_and_browse_rewrites_only_its_own_page(finis
     cell = next(p.parent for p in (out / "saes").rglob("analysis.json"))
     # a train-sae style folder (the cell, its seeds) browsed on its own, with the model given
     page = tmp_path / "cell.html"
-    r = subprocess.run(HUSAI + ["browse", str(cell), "--model", str(out / "models" / "seed0"), "--out", str(page)],
-                       capture_output=True, text=True, env=ENV)
+    r = subprocess.run(
+        HUSAI + ["browse", str(cell), "--model", str(out / "models" / "seed0"), "--out", str(page)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert r.returncode == 0, r.stderr
-    again = subprocess.run(HUSAI + ["browse", str(cell), "--model", str(out / "models" / "seed0"), "--out", str(page)],
-                           capture_output=True, text=True, env=ENV)
+    again = subprocess.run(
+        HUSAI + ["browse", str(cell), "--model", str(out / "models" / "seed0"), "--out", str(page)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+    )
     assert again.returncode == 2 and "--overwrite" in again.stderr
     d = browser
     d.get(page.resolve().as_uri())
@@ -235,6 +283,10 @@ def test_a_link_to_a_latent_opens_it_and_browse_rewrites_only_its_own_page(finis
     _wait(d, "window.HB && (HB.ready || HB.errors.length > 0)")
     assert d.execute_script("return [HB.view.sae, HB.view.latent]") == [1, last]
     first = data["saes"][2]["latents"]["index"][0]
-    d.execute_script(f"location.hash = 'cell={data['saes'][2]['cell']}&seed={data['saes'][2]['seed']}&latent={first}'")
-    _wait(d, f"HB.view.sae === 2 && HB.view.latent === {first}")  # a changed address opens its latent
+    d.execute_script(
+        f"location.hash = 'cell={data['saes'][2]['cell']}&seed={data['saes'][2]['seed']}&latent={first}'"
+    )
+    _wait(
+        d, f"HB.view.sae === 2 && HB.view.latent === {first}"
+    )  # a changed address opens its latent
     assert len(data["saes"]) == 3 and _console_errors(d) == []

@@ -50,9 +50,27 @@ def _latest_ckpt(work: Path) -> Path:
 # commands that read the model's weights (W = the case's work folder)
 MODEL_READERS = {
     "analyze-model": ["analyze-model", "W/run"],
-    "extract-activations": ["extract-activations", "--transformer-checkpoint", "W/run", "--out", "W/new.safetensors"],
-    "train-sae": ["train-sae", "--transformer-checkpoint", "W/run", "--save-dir", "W/newsae", "--epochs", "1",
-                  "--expansion", "2", "--k", "4", "--quiet"],
+    "extract-activations": [
+        "extract-activations",
+        "--transformer-checkpoint",
+        "W/run",
+        "--out",
+        "W/new.safetensors",
+    ],
+    "train-sae": [
+        "train-sae",
+        "--transformer-checkpoint",
+        "W/run",
+        "--save-dir",
+        "W/newsae",
+        "--epochs",
+        "1",
+        "--expansion",
+        "2",
+        "--k",
+        "4",
+        "--quiet",
+    ],
     "fourier": ["fourier", "W/sae", "--model", "W/run", "--n-null", "1"],
 }
 
@@ -123,7 +141,9 @@ def test_bad_sae_cfg_json(work, cmd, fault):
     break_json(work / "sae" / "seed_1" / "cfg.json", SAE_CFG_FAULTS, fault)
     before = snapshot(work)
     r = husai(work, *SAE_READERS[cmd])
-    if cmd == "compare" and fault == "hook_bad":  # compare needs --force for SAEs of different hooks
+    if (
+        cmd == "compare" and fault == "hook_bad"
+    ):  # compare needs --force for SAEs of different hooks
         assert_clean_error(r, "hook")
     else:
         assert_clean_error(r)
@@ -134,7 +154,15 @@ def test_bad_sae_cfg_json(work, cmd, fault):
 def test_bad_activation_file(work, how):
     corrupt(work / "acts.safetensors", how)
     before = snapshot(work)
-    r = husai(work, "train-sae", "--activations", "W/acts.safetensors", "--save-dir", "W/newsae", "--quiet")
+    r = husai(
+        work,
+        "train-sae",
+        "--activations",
+        "W/acts.safetensors",
+        "--save-dir",
+        "W/newsae",
+        "--quiet",
+    )
     assert_clean_error(r, "acts.safetensors")
     assert_unchanged(before, work)
     assert not (work / "newsae").exists()
@@ -143,7 +171,12 @@ def test_bad_activation_file(work, how):
 def test_activation_file_with_a_1d_tensor(work):
     save_tensors(work / "acts.safetensors", {"activations": torch.zeros(10)})
     before = snapshot(work)
-    assert_clean_error(husai(work, "train-sae", "--activations", "W/acts.safetensors", "--save-dir", "W/o", "--quiet"), "2-D")
+    assert_clean_error(
+        husai(
+            work, "train-sae", "--activations", "W/acts.safetensors", "--save-dir", "W/o", "--quiet"
+        ),
+        "2-D",
+    )
     assert_unchanged(before, work)
 
 
@@ -151,7 +184,17 @@ def test_activation_file_with_a_1d_tensor(work):
 def test_bad_sae_yaml(work, kind):
     write_yaml(work / "c.yaml", YAMLS, kind)
     before = snapshot(work)
-    r = husai(work, "train-sae", "--transformer-checkpoint", "W/run", "--config", "W/c.yaml", "--save-dir", "W/o", "--quiet")
+    r = husai(
+        work,
+        "train-sae",
+        "--transformer-checkpoint",
+        "W/run",
+        "--config",
+        "W/c.yaml",
+        "--save-dir",
+        "W/o",
+        "--quiet",
+    )
     assert_clean_error(r)
     assert_unchanged(before, work)
     assert not (work / "o").exists()
@@ -187,7 +230,14 @@ def _sae(flags: str) -> list[str]:
 
 
 def _extract(flags: str) -> list[str]:
-    return ["extract-activations", "--transformer-checkpoint", "W/run", "--out", "W/m", *flags.split()]
+    return [
+        "extract-activations",
+        "--transformer-checkpoint",
+        "W/run",
+        "--out",
+        "W/m",
+        *flags.split(),
+    ]
 
 
 BAD_VALUES = {  # case: (argv, a word the one `error:` line must hold)
@@ -219,12 +269,19 @@ BAD_VALUES = {  # case: (argv, a word the one `error:` line must hold)
     "sae_seed_huge": (_sae("--seed 100000000000000000000"), "seed"),
     "sae_layer_out_of_range": (_sae("--layer 5"), "layer"),
     "sae_architecture_bogus": (_sae("--architecture gated"), "architecture"),
-    "sae_two_sources": (_cmd("train-sae --transformer-checkpoint W/run --activations W/acts.safetensors --save-dir W/m"),
-                        "exactly one"),
+    "sae_two_sources": (
+        _cmd(
+            "train-sae --transformer-checkpoint W/run --activations W/acts.safetensors --save-dir W/m"
+        ),
+        "exactly one",
+    ),
     "sae_no_source": (_cmd("train-sae --save-dir W/m"), "exactly one"),
     "extract_hook_bogus": (_extract("--hook nope"), "hook"),
     "extract_split_bogus": (_extract("--split val"), "split"),
-    "extract_missing_model": (_cmd("extract-activations --transformer-checkpoint W/nothing --out W/m"), "not found"),
+    "extract_missing_model": (
+        _cmd("extract-activations --transformer-checkpoint W/nothing --out W/m"),
+        "not found",
+    ),
     "fourier_n_null_zero": (_cmd("fourier W/sae --model W/run --n-null 0"), "n-null"),
     "fourier_missing_sae": (_cmd("fourier W/nothing --model W/run"), "not found"),
     "fourier_not_an_sae": (_cmd("fourier W/run --model W/run"), "not an SAE folder"),
@@ -256,22 +313,61 @@ def test_bad_values(work, case):
 # output paths that are files, or cannot be written
 
 OUTPUT_COMMANDS = {
-    "train-model": lambda o: ["train-model", "--p", "23", "--epochs", "2", "--eval-every", "1", "--out", o],
-    "extract-activations": lambda o: ["extract-activations", "--transformer-checkpoint", "W/run", "--out", o],
-    "train-sae": lambda o: ["train-sae", "--transformer-checkpoint", "W/run", "--save-dir", o, "--epochs", "1",
-                            "--expansion", "2", "--k", "4", "--quiet"],
+    "train-model": lambda o: [
+        "train-model",
+        "--p",
+        "23",
+        "--epochs",
+        "2",
+        "--eval-every",
+        "1",
+        "--out",
+        o,
+    ],
+    "extract-activations": lambda o: [
+        "extract-activations",
+        "--transformer-checkpoint",
+        "W/run",
+        "--out",
+        o,
+    ],
+    "train-sae": lambda o: [
+        "train-sae",
+        "--transformer-checkpoint",
+        "W/run",
+        "--save-dir",
+        o,
+        "--epochs",
+        "1",
+        "--expansion",
+        "2",
+        "--k",
+        "4",
+        "--quiet",
+    ],
     "fourier": lambda o: ["fourier", "W/sae", "--model", "W/run", "--n-null", "1", "--json", o],
     "compare": lambda o: ["compare", "W/sae", "--json", o],
     "study": lambda o: ["study", "--config", "W/ok.yaml", "--out", o],
 }
 # a config that validates; the study fails before training because its output cannot be written
-OK_STUDY = {"model": {"p": 23, "epochs": 2}, "seeds": [1, 2], "saes": [{"architecture": "topk", "expansion": 2, "k": 4}]}
+OK_STUDY = {
+    "model": {"p": 23, "epochs": 2},
+    "seeds": [1, 2],
+    "saes": [{"architecture": "topk", "expansion": 2, "k": 4}],
+}
 
 
 # For fourier, compare and extract-activations the output IS a file: overwriting an existing file is
 # what the user asked for, so only "a path under a file" is bad input for them.
-@pytest.mark.parametrize("cmd, where", [(c, w) for c in OUTPUT_COMMANDS for w in ("is_file", "under_file")
-                                        if not (c in ("fourier", "compare", "extract-activations") and w == "is_file")])
+@pytest.mark.parametrize(
+    "cmd, where",
+    [
+        (c, w)
+        for c in OUTPUT_COMMANDS
+        for w in ("is_file", "under_file")
+        if not (c in ("fourier", "compare", "extract-activations") and w == "is_file")
+    ],
+)
 def test_output_path_is_a_file(work, cmd, where):
     (work / "ok.yaml").write_text(yaml.safe_dump(OK_STUDY))
     out = "W/afile" if where == "is_file" else "W/afile/out"
@@ -300,10 +396,15 @@ def readonly_dir(work):
         return True
 
     if writable():  # root: try the immutable attribute
-        if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode == 0:
+        if (
+            shutil.which("chattr")
+            and subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode == 0
+        ):
             immutable = True
     target = d
-    if writable():  # no way to protect a folder here: a path whose parent is a regular file is unwritable too
+    if (
+        writable()
+    ):  # no way to protect a folder here: a path whose parent is a regular file is unwritable too
         target = work / "afile"
     assert not writable() or target != d
     yield target
@@ -328,15 +429,21 @@ def test_train_model_refuses_to_clobber_a_foreign_folder(work):
     (work / "mine").mkdir()
     (work / "mine" / "thesis.tex").write_text("years of work\n")
     before = snapshot(work)
-    assert_clean_error(husai(work, "train-model", "--p", "23", "--epochs", "2", "--out", "W/mine"), "already holds")
-    assert_clean_error(husai(work, "train-model", "--p", "23", "--epochs", "2", "--out", "W/mine", "--overwrite"),
-                       "thesis.tex")
+    assert_clean_error(
+        husai(work, "train-model", "--p", "23", "--epochs", "2", "--out", "W/mine"), "already holds"
+    )
+    assert_clean_error(
+        husai(work, "train-model", "--p", "23", "--epochs", "2", "--out", "W/mine", "--overwrite"),
+        "thesis.tex",
+    )
     assert_unchanged(before, work)
 
 
 def test_resume_without_a_run(work):
     (work / "empty").mkdir()
-    assert_clean_error(husai(work, "train-model", "--out", "W/empty", "--resume"), "nothing to resume")
+    assert_clean_error(
+        husai(work, "train-model", "--out", "W/empty", "--resume"), "nothing to resume"
+    )
 
 
 def test_report_with_a_bad_study_yaml(work):
@@ -362,8 +469,14 @@ def test_doctor_with_a_bad_checkpoint(work, how):
     assert_unchanged(before, work)
 
 
-SAMPLE = ["p_huge", "sae_expansion_huge", "compare_threshold", "study_executor_bogus", "report_missing",
-          "epochs_not_int"]
+SAMPLE = [
+    "p_huge",
+    "sae_expansion_huge",
+    "compare_threshold",
+    "study_executor_bogus",
+    "report_missing",
+    "epochs_not_int",
+]
 
 
 @pytest.mark.parametrize("case", SAMPLE)

@@ -17,7 +17,9 @@ def test_input_is_exactly_a_b_equals_and_answer_never_an_input():
     # Leakage guard: no sequence position ever carries the answer c (unless c coincides with a or b
     # by arithmetic, which happens for b = 0 or a = 0 only).
     same = (tokens[:, 0] == labels) | (tokens[:, 1] == labels)
-    assert same.sum().item() == 2 * p - 1 and bool(((tokens[:, 0] == 0) | (tokens[:, 1] == 0))[same].all())
+    assert same.sum().item() == 2 * p - 1 and bool(
+        ((tokens[:, 0] == 0) | (tokens[:, 1] == 0))[same].all()
+    )
     assert (tokens[:, 2] == p).all()
 
 

@@ -52,7 +52,9 @@ def test_the_expected_transformer_lens_is_installed():
 def test_transformer_lens_gives_husai_logits_and_cache(tmp_path, n_layers):
     ours = save_run(tmp_path / "run", n_layers)
     tl_model = to_transformer_lens(tmp_path / "run")
-    assert type(tl_model).__name__ == ("TransformerBridge" if transformer_lens_major() == 4 else "HookedTransformer")
+    assert type(tl_model).__name__ == (
+        "TransformerBridge" if transformer_lens_major() == 4 else "HookedTransformer"
+    )
     assert not tl_model.training
     tokens = make_tokens(P)
     with torch.no_grad():
@@ -66,7 +68,9 @@ def test_transformer_lens_gives_husai_logits_and_cache(tmp_path, n_layers):
             # TransformerLens 4.3's native bridge caches the pattern here (README,
             # husai/model/interop.py); when it caches the scores this fails and the note goes.
             want = cache[name.replace("hook_attn_scores", "hook_pattern")]
-        torch.testing.assert_close(tl_cache[name], want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(
+            tl_cache[name], want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}"
+        )
 
 
 def test_checkpoint_picks_the_weights_and_the_callers_rng_is_untouched(tmp_path):
@@ -90,8 +94,13 @@ def test_a_folder_that_is_no_run_is_one_line(tmp_path):
 
 def test_without_transformer_lens_the_error_says_what_to_install(tmp_path, monkeypatch):
     save_run(tmp_path / "run")
-    monkeypatch.setitem(sys.modules, "transformer_lens", None)  # what `import` sees when it is not installed
-    with pytest.raises(HusaiError, match=r"TransformerLens is not installed: pip install 'husai\[transformer-lens\]'"):
+    monkeypatch.setitem(
+        sys.modules, "transformer_lens", None
+    )  # what `import` sees when it is not installed
+    with pytest.raises(
+        HusaiError,
+        match=r"TransformerLens is not installed: pip install 'husai\[transformer-lens\]'",
+    ):
         to_transformer_lens(tmp_path / "run")
 
 
@@ -108,7 +117,9 @@ def test_the_readme_snippet_runs_and_its_logits_match(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     snippet = readme_snippet()
     namespace: dict = {}
-    exec(compile(snippet, str(README), "exec"), namespace)  # its own assert_close compares the logits
+    exec(
+        compile(snippet, str(README), "exec"), namespace
+    )  # its own assert_close compares the logits
     assert namespace["logits"].shape == (P * P, 3, P)
 
 

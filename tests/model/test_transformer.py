@@ -9,9 +9,18 @@ import torch.nn.functional as F
 from husai.model.data import make_tokens
 from husai.model.transformer import ModelConfig, Transformer
 
-HOOKS = ["hook_embed", "hook_pos_embed", "blocks.0.hook_resid_pre", "blocks.0.attn.hook_pattern",
-         "blocks.0.hook_attn_out", "blocks.0.hook_resid_mid", "blocks.0.mlp.hook_pre", "blocks.0.mlp.hook_post",
-         "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"]
+HOOKS = [
+    "hook_embed",
+    "hook_pos_embed",
+    "blocks.0.hook_resid_pre",
+    "blocks.0.attn.hook_pattern",
+    "blocks.0.hook_attn_out",
+    "blocks.0.hook_resid_mid",
+    "blocks.0.mlp.hook_pre",
+    "blocks.0.mlp.hook_post",
+    "blocks.0.hook_mlp_out",
+    "blocks.0.hook_resid_post",
+]
 
 
 def _model(p=23, n_layers=1, seed=0, random_biases=False):
@@ -45,9 +54,13 @@ def test_every_hook_is_exposed_with_position_axis():
     # The causal mask: position 0 attends only to itself.
     assert torch.allclose(cache["blocks.0.attn.hook_pattern"][:, :, 0, 0], torch.ones(1))
     # Residual bookkeeping holds exactly as named.
-    torch.testing.assert_close(cache["blocks.0.hook_resid_post"],
-                               cache["blocks.0.hook_resid_mid"] + cache["blocks.0.hook_mlp_out"])
-    torch.testing.assert_close(logits[:, -1], cache["blocks.0.hook_resid_post"][:, -1] @ m.unembed.W_U)
+    torch.testing.assert_close(
+        cache["blocks.0.hook_resid_post"],
+        cache["blocks.0.hook_resid_mid"] + cache["blocks.0.hook_mlp_out"],
+    )
+    torch.testing.assert_close(
+        logits[:, -1], cache["blocks.0.hook_resid_post"][:, -1] @ m.unembed.W_U
+    )
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])
@@ -60,8 +73,10 @@ def test_fast_path_matches_plain_path(n_layers):
     # Gradients agree too (the fast path's gathers must scatter back correctly).
     labels = torch.randint(0, 23, (23 * 23,), generator=torch.Generator().manual_seed(0))
     g_fast = torch.autograd.grad(F.cross_entropy(m(tokens), labels), list(m.parameters()))
-    g_plain = torch.autograd.grad(F.cross_entropy(m.run_with_hooks(tokens, [("hook_embed", lambda x: x)]), labels),
-                                  list(m.parameters()))
+    g_plain = torch.autograd.grad(
+        F.cross_entropy(m.run_with_hooks(tokens, [("hook_embed", lambda x: x)]), labels),
+        list(m.parameters()),
+    )
     for a, b in zip(g_fast, g_plain):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 

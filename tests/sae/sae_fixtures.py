@@ -37,7 +37,13 @@ def tiny_model_dir() -> Path:
         opt.step()
     out = Path(tempfile.mkdtemp(prefix="husai-sae-test-model-"))
     save_tensors(out / "model.safetensors", model.state_dict())
-    cfg = dict(mc.to_hooked_transformer_config(), p=P, operation="add", seed=0, split_seed=SPLIT_SEED,
-               train_frac=TRAIN_FRAC)
+    cfg = dict(
+        mc.to_hooked_transformer_config(),
+        p=P,
+        operation="add",
+        seed=0,
+        split_seed=SPLIT_SEED,
+        train_frac=TRAIN_FRAC,
+    )
     (out / "config.json").write_text(json.dumps(cfg))
     return out

@@ -17,7 +17,9 @@ torch.set_num_threads(1)
 
 
 def _random_sae(cls, S=3, d_in=6, d_sae=12, **kw):
-    sae = cls(S, d_in, d_sae, **kw).init_weights(list(range(S)), torch.randn(d_in, generator=torch.Generator().manual_seed(9)))
+    sae = cls(S, d_in, d_sae, **kw).init_weights(
+        list(range(S)), torch.randn(d_in, generator=torch.Generator().manual_seed(9))
+    )
     with torch.no_grad():
         g = torch.Generator().manual_seed(5)
         sae.b_enc.copy_(0.1 * torch.randn(sae.b_enc.shape, generator=g))
@@ -32,9 +34,16 @@ def test_topk_is_relu_of_topk():
     assert torch.equal(z, expected)
 
 
-@pytest.mark.parametrize("cls,kw", [(TopKSAE, dict(k=3)), (ReLUSAE, dict(l1_coeff=0.1)),
-                                    (JumpReLUSAE, dict(l0_coeff=0.1)), (BatchTopKSAE, dict(k=3)),
-                                    (MatryoshkaSAE, dict(k=3, widths=[4, 12]))])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (TopKSAE, dict(k=3)),
+        (ReLUSAE, dict(l1_coeff=0.1)),
+        (JumpReLUSAE, dict(l0_coeff=0.1)),
+        (BatchTopKSAE, dict(k=3)),
+        (MatryoshkaSAE, dict(k=3, widths=[4, 12])),
+    ],
+)
 def test_stacked_encode_decode_match_per_seed_reference(cls, kw):
     """Each seed slot computes exactly the 2-D SAE formula with its own parameters."""
     sae = _random_sae(cls, **kw)
@@ -53,7 +62,9 @@ def test_stacked_encode_decode_match_per_seed_reference(cls, kw):
         else:
             ref = F.relu(pre) * (pre > sae.threshold[s])
         torch.testing.assert_close(z[s], ref, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(x_hat[s], ref @ sae.W_dec[s] + sae.b_dec[s], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            x_hat[s], ref @ sae.W_dec[s] + sae.b_dec[s], rtol=1e-5, atol=1e-6
+        )
         one = sae.select(s)
         torch.testing.assert_close(one.encode(x)[0], z[s])
 
@@ -71,7 +82,12 @@ def test_init_tied_unit_norm_and_independent_of_other_seeds():
 def test_relu_loss_is_mse_plus_decoder_weighted_l1():
     sae = _random_sae(ReLUSAE, l1_coeff=0.25)
     with torch.no_grad():
-        sae.W_dec.mul_(torch.rand(sae.W_dec.shape[:2], generator=torch.Generator().manual_seed(2)).unsqueeze(-1) + 0.5)
+        sae.W_dec.mul_(
+            torch.rand(sae.W_dec.shape[:2], generator=torch.Generator().manual_seed(2)).unsqueeze(
+                -1
+            )
+            + 0.5
+        )
     x = torch.randn(9, 6, generator=torch.Generator().manual_seed(3))
     total, stats = sae.training_loss(x, torch.zeros(3, 12, dtype=torch.bool))
     for s in range(3):
@@ -86,9 +102,13 @@ def test_auxk_reconstructs_residual_from_dead_latents_only():
     sae = _random_sae(TopKSAE, k=2, k_aux=3, aux_coeff=1.0)
     x = torch.randn(10, 6, generator=torch.Generator().manual_seed(4))
     dead = torch.zeros(3, 12, dtype=torch.bool)
-    var = ((x - x.mean(0)) ** 2).sum(1).mean()  # TopK's reconstruction term is the FVU (Gao et al. 2.1)
+    var = (
+        ((x - x.mean(0)) ** 2).sum(1).mean()
+    )  # TopK's reconstruction term is the FVU (Gao et al. 2.1)
     _, none_dead = sae.training_loss(x, dead)
-    torch.testing.assert_close(none_dead["loss"], none_dead["mse"] / var)  # no dead latent -> no aux loss
+    torch.testing.assert_close(
+        none_dead["loss"], none_dead["mse"] / var
+    )  # no dead latent -> no aux loss
     dead[0, :6] = True  # seed 0: latents 0-5 dead; seeds 1, 2: none
     _, stats = sae.training_loss(x, dead)
     torch.testing.assert_close(stats["loss"][1:], stats["mse"][1:] / var)
@@ -101,7 +121,9 @@ def test_auxk_reconstructs_residual_from_dead_latents_only():
     za = torch.zeros_like(pd).scatter(-1, ia, F.relu(va))
     e_hat = za @ sae.W_dec[0, :6]
     aux = ((e_hat - e) ** 2).sum(1).mean() / ((e - e.mean(0)) ** 2).sum(1).mean()
-    torch.testing.assert_close(stats["loss"][0] - stats["mse"][0] / var, aux.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        stats["loss"][0] - stats["mse"][0] / var, aux.detach(), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_parallel_gradient_removed_and_rows_renormalised():
@@ -130,7 +152,9 @@ def test_batchtopk_keeps_k_per_input_on_average_and_tracks_threshold():
     sae.after_step({"min_active": mins})
     torch.testing.assert_close(sae.threshold, mins)  # the EMA starts at the first batch's value
     sae.after_step({"min_active": torch.tensor([3.0, float("inf")])})  # seed 1: nothing kept
-    torch.testing.assert_close(sae.threshold, torch.stack([0.5 * mins[0] + 1.5, mins[1]]))  # rate 0.5
+    torch.testing.assert_close(
+        sae.threshold, torch.stack([0.5 * mins[0] + 1.5, mins[1]])
+    )  # rate 0.5
     zi = sae.activate(pre, training=False)
     assert torch.equal(zi, F.relu(pre) * (pre > sae.threshold.view(2, 1, 1)))
 
@@ -144,24 +168,32 @@ def test_jumprelu_pseudo_derivatives_by_hand():
     z = sae.activate(pre, training=True)
     assert torch.equal(z.detach(), torch.tensor([[[1.02, 0.0, 1.5]]]))
     z.sum().backward()
-    torch.testing.assert_close(sae.log_threshold.grad, torch.tensor([[-10.0, 0.0, 0.0]]))  # -(theta/eps) K
+    torch.testing.assert_close(
+        sae.log_threshold.grad, torch.tensor([[-10.0, 0.0, 0.0]])
+    )  # -(theta/eps) K
     torch.testing.assert_close(pre.grad, torch.tensor([[[1.0, 0.0, 1.0]]]))  # straight through H
     sae.log_threshold.grad = None
     pre2 = pre.detach().requires_grad_(True)
     l0 = sae.sparsity_loss(None, pre2, None, None, None)
     assert l0.item() == 2.0
     l0.sum().backward()
-    torch.testing.assert_close(sae.log_threshold.grad, torch.tensor([[-10.0, 0.0, 0.0]]))  # -(1/eps) K
+    torch.testing.assert_close(
+        sae.log_threshold.grad, torch.tensor([[-10.0, 0.0, 0.0]])
+    )  # -(1/eps) K
     assert pre2.grad is None or pre2.grad.abs().sum() == 0
 
 
 def test_geometric_median_minimises_sum_of_distances():
     g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(50, 3, generator=g), 100 + torch.randn(5, 3, generator=g)])  # outliers
+    x = torch.cat(
+        [torch.randn(50, 3, generator=g), 100 + torch.randn(5, 3, generator=g)]
+    )  # outliers
     m = geometric_median(x).double().numpy()
     xn = x.double().numpy()
     f = lambda v: np.linalg.norm(xn - v, axis=1).sum()  # noqa: E731
-    ref = minimize(f, xn.mean(0), method="Nelder-Mead", options=dict(xatol=1e-8, fatol=1e-10, maxiter=20000)).x
+    ref = minimize(
+        f, xn.mean(0), method="Nelder-Mead", options=dict(xatol=1e-8, fatol=1e-10, maxiter=20000)
+    ).x
     assert f(m) <= f(ref) + 1e-4
     assert np.linalg.norm(m - ref) < 1e-2
     assert np.linalg.norm(m) < 2  # the mean would be pulled to ~9 by the outliers
@@ -176,10 +208,18 @@ def _free_norms(sae, seed: int = 6):
 
 
 @pytest.mark.parametrize("rescale", [False, True], ids=["unit", "rescale"])
-@pytest.mark.parametrize("per_seed", [False, True], ids=["shared_x", "per_seed_x"])  # x [B, d_in] or [S, B, d_in]
-@pytest.mark.parametrize("d_sae", [12, 64])  # 64: the grouped top-k path of topk_rows (12 falls back to torch.topk)
-@pytest.mark.parametrize("n_dead", [0, 6, 10])  # none: no AuxK; few: search dead columns only; many: masked top-k
-@pytest.mark.parametrize("cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (MatryoshkaSAE, dict(widths=[2, 5]))])
+@pytest.mark.parametrize(
+    "per_seed", [False, True], ids=["shared_x", "per_seed_x"]
+)  # x [B, d_in] or [S, B, d_in]
+@pytest.mark.parametrize(
+    "d_sae", [12, 64]
+)  # 64: the grouped top-k path of topk_rows (12 falls back to torch.topk)
+@pytest.mark.parametrize(
+    "n_dead", [0, 6, 10]
+)  # none: no AuxK; few: search dead columns only; many: masked top-k
+@pytest.mark.parametrize(
+    "cls,kw", [(TopKSAE, {}), (BatchTopKSAE, {}), (MatryoshkaSAE, dict(widths=[2, 5]))]
+)
 def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae, per_seed, rescale):
     """The TopK family trains through husai.sae.sparse on the active latents only; loss and every
     gradient must equal the dense formula (StackedSAE.training_loss: dense activate + decode),
@@ -187,12 +227,17 @@ def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae, per
     free rows of decoder_norm rescale (whose dense formula test_rescaled_dense_formula_by_hand checks)."""
     from husai.sae.architectures import StackedSAE
 
-    x = torch.randn(*((3,) if per_seed else ()), 10, 6, generator=torch.Generator().manual_seed(4)) + 1
+    x = (
+        torch.randn(*((3,) if per_seed else ()), 10, 6, generator=torch.Generator().manual_seed(4))
+        + 1
+    )
     dead = torch.zeros(3, d_sae, dtype=torch.bool)
     dead[0, :n_dead] = True
     dead[2, 3] = n_dead > 0
     kw = dict(kw, widths=kw["widths"] + [d_sae]) if "widths" in kw else kw
-    fast, slow = (_random_sae(cls, d_sae=d_sae, k=2, k_aux=3, rescale=rescale, **kw) for _ in range(2))
+    fast, slow = (
+        _random_sae(cls, d_sae=d_sae, k=2, k_aux=3, rescale=rescale, **kw) for _ in range(2)
+    )
     if rescale:
         fast, slow = _free_norms(fast), _free_norms(slow)
     lf, sf = fast.training_loss(x, dead)
@@ -206,9 +251,16 @@ def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae, per
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("cls,kw", [(TopKSAE, dict(k=2, k_aux=3)), (BatchTopKSAE, dict(k=2, k_aux=3)),
-                                    (MatryoshkaSAE, dict(k=2, k_aux=3, widths=[4, 12])), (ReLUSAE, dict(l1_coeff=0.1)),
-                                    (JumpReLUSAE, dict(l0_coeff=0.1, bandwidth=0.5, init_threshold=0.1))])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (TopKSAE, dict(k=2, k_aux=3)),
+        (BatchTopKSAE, dict(k=2, k_aux=3)),
+        (MatryoshkaSAE, dict(k=2, k_aux=3, widths=[4, 12])),
+        (ReLUSAE, dict(l1_coeff=0.1)),
+        (JumpReLUSAE, dict(l0_coeff=0.1, bandwidth=0.5, init_threshold=0.1)),
+    ],
+)
 def test_per_seed_batch_loss_equals_each_seed_alone(cls, kw):
     """x [S, B, d_in]: seed s's loss, stats and gradients are those of its slot trained alone on
     x[s] (its own batch variance included): no seed sees another seed's batch."""
@@ -220,12 +272,16 @@ def test_per_seed_batch_loss_equals_each_seed_alone(cls, kw):
     total.backward()
     for s in range(3):
         one = sae.select(s)
-        loss, st = one.training_loss(x[s], dead[s:s + 1])
+        loss, st = one.training_loss(x[s], dead[s : s + 1])
         loss.backward()
         for key in ("loss", "mse", "l0", "ev"):
-            torch.testing.assert_close(stats[key][s:s + 1], st[key], rtol=1e-5, atol=1e-6, msg=f"{key} seed {s}")
+            torch.testing.assert_close(
+                stats[key][s : s + 1], st[key], rtol=1e-5, atol=1e-6, msg=f"{key} seed {s}"
+            )
         for (name, p), q in zip(sae.named_parameters(), one.parameters()):
-            torch.testing.assert_close(p.grad[s:s + 1], q.grad, rtol=1e-4, atol=1e-5, msg=f"{name} seed {s}")
+            torch.testing.assert_close(
+                p.grad[s : s + 1], q.grad, rtol=1e-4, atol=1e-5, msg=f"{name} seed {s}"
+            )
 
 
 def test_data_span_basis_and_row_projection():
@@ -252,7 +308,9 @@ def test_matryoshka_loss_is_a_sum_of_nested_fvus_by_hand():
     with torch.no_grad():
         sae.W_dec[0] = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0], [0, 1.0]])
         sae.W_enc[0] = torch.tensor([[1.0, 0, 0.5, 0], [0, 1.0, 0, 0.5]])
-    x = torch.tensor([[2.0, 0.0], [0.0, 4.0]])  # pre = [[2, 0, 1, 0], [0, 4, 0, 2]]: batch top-4 keeps 2, 1, 4, 2
+    x = torch.tensor(
+        [[2.0, 0.0], [0.0, 4.0]]
+    )  # pre = [[2, 0, 1, 0], [0, 4, 0, 2]]: batch top-4 keeps 2, 1, 4, 2
     loss, stats = sae.training_loss(x, torch.zeros(1, 4, dtype=torch.bool))
     var = ((x - x.mean(0)) ** 2).sum(1).mean()  # 8
     inner = torch.tensor([[2.0, 0], [0, 4.0]])  # latents 0, 1 only
@@ -262,7 +320,10 @@ def test_matryoshka_loss_is_a_sum_of_nested_fvus_by_hand():
     torch.testing.assert_close(stats["mse"], ((full - x) ** 2).sum(1).mean().reshape(1))
 
 
-@pytest.mark.parametrize("shape,k", [((3, 7, 2048), 32), ((2, 5, 1024), 64), ((2, 65536), 4096), ((4, 64), 4), ((4, 40), 3)])
+@pytest.mark.parametrize(
+    "shape,k",
+    [((3, 7, 2048), 32), ((2, 5, 1024), 64), ((2, 65536), 4096), ((4, 64), 4), ((4, 40), 3)],
+)
 def test_topk_rows_selects_the_same_set_as_torch_topk(shape, k):
     pre = torch.randn(shape, generator=torch.Generator().manual_seed(k))
     pre[..., :5] = pre[..., :5] + 3  # clustered large values: several winners in one group
@@ -278,7 +339,12 @@ def test_pre_acts_buffer_reuse_matches_a_fresh_result():
     sae = _random_sae(TopKSAE, d_sae=16, k=2)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for n, dtype in [(10, torch.float32), (4, torch.float32), (12, torch.float32), (5, torch.float64)]:
+        for n, dtype in [
+            (10, torch.float32),
+            (4, torch.float32),
+            (12, torch.float32),
+            (5, torch.float64),
+        ]:
             sae.to(dtype)
             x = torch.randn(n, 6, generator=g, dtype=dtype)
             torch.testing.assert_close(sae.pre_acts(x, reuse_buffer=True), sae.pre_acts(x))
@@ -291,17 +357,26 @@ def _relu_family_case(cls, dtype, d_sae, B, per_seed):
     1 and bandwidth 0.5, so that pre = b_enc exactly: 0.75 and 1.25 (the kernel window's open
     edges: outside it), 1.0 (at theta: inactive, inside the window), 0.9 (below theta, inside)."""
     S, d_in = 3, 6
-    kw = dict(l1_coeff=0.3) if cls is ReLUSAE else dict(l0_coeff=0.3, bandwidth=0.5, init_threshold=0.4)
+    kw = (
+        dict(l1_coeff=0.3)
+        if cls is ReLUSAE
+        else dict(l0_coeff=0.3, bandwidth=0.5, init_threshold=0.4)
+    )
     g = torch.Generator().manual_seed(d_sae + B)
     x = (torch.randn(*((S,) if per_seed else ()), B, d_in, generator=g) + 1).to(dtype)
     saes = []
     for _ in range(2):
         sae = _random_sae(cls, S=S, d_in=d_in, d_sae=d_sae, **kw).to(dtype)
         with torch.no_grad():
-            sae.W_dec.mul_(torch.rand(S, d_sae, 1, generator=torch.Generator().manual_seed(2)).to(dtype) + 0.5)
+            sae.W_dec.mul_(
+                torch.rand(S, d_sae, 1, generator=torch.Generator().manual_seed(2)).to(dtype) + 0.5
+            )
             sae.b_enc.add_(torch.tensor([0.3, -100.0, -0.8], dtype=dtype).unsqueeze(1))
             if cls is JumpReLUSAE:
-                sae.log_threshold.add_(0.5 * torch.randn(S, d_sae, generator=torch.Generator().manual_seed(1)).to(dtype))
+                sae.log_threshold.add_(
+                    0.5
+                    * torch.randn(S, d_sae, generator=torch.Generator().manual_seed(1)).to(dtype)
+                )
                 for s in (0, 2):
                     sae.W_enc_T[s, :4] = 0
                     sae.b_enc[s, :4] = torch.tensor([0.75, 1.25, 1.0, 0.9], dtype=dtype)
@@ -338,8 +413,12 @@ def test_relu_family_sparse_path_equals_dense_reference(cls, d_sae, B, per_seed,
         assert torch.equal(st["fired"], sr["fired"])
         for (name, p), q in zip(sae.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p.grad, q.grad, **tol, msg=f"{name} {dense_above}")
-    if cls is JumpReLUSAE:  # the window entries reached theta: -(theta/eps) dL/dz + -(1/eps) l0_coeff / B
-        assert (ref.log_threshold.grad[0, 2:4] != 0).all() and (ref.log_threshold.grad[1] == 0).all()
+    if (
+        cls is JumpReLUSAE
+    ):  # the window entries reached theta: -(theta/eps) dL/dz + -(1/eps) l0_coeff / B
+        assert (ref.log_threshold.grad[0, 2:4] != 0).all() and (
+            ref.log_threshold.grad[1] == 0
+        ).all()
 
 
 @pytest.mark.parametrize("per_seed", [False, True], ids=["shared_x", "per_seed_x"])
@@ -364,9 +443,15 @@ def test_entries_above_lists_exactly_the_entries_above(d, per_seed):
             rr, cc = (pre[s] > t).nonzero(as_tuple=True)
             n = int(counts[s])
             assert n == len(rr) and (rows[s].diff() >= 0).all()
-            assert sorted(zip(rows[s, :n].tolist(), cols[s, :n].tolist())) == list(zip(rr.tolist(), cc.tolist()))
+            assert sorted(zip(rows[s, :n].tolist(), cols[s, :n].tolist())) == list(
+                zip(rr.tolist(), cc.tolist())
+            )
             assert torch.equal(vals[s, :n], pre[s][rows[s, :n], cols[s, :n]])
-            assert (vals[s, n:] == 0).all() and (rows[s, n:] == B - 1).all() and (cols[s, n:] == 0).all()
+            assert (
+                (vals[s, n:] == 0).all()
+                and (rows[s, n:] == B - 1).all()
+                and (cols[s, n:] == 0).all()
+            )
         assert vals.shape[1] == max(1, int(counts.max()))
     assert entries_above(pre, 0.0, 0.01) is None and entries_above(pre, 0.0, 0.5) is not None
 
@@ -392,9 +477,10 @@ def test_relu_family_sparse_training_equals_dense_and_seeds_alone(arch, monkeypa
     for s, seed in enumerate([11, 22]):
         alone = train_saes(acts, cfg, [seed]).sae
         for name, t in alone.state_dict().items():
-            torch.testing.assert_close(sparse.state_dict()[name][s], t[0], rtol=1e-4, atol=1e-5, msg=f"{name} {seed}")
+            torch.testing.assert_close(
+                sparse.state_dict()[name][s], t[0], rtol=1e-4, atol=1e-5, msg=f"{name} {seed}"
+            )
     monkeypatch.setattr(cls, "training_loss", StackedSAE.training_loss)
     dense = train_saes(acts, cfg, [11, 22]).sae
     for name, t in dense.state_dict().items():
         torch.testing.assert_close(sparse.state_dict()[name], t, rtol=1e-4, atol=1e-5, msg=name)
-

@@ -26,12 +26,24 @@ torch.set_num_threads(1)
 
 def _acts(n=320, d=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 4, generator=g) @ torch.randn(4, d, generator=g) + 0.1 * torch.randn(n, d, generator=g)
+    return torch.randn(n, 4, generator=g) @ torch.randn(4, d, generator=g) + 0.1 * torch.randn(
+        n, d, generator=g
+    )
 
 
-RELU = SAETrainConfig(architecture="relu", expansion=4, l1_coeff=0.05, epochs=3, batch_size=32, lr=1e-2)
-JUMP = SAETrainConfig(architecture="jumprelu", expansion=4, l0_coeff=0.05, epochs=3, batch_size=32, lr=1e-2,
-                      jumprelu_bandwidth=0.1, jumprelu_init_threshold=0.1)
+RELU = SAETrainConfig(
+    architecture="relu", expansion=4, l1_coeff=0.05, epochs=3, batch_size=32, lr=1e-2
+)
+JUMP = SAETrainConfig(
+    architecture="jumprelu",
+    expansion=4,
+    l0_coeff=0.05,
+    epochs=3,
+    batch_size=32,
+    lr=1e-2,
+    jumprelu_bandwidth=0.1,
+    jumprelu_init_threshold=0.1,
+)
 
 
 @pytest.mark.parametrize("cfg", [RELU, JUMP], ids=["relu", "jumprelu"])
@@ -42,7 +54,9 @@ def test_per_slot_weights_train_as_each_weight_alone(cfg):
     for s, (seed, w) in enumerate(zip([4, 4, 9], weights)):
         alone = train_saes(acts, replace(cfg, **{name: w}), [seed]).sae
         for key, t in alone.state_dict().items():
-            torch.testing.assert_close(together.state_dict()[key][s], t[0], rtol=1e-4, atol=1e-5, msg=f"{key} slot {s}")
+            torch.testing.assert_close(
+                together.state_dict()[key][s], t[0], rtol=1e-4, atol=1e-5, msg=f"{key} slot {s}"
+            )
         assert together.slot_hparams([s])[name] == pytest.approx(w)
     assert together.slot_hparams([0, 1])[name] == pytest.approx([0.01, 0.2])
     l0 = reconstruction_metrics(together, acts)["l0"]
@@ -52,16 +66,19 @@ def test_per_slot_weights_train_as_each_weight_alone(cfg):
 def test_interpolation_is_linear_in_logs():
     lo, hi = dict(weight=1.0, l0=100.0), dict(weight=4.0, l0=10.0)
     # target 31.62 = 10^1.5 is halfway in log L0, so the weight is halfway in log weight: 2
-    assert calibrate._interpolate(lo, hi, 10 ** 1.5) == pytest.approx(2.0)
+    assert calibrate._interpolate(lo, hi, 10**1.5) == pytest.approx(2.0)
     assert calibrate._interpolate(lo, hi, 100.0) == pytest.approx(1.0)
     assert calibrate._interpolate(lo, hi, 10.0) == pytest.approx(4.0)
 
 
 def test_search_brackets_the_target_in_one_pass():
     acts = _acts()
-    grid = reconstruction_metrics(train_saes(acts, RELU, [3] * 5, knobs=[0.05 * f for f in calibrate.FACTORS]).sae,
-                                  acts)["l0"]
-    assert grid == sorted(grid, reverse=True) and grid[0] > grid[-1]  # L0 falls with the weight here
+    grid = reconstruction_metrics(
+        train_saes(acts, RELU, [3] * 5, knobs=[0.05 * f for f in calibrate.FACTORS]).sae, acts
+    )["l0"]
+    assert (
+        grid == sorted(grid, reverse=True) and grid[0] > grid[-1]
+    )  # L0 falls with the weight here
     target = math.sqrt(grid[1] * grid[2])  # between the 2nd and 3rd weight
     weight, table, bracketed = calibrate.calibrate_weight(acts, replace(RELU, target_l0=target), 3)
     assert bracketed and len(table) == 5
@@ -72,9 +89,13 @@ def test_search_brackets_the_target_in_one_pass():
 def test_search_moves_the_grid_when_the_target_is_outside():
     acts = _acts()
     first = 0.05 * calibrate.FACTORS[-1]
-    low = reconstruction_metrics(train_saes(acts, replace(RELU, l1_coeff=first), [3]).sae, acts)["l0"][0]
+    low = reconstruction_metrics(train_saes(acts, replace(RELU, l1_coeff=first), [3]).sae, acts)[
+        "l0"
+    ][0]
     weight, table, _ = calibrate.calibrate_weight(acts, replace(RELU, target_l0=low / 4), 3)
-    assert len(table) >= 10 and max(r["weight"] for r in table) > first  # a second pass, to larger weights
+    assert (
+        len(table) >= 10 and max(r["weight"] for r in table) > first
+    )  # a second pass, to larger weights
     assert weight > first
 
 
@@ -87,7 +108,12 @@ def test_train_sae_with_target_l0_records_the_weight_every_seed_used(tmp_path):
     cfg = replace(RELU, target_l0=6.0)
     m = run_train_sae(cfg, tmp_path / "out", [1, 2], activations=f, progress=False)
     cal = m["calibration"]
-    assert cal["target_l0"] == 6.0 and cal["knob"] == "l1_coeff" and cal["start"] == 0.05 and cal["seed"] == 1
+    assert (
+        cal["target_l0"] == 6.0
+        and cal["knob"] == "l1_coeff"
+        and cal["start"] == 0.05
+        and cal["seed"] == 1
+    )
     assert len(cal["table"]) >= 5
     assert m["config"]["l1_coeff"] == pytest.approx(cal["weight"])
     for seed, sae in load_saes(tmp_path / "out").items():
@@ -132,11 +158,15 @@ def test_resampling_gives_dead_latents_data_directions(optimizer):
             cos = (dirs @ u) / dirs.norm(dim=-1)
             assert float(cos.max()) == pytest.approx(1.0, abs=1e-5)
             enc = sae.W_enc_T.detach()[s, j]
-            assert float(torch.nn.functional.cosine_similarity(enc, u, dim=0)) == pytest.approx(1.0, abs=1e-5)
+            assert float(torch.nn.functional.cosine_similarity(enc, u, dim=0)) == pytest.approx(
+                1.0, abs=1e-5
+            )
             assert float(sae.b_enc.detach()[s, j]) == 0.0
             assert float(opt.state[sae.W_dec]["exp_avg"][s, j].abs().max()) == 0.0
             live = ~dead[s]
-            torch.testing.assert_close(opt.state[sae.W_dec]["exp_avg_sq"][s, j], v_before[s][live].mean(0))
+            torch.testing.assert_close(
+                opt.state[sae.W_dec]["exp_avg_sq"][s, j], v_before[s][live].mean(0)
+            )
     live = ~dead
     for k in ("W_dec", "W_enc_T", "b_enc"):
         assert torch.equal(sae.state_dict()[k][live], before[k][live])  # live latents untouched
@@ -153,7 +183,15 @@ def test_resampling_gives_dead_latents_data_directions(optimizer):
 def test_training_resamples_at_the_chosen_epochs():
     acts = _acts()
     # dead: not fired on the last 16 inputs (0.05 epochs), so that a few latents count as dead here
-    cfg = replace(RELU, expansion=16, l1_coeff=50.0, lr=0.1, epochs=5, resample_dead=[2, 4, 9], dead_after_epochs=0.05)
+    cfg = replace(
+        RELU,
+        expansion=16,
+        l1_coeff=50.0,
+        lr=0.1,
+        epochs=5,
+        resample_dead=[2, 4, 9],
+        dead_after_epochs=0.05,
+    )
     res = train_saes(acts, cfg, [1])
     rows = {r["epoch"]: r for r in res.history}
     assert "resampled" in rows[2] and "resampled" in rows[4]
@@ -169,9 +207,18 @@ def test_next_step_brackets_moves_or_stops_at_collapse():
     # bracketed between 2 (L0 40) and 4 (L0 10): halfway in log L0 (20) is halfway in log weight
     w, start = calibrate.next_step([r(1, 80), r(2, 40), r(4, 10), r(8, 5)], 20.0)
     assert start is None and w == pytest.approx(2 * math.sqrt(2))
-    assert calibrate.next_step([r(1, 80), r(2, 60)], 20.0) == (None, 32)  # L0 too high: from 2 up to 2 x 256
-    assert calibrate.next_step([r(1, 15), r(2, 12)], 20.0) == (None, 1 / 16)  # already too sparse: smaller
+    assert calibrate.next_step([r(1, 80), r(2, 60)], 20.0) == (
+        None,
+        32,
+    )  # L0 too high: from 2 up to 2 x 256
+    assert calibrate.next_step([r(1, 15), r(2, 12)], 20.0) == (
+        None,
+        1 / 16,
+    )  # already too sparse: smaller
     # L0 8.1 at weight 32 with EV 0 (collapsed) does not count; larger weights only collapse further: stop
     table = [r(8, 24.3), r(16, 12.8, 0.557), r(32, 8.1, 0.0), r(64, 9.9, 0.0), r(128, 5.0, 0.0)]
     assert calibrate.next_step(table, 8.0) == (None, None)
-    assert calibrate.next_step([r(1, 5, 0.0), r(2, 3, 0.0)], 8.0) == (None, 1 / 16)  # all collapsed: go down
+    assert calibrate.next_step([r(1, 5, 0.0), r(2, 3, 0.0)], 8.0) == (
+        None,
+        1 / 16,
+    )  # all collapsed: go down

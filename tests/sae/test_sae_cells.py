@@ -18,7 +18,9 @@ torch.set_num_threads(1)
 
 def _acts(n=400, d=12, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 5, generator=g) @ torch.randn(5, d, generator=g) + 0.05 * torch.randn(n, d, generator=g)
+    return torch.randn(n, 5, generator=g) @ torch.randn(5, d, generator=g) + 0.05 * torch.randn(
+        n, d, generator=g
+    )
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
@@ -33,7 +35,9 @@ def test_cells_in_one_pass_equal_cells_alone(arch):
         alone = train_saes(acts, cfg, seeds)
         assert got.seeds == seeds and got.sae.n_seeds == len(seeds) and got.sae.k == cfg.k
         for name, t in alone.sae.state_dict().items():
-            torch.testing.assert_close(got.sae.state_dict()[name], t, rtol=1e-4, atol=1e-5, msg=f"{arch} k {cfg.k} {name}")
+            torch.testing.assert_close(
+                got.sae.state_dict()[name], t, rtol=1e-4, atol=1e-5, msg=f"{arch} k {cfg.k} {name}"
+            )
         assert got.history[-1]["l0"] == pytest.approx(alone.history[-1]["l0"])
         assert got.history[-1]["ev"] == pytest.approx(alone.history[-1]["ev"], abs=1e-4)
         assert set(got.trajectory) == set(alone.trajectory)
@@ -48,7 +52,9 @@ def test_per_slot_k_is_each_slots_own_topk():
     pre = torch.randn(3, 4, 20, generator=torch.Generator().manual_seed(0))
     z = sae.activate(pre)
     for s, k in enumerate([1, 5, 3]):
-        want = torch.zeros_like(pre[s]).scatter(-1, pre[s].topk(k, -1).indices, pre[s].topk(k, -1).values.relu())
+        want = torch.zeros_like(pre[s]).scatter(
+            -1, pre[s].topk(k, -1).indices, pre[s].topk(k, -1).values.relu()
+        )
         torch.testing.assert_close(z[s], want)
 
 
@@ -63,8 +69,13 @@ def test_a_cell_of_a_shared_pass_saves_with_its_own_k(tmp_path):
 
 def test_cells_that_differ_beyond_k_never_share_a_pass():
     base = SAETrainConfig(architecture="topk", expansion=2, k=3, epochs=1, batch_size=64)
-    cells = [(base, [1]), (replace(base, expansion=4), [1]), (replace(base, k=5), [1]),
-             (replace(base, architecture="relu"), [1]), (replace(base, architecture="relu"), [2])]
+    cells = [
+        (base, [1]),
+        (replace(base, expansion=4), [1]),
+        (replace(base, k=5), [1]),
+        (replace(base, architecture="relu"), [1]),
+        (replace(base, architecture="relu"), [2]),
+    ]
     assert group(cells) == [[0, 2], [1], [3, 4]]  # two ReLU cells with one config: just more seeds
     with pytest.raises(ValueError, match="cannot share"):
         train_cells(_acts(), cells, passes=[[0, 1]])

@@ -18,7 +18,13 @@ torch.set_num_threads(1)
 import sae_lens  # noqa: E402  the interop extra is part of the test install: no skip
 
 CFGS = tiny_configs(epochs=2)
-SAELENS_ARCH = {"topk": "topk", "batchtopk": "jumprelu", "matryoshka": "jumprelu", "relu": "standard", "jumprelu": "jumprelu"}
+SAELENS_ARCH = {
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "matryoshka": "jumprelu",
+    "relu": "standard",
+    "jumprelu": "jumprelu",
+}
 
 
 def _acts(n=256, d=8):
@@ -30,10 +36,17 @@ def _acts(n=256, d=8):
 def test_saelens_loads_husai_sae_and_agrees(arch, tmp_path):
     x = _acts()
     sae = train_saes(x, CFGS[arch], [1, 2]).sae
-    save_sae(tmp_path / "s", sae, slot=1, metadata=dict(seed=2, hook_name="blocks.0.hook_resid_post", model_path="m"))
+    save_sae(
+        tmp_path / "s",
+        sae,
+        slot=1,
+        metadata=dict(seed=2, hook_name="blocks.0.hook_resid_post", model_path="m"),
+    )
     cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
     assert cfg["architecture"] == SAELENS_ARCH[arch] and cfg["d_in"] == 8 and cfg["d_sae"] == 32
-    assert cfg["metadata"]["seed"] == 2 and cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
+    assert (
+        cfg["metadata"]["seed"] == 2 and cfg["metadata"]["hook_name"] == "blocks.0.hook_resid_post"
+    )
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "s"))
     ours = load_sae(tmp_path / "s")
     z_husai = sae.encode(x)[1].detach()

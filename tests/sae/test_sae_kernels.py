@@ -27,7 +27,9 @@ def _kernels_on(monkeypatch):
     """Every test here runs with the kernels on, whatever the caller's environment says, and the
     library must load (the kernel tests below would otherwise test nothing)."""
     monkeypatch.delenv("HUSAI_KERNELS", raising=False)
-    assert kernels.library() is not None, "the compiled kernels did not load (is a C compiler installed?)"
+    assert kernels.library() is not None, (
+        "the compiled kernels did not load (is a C compiler installed?)"
+    )
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -54,6 +56,7 @@ def _threads(n: int):
 def _rank(values: list[float], candidates: list[int], k: int) -> list[int]:
     """The k best of `candidates` (columns) by (value descending, column ascending), NaN ranking as
     -inf, returned in increasing column order."""
+
     def key(j):
         v = values[j]
         return (INF if math.isnan(v) else -v, j)  # -v: larger first; NaN as -inf, so last
@@ -86,8 +89,10 @@ def _check_topk_rows(x: torch.Tensor, k: int, bias: torch.Tensor | None = None):
 # ---------------------------------------------------------------- topk_rows
 
 
-@pytest.mark.parametrize("rows,d,k", [(48, 2048, 32), (40, 300, 7), (40, 50, 20), (40, 40, 30), (30, 64, 1),
-                                      (20, 24, 24)])
+@pytest.mark.parametrize(
+    "rows,d,k",
+    [(48, 2048, 32), (40, 300, 7), (40, 50, 20), (40, 40, 30), (30, 64, 1), (20, 24, 24)],
+)
 def test_topk_rows_random(rows, d, k):
     """Random rows: the kernel's prefiltered path (d >= 2k: threshold from k group maxima, then a
     quickselect) and its rank-everything path (d < 2k, k = d) choose exactly the reference's
@@ -133,9 +138,11 @@ def test_topk_rows_never_prefers_nan():
     x[1, :k] = float("nan")  # NaNs at the start of every group of the threshold's first sweep
     x[2, torch.rand(d, generator=g) < 0.5] = float("nan")
     x[3, :] = float("nan")
-    x[3, [3, 40]] = torch.tensor([2.0, 1.0])  # two real values, then NaNs (lowest columns) fill the rest
+    x[3, [3, 40]] = torch.tensor(
+        [2.0, 1.0]
+    )  # two real values, then NaNs (lowest columns) fill the rest
     x[4, :] = float("nan")  # all NaN: the first k columns
-    x[5, :d - 3] = float("nan")
+    x[5, : d - 3] = float("nan")
     vals, idx = _check_topk_rows(x, k)
     assert torch.equal(idx[3], torch.tensor([0, 1, 2, 3, 4, 5, 6, 40]))
     assert bool(vals[3].isnan().sum() == 6) and not bool(vals[0].isnan().any())
@@ -176,7 +183,9 @@ def _ref_topk_among(pre, allowed, k, above, bias, pad_col):
     width = max(1, max(len(r) for r in per_row))
     vals = [[v for v, _ in r] + [-INF] * (width - len(r)) for r in per_row]
     idx = [[j for _, j in r] + [pad_col] * (width - len(r)) for r in per_row]
-    return torch.tensor(vals).view(S, B, width), torch.tensor(idx, dtype=torch.long).view(S, B, width)
+    return torch.tensor(vals).view(S, B, width), torch.tensor(idx, dtype=torch.long).view(
+        S, B, width
+    )
 
 
 def _allowed(S, d, counts, g):
@@ -190,12 +199,19 @@ def _allowed(S, d, counts, g):
 @pytest.mark.parametrize("above", [-INF, 0.0])
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("with_bias", [False, True])
-@pytest.mark.parametrize("counts,k,pad_col", [
-    ((120, 5, 0, 60), 8, 0),  # a seed with fewer allowed columns than k, one with none
-    ((30, 30, 30, 30), 12, 0),  # every seed fills k (n < 2k once above = 0 drops half)
-    ((3, 0, 2, 1), 8, 3),  # every seed short of k: k' trimmed to the largest count; padding at column 3
-    ((0, 0, 0, 0), 4, 0),  # nothing allowed anywhere: one column of padding
-])
+@pytest.mark.parametrize(
+    "counts,k,pad_col",
+    [
+        ((120, 5, 0, 60), 8, 0),  # a seed with fewer allowed columns than k, one with none
+        ((30, 30, 30, 30), 12, 0),  # every seed fills k (n < 2k once above = 0 drops half)
+        (
+            (3, 0, 2, 1),
+            8,
+            3,
+        ),  # every seed short of k: k' trimmed to the largest count; padding at column 3
+        ((0, 0, 0, 0), 4, 0),  # nothing allowed anywhere: one column of padding
+    ],
+)
 def test_topk_among(above, layout, with_bias, counts, k, pad_col):
     """The top k among each seed's allowed columns with values > above (AuxK's search among the
     dead latents, above = 0), in both memory layouts and with a bias: the reference's columns and
@@ -203,7 +219,11 @@ def test_topk_among(above, layout, with_bias, counts, k, pad_col):
     real count. Some entries are -inf, which with above = -inf must still be left out."""
     S, B, d = 4, 6, 200
     g = _gen(sum(counts) * 31 + k)
-    pre = torch.randn(S, B, d, generator=g) if layout == "contiguous" else torch.randn(B, S, d, generator=g).transpose(0, 1)
+    pre = (
+        torch.randn(S, B, d, generator=g)
+        if layout == "contiguous"
+        else torch.randn(B, S, d, generator=g).transpose(0, 1)
+    )
     pre[torch.rand(S, B, d, generator=g) < 0.1] = -INF
     allowed = _allowed(S, d, counts, g)
     bias = torch.randn(S, d, generator=g) * 0.5 if with_bias else None
@@ -239,9 +259,24 @@ def test_plain_c_build_passes_the_same_checks(tmp_path):
     env.pop("HUSAI_KERNELS", None)
     here = Path(__file__).parent
     files = [str(here / f"test_sae_kernels{part}.py") for part in ("", "_sums", "_step")]
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files,
-                           "-k", "topk or among or decode or sum_by_latent or thread or fvu"],
-                          env=env, cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *files,
+            "-k",
+            "topk or among or decode or sum_by_latent or thread or fvu",
+        ],
+        env=env,
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     passed = int(proc.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1])
     assert passed >= 70, proc.stdout[-500:]  # 77 selected: the three files

@@ -20,8 +20,19 @@ from test_sae_kernels_in_use import _check_child_topk, _child
 from husai.sae import kernel_build, kernels
 
 P, I, L, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-ENTRY_POINTS = {"topk_rows", "topk_among", "sparse_decode", "sum_by_latent", "decode_backward", "weighted_row_sum",
-                "remove_parallel", "normalize_rows", "adam_rows", "fvu_loss", "topk_step"}
+ENTRY_POINTS = {
+    "topk_rows",
+    "topk_among",
+    "sparse_decode",
+    "sum_by_latent",
+    "decode_backward",
+    "weighted_row_sum",
+    "remove_parallel",
+    "normalize_rows",
+    "adam_rows",
+    "fvu_loss",
+    "topk_step",
+}
 
 
 def test_the_header_declares_every_entry_point_with_its_ctypes_types():
@@ -39,9 +50,13 @@ def test_a_call_with_the_wrong_argument_count_raises_instead_of_running():
     lib = kernels.library()
     W = torch.randn(4, 8)
     with pytest.raises(TypeError, match="normalize_rows takes 5 arguments"):
-        lib.normalize_rows(W.data_ptr(), 4, 8, 1e-8)  # one short: ctypes alone would read a garbage thread count
+        lib.normalize_rows(
+            W.data_ptr(), 4, 8, 1e-8
+        )  # one short: ctypes alone would read a garbage thread count
     with pytest.raises(TypeError, match="normalize_rows takes 5 arguments"):
-        lib.normalize_rows(W.data_ptr(), 4, 8, 1e-8, 1, 1)  # one too many: ctypes alone would pass it on
+        lib.normalize_rows(
+            W.data_ptr(), 4, 8, 1e-8, 1, 1
+        )  # one too many: ctypes alone would pass it on
     lib.normalize_rows(W.data_ptr(), 4, 8, 1e-8, 1)
     torch.testing.assert_close(W.norm(dim=1), torch.ones(4))
 
@@ -51,8 +66,20 @@ def _compile(src_dir, tmp_path):
     if cc == "/bin/false":
         cc = shutil.which("cc")
     srcs = [str(src_dir / n) for n in ("kernels.c", "step.c")]
-    return subprocess.run([cc, *kernel_build._flags(), "-Werror=missing-prototypes", *srcs, "-o", str(tmp_path / "k.so"),
-                           "-lm"], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            cc,
+            *kernel_build._flags(),
+            "-Werror=missing-prototypes",
+            *srcs,
+            "-o",
+            str(tmp_path / "k.so"),
+            "-lm",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("change", ["none", "header_arg", "undeclared_function"])
@@ -68,7 +95,9 @@ def test_the_compiler_holds_the_c_side_to_the_header(tmp_path, change):
         h = (src / "kernels.h").read_text()
         old = "void normalize_rows(float *W, int64_t n_rows, int d, float eps, int n_threads);"
         assert old in h
-        (src / "kernels.h").write_text(h.replace(old, old.replace("int n_threads", "int n_threads, int extra")))
+        (src / "kernels.h").write_text(
+            h.replace(old, old.replace("int n_threads", "int n_threads, int extra"))
+        )
     elif change == "undeclared_function":
         with open(src / "step.c", "a") as f:
             f.write("\nint husai_undeclared(int a) { return a + 1; }\n")
@@ -77,7 +106,11 @@ def test_the_compiler_holds_the_c_side_to_the_header(tmp_path, change):
         assert proc.returncode == 0, proc.stderr
     else:
         assert proc.returncode != 0
-        assert ("conflicting types" in proc.stderr) if change == "header_arg" else ("missing-prototypes" in proc.stderr)
+        assert (
+            ("conflicting types" in proc.stderr)
+            if change == "header_arg"
+            else ("missing-prototypes" in proc.stderr)
+        )
 
 
 def test_the_suite_runs_with_entry_checks_on():
@@ -140,9 +173,14 @@ def test_a_build_prunes_other_sources_and_keeps_other_flags(tmp_path):
     library is built; a build of the same sources for other flags stays, and so does any other file."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    cc = shutil.which(os.environ.get("CC") if os.environ.get("CC") not in (None, "/bin/false") else "cc")
+    cc = shutil.which(
+        os.environ.get("CC") if os.environ.get("CC") not in (None, "/bin/false") else "cc"
+    )
     name, prefix = kernel_build._names(cc)
-    old_format, other_src = cache / "kernels-0123456789abcdef.so", cache / "kernels-000000000000-11111111.so"
+    old_format, other_src = (
+        cache / "kernels-0123456789abcdef.so",
+        cache / "kernels-000000000000-11111111.so",
+    )
     same_src, note = cache / f"{prefix}99999999.so", cache / "notes.txt"
     for f in (old_format, other_src, same_src, note):
         f.write_bytes(b"x")

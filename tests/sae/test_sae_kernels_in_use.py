@@ -24,13 +24,24 @@ from husai.sae.train import train_saes
 def _low_rank_acts():
     """[2000, 16] rank-4 data plus small noise, offset from 0."""
     g = _gen(0)
-    return (torch.randn(2000, 4, generator=g) @ torch.randn(4, 16, generator=g)
-            + 0.01 * torch.randn(2000, 16, generator=g) + 0.3)
+    return (
+        torch.randn(2000, 4, generator=g) @ torch.randn(4, 16, generator=g)
+        + 0.01 * torch.randn(2000, 16, generator=g)
+        + 0.3
+    )
 
 
-@pytest.mark.parametrize("epochs,options", [(5, {}), (5, dict(data_seed=0)), (2, dict(decoder_norm="rescale")),
-                                            (3, dict(resample_dead=[2])), (4, dict(data_span=0.99))],
-                         ids=["default", "shared_batch", "rescale", "resample", "span"])
+@pytest.mark.parametrize(
+    "epochs,options",
+    [
+        (5, {}),
+        (5, dict(data_seed=0)),
+        (2, dict(decoder_norm="rescale")),
+        (3, dict(resample_dead=[2])),
+        (4, dict(data_span=0.99)),
+    ],
+    ids=["default", "shared_batch", "rescale", "resample", "span"],
+)
 def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
     """A TopK SAE (16 -> 128, k 4, random init so a third of the latents die and AuxK runs from
     epoch 2, 2 seeds) trained through the kernels and through the PyTorch path (HUSAI_KERNELS=off)
@@ -49,23 +60,43 @@ def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
     so that run stops after 4."""
     assert shutil.which("cc") is None or kernels.library() is not None
     calls: dict[str, int] = {}
-    for name in ("topk_step", "topk_rows", "topk_among", "sparse_decode", "decode_backward", "sum_by_latent",
-                 "weighted_row_sum"):
+    for name in (
+        "topk_step",
+        "topk_rows",
+        "topk_among",
+        "sparse_decode",
+        "decode_backward",
+        "sum_by_latent",
+        "weighted_row_sum",
+    ):
+
         def counted(*a, _f=getattr(kernels, name), _name=name, **kw):
             calls[_name] = calls.get(_name, 0) + 1
             if _name == "topk_step" and bool(a[6].any()):  # its dead mask: a step with AuxK
                 calls["topk_step with AuxK"] = calls.get("topk_step with AuxK", 0) + 1
             return _f(*a, **kw)
+
         monkeypatch.setattr(kernels, name, counted)
 
     acts = _low_rank_acts()
-    cfg = SAETrainConfig(architecture="topk", expansion=8, k=4, epochs=epochs, batch_size=256, init="random", lr=3e-3,
-                         **options)
+    cfg = SAETrainConfig(
+        architecture="topk",
+        expansion=8,
+        k=4,
+        epochs=epochs,
+        batch_size=256,
+        init="random",
+        lr=3e-3,
+        **options,
+    )
     with_kernels = train_saes(acts, cfg, [1, 2])
     n_steps = epochs * 8
     if "decoder_norm" in options:  # free norms: the step's kernels one by one (no topk_step)
         assert calls["topk_rows"] == calls["sparse_decode"] == n_steps and "topk_step" not in calls
-        assert min(calls["decode_backward"], calls["sum_by_latent"], calls["weighted_row_sum"]) >= n_steps
+        assert (
+            min(calls["decode_backward"], calls["sum_by_latent"], calls["weighted_row_sum"])
+            >= n_steps
+        )
         aux_steps = calls["topk_among"]
     else:  # one topk_step call per step (resampling selects through topk_rows)
         assert calls["topk_step"] == n_steps and "sparse_decode" not in calls
@@ -74,7 +105,9 @@ def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
         assert with_kernels.history[1]["resampled"] and 0 < aux_steps < n_steps - 8
     elif "data_span" not in options:  # in the data span no latent dies here
         assert all(f > 0.2 for f in with_kernels.history[0]["frac_dead"])
-        assert aux_steps == n_steps - 8  # AuxK from epoch 2 on: the first epoch has no dead latent yet
+        assert (
+            aux_steps == n_steps - 8
+        )  # AuxK from epoch 2 on: the first epoch has no dead latent yet
 
     calls.clear()
     monkeypatch.setenv("HUSAI_KERNELS", "off")
@@ -91,11 +124,21 @@ def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
     for ha, hb in zip(with_kernels.history, without.history):
         assert max(abs(u - v) for u, v in zip(ha["ev"], hb["ev"])) < 1e-4
         assert ha["frac_dead"] == hb["frac_dead"]
-    assert not torch.allclose(a.W_dec, with_kernels.W_dec_init, atol=1e-2)  # training moved the decoder
+    assert not torch.allclose(
+        a.W_dec, with_kernels.W_dec_init, atol=1e-2
+    )  # training moved the decoder
 
 
-@pytest.mark.parametrize("arch,options", [("topk", dict(decoder_norm="rescale")), ("batchtopk", {}),
-                                          ("matryoshka", dict(matryoshka_levels=2)), ("relu", {}), ("jumprelu", {})])
+@pytest.mark.parametrize(
+    "arch,options",
+    [
+        ("topk", dict(decoder_norm="rescale")),
+        ("batchtopk", {}),
+        ("matryoshka", dict(matryoshka_levels=2)),
+        ("relu", {}),
+        ("jumprelu", {}),
+    ],
+)
 def test_every_decode_gets_sorted_rows(monkeypatch, arch, options):
     """sparse_decode finds each task's entries by binary search over the rows, so every entry list that
     training decodes must have each seed's rows non-decreasing (husai.sae.sparse.Codes): the TopK family's
@@ -108,13 +151,24 @@ def test_every_decode_gets_sorted_rows(monkeypatch, arch, options):
         return _f(z, rows, cols, W, R)
 
     monkeypatch.setattr(kernels, "sparse_decode", checked)
-    if arch in ("relu", "jumprelu"):  # the sparse path every step (these small codes are too dense for it)
+    if arch in (
+        "relu",
+        "jumprelu",
+    ):  # the sparse path every step (these small codes are too dense for it)
         from husai.sae.architectures import JumpReLUSAE, ReLUSAE
 
         monkeypatch.setattr(ReLUSAE if arch == "relu" else JumpReLUSAE, "dense_above", None)
     k = {} if arch in ("relu", "jumprelu") else dict(k=4)
-    cfg = SAETrainConfig(architecture=arch, expansion=8, epochs=3, batch_size=256, init="random", lr=3e-3,
-                         **k, **options)
+    cfg = SAETrainConfig(
+        architecture=arch,
+        expansion=8,
+        epochs=3,
+        batch_size=256,
+        init="random",
+        lr=3e-3,
+        **k,
+        **options,
+    )
     train_saes(_low_rank_acts(), cfg, [1, 2])
     assert len(seen) >= 8 and all(seen)
 
@@ -139,7 +193,14 @@ print(json.dumps(dict(first=first is not None, second=second is not None, warnin
 def _child(env_changes: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "HUSAI_KERNELS"}
     env.update(env_changes)
-    proc = subprocess.run([sys.executable, "-c", _CHILD], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -210,7 +271,9 @@ def test_cache_falls_back_to_a_private_temporary_directory(tmp_path):
     _check_child_topk(out)
 
 
-@pytest.mark.parametrize("constrain,shape", [(False, (3, 40, 16)), (False, (3, 40)), (True, (3, 40, 16))])
+@pytest.mark.parametrize(
+    "constrain,shape", [(False, (3, 40, 16)), (False, (3, 40)), (True, (3, 40, 16))]
+)
 def test_kernel_adam_equals_torch_adam(constrain, shape):
     """KernelAdam (kernels.adam_rows) makes torch.optim.Adam's update, state included, over 25 steps
     of fresh gradients (float32 rounding apart); with the decoder constraint it equals the three steps
@@ -236,7 +299,9 @@ def test_kernel_adam_equals_torch_adam(constrain, shape):
                 b /= b.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     for key in ("exp_avg", "exp_avg_sq"):
-        torch.testing.assert_close(ka.state[a][key], ta.state[b][key], rtol=1e-5, atol=1e-6)  # values O(1): rounding
+        torch.testing.assert_close(
+            ka.state[a][key], ta.state[b][key], rtol=1e-5, atol=1e-6
+        )  # values O(1): rounding
     assert float(ka.state[a]["step"]) == float(ta.state[b]["step"]) == 25
     if constrain:
         torch.testing.assert_close(a.norm(dim=-1), torch.ones(shape[:-1]))

@@ -18,19 +18,19 @@ def _reference(out, b_dec, x, levels, dead, aux_coeff):
     """TopKSAE.training_loss's PyTorch terms (levels' reconstructions by a prefix sum, AuxK's FVU of
     the detached residual) -> (loss, mse, var) [S]."""
     S, B = out.shape[0], x.shape[-2]
-    recon = out[:, :levels * B].view(S, levels, B, -1).cumsum(1) + b_dec[:, None, None]
+    recon = out[:, : levels * B].view(S, levels, B, -1).cumsum(1) + b_dec[:, None, None]
     var = batch_variance(x)
     sq = (recon - (x if x.ndim == 2 else x.unsqueeze(1))).pow(2).sum(-1).mean(-1)
     loss = sq.sum(1) / var
     if dead is not None:
-        loss = loss + aux_coeff * _auxk_fvu(out[:, levels * B:], (x - recon[:, -1]).detach(), dead)
+        loss = loss + aux_coeff * _auxk_fvu(out[:, levels * B :], (x - recon[:, -1]).detach(), dead)
     return loss, sq[:, -1], var
 
 
 CASES = [  # S, B, d, levels, aux, shared x
-    (1, 256, 128, 1, True, False),   # the grokked model's one-seed TopK step
-    (3, 37, 20, 1, True, True),      # seed 1 without a dead latent: no AuxK term, zero AuxK gradient
-    (3, 37, 20, 3, True, False),     # Matryoshka's nested levels
+    (1, 256, 128, 1, True, False),  # the grokked model's one-seed TopK step
+    (3, 37, 20, 1, True, True),  # seed 1 without a dead latent: no AuxK term, zero AuxK gradient
+    (3, 37, 20, 3, True, False),  # Matryoshka's nested levels
     (2, 16, 8, 2, False, True),
     (3, 40, 17, 1, False, False),
 ]
@@ -63,9 +63,13 @@ def test_fvu_loss_matches_autograd(S, B, d, levels, aux, shared):
     torch.testing.assert_close(out.grad, ref_g_out.float(), rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(b_dec.grad, ref_g_bdec.float(), rtol=1e-4, atol=1e-7)
     if aux and S > 2:
-        main_only = _reference(out.detach().double(), b_dec.detach().double(), x.double(), levels, None, 0.1)[0]
-        assert abs(float(got[0][1].detach()) - float(main_only[1])) < 1e-5 * float(main_only[1])  # seed 1: no AuxK term
-        assert not bool(out.grad[1, levels * B:].any())
+        main_only = _reference(
+            out.detach().double(), b_dec.detach().double(), x.double(), levels, None, 0.1
+        )[0]
+        assert abs(float(got[0][1].detach()) - float(main_only[1])) < 1e-5 * float(
+            main_only[1]
+        )  # seed 1: no AuxK term
+        assert not bool(out.grad[1, levels * B :].any())
 
 
 def test_fvu_loss_handles_constant_data_and_is_thread_invariant():
@@ -89,11 +93,18 @@ def test_fvu_loss_handles_constant_data_and_is_thread_invariant():
     assert bool(torch.isfinite(results[1][3]).all())
 
 
-
-@pytest.mark.parametrize("ks,shared,dead_counts,d_sae", [(4, False, (0, 0, 0), 40), (4, False, (30, 0, 2), 40),
-                                                          (4, True, (30, 5, 2), 40), ([2, 6, 4], False, (3, 0, 40), 40),
-                                                          ([2, 6, 4], True, (40, 40, 40), 40), (32, False, (60, 0, 9), 256)],
-                         ids=["no-dead", "dead", "shared-batch", "per-slot-k", "all-dead", "k32-avx512-groups"])
+@pytest.mark.parametrize(
+    "ks,shared,dead_counts,d_sae",
+    [
+        (4, False, (0, 0, 0), 40),
+        (4, False, (30, 0, 2), 40),
+        (4, True, (30, 5, 2), 40),
+        ([2, 6, 4], False, (3, 0, 40), 40),
+        ([2, 6, 4], True, (40, 40, 40), 40),
+        (32, False, (60, 0, 9), 256),
+    ],
+    ids=["no-dead", "dead", "shared-batch", "per-slot-k", "all-dead", "k32-avx512-groups"],
+)
 def test_topk_step_matches_the_pytorch_step(monkeypatch, ks, shared, dead_counts, d_sae):
     """One TopK step through kernels.topk_step (one call: selection, AuxK, decode, loss, backward) and
     through the PyTorch path (HUSAI_KERNELS=off): the same loss, MSE, L0, EV and fired latents, and the
@@ -104,7 +115,9 @@ def test_topk_step_matches_the_pytorch_step(monkeypatch, ks, shared, dead_counts
     counting)."""
     g = _gen(7)
     S, B, d_in = 3, 33, 12
-    sae = TopKSAE(S, d_in, d_sae, ks, k_aux=6).init_weights([1, 2, 3], torch.randn(d_in, generator=g))
+    sae = TopKSAE(S, d_in, d_sae, ks, k_aux=6).init_weights(
+        [1, 2, 3], torch.randn(d_in, generator=g)
+    )
     with torch.no_grad():
         sae.b_enc.copy_(0.3 * torch.randn(S, d_sae, generator=g))
     x = torch.randn(B, d_in, generator=g) if shared else torch.randn(S, B, d_in, generator=g)
@@ -119,7 +132,9 @@ def test_topk_step_matches_the_pytorch_step(monkeypatch, ks, shared, dead_counts
         return stats, {n: p.grad.clone() for n, p in sae.named_parameters()}
 
     calls = []
-    monkeypatch.setattr(kernels, "topk_step", lambda *a, _f=kernels.topk_step: calls.append(1) or _f(*a))
+    monkeypatch.setattr(
+        kernels, "topk_step", lambda *a, _f=kernels.topk_step: calls.append(1) or _f(*a)
+    )
     got, got_grads = step()
     assert calls == [1]
     monkeypatch.setenv("HUSAI_KERNELS", "off")
@@ -131,7 +146,9 @@ def test_topk_step_matches_the_pytorch_step(monkeypatch, ks, shared, dead_counts
     for name, grad in want_grads.items():
         torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
     if any(dead_counts):
-        assert float(want["loss"][0]) > float(want["mse"][0] / batch_variance(x if shared else x[0]))  # AuxK counted
+        assert float(want["loss"][0]) > float(
+            want["mse"][0] / batch_variance(x if shared else x[0])
+        )  # AuxK counted
 
 
 def test_topk_step_is_thread_invariant():
@@ -155,7 +172,9 @@ def test_topk_step_hands_its_gradients_over_once():
     """The one-call step's gradients go to autograd once (moved into .grad, not copied): a second
     backward through the same graph is refused with a clear error, not silently given stale numbers."""
     sae = TopKSAE(1, 8, 32, 3).init_weights([1], torch.zeros(8))
-    loss, _ = sae.training_loss(torch.randn(16, 8, generator=_gen(9)), torch.zeros(1, 32, dtype=torch.bool))
+    loss, _ = sae.training_loss(
+        torch.randn(16, 8, generator=_gen(9)), torch.zeros(1, 32, dtype=torch.bool)
+    )
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward twice"):
         loss.backward()

@@ -45,7 +45,9 @@ def _ref_sum_by_latent(w, rows, cols, T, d_sae):
 TIGHT = dict(rtol=1e-6, atol=1e-6)  # both sum in entry order (measured: bitwise equal here)
 
 
-@pytest.mark.parametrize("S,R,d_sae,d_in,M", [(3, 20, 40, 16, 100), (1, 7, 10, 5, 3), (5, 64, 256, 33, 512)])
+@pytest.mark.parametrize(
+    "S,R,d_sae,d_in,M", [(3, 20, 40, 16, 100), (1, 7, 10, 5, 3), (5, 64, 256, 33, 512)]
+)
 def test_sparse_decode(S, R, d_sae, d_in, M):
     """out[s, r] = sum of z W[s, col] over seed s's entries at row r: the index_add_ reference, zero
     rows where no entry lands, and the exactly-0 z (which the kernel skips) change nothing: the same
@@ -55,7 +57,7 @@ def test_sparse_decode(S, R, d_sae, d_in, M):
     W = torch.randn(S, d_sae, d_in, generator=g)
     out = kernels.sparse_decode(z, rows, cols, W, R)
     torch.testing.assert_close(out, _ref_decode(z, rows, cols, W, R), **TIGHT)
-    assert not bool(out[:, R - 2:].any())
+    assert not bool(out[:, R - 2 :].any())
     keep = z[0] != 0
     dropped = kernels.sparse_decode(z[:1, keep], rows[:1, keep], cols[:1, keep], W[:1], R)
     torch.testing.assert_close(out[:1], dropped, **TIGHT)
@@ -71,7 +73,9 @@ def test_decode_backward_dots(S, R, d_sae, d_in, M):
     G = torch.randn(S, R, d_in, generator=g)
     W = torch.randn(S, d_sae, d_in, generator=g)
     dots = kernels.decode_backward(z, rows, cols, G, W)[1]
-    ref = torch.stack([(G[s, rows[s]].double() * W[s, cols[s]].double()).sum(-1) for s in range(S)]).float()
+    ref = torch.stack(
+        [(G[s, rows[s]].double() * W[s, cols[s]].double()).sum(-1) for s in range(S)]
+    ).float()
     torch.testing.assert_close(dots, ref, rtol=1e-5, atol=1e-5)
     skipped = kernels.decode_backward(z, rows, cols, G, W, skip_zero=True)[1]
     zero = z == 0
@@ -79,7 +83,9 @@ def test_decode_backward_dots(S, R, d_sae, d_in, M):
     assert torch.equal(skipped[~zero], dots[~zero])
 
 
-@pytest.mark.parametrize("S,R,d_sae,d_in,M", [(3, 20, 40, 16, 100), (1, 6, 9, 4, 5), (4, 32, 200, 33, 300)])
+@pytest.mark.parametrize(
+    "S,R,d_sae,d_in,M", [(3, 20, 40, 16, 100), (1, 6, 9, 4, 5), (4, 32, 200, 33, 300)]
+)
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_sum_by_latent(S, R, d_sae, d_in, M, with_bias):
     """out[s, j] = sum of w T[s, row mod R] over seed s's entries at latent j (rows run to 2R - 1:
@@ -92,7 +98,7 @@ def test_sum_by_latent(S, R, d_sae, d_in, M, with_bias):
     out, bias = kernels.sum_by_latent(w, rows, cols, T, d_sae, with_bias)
     ref, ref_bias = _ref_sum_by_latent(w, rows, cols, T, d_sae)
     torch.testing.assert_close(out, ref, **TIGHT)
-    assert not bool(out[:, d_sae - 3:].any())
+    assert not bool(out[:, d_sae - 3 :].any())
     if with_bias:
         torch.testing.assert_close(bias, ref_bias, **TIGHT)
     else:
@@ -114,7 +120,9 @@ def test_sums_run_in_entry_order():
     out = kernels.sparse_decode(z, rows, cols, ones, 2)
     torch.testing.assert_close(out, _ref_decode(z, rows, cols, ones, 2), rtol=0, atol=0)
     assert not bool(out[0, 0].any()) and bool((out[0, 1] == 3).all())
-    by_latent, bias = kernels.sum_by_latent(z, cols, rows, ones[:, :3], 2, with_bias=True)  # latent = rows here
+    by_latent, bias = kernels.sum_by_latent(
+        z, cols, rows, ones[:, :3], 2, with_bias=True
+    )  # latent = rows here
     ref, ref_bias = _ref_sum_by_latent(z, cols, rows, ones[:, :3], 2)
     torch.testing.assert_close(by_latent, ref, rtol=0, atol=0)
     torch.testing.assert_close(bias, ref_bias, rtol=0, atol=0)
@@ -186,9 +194,14 @@ def test_results_do_not_depend_on_thread_count():
     T = torch.randn(S, R, d_in, generator=g)
 
     def run():
-        return [*kernels.topk_rows(x, k, bias), *kernels.topk_among(x, allowed, k, above=0.0, bias=bias),
-                kernels.sparse_decode(z, rows // 2, cols, W, R), *kernels.sum_by_latent(z, rows, cols, T, d_sae, True),
-                *kernels.decode_backward(z, rows % R, cols, T, W), *kernels.decode_backward(z, rows % R, cols, T, W, True)]
+        return [
+            *kernels.topk_rows(x, k, bias),
+            *kernels.topk_among(x, allowed, k, above=0.0, bias=bias),
+            kernels.sparse_decode(z, rows // 2, cols, W, R),
+            *kernels.sum_by_latent(z, rows, cols, T, d_sae, True),
+            *kernels.decode_backward(z, rows % R, cols, T, W),
+            *kernels.decode_backward(z, rows % R, cols, T, W, True),
+        ]
 
     results = {}
     for n in (1, 2, 3):
@@ -212,7 +225,9 @@ def test_decode_backward_weight_gradient_is_sum_by_latent(skip_zero):
     z[torch.rand(S, M, generator=g) < 0.3] = 0.0
     G, W = torch.randn(S, R, d_in, generator=g), torch.randn(S, d_sae, d_in, generator=g)
     want_W = kernels.sum_by_latent(z, rows, cols, G, d_sae)[0]
-    want_z = torch.stack([(G[s, rows[s]].double() * W[s, cols[s]].double()).sum(-1) for s in range(S)]).float()
+    want_z = torch.stack(
+        [(G[s, rows[s]].double() * W[s, cols[s]].double()).sum(-1) for s in range(S)]
+    ).float()
     if skip_zero:
         want_z[z == 0] = 0.0
     threads = torch.get_num_threads()

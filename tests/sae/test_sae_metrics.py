@@ -11,7 +11,13 @@ from husai.model.checkpoint import load_model
 from husai.model.data import make_dataset
 from husai.sae.activations import at_eq, extract, splice_at_eq
 from husai.sae.architectures import ReLUSAE
-from husai.sae.metrics import _recovered, cosine_to_init, explained_variance, reconstruction_metrics, spliced_metrics
+from husai.sae.metrics import (
+    _recovered,
+    cosine_to_init,
+    explained_variance,
+    reconstruction_metrics,
+    spliced_metrics,
+)
 
 from sae_fixtures import tiny_model_dir
 
@@ -45,10 +51,16 @@ def model_data():
 
 def test_explained_variance_by_hand():
     x = torch.tensor([[1.0, 0.0], [3.0, 0.0]])  # mean (2, 0); total variance sum 2
-    assert explained_variance(x, torch.tensor([[1.0, 0.0], [2.5, 0.0]])).item() == pytest.approx(1 - 0.25 / 2)
-    assert explained_variance(x, torch.tensor([[2.0, 0.0], [2.0, 0.0]])).item() == pytest.approx(0.0)
+    assert explained_variance(x, torch.tensor([[1.0, 0.0], [2.5, 0.0]])).item() == pytest.approx(
+        1 - 0.25 / 2
+    )
+    assert explained_variance(x, torch.tensor([[2.0, 0.0], [2.0, 0.0]])).item() == pytest.approx(
+        0.0
+    )
     # the uncentred 1 - ||x - x_hat||^2 / ||x||^2 would give 1 - 2/10 = 0.8 here; EV is 0
-    assert explained_variance(x, torch.tensor([[1.0, 1.0], [2.0, 0.0]])).item() == pytest.approx(0.0)
+    assert explained_variance(x, torch.tensor([[1.0, 1.0], [2.0, 0.0]])).item() == pytest.approx(
+        0.0
+    )
 
 
 def test_identity_and_zero_sae_reconstruction():
@@ -84,7 +96,9 @@ def test_cosine_to_init_by_hand():
 def test_ce_loss_recovered_formula():
     assert _recovered(ablate=3.0, sae=2.0, clean=1.0) == 0.5
     assert _recovered(ablate=3.0, sae=1.0, clean=1.0) == 1.0
-    assert _recovered(ablate=1.0, sae=1.0, clean=1.0) is None  # nothing to recover: missing, not NaN or 1
+    assert (
+        _recovered(ablate=1.0, sae=1.0, clean=1.0) is None
+    )  # nothing to recover: missing, not NaN or 1
 
 
 def test_explained_variance_of_constant_data_is_missing_not_perfect():
@@ -106,7 +120,9 @@ def test_spliced_identity_and_mean_sae(model_data):
     with torch.no_grad():  # clean CE computed independently
         clean = torch.nn.functional.cross_entropy(model(data.tokens).double(), data.labels).item()
     assert base["clean_ce"] == pytest.approx(clean, rel=1e-9)
-    mean_out, _ = spliced_metrics(zero_sae(x.shape[1], x.mean(0)), model, hook, data.tokens, data.labels, x)
+    mean_out, _ = spliced_metrics(
+        zero_sae(x.shape[1], x.mean(0)), model, hook, data.tokens, data.labels, x
+    )
     assert mean_out["spliced_ce"][0] == pytest.approx(base["mean_ablation_ce"], rel=1e-5)
     assert mean_out["ce_loss_recovered_mean"][0] == pytest.approx(0.0, abs=1e-4)
     assert base["zero_ablation_ce"] > base["clean_ce"]
@@ -140,7 +156,9 @@ def test_spliced_at_resid_pre_with_last_only(model_data):
         return a
 
     with torch.no_grad():
-        ref = torch.nn.functional.cross_entropy(model.run_with_hooks(data.tokens, [(hook, ablate)]).double(), data.labels)
+        ref = torch.nn.functional.cross_entropy(
+            model.run_with_hooks(data.tokens, [(hook, ablate)]).double(), data.labels
+        )
     assert base["mean_ablation_ce"] == pytest.approx(ref.item(), rel=1e-9)
 
 
@@ -150,5 +168,9 @@ def test_tiny_model_learns_train_set():
     model, cfg = load_model(tiny_model_dir())  # the fixture every SAE test here trains on
     data = make_dataset(cfg["p"], cfg["train_frac"], cfg["split_seed"])
     with torch.no_grad():
-        acc = (model(data.tokens[data.train_idx]).argmax(-1) == data.labels[data.train_idx]).float().mean()
+        acc = (
+            (model(data.tokens[data.train_idx]).argmax(-1) == data.labels[data.train_idx])
+            .float()
+            .mean()
+        )
     assert acc > 0.9

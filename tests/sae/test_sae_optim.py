@@ -29,13 +29,18 @@ def _acts(n=300, d=8, seed=0):
 def _bases(x: torch.Tensor) -> dict[str, torch.Tensor]:
     d = x.shape[1]
     xc = x.double() - x.double().mean(0)
-    return {"random": torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1))).Q,
-            "pca": torch.linalg.eigh(xc.T @ xc).eigenvectors.flip(1).float()}
+    return {
+        "random": torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(1))).Q,
+        "pca": torch.linalg.eigh(xc.T @ xc).eigenvectors.flip(1).float(),
+    }
 
 
 def _grads(steps: int, shape, seed=0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    out = [torch.randn(*shape, generator=g) * torch.rand(*shape[:-1], 1, generator=g) for _ in range(steps)]
+    out = [
+        torch.randn(*shape, generator=g) * torch.rand(*shape[:-1], 1, generator=g)
+        for _ in range(steps)
+    ]
     out[2] = torch.zeros(shape)  # an idle step (sparse TopK: rows of latents that did not fire)
     out[3][0, 1] = 0  # one idle row
     return out
@@ -57,7 +62,7 @@ def test_row_adam_equals_a_slow_reference():
                 gr = g[s, j].double()
                 m[s, j] = b1 * m[s, j] + (1 - b1) * gr
                 v[s, j] = b2 * v[s, j] + (1 - b2) * float((gr * gr).sum()) / 4
-                w[s, j] -= lr * (m[s, j] / (1 - b1 ** t)) / ((v[s, j] / (1 - b2 ** t)).sqrt() + eps)
+                w[s, j] -= lr * (m[s, j] / (1 - b1**t)) / ((v[s, j] / (1 - b2**t)).sqrt() + eps)
         torch.testing.assert_close(p.detach().double(), w, rtol=1e-6, atol=1e-6, msg=f"step {t}")
     assert opt.state[p]["exp_avg_sq"].shape == (2, 3, 1)
 
@@ -77,7 +82,10 @@ def test_per_coordinate_groups_are_torch_adam():
 def test_a_row_step_rotates_with_the_gradient():
     R = _bases(_acts())["random"]
     p, q = (torch.nn.Parameter(torch.zeros(2, 5, 8)) for _ in range(2))
-    opt_p, opt_q = RowAdam([dict(params=[p], rows=True)], 0.01), RowAdam([dict(params=[q], rows=True)], 0.01)
+    opt_p, opt_q = (
+        RowAdam([dict(params=[p], rows=True)], 0.01),
+        RowAdam([dict(params=[q], rows=True)], 0.01),
+    )
     for g in _grads(5, (2, 5, 8)):
         p.grad, q.grad = g.clone(), g @ R
         opt_p.step()
@@ -91,7 +99,11 @@ def test_row_adam_groups_and_per_seed_state():
     sae = init_saes(_acts(), CFGS["jumprelu"], [1, 2])
     opt = make_optimizer(sae, "row_adam", 0.1, (0.9, 0.999))
     assert [g["rows"] for g in opt.param_groups] == [True, False]
-    assert {id(p) for p in opt.param_groups[0]["params"]} == {id(sae.W_enc_T), id(sae.W_dec), id(sae.b_dec)}
+    assert {id(p) for p in opt.param_groups[0]["params"]} == {
+        id(sae.W_enc_T),
+        id(sae.W_dec),
+        id(sae.b_dec),
+    }
     ref = init_saes(_acts(), CFGS["jumprelu"], [2])
     opt_ref = make_optimizer(ref, "row_adam", 0.1, (0.9, 0.999))
     g = torch.randn(32, 8, generator=torch.Generator().manual_seed(0))
@@ -102,7 +114,9 @@ def test_row_adam_groups_and_per_seed_state():
     opt.step()
     opt_ref.step()
     assert torch.equal(sae.W_dec[1], ref.W_dec[0])
-    assert opt.state[sae.b_dec]["exp_avg_sq"].shape == (2, 1) and opt.state[sae.b_enc]["exp_avg_sq"].shape == (2, 32)
+    assert opt.state[sae.b_dec]["exp_avg_sq"].shape == (2, 1) and opt.state[sae.b_enc][
+        "exp_avg_sq"
+    ].shape == (2, 32)
 
 
 def test_data_init_is_rotation_equivariant():
@@ -130,8 +144,13 @@ def test_training_is_rotation_equivariant(arch, basis):
     R = _bases(x)[basis]
     a, b = train_saes(x, CFGS[arch], [1, 2]).sae, train_saes(x @ R, CFGS[arch], [1, 2]).sae
     for name in ("W_dec", "W_enc_T", "b_dec"):
-        torch.testing.assert_close(getattr(a, name).detach() @ R, getattr(b, name).detach(), rtol=0,
-                                   atol=TOL[arch], msg=name)
+        torch.testing.assert_close(
+            getattr(a, name).detach() @ R,
+            getattr(b, name).detach(),
+            rtol=0,
+            atol=TOL[arch],
+            msg=name,
+        )
     for name, t in a.state_dict().items():  # latent-space state: b_enc, thresholds
         if name not in ("W_dec", "W_enc_T", "b_dec"):
             torch.testing.assert_close(t, b.state_dict()[name], rtol=1e-4, atol=TOL[arch], msg=name)

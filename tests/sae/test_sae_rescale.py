@@ -25,7 +25,9 @@ def test_rescaled_dense_formula_by_hand():
             x_hat = sae.b_dec[s] + z @ (sae.W_dec[s] / n[:, None])
             torch.testing.assert_close(sae.pre_acts(x)[s], pre)
             torch.testing.assert_close(sae(x)[s], x_hat)
-            assert not torch.allclose(n, torch.ones_like(n))  # the rows are not unit: the factor matters
+            assert not torch.allclose(
+                n, torch.ones_like(n)
+            )  # the rows are not unit: the factor matters
 
 
 def test_fold_decoder_norms_keeps_the_function_with_unit_rows():
@@ -55,22 +57,41 @@ def test_rescale_training_ends_with_unit_rows_and_leaves_the_norm_free_meanwhile
     from husai.sae.config import SAETrainConfig
     from husai.sae.train import train_saes
 
-    acts = torch.randn(256, 8, generator=torch.Generator().manual_seed(3)) * torch.linspace(3, 0.5, 8)
-    cfg = SAETrainConfig(architecture="topk", latents=32, k=4, epochs=2, batch_size=64, decoder_norm="rescale",
-                         init="random", trajectory_epochs=[1]).validate(8)
+    acts = torch.randn(256, 8, generator=torch.Generator().manual_seed(3)) * torch.linspace(
+        3, 0.5, 8
+    )
+    cfg = SAETrainConfig(
+        architecture="topk",
+        latents=32,
+        k=4,
+        epochs=2,
+        batch_size=64,
+        decoder_norm="rescale",
+        init="random",
+        trajectory_epochs=[1],
+    ).validate(8)
     before_fold = []
     fold = TopKSAE.fold_decoder_norms
-    monkeypatch.setattr(TopKSAE, "fold_decoder_norms",
-                        lambda self: (before_fold.append(self.decoder_norms().detach().clone()), fold(self)))
+    monkeypatch.setattr(
+        TopKSAE,
+        "fold_decoder_norms",
+        lambda self: (before_fold.append(self.decoder_norms().detach().clone()), fold(self)),
+    )
     res = train_saes(acts, cfg, [0, 1])
     (norms,) = before_fold
     assert (norms - 1).abs().max() > 0.01  # free during training (init: unit rows)
     torch.testing.assert_close(torch.linalg.vector_norm(res.sae.W_dec, dim=-1), torch.ones(2, 32))
-    torch.testing.assert_close(torch.linalg.vector_norm(res.trajectory[1]["W_dec"], dim=-1), torch.ones(2, 32))
+    torch.testing.assert_close(
+        torch.linalg.vector_norm(res.trajectory[1]["W_dec"], dim=-1), torch.ones(2, 32)
+    )
     assert not res.sae.rescale
-    torch.testing.assert_close(torch.linalg.vector_norm(res.W_dec_init, dim=-1), torch.ones(2, 32))  # cosine_to_init's
+    torch.testing.assert_close(
+        torch.linalg.vector_norm(res.W_dec_init, dim=-1), torch.ones(2, 32)
+    )  # cosine_to_init's
     # the same run with unit rows trains to a different SAE: the norms were free
-    unit = train_saes(acts, SAETrainConfig(**{**cfg.to_dict(), "decoder_norm": "unit"}).validate(8), [0, 1])
+    unit = train_saes(
+        acts, SAETrainConfig(**{**cfg.to_dict(), "decoder_norm": "unit"}).validate(8), [0, 1]
+    )
     assert not torch.allclose(unit.sae.W_dec, res.sae.W_dec, atol=1e-3)
     with pytest.raises(HusaiError, match="decoder_norm"):
         SAETrainConfig(architecture="relu", decoder_norm="rescale").validate(8)
@@ -94,7 +115,9 @@ def test_decoder_init_norm_scales_both_rows_at_init():
     small = _init(acts, cfg, [5], "cpu")[0]
     torch.testing.assert_close(small.W_dec, 0.1 * one.W_dec)
     torch.testing.assert_close(small.W_enc_T, 0.1 * one.W_enc_T)
-    torch.testing.assert_close(torch.linalg.vector_norm(small.W_dec, dim=-1), torch.full((1, 16), 0.1))
+    torch.testing.assert_close(
+        torch.linalg.vector_norm(small.W_dec, dim=-1), torch.full((1, 16), 0.1)
+    )
     null = init_saes(acts, cfg, [5])
     torch.testing.assert_close(torch.linalg.vector_norm(null.W_dec, dim=-1), torch.ones(1, 16))
     with torch.no_grad():
@@ -119,7 +142,12 @@ def test_b_dec_init_zeros_starts_b_dec_at_zero_and_keeps_data_init_rows_centred_
     torch.testing.assert_close(zeros.b_dec, torch.zeros(2, 8))
     torch.testing.assert_close(zeros.W_dec, median.W_dec)
     torch.testing.assert_close(zeros.W_enc_T, median.W_enc_T)
-    null = init_saes(acts, SAETrainConfig(**kw, b_dec_init="zeros").validate(8), [5], b_dec=geometric_median(acts))
+    null = init_saes(
+        acts,
+        SAETrainConfig(**kw, b_dec_init="zeros").validate(8),
+        [5],
+        b_dec=geometric_median(acts),
+    )
     torch.testing.assert_close(null.b_dec, torch.zeros(1, 8))
     with pytest.raises(HusaiError, match="b_dec_init"):
         SAETrainConfig(b_dec_init="mean").validate(8)

@@ -29,12 +29,32 @@ REPO = Path(__file__).resolve().parents[2]
 TOL = 0.02
 TOL_F1 = 0.03
 DEAD_SLACK = 2.0
-SMALL = ["--features", "512", "--hidden-dim", "48", "--width", "128", "--k", "6", "--train-samples", "20000",
-         "--epochs", "20", "--eval-samples", "10000", "--seeds", "2", "--husai-inits", "random"]
+SMALL = [
+    "--features",
+    "512",
+    "--hidden-dim",
+    "48",
+    "--width",
+    "128",
+    "--k",
+    "6",
+    "--train-samples",
+    "20000",
+    "--epochs",
+    "20",
+    "--eval-samples",
+    "10000",
+    "--seeds",
+    "2",
+    "--husai-inits",
+    "random",
+]
 
 
 def bench_synth():
-    spec = importlib.util.spec_from_file_location("bench_synth", REPO / "benchmarks" / "bench_synth.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_synth", REPO / "benchmarks" / "bench_synth.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -50,16 +70,31 @@ def test_husai_recovers_synthsaebench_features_at_least_as_well_as_saelens(tmp_p
     assert res["sae"]["width"] == 128 and res["sae"]["seeds"] == [42, 43]
     import yaml
 
-    ran = yaml.safe_load((tmp_path / "husai_topk_random.yaml").read_text())  # what `husai train-sae` was given
-    assert (ran["decoder_norm"], ran["decoder_init_norm"], ran["b_dec_init"]) == ("rescale", 0.1, "zeros")
+    ran = yaml.safe_load(
+        (tmp_path / "husai_topk_random.yaml").read_text()
+    )  # what `husai train-sae` was given
+    assert (ran["decoder_norm"], ran["decoder_init_norm"], ran["b_dec_init"]) == (
+        "rescale",
+        0.1,
+        "zeros",
+    )
     for arch in ("topk", "batchtopk", "matryoshka"):
-        husai, lens = res["rows"][arch]["husai_random"]["scores"], res["rows"][arch]["saelens"]["scores"]
+        husai, lens = (
+            res["rows"][arch]["husai_random"]["scores"],
+            res["rows"][arch]["saelens"]["scores"],
+        )
         mcc, ref = _mean(husai, "mcc"), _mean(lens, "mcc")
         # the same L0: k for TopK, the learned threshold's L0 for BatchTopK and Matryoshka (about k)
-        assert abs(_mean(husai, "l0") - _mean(lens, "l0")) < 0.15 * _mean(lens, "l0"), (arch, husai, lens)
+        assert abs(_mean(husai, "l0") - _mean(lens, "l0")) < 0.15 * _mean(lens, "l0"), (
+            arch,
+            husai,
+            lens,
+        )
         assert mcc > 0.5, f"{arch}: husai MCC {mcc:.3f}: not learning the features at all"
         assert mcc >= ref - TOL, f"{arch}: husai MCC {mcc:.3f} < SAELens {ref:.3f} - {TOL}"
         f1, f1_ref = _mean(husai, "f1"), _mean(lens, "f1")
         assert f1 >= f1_ref - TOL_F1, f"{arch}: husai F1 {f1:.3f} < SAELens {f1_ref:.3f} - {TOL_F1}"
         dead, dead_ref = _mean(husai, "dead"), _mean(lens, "dead")
-        assert dead <= dead_ref + DEAD_SLACK, f"{arch}: husai leaves {dead:.1f} latents dead, SAELens {dead_ref:.1f}"
+        assert dead <= dead_ref + DEAD_SLACK, (
+            f"{arch}: husai leaves {dead:.1f} latents dead, SAELens {dead_ref:.1f}"
+        )

@@ -29,8 +29,11 @@ def _acts(n=300, d=8, seed=0):
     return torch.randn(n, d, generator=g) @ torch.randn(d, d, generator=g) + 0.5
 
 
-@pytest.mark.parametrize("arch,data_seed,optimizer", [(a, None, o) for a in CFGS for o in ("adam", "row_adam")]
-                         + [("topk", 0, "adam"), ("relu", 0, "adam"), ("topk", 0, "row_adam")])
+@pytest.mark.parametrize(
+    "arch,data_seed,optimizer",
+    [(a, None, o) for a in CFGS for o in ("adam", "row_adam")]
+    + [("topk", 0, "adam"), ("relu", 0, "adam"), ("topk", 0, "row_adam")],
+)
 def test_seeds_together_equal_seeds_alone(arch, data_seed, optimizer):
     """Per-seed order (data_seed None, the default) and a shared one (data_seed 0) alike, with
     either optimizer."""
@@ -39,13 +42,26 @@ def test_seeds_together_equal_seeds_alone(arch, data_seed, optimizer):
     for s, seed in enumerate([11, 22, 33]):
         alone = train_saes(acts, cfg, [seed]).sae
         for name, t in alone.state_dict().items():
-            torch.testing.assert_close(together.state_dict()[name][s], t[0], rtol=1e-4, atol=1e-5,
-                                       msg=f"{arch} {name} seed {seed}")
+            torch.testing.assert_close(
+                together.state_dict()[name][s],
+                t[0],
+                rtol=1e-4,
+                atol=1e-5,
+                msg=f"{arch} {name} seed {seed}",
+            )
     assert not torch.allclose(together.W_dec[0], together.W_dec[1])
 
 
-@pytest.mark.parametrize("arch,optimizer", [("topk", "adam"), ("relu", "adam"), ("topk", "row_adam"),
-                                            ("relu", "row_adam"), ("jumprelu", "row_adam")])
+@pytest.mark.parametrize(
+    "arch,optimizer",
+    [
+        ("topk", "adam"),
+        ("relu", "adam"),
+        ("topk", "row_adam"),
+        ("relu", "row_adam"),
+        ("jumprelu", "row_adam"),
+    ],
+)
 def test_same_seed_same_weights(arch, optimizer):
     acts, cfg = _acts(), replace(CFGS[arch], optimizer=optimizer)
     a = train_saes(acts, cfg, [5, 6]).sae.state_dict()
@@ -58,7 +74,9 @@ def test_data_seed_changes_batches_and_training_moves_decoder():
     r0 = train_saes(acts, replace(CFGS["topk"], data_seed=0), [5])
     r1 = train_saes(acts, SAETrainConfig(**{**CFGS["topk"].to_dict(), "data_seed": 1}), [5])
     own = train_saes(acts, CFGS["topk"], [5])  # data_seed None: seed 5's own order
-    assert not torch.equal(r0.sae.W_dec, r1.sae.W_dec) and not torch.equal(r0.sae.W_dec, own.sae.W_dec)
+    assert not torch.equal(r0.sae.W_dec, r1.sae.W_dec) and not torch.equal(
+        r0.sae.W_dec, own.sae.W_dec
+    )
     assert not torch.allclose(r0.sae.W_dec, r0.W_dec_init, atol=1e-3)
     assert r0.steps == 3 * 10 and len(r0.history) == 3 and r0.diverged_at_step is None
 
@@ -78,7 +96,11 @@ def test_batch_order_is_per_seed_by_default():
 def _low_rank_acts(n=400, d=8, rank=3, seed=0):
     """Rank-3 data plus 1e-3 noise in d = 8: the 99.9% span has 3 directions."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, rank, generator=g) @ torch.randn(rank, d, generator=g) + 1e-3 * torch.randn(n, d, generator=g) + 0.5
+    return (
+        torch.randn(n, rank, generator=g) @ torch.randn(rank, d, generator=g)
+        + 1e-3 * torch.randn(n, d, generator=g)
+        + 0.5
+    )
 
 
 @pytest.mark.parametrize("arch", list(CFGS))
@@ -97,7 +119,9 @@ def test_data_span_keeps_every_row_in_the_span(arch):
     torch.testing.assert_close(init.W_dec.norm(dim=-1), torch.ones(2, 32))
     assert torch.equal(init.W_enc_T, init.W_dec)  # the tied init stays tied
     off = train_saes(acts, CFGS[arch], [1, 2]).sae.W_dec.detach()
-    assert ((off - off @ Q @ Q.T).norm(dim=-1) / off.norm(dim=-1)).max() > 1e-3  # without it rows leave the span
+    assert (
+        (off - off @ Q @ Q.T).norm(dim=-1) / off.norm(dim=-1)
+    ).max() > 1e-3  # without it rows leave the span
 
 
 def test_data_span_training_is_invariant_to_a_rotation_of_the_data():
@@ -111,30 +135,43 @@ def test_data_span_training_is_invariant_to_a_rotation_of_the_data():
     acts = _low_rank_acts(n=512)
     cfg = replace(CFGS["topk"], data_span=0.999, epochs=15)
     R = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(3))).Q
-    ev = [explained_variance(x, reconstruct(train_saes(x, cfg, [1, 2, 3]).sae, x)[0]) for x in (acts, acts @ R)]
+    ev = [
+        explained_variance(x, reconstruct(train_saes(x, cfg, [1, 2, 3]).sae, x)[0])
+        for x in (acts, acts @ R)
+    ]
     assert ev[0].min() > 0.9 and (ev[0] - ev[1]).abs().max() <= 0.02, ev
 
 
 def test_trajectory_records_the_init_and_the_chosen_epochs():
     acts = _acts()
-    cfg = replace(CFGS["topk"], trajectory_epochs=[0, 1, 2, 5])  # 3 epochs: 5 is beyond, 3 would be the final
+    cfg = replace(
+        CFGS["topk"], trajectory_epochs=[0, 1, 2, 5]
+    )  # 3 epochs: 5 is beyond, 3 would be the final
     res = train_saes(acts, cfg, [4, 9])
     assert sorted(res.trajectory) == [0, 1, 2]
     assert torch.equal(res.trajectory[0]["W_dec"], init_saes(acts, cfg, [4, 9]).W_dec)
     assert torch.equal(res.trajectory[0]["W_enc_T"], res.trajectory[0]["W_dec"])
     assert res.trajectory[0]["live"].all() and res.trajectory[1]["live"].dtype == torch.bool
-    assert res.trajectory[2]["W_dec"].shape == (2, 32, 8) and res.trajectory[2]["live"].shape == (2, 32)
+    assert res.trajectory[2]["W_dec"].shape == (2, 32, 8) and res.trajectory[2]["live"].shape == (
+        2,
+        32,
+    )
     assert not torch.equal(res.trajectory[1]["W_dec"], res.trajectory[2]["W_dec"])
     plain = train_saes(acts, replace(cfg, trajectory_epochs=[]), [4, 9])
     assert plain.trajectory == {}
-    assert all(torch.equal(v, res.sae.state_dict()[k]) for k, v in plain.sae.state_dict().items())  # recording changes nothing
+    assert all(
+        torch.equal(v, res.sae.state_dict()[k]) for k, v in plain.sae.state_dict().items()
+    )  # recording changes nothing
 
 
 def test_adam_state_is_per_seed():
     """A huge gradient on seed 0 must not change seed 1's Adam step (Adam is elementwise)."""
     sae = TopKSAE(2, 4, 8, k=2).init_weights([1, 2], torch.zeros(4))
     ref = TopKSAE(1, 4, 8, k=2).init_weights([2], torch.zeros(4))
-    opt, opt_ref = torch.optim.Adam(sae.parameters(), lr=0.1), torch.optim.Adam(ref.parameters(), lr=0.1)
+    opt, opt_ref = (
+        torch.optim.Adam(sae.parameters(), lr=0.1),
+        torch.optim.Adam(ref.parameters(), lr=0.1),
+    )
     g = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
     for p in sae.parameters():
         p.grad = torch.zeros_like(p)
@@ -202,7 +239,9 @@ def test_config_validation_names_the_key():
     with pytest.raises(HusaiError, match="smaller than d_sae"):
         SAETrainConfig(expansion=1, k=8).validate(d_in=8)
     with pytest.raises(HusaiError, match="'matryoshka_levels'.*d_sae >= 64"):
-        SAETrainConfig(architecture="matryoshka", expansion=4, k=2, matryoshka_levels=4).validate(d_in=8)
+        SAETrainConfig(architecture="matryoshka", expansion=4, k=2, matryoshka_levels=4).validate(
+            d_in=8
+        )
     with pytest.raises(HusaiError, match="'matryoshka_levels' must be >= 1"):
         config_from_dict({"architecture": "matryoshka", "matryoshka_levels": 0})
     assert config_from_dict({"data_seed": None, "data_span": None}).data_seed is None
@@ -220,11 +259,15 @@ def test_config_validation_names_the_key():
     assert parse_seeds("42, 123") == [42, 123]
 
 
-EXAMPLE_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "examples").glob("*.yaml"))
+EXAMPLE_CONFIGS = sorted(
+    (Path(__file__).resolve().parents[2] / "configs" / "examples").glob("*.yaml")
+)
 
 
 def test_the_example_configs_are_found():
-    assert len(EXAMPLE_CONFIGS) >= 5  # one per architecture; an empty list would skip the next test silently
+    assert (
+        len(EXAMPLE_CONFIGS) >= 5
+    )  # one per architecture; an empty list would skip the next test silently
 
 
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.stem)

@@ -19,7 +19,10 @@ HOOK = "blocks.0.hook_resid_post"
 @pytest.mark.slow
 def test_the_memorised_checkpoint_fits_the_training_pairs_before_the_model_generalised(grokked_run):
     run, metrics = grokked_run
-    assert metrics["memorised_epoch"] is not None and metrics["memorised_epoch"] < metrics["grokked_epoch"]
+    assert (
+        metrics["memorised_epoch"] is not None
+        and metrics["memorised_epoch"] < metrics["grokked_epoch"]
+    )
     model, cfg = load_model(run, which="memorised")
     data = make_dataset(cfg["p"], cfg["train_frac"], cfg["split_seed"], cfg["operation"])
     _, train_acc = loss_acc(model, data.tokens[data.train_idx], data.labels[data.train_idx])
@@ -64,4 +67,7 @@ def test_controls_measure_the_same_recipe_on_the_memorised_and_untrained_models(
     assert out["untrained"]["data_span"]["dim"] > grokked_dim
     # nor is the shift of the inputs an isometry of a random representation: no symmetry null there
     assert "symmetry" not in out["untrained"]["levels"]["pw_mcc_dec"]["nulls"]
-    assert out["memorised"]["epoch"] == json.loads((run / "metrics.json").read_text())["memorised_epoch"]
+    assert (
+        out["memorised"]["epoch"]
+        == json.loads((run / "metrics.json").read_text())["memorised_epoch"]
+    )

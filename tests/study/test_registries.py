@@ -88,10 +88,21 @@ def toy_null():
         """Seed B's rows with their span coordinates permuted: its geometry scrambled, its norms kept."""
         B = ctx["B"]
         perm = torch.randperm(ctx["r"], generator=gen)
-        return Draw(ctx["A"], replace(B, dec=unit(B.dec[:, perm]), enc=unit(B.enc[:, perm]), codes=None))
+        return Draw(
+            ctx["A"], replace(B, dec=unit(B.dec[:, perm]), enc=unit(B.enc[:, perm]), codes=None)
+        )
 
-    register_null(Null("permuted", "permuted", controls_for="toy", drawn="toy", marker="*", color="tab:olive",
-                       pair=permuted))
+    register_null(
+        Null(
+            "permuted",
+            "permuted",
+            controls_for="toy",
+            drawn="toy",
+            marker="*",
+            color="tab:olive",
+            pair=permuted,
+        )
+    )
     yield "permuted"
     unregister_null("permuted")
 
@@ -102,7 +113,9 @@ def test_a_toy_family_trains_saves_loads_and_keeps_its_keys(toy_family, tmp_path
     from husai.sae.config import config_from_dict
     from husai.sae.train import train_saes
 
-    cfg = config_from_dict(dict(architecture="shrink", margin=0.25, expansion=2, epochs=2, batch_size=64))
+    cfg = config_from_dict(
+        dict(architecture="shrink", margin=0.25, expansion=2, epochs=2, batch_size=64)
+    )
     assert cfg.margin == 0.25 and cfg.to_dict()["margin"] == 0.25
     with pytest.raises(HusaiError, match="'k' is for topk"):
         config_from_dict(dict(architecture="shrink", k=4))
@@ -113,12 +126,15 @@ def test_a_toy_family_trains_saves_loads_and_keeps_its_keys(toy_family, tmp_path
     loaded = load_sae(tmp_path / "s")
     with torch.no_grad():
         own = sae.select(1)(acts)[0]
-    assert torch.allclose(loaded(acts), own, atol=1e-4)  # SAELens's "standard" form is the same function
+    assert torch.allclose(
+        loaded(acts), own, atol=1e-4
+    )  # SAELens's "standard" form is the same function
 
 
 @pytest.mark.slow
-def test_a_toy_family_and_a_toy_null_reach_the_table_report_and_figures(toy_family, toy_null, finished_study,
-                                                                         tmp_path, monkeypatch):
+def test_a_toy_family_and_a_toy_null_reach_the_table_report_and_figures(
+    toy_family, toy_null, finished_study, tmp_path, monkeypatch
+):
     from husai.study import figures
     from husai.study.runner import run_study
 
@@ -133,7 +149,15 @@ def test_a_toy_family_and_a_toy_null_reach_the_table_report_and_figures(toy_fami
     monkeypatch.setattr(figures, "_save", keep_legends)
     cfg_path, done, _, _ = finished_study
     cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["saes"] = [{"architecture": "shrink", "expansion": 2, "margin": [0.5, 2.0], "epochs": 2, "batch_size": 128}]
+    cfg["saes"] = [
+        {
+            "architecture": "shrink",
+            "expansion": 2,
+            "margin": [0.5, 2.0],
+            "epochs": 2,
+            "batch_size": 128,
+        }
+    ]
     cfg["stability"] = {"threshold": 0.7}
     out = tmp_path / "study"
     shutil.copytree(done / "models", out / "models")  # the same model: only the cells train
@@ -142,7 +166,10 @@ def test_a_toy_family_and_a_toy_null_reach_the_table_report_and_figures(toy_fami
     run_study(tmp_path / "study.yaml", out, progress=False)
 
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert {r["architecture"] for r in rows} == {"shrink"} and {r["margin"] for r in rows} == {"0.5", "2.0"}
+    assert {r["architecture"] for r in rows} == {"shrink"} and {r["margin"] for r in rows} == {
+        "0.5",
+        "2.0",
+    }
     assert {r["run"].split("/")[-1] for r in rows} == {"shrink_x2_m0.5", "shrink_x2_m2"}
     assert all(r["pw_mcc_dec_permuted_null"] not in ("", None) for r in rows)
     analysis = json.loads((out / rows[0]["run"] / "analysis.json").read_text())

@@ -24,42 +24,79 @@ def test_report_has_every_section(finished):
     _, out, stdout = finished
     assert "stage 2/5" in stdout and "FAILED" in stdout
     html = (out / "report.html").read_text()
-    for section in ("Verdict", "Model (seed 0)", "SAE quality", "Stability across seeds",
-                    "Ground truth and what the latents are", "Figures"):
+    for section in (
+        "Verdict",
+        "Model (seed 0)",
+        "SAE quality",
+        "Stability across seeds",
+        "Ground truth and what the latents are",
+        "Figures",
+    ):
         assert section in html
-    assert html.count("data:image/png;base64,") == 5  # curves, spectrum, heatmaps, vs-null, coverage
+    assert (
+        html.count("data:image/png;base64,") == 5
+    )  # curves, spectrum, heatmaps, vs-null, coverage
     md = (out / "report.md").read_text()
     assert "PASS" in md and "FAIL" in md and "z = " not in md  # no z-against-every-null rule
     # the verdict reads every level against chance with a CI (3 seeds: the pairs' range), and says what the init gave
     verdict = md.split("## Verdict")[1].split("## ")[0]
-    assert " chance (matched geometry null" in verdict and "effect" in verdict and "shared-init reference" in verdict
-    assert "Activations:" in verdict and "Planes and classes:" in verdict and "delta CE (nats)" in md
+    assert (
+        " chance (matched geometry null" in verdict
+        and "effect" in verdict
+        and "shared-init reference" in verdict
+    )
+    assert (
+        "Activations:" in verdict and "Planes and classes:" in verdict and "delta CE (nats)" in md
+    )
     # per SAE of each analysed cell: its latent types and recovery next to the random reference
     lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| cell | SAE | plane feature"))
-    gt_rows = lines[start + 2: lines.index("", start)]
+    start = next(
+        i for i, line in enumerate(lines) if line.startswith("| cell | SAE | plane feature")
+    )
+    gt_rows = lines[start + 2 : lines.index("", start)]
     assert len(gt_rows) == 6, gt_rows  # 2 cells x 3 seeds
     assert all(row.startswith(("| topk_x2_k4 @", "| relu_x2_l1_0.3 @")) for row in gt_rows)
     assert all(line.count("(") >= 4 for line in gt_rows)
     assert "of the variance is a function of the answer" in md and "Coverage of each plane" in md
     # the HTML keeps every paragraph of the section, not only its tables
-    assert "of the variance is a function of the answer" in html and "cannot be met by sparse latents" in html
-    assert html.count("<table>") == 6  # oracle, quality, stability, controls, latent types, per-plane coverage
+    assert (
+        "of the variance is a function of the answer" in html
+        and "cannot be met by sparse latents" in html
+    )
+    assert (
+        html.count("<table>") == 6
+    )  # oracle, quality, stability, controls, latent types, per-plane coverage
     # the oracle: one row per analysed cell, with its reading, and a verdict sentence per architecture
     oracle = md.split("## Why the SAEs miss the truth: the oracle")[1].split("## ")[0]
     orows = [line for line in oracle.splitlines() if line.startswith("| blocks.0")]
-    assert len(orows) == 2 and all(any(f"| {r}" in row for r in ("optimisation", "objective", "neither"))
-                                   for row in orows)
+    assert len(orows) == 2 and all(
+        any(f"| {r}" in row for r in ("optimisation", "objective", "neither")) for row in orows
+    )
     # 2 epochs of training: the EV still rises, and an optimisation reading says so
     assert all("EV still rising" in row for row in orows if "| optimisation" in row)
-    assert sum(line.startswith("- Why ") and "misses the truth" in line for line in verdict.splitlines()) == 2
-    assert "shared-init reference" in html and "matched geometry null" in html and "symmetry null" in html
+    assert (
+        sum(
+            line.startswith("- Why ") and "misses the truth" in line
+            for line in verdict.splitlines()
+        )
+        == 2
+    )
+    assert (
+        "shared-init reference" in html
+        and "matched geometry null" in html
+        and "symmetry null" in html
+    )
     assert "Model-side controls, the same recipe: PW-MCC on an untrained model" in verdict
     for c in ("topk_x2_k4", "relu_x2_l1_0.3"):  # the control ran with the cell's recipe and 2 seeds
         an = json.loads(next(out.glob(f"saes/*/*/{c}/analysis.json")).read_text())
         assert an["controls"]["untrained"]["levels"]["pw_mcc_dec"]["n_pairs"] == 1
-    for png in ("model_seed0_training", "model_seed0_spectrum", "stability_heatmaps", "stability_vs_null",
-                "frequency_coverage"):
+    for png in (
+        "model_seed0_training",
+        "model_seed0_spectrum",
+        "stability_heatmaps",
+        "stability_vs_null",
+        "frequency_coverage",
+    ):
         assert (out / "figures" / f"{png}.png").stat().st_size > 10_000
 
 
@@ -72,10 +109,16 @@ def test_table_has_one_row_per_sae_and_records_the_failure(finished):
     assert len(failed) == 3 and all("diverged" in r["error"] for r in failed)
     ok = [r for r in rows if r["status"] == "ok"]
     for r in ok:
-        assert r["explained_variance"] <= 1 and r["pw_mcc_dec"] is not None  # EV < 0 is legal (2 epochs)
+        assert (
+            r["explained_variance"] <= 1 and r["pw_mcc_dec"] is not None
+        )  # EV < 0 is legal (2 epochs)
         assert r["pw_mcc_dec_ci_lo"] <= r["pw_mcc_dec"] <= r["pw_mcc_dec_ci_hi"]
-        assert r["pw_mcc_dec_null"] is not None and r["pw_mcc_dec_effect"] == pytest.approx(
-            r["pw_mcc_dec"] - r["pw_mcc_dec_null"], abs=1e-9) and r["fourier_overlap"] is not None
+        assert (
+            r["pw_mcc_dec_null"] is not None
+            and r["pw_mcc_dec_effect"]
+            == pytest.approx(r["pw_mcc_dec"] - r["pw_mcc_dec_null"], abs=1e-9)
+            and r["fourier_overlap"] is not None
+        )
         assert r["pw_mcc_dec_shared_init"] is not None and r["pw_mcc_dec_raw"] is not None
         types = ("plane_feature", "answer_detector", "input_feature", "patch", "other")
         assert sum(r[f"n_{t}"] for t in types) == r["n_live"]  # every live latent has one type
@@ -86,7 +129,9 @@ def test_table_has_one_row_per_sae_and_records_the_failure(finished):
     # from init must agree with the trainer's own cosine_to_init.
     an = json.loads((out / topk[0]["run"] / "analysis.json").read_text())
     for r in topk:
-        assert an["moved_from_init"][f"seed {r['seed']}"]["mean_row_cos_to_init"] == pytest.approx(r["cosine_to_init"], abs=1e-6)
+        assert an["moved_from_init"][f"seed {r['seed']}"]["mean_row_cos_to_init"] == pytest.approx(
+            r["cosine_to_init"], abs=1e-6
+        )
     assert (out / "results.csv").read_text().count("\n") == 1 + 9
 
 
@@ -95,9 +140,15 @@ def test_kill_9_and_resume_gives_the_same_table(finished, tmp_path):
     cfg, ref, _ = finished
     out = tmp_path / "B"
     reuse_model(ref, out)
-    first = out / "saes" / "model_seed0" / "blocks.0.hook_resid_post" / "topk_x2_k4" / "analysis.json"
-    proc = subprocess.Popen(HUSAI + ["study", "--config", str(cfg), "--out", str(out)], env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = (
+        out / "saes" / "model_seed0" / "blocks.0.hook_resid_post" / "topk_x2_k4" / "analysis.json"
+    )
+    proc = subprocess.Popen(
+        HUSAI + ["study", "--config", str(cfg), "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -111,7 +162,10 @@ def test_kill_9_and_resume_gives_the_same_table(finished, tmp_path):
     assert_one_cell_failed(r)
     assert "1 done, 2 to run" in r.stdout  # skipped the finished cell, redid the rest
     assert (out / "results.csv").read_text() == (ref / "results.csv").read_text()
-    assert pq.read_table(out / "results.parquet").to_pylist() == pq.read_table(ref / "results.parquet").to_pylist()
+    assert (
+        pq.read_table(out / "results.parquet").to_pylist()
+        == pq.read_table(ref / "results.parquet").to_pylist()
+    )
     assert not list(out.rglob(".*partial*"))  # no staging left behind
 
 
@@ -135,6 +189,7 @@ def test_rerun_skips_everything_and_report_rebuilds(finished, tmp_path):
 @pytest.mark.slow
 def test_ray_executor_writes_the_same_layout(finished, tmp_path):
     import importlib.util
+
     assert importlib.util.find_spec("ray"), "ray is part of the test install"
     cfg, ref, _ = finished
     out = tmp_path / "R"
@@ -145,6 +200,11 @@ def test_ray_executor_writes_the_same_layout(finished, tmp_path):
     assert rel(out / "saes") == rel(ref / "saes")
     a = pq.read_table(out / "results.parquet").to_pylist()
     b = pq.read_table(ref / "results.parquet").to_pylist()
-    assert [(r["run"], r["seed"], r["status"]) for r in a] == [(r["run"], r["seed"], r["status"]) for r in b]
+    assert [(r["run"], r["seed"], r["status"]) for r in a] == [
+        (r["run"], r["seed"], r["status"]) for r in b
+    ]
     for x, y in zip(a, b):  # Ray workers run one thread, as the reference does: same numbers
-        assert x["explained_variance"] == pytest.approx(y["explained_variance"], abs=1e-6) or x["status"] == "failed"
+        assert (
+            x["explained_variance"] == pytest.approx(y["explained_variance"], abs=1e-6)
+            or x["status"] == "failed"
+        )
