@@ -2,7 +2,7 @@
 #   make run    - set up .venv and run the main job
 #   make test   - set up .venv (with the test extras), lint, and run the whole test suite; then the
 #                 TransformerLens tests again in .venv-tl4 (TransformerLens 4, no SAELens): make test-tl4
-#   make lint   - fix what ruff can (import order), then check (config in pyproject.toml)
+#   make lint   - format with ruff and fix what it can (import order), then check (pyproject.toml)
 # torch is installed first and pinned (constraints.txt): a bare `torch` requirement with no torch
 # present would download several GB of CUDA packages.
 
@@ -47,6 +47,7 @@ run: $(VENV)/.core
 
 test: $(VENV)/.test $(VENV_TL4)/.test
 	$(PY) -m ruff check husai tests benchmarks
+	$(PY) -m ruff format --check -q husai tests benchmarks
 	WANDB_MODE=offline HUSAI_EXPECT_TL_MAJOR=3 $(PY) -m pytest -q
 	HUSAI_EXPECT_TL_MAJOR=4 $(PY_TL4) -m pytest -q tests/model/test_interop.py
 
@@ -54,6 +55,7 @@ test-tl4: $(VENV_TL4)/.test
 	HUSAI_EXPECT_TL_MAJOR=4 $(PY_TL4) -m pytest -q tests/model/test_interop.py
 
 lint: $(VENV)/.test
+	$(PY) -m ruff format -q husai tests benchmarks
 	$(PY) -m ruff check --fix husai tests benchmarks
 
 clean:
