@@ -16,7 +16,8 @@ from pathlib import Path
 
 
 def load_times(page: Path, loads: int) -> list[tuple[float, float]]:
-    """(seconds from navigation to HB.ready, the page's own start-up ms) per load, a fresh tab each."""
+    """(seconds from navigation to HB.ready, the page's own start-up ms) per load, a fresh tab
+    each."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -39,7 +39,8 @@ def main() -> None:
 
     args.synthetic, args.layer = args.transformer_checkpoint is None, 0
     x = get_activations(args)
-    # label -> config keys; the free-norm rows cover the rescaled sparse path and the fold at the end
+    # label -> config keys; the free-norm rows cover the rescaled sparse path and the fold at the
+    # end
     knobs = {
         "topk": dict(architecture="topk"),
         "batchtopk": dict(architecture="batchtopk"),

@@ -1,4 +1,5 @@
-"""End-to-end wall time of `husai train-model --preset fast` (issue 14: under 30 s on 2 cores).
+"""End-to-end wall time of `husai train-model --preset fast` (target: under 30 s on 2 cores;
+BENCHMARKS.md, "`fast` preset, end to end").
 
     python benchmarks/bench_fast_preset.py [--seeds 0,1,2] [--threads 2]
 

@@ -73,8 +73,8 @@ def _ev_l0_slot(sae, s: int, x):
 
 
 def saelens_sae(cfg, d_in: int):
-    """SAELens's training SAE of the same architecture and loss as husai's cfg: TopK (AuxK), standard
-    ReLU (decoder-norm-weighted L1, as husai's ReLUSAE) or JumpReLU (L0 with the step
+    """SAELens's training SAE of the same architecture and loss as husai's cfg: TopK (AuxK),
+    standard ReLU (decoder-norm-weighted L1, as husai's ReLUSAE) or JumpReLU (L0 with the step
     pseudo-derivative)."""
     import sae_lens as sl
 
@@ -89,8 +89,9 @@ def saelens_sae(cfg, d_in: int):
         return sl.StandardTrainingSAE(
             sl.StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=cfg.l1_coeff)
         )
-    # SAELens's own threshold and bandwidth (0.01, 0.05): with husai's (1.0, 2.0, in this model's activation
-    # units) its 0.1-norm init fires nothing on the fast model and every latent died (L0 0, measured)
+    # SAELens's own threshold and bandwidth (0.01, 0.05): with husai's (1.0, 2.0, in this model's
+    # activation units) its 0.1-norm init fires nothing on the fast model and every latent died (L0
+    # 0, measured)
     return sl.JumpReLUTrainingSAE(
         sl.JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=cfg.l0_coeff)
     )
@@ -215,8 +216,9 @@ def main() -> None:
     bench_husai(
         x[:1024], replace(cfg, epochs=1), seeds, dev
     )  # warm-up: first-call costs (allocator, BLAS init)
-    # Each repeat runs every trainer once, one after another, so a slow spell of a shared machine lands
-    # on all of them; the table reports each one's median over the repeats and the ratios of medians.
+    # Each repeat runs every trainer once, one after another, so a slow spell of a shared machine
+    # lands on all of them; the table reports each one's median over the repeats and the ratios of
+    # medians.
     runs: dict[str, list[dict]] = {}
     theirs = (
         cfg

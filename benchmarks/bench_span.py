@@ -113,10 +113,11 @@ def run_span(
 
 
 def run_order(x: torch.Tensor, cfg, seeds: list[int], steps: int) -> dict:
-    """Training steps (loss, backward, optimizer, [projection,] renormalisation) timed alternately on
-    a shared batch x [B, d_in], on a batch per seed x [S, B, d_in], on a batch per seed with the
+    """Training steps (loss, backward, optimizer, [projection,] renormalisation) timed alternately
+    on a shared batch x [B, d_in], on a batch per seed x [S, B, d_in], on a batch per seed with the
     data-span projection (0.999), and on a batch per seed with row_adam, so that load from other
-    processes hits all alike; no latent is dead (no AuxK); the first 10 steps of each are a warm-up."""
+    processes hits all alike; no latent is dead (no AuxK); the first 10 steps of each are a
+    warm-up."""
     from husai.sae.base import data_span_basis
     from husai.sae.optim import make_optimizer
     from husai.sae.train import init_saes

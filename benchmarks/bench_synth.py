@@ -1,26 +1,29 @@
-"""SynthSAEBench as an external check: husai's TopK, BatchTopK and Matryoshka trainers against SAELens's
-own SAETrainer on SAELens's synthetic data, both scored by SAELens's own evaluation (MCC, F1, dead latents).
+"""SynthSAEBench as an external check: husai's TopK, BatchTopK and Matryoshka trainers against
+SAELens's own SAETrainer on SAELens's synthetic data, both scored by SAELens's own evaluation (MCC,
+F1, dead latents).
 
-1. SAELens builds the world (`sae_lens.synthetic.SyntheticModel`): SynthSAEBench-16k's recipe (Zipfian
-   firing, exponent 0.5, p 0.4 .. 5e-4; a forest of 4-ary trees, depth 3, mutually exclusive children;
-   low-rank correlations, rank 25, scale 0.1; orthogonalised directions, 100 steps, lr 3e-4; magnitudes
-   linear 5 -> 4 with folded-normal std, mean 0.5, sd 0.5), scaled down to fit 2 CPU cores: --features
-   ground-truth directions in --hidden-dim dimensions (16k: 16,384 in 768), one tree per 128 features
-   (16k: 128 trees), and compensate_probabilities on, because with a few hundred thousand samples
-   instead of 16k's 200M the hierarchy's gating left most features nearly unseen (1,024 features,
-   60,000 samples: 56% fired fewer than 20 times without it, none with it).
+1. SAELens builds the world (`sae_lens.synthetic.SyntheticModel`): SynthSAEBench-16k's recipe
+   (Zipfian firing, exponent 0.5, p 0.4 .. 5e-4; a forest of 4-ary trees, depth 3, mutually
+   exclusive children; low-rank correlations, rank 25, scale 0.1; orthogonalised directions, 100
+   steps, lr 3e-4; magnitudes linear 5 -> 4 with folded-normal std, mean 0.5, sd 0.5), scaled down
+   to fit 2 CPU cores: --features ground-truth directions in --hidden-dim dimensions (16k: 16,384 in
+   768), one tree per 128 features (16k: 128 trees), and compensate_probabilities on, because with a
+   few hundred thousand samples instead of 16k's 200M the hierarchy's gating left most features
+   nearly unseen (1,024 features, 60,000 samples: 56% fired fewer than 20 times without it, none
+   with it).
 2. It draws --train-samples activations once (the global torch RNG, seeded) and writes them as a
    husai activation file.
 3. husai trains every architecture through the real command line, one process per architecture, all
-   seeds in one pass: `python -m husai.cli train-sae --activations FILE --config YAML --seeds ...`, the
-   YAML being configs/examples/<arch>_16x.yaml with width (latents), k, lr, batch, epochs and init
-   replaced. --husai-inits: `random` (isotropic unit rows, W_enc = W_dec^T: the kind of init SAELens
-   uses) and `data` (the example configs' choice, made for the grokked model's low-rank activations).
+   seeds in one pass: `python -m husai.cli train-sae --activations FILE --config YAML --seeds ...`,
+   the YAML being configs/examples/<arch>_16x.yaml with width (latents), k, lr, batch, epochs and
+   init replaced. --husai-inits: `random` (isotropic unit rows, W_enc = W_dec^T: the kind of init
+   SAELens uses) and `data` (the example configs' choice, made for the grokked model's low-rank
+   activations).
 4. SAELens trains the same architecture on the same activations (`SAETrainer`, fed the same tensor,
-   reshuffled every epoch) at the same width, k, lr, batch size, Adam betas and number of samples, with
-   its own defaults for the rest (decoder init norm 0.1, decoder-norm rescaling, AuxK coefficient 1);
-   Matryoshka gets husai's level widths. It saves its inference SAE (BatchTopK and Matryoshka as
-   JumpReLU with the learned threshold, as husai does).
+   reshuffled every epoch) at the same width, k, lr, batch size, Adam betas and number of samples,
+   with its own defaults for the rest (decoder init norm 0.1, decoder-norm rescaling, AuxK
+   coefficient 1); Matryoshka gets husai's level widths. It saves its inference SAE (BatchTopK and
+   Matryoshka as JumpReLU with the learned threshold, as husai does).
 5. Every saved SAE is loaded with `sae_lens.SAE.load_from_disk` and scored by
    `sae_lens.synthetic.eval_sae_on_synthetic_data` on --eval-samples fresh draws from the world, the
    same draws for all (drawn once, handed out again for each SAE: Replay).
@@ -48,9 +51,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHITECTURES = ("topk", "batchtopk", "matryoshka")
-# --husai-settings tuned: each architecture's better husai setting measured on this benchmark (BENCHMARKS.md,
-# "SynthSAEBench"): TopK trained with SAELens's parametrization (free decoder norms from 0.1, b_dec from
-# zeros), BatchTopK and Matryoshka with husai's defaults (unit rows, geometric-median b_dec).
+# --husai-settings tuned: each architecture's better husai setting measured on this benchmark
+# (BENCHMARKS.md, "SynthSAEBench"): TopK trained with SAELens's parametrization (free decoder norms
+# from 0.1, b_dec from zeros), BatchTopK and Matryoshka with husai's defaults (unit rows,
+# geometric-median b_dec).
 TUNED = {"topk": dict(decoder_norm="rescale", decoder_init_norm=0.1, b_dec_init="zeros")}
 METRICS = ("mcc", "f1", "precision", "recall", "dead", "l0", "ev")
 EVAL_CHUNK = 10_000  # evaluation draws per batch
@@ -82,7 +86,8 @@ def world_config(features: int, hidden_dim: int, seed: int):
 
 
 def build_world(cfg):
-    """-> sae_lens.synthetic.SyntheticModel. Its orthogonalisation always draws a tqdm bar: kept off stderr."""
+    """-> sae_lens.synthetic.SyntheticModel. Its orthogonalisation always draws a tqdm bar: kept off
+    stderr."""
     import logging
 
     from sae_lens.synthetic import SyntheticModel
@@ -96,8 +101,8 @@ def build_world(cfg):
 
 @torch.no_grad()
 def draw(world, n: int, seed: int, chunk: int = 10_000) -> tuple[torch.Tensor, float]:
-    """n activations [n, hidden_dim] (SAELens samples from the global torch RNG, seeded here) and the
-    data's true L0 (mean number of active ground-truth features)."""
+    """n activations [n, hidden_dim] (SAELens samples from the global torch RNG, seeded here) and
+    the data's true L0 (mean number of active ground-truth features)."""
     torch.manual_seed(seed)
     parts, active = [], 0.0
     for i in range(0, n, chunk):  # the feature activations are dense [chunk, features]
@@ -108,9 +113,9 @@ def draw(world, n: int, seed: int, chunk: int = 10_000) -> tuple[torch.Tensor, f
 
 
 class Replay:
-    """SAELens's ActivationGenerator, drawn once: `sample(n)` hands out the stored chunks in order, so
-    that eval_sae_on_synthetic_data scores every SAE on the same draws without generating them again
-    (a 10,000-sample draw of 1,024 features takes ~1 s). Chunks are kept sparse."""
+    """SAELens's ActivationGenerator, drawn once: `sample(n)` hands out the stored chunks in order,
+    so that eval_sae_on_synthetic_data scores every SAE on the same draws without generating them
+    again (a 10,000-sample draw of 1,024 features takes ~1 s). Chunks are kept sparse."""
 
     def __init__(self, generator, n: int, seed: int, chunk: int):
         torch.manual_seed(seed)
@@ -137,7 +142,8 @@ def matryoshka_levels(width: int, levels: int) -> list[int]:
 
 
 def husai_yaml(arch: str, init: str, args, path: Path) -> dict:
-    """configs/examples/<arch>_16x.yaml with the benchmark's width, k, lr, batch, epochs and init."""
+    """configs/examples/<arch>_16x.yaml with the benchmark's width, k, lr, batch, epochs and
+    init."""
     import yaml
 
     cfg = yaml.safe_load((REPO / "configs" / "examples" / f"{arch}_16x.yaml").read_text())
@@ -159,7 +165,8 @@ def husai_yaml(arch: str, init: str, args, path: Path) -> dict:
 
 
 def train_husai(arch: str, init: str, acts_file: Path, args, out: Path) -> float:
-    """`husai train-sae --activations` in its own process, every seed in one pass -> wall seconds."""
+    """`husai train-sae --activations` in its own process, every seed in one pass -> wall
+    seconds."""
     yaml_file = out.parent / f"{out.name}.yaml"
     husai_yaml(arch, init, args, yaml_file)
     env = {
@@ -190,7 +197,8 @@ def train_husai(arch: str, init: str, acts_file: Path, args, out: Path) -> float
 
 
 def saelens_sae(arch: str, d_in: int, args):
-    """SAELens's training SAE of the same architecture, width and k; SAELens's defaults otherwise."""
+    """SAELens's training SAE of the same architecture, width and k; SAELens's defaults
+    otherwise."""
     import sae_lens as sl
 
     if arch == "topk":
@@ -247,8 +255,8 @@ def train_saelens(arch: str, x: torch.Tensor, seed: int, args, out: Path) -> flo
 
 
 def score(folder: Path, world, draws: Replay, args) -> dict:
-    """SAELens's own evaluation of the SAE saved in folder, on args.eval_samples fresh draws (the same
-    draws for every SAE)."""
+    """SAELens's own evaluation of the SAE saved in folder, on args.eval_samples fresh draws (the
+    same draws for every SAE)."""
     from sae_lens import SAE
     from sae_lens.synthetic import eval_sae_on_synthetic_data
 
@@ -351,7 +359,8 @@ def _sd(rows: list[dict], key: str) -> float:
 
 
 def table(results: dict) -> str:
-    """Markdown table: per architecture and trainer, mean +- sd over seeds; then each husai - SAELens."""
+    """Markdown table: per architecture and trainer, mean +- sd over seeds; then each husai -
+    SAELens."""
     lines = [
         "| architecture | trainer | MCC | F1 | precision | recall | dead latents | L0 | EV | train s |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -31,8 +31,9 @@ class CommandInterrupted(BaseException):
 
 
 _finished = False
-"""Whether the command's callback has returned: a Ctrl-C after that (in click's or the CLI's exit path,
-outside every note; seen in CI as the generic line after a finished train-model) finds its work done."""
+"""Whether the command's callback has returned: a Ctrl-C after that (in click's or the CLI's exit
+path, outside every note; seen in CI as the generic line after a finished train-model) finds its
+work done."""
 FINISHED_NOTE = "the command had finished; everything it wrote is complete"
 NOT_STARTED_NOTE = "nothing was written; run the same command again"
 
@@ -46,7 +47,8 @@ def interruptible(command):
         try:
             result = command(*args, **kwargs)
             # inside the try, the next instruction after the return: a Ctrl-C landing from here on
-            # finds the work done (finished_note) instead of a bare KeyboardInterrupt outside the try
+            # finds the work done (finished_note) instead of a bare KeyboardInterrupt outside the
+            # try
             _finished = True
         except KeyboardInterrupt as e:
             raise CommandInterrupted(str(e)) from None
@@ -62,10 +64,11 @@ def interruptible(command):
 
 def finished_note(note: str, in_command: bool = True) -> str:
     """The note of a Ctrl-C that carried none: FINISHED_NOTE once the command's work is done;
-    NOT_STARTED_NOTE for one raised outside every command's callback before it ran (in_command False:
-    a bare KeyboardInterrupt, which `interruptible` would have turned into CommandInterrupted). That is
-    typer building the CLI from its commands and parsing the arguments: 84 ms after `arm` (measured),
-    so about 1 in 100 Ctrl-Cs at random moments of a 9 s train-model (seen in CI as the generic line)."""
+    NOT_STARTED_NOTE for one raised outside every command's callback before it ran (in_command
+    False: a bare KeyboardInterrupt, which `interruptible` would have turned into
+    CommandInterrupted). That is typer building the CLI from its commands and parsing the arguments:
+    84 ms after `arm` (measured), so about 1 in 100 Ctrl-Cs at random moments of a 9 s train-model
+    (seen in CI as the generic line)."""
     if note:
         return note
     if _finished:
@@ -136,9 +139,10 @@ def arm() -> None:
 
 
 def _quiet_dropped_interrupt(unraisable, _default=sys.unraisablehook) -> None:
-    """A Ctrl-C raised inside a weakref callback or a __del__ is dropped by CPython, which prints it as
-    "Exception ignored ... Traceback" (seen in CI, in a study's last seconds). `_seen` keeps it, and
-    raise_if_interrupted or dropped_interrupt report it, so print nothing; anything else as before."""
+    """A Ctrl-C raised inside a weakref callback or a __del__ is dropped by CPython, which prints it
+    as "Exception ignored ... Traceback" (seen in CI, in a study's last seconds). `_seen` keeps it,
+    and raise_if_interrupted or dropped_interrupt report it, so print nothing; anything else as
+    before."""
     if not (
         isinstance(unraisable.exc_type, type) and issubclass(unraisable.exc_type, KeyboardInterrupt)
     ):
@@ -146,8 +150,8 @@ def _quiet_dropped_interrupt(unraisable, _default=sys.unraisablehook) -> None:
 
 
 def dropped_interrupt() -> bool:
-    """Whether a Ctrl-C arrived and was dropped (no safe point raised it) while the command ran on to
-    its end: the CLI then says the command had finished (FINISHED_NOTE) and exits 130."""
+    """Whether a Ctrl-C arrived and was dropped (no safe point raised it) while the command ran on
+    to its end: the CLI then says the command had finished (FINISHED_NOTE) and exits 130."""
     return _seen and _finished
 
 

@@ -24,7 +24,8 @@ from husai.errors import HusaiError
 
 
 def umask() -> int:
-    """This process's umask, read without changing it (os.umask can only set it) where Linux shows it."""
+    """This process's umask, read without changing it (os.umask can only set it) where Linux shows
+    it."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -177,7 +178,8 @@ def load_tensors(
             raise HusaiError(f"cannot read {what} {path}: {e.strerror or e}") from None
         if actual != digest:
             raise HusaiError(
-                f"{what} {path} is corrupt: its tensor data does not match the checksum it was saved with"
+                f"{what} {path} is corrupt: its tensor data does not match the checksum it was "
+                "saved with"
             )
     for k, v in tensors.items():
         if v.is_floating_point() and not torch.isfinite(v).all():

@@ -36,7 +36,8 @@ def lock_path(folder: str | Path) -> Path:
 
 
 def holder(folder: str | Path) -> dict | None:
-    """Who holds (or last held) the lock of `folder`, as its lock file says; None if it says nothing."""
+    """Who holds (or last held) the lock of `folder`, as its lock file says; None if it says
+    nothing."""
     try:
         info = json.loads(lock_path(folder).read_text())
     except (OSError, ValueError):
@@ -48,13 +49,16 @@ def _describe(info: dict | None) -> str:
     if not info:
         return "another husai process (it has not written its name yet)"
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.get("started", 0)))
-    return f"{info.get('command', 'husai')} (pid {info.get('pid')} on {info.get('host')}, started {started})"
+    return (
+        f"{info.get('command', 'husai')} (pid {info.get('pid')} on {info.get('host')}, "
+        f"started {started})"
+    )
 
 
 @contextmanager
 def exclusive(folder: str | Path, command: str, flag: str) -> Iterator[None]:
-    """Hold the lock of `folder` for the block. Raises HusaiError (one line: who holds it, how to wait
-    or stop it) if another process holds it, or if the lock file cannot be made."""
+    """Hold the lock of `folder` for the block. Raises HusaiError (one line: who holds it, how to
+    wait or stop it) if another process holds it, or if the lock file cannot be made."""
     folder = Path(folder)
     path = lock_path(folder)
     fd = _acquire(path, folder, flag)

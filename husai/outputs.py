@@ -48,7 +48,8 @@ class OutputKind:
     markers: tuple[str, ...] = ()
     """Folder kinds: glob patterns that must each match a file for a folder to be this kind."""
     files: tuple[str, ...] = ()
-    """Folder kinds: glob patterns (relative paths, `*` crosses folders) of every file it may hold."""
+    """Folder kinds: glob patterns (relative paths, `*` crosses folders) of every file it may
+    hold."""
     looks_like: Callable[[Path], bool] | None = None
     """File kinds: does this existing file hold an earlier output of this kind?"""
     resumable: bool = False
@@ -167,7 +168,8 @@ FILE_KINDS = (ACTIVATIONS, COMPARE_JSON, FOURIER_JSON, GROUND_TRUTH_JSON, RECOVE
 
 
 def _is_stray_tmp(name: str) -> bool:
-    """A hidden temp file that a kill during husai.io.atomic_write_bytes left: never read, never a result."""
+    """A hidden temp file that a kill during husai.io.atomic_write_bytes left: never read, never a
+    result."""
     return name.startswith(".") and name.endswith(".tmp")
 
 
@@ -311,7 +313,7 @@ def remove_output(folder: Path, kind: OutputKind) -> None:
     shutil.rmtree(folder)
 
 
-# --------------------------------------------------------------------------------------------- staging
+# ------------------------------------------------------------------------------------------ staging
 
 
 def stage_prefix(out: Path) -> str:
@@ -319,7 +321,8 @@ def stage_prefix(out: Path) -> str:
 
 
 def clear_stale_stages(out: Path) -> None:
-    """Delete staging folders that a killed run of this command left beside `out` (husai's own names)."""
+    """Delete staging folders that a killed run of this command left beside `out` (husai's own
+    names)."""
     for stale in out.parent.glob(stage_prefix(out) + "*"):
         shutil.rmtree(stale, ignore_errors=True)
 

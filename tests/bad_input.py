@@ -1,9 +1,11 @@
-"""Ways to break husai's input files, shared by the bad-input tests of the CLI and of the Python API.
+"""Ways to break husai's input files, shared by the bad-input tests of the CLI and of the Python
+API.
 
-Those tests demand of every case: ONE line `error: ...` on stderr (or a HusaiError from the API),
-a non-zero exit, no traceback, and every file that was on disk before is unchanged. Here: the
+Those tests demand of every case: ONE line `error: ...` on stderr (or a HusaiError from the API), a
+non-zero exit, no traceback, and every file that was on disk before is unchanged. Here: the
 corruption helpers (`corrupt`, `edit_json`, `break_json`, `write_yaml`) and the fault tables both
-halves run (SAFETENSORS_FAULTS, JSON_FAULTS, MODEL_CONFIG_FAULTS, SAE_CFG_FAULTS, YAMLS, STUDY_YAMLS).
+halves run (SAFETENSORS_FAULTS, JSON_FAULTS, MODEL_CONFIG_FAULTS, SAE_CFG_FAULTS, YAMLS,
+STUDY_YAMLS).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from husai.io import save_tensors
 
 
 def corrupt(path: Path, how: str) -> None:
-    """Break `path` in place: missing, empty, truncated, bitflip_header, bitflip_data, wrong_tensors,
-    not_object (JSON), bad_json."""
+    """Break `path` in place: missing, empty, truncated, bitflip_header, bitflip_data,
+    wrong_tensors, not_object (JSON), bad_json."""
     raw = path.read_bytes() if path.exists() else b""
     if how == "missing":
         path.unlink()
@@ -52,7 +54,8 @@ def edit_json(path: Path, fn) -> None:
 
 
 def break_json(path: Path, faults: dict, fault: str) -> None:
-    """Apply `faults[fault]` to the JSON file `path`: a `corrupt` way (None) or an edit of its dict."""
+    """Apply `faults[fault]` to the JSON file `path`: a `corrupt` way (None) or an edit of its
+    dict."""
     fn = faults[fault]
     corrupt(path, fault) if fn is None else edit_json(path, fn)
 

@@ -31,7 +31,8 @@ ENV.pop("HUSAI_DEBUG", None)
 
 @pytest.fixture(scope="module")
 def pristine(tiny_run, tmp_path_factory):
-    """{run, sae, acts}: a p=23 model run folder, a two-seed SAE output folder, an activation file."""
+    """{run, sae, acts}: a p=23 model run folder, a two-seed SAE output folder, an activation
+    file."""
     from husai.cli.sae import run_train_sae
     from husai.sae.activations import model_activations, save_activations
     from husai.sae.config import SAETrainConfig
@@ -86,7 +87,8 @@ def assert_clean_error(r: subprocess.CompletedProcess, match: str | None = None)
 
 
 def husai_subprocess(work: Path, *args, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m husai.cli ARGS` in a fresh interpreter ("W/" in ARGS stands for the work folder)."""
+    """`python -m husai.cli ARGS` in a fresh interpreter ("W/" in ARGS stands for the work
+    folder)."""
     argv = [a.replace("W/", f"{work}/") if isinstance(a, str) else str(a) for a in args]
     return subprocess.run(
         HUSAI + argv, capture_output=True, text=True, env=ENV, cwd=work, timeout=timeout

@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
-# Every entry list handed to a compiled kernel is range-checked first (husai.sae.kernels.checking), here and
-# in every subprocess a test starts: a wrong index fails a test instead of corrupting memory.
+# Every entry list handed to a compiled kernel is range-checked first (husai.sae.kernels.checking),
+# here and in every subprocess a test starts: a wrong index fails a test instead of corrupting
+# memory.
 os.environ["HUSAI_KERNELS_CHECK"] = "1"
 
 from husai.model.train import TrainConfig, train_model
@@ -51,8 +52,8 @@ def grokked_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory):
-    """study_harness.CONFIG run once: (config path, study folder, stdout, seconds its SAE stages took
-    from start-up on: the wall time less the model's training)."""
+    """study_harness.CONFIG run once: (config path, study folder, stdout, seconds its SAE stages
+    took from start-up on: the wall time less the model's training)."""
     import json
     import time
 

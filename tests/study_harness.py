@@ -49,8 +49,8 @@ def study(cfg: Path, out: Path, *extra, **kw):
 
 
 def assert_one_cell_failed(r: subprocess.CompletedProcess, others_may_log: bool = False) -> None:
-    """CONFIG's diverging cell fails: the study writes everything, then exits 1 saying so in one line
-    (the last; with others_may_log, after what other programs, e.g. Ray, print to stderr)."""
+    """CONFIG's diverging cell fails: the study writes everything, then exits 1 saying so in one
+    line (the last; with others_may_log, after what other programs, e.g. Ray, print to stderr)."""
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()

@@ -1,4 +1,4 @@
-"""Bad input thrown at the Python API (issue 6, item 3): the loaders' half of the bad-input tests.
+"""Bad input thrown at the Python API: the loaders' half of the bad-input tests.
 
 The API's `error: ...`: every case must raise HusaiError, never another exception type or a
 traceback from inside a dependency (a broken tensor file: a one-line message), and every file that

@@ -1,4 +1,4 @@
-"""Faults (issue 6, item 4): SIGKILL a real `husai train-model` and a real `husai study` at random
+"""Faults: SIGKILL a real `husai train-model` and a real `husai study` at random
 moments, many times. After every kill each file on disk is absent or whole (no torn JSON, JSONL,
 safetensors, CSV, parquet, PNG), the only strays are hidden `.*.tmp` files that no reader picks
 up, and the resumed run ends bit for bit where an uninterrupted run ends."""
@@ -78,7 +78,8 @@ def check_tree(root: Path) -> list[Path]:
         if is_stray_tmp(p):
             strays.append(p)
             continue
-        # a hidden staging folder of train-sae (renamed into place when finished) may hold anything whole
+        # a hidden staging folder of train-sae (renamed into place when finished) may hold anything
+        # whole
         try:
             check_whole(p)
         except AssertionError:
@@ -89,7 +90,8 @@ def check_tree(root: Path) -> list[Path]:
 
 
 def run_and_kill(argv: list[str], delay: float) -> int | None:
-    """Start the command, SIGKILL it after `delay` seconds. Returns its exit status if it finished first."""
+    """Start the command, SIGKILL it after `delay` seconds. Returns its exit status if it finished
+    first."""
     proc = subprocess.Popen(
         HUSAI + argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -105,7 +107,7 @@ def run_and_kill(argv: list[str], delay: float) -> int | None:
             proc.stderr.close()
 
 
-# --------------------------------------------------------------------------------------------- train-model
+# -------------------------------------------------------------------------------------- train-model
 
 TRAIN = [
     "train-model",
@@ -164,7 +166,8 @@ def test_train_model_survives_random_sigkills(reference_training, tmp_path):
     check_tree(out)
     assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
     assert (out / "best.safetensors").read_bytes() == (ref / "best.safetensors").read_bytes()
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]  # noqa: E731
+    # noqa: E731
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
     read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]  # noqa: E731
     assert strip(read(out / "history.jsonl")) == strip(read(ref / "history.jsonl"))
     m_out, m_ref = (json.loads((d / "metrics.json").read_text()) for d in (out, ref))
@@ -200,7 +203,7 @@ def test_a_stray_temp_file_does_not_block_a_fresh_run(tmp_path):
     check_tree(out)
 
 
-# --------------------------------------------------------------------------------------------- study
+# -------------------------------------------------------------------------------------------- study
 
 from study_harness import assert_one_cell_failed, reuse_model  # noqa: E402  the shared tiny study: one diverging cell
 

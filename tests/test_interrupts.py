@@ -1,4 +1,4 @@
-"""Ctrl-C (issue 10, item 3): SIGINT sent to a real command's whole process group, as a terminal's
+"""Ctrl-C: SIGINT sent to a real command's whole process group, as a terminal's
 Ctrl-C is, at random moments from interpreter start-up to the end of the run.
 
 Every time: exit status 130, exactly one line on stderr (`interrupted: ...`) saying what was kept
@@ -27,8 +27,9 @@ def interrupt(argv: list[str], delay: float) -> subprocess.CompletedProcess | No
     Returns the finished process, or None if it finished before the signal (or had finished its
     work when the signal came: exit 0). Waits until every process of the group (pool workers
     included) is gone."""
-    # A terminal's Ctrl-C reaches a command whose SIGINT is at its default; a test suite started as a
-    # shell's background job inherits SIGINT ignored, which husai (rightly) keeps, so reset it here.
+    # A terminal's Ctrl-C reaches a command whose SIGINT is at its default; a test suite started as
+    # a shell's background job inherits SIGINT ignored, which husai (rightly) keeps, so reset it
+    # here.
     proc = subprocess.Popen(
         HUSAI + argv,
         env=ENV,
@@ -134,7 +135,8 @@ def test_study_interrupted_at_random_moments(finished_study, tmp_path, executor)
             continue
         hits += 1
         line = assert_one_line(r)
-        # "had finished": the Ctrl-C landed after the study's own code returned (it exits 1 for its failed cell)
+        # "had finished": the Ctrl-C landed after the study's own code returned (it exits 1 for its
+        # failed cell)
         assert (
             "rerun the same command" in line or "still starting" in line or "had finished" in line
         ), line
@@ -172,7 +174,8 @@ def test_interrupted_overwrite_leaves_the_earlier_output_whole(tiny_run, tmp_pat
     assert r.returncode == 0, r.stderr
     full = time.time() - t0  # mostly training: interrupt the replacement late in it
     # A loaded machine can make the reference run slow and the replacement quick: a replacement that
-    # finished first is a completed overwrite, so take the folder as it is now and interrupt earlier.
+    # finished first is a completed overwrite, so take the folder as it is now and interrupt
+    # earlier.
     for fraction in (0.6, 0.45, 0.3):
         before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
         r = interrupt(args + ["--overwrite"], fraction * full)
@@ -218,8 +221,9 @@ cli.main()
 
 
 def test_a_note_that_hands_over_falls_back_when_nothing_took_over():
-    """on_interrupt(note -> None, fallback): an inner note wins; a Ctrl-C with no inner note (the hand-over
-    window, seen once in CI) gets the fallback, never the generic line; without a fallback it passes on."""
+    """on_interrupt(note -> None, fallback): an inner note wins; a Ctrl-C with no inner note (the
+    hand-over window, seen once in CI) gets the fallback, never the generic line; without a fallback
+    it passes on."""
     from husai.interrupts import Interrupted, on_interrupt
 
     def interrupted(inner: bool) -> BaseException:
@@ -243,9 +247,10 @@ def test_a_note_that_hands_over_falls_back_when_nothing_took_over():
 
 def test_a_ctrl_c_cpython_saw_unhandled_still_exits_130(tmp_path):
     """CPython marks a KeyboardInterrupt that passed through top-level script code as unhandled (a
-    global flag) and then, for `python -m`, ends the process by SIGINT at exit whatever status it was
-    given: CI saw exit -2 after the one line. The flag is set here by hand, as the imports set it; the
-    CLI clears it. (Run with -m, as the tests and the console script's runpy path do; -c exits early.)"""
+    global flag) and then, for `python -m`, ends the process by SIGINT at exit whatever status it
+    was given: CI saw exit -2 after the one line. The flag is set here by hand, as the imports set
+    it; the CLI clears it. (Run with -m, as the tests and the console script's runpy path do; -c
+    exits early.)"""
     code = """
 import ctypes, sys
 import husai.cli as cli
@@ -271,9 +276,10 @@ cli.main()
 
 
 def test_a_ctrl_c_swallowed_by_a_weakref_callback_is_raised_at_the_next_safe_point(monkeypatch):
-    """The SIGINT handler raises in whatever Python code runs; inside a weakref callback CPython prints
-    'Exception ignored' and drops it (a study in CI ran to its end, exit 1 instead of 130). The handler
-    also records it, and the study's cell loop raises it at the next cell (raise_if_interrupted)."""
+    """The SIGINT handler raises in whatever Python code runs; inside a weakref callback CPython
+    prints 'Exception ignored' and drops it (a study in CI ran to its end, exit 1 instead of 130).
+    The handler also records it, and the study's cell loop raises it at the next cell
+    (raise_if_interrupted)."""
     import weakref
 
     from husai import interrupts
@@ -294,8 +300,9 @@ def test_a_ctrl_c_swallowed_by_a_weakref_callback_is_raised_at_the_next_safe_poi
 
 
 def test_a_ctrl_c_after_the_command_returned_says_its_work_is_done(monkeypatch):
-    """Outside every note, a Ctrl-C gets the generic line while the command runs, and FINISHED_NOTE once
-    its callback has returned or exited on its own (click's and the CLI's exit path; seen in CI)."""
+    """Outside every note, a Ctrl-C gets the generic line while the command runs, and FINISHED_NOTE
+    once its callback has returned or exited on its own (click's and the CLI's exit path; seen in
+    CI)."""
     from husai import interrupts
 
     monkeypatch.setattr(interrupts, "_finished", False)
@@ -315,10 +322,10 @@ def test_a_ctrl_c_after_the_command_returned_says_its_work_is_done(monkeypatch):
 
 
 def test_a_dropped_ctrl_c_prints_no_traceback_and_is_reported(capsys, monkeypatch):
-    """CPython drops a KeyboardInterrupt raised in a weakref callback or __del__ and prints it through
-    sys.unraisablehook as "Exception ignored ... Traceback": husai's hook keeps those quiet (the flag
-    `_seen` remembers the Ctrl-C for raise_if_interrupted and the CLI's finished-command check) and
-    passes every other unraisable exception to the default hook."""
+    """CPython drops a KeyboardInterrupt raised in a weakref callback or __del__ and prints it
+    through sys.unraisablehook as "Exception ignored ... Traceback": husai's hook keeps those quiet
+    (the flag `_seen` remembers the Ctrl-C for raise_if_interrupted and the CLI's finished-command
+    check) and passes every other unraisable exception to the default hook."""
     from husai import interrupts
 
     class Raises:
@@ -347,9 +354,9 @@ def test_a_dropped_ctrl_c_prints_no_traceback_and_is_reported(capsys, monkeypatc
 
 def test_a_ctrl_c_while_typer_builds_the_cli_says_nothing_was_written(tmp_path):
     """After `arm`, typer spends ~84 ms building the click command from husai's commands before any
-    callback runs; a Ctrl-C there is a bare KeyboardInterrupt out of `app()` (seen in CI as the generic
-    line). A real `husai` process, with typer's get_command made to be interrupted: exit 130 and the
-    line that says nothing was written and how to go on."""
+    callback runs; a Ctrl-C there is a bare KeyboardInterrupt out of `app()` (seen in CI as the
+    generic line). A real `husai` process, with typer's get_command made to be interrupted: exit 130
+    and the line that says nothing was written and how to go on."""
     code = (
         "import sys, typer.main\n"
         "sys.argv = ['husai', 'train-model', '--out', sys.argv[1]]\n"

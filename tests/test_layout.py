@@ -1,4 +1,4 @@
-"""The package's floors (issue 11): imports run one way, cli -> study -> browse -> analysis -> sae
+"""The package's floors: imports run one way, cli -> study -> browse -> analysis -> sae
 -> model -> plumbing (the other modules at husai/ top level), with no import cycle and no module
 over 400 lines; the public names import from `husai` and from their subpackage."""
 

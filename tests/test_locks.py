@@ -1,6 +1,6 @@
-"""One writer per output folder (husai.locks): a second command on a folder in use is refused at once with
-one line naming the holder, a real SIGKILL of the holder leaves no lock that blocks the next run, and
-train-model and train-sae have the same guard."""
+"""One writer per output folder (husai.locks): a second command on a folder in use is refused at
+once with one line naming the holder, a real SIGKILL of the holder leaves no lock that blocks the
+next run, and train-model and train-sae have the same guard."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def _refused(r: subprocess.CompletedProcess, pid: int, command: str) -> None:
-    """Exit 2, one line: the holder's command, pid, host and start time, and how to wait or stop it."""
+    """Exit 2, one line: the holder's command, pid, host and start time, and how to wait or stop
+    it."""
     assert r.returncode == 2, r.stdout + r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
@@ -88,9 +89,9 @@ def test_a_second_holder_is_refused_and_a_sigkill_frees_the_lock(tmp_path):
 
 
 def test_many_takers_never_hold_one_folder_together(tmp_path):
-    """Eight processes take and release the lock of one folder 40 times each, each appending its pid to a
-    file on taking and again on letting go: no two holds ever interleave (the file removed on release
-    must not let two takers hold two different files)."""
+    """Eight processes take and release the lock of one folder 40 times each, each appending its pid
+    to a file on taking and again on letting go: no two holds ever interleave (the file removed on
+    release must not let two takers hold two different files)."""
     folder, log = tmp_path / "out", tmp_path / "log"
     code = f"""
 import os, sys
@@ -117,9 +118,10 @@ while held < 40:
 
 
 def test_a_second_study_and_a_report_are_refused_while_a_study_runs(tmp_path):
-    """A real `husai study` (the shared tiny config, training its model): a second `husai study` on the
-    same --out and `husai report` on it exit 2 at once with the one line; after a SIGKILL of the first,
-    the lock is free and the study resumes as usual (see also test_faults, which kills and resumes)."""
+    """A real `husai study` (the shared tiny config, training its model): a second `husai study` on
+    the same --out and `husai report` on it exit 2 at once with the one line; after a SIGKILL of the
+    first, the lock is free and the study resumes as usual (see also test_faults, which kills and
+    resumes)."""
     cfg = tmp_path / "study.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
     out = tmp_path / "study"

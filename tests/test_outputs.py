@@ -1,4 +1,4 @@
-"""Nothing on disk is ever lost (issue 10): every command that writes, against every kind of path.
+"""Nothing on disk is ever lost: every command that writes, against every kind of path.
 
 One table: for each writing command (its output path O, file or folder) and each case,
     absent         O does not exist                               -> written, exit 0
@@ -210,7 +210,8 @@ def test_output_guard(work, cmd, case):
         _ok(_run(work, w, out, "--overwrite"))
         after = snapshot(work)
         assert not _changed(before, after, ("out",))
-        mine = lambda snap: sorted(k for k in snap if k == "out" or k.startswith("out/"))  # noqa: E731
+        # noqa: E731
+        mine = lambda snap: sorted(k for k in snap if k == "out" or k.startswith("out/"))
         assert mine(after) == mine(before)  # replaced whole: the same files, nothing left over
         assert not [p for p in work.iterdir() if ".partial-" in p.name or ".old-" in p.name]
     elif case == "other_husai":
@@ -268,7 +269,7 @@ def test_a_study_run_on_its_own_config_folder_keeps_the_users_yaml(work):
     ).is_file()
 
 
-# --------------------------------------------------------------------------------------------- no information in
+# -------------------------------------------------------------------------------- no information in
 
 
 def test_zero_variance_activations_are_refused(work):
@@ -298,7 +299,7 @@ def test_train_saes_refuses_constant_data_but_not_a_constant_column():
     assert train_saes(x, cfg, [0]).steps == 2
 
 
-# --------------------------------------------------------------------------------------------- file modes
+# --------------------------------------------------------------------------------------- file modes
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o027])
@@ -332,7 +333,7 @@ def test_written_files_follow_the_umask(work, mask):
         )
 
 
-# --------------------------------------------------------------------------------------------- the swap
+# ----------------------------------------------------------------------------------------- the swap
 
 
 def _tree(d: Path) -> dict:
@@ -342,7 +343,8 @@ def _tree(d: Path) -> dict:
 @pytest.mark.parametrize("atomic", [True, False])
 def test_staged_replacement_swaps_whole_folders(tmp_path, monkeypatch, atomic):
     """The new output replaces the old one only when complete, by renameat2(RENAME_EXCHANGE) or,
-    where the kernel lacks it, by the three-rename fallback; a failure inside leaves the old whole."""
+    where the kernel lacks it, by the three-rename fallback; a failure inside leaves the old
+    whole."""
     import husai.outputs as outputs
 
     if not atomic:  # a C library without renameat2

@@ -1,6 +1,6 @@
 """What the SAEs learned: their latents against the model's Fourier ground truth, cross-seed
-stability, the null baselines every figure is read against, the oracle dictionaries that say why SAEs
-miss the truth (husai.analysis.oracle, optimisation_gap), the comparison of several SAEs
+stability, the null baselines every figure is read against, the oracle dictionaries that say why
+SAEs miss the truth (husai.analysis.oracle, optimisation_gap), the comparison of several SAEs
 (husai.analysis.compare) and its plots.
 
 May import: husai.sae, husai.model and the plumbing.

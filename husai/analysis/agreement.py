@@ -7,16 +7,19 @@ rotating the activations leaves every number here unchanged).
 
 Levels, each a symmetric [N, N] matrix over the N seeds:
   atoms        pw_mcc_dec / pw_mcc_enc: Hungarian-matched signed cosine (Song et al. 2025);
-               mean_max_abs_cos_dec: the public HUSAI repository's "PWMCC" (no matching, sign ignored);
-               shared_fraction: pairs matched on the encoder whose encoder AND decoder cosines exceed the
-               threshold (Paulo & Belrose 2025); reappearance: the share of latents whose best match in
-               the other seed exceeds the threshold (Gerasimov et al. 2026, averaged over both directions).
+               mean_max_abs_cos_dec: the public HUSAI repository's "PWMCC" (no matching, sign
+               ignored);
+               shared_fraction: pairs matched on the encoder whose encoder AND decoder cosines
+               exceed the threshold (Paulo & Belrose 2025); reappearance: the share of latents whose
+               best match in the other seed exceeds the threshold (Gerasimov et al. 2026, averaged
+               over both directions).
   activations  act_mcc: latents matched (Hungarian) by the correlation of their activations over all
-               inputs; act_reappearance: share of latents with a best correlation above the threshold.
+               inputs; act_reappearance: share of latents with a best correlation above the
+               threshold.
   ground truth plane_coverage_agreement: 1 - mean over planes of |coverage_i - coverage_j|;
                mass_agreement: 1 - total-variation distance between the two dictionaries' mass over
-               the planes (and the rest); class_jaccard: Jaccard of the answer classes whose centroid
-               some live latent matches at cosine >= threshold.
+               the planes (and the rest); class_jaccard: Jaccard of the answer classes whose
+               centroid some live latent matches at cosine >= threshold.
 Per latent (so a user can sort latents by stability): the probability that it reappears in another
 seed (best cosine >= threshold), its mean best cosine and mean best activation correlation.
 
@@ -43,9 +46,9 @@ from husai.analysis.measures import NULLS, PAIR_LEVELS, TRUTH_LEVELS, fitting, m
 from husai.analysis.stability import SHARED_THRESHOLD, hungarian, mean_max_abs_cos_from_cos, unit
 
 BOOTSTRAP = 2000
-# The plane coverage and mass agreements have no chance null: two random in-span dictionaries of ~2000
-# atoms already agree at ~0.96 / ~0.99 (a mass is an average over many atoms, a function of the
-# dictionary's second moment alone), so they are descriptive figures (husai.analysis.measures).
+# The plane coverage and mass agreements have no chance null: two random in-span dictionaries of
+# ~2000 atoms already agree at ~0.96 / ~0.99 (a mass is an average over many atoms, a function of
+# the dictionary's second moment alone), so they are descriptive figures (husai.analysis.measures).
 
 
 @dataclass
@@ -67,7 +70,8 @@ class SeedView:
         return len(self.live)
 
     def codes_T_sparse(self) -> torch.Tensor:
-        """codes^T [n, N] as a sparse tensor, built once (the conversion costs as much as the product)."""
+        """codes^T [n, N] as a sparse tensor, built once (the conversion costs as much as the
+        product)."""
         if getattr(self, "_sparse", None) is None:
             self._sparse = self.codes.T.to_sparse()
         return self._sparse
@@ -81,8 +85,9 @@ def seed_view(
     z: torch.Tensor | None = None,
     live: torch.Tensor | None = None,
 ) -> SeedView:
-    """W_dec, W_enc_T [d_sae, d_in]; z [N, d_sae] codes on every input (gives live and the activation
-    level) or live [d_sae] bool (then no activation level). Without either every latent counts as live."""
+    """W_dec, W_enc_T [d_sae, d_in]; z [N, d_sae] codes on every input (gives live and the
+    activation level) or live [d_sae] bool (then no activation level). Without either every latent
+    counts as live."""
     if live is None:
         live = (z != 0).any(0) if z is not None else torch.ones(W_dec.shape[0], dtype=torch.bool)
     idx = torch.nonzero(live.cpu()).flatten()
@@ -110,8 +115,9 @@ def correlation(
     sd_b = (ZB.pow(2).sum(0, dtype=f64) - N * mu_b.pow(2)).clamp_min(0).sqrt().clamp_min(1e-30)
     cross = torch.sparse.mm(ZA.T.to_sparse() if ZA_T_sparse is None else ZA_T_sparse, ZB).to(f64)
     C = (cross - N * torch.outer(mu_a, mu_b)) / torch.outer(sd_a, sd_b)
-    # a (near-)constant latent has no correlation: its sd is float32 rounding residue (a latent at 3.7 on
-    # every input gave 4e32), so it is set to 0; the rest is clamped to [-1, 1] against rounding
+    # a (near-)constant latent has no correlation: its sd is float32 rounding residue (a latent at
+    # 3.7 on every input gave 4e32), so it is set to 0; the rest is clamped to [-1, 1] against
+    # rounding
     flat_a = sd_a < 1e-6 * (mu_a.abs() * N**0.5).clamp_min(1e-30)
     flat_b = sd_b < 1e-6 * (mu_b.abs() * N**0.5).clamp_min(1e-30)
     C[flat_a] = 0.0
@@ -120,7 +126,8 @@ def correlation(
 
 
 def _reappear(C: torch.Tensor, threshold: float) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """(symmetrised share of best matches >= threshold, best of each row [n], best of each column [m])."""
+    """(symmetrised share of best matches >= threshold, best of each row [n], best of each column
+    [m])."""
     r, c = C.amax(1), C.amax(0)
     return float(((r >= threshold).double().mean() + (c >= threshold).double().mean()) / 2), r, c
 
@@ -164,14 +171,16 @@ def pair_agreement(
 def bootstrap_ci(
     M: np.ndarray, n_boot: int = BOOTSTRAP, seed: int = 0, level: float = 0.95
 ) -> list | None:
-    """CI of the mean over seed pairs of a symmetric [N, N] matrix (NaN = missing), resampling seeds.
+    """CI of the mean over seed pairs of a symmetric [N, N] matrix (NaN = missing), resampling
+    seeds.
 
     Each bootstrap draw picks N seeds with replacement and averages M over the pairs of draws that
     are different seeds; a draw with no such pair (all the same seed) is skipped."""
     M = np.asarray(M, dtype=np.float64)
     N = M.shape[0]
     if N < 3 or not np.isfinite(M[np.triu_indices(N, 1)]).any():
-        return None  # two seeds are one pair: no spread to resample (with 3 the CI is the pairs' range)
+        return None  # two seeds are one pair: no spread to resample (with 3 the CI is the pairs'
+        range)
     idx = np.random.default_rng(seed).integers(0, N, size=(n_boot, N))
     V = M[idx[:, :, None], idx[:, None, :]]  # [n_boot, N, N]
     ok = (idx[:, :, None] < idx[:, None, :]) & np.isfinite(
@@ -190,8 +199,9 @@ def _pair_mean(M: np.ndarray) -> float | None:
 
 
 def summarise(M: np.ndarray, nulls: dict[str, np.ndarray], fitting: tuple[str, ...] = ()) -> dict:
-    """value (mean over pairs) with its CI, and per null its mean, the effect (value - null, paired by
-    seed pair) with the effect's CI; `fitting`: the effect against the pairwise max of those nulls."""
+    """value (mean over pairs) with its CI, and per null its mean, the effect (value - null, paired
+    by seed pair) with the effect's CI; `fitting`: the effect against the pairwise max of those
+    nulls."""
     v = M[np.triu_indices(M.shape[0], 1)]
     out = dict(
         value=_pair_mean(M),

@@ -19,8 +19,8 @@ Per SAE (one seed of one cell), for every live latent (fired on some input of th
     its best match in every other seed of the cell, by decoder cosine in the data metric
     (husai.analysis.data_span: the basis-free comparison the stability figures use), with that
     cosine and the correlation of the two latents' activations;
-    its reappearance: the share of other seeds where that cosine is >= the study's stability threshold
-    (the cell's analysis.json; 0.7 for a folder without one), None in a one-seed cell.
+    its reappearance: the share of other seeds where that cosine is >= the study's stability
+    threshold (the cell's analysis.json; 0.7 for a folder without one), None in a one-seed cell.
 The page computes the rest from z: the heatmap, E[z | c], the 2-D Fourier spectrum, the top inputs.
 
 Per model: the key frequencies, the training figures, each hook's ground-truth planes with their
@@ -68,8 +68,9 @@ def pack_levels(z: np.ndarray, layout: np.ndarray) -> tuple[str, list[float]]:
     per-column scales). A negative value (no husai activation gives one) would be clipped to 0."""
     scale = z.max(0) if z.size else np.zeros(0)
     q = np.rint(np.clip(z, 0, None) / np.maximum(scale, 1e-30) * LEVELS).astype(np.uint8)
-    # a latent that fires, however weakly, is drawn as firing: rounding to level 0 hid 6% of the firing
-    # inputs of the default study (one latent lost 14% of its support); level 1 for them costs ~nothing
+    # a latent that fires, however weakly, is drawn as firing: rounding to level 0 hid 6% of the
+    # firing inputs of the default study (one latent lost 14% of its support); level 1 for them
+    # costs ~nothing
     q[(z > 0) & (q == 0)] = 1
     raw = np.ascontiguousarray(q[layout].T).tobytes()
     # zlib's run-length strategy: 4% smaller than level 9's default here, and 30x faster (0.09 s
@@ -100,9 +101,10 @@ def _round(v, nd: int = 3) -> list:
 
 
 def find_cells(root: Path) -> list[Path]:
-    """The SAE cells under root, sorted by path: folders holding seed_*/cfg.json (a study's cells, a
-    multi-seed `husai train-sae` output) and folders holding cfg.json themselves (a one-seed output).
-    Hidden folders are skipped: a `.NAME.partial-XXXX` is an unfinished output (husai.outputs)."""
+    """The SAE cells under root, sorted by path: folders holding seed_*/cfg.json (a study's cells,
+    a multi-seed `husai train-sae` output) and folders holding cfg.json themselves (a one-seed
+    output). Hidden folders are skipped: a `.NAME.partial-XXXX` is an unfinished output
+    (husai.outputs)."""
     cells = set()
     for cfg in [root / "cfg.json"] if (root / "cfg.json").is_file() else root.rglob("cfg.json"):
         if any(part.startswith(".") for part in cfg.relative_to(root).parts):
@@ -114,8 +116,9 @@ def find_cells(root: Path) -> list[Path]:
 
 
 def resolve_model(recorded: str | None, root: Path, given: Path | None) -> Path:
-    """The model run folder of a cell: --model, else the recorded path (as written, else the folder
-    of that name under root/models, where a study keeps its models, so a moved study still opens)."""
+    """The model run folder of a cell: --model, else the recorded path (as written, else the
+    folder of that name under root/models, where a study keeps its models, so a moved study still
+    opens)."""
     if given is not None:
         if not (given / "config.json").is_file():
             raise HusaiError(f"--model {given} is not a model run folder (no config.json)")
@@ -217,7 +220,8 @@ def cell_data(
                     inputs=_round(lat["inputs_share"] for lat in lats),
                     centroid=_round(lat["centroid_cos"] for lat in lats),
                     off_span=_round(lat["off_span"] for lat in lats),
-                    # plane shares to 2 decimals, as the page draws them (0.4 MB of the default study's page at 3)
+                    # plane shares to 2 decimals, as the page draws them (0.4 MB of the default
+                    # study's page at 3)
                     out=[_round((lat["in_output"][str(k)] for k in keys), 2) for lat in lats],
                     inp=[_round((lat["in_input"][str(k)] for k in keys), 2) for lat in lats],
                 ),
@@ -240,7 +244,8 @@ def cell_data(
 
 
 def model_data(model_dir: Path, hooks: list[str], contexts: dict) -> dict:
-    """The model page (module docstring). contexts: {hook: model context} (husai.analysis.compare)."""
+    """The model page (module docstring). contexts: {hook: model context}
+    (husai.analysis.compare)."""
     from husai.analysis.compare import hook_ground_truth, model_context
     from husai.io import read_json
 

@@ -1,4 +1,5 @@
-"""browser.html: one self-contained page (no CDN, no server, nothing fetched) that shows every latent.
+"""browser.html: one self-contained page (no CDN, no server, nothing fetched) that shows every
+latent.
 
 The page is the template below, the stylesheet and script beside this module (browser.css;
 browser.js: data access, measures, drawing; app.js: the list, the selected latent, the model page;
@@ -31,7 +32,8 @@ from husai.io import atomic_write_bytes, read_json
 from husai.outputs import BROWSER_TAG
 
 GENERATOR = BROWSER_TAG.decode()
-"""Marks a page husai wrote, so that a rerun may replace it and nothing else (husai.outputs.BROWSER)."""
+"""Marks a page husai wrote, so that a rerun may replace it and nothing else
+(husai.outputs.BROWSER)."""
 HERE = Path(__file__).resolve().parent
 
 TEMPLATE = """<!doctype html>

@@ -1,6 +1,6 @@
-"""The `husai` command line: one thin module per command group (model, sae, analysis, study,
-browse, doctor), each registering its commands here. A command checks its arguments, claims its outputs
-and prints; the work is done by the subpackages below, any of which it may import.
+"""The `husai` command line: one thin module per command group (model, sae, analysis, study, browse,
+doctor), each registering its commands here. A command checks its arguments, claims its outputs and
+prints; the work is done by the subpackages below, any of which it may import.
 
 Every command runs inside `main()`, which turns any error into one line on stderr and a
 non-zero exit (2 for bad input, 1 for anything unexpected, 130 for Ctrl-C with a line saying what
@@ -17,8 +17,9 @@ import typer
 
 app = typer.Typer(
     name="husai",
-    help="Do sparse autoencoders learn real, reproducible features? Train a grokked modular-addition "
-    "model, SAEs on it with many seeds, and check them against the Fourier ground truth.",
+    help="Do sparse autoencoders learn real, reproducible features? Train a grokked "
+    "modular-addition model, SAEs on it with many seeds, and check them against the Fourier "
+    "ground truth.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -74,13 +75,15 @@ def main() -> None:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         print(f"error: {type(e).__name__}: {msg}", file=sys.stderr)
         sys.exit(1)
-    finally:  # the command is over; a late Ctrl-C (at interpreter shutdown) has nothing left to stop
+    finally:
+        # the command is over; a late Ctrl-C (at interpreter shutdown) has nothing left to stop
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _report_dropped_interrupt() -> None:
-    """The command ran to its end although a Ctrl-C came (CPython dropped it in a weakref callback or a
-    __del__): the user asked to stop, so exit 130 with the line that says the work is complete."""
+    """The command ran to its end although a Ctrl-C came (CPython dropped it in a weakref callback
+    or a __del__): the user asked to stop, so exit 130 with the line that says the work is
+    complete."""
     from husai.interrupts import FINISHED_NOTE, dropped_interrupt
 
     if dropped_interrupt():
@@ -99,12 +102,13 @@ def _interrupted(note: str) -> None:
 
 
 def _handled_keyboard_interrupt() -> None:
-    """Tell CPython the Ctrl-C was handled. When a KeyboardInterrupt passes through code that CPython
-    runs as a top-level script (it did during the lazy imports of a command), CPython sets its global
-    _Py_UnhandledKeyboardInterrupt, and at exit kills the process with SIGINT whatever exit status it
-    was given: exit -2 after this very line, about once in 40 interrupts in the first seconds of
-    train-model (measured with the flag printed: 1 in 40, flag 1 exactly then). Catching the
-    exception does not clear the flag, so clear it here. Other interpreters have no such flag."""
+    """Tell CPython the Ctrl-C was handled. When a KeyboardInterrupt passes through code that
+    CPython runs as a top-level script (it did during the lazy imports of a command), CPython sets
+    its global _Py_UnhandledKeyboardInterrupt, and at exit kills the process with SIGINT whatever
+    exit status it was given: exit -2 after this very line, about once in 40 interrupts in the first
+    seconds of train-model (measured with the flag printed: 1 in 40, flag 1 exactly then). Catching
+    the exception does not clear the flag, so clear it here. Other interpreters have no such
+    flag."""
     try:
         import ctypes
 

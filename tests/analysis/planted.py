@@ -1,4 +1,5 @@
-"""Planted activations for the ground-truth tests: a hook whose structure is known by construction."""
+"""Planted activations for the ground-truth tests: a hook whose structure is known by
+construction."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ def wave(index: torch.Tensor, k: int, phase: float = 0.0, n: int = P) -> torch.T
 
 
 def planted_hook():
-    """(X [P*P, D], dirs [12, D], its GroundTruth): three output planes (amplitude 3) and three input
-    planes (a and b on the same two directions) of KEYS on orthogonal directions, as in a grokked
-    model's resid_post (science brief, section 6). dirs[4m : 4m+2] is output plane KEYS[m], dirs[4m+2 :
-    4m+4] its input plane."""
+    """(X [P*P, D], dirs [12, D], its GroundTruth): three output planes (amplitude 3) and three
+    input planes (a and b on the same two directions) of KEYS on orthogonal directions, as in a
+    grokked model's resid_post (docs/methods.md, "blocks.0.hook_resid_post"). dirs[4m : 4m+2] is
+    output plane KEYS[m], dirs[4m+2 : 4m+4] its input plane."""
     a, b, c = grid_values()
     Q, _ = torch.linalg.qr(
         torch.randn(D, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -1,5 +1,5 @@
-"""The comparison of several SAEs (husai.analysis.compare), through `husai compare` / `husai fourier`
-and the Python API, on hand-built SAE folders."""
+"""The comparison of several SAEs (husai.analysis.compare), through `husai compare` / `husai
+fourier` and the Python API, on hand-built SAE folders."""
 
 import json
 import sys
@@ -109,8 +109,8 @@ def test_compare_cli_writes_json_plots_and_nulls(saes, capsys, monkeypatch):
         1.0
     )  # same latents, same activations
     lv = st["levels"]["pw_mcc_dec"]
-    # the model here is untrained: a shift of the inputs is no isometry of its representation, so the
-    # symmetry null (an equally good SAE at another phase) does not exist and is not drawn
+    # the model here is untrained: a shift of the inputs is no isometry of its representation, so
+    # the symmetry null (an equally good SAE at another phase) does not exist and is not drawn
     assert (
         st["symmetry_fit"] < 0.9
         and set(lv["nulls"]) == {"isotropic", "matched_geometry"}
@@ -122,8 +122,8 @@ def test_compare_cli_writes_json_plots_and_nulls(saes, capsys, monkeypatch):
     assert len(st["per_latent"]["seed 1"]["reappearance"]) == len(
         st["per_latent"]["seed 1"]["index"]
     )
-    # the shared-init reference compares the seeds' initialisations (no recorded husai config: Gao et al.'s
-    # random init), in the data metric
+    # the shared-init reference compares the seeds' initialisations (no recorded husai config: Gao
+    # et al.'s random init), in the data metric
     from husai.analysis.agreement import reference_agreement, seed_view
     from husai.analysis.compare import init_fn_for, model_context
     from husai.analysis.data_span import data_span
@@ -225,9 +225,10 @@ def test_fourier_cli_matches_the_direct_computation(saes, capsys, monkeypatch):
 def test_fourier_cli_on_neurons_of_a_grokked_model_matches_the_model_analysis(
     grokked_run, tmp_path, capsys, monkeypatch
 ):
-    """Oracle SAE: identity encoder/decoder on blocks.0.mlp.hook_post, so latents are the MLP neurons.
-    `husai fourier` must then reproduce the model analysis (husai.model.analyze, computed independently):
-    the same count of single-frequency neurons per key frequency, and far above the untrained null."""
+    """Oracle SAE: identity encoder/decoder on blocks.0.mlp.hook_post, so latents are the MLP
+    neurons. `husai fourier` must then reproduce the model analysis (husai.model.analyze, computed
+    independently): the same count of single-frequency neurons per key frequency, and far above the
+    untrained null."""
     run, _ = grokked_run
     metrics = json.loads((run / "metrics.json").read_text())
     d = 512
@@ -281,7 +282,8 @@ def test_compare_without_the_recorded_model_needs_the_activations(tmp_path, caps
         "matched_geometry",
     }  # no grid: no symmetry null
     assert any("not there" in w for w in res["warnings"])
-    # two independent random dictionaries sit at their isotropic null (isotropic data: the span is all of R^16)
+    # two independent random dictionaries sit at their isotropic null (isotropic data: the span is
+    # all of R^16)
     iso = st["levels"]["pw_mcc_dec"]["nulls"]["isotropic"]
     assert st["data_span"]["dim"] == 16 and abs(iso["effect"]) < 0.1
 

@@ -1,5 +1,5 @@
-"""The ground truth of a hook (husai.analysis.ground_truth) on planted activations whose structure is
-known by construction, against slow references (group means, the additive-DFT purity)."""
+"""The ground truth of a hook (husai.analysis.ground_truth) on planted activations whose structure
+is known by construction, against slow references (group means, the additive-DFT purity)."""
 
 from __future__ import annotations
 
@@ -192,7 +192,9 @@ def test_multiplication_uses_the_discrete_logarithm():
         wave(lc, 3, n=p - 1)[:, None] * D[0] + wave(lc, 3, -math.pi / 2, n=p - 1)[:, None] * D[1]
     )[keep]
     X[~keep] = (
-        0.0  # the rows with a = 0 or b = 0 (answer 0) are outside the group: at the mean, they add nothing
+        # the rows with a = 0 or b = 0 (answer 0) are outside the group: at the mean, they add
+        # nothing
+        0.0
     )
     gt = ground_truth(X, p, "mul")
     assert gt.grid.rows.numel() == (p - 1) ** 2 and gt.grid.n == p - 1
@@ -259,8 +261,9 @@ def test_the_ground_truth_command_on_a_grokked_model(grokked_run, tmp_path):
 
 
 def test_an_oracle_made_of_the_models_own_neurons_recovers_their_clusters(grokked_run):
-    """At blocks.0.mlp.hook_post the ground-truth atoms are the single-frequency neurons; a dictionary
-    made of exactly those neurons recovers them with MCC 1 and F1 1, far above a random dictionary."""
+    """At blocks.0.mlp.hook_post the ground-truth atoms are the single-frequency neurons; a
+    dictionary made of exactly those neurons recovers them with MCC 1 and F1 1, far above a random
+    dictionary."""
     from husai.analysis.recovery import hook_recovery as recovery
     from husai.sae.activations import model_activations
 

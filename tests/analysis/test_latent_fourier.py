@@ -1,4 +1,5 @@
-"""Fourier validation of SAE latents: planted features, chance level, coverage, weight-space view."""
+"""Fourier validation of SAE latents: planted features, chance level, coverage, weight-space
+view."""
 
 import math
 
@@ -57,7 +58,8 @@ def test_planted_cosines_have_purity_one_and_their_frequency(p):
 
 
 def test_purity_of_a_known_mixture():
-    """f = sqrt(0.7) g_3 + sqrt(0.3) g_5 with orthogonal unit-variance parts: purity 0.7 at frequency 3."""
+    """f = sqrt(0.7) g_3 + sqrt(0.3) g_5 with orthogonal unit-variance parts: purity 0.7 at
+    frequency 3."""
     p = 31
     X = planted(p, [(3, "a", 0.3), (5, "b", 1.1)])
     X = X / X.std(dim=0)
@@ -68,7 +70,8 @@ def test_purity_of_a_known_mixture():
 
 
 def test_chance_purity_matches_brute_force_on_the_grid():
-    """The chi-square derivation agrees with purity computed on real random grids (small p, many draws)."""
+    """The chi-square derivation agrees with purity computed on real random grids (small p, many
+    draws)."""
     p = 7
     g = torch.Generator().manual_seed(0)
     X = torch.randn(p * p, 20000, generator=g, dtype=torch.float64)
@@ -164,8 +167,8 @@ def test_get_fourier_basis_is_orthonormal():
 
 
 def test_sparse_bump_latent_is_impure_but_weight_assigned():
-    """A TopK-style latent firing on a narrow band of phase of frequency 3 spreads its activation over
-    harmonics (purity far below 0.85), yet its decoder row lies in frequency 3's subspace: the
+    """A TopK-style latent firing on a narrow band of phase of frequency 3 spreads its activation
+    over harmonics (purity far below 0.85), yet its decoder row lies in frequency 3's subspace: the
     weight-space view assigns it to 3. A row split over several subspaces stays unassigned."""
     p, d = 31, 16
     a, b = grid(p)

@@ -39,8 +39,8 @@ def test_each_planted_latent_gets_its_type(model):
             torch.randn(D, generator=torch.Generator().manual_seed(2), dtype=torch.float64),
             "other",
         ),
-        # a one-answer detector whose decoder happens to lie in output plane 3: not smooth on that circle,
-        # so not a plane feature, and not near a centroid either
+        # a one-answer detector whose decoder happens to lie in output plane 3: not smooth on that
+        # circle, so not a plane feature, and not near a centroid either
         ((c == 3).double(), dirs[4], "other"),
         (torch.zeros(P * P, dtype=torch.float64), dirs[1], None),  # dead: left out
     ]
@@ -80,8 +80,8 @@ def test_each_planted_latent_gets_its_type(model):
 def test_a_random_dictionary_meets_the_rules_only_at_their_chance_rate(model):
     """Random decoders whose latents are ReLUs of random projections of the activations (mostly
     functions of the answer, since the answer dominates the planted hook) become plane features only
-    when their in-span direction happens to fall > 1/2 into one of the 3 two-dimensional output planes
-    of the 12-d span: P = 3 * P(Beta(1, 5) > 1/2) = 3/32 at most."""
+    when their in-span direction happens to fall > 1/2 into one of the 3 two-dimensional output
+    planes of the 12-d span: P = 3 * P(Beta(1, 5) > 1/2) = 3/32 at most."""
     X, _, gt = model
     counts = []
     for seed in range(3, 8):
@@ -89,8 +89,8 @@ def test_a_random_dictionary_meets_the_rules_only_at_their_chance_rate(model):
         r = latent_types(torch.relu((X - X.mean(0)) @ W.T), W, gt)
         counts.append(r["counts"]["plane feature"])
         assert r["counts"]["input feature"] == 0 and r["counts"]["answer detector"] <= 5
-        # a random direction puts half of its norm off the 12-d span (D = 24), and of its in-span part
-        # 6/12 in the output planes
+        # a random direction puts half of its norm off the 12-d span (D = 24), and of its in-span
+        # part 6/12 in the output planes
         assert r["mean"]["off_span"] == pytest.approx(0.5, abs=0.05)
         assert r["mean"]["in_output_planes"] == pytest.approx(0.5, abs=0.05)
     assert sum(counts) / (5 * 200) <= 3 / 32 + 0.02

@@ -89,7 +89,8 @@ def test_ev_batched_over_seeds(x, S, seed):
 
 
 class HandMadeSAE:
-    """The interface reconstruction_metrics needs: encode x [N, d] -> z [S, N, m]; decode z -> x_hat."""
+    """The interface reconstruction_metrics needs: encode x [N, d] -> z [S, N, m]; decode z ->
+    x_hat."""
 
     def __init__(self, z: torch.Tensor, W: torch.Tensor):
         self.z, self.W = z, W  # z [S, N, m] fixed codes; W [S, m, d]
@@ -144,7 +145,7 @@ def test_topk_sae_has_l0_exactly_k(k, seed):
     assert reconstruction_metrics(sae, x)["l0"] == pytest.approx([float(k)] * 2)
 
 
-# --------------------------------------------------------------------------------------------- PW-MCC
+# ------------------------------------------------------------------------------------------- PW-MCC
 
 
 def brute_force_mcc(A: torch.Tensor, B: torch.Tensor, signed: bool = True) -> float:
@@ -172,7 +173,8 @@ def _unit_ok(A) -> bool:
 )
 def test_pw_mcc_matches_brute_force(A, B, signed):
     assume(_unit_ok(A) and _unit_ok(B))
-    # Hungarian picks pairs on |C| when unsigned and returns their |cos|; compare the objective it maximises
+    # Hungarian picks pairs on |C| when unsigned and returns their |cos|; compare the objective it
+    # maximises
     assert pw_mcc(A, B, signed=signed) == pytest.approx(brute_force_mcc(A, B, signed), abs=1e-9)
 
 
@@ -249,7 +251,7 @@ def test_sign_flipped_orthonormal_dictionary_scores_zero():
     assert mean_max_abs_cos(Q, -Q) == pytest.approx(1.0, abs=1e-12)
 
 
-# --------------------------------------------------------------------------------------------- Fourier
+# ------------------------------------------------------------------------------------------ Fourier
 
 
 def slow_frequency_fractions(acts: np.ndarray, p: int) -> np.ndarray:
@@ -316,8 +318,8 @@ def test_purity_invariant_to_scale_and_shift(pa, scale, shift):
 @SETTINGS
 @given(PRIMES, st.data())
 def test_planted_single_frequency_latents_are_pure(p, data):
-    """Any combination of cos/sin(2 pi k (alpha a + beta b) / p + phi) terms of ONE frequency k — with
-    alpha, beta in {0, 1, -1} — lies in k's 3x3 block: purity 1, frequency k."""
+    """Any combination of cos/sin(2 pi k (alpha a + beta b) / p + phi) terms of ONE frequency k —
+    with alpha, beta in {0, 1, -1} — lies in k's 3x3 block: purity 1, frequency k."""
     k = data.draw(st.integers(1, (p - 1) // 2))
     a = torch.arange(p, dtype=torch.float64).repeat_interleave(p)
     b = torch.arange(p, dtype=torch.float64).repeat(p)

@@ -1,6 +1,6 @@
-"""Oracle dictionaries (husai.analysis.oracle) and the optimisation gap (husai.analysis.optimisation_gap):
-planted activations whose oracle is exact, the pursuit against brute force, an SAE started at an exact
-planted oracle staying there, and the reading's rules."""
+"""Oracle dictionaries (husai.analysis.oracle) and the optimisation gap
+(husai.analysis.optimisation_gap): planted activations whose oracle is exact, the pursuit against
+brute force, an SAE started at an exact planted oracle staying there, and the reading's rules."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ P = 23
 
 
 def _planted(d: int = 12, seed: int = 0):
-    """Activations over the p^2 grid made of three circles with orthonormal images: the answer's circle of
-    k = 2, the input circle of k = 2 (a and b in one plane, as a grokked model has them) and the answer's
-    circle of k = 5; radii 3, 1, 2 and an offset. Returns (acts [p^2, d], grid, {circle: its 2-D basis})."""
+    """Activations over the p^2 grid made of three circles with orthonormal images: the answer's
+    circle of k = 2, the input circle of k = 2 (a and b in one plane, as a grokked model has them)
+    and the answer's circle of k = 5; radii 3, 1, 2 and an offset. Returns (acts [p^2, d], grid,
+    {circle: its 2-D basis})."""
     g = torch.Generator().manual_seed(seed)
     Q = torch.linalg.qr(torch.randn(d, 6, generator=g, dtype=torch.float64))[
         0
@@ -76,8 +77,8 @@ def test_the_planted_truth_is_complete_and_found():
 
 @pytest.mark.parametrize("width", [9, 12, 48])
 def test_an_exact_oracle_codes_the_planted_activations_at_two_atoms_a_circle(width):
-    """EV 1 at k = 2 x circles (two atoms of a circle code a point in their cone exactly, the input circle's
-    sum of an a-point and a b-point included); below that the L0 budget binds."""
+    """EV 1 at k = 2 x circles (two atoms of a circle code a point in their cone exactly, the input
+    circle's sum of an a-point and a b-point included); below that the L0 budget binds."""
     acts, grid, _ = _planted()
     X = on_grid(acts, grid)
     circles = truth_circles(X, grid, [2, 5])
@@ -122,9 +123,9 @@ def _brute_force(x: np.ndarray, D: np.ndarray, k: int) -> float:
 
 
 def test_the_pursuit_against_brute_force():
-    """Random unit atoms (7 in 10 dims), k = 2: the pursuit never does better than the best support (its
-    code obeys the constraints), finds it on inputs that are exactly 2-sparse and non-negative, and stays
-    within a few percent of it on random inputs."""
+    """Random unit atoms (7 in 10 dims), k = 2: the pursuit never does better than the best support
+    (its code obeys the constraints), finds it on inputs that are exactly 2-sparse and non-negative,
+    and stays within a few percent of it on random inputs."""
     g = torch.Generator().manual_seed(0)
     D = torch.randn(7, 10, generator=g, dtype=torch.float64)
     D = D / D.norm(dim=1, keepdim=True)
@@ -156,9 +157,10 @@ def test_with_every_atom_allowed_the_code_is_the_nnls_solution():
 
 
 def test_an_sae_started_at_an_exact_planted_oracle_stays_there():
-    """Inputs that are 2 of 16 atoms (8 orthonormal directions and their negatives, so the data are centred,
-    as the truth's circles are) with weights in [1, 2]: TopK (k 2) started at those atoms keeps them
-    (cosine > 0.99 after 3 epochs), reconstructs nearly everything, and every live row is near an atom."""
+    """Inputs that are 2 of 16 atoms (8 orthonormal directions and their negatives, so the data are
+    centred, as the truth's circles are) with weights in [1, 2]: TopK (k 2) started at those atoms
+    keeps them (cosine > 0.99 after 3 epochs), reconstructs nearly everything, and every live row is
+    near an atom."""
     g = torch.Generator().manual_seed(2)
     half = torch.linalg.qr(torch.randn(16, 8, generator=g))[0].T  # [8, 16]
     atoms = torch.cat([half, -half])
@@ -215,9 +217,9 @@ def test_the_neuron_oracle_is_the_largest_variance_coordinates():
 
 
 def test_an_l1_family_starts_each_atom_firing_on_its_arc():
-    """truth_start: for ReLU, b_enc = -radius x cos(phase step), so that on the planted circle of radius 3
-    (the answer's k = 2 circle, 8 atoms) an atom's pre-activation is > 0 exactly within one phase step of
-    it; TopK starts at b_enc 0."""
+    """truth_start: for ReLU, b_enc = -radius x cos(phase step), so that on the planted circle of
+    radius 3 (the answer's k = 2 circle, 8 atoms) an atom's pre-activation is > 0 exactly within one
+    phase step of it; TopK starts at b_enc 0."""
     acts, grid, _ = _planted()
     X = on_grid(acts, grid)
     circles = truth_circles(X, grid, [2, 5])
@@ -248,7 +250,8 @@ def test_convergence_is_the_last_epochs_ev_gain():
 
 
 def test_the_two_runs_from_the_truth_in_one_pass_are_the_runs_alone():
-    """truth_runs trains the frozen-decoder and the free run side by side: each equals its run alone."""
+    """truth_runs trains the frozen-decoder and the free run side by side: each equals its run
+    alone."""
     acts, grid, _ = _planted()
     X = on_grid(acts, grid)
     tiled = [tiling(truth_circles(X, grid, [2, 5]), 12, seed=s) for s in (1, 2)]

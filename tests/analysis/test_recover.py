@@ -32,8 +32,8 @@ def user_files(tmp_path):
         },
     )
     g = torch.Generator().manual_seed(5)
-    # encoder = decoder^T: on centred data every atom's latent fires somewhere (TopK k = 4)
-    # the oracle holds the atoms in another order and at other scales: matching must not rely on either
+    # encoder = decoder^T: on centred data every atom's latent fires somewhere (TopK k = 4) the
+    # oracle holds the atoms in another order and at other scales: matching must not rely on either
     perm = torch.randperm(len(atoms), generator=g)
     scale = 0.5 + torch.rand(len(atoms), 1, generator=g, dtype=torch.float64)
     oracle = _sae(tmp_path / "oracle", atoms[perm] * scale, 1, "none", k=4)
@@ -78,8 +78,9 @@ def test_recover_scores_an_oracle_at_one_and_a_random_dictionary_at_its_referenc
         o["off_data_span"] == pytest.approx(0.0, abs=1e-6) and r["off_data_span"] > 0.3
     )  # random rows leave it
     assert "recovery of the ground truth" in out
-    # the user's atoms as an oracle at each SAE's L0 (TopK k 4: at most 4): its best code is at least the centroid lookup
-    # (one atom, at scale 1, is one of the codes it searches), and the gap is oracle EV minus the SAE's
+    # the user's atoms as an oracle at each SAE's L0 (TopK k 4: at most 4): its best code is at
+    # least the centroid lookup (one atom, at scale 1, is one of the codes it searches), and the gap
+    # is oracle EV minus the SAE's
     for sae in (o, r):
         orc = sae["oracle"]
         assert (

@@ -68,8 +68,8 @@ def test_an_oracle_of_the_answer_centroids_scores_one_and_a_random_dictionary_it
 
 
 def test_an_oracle_of_single_frequency_neurons_recovers_them(hook):
-    """At an mlp.hook_post the atoms are the neurons themselves (basis vectors): a dictionary made of
-    them recovers every one with MCC 1."""
+    """At an mlp.hook_post the atoms are the neurons themselves (basis vectors): a dictionary made
+    of them recovers every one with MCC 1."""
     a, b, c = grid_values()
     cols = [wave(c, k, i) + wave(a, k, 2 * i) for k in (2, 5) for i in range(3)]
     cols += [

@@ -1,8 +1,8 @@
-"""Stability numbers are a property of the features, not of the coordinates: SAEs trained on a grokked
-model's activations and on the same activations times an orthogonal matrix (a random one, and the
-PCA basis, where plain Adam's training itself changes: science brief section 6) give the same
-stability at every level (issue 13's rotation test). The training uses the rotation-equivariant
-optimizer (husai.sae.optim.RowAdam) and the stability is measured in the data metric."""
+"""Stability numbers are a property of the features, not of the coordinates: SAEs trained on a
+grokked model's activations and on the same activations times an orthogonal matrix (a random one,
+and the PCA basis, where plain Adam's training itself changes: docs/methods.md, "The data metric")
+give the same stability at every level. The training uses the rotation-equivariant optimizer
+(husai.sae.optim.RowAdam) and the stability is measured in the data metric."""
 
 import pytest
 import torch
@@ -15,10 +15,10 @@ from husai.sae.train import train_saes
 HOOK = "blocks.0.hook_resid_post"
 SEEDS = [1, 2, 3]
 TOLERANCE = 0.01
-"""Largest allowed |difference| of any stability level between the two bases. Measured on this test's
-p = 47 model (4x, 8 epochs, 3 seeds, row_adam): 0.0000 to 4 decimals at every level, random and PCA
-basis, TopK and ReLU; the margin is for a top-k tie flipped by float32 rounding. With plain Adam and a
-random rotation the threshold-count levels moved by up to 0.031 (ReLU reappearance)."""
+"""Largest allowed |difference| of any stability level between the two bases. Measured on this
+test's p = 47 model (4x, 8 epochs, 3 seeds, row_adam): 0.0000 to 4 decimals at every level, random
+and PCA basis, TopK and ReLU; the margin is for a top-k tie flipped by float32 rounding. With plain
+Adam and a random rotation the threshold-count levels moved by up to 0.031 (ReLU reappearance)."""
 
 
 def _stability(acts: torch.Tensor, cfg: SAETrainConfig, p: int) -> dict:

@@ -35,7 +35,7 @@ def rand(n, d, seed):
     "n,mmc,hung", [(1024, 0.299, 0.271), (512, 0.283, 0.254), (128, 0.247, 0.213)]
 )
 def test_isotropic_null_matches_the_known_values(n, mmc, hung):
-    """Science brief section 4: two sets of n random unit vectors in R^128."""
+    """Two sets of n random unit vectors in R^128 (docs/methods.md, "Nulls")."""
     pairs = [
         pair_metrics(A, B, A, B)
         for A, B in (
@@ -76,9 +76,9 @@ def test_permuted_and_rescaled_copy_scores_one():
 
 
 def test_sign_flipped_copy_is_a_different_dictionary_for_signed_pw_mcc():
-    """Documented: signed PW-MCC counts w and -w as different features. For an orthonormal dictionary
-    (n <= d) the best assignment against the flipped copy is any derangement, cosine 0; the
-    sign-agnostic variants give 1."""
+    """Documented: signed PW-MCC counts w and -w as different features. For an orthonormal
+    dictionary (n <= d) the best assignment against the flipped copy is any derangement, cosine 0;
+    the sign-agnostic variants give 1."""
     Q = torch.linalg.qr(rand(16, 8, 4))[0].T  # [8, 16] orthonormal rows
     assert pw_mcc(Q, -Q) == pytest.approx(0.0, abs=1e-12)
     assert pw_mcc(Q, -Q, signed=False) == pytest.approx(1.0)
@@ -200,7 +200,8 @@ def test_principal_angles_on_known_planes():
 
 def test_rotating_phases_in_a_stable_plane_differ_from_instability():
     """Seed 1 tiles a plane at phases 0/120/240 deg, seed 2 at 60/180/300 deg: the span is identical
-    (overlap 1) while atom matching gives cos 60 = 0.5. A seed using a different plane scores near null."""
+    (overlap 1) while atom matching gives cos 60 = 0.5. A seed using a different plane scores near
+    null."""
     d = 32
     Q = torch.linalg.qr(rand(d, 4, 16))[0]
     u, v, u2, v2 = Q.T

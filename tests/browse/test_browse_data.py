@@ -151,7 +151,8 @@ def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_
         m = data["models"][e["model"]]
         lay = grid_layout(m["p"], m["operation"])
         back = _unpack(blobs[f"z{i}"], e["scale"], lay, len(live))
-        # half a level (plus the scale's rounding to 6 digits in the page's JSON); a weak firing at one level
+        # half a level (plus the scale's rounding to 6 digits in the page's JSON); a weak firing at
+        # one level
         level = np.array(e["scale"]) / LEVELS
         zl = z[:, live]
         weak = (zl > 0) & (zl < level / 2)
@@ -166,7 +167,8 @@ def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_
         assert per["index"] == e["latents"]["index"]
         np.testing.assert_allclose(e["latents"]["best_cos"], per["best_cos"], atol=2e-3)
         np.testing.assert_allclose(e["latents"]["reappear"], per["reappearance"], atol=2e-3)
-        # each match is the other seed's live latent with the best cosine in the data span (recomputed here)
+        # each match is the other seed's live latent with the best cosine in the data span
+        # (recomputed here)
         Q = data_span(ctx["acts"]).basis
         unit = lambda W: (W.double() @ Q) / (W.double() @ Q).norm(dim=1, keepdim=True)
         for other, (idx, cos, _, same) in e["matches"].items():

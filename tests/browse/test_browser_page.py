@@ -1,8 +1,8 @@
 """The feature browser in a real browser: Debian's headless Chromium driven by Selenium through the
 system chromedriver (`make test` installs both; nothing is downloaded at run time). The page the
-study wrote is opened, a latent selected, and every panel checked against numbers computed here
-from the SAE on disk; filters, sorting, search, the matches and the model page are exercised, the
-console must stay clean, and a screenshot is kept under test-artifacts/ for the developer to look at."""
+study wrote is opened, a latent selected, and every panel checked against numbers computed here from
+the SAE on disk; filters, sorting, search, the matches and the model page are exercised, the console
+must stay clean, and a screenshot is kept under test-artifacts/ for the developer to look at."""
 
 import os
 import shutil
@@ -126,7 +126,8 @@ def test_the_study_page_in_chromium(finished_study, browser):
         v[weak], level, rtol=1e-5
     )
     assert ((v > 0) == (z > 0)).all()
-    # ... and the canvas shows them: the brightest cell in the top colour, a silent cell in the bottom one
+    # ... and the canvas shows them: the brightest cell in the top colour, a silent cell in the
+    # bottom one
     pix = d.execute_script("""const c = document.getElementById('heatmap'), g = c.getContext('2d');
         return Array.from(g.getImageData(0, 0, c.width, c.height).data)""")
     pix = np.array(pix).reshape(p * p, 4)[:, :3]
@@ -145,8 +146,8 @@ def test_the_study_page_in_chromium(finished_study, browser):
         atol=1e-6 * power.max(),
     )
 
-    # ... and the canvases draw them: the spectrum's peak (zero frequency at the centre) in the top colour,
-    # the profile's line reaching the top of its plot at the answer of its maximum
+    # ... and the canvases draw them: the spectrum's peak (zero frequency at the centre) in the top
+    # colour, the profile's line reaching the top of its plot at the answer of its maximum
     def canvas(cid):
         return np.array(
             d.execute_script(f"""const c = document.getElementById('{cid}'), g = c.getContext('2d');

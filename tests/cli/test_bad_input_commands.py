@@ -1,4 +1,4 @@
-"""Bad input thrown at every husai command (issue 6, item 3): the CLI half of the bad-input tests.
+"""Bad input thrown at every husai command: the CLI half of the bad-input tests.
 
 Every case must end in ONE line `error: ...` on stderr (the doctor prints its report on stdout
 instead), a non-zero exit, no traceback, and every file that was on disk before is unchanged.
@@ -209,8 +209,8 @@ def test_bad_study_yaml(work, kind):
     assert not (work / "study").exists()
 
 
-# negative, zero, huge (p 10**9, seeds 10**20) or non-finite sizes and values. A case's arguments are
-# one string split on spaces; the helpers below hold the arguments that a command's cases share.
+# negative, zero, huge (p 10**9, seeds 10**20) or non-finite sizes and values. A case's arguments
+# are one string split on spaces; the helpers below hold the arguments that a command's cases share.
 
 
 def _cmd(line: str) -> list[str]:

@@ -120,7 +120,8 @@ def test_troubleshooting_rules():
     assert (
         "verify the model grokked" in doctor.sae_hints("topk", None, 0, 0, fourier_overlap=0.05)[0]
     )
-    # sparse latents are impure by construction: no hint when the decoder weights carry the structure
+    # sparse latents are impure by construction: no hint when the decoder weights carry the
+    # structure
     assert doctor.sae_hints("topk", None, 0, 0, fourier_overlap=0.05, key_weight_frac=0.8) == []
     assert doctor.sae_hints("topk", None, 0, 0, fourier_overlap=0.05, key_weight_frac=0.2)
     assert "--batch-size" in resources.oom_hint()

@@ -1,5 +1,5 @@
-"""A husai run in the installed TransformerLens (4.x in `make test-tl4`, 3.x in `make test`): the same
-logits and, for every hook husai exposes, the same cache key with the same values; the README's
+"""A husai run in the installed TransformerLens (4.x in `make test-tl4`, 3.x in `make test`): the
+same logits and, for every hook husai exposes, the same cache key with the same values; the README's
 snippet is the code run here. No mocks: a real TransformerLens loads a tiny random run."""
 
 import os
@@ -23,8 +23,8 @@ P = 23
 
 
 def save_run(out: Path, n_layers: int = 1, seed: int = 0) -> Transformer:
-    """A run folder as `husai train-model` writes it, with random weights and non-zero biases (zero in
-    training, so a loader that dropped them would still pass without this)."""
+    """A run folder as `husai train-model` writes it, with random weights and non-zero biases (zero
+    in training, so a loader that dropped them would still pass without this)."""
     cfg = TrainConfig(p=P, n_layers=n_layers, seed=seed)
     m = Transformer(cfg.model_config()).init_weights(seed)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -39,7 +39,8 @@ def save_run(out: Path, n_layers: int = 1, seed: int = 0) -> Transformer:
 
 def test_the_expected_transformer_lens_is_installed():
     """CI names the major version each environment must test, so a resolver that quietly picked the
-    other one (sae-lens 6 pins transformer-lens < 4) fails here instead of testing the wrong thing."""
+    other one (sae-lens 6 pins transformer-lens < 4) fails here instead of testing the wrong
+    thing."""
     import transformer_lens  # the interop extra is part of both test installs: no skip
 
     want = os.environ.get("HUSAI_EXPECT_TL_MAJOR")

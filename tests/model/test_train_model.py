@@ -304,7 +304,8 @@ def test_wandb_offline_logging(tmp_path):
 
 def test_snapshots_give_the_progress_measures_with_the_final_key_frequencies(tmp_path):
     """Each progress row equals the measures computed by hand on that snapshot's weights; the last
-    snapshot is the final model, so its row matches metrics.json's own restricted / excluded loss."""
+    snapshot is the final model, so its row matches metrics.json's own restricted / excluded
+    loss."""
     from husai.model.analyze import single_freq_fraction
     from husai.model.checkpoint import load_weights
     from husai.model.data import make_dataset

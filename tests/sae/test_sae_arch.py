@@ -222,9 +222,9 @@ def _free_norms(sae, seed: int = 6):
 )
 def test_sparse_training_path_equals_dense_reference(cls, kw, n_dead, d_sae, per_seed, rescale):
     """The TopK family trains through husai.sae.sparse on the active latents only; loss and every
-    gradient must equal the dense formula (StackedSAE.training_loss: dense activate + decode),
-    with one batch for all seeds and with a batch per seed, with unit decoder rows and with the
-    free rows of decoder_norm rescale (whose dense formula test_rescaled_dense_formula_by_hand checks)."""
+    gradient must equal the dense formula (StackedSAE.training_loss: dense activate + decode), with
+    one batch for all seeds and with a batch per seed, with unit decoder rows and with the free rows
+    of decoder_norm rescale (whose dense formula test_rescaled_dense_formula_by_hand checks)."""
     from husai.sae.architectures import StackedSAE
 
     x = (
@@ -391,9 +391,10 @@ def _relu_family_case(cls, dtype, d_sae, B, per_seed):
 @pytest.mark.parametrize("d_sae", [12, 64])
 @pytest.mark.parametrize("cls", [ReLUSAE, JumpReLUSAE])
 def test_relu_family_sparse_path_equals_dense_reference(cls, d_sae, B, per_seed, dtype):
-    """ReLU and JumpReLU train on the entries above 0 / near theta only (husai.sae.relu.entries_above);
-    loss, every stat and every gradient must equal StackedSAE.training_loss's, forced sparse
-    (dense_above None) and forced through the dense fallback from the no-grad pass (0.0)."""
+    """ReLU and JumpReLU train on the entries above 0 / near theta only
+    (husai.sae.relu.entries_above); loss, every stat and every gradient must equal
+    StackedSAE.training_loss's, forced sparse (dense_above None) and forced through the dense
+    fallback from the no-grad pass (0.0)."""
     from husai.sae.architectures import StackedSAE
 
     x, (ref, *_) = _relu_family_case(cls, dtype, d_sae, B, per_seed)

@@ -215,7 +215,8 @@ def test_next_step_brackets_moves_or_stops_at_collapse():
         None,
         1 / 16,
     )  # already too sparse: smaller
-    # L0 8.1 at weight 32 with EV 0 (collapsed) does not count; larger weights only collapse further: stop
+    # L0 8.1 at weight 32 with EV 0 (collapsed) does not count; larger weights only collapse
+    # further: stop
     table = [r(8, 24.3), r(16, 12.8, 0.557), r(32, 8.1, 0.0), r(64, 9.9, 0.0), r(128, 5.0, 0.0)]
     assert calibrate.next_step(table, 8.0) == (None, None)
     assert calibrate.next_step([r(1, 5, 0.0), r(2, 3, 0.0)], 8.0) == (

@@ -25,7 +25,8 @@ def _acts(n=400, d=12, seed=0):
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
 def test_cells_in_one_pass_equal_cells_alone(arch):
-    """k 2, 7 and 4 in one pass (seed 1 in two cells): every cell's weights, L0 and history as alone."""
+    """k 2, 7 and 4 in one pass (seed 1 in two cells): every cell's weights, L0 and history as
+    alone."""
     levels = dict(matryoshka_levels=2) if arch == "matryoshka" else {}
     base = SAETrainConfig(architecture=arch, expansion=4, k=4, epochs=3, batch_size=64, **levels)
     cells = [(replace(base, k=2), [1, 2]), (replace(base, k=7), [3, 1]), (base, [5])]

@@ -1,9 +1,9 @@
 """The compiled CPU kernels (husai/sae/kernels.c through husai.sae.kernels) against slow references
 written here: the top-k selections (canonical order: larger value first, then lower column; columns
 out increasing), and the kernel tests of this file, test_sae_kernels_sums.py (the sparse gathers and
-sums, the decoder-constraint helpers, thread-count invariance) and test_sae_kernels_step.py (the loss
-and the one-call TopK step) again against a build without AVX-512. Training with them, KernelAdam and
-the build's failure and cache behaviour: test_sae_kernels_in_use.py."""
+sums, the decoder-constraint helpers, thread-count invariance) and test_sae_kernels_step.py (the
+loss and the one-call TopK step) again against a build without AVX-512. Training with them,
+KernelAdam and the build's failure and cache behaviour: test_sae_kernels_in_use.py."""
 
 from __future__ import annotations
 
@@ -234,11 +234,12 @@ def test_topk_among(above, layout, with_bias, counts, k, pad_col):
     _assert_same(vals, ref_vals)
 
 
-# ---------------------------------------------------------------- the wrappers, the build without AVX-512
+# ---------------------------------------------------------- the wrappers, the build without AVX-512
 
 
 def test_wrappers_reject_a_k_the_kernels_cannot_take():
-    """k outside [1, d] would divide by zero or read past a row in kernels.c: the wrappers refuse it."""
+    """k outside [1, d] would divide by zero or read past a row in kernels.c: the wrappers refuse
+    it."""
     x = torch.randn(2, 3, 10)
     for k in (0, 11):
         with pytest.raises(ValueError, match="k must be"):

@@ -1,6 +1,6 @@
-"""The kernels' contract with Python and their cache: the C signatures are declared once (kernels.h) and
-checked on both sides, entry lists are range-checked when HUSAI_KERNELS_CHECK is on (the suite sets it),
-and the build cache is private, pruned, and found again without running the compiler."""
+"""The kernels' contract with Python and their cache: the C signatures are declared once (kernels.h)
+and checked on both sides, entry lists are range-checked when HUSAI_KERNELS_CHECK is on (the suite
+sets it), and the build cache is private, pruned, and found again without running the compiler."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ ENTRY_POINTS = {
 
 
 def test_the_header_declares_every_entry_point_with_its_ctypes_types():
-    """kernels.h's block read by hand for two entry points, and every function kernels.py calls is in it."""
+    """kernels.h's block read by hand for two entry points, and every function kernels.py calls is
+    in it."""
     eps = kernel_build.entry_points()
     assert set(eps) == ENTRY_POINTS
     assert eps["topk_rows"] == (None, [P, L, I, I, P, I, L, I, P, P, I])
@@ -84,9 +85,9 @@ def _compile(src_dir, tmp_path):
 
 @pytest.mark.parametrize("change", ["none", "header_arg", "undeclared_function"])
 def test_the_compiler_holds_the_c_side_to_the_header(tmp_path, change):
-    """The build flags make the compiler check the definitions against kernels.h: a prototype that no
-    longer matches its definition, or an exported function the header does not declare, fails the build
-    (which the kernels' loader turns into the PyTorch path with a warning)."""
+    """The build flags make the compiler check the definitions against kernels.h: a prototype that
+    no longer matches its definition, or an exported function the header does not declare, fails the
+    build (which the kernels' loader turns into the PyTorch path with a warning)."""
     src = tmp_path / "src"
     src.mkdir()
     for n in ("kernels.c", "step.c", "kernels.h"):
@@ -119,8 +120,8 @@ def test_the_suite_runs_with_entry_checks_on():
 
 @pytest.mark.parametrize("bad", ["col_high", "col_negative", "row_high", "rows_unsorted"])
 def test_entry_lists_are_range_checked(bad):
-    """With HUSAI_KERNELS_CHECK on, an entry list that would read or write outside its table raises a
-    ValueError naming the kernel, before any C code runs."""
+    """With HUSAI_KERNELS_CHECK on, an entry list that would read or write outside its table raises
+    a ValueError naming the kernel, before any C code runs."""
     S, M, d_sae, d_in, R = 2, 6, 10, 4, 3
     rows = torch.tensor([[0, 0, 1, 1, 2, 2]] * S)
     cols = torch.tensor([[1, 3, 0, 9, 2, 5]] * S)
@@ -154,8 +155,9 @@ def _env(cache, **more):
 
 
 def test_a_cache_others_may_write_is_not_used(tmp_path):
-    """A home cache writable by group or others (a library put there would be loaded): one warning naming
-    it, and the library is built in the private temporary directory instead; nothing is written there."""
+    """A home cache writable by group or others (a library put there would be loaded): one warning
+    naming it, and the library is built in the private temporary directory instead; nothing is
+    written there."""
     cache, tmp = tmp_path / "cache", tmp_path / "tmp"
     cache.mkdir()
     tmp.mkdir()
@@ -169,8 +171,9 @@ def test_a_cache_others_may_write_is_not_used(tmp_path):
 
 
 def test_a_build_prunes_other_sources_and_keeps_other_flags(tmp_path):
-    """Builds of other sources (an older husai: the old and the current naming) are deleted when a new
-    library is built; a build of the same sources for other flags stays, and so does any other file."""
+    """Builds of other sources (an older husai: the old and the current naming) are deleted when a
+    new library is built; a build of the same sources for other flags stays, and so does any other
+    file."""
     cache = tmp_path / "cache"
     cache.mkdir()
     cc = shutil.which(
@@ -190,8 +193,8 @@ def test_a_build_prunes_other_sources_and_keeps_other_flags(tmp_path):
 
 
 def test_a_cached_build_is_loaded_without_running_the_compiler(tmp_path):
-    """CC is a script that logs each call: the first process compiles once; the second finds its build and
-    runs the compiler not at all (no `cc --version` per process)."""
+    """CC is a script that logs each call: the first process compiles once; the second finds its
+    build and runs the compiler not at all (no `cc --version` per process)."""
     log = tmp_path / "cc.log"
     real = shutil.which("gcc") or shutil.which("cc")
     wrapper = tmp_path / "logging-cc"

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 import torch
-from test_sae_kernels import REPO, _gen, _kernels_on, _ref_topk_rows  # noqa: F401 (_kernels_on: autouse fixture)
+# noqa: F401 (_kernels_on: autouse fixture)
+from test_sae_kernels import REPO, _gen, _kernels_on, _ref_topk_rows
 
 from husai.sae import kernels
 from husai.sae.config import SAETrainConfig
@@ -45,19 +46,19 @@ def _low_rank_acts():
 def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
     """A TopK SAE (16 -> 128, k 4, random init so a third of the latents die and AuxK runs from
     epoch 2, 2 seeds) trained through the kernels and through the PyTorch path (HUSAI_KERNELS=off)
-    ends with the same weights: the two paths make the same selections and differ only in the
-    order of some sums. Measured (default): max |W_dec diff| 3.0e-7, |W_enc_T diff| 8.9e-8, EV equal
-    to 1e-7; the 1e-4 bound leaves room for other CPUs' rounding but not for a wrong selection or sum
+    ends with the same weights: the two paths make the same selections and differ only in the order
+    of some sums. Measured (default): max |W_dec diff| 3.0e-7, |W_enc_T diff| 8.9e-8, EV equal to
+    1e-7; the 1e-4 bound leaves room for other CPUs' rounding but not for a wrong selection or sum
     (one Adam step at lr 3e-3 moves a weight ~3e-3). Also with one batch order for all seeds (pre's
-    [B, S, d] layout), free decoder norms, dead-latent resampling (which edits the optimizer's state)
-    and a data span (the decoder constraint then runs outside the optimizer). Counting the kernels'
-    calls shows the kernel run used every kernel of the step, AuxK's topk_among included, and the
-    other none. With free norms the run stops after 2 epochs: there the two paths' rounding (KernelAdam
-    against torch's fused Adam, ~5e-7 after 16 steps) flipped a near-tied selection at step 21 and
-    the weights then differed by 3e-4 (EV by 3e-5); torch's own two Adam kernels happen not to. In
-    the data span the same happens in epoch 5 (since the loss's gradient is written in C, rounded
-    differently from autograd's: seed 2's decoder 1.3e-6 apart after epoch 4, 5e-4 after epoch 5),
-    so that run stops after 4."""
+    [B, S, d] layout), free decoder norms, dead-latent resampling (which edits the optimizer's
+    state) and a data span (the decoder constraint then runs outside the optimizer). Counting the
+    kernels' calls shows the kernel run used every kernel of the step, AuxK's topk_among included,
+    and the other none. With free norms the run stops after 2 epochs: there the two paths' rounding
+    (KernelAdam against torch's fused Adam, ~5e-7 after 16 steps) flipped a near-tied selection at
+    step 21 and the weights then differed by 3e-4 (EV by 3e-5); torch's own two Adam kernels happen
+    not to. In the data span the same happens in epoch 5 (since the loss's gradient is written in C,
+    rounded differently from autograd's: seed 2's decoder 1.3e-6 apart after epoch 4, 5e-4 after
+    epoch 5), so that run stops after 4."""
     assert shutil.which("cc") is None or kernels.library() is not None
     calls: dict[str, int] = {}
     for name in (
@@ -140,10 +141,10 @@ def test_training_with_and_without_kernels_agree(monkeypatch, epochs, options):
     ],
 )
 def test_every_decode_gets_sorted_rows(monkeypatch, arch, options):
-    """sparse_decode finds each task's entries by binary search over the rows, so every entry list that
-    training decodes must have each seed's rows non-decreasing (husai.sae.sparse.Codes): the TopK family's
-    nested levels and AuxK rows, BatchTopK's batch-wide selection, and the ReLU family's entries with
-    their padding. (topk_step builds its own lists, b then B + b.)"""
+    """sparse_decode finds each task's entries by binary search over the rows, so every entry list
+    that training decodes must have each seed's rows non-decreasing (husai.sae.sparse.Codes): the
+    TopK family's nested levels and AuxK rows, BatchTopK's batch-wide selection, and the ReLU
+    family's entries with their padding. (topk_step builds its own lists, b then B + b.)"""
     seen = []
 
     def checked(z, rows, cols, W, R, _f=kernels.sparse_decode):
@@ -244,10 +245,11 @@ def test_build_into_fresh_cache(tmp_path):
 
 
 def test_cache_falls_back_to_a_private_temporary_directory(tmp_path):
-    """When the cache directory cannot be created (here: its path runs through a file), the library is
-    built in <tmp>/husai-kernels-<uid>, created with mode 0700; a temporary directory of that name that
-    others may write is never used (a library found there would be loaded into the process), so then
-    the kernels are unavailable, with the one warning, and the PyTorch path runs."""
+    """When the cache directory cannot be created (here: its path runs through a file), the library
+    is built in <tmp>/husai-kernels-<uid>, created with mode 0700; a temporary directory of that
+    name that others may write is never used (a library found there would be loaded into the
+    process), so then the kernels are unavailable, with the one warning, and the PyTorch path
+    runs."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     tmp = tmp_path / "tmp"
@@ -276,8 +278,9 @@ def test_cache_falls_back_to_a_private_temporary_directory(tmp_path):
 )
 def test_kernel_adam_equals_torch_adam(constrain, shape):
     """KernelAdam (kernels.adam_rows) makes torch.optim.Adam's update, state included, over 25 steps
-    of fresh gradients (float32 rounding apart); with the decoder constraint it equals the three steps
-    it replaces: the gradient's part along each unit row removed, Adam, the rows renormalised."""
+    of fresh gradients (float32 rounding apart); with the decoder constraint it equals the three
+    steps it replaces: the gradient's part along each unit row removed, Adam, the rows
+    renormalised."""
     from husai.sae.optim import KernelAdam
 
     g = _gen(5 + len(shape))

@@ -1,13 +1,14 @@
-"""The kernels that take whole parts of a TopK step: kernels.fvu_loss (the TopK family's loss terms with
-their gradient in one pass, through topk._KernelFVU) against the autograd formulas it replaces, in
-float64, and kernels.topk_step (the whole sparse step, forward and backward) against the step through
-the PyTorch path."""
+"""The kernels that take whole parts of a TopK step: kernels.fvu_loss (the TopK family's loss terms
+with their gradient in one pass, through topk._KernelFVU) against the autograd formulas it replaces,
+in float64, and kernels.topk_step (the whole sparse step, forward and backward) against the step
+through the PyTorch path."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_sae_kernels import _gen, _kernels_on, _threads  # noqa: F401 (_kernels_on: autouse fixture)
+# noqa: F401 (_kernels_on: autouse fixture)
+from test_sae_kernels import _gen, _kernels_on, _threads
 
 from husai.sae import kernels
 from husai.sae.base import batch_variance
@@ -38,9 +39,9 @@ CASES = [  # S, B, d, levels, aux, shared x
 
 @pytest.mark.parametrize("S,B,d,levels,aux,shared", CASES)
 def test_fvu_loss_matches_autograd(S, B, d, levels, aux, shared):
-    """Loss, MSE and variance, and the gradients of a weighted sum of the seeds' losses (weights 1..S,
-    so the backward's scaling is checked too) to out and b_dec, equal the float64 autograd reference
-    to float32 rounding."""
+    """Loss, MSE and variance, and the gradients of a weighted sum of the seeds' losses (weights
+    1..S, so the backward's scaling is checked too) to out and b_dec, equal the float64 autograd
+    reference to float32 rounding."""
     g = _gen(S * 100 + B)
     x = torch.randn(B, d, generator=g) + 0.5 if shared else torch.randn(S, B, d, generator=g) + 0.5
     out = torch.randn(S, (levels + aux) * B, d, generator=g).requires_grad_()
@@ -73,8 +74,8 @@ def test_fvu_loss_matches_autograd(S, B, d, levels, aux, shared):
 
 
 def test_fvu_loss_handles_constant_data_and_is_thread_invariant():
-    """A batch with no variance (var clamped to 1e-12, as batch_variance) gives finite numbers, and the
-    results are bitwise the same on 1, 2 and 3 threads (one task per seed)."""
+    """A batch with no variance (var clamped to 1e-12, as batch_variance) gives finite numbers, and
+    the results are bitwise the same on 1, 2 and 3 threads (one task per seed)."""
     g = _gen(4)
     x = torch.ones(3, 9, 6)
     out = torch.randn(3, 18, 6, generator=g) * 1e-3
@@ -106,13 +107,13 @@ def test_fvu_loss_handles_constant_data_and_is_thread_invariant():
     ids=["no-dead", "dead", "shared-batch", "per-slot-k", "all-dead", "k32-avx512-groups"],
 )
 def test_topk_step_matches_the_pytorch_step(monkeypatch, ks, shared, dead_counts, d_sae):
-    """One TopK step through kernels.topk_step (one call: selection, AuxK, decode, loss, backward) and
-    through the PyTorch path (HUSAI_KERNELS=off): the same loss, MSE, L0, EV and fired latents, and the
-    same gradients for all four parameters, of 2.5 x the loss (the backward's scaling). Seeds with and
-    without dead latents (AuxK's term only for the first), fewer dead latents than k_aux = 6 (padding),
-    every latent dead, a k per slot (the padding entries of the smaller ks), a batch shared by all seeds
-    (pre's [B, S, d_sae] layout), and k 32 of 256 (64 groups: the selection's AVX-512 group maxima and
-    counting)."""
+    """One TopK step through kernels.topk_step (one call: selection, AuxK, decode, loss, backward)
+    and through the PyTorch path (HUSAI_KERNELS=off): the same loss, MSE, L0, EV and fired latents,
+    and the same gradients for all four parameters, of 2.5 x the loss (the backward's scaling).
+    Seeds with and without dead latents (AuxK's term only for the first), fewer dead latents than
+    k_aux = 6 (padding), every latent dead, a k per slot (the padding entries of the smaller ks), a
+    batch shared by all seeds (pre's [B, S, d_sae] layout), and k 32 of 256 (64 groups: the
+    selection's AVX-512 group maxima and counting)."""
     g = _gen(7)
     S, B, d_in = 3, 33, 12
     sae = TopKSAE(S, d_in, d_sae, ks, k_aux=6).init_weights(
@@ -170,7 +171,8 @@ def test_topk_step_is_thread_invariant():
 
 def test_topk_step_hands_its_gradients_over_once():
     """The one-call step's gradients go to autograd once (moved into .grad, not copied): a second
-    backward through the same graph is refused with a clear error, not silently given stale numbers."""
+    backward through the same graph is refused with a clear error, not silently given stale
+    numbers."""
     sae = TopKSAE(1, 8, 32, 3).init_weights([1], torch.zeros(8))
     loss, _ = sae.training_loss(
         torch.randn(16, 8, generator=_gen(9)), torch.zeros(1, 32, dtype=torch.bool)

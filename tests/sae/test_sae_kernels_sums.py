@@ -1,12 +1,13 @@
 """The compiled CPU kernels' sparse gathers and sums (sparse_decode, decode_backward, sum_by_latent)
-and decoder-constraint helpers against slow references written here, and every kernel's results on 1,
-2 and 3 threads. The selections and the build without AVX-512: test_sae_kernels.py."""
+and decoder-constraint helpers against slow references written here, and every kernel's results on
+1, 2 and 3 threads. The selections and the build without AVX-512: test_sae_kernels.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from test_sae_kernels import _allowed, _gen, _kernels_on, _threads  # noqa: F401 (_kernels_on: autouse fixture)
+# noqa: F401 (_kernels_on: autouse fixture)
+from test_sae_kernels import _allowed, _gen, _kernels_on, _threads
 
 from husai.sae import kernels
 
@@ -14,8 +15,8 @@ from husai.sae import kernels
 
 
 def _entries(S, M, n_rows, d_sae, g, zero_frac=0.2):
-    """Entry lists per seed: rows [S, M] sorted per seed in [0, n_rows), cols [S, M] in [0, d_sae - 3)
-    (the last 3 latents idle), weights [S, M] with about zero_frac exactly 0."""
+    """Entry lists per seed: rows [S, M] sorted per seed in [0, n_rows), cols [S, M] in [0, d_sae -
+    3) (the last 3 latents idle), weights [S, M] with about zero_frac exactly 0."""
     rows = torch.randint(0, n_rows, (S, M), generator=g).sort(1).values
     cols = torch.randint(0, d_sae - 3, (S, M), generator=g)
     w = torch.randn(S, M, generator=g)
@@ -33,7 +34,8 @@ def _ref_decode(z, rows, cols, W, R):
 
 
 def _ref_sum_by_latent(w, rows, cols, T, d_sae):
-    """out[s, j] = sum over entries at latent j of w T[s, row mod R]; bias[s, j] = sum of those w."""
+    """out[s, j] = sum over entries at latent j of w T[s, row mod R]; bias[s, j] = sum of those
+    w."""
     S, R = T.shape[:2]
     out, bias = torch.zeros(S, d_sae, T.shape[-1]), torch.zeros(S, d_sae)
     for s in range(S):
@@ -89,8 +91,8 @@ def test_decode_backward_dots(S, R, d_sae, d_in, M):
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_sum_by_latent(S, R, d_sae, d_in, M, with_bias):
     """out[s, j] = sum of w T[s, row mod R] over seed s's entries at latent j (rows run to 2R - 1:
-    AuxK's entries reuse the batch's inputs), and the sums of w per latent: the index_add_ reference,
-    zero rows for idle latents, exactly-0 w (skipped) changing nothing."""
+    AuxK's entries reuse the batch's inputs), and the sums of w per latent: the index_add_
+    reference, zero rows for idle latents, exactly-0 w (skipped) changing nothing."""
     g = _gen(S * R + M + 2)
     w, rows, cols = _entries(S, M, 2 * R, d_sae, g)
     assert bool((rows >= R).any())
@@ -110,9 +112,9 @@ def test_sum_by_latent(S, R, d_sae, d_in, M, with_bias):
 
 def test_sums_run_in_entry_order():
     """decode's and sum_by_latent's sums run in entry order (what makes a seed's result independent
-    of the seeds trained beside it): three entries 1, 1e8, -1e8 at one output row sum to 0 in float32
-    in that order ((1 + 1e8) - 1e8) and to 1 in any order that adds the two large ones first. The
-    index_add_ references sum in entry order too."""
+    of the seeds trained beside it): three entries 1, 1e8, -1e8 at one output row sum to 0 in
+    float32 in that order ((1 + 1e8) - 1e8) and to 1 in any order that adds the two large ones
+    first. The index_add_ references sum in entry order too."""
     z = torch.tensor([[1.0, 1e8, -1e8, 3.0]])
     rows = torch.tensor([[0, 0, 0, 1]])
     cols = torch.tensor([[0, 1, 2, 1]])
@@ -181,8 +183,8 @@ def test_normalize_rows():
 def test_results_do_not_depend_on_thread_count():
     """Each sum runs in entry order in one task whatever the thread count (the work is split by
     output row), and the selections are canonical: topk_rows, topk_among, sparse_decode,
-    sum_by_latent and decode_backward give bitwise the same results on 1, 2 and 3 threads (the number
-    of output ranges per seed, kernels._parts, changes with the thread count)."""
+    sum_by_latent and decode_backward give bitwise the same results on 1, 2 and 3 threads (the
+    number of output ranges per seed, kernels._parts, changes with the thread count)."""
     g = _gen(21)
     S, B, d, k = 3, 24, 300, 10
     x = torch.randn(B, S, d, generator=g).transpose(0, 1)
@@ -216,7 +218,8 @@ def test_results_do_not_depend_on_thread_count():
 @pytest.mark.parametrize("skip_zero", [False, True])
 def test_decode_backward_weight_gradient_is_sum_by_latent(skip_zero):
     """decode_backward's W gradient is sum_by_latent(z, ..., G) (checked above against a slow
-    reference) bitwise, with zero entries in z, and both outputs are independent of the thread count."""
+    reference) bitwise, with zero entries in z, and both outputs are independent of the thread
+    count."""
     g = _gen(11)
     S, M, R, d_sae, d_in = 3, 400, 20, 64, 24
     rows = torch.randint(0, R, (S, M), generator=g).sort(1).values

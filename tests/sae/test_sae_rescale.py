@@ -1,6 +1,7 @@
-"""decoder_norm rescale (SAELens's rescale_acts_by_decoder_norm) for the TopK family: the dense formula by
-hand, folding to unit rows, and what training does with it. The sparse path's gradients against the dense
-formula are in test_sae_arch.py (test_sparse_training_path_equals_dense_reference, rescale)."""
+"""decoder_norm rescale (SAELens's rescale_acts_by_decoder_norm) for the TopK family: the dense
+formula by hand, folding to unit rows, and what training does with it. The sparse path's gradients
+against the dense formula are in test_sae_arch.py (test_sparse_training_path_equals_dense_reference,
+rescale)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from husai.sae.architectures import MatryoshkaSAE, TopKSAE
 
 
 def test_rescaled_dense_formula_by_hand():
-    """decoder_norm rescale (SAELens's rescale_acts_by_decoder_norm): pre = ((x - b_dec) W_enc + b_enc) * n,
-    x_hat = b_dec + z (W_dec / n), n the decoder rows' norms; written out here per seed with plain ops."""
+    """decoder_norm rescale (SAELens's rescale_acts_by_decoder_norm): pre = ((x - b_dec) W_enc +
+    b_enc) * n, x_hat = b_dec + z (W_dec / n), n the decoder rows' norms; written out here per seed
+    with plain ops."""
     sae = _free_norms(_random_sae(TopKSAE, S=2, d_sae=8, k=3, rescale=True))
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -50,9 +52,9 @@ def test_fold_decoder_norms_keeps_the_function_with_unit_rows():
 
 
 def test_rescale_training_ends_with_unit_rows_and_leaves_the_norm_free_meanwhile(monkeypatch):
-    """train_saes with decoder_norm rescale: the rows' norms move during training (no renormalisation,
-    no parallel-gradient removal) and the returned SAE is folded to unit rows; rescale is refused
-    for architectures that keep their own decoder."""
+    """train_saes with decoder_norm rescale: the rows' norms move during training (no
+    renormalisation, no parallel-gradient removal) and the returned SAE is folded to unit rows;
+    rescale is refused for architectures that keep their own decoder."""
     from husai.errors import HusaiError
     from husai.sae.config import SAETrainConfig
     from husai.sae.train import train_saes
@@ -102,9 +104,9 @@ def test_rescale_training_ends_with_unit_rows_and_leaves_the_norm_free_meanwhile
 
 
 def test_decoder_init_norm_scales_both_rows_at_init():
-    """decoder_init_norm c (decoder_norm rescale): training starts from the unit-norm init times c, decoder and
-    encoder alike, the same directions as with c = 1; init_saes (the untrained null of `husai compare`) hands
-    that SAE out folded to unit rows, the same function."""
+    """decoder_init_norm c (decoder_norm rescale): training starts from the unit-norm init times c,
+    decoder and encoder alike, the same directions as with c = 1; init_saes (the untrained null of
+    `husai compare`) hands that SAE out folded to unit rows, the same function."""
     from husai.sae.config import SAETrainConfig
     from husai.sae.train import _init, init_saes
 
@@ -125,9 +127,9 @@ def test_decoder_init_norm_scales_both_rows_at_init():
 
 
 def test_b_dec_init_zeros_starts_b_dec_at_zero_and_keeps_data_init_rows_centred_on_the_median():
-    """b_dec_init zeros (SAELens 6's): b_dec starts at 0 for every seed, in training and in init_saes (the
-    untrained null of `husai compare`); data init draws the same rows as with the median, since they are
-    centred on the median either way; the median is the default."""
+    """b_dec_init zeros (SAELens 6's): b_dec starts at 0 for every seed, in training and in
+    init_saes (the untrained null of `husai compare`); data init draws the same rows as with the
+    median, since they are centred on the median either way; the median is the default."""
     from husai.errors import HusaiError
     from husai.sae.base import geometric_median
     from husai.sae.config import SAETrainConfig

@@ -1,5 +1,5 @@
-"""`husai train-sae` / `husai extract-activations` end to end, and every bad input the issue
-lists: one-line error, exit 2, nothing written to OUT."""
+"""`husai train-sae` / `husai extract-activations` end to end, and every kind of bad
+input: one-line error, exit 2, nothing written to OUT."""
 
 from __future__ import annotations
 
@@ -87,8 +87,9 @@ def test_train_sae_multi_seed_layout_and_metrics(monkeypatch, capsys, tmp_path):
 
 
 def test_the_sweep_axes_on_the_command_line(monkeypatch, capsys, tmp_path):
-    """--latents sets d_sae itself (winning over --expansion) and --target-l0 runs the L0 search for relu,
-    as the YAML keys do: the width in the saved SAE, the search's target and result in metrics.json."""
+    """--latents sets d_sae itself (winning over --expansion) and --target-l0 runs the L0 search for
+    relu, as the YAML keys do: the width in the saved SAE, the search's target and result in
+    metrics.json."""
     out = tmp_path / "topk"
     code, _, err = run_cli(
         monkeypatch,

@@ -1,20 +1,22 @@
-"""SynthSAEBench, SAELens's synthetic benchmark, as an external check of husai's TopK-family trainers:
-benchmarks/bench_synth.py at a small size (SAELens generates the data and scores every SAE; husai trains
-through `husai train-sae --activations`, SAELens through its own SAETrainer, same data, width, k, lr, batch
-and samples; husai's TopK with the benchmark's tuned settings, free decoder norms from 0.1 and b_dec from
-zeros). husai's mean MCC over seeds must be at least SAELens's, less TOL; its mean F1 at least SAELens's,
-less TOL_F1; and it may not leave more latents dead than SAELens, give or take DEAD_SLACK.
+"""SynthSAEBench, SAELens's synthetic benchmark, as an external check of husai's TopK-family
+trainers: benchmarks/bench_synth.py at a small size (SAELens generates the data and scores every
+SAE; husai trains through `husai train-sae --activations`, SAELens through its own SAETrainer, same
+data, width, k, lr, batch and samples; husai's TopK with the benchmark's tuned settings, free
+decoder norms from 0.1 and b_dec from zeros). husai's mean MCC over seeds must be at least
+SAELens's, less TOL; its mean F1 at least SAELens's, less TOL_F1; and it may not leave more latents
+dead than SAELens, give or take DEAD_SLACK.
 
 TOL: this size's seed-to-seed spread. With 3 seeds (42-44) per-seed MCC sd was 0.003-0.013 for husai
 and 0.002-0.010 for SAELens, so a difference of two 2-seed means has sd ~0.01: TOL = 0.02 is two of
-them. Both trainers are deterministic on CPU, so the test does not flake; TOL absorbs only what a torch
-or SAELens release moves. What it catches (measured, TopK): the same run at 5 epochs instead of 20
-gives husai 0.604 vs SAELens 0.640 (husai converges more slowly at equal lr, BENCHMARKS.md); on the
-benchmark's world at lr 1e-3, husai's data init gives 0.667 vs 0.707.
+them. Both trainers are deterministic on CPU, so the test does not flake; TOL absorbs only what a
+torch or SAELens release moves. What it catches (measured, TopK): the same run at 5 epochs instead
+of 20 gives husai 0.604 vs SAELens 0.640 (husai converges more slowly at equal lr, BENCHMARKS.md);
+on the benchmark's world at lr 1e-3, husai's data init gives 0.667 vs 0.707.
 
-TOL_F1: per-seed F1 sd was up to 0.018 here (2 seeds, both trainers), a 2-seed difference's sd ~0.015:
-TOL_F1 = 0.03 is two of them (measured differences with the tuned settings: TopK -0.003, BatchTopK
--0.009, Matryoshka +0.013). DEAD_SLACK: 2 of 128 latents (SAELens left 0-0.5 dead, husai 0).
+TOL_F1: per-seed F1 sd was up to 0.018 here (2 seeds, both trainers), a 2-seed difference's sd
+~0.015: TOL_F1 = 0.03 is two of them (measured differences with the tuned settings: TopK -0.003,
+BatchTopK -0.009, Matryoshka +0.013). DEAD_SLACK: 2 of 128 latents (SAELens left 0-0.5 dead, husai
+0).
 """
 
 from __future__ import annotations

@@ -272,7 +272,8 @@ def test_the_example_configs_are_found():
 
 @pytest.mark.parametrize("path", EXAMPLE_CONFIGS, ids=lambda p: p.stem)
 def test_example_configs_load_and_train(path):
-    """Every shipped example config validates, names its architecture in its file name, and trains."""
+    """Every shipped example config validates, names its architecture in its file name, and
+    trains."""
     cfg = load_config(path)
     assert path.stem.startswith(cfg.architecture)
     res = train_saes(_acts(n=128), replace(cfg, epochs=1), [0])
@@ -282,8 +283,8 @@ def test_example_configs_load_and_train(path):
 
 @pytest.mark.parametrize("arch", ["topk", "relu"])
 def test_a_frozen_decoder_keeps_its_rows_and_the_encoder_learns(arch):
-    """freeze_decoder: W_dec and b_dec end exactly where `start` put them (the oracle's frozen dictionary), while the
-    encoder moves; without it the same start moves the decoder too."""
+    """freeze_decoder: W_dec and b_dec end exactly where `start` put them (the oracle's frozen
+    dictionary), while the encoder moves; without it the same start moves the decoder too."""
     g = torch.Generator().manual_seed(0)
     acts = torch.randn(600, 4, generator=g) @ torch.randn(4, 12, generator=g)
     rows = torch.nn.functional.normalize(torch.randn(2, 24, 12, generator=g), dim=-1)

@@ -59,7 +59,8 @@ def test_controls_measure_the_same_recipe_on_the_memorised_and_untrained_models(
         assert set(lv["nulls"]) >= {"isotropic", "matched_geometry"}
         assert len(c["explained_variance"]) == 3 and all(ev <= 1 for ev in c["explained_variance"])
         assert c["shared_init"]["value"] is not None
-    # a random embedding spreads the untrained residual over many more directions than training leaves
+    # a random embedding spreads the untrained residual over many more directions than training
+    # leaves
     from husai.analysis.data_span import data_span
     from husai.sae.activations import model_activations
 

@@ -1,5 +1,6 @@
-"""`husai study` with no --config runs the study that ships inside the package (husai/study/configs/),
-from a clone and from an installed wheel; `--plan` says what would run and writes nothing."""
+"""`husai study` with no --config runs the study that ships inside the package
+(husai/study/configs/), from a clone and from an installed wheel; `--plan` says what would run and
+writes nothing."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def test_shipped_studies_are_package_files_and_the_clone_links_them():
 
 
 def test_study_without_config_plans_the_default_from_any_folder(tmp_path):
-    """From a folder that is not the clone: the default study is found (its 32 cells over two models),
-    `--config full` is the full grid, and nothing is written (no runs/x, no lock file)."""
+    """From a folder that is not the clone: the default study is found (its 32 cells over two
+    models), `--config full` is the full grid, and nothing is written (no runs/x, no lock file)."""
     r = _plan(HUSAI, tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
@@ -81,9 +82,9 @@ def test_a_missing_config_path_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_an_installed_wheel_runs_the_default_study(tmp_path):
-    """A wheel built from the sources, installed (without its dependencies, which this environment lends it)
-    into a fresh venv: its `husai study --plan` finds the default study inside the installed package, and
-    the kernels' C sources are installed with it."""
+    """A wheel built from the sources, installed (without its dependencies, which this environment
+    lends it) into a fresh venv: its `husai study --plan` finds the default study inside the
+    installed package, and the kernels' C sources are installed with it."""
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
@@ -137,8 +138,8 @@ def test_an_installed_wheel_runs_the_default_study(tmp_path):
         capture_output=True,
         timeout=600,
     )
-    # the dependencies (torch, ...) from this environment, after the venv's own site-packages; no .pth of
-    # this environment is read, so its editable husai stays out
+    # the dependencies (torch, ...) from this environment, after the venv's own site-packages; no
+    # .pth of this environment is read, so its editable husai stays out
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     where = subprocess.run(

@@ -1,6 +1,7 @@
-"""A new SAE family and a new null are each one declaration: a toy family in a temporary module and a
-toy null, registered by the test, go through training, saving, loading, the seed comparison, the
-results table, the report and the figures with no other file touched (README, "Where to add things")."""
+"""A new SAE family and a new null are each one declaration: a toy family in a temporary module and
+a toy null, registered by the test, go through training, saving, loading, the seed comparison, the
+results table, the report and the figures with no other file touched (README, "Where to add
+things")."""
 
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ def toy_null():
     from husai.analysis.stability import unit
 
     def permuted(ctx, gen):
-        """Seed B's rows with their span coordinates permuted: its geometry scrambled, its norms kept."""
+        """Seed B's rows with their span coordinates permuted: its geometry scrambled, its norms
+        kept."""
         B = ctx["B"]
         perm = torch.randperm(ctx["r"], generator=gen)
         return Draw(

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from study_harness import CONFIG, ENV, HUSAI, assert_one_cell_failed, reuse_model, study  # noqa: F401
+# noqa: F401
+from study_harness import CONFIG, ENV, HUSAI, assert_one_cell_failed, reuse_model, study
 
 
 @pytest.fixture
@@ -38,7 +39,8 @@ def test_report_has_every_section(finished):
     )  # curves, spectrum, heatmaps, vs-null, coverage
     md = (out / "report.md").read_text()
     assert "PASS" in md and "FAIL" in md and "z = " not in md  # no z-against-every-null rule
-    # the verdict reads every level against chance with a CI (3 seeds: the pairs' range), and says what the init gave
+    # the verdict reads every level against chance with a CI (3 seeds: the pairs' range), and says
+    # what the init gave
     verdict = md.split("## Verdict")[1].split("## ")[0]
     assert (
         " chance (matched geometry null" in verdict
@@ -66,7 +68,8 @@ def test_report_has_every_section(finished):
     assert (
         html.count("<table>") == 6
     )  # oracle, quality, stability, controls, latent types, per-plane coverage
-    # the oracle: one row per analysed cell, with its reading, and a verdict sentence per architecture
+    # the oracle: one row per analysed cell, with its reading, and a verdict sentence per
+    # architecture
     oracle = md.split("## Why the SAEs miss the truth: the oracle")[1].split("## ")[0]
     orows = [line for line in oracle.splitlines() if line.startswith("| blocks.0")]
     assert len(orows) == 2 and all(
@@ -196,7 +199,8 @@ def test_ray_executor_writes_the_same_layout(finished, tmp_path):
     reuse_model(ref, out)
     r = study(cfg, out, "--executor", "ray", timeout=900)
     assert_one_cell_failed(r, others_may_log=True)  # Ray logs its start-up to stderr
-    rel = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if "figures" not in p.parts)  # noqa: E731
+    # noqa: E731
+    rel = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if "figures" not in p.parts)
     assert rel(out / "saes") == rel(ref / "saes")
     a = pq.read_table(out / "results.parquet").to_pylist()
     b = pq.read_table(ref / "results.parquet").to_pylist()

@@ -163,8 +163,8 @@ def test_cli_refuses_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("name", ["default", "full"])
 def test_shipped_studies_are_sweeps_over_width_and_l0(name):
-    """What `make run` runs (and the full grid) vary width and L0 for TopK and ReLU at resid_post and
-    mlp.hook_post on at least two models, with the controls on a reference cell only."""
+    """What `make run` runs (and the full grid) vary width and L0 for TopK and ReLU at resid_post
+    and mlp.hook_post on at least two models, with the controls on a reference cell only."""
     from husai.study.config import load_study
 
     cfg = load_study(name)

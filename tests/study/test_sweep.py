@@ -1,6 +1,7 @@
-"""The sweep's points, curves and headline (husai.study.sweep), on a hand-made results table with its
-analysis.json files: a cell's figures are its seeds' means, model seeds are averaged with their range,
-and recovery is the atom MCC minus the better no-learning reference of the hook's own atom set."""
+"""The sweep's points, curves and headline (husai.study.sweep), on a hand-made results table with
+its analysis.json files: a cell's figures are its seeds' means, model seeds are averaged with their
+range, and recovery is the atom MCC minus the better no-learning reference of the hook's own atom
+set."""
 
 from __future__ import annotations
 
