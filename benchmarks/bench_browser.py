@@ -1,9 +1,11 @@
-"""The feature browser's budget, measured: page size, build time, and how long Chromium takes to make
-it interactive (navigation until the first latent is drawn with its matches, `HB.ready`), over
+"""The feature browser's budget, measured: page size, build time, and how long Chromium takes to
+make it interactive (navigation until the first latent is drawn with its matches, `HB.ready`), over
 several loads. Needs Debian's chromium and chromium-driver (`make test` installs them) and selenium.
 
-    python benchmarks/bench_browser.py runs/study                 # builds runs/study/browser.html first
-    python benchmarks/bench_browser.py runs/study --page runs/study/browser.html --loads 5   # only loads it
+    # builds runs/study/browser.html first:
+    python benchmarks/bench_browser.py runs/study
+    # only loads it:
+    python benchmarks/bench_browser.py runs/study --page runs/study/browser.html --loads 5
 """
 
 from __future__ import annotations

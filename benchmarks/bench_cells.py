@@ -34,10 +34,12 @@ def main() -> None:
     x = get_activations(args)
     seeds = list(range(1, args.seeds + 1))
     print(
-        f"activations {list(x.shape)}, {args.seeds} seeds per cell, {args.epochs} epochs, threads {args.threads}"
+        f"activations {list(x.shape)}, {args.seeds} seeds per cell, {args.epochs} epochs, "
+        f"threads {args.threads}"
     )
     print(
-        f"{'d_sae':>6s} {'cells':>5s} {'per cell s':>10s} {'one pass s':>10s} {'cells/min':>17s} {'max |dEV|':>9s}"
+        f"{'d_sae':>6s} {'cells':>5s} {'per cell s':>10s} {'one pass s':>10s} {'cells/min':>17s} "
+        f"{'max |dEV|':>9s}"
     )
     train_cells(x[:512], [(SAETrainConfig(expansion=1, k=8, epochs=1), [1])])  # warm-up
     total = {"alone": 0.0, "together": 0.0, "cells": 0}

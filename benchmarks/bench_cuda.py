@@ -55,7 +55,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if torch.cuda.is_available() else args.device
     print(f"activations {list(x.shape)}, {args.epochs} epochs, seeds 0 and 1, device {name}")
     print(
-        f"{'architecture':14s} {'EV cpu':>8s} {'EV cuda':>8s} {'L0 cpu':>8s} {'L0 cuda':>8s} {'max 1-cos':>10s} "
+        f"{'architecture':14s} {'EV cpu':>8s} {'EV cuda':>8s} {'L0 cpu':>8s} {'L0 cuda':>8s} "
+        f"{'max 1-cos':>10s} "
         f"{'wall cpu':>9s} {'wall cuda':>9s}"
     )
     for arch, extra in knobs.items():
@@ -77,7 +78,8 @@ def main() -> None:
         mean = lambda dev, i: sum(f[i] for f in figs[dev]) / 2
         print(
             f"{arch:14s} {mean('cpu', 0):8.4f} {mean(args.device, 0):8.4f} {mean('cpu', 1):8.2f} "
-            f"{mean(args.device, 1):8.2f} {drift:10.2e} {walls['cpu']:9.2f} {walls[args.device]:9.2f}"
+            f"{mean(args.device, 1):8.2f} {drift:10.2e} "
+            f"{walls['cpu']:9.2f} {walls[args.device]:9.2f}"
         )
 
 

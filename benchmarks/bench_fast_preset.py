@@ -1,5 +1,4 @@
-"""End-to-end wall time of `husai train-model --preset fast` (target: under 30 s on 2 cores;
-BENCHMARKS.md, "`fast` preset, end to end").
+"""End-to-end wall time of `husai train-model --preset fast` (target: under 30 s on 2 cores).
 
     python benchmarks/bench_fast_preset.py [--seeds 0,1,2] [--threads 2]
 
@@ -56,12 +55,14 @@ def main():
             walls.append(time.perf_counter() - t0)
             m = json.loads((out / "metrics.json").read_text())
             print(
-                f"{seed:>4}  {walls[-1]:6.1f}  {m['epochs_trained']:6d}  {m['grokked_epoch']!s:>7}  {m['clean_epoch']!s:>5}  "
-                f"{m['memorised_epoch']!s:>9}  {m['test_acc']:8.4f}  {m['frac_neurons_single_freq']:11.3f}  "
+                f"{seed:>4}  {walls[-1]:6.1f}  {m['epochs_trained']:6d}  "
+                f"{m['grokked_epoch']!s:>7}  {m['clean_epoch']!s:>5}  {m['memorised_epoch']!s:>9}  "
+                f"{m['test_acc']:8.4f}  {m['frac_neurons_single_freq']:11.3f}  "
                 f"{m['key_frequencies']}"
             )
     print(
-        f"mean wall {statistics.mean(walls):.1f} s over {len(walls)} seed(s), {args.threads} thread(s), {args.device}"
+        f"mean wall {statistics.mean(walls):.1f} s over {len(walls)} seed(s), "
+        f"{args.threads} thread(s), {args.device}"
     )
 
 

@@ -88,10 +88,12 @@ def main():
     x, y = data.tokens[data.train_idx], data.labels[data.train_idx]
     cfg = model_cfg.to_hooked_transformer_config()
     print(
-        f"p={args.p}, {len(x)} training pairs (full batch), start: {'checkpoint of ' + str(args.run) if state else 'init'}"
+        f"p={args.p}, {len(x)} training pairs (full batch), "
+        f"start: {'checkpoint of ' + str(args.run) if state else 'init'}"
     )
     print(
-        f"{'threads':>7} {'husai ms':>9} {'TL ms':>9} {'TL+flush ms':>12} {'TL/husai':>9} {'(TL+flush)/husai':>17}"
+        f"{'threads':>7} {'husai ms':>9} {'TL ms':>9} {'TL+flush ms':>12} "
+        f"{'TL/husai':>9} {'(TL+flush)/husai':>17}"
     )
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -115,7 +117,8 @@ def main():
             res[name] = time_steps(make_step(named, forward, x, y, state), args.steps)
         torch.set_flush_denormal(False)
         print(
-            f"{threads:>7} {res['husai'] * 1e3:>9.1f} {res['tl'] * 1e3:>9.1f} {res['tl_flush'] * 1e3:>12.1f} "
+            f"{threads:>7} {res['husai'] * 1e3:>9.1f} {res['tl'] * 1e3:>9.1f} "
+            f"{res['tl_flush'] * 1e3:>12.1f} "
             f"{res['tl'] / res['husai']:>9.2f} {res['tl_flush'] / res['husai']:>17.2f}"
         )
 

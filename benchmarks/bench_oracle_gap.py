@@ -1,13 +1,15 @@
-"""What closes the optimisation gap? The default study's TopK recipe and variations of it, on reference
-cells of one grokked model, each scored against the oracle at the same width and k
+"""What closes the optimisation gap? The default study's TopK recipe and variations of it, on
+reference cells of one grokked model, each scored against the oracle at the same width and k
 (husai.analysis.optimisation_gap).
 
-    python benchmarks/bench_oracle_gap.py --model runs/study/models/seed0 [--hook blocks.0.hook_resid_post]
+    python benchmarks/bench_oracle_gap.py --model runs/study/models/seed0
+                                          [--hook blocks.0.hook_resid_post]
 
-Per cell (width, k) and recipe: the SAEs' EV (mean over 3 seeds), the gap to the oracle (mean and 95%
-t-interval), the share of live rows near the truth (cosine >= 0.9 to an atom of the seed's tiling), and
-the wall time. The rows "started at the truth" and "oracle + encoder" are the cell's recipe from the
-tiling, and the tiling frozen with the recipe's encoder. Results go to BENCHMARKS.md by hand.
+Per cell (width, k) and recipe: the SAEs' EV (mean over 3 seeds), the gap to the oracle (mean and
+95% t-interval), the share of live rows near the truth (cosine >= 0.9 to an atom of the seed's
+tiling), and the wall time. The rows "started at the truth" and "oracle + encoder" are the cell's
+recipe from the tiling, and the tiling frozen with the recipe's encoder. Results go to BENCHMARKS.md
+by hand.
 """
 
 from __future__ import annotations
@@ -92,8 +94,9 @@ def main() -> None:
             near = sum(near_truth(W[s], D, live[s]) for s, D in enumerate(tilings)) / 3
             gap = gap_stats(oracle, ev)
             print(
-                f"| {width} | {k} | {name} | {sum(ev) / 3:.4f} | {gap['mean']:+.4f} [{gap['ci'][0]:+.4f}, "
-                f"{gap['ci'][1]:+.4f}] | {near:.2f} | {time.time() - t0:.0f} |",
+                f"| {width} | {k} | {name} | {sum(ev) / 3:.4f} | {gap['mean']:+.4f} "
+                f"[{gap['ci'][0]:+.4f}, {gap['ci'][1]:+.4f}] | {near:.2f} | "
+                f"{time.time() - t0:.0f} |",
                 flush=True,
             )
         for name, fn in (
@@ -105,8 +108,9 @@ def main() -> None:
             gap = gap_stats(oracle, out["explained_variance"])
             near = sum(out.get("near_truth", [float("nan")] * 3)) / 3
             print(
-                f"| {width} | {k} | {name} | {sum(out['explained_variance']) / 3:.4f} | {gap['mean']:+.4f} "
-                f"[{gap['ci'][0]:+.4f}, {gap['ci'][1]:+.4f}] | {near:.2f} | {time.time() - t0:.0f} |",
+                f"| {width} | {k} | {name} | {sum(out['explained_variance']) / 3:.4f} | "
+                f"{gap['mean']:+.4f} [{gap['ci'][0]:+.4f}, {gap['ci'][1]:+.4f}] | {near:.2f} | "
+                f"{time.time() - t0:.0f} |",
                 flush=True,
             )
 

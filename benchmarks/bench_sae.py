@@ -1,4 +1,5 @@
-"""SAE training throughput: husai (S seeds at once), husai (one seed at a time), SAELens's SAETrainer.
+"""SAE training throughput: husai (S seeds at once), husai (one seed at a time), SAELens's
+SAETrainer.
 
 All three train SAEs of one architecture (--architecture topk, relu or jumprelu) with the same
 config (d_sae = expansion * d_in, k / L1 / L0 coefficient, batch size, lr, epochs, Adam) on the
@@ -10,8 +11,10 @@ processes running, 2 intra-op threads can be many times slower.
 
     python benchmarks/bench_sae.py --transformer-checkpoint runs/model --epochs 5 --seeds 5
     python benchmarks/bench_sae.py --synthetic --epochs 2    # no model needed: random low-rank data
-    python benchmarks/bench_sae.py --transformer-checkpoint runs/model --architecture relu --batch-size 64
-    python benchmarks/bench_sae.py --transformer-checkpoint runs/model --repeats 3   # medians of 3 interleaved runs
+    python benchmarks/bench_sae.py --transformer-checkpoint runs/model --architecture relu
+                                   --batch-size 64
+    # medians of 3 interleaved runs:
+    python benchmarks/bench_sae.py --transformer-checkpoint runs/model --repeats 3
 """
 
 from __future__ import annotations
@@ -90,8 +93,8 @@ def saelens_sae(cfg, d_in: int):
             sl.StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l1_coefficient=cfg.l1_coeff)
         )
     # SAELens's own threshold and bandwidth (0.01, 0.05): with husai's (1.0, 2.0, in this model's
-    # activation units) its 0.1-norm init fires nothing on the fast model and every latent died (L0
-    # 0, measured)
+    # activation units) its 0.1-norm init fires nothing on the fast model and every latent died
+    # (L0 0, measured)
     return sl.JumpReLUTrainingSAE(
         sl.JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=cfg.l0_coeff)
     )
@@ -168,7 +171,8 @@ def main() -> None:
         type=float,
         default=None,
         help="SAELens's own L1 / L0 coefficient (relu / jumprelu), to match husai's L0: the two "
-        "initialise the decoder differently (husai unit rows, SAELens norm 0.1), one coefficient gives two L0s",
+        "initialise the decoder differently (husai unit rows, SAELens norm 0.1), one coefficient "
+        "gives two L0s",
     )
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -181,7 +185,8 @@ def main() -> None:
         "--repeats",
         type=int,
         default=1,
-        help="run every trainer this many times, interleaved, and report medians (a shared machine's speed drifts)",
+        help="run every trainer this many times, interleaved, and report medians "
+        "(a shared machine's speed drifts)",
     )
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -206,9 +211,10 @@ def main() -> None:
     ).validate(x.shape[1])
     seeds = [42 + i for i in range(args.seeds)]
     print(
-        f"{cfg.architecture}: activations {list(x.shape)}, d_sae {cfg.d_sae(x.shape[1])}, k {cfg.k}, "
-        f"l1 {cfg.l1_coeff}, l0 {cfg.l0_coeff}, batch {cfg.batch_size}, "
-        f"epochs {cfg.epochs}, lr {cfg.learning_rate(x.shape[1]):.2e}, threads {args.threads}, device {args.device}"
+        f"{cfg.architecture}: activations {list(x.shape)}, d_sae {cfg.d_sae(x.shape[1])}, "
+        f"k {cfg.k}, l1 {cfg.l1_coeff}, l0 {cfg.l0_coeff}, batch {cfg.batch_size}, "
+        f"epochs {cfg.epochs}, lr {cfg.learning_rate(x.shape[1]):.2e}, threads {args.threads}, "
+        f"device {args.device}"
     )
     from dataclasses import replace
 
@@ -241,7 +247,8 @@ def main() -> None:
         for name, rs in runs.items()
     }
     print(
-        f"{'':34s} {'samples/s/seed':>15s} {'EV':>8s} {'L0':>7s} {'wall s':>8s}   (medians of {args.repeats} repeat(s))"
+        f"{'':34s} {'samples/s/seed':>15s} {'EV':>8s} {'L0':>7s} {'wall s':>8s}   "
+        f"(medians of {args.repeats} repeat(s))"
     )
     for name, r in rows.items():
         spread = (
@@ -250,7 +257,8 @@ def main() -> None:
             else f"   runs: {', '.join(f'{v:.0f}' for v in r['samples_per_s_runs'])}"
         )
         print(
-            f"{name:34s} {r['samples_per_s_per_seed']:15.0f} {r['ev']:8.4f} {r['l0']:7.2f} {r['wall_s']:8.2f}{spread}"
+            f"{name:34s} {r['samples_per_s_per_seed']:15.0f} {r['ev']:8.4f} {r['l0']:7.2f} "
+            f"{r['wall_s']:8.2f}{spread}"
         )
     if "SAELens SAETrainer, one seed" in rows:
         ref = rows["SAELens SAETrainer, one seed"]["samples_per_s_per_seed"]

@@ -16,8 +16,10 @@ W_dec(X M)| over every row of every seed, and rot_diff_median, the median over r
 max (compare with the "roundtrip" basis, X R R^T: training's own float32 chaos floor).
 
     python benchmarks/bench_span.py order --checkpoint runs/study/models/seed0
-    python benchmarks/bench_span.py span --checkpoint runs/study/models/seed0 --optimizers adam,row_adam
-    python benchmarks/bench_span.py span --architecture relu --l1-coeff 25 --epochs 40 --batch-size 64
+    python benchmarks/bench_span.py span --checkpoint runs/study/models/seed0
+                                         --optimizers adam,row_adam
+    python benchmarks/bench_span.py span --architecture relu --l1-coeff 25 --epochs 40
+                                         --batch-size 64
 """
 
 from __future__ import annotations
@@ -102,11 +104,15 @@ def run_span(
                     )
                     rows.append(row)
                     print(
-                        f"{name:16s} {opt:8s} lr {lr:.0e} span {str(span):6s} EV {row['explained_variance']:.4f}  "
-                        f"L0 {row['l0']:6.2f}  dead {row['frac_dead']:.3f}  ms/step {row['ms_per_step']:6.2f}  "
-                        f"dec in span {row['dec_in_span']:.4f}  enc in span {row['enc_in_span']:.4f}  "
+                        f"{name:16s} {opt:8s} lr {lr:.0e} span {str(span):6s} "
+                        f"EV {row['explained_variance']:.4f}  "
+                        f"L0 {row['l0']:6.2f}  dead {row['frac_dead']:.3f}  "
+                        f"ms/step {row['ms_per_step']:6.2f}  "
+                        f"dec in span {row['dec_in_span']:.4f}  "
+                        f"enc in span {row['enc_in_span']:.4f}  "
                         f"rot_diff {'-' if rot_diff is None else f'{rot_diff:.1e}'}  "
-                        f"median row {'-' if rot_med is None else f'{rot_med:.1e}'}  (r = {row['r']})",
+                        f"median row {'-' if rot_med is None else f'{rot_med:.1e}'}  "
+                        f"(r = {row['r']})",
                         flush=True,
                     )
     return rows
@@ -160,7 +166,8 @@ def run_order(x: torch.Tensor, cfg, seeds: list[int], steps: int) -> dict:
         t[:] = t[10:]
         q = statistics.quantiles(t, n=4)
         print(
-            f"{name:28s} median {statistics.median(t):6.2f} ms/step  (quartiles {q[0]:.2f}, {q[2]:.2f})"
+            f"{name:28s} median {statistics.median(t):6.2f} ms/step  "
+            f"(quartiles {q[0]:.2f}, {q[2]:.2f})"
         )
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -209,8 +216,8 @@ def main() -> None:
     ).validate(x.shape[1])
     seeds = [int(v) for v in args.seeds.split(",")]
     print(
-        f"activations {list(x.shape)}, {args.architecture} x{args.expansion}, epochs {epochs}, batch {args.batch_size}, "
-        f"seeds {seeds}, threads {args.threads}",
+        f"activations {list(x.shape)}, {args.architecture} x{args.expansion}, epochs {epochs}, "
+        f"batch {args.batch_size}, seeds {seeds}, threads {args.threads}",
         flush=True,
     )
     t = time.perf_counter()

@@ -1,5 +1,4 @@
-"""Benchmark of the stability analysis against its speed targets (BENCHMARKS.md, "Stability
-analysis").
+"""Benchmark of the stability analysis (its speed targets: BENCHMARKS.md, "Stability analysis").
 
     python benchmarks/bench_stability.py [--d-sae 2048] [--d-in 128] [--seeds 10] [--k 32]
                                          [--threads 1] [--repeats 3] [--json OUT]
@@ -47,8 +46,8 @@ def _time(fn, repeats: int) -> tuple[float, object]:
 
 
 def trained_like(base: torch.Tensor, seed: int, noise: float = 0.5) -> torch.Tensor:
-    """A seed's dictionary: the shared atoms plus isotropic noise (cos to base ~ 1/sqrt(1 +
-    noise^2)), shuffled."""
+    """A seed's dictionary: the shared atoms plus isotropic noise (cos to base ~
+    1/sqrt(1 + noise^2)), shuffled."""
     g = torch.Generator().manual_seed(seed)
     D = base + noise * isotropic_dictionary(*base.shape, seed + 10_000)
     return D[torch.randperm(D.shape[0], generator=g)]

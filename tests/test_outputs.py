@@ -1,14 +1,17 @@
 """Nothing on disk is ever lost: every command that writes, against every kind of path.
 
 One table: for each writing command (its output path O, file or folder) and each case,
-    absent         O does not exist                               -> written, exit 0
-    empty          O is an empty folder                           -> written (a folder output), refused (a file output)
-    earlier        O holds the same command's earlier output      -> refused; with --overwrite replaced whole
-                                                                     (the study resumes instead)
-    other_husai    O holds another kind of husai output           -> refused, with --overwrite too
-    user_files     O holds a user's file                          -> refused, with --overwrite too
-    mixed          O holds an earlier output plus a user's file   -> --overwrite refused (a study resumes, keeping it)
-    inside_input   O is, or lies inside, one of the command's inputs -> refused
+    absent        O does not exist                              -> written, exit 0
+    empty         O is an empty folder                          -> written (a folder output),
+                                                                   refused (a file output)
+    earlier       O holds the same command's earlier output     -> refused; with --overwrite
+                                                                   replaced whole
+                                                                   (the study resumes instead)
+    other_husai   O holds another kind of husai output          -> refused, with --overwrite too
+    user_files    O holds a user's file                         -> refused, with --overwrite too
+    mixed         O holds an earlier output plus a user's file  -> --overwrite refused
+                                                                   (a study resumes, keeping it)
+    inside_input  O is, or lies inside, one of the command's inputs -> refused
 and in every case every file that was on disk before is still there, byte for byte (the work
 folder's snapshot), except, where the command succeeded, the files under O that it wrote.
 Also: zero-variance activations, missing metrics, file modes under a umask, the study's exit code.
@@ -210,8 +213,7 @@ def test_output_guard(work, cmd, case):
         _ok(_run(work, w, out, "--overwrite"))
         after = snapshot(work)
         assert not _changed(before, after, ("out",))
-        # noqa: E731
-        mine = lambda snap: sorted(k for k in snap if k == "out" or k.startswith("out/"))
+        mine = lambda snap: sorted(k for k in snap if k == "out" or k.startswith("out/"))  # noqa: E731
         assert mine(after) == mine(before)  # replaced whole: the same files, nothing left over
         assert not [p for p in work.iterdir() if ".partial-" in p.name or ".old-" in p.name]
     elif case == "other_husai":

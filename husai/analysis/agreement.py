@@ -179,8 +179,8 @@ def bootstrap_ci(
     M = np.asarray(M, dtype=np.float64)
     N = M.shape[0]
     if N < 3 or not np.isfinite(M[np.triu_indices(N, 1)]).any():
-        return None  # two seeds are one pair: no spread to resample (with 3 the CI is the pairs'
-        range)
+        # two seeds are one pair: no spread to resample (with 3 the CI is the pairs' range)
+        return None
     idx = np.random.default_rng(seed).integers(0, N, size=(n_boot, N))
     V = M[idx[:, :, None], idx[:, None, :]]  # [n_boot, N, N]
     ok = (idx[:, :, None] < idx[:, None, :]) & np.isfinite(

@@ -1,18 +1,21 @@
-"""The comparison of several SAEs: cross-seed stability with nulls, and each SAE's latents against the
-model's Fourier ground truth (what `husai compare` and `husai fourier` compute, and each study cell).
+"""The comparison of several SAEs: cross-seed stability with nulls, and each SAE's latents against
+the model's Fourier ground truth (what `husai compare` and `husai fourier` compute, and each study
+cell).
 
 SAEs are read as SAELens-format folders (cfg.json + sae_weights.safetensors) through
 husai.sae.checkpoint. A folder holding seed_*/cfg.json (a multi-seed `husai train-sae` output)
 stands for all its seeds.
 
-compare JSON: saes [{path, label, seed, architecture, d_in, d_sae, hook_name, model_path}], warnings,
-  threshold, stability (husai.analysis.seed_stability: every level in the data metric with its CI, nulls,
-  per-latent reappearance, shared-init and trajectory references, the raw figures),
-  moved_from_init {label: {pw_mcc_to_init, mean_row_cos_to_init}}, and with a model: p, key_frequencies,
-  ground_truth (the hook's, husai.analysis.ground_truth's to_json), fourier {label: fourier_overlap,
+compare JSON: saes [{path, label, seed, architecture, d_in, d_sae, hook_name, model_path}],
+  warnings, threshold, stability (husai.analysis.seed_stability: every level in the data metric with
+  its CI, nulls, per-latent reappearance, shared-init and trajectory references, the raw figures),
+  moved_from_init {label: {pw_mcc_to_init, mean_row_cos_to_init}}, and with a model: p,
+  key_frequencies, ground_truth (the hook's, husai.analysis.ground_truth's to_json),
+  fourier {label: fourier_overlap,
     frac_pure, covered, missing, coverage, non_key_pure, pure_per_frequency, nulls_untrained,
-    weight_space, latent_types {thresholds, n_live, counts, examples, mean} (husai.analysis.latent_types,
-    without the per-latent list), recovery {atoms, planes, ...} (husai.analysis.recovery)},
+    weight_space, latent_types {thresholds, n_live, counts, examples, mean}
+    (husai.analysis.latent_types, without the per-latent list), recovery {atoms, planes, ...}
+    (husai.analysis.recovery)},
   frequency_level {frequency_sets, subspaces, subspaces_by_weights, summary} (means over key
   frequencies of the per-frequency overlaps; decoder rows in the data span's coordinates).
 """
@@ -47,7 +50,8 @@ def expand_sae_dirs(dirs: list[Path]) -> list[Path]:
 
 
 def recorded_model(sae_dirs) -> str | None:
-    """The model run folder the first SAE was trained on (cfg.json metadata.model_path), if recorded."""
+    """The model run folder the first SAE was trained on (cfg.json metadata.model_path), if
+    recorded."""
     from husai.io import read_json
 
     meta = read_json(expand_sae_dirs(sae_dirs)[0] / "cfg.json", "SAE config").get("metadata")
@@ -72,7 +76,8 @@ def load_sae_folders(dirs: list[Path]) -> list:
 
 
 def check_compatible(saes, dirs, force: bool) -> list[str]:
-    """Refuse SAEs that cannot be compared: different d_in always; different model or hook unless --force."""
+    """Refuse SAEs that cannot be compared: different d_in always; different model or hook unless
+    --force."""
     d_ins = {s.W_dec.shape[1] for s in saes}
     if len(d_ins) > 1:
         raise HusaiError(
@@ -96,13 +101,14 @@ def check_compatible(saes, dirs, force: bool) -> list[str]:
 
 
 _CONTEXTS: dict = {}
-"""model_context's cache, for the life of the process: a study worker analyses many cells of one model
-and hook, and the hook's ground truth took ~6 s per cell at mlp.hook_post (profiled)."""
+"""model_context's cache, for the life of the process: a study worker analyses many cells of one
+model and hook, and the hook's ground truth took ~6 s per cell at mlp.hook_post (profiled)."""
 
 
 def model_context(model_dir: Path, hook: str, cache: dict | None = None) -> dict:
-    """{p, acts [p*p, d] at `hook` (row a*p + b), key_freqs} for a model run folder, cached per model
-    (its path and weights file's modification time) and hook, with the ground truth once computed."""
+    """{p, acts [p*p, d] at `hook` (row a*p + b), key_freqs} for a model run folder, cached per
+    model (its path and weights file's modification time) and hook, with the ground truth once
+    computed."""
     if cache is None:
         weights = Path(model_dir) / "model.safetensors"
         key = (
@@ -121,7 +127,8 @@ def model_context(model_dir: Path, hook: str, cache: dict | None = None) -> dict
     from husai.sae.activations import model_activations
 
     acts, info = model_activations(model_dir, hook=hook, split="all")
-    # the additive key frequencies, which fourier_report's purity uses: recorded, else from the MLP neurons
+    # the additive key frequencies, which fourier_report's purity uses: recorded, else from the MLP
+    # neurons
     keys = model_key_frequencies(model_dir, info["p"], "add")
     cache[hook] = dict(
         p=info["p"],
@@ -134,8 +141,9 @@ def model_context(model_dir: Path, hook: str, cache: dict | None = None) -> dict
 
 
 def hook_ground_truth(ctx: dict):
-    """The ground truth of the context's hook (husai.analysis.ground_truth), computed once per context.
-    For (a * b) mod p the key frequencies are those of the discrete logarithm, found on its grid."""
+    """The ground truth of the context's hook (husai.analysis.ground_truth), computed once per
+    context. For (a * b) mod p the key frequencies are those of the discrete logarithm, found on its
+    grid."""
     from husai.analysis.ground_truth import ground_truth
 
     if "ground_truth" not in ctx:
@@ -153,8 +161,8 @@ def init_fn_for(sae, acts, medians: dict | None = None):
     """init_fn(d_in, d_sae, seed) -> (W_enc [d_in, d_sae], W_dec [d_sae, d_in]) drawing exactly what
     husai's trainer draws for `seed` with this SAE's recorded config: with `init: data` the initial
     decoder rows are centred data points, so the activations are needed (acts [N, d_in], or None:
-    then the config's random init is used). medians: a dict to keep the init's b_dec in (it depends on
-    the data alone: a model context's dict shares it across SAEs)."""
+    then the config's random init is used). medians: a dict to keep the init's b_dec in (it depends
+    on the data alone: a model context's dict shares it across SAEs)."""
     import torch
 
     from husai.sae.config import SAETrainConfig, config_from_dict
@@ -199,7 +207,8 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
     x = ctx["acts"]
     if x.shape[1] != sae.W_dec.shape[1]:
         raise HusaiError(
-            f"the SAE's d_in is {sae.W_dec.shape[1]} but the model's activations have {x.shape[1]} dims"
+            f"the SAE's d_in is {sae.W_dec.shape[1]} but the model's activations have "
+            f"{x.shape[1]} dims"
         )
     with torch.no_grad():
         z = sae.encode(x.float()).double()
@@ -227,7 +236,8 @@ def fourier_with_null(sae, ctx: dict, n_null: int) -> dict:
 
 def fourier_saes(sae_dirs: list, model: Path, n_null: int = 3) -> list[dict]:
     """What `husai fourier` reports: per SAE its path, seed, architecture, hook and
-    fourier_with_null (the latents against the model's Fourier ground truth, with the untrained null)."""
+    fourier_with_null (the latents against the model's Fourier ground truth, with the untrained
+    null)."""
     dirs = expand_sae_dirs([Path(d) for d in sae_dirs])
     cache, out = {}, []
     for d, sae in zip(dirs, load_sae_folders(dirs)):
@@ -250,9 +260,9 @@ def fourier_saes(sae_dirs: list, model: Path, n_null: int = 3) -> list[dict]:
 
 def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
     """What `husai recover` reports: per SAE trained on the user's activations acts [N, d], its
-    recovery of the user's ground truth (tensors: `atoms` and/or `plane.NAME`, husai.analysis.recovery)
-    and the mean share of its live decoder rows outside the data's 99.9%-variance span (off_data_span).
-    -> (span dim, one dict per SAE)."""
+    recovery of the user's ground truth (tensors: `atoms` and/or `plane.NAME`,
+    husai.analysis.recovery) and the mean share of its live decoder rows outside the data's
+    99.9%-variance span (off_data_span). -> (span dim, one dict per SAE)."""
     import torch
 
     from husai.analysis.recovery import file_ground_truth, recovery
@@ -263,7 +273,8 @@ def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
     for d, sae in zip(dirs, load_sae_folders(dirs)):
         if sae.W_dec.shape[1] != acts.shape[1]:
             raise HusaiError(
-                f"{d}: the SAE's d_in is {sae.W_dec.shape[1]} but the activations have {acts.shape[1]} dims"
+                f"{d}: the SAE's d_in is {sae.W_dec.shape[1]} but the activations have "
+                f"{acts.shape[1]} dims"
             )
         with torch.no_grad():
             live = (sae.encode(acts.float()) != 0).any(0)
@@ -288,9 +299,9 @@ def recover_saes(sae_dirs: list, acts, tensors: dict) -> tuple[int, list[dict]]:
 
 
 def file_oracle(sae, acts, atoms) -> dict:
-    """The user's atoms [n, d] as an oracle dictionary (husai.analysis.oracle) at the SAE's L0 on acts
-    [N, d]: its best non-negative code of at most round(L0) atoms an input, b_dec the data mean, against the
-    SAE's own EV; gap = oracle EV - SAE EV."""
+    """The user's atoms [n, d] as an oracle dictionary (husai.analysis.oracle) at the SAE's L0 on
+    acts [N, d]: its best non-negative code of at most round(L0) atoms an input, b_dec the data
+    mean, against the SAE's own EV; gap = oracle EV - SAE EV."""
     import torch
 
     from husai.analysis.oracle import score
@@ -322,9 +333,9 @@ def compare_saes(
 ) -> dict:
     """Everything `husai compare` computes, as a JSON-ready dict (schema in the module docstring).
 
-    sae_dirs: SAE folders or multi-seed output folders (>= 2 SAEs in all); model: the model run folder
-    (default: the SAEs' metadata.model_path); acts [N, d_in]: the activations, when there is no model
-    (then no Fourier analysis, ground-truth level nor symmetry null);
+    sae_dirs: SAE folders or multi-seed output folders (>= 2 SAEs in all); model: the model run
+    folder (default: the SAEs' metadata.model_path); acts [N, d_in]: the activations, when there is
+    no model (then no Fourier analysis, ground-truth level nor symmetry null);
     plots: folder for the PNGs, or None. Raises HusaiError on incompatible or bad input.
     """
     import numpy as np
@@ -355,8 +366,9 @@ def compare_saes(
     ctx = model_context(model, hook_of(saes[0])) if model is not None and hook_of(saes[0]) else None
     if ctx is None and acts is None:
         raise HusaiError(
-            "stability is measured in the data's own geometry, which needs the activations: give the "
-            "model (--model DIR, or SAEs that record it) or the activations (--activations FILE)"
+            "stability is measured in the data's own geometry, which needs the activations: give "
+            "the model (--model DIR, or SAEs that record it) or the activations "
+            "(--activations FILE)"
         )
     if ctx is not None:
         acts = ctx["acts"]
@@ -401,7 +413,7 @@ def compare_saes(
         threshold=threshold,
         stability=stability,
     )
-    if known:  # how far did training move each decoder? (science brief, section 5)
+    if known:  # how far did training move each decoder? (docs/methods.md, "Nulls")
         result["moved_from_init"] = {}
         for lab, D, s in zip(labels, decs, seeds):
             D0 = init(d_in, D.shape[0], s)[1]

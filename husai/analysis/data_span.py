@@ -1,10 +1,10 @@
 """The data's own geometry: where stability is measured so that it does not depend on the basis.
 
 Why not raw decoder cosines. Adam is not rotation-invariant: trained decoder rows drift out of the
-span of the activations, differently per seed, and the drift depends on the coordinates (science
-brief section 6: raw PW-MCC 0.651 in the model's basis, 0.295 after rotating the same activations
-into their PCA basis; inside the span 0.830 and 0.844). The off-span part is invisible to the data,
-so it says nothing about the features.
+span of the activations, differently per seed, and the drift depends on the coordinates (raw PW-MCC
+0.651 in the model's basis, 0.295 after rotating the same activations into their PCA basis; inside
+the span 0.830 and 0.844; docs/methods.md, "The data metric"). The off-span part is invisible to the
+data, so it says nothing about the features.
 
 The data metric. A dictionary row w [d_in] is compared through its coordinates in the span of the
 principal directions that hold >= SPAN_VARIANCE of the activation variance,
@@ -12,11 +12,12 @@ principal directions that hold >= SPAN_VARIANCE of the activation variance,
     y = w Q,    Q [d_in, r] orthonormal (the top-r eigenvectors of Cov(x)),
 
 and two rows by the cosine of their y's. Rotating the activations, x -> x R, rotates Q -> R^T Q, so
-y and every cosine is unchanged: the metric is basis-free. We project rather than whiten (y Lambda^{-1/2}):
-both are basis-free, but whitening gives a direction holding 0.1% of the variance the weight of one
-holding 35%, so the noise directions at the span's edge would dominate the cosines; projection keeps
-the Euclidean metric that the SAE's own MSE uses. `off_span` (the share of a row's squared norm
-outside span(Q)) is reported per SAE as a training-health figure, not folded into the comparison.
+y and every cosine is unchanged: the metric is basis-free. We project rather than whiten (y
+Lambda^{-1/2}): both are basis-free, but whitening gives a direction holding 0.1% of the variance
+the weight of one holding 35%, so the noise directions at the span's edge would dominate the
+cosines; projection keeps the Euclidean metric that the SAE's own MSE uses. `off_span` (the share of
+a row's squared norm outside span(Q)) is reported per SAE as a training-health figure, not folded
+into the comparison.
 
 The symmetry of the task. For (a + b) mod p the shift (a, b) -> (a + t, b + t) maps the input grid
 onto itself, and the activations move with it by a linear map of the span (a rotation of each
@@ -32,7 +33,8 @@ import torch
 
 SPAN_VARIANCE = 0.999
 """The span holds >= 99.9% of the activation variance (21 of 128 dimensions at the default model's
-resid_post; the key-frequency planes alone hold 99.7%, science brief section 6)."""
+resid_post; the key-frequency planes alone hold 99.7%, docs/methods.md,
+"blocks.0.hook_resid_post")."""
 
 
 @dataclass
@@ -69,10 +71,10 @@ class DataSpan:
 
 
 _LAST: list = []
-"""data_span's last results as (acts, its _version, share, span): the same tensor object is asked for
-its span several times per comparison (stability, frequency level; an SVD of [12769, 512] ~1 s). The
-entry holds the tensor itself, so its identity cannot pass to another; _version catches an in-place
-change."""
+"""data_span's last results as (acts, its _version, share, span): the same tensor object is asked
+for its span several times per comparison (stability, frequency level; an SVD of [12769, 512] ~1 s).
+The entry holds the tensor itself, so its identity cannot pass to another; _version catches an
+in-place change."""
 
 
 def data_span(acts: torch.Tensor, share: float = SPAN_VARIANCE) -> DataSpan:
@@ -119,9 +121,9 @@ def shift_map(Y: torch.Tensor, p: int, t: int) -> torch.Tensor:
     each Fourier plane (cos/sin pairs of equal variance), i.e. orthogonal. We take the orthogonal M
     closest in least squares (Procrustes: U V^T from the SVD of Y^T Y_shift). An unconstrained
     least-squares map is not orthogonal here (singular values 0.34-2.35 at the default resid_post,
-    measured): the span's weakest directions (variance ~1 against ~400) are not exactly shift-covariant,
-    and it would stretch them. A decoder row d (a reconstruction direction) moves to d M, an
-    encoder row e (a read-out direction) to e M^{-T} = e M.
+    measured): the span's weakest directions (variance ~1 against ~400) are not exactly
+    shift-covariant, and it would stretch them. A decoder row d (a reconstruction direction) moves
+    to d M, an encoder row e (a read-out direction) to e M^{-T} = e M.
     """
     U, _, Vh = torch.linalg.svd(Y.T @ Y[shift_permutation(p, t)])
     return U @ Vh

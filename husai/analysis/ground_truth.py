@@ -3,8 +3,9 @@
 The inputs form a group grid. For (a + b) and (a - b) mod p it is Z_p x Z_p with x = a, y = b; for
 (a * b) mod p it is Z_{p-1} x Z_{p-1} with x = log_g a, y = log_g b for a primitive root g (the
 multiplicative group is cyclic, so multiplication is addition of discrete logarithms). The 2p - 1
-inputs with a = 0 or b = 0 (answer 0) are outside that group and left out; `rows` says which are kept.
-The answer index is c = x + y (add, mul) or x - y (sub) mod n, and its conjugate the other one.
+inputs with a = 0 or b = 0 (answer 0) are outside that group and left out; `rows` says which are
+kept. The answer index is c = x + y (add, mul) or x - y (sub) mod n, and its conjugate the other
+one.
 
 Centred activations X [N, d] (one row per grid input, N = n^2) split exactly, by the 2-D DFT over
 the grid (each frequency pair (u, v) is one character of the group, and characters are orthogonal):
@@ -16,7 +17,7 @@ the grid (each frequency pair (u, v) is one character of the group, and characte
     everything else      the rest: interactions no single index explains
 
 (for even n the pair (n/2, n/2) is both; it is counted as answer). Planes, per frequency k, with
-w = 2 pi k / n, as directions in activation space (science brief, section 6):
+w = 2 pi k / n, as directions in activation space (docs/methods.md, "Ground truth at each hook"):
 
     output plane P_k^out   the images of cos(w c), sin(w c): what the model writes about the answer
     input plane  P_k^in    the images of cos(w x), sin(w x), cos(w y), sin(w y): the a- and b-planes
@@ -42,7 +43,8 @@ REL_DIM = 0.05
 direction carrying under 0.25% of the plane's variance is not a dimension of it."""
 
 PLANE_FLOOR = 1e-6
-"""A plane direction must carry >= 1e-6 of the variance: below that it is round-off, not a direction."""
+"""A plane direction must carry >= 1e-6 of the variance: below that it is round-off, not a
+direction."""
 
 PCA_RANKS = (2, 4, 8, 16)
 KEY_SHARE = 0.05
@@ -119,15 +121,16 @@ def on_grid(acts: torch.Tensor, grid: Grid) -> torch.Tensor:
     """acts [p*p, d] (rows a*p + b) -> centred float64 [N, d] in grid order."""
     if acts.ndim != 2 or acts.shape[0] != grid.p**2:
         raise HusaiError(
-            f"need activations over all {grid.p}^2 inputs ([{grid.p**2}, d]), got {list(acts.shape)}"
+            f"need activations over all {grid.p}^2 inputs ([{grid.p**2}, d]), "
+            f"got {list(acts.shape)}"
         )
     X = acts[grid.rows].double()
     return X - X.mean(0)
 
 
 def grid_power(X: torch.Tensor, grid: Grid) -> torch.Tensor:
-    """Per column, the power of the centred X [N, d] (grid order) at each 2-D frequency (u, v) of the
-    grid, the mean's (0, 0) set to 0 -> [n, n, d]."""
+    """Per column, the power of the centred X [N, d] (grid order) at each 2-D frequency (u, v) of
+    the grid, the mean's (0, 0) set to 0 -> [n, n, d]."""
     n = grid.n
     power = torch.fft.fft2(X.reshape(n, n, -1), dim=(0, 1)).abs().pow(2)
     power[0, 0] = 0
@@ -187,7 +190,8 @@ def orthonormal_basis(M: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
 
 @dataclass
 class Plane:
-    """One plane: the images [m, d] of its unit functions, an orthonormal basis [d, r] of their span."""
+    """One plane: the images [m, d] of its unit functions, an orthonormal basis [d, r] of their
+    span."""
 
     name: str
     images: torch.Tensor
@@ -236,7 +240,8 @@ def plane_shares(X: torch.Tensor, grid: Grid) -> dict[str, list[float]]:
 
 
 def max_cosine(Q1: torch.Tensor, Q2: torch.Tensor) -> float:
-    """Largest principal cosine between two subspaces given by orthonormal bases [d, r1], [d, r2]."""
+    """Largest principal cosine between two subspaces given by orthonormal bases [d, r1],
+    [d, r2]."""
     if Q1.shape[1] == 0 or Q2.shape[1] == 0:
         return 0.0
     return float(torch.linalg.svdvals(Q1.T @ Q2)[0].clamp(max=1.0))
@@ -280,7 +285,8 @@ def key_frequencies_on_grid(
 
 
 def model_key_frequencies(model_dir, p: int, operation: str) -> list[int]:
-    """A model run's key frequencies: recorded in metrics.json (add, sub), else from its MLP neurons."""
+    """A model run's key frequencies: recorded in metrics.json (add, sub), else from its MLP
+    neurons."""
     from pathlib import Path
 
     from husai.io import read_json
@@ -398,7 +404,8 @@ def ground_truth(
     if bad:
         raise HusaiError(f"key frequency {bad[0]} is not one of 1..{grid.n // 2}")
     pls = planes(X, grid, key_freqs)
-    # the span of all plane directions (each plane's floored basis), so that every plane lies inside it
+    # the span of all plane directions (each plane's floored basis), so that every plane lies
+    # inside it
     span = (
         orthonormal_basis(torch.cat([pl.basis.T for pl in pls]), 1e-6)
         if pls

@@ -2,13 +2,16 @@
 
 Activation view. A latent is a function z(a, b) over the p x p input grid (its activation at the `=`
 position for input (a, b); row a*p + b). Its Fourier purity is the largest fraction of its centred
-variance held by one frequency's 3x3 block {const, cos_k, sin_k}^2 (`husai.model.fourier.frequency_fractions`,
-the same rule Nanda et al. apply to MLP neurons), and its frequency is that k. For the SAE:
+variance held by one frequency's 3x3 block {const, cos_k, sin_k}^2
+(`husai.model.fourier.frequency_fractions`, the same rule Nanda et al. apply to MLP neurons), and
+its frequency is that k. For the SAE:
     fourier_overlap = mean purity over live latents, in [0, 1]      (`compute_fourier_overlap`)
     frac_pure       = fraction of live latents with purity >= 0.85  (PURITY_THRESHOLD)
-    coverage        = which key frequencies have >= 1 pure latent; pure latents on non-key frequencies.
+    coverage        = which key frequencies have >= 1 pure latent; pure latents on non-key
+                      frequencies.
 This replaces the public HUSAI "Fourier overlap", which compared 128-d decoder rows with 113-d
-token-space Fourier vectors by truncation/padding (science brief, section 5): meaningless.
+token-space Fourier vectors by truncation/padding: meaningless (docs/methods.md, "Fourier
+validation").
 
 Chance level (`chance_purity`). For an i.i.d. Gaussian function on the grid, the p^2 coefficients in
 the orthonormal 2-D Fourier basis are again i.i.d. Gaussian. Centring drops (const, const), leaving
@@ -37,9 +40,11 @@ WEIGHT_ASSIGN = 0.5
 """Weight-space assignment: a latent belongs to key frequency k when more than half of its decoder
 row's squared norm lies in k's activation subspace. Needed because sparse latents (TopK, small k)
 fire on narrow bumps of phase, whose activation spectrum spreads over harmonics, so their
-activation purity stays low even when their decoder row sits squarely in one frequency's subspace."""
+activation purity stays low even when their decoder row sits squarely in one frequency's
+subspace."""
 
-_CHUNK = 256  # latents per frequency_fractions call: bounds the [p, p, n] float64 buffer (~26 MB at p=113)
+# latents per frequency_fractions call: bounds the [p, p, n] float64 buffer (~26 MB at p=113)
+_CHUNK = 256
 
 
 def latent_frequencies(
@@ -80,9 +85,10 @@ def compute_fourier_overlap(
 ) -> float:
     """Mean Fourier purity over live latents: sum_{i live} max_k frac_{i,k} / n_live, in [0, 1].
 
-    latent_acts: [p*p, d_sae] SAE latent activations over the whole grid (row a*p + b); live: optional
-    [d_sae] bool mask (default: latents that fire on any input). 1 means every live latent is a
-    single-frequency Fourier feature; random functions give `chance_purity(p)` (~0.0016 at p = 113).
+    latent_acts: [p*p, d_sae] SAE latent activations over the whole grid (row a*p + b); live:
+    optional [d_sae] bool mask (default: latents that fire on any input). 1 means every live latent
+    is a single-frequency Fourier feature; random functions give `chance_purity(p)` (~0.0016 at
+    p = 113).
     NaN when no latent is live.
     """
     purity, _, live_default = latent_frequencies(latent_acts, p)
@@ -92,7 +98,8 @@ def compute_fourier_overlap(
 
 @functools.lru_cache(maxsize=32)  # deterministic (fixed seed), and every report asks for it
 def chance_purity(p: int, n_samples: int = 100_000, seed: int = 0) -> float:
-    """E[purity] of an i.i.d. Gaussian function on the p x p grid (module docstring for the derivation).
+    """E[purity] of an i.i.d. Gaussian function on the p x p grid (module docstring for the
+    derivation).
 
     Monte Carlo over the exact law purity = max_k Q_k / (sum Q_k + R), Q_k ~ chi2_8 (K of them),
     R ~ chi2_{p^2 - 1 - 8K}. Standard error ~1e-6 at p = 113 with the default samples.
@@ -110,9 +117,10 @@ def frequency_subspaces(
     """Orthonormal basis of the activation-space subspace carrying each frequency.
 
     resid_acts: [p*p, d] model activations at the SAE's hook (row a*p + b). For frequency k, the 8
-    coefficient vectors c_{fF} in R^d of block {const, cos_k, sin_k}^2 \\ (const, const) span the part of
-    x(a, b) built from frequency k alone. Returns {k: Q_k [d, r_k]}, r_k the fewest left singular
-    directions holding >= `energy` of the block's energy (drops numerically negligible directions).
+    coefficient vectors c_{fF} in R^d of block {const, cos_k, sin_k}^2 \\ (const, const) span the
+    part of x(a, b) built from frequency k alone. Returns {k: Q_k [d, r_k]}, r_k the fewest left
+    singular directions holding >= `energy` of the block's energy (drops numerically negligible
+    directions).
     """
     C = fourier_2d(resid_acts.detach().cpu(), p)  # [p, p, d]
     out = {}
@@ -135,8 +143,9 @@ def decoder_frequency_fractions(
     """Fraction of each decoder row's squared norm inside each frequency subspace.
 
     W_dec: [n, d]; subspaces: {k: Q_k [d, r_k]}. Returns (fractions [n, len(subspaces)] with
-    ||Q_k^T w||^2 / ||w||^2, in subspace order; union [n]: the same for the span of all Q_k together,
-    which is <= the sum when the subspaces overlap). A random w scores r_k / d in expectation.
+    ||Q_k^T w||^2 / ||w||^2, in subspace order; union [n]: the same for the span of all Q_k
+    together, which is <= the sum when the subspaces overlap). A random w scores r_k / d in
+    expectation.
     """
     W = W_dec.detach().to("cpu", torch.float64)
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)

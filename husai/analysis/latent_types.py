@@ -2,19 +2,22 @@
 
 Per live latent, from its activations z over all inputs and its decoder row w:
 
-    answer_share        share of z's centred variance explained by E[z | c] (a function of the answer)
+    answer_share        share of z's centred variance explained by E[z | c] (a function of the
+                        answer)
     inputs_share        ... by a function of a plus a function of b (f(a) + g(b))
     purity, frequency   its best single frequency's 3x3-block share (the MLP-neuron rule, kept and
-                        named as such: no sparse latent reaches 0.85, see husai.analysis.latent_fourier)
+                        named as such: no sparse latent reaches 0.85, see
+                        husai.analysis.latent_fourier)
     off_span            fraction of ||w||^2 outside the span of all planes
-    in_output, in_input fraction of the in-span part of w in each key frequency's output / input plane
+    in_output, in_input fraction of the in-span part of w in each key frequency's output / input
+                        plane
     centroid_cos        largest cosine between the in-span part of w and an answer-class centroid
     firing_rate         fraction of inputs where z > 0
 
 Types, first rule that holds (the thresholds below, each with its reason):
 
-    plane feature     a function of the answer smooth on one circle (its variance at that frequency's
-                      first harmonics), decoder mostly in that circle's output plane
+    plane feature     a function of the answer smooth on one circle (its variance at that
+                      frequency's first harmonics), decoder mostly in that circle's output plane
     answer detector   a function of the answer, decoder close to one class centroid
     input feature     a function of the inputs taken separately, f(a) + g(b)
     patch             none of these and fires on under 5% of the inputs (rare; whether those inputs
@@ -44,8 +47,9 @@ NEAR_CENTROID = 0.8
 ON_CIRCLE = 0.5
 """A plane feature's activation is a function of its circle's phase w_k c with most of its answer
 variance at the circle's first harmonics (k, 2k): ReLU(cos(w_k c - phi)) has 99% there, a one-answer
-detector 2 of the (p-1)/2 frequencies' worth (3.6% at p = 113, measured). Any function of c is some function of
-the phase (c -> k c is a bijection mod p), so smoothness on the circle is what makes it a circle feature."""
+detector 2 of the (p-1)/2 frequencies' worth (3.6% at p = 113, measured). Any function of c is some
+function of the phase (c -> k c is a bijection mod p), so smoothness on the circle is what makes it
+a circle feature."""
 PATCH_RATE = 0.05
 """A patch fires on under 5% of the inputs (a single answer class is 1/p, under 1% for p = 113)."""
 TYPES = ("plane feature", "answer detector", "input feature", "patch", "other")
@@ -113,8 +117,9 @@ def latent_types(latent_acts: torch.Tensor, W_dec: torch.Tensor, gt: GroundTruth
     W = W_dec[idx].double()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
     off_span = 1 - (W @ gt.span).pow(2).sum(1)
-    # Plane fractions and centroid cosines of the row's in-span part: how far a decoder drifted off the
-    # data span is a property of the training coordinates (science brief, section 6), kept as off_span.
+    # Plane fractions and centroid cosines of the row's in-span part: how far a decoder drifted off
+    # the data span is a property of the training coordinates (docs/methods.md, "The data metric"),
+    # kept as off_span.
     W = W @ gt.span @ gt.span.T
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
     ins = [pl for pl in gt.planes if pl.name.startswith("in")]

@@ -1,11 +1,12 @@
 """The seed-agreement measures and their nulls, each declared once.
 
-A Measure names one agreement figure (its key in analysis.json and results.csv, its level, its report
-label and the chance null it is read against); a Null says what agreement above it rules out, how it
-is drawn (the draw itself: a function of one seed pair and that pair's generator) and how the figures
-mark it. husai.analysis.agreement computes every declared measure against every declared null; the
-report, the figures, the results table and `husai compare` list them from here, so a registered null
-appears in all of them (docs/methods.md, "Seed agreement", says what each one means).
+A Measure names one agreement figure (its key in analysis.json and results.csv, its level, its
+report label and the chance null it is read against); a Null says what agreement above it rules out,
+how it is drawn (the draw itself: a function of one seed pair and that pair's generator) and how the
+figures mark it. husai.analysis.agreement computes every declared measure against every declared
+null; the report, the figures, the results table and `husai compare` list them from here, so a
+registered null appears in all of them (docs/methods.md, "Seed agreement", says what each one
+means).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Measure:
     short: str
     """`husai compare`'s column name."""
     fitting: tuple[str, ...] = ()
-    """The chance null(s) its effect is read against (the pairwise max of these); () = descriptive."""
+    """The chance null(s) its effect is read against (the pairwise max of these); () =
+    descriptive."""
 
 
 @dataclass
@@ -142,9 +144,9 @@ for _m in (
 # ---------------------------------------------------------------- the nulls
 
 SYMMETRY_FIT = 0.9
-"""The symmetry null needs the shift to be (nearly) an isometry of the representation: it is drawn only
-where the Procrustes map explains >= 90% of the shifted activations' variance (R^2; the grokked model's
-resid_post: ~0.97, measured; a random representation: ~0)."""
+"""The symmetry null needs the shift to be (nearly) an isometry of the representation: it is drawn
+only where the Procrustes map explains >= 90% of the shifted activations' variance (R^2; the grokked
+model's resid_post: ~0.97, measured; a random representation: ~0)."""
 
 
 def _isotropic(ctx: dict, gen: torch.Generator) -> Draw:
@@ -233,7 +235,8 @@ for _n in (
     Null(
         "symmetry",
         "symmetry",
-        controls_for="agreement on the planes alone (above it the seeds agree on phase: which latents exist)",
+        controls_for="agreement on the planes alone (above it the seeds agree on phase: which "
+        "latents exist)",
         drawn="one seed's SAE moved by the shift (a, b) -> (a + t, b + t), an equally good SAE at "
         "another phase",
         marker="s",

@@ -1,7 +1,7 @@
 """Null baselines: what would chance, or no learning, give for a number?
 
 Public work reported a seed "stability" of 0.30 for (d_in 128, d_sae 1024) SAEs, which is exactly
-the value for two sets of random unit vectors (science brief, section 5). husai reads every
+the value for two sets of random unit vectors (docs/methods.md, "Nulls"). husai reads every
 stability figure against nulls that fit the data's geometry (husai.analysis.agreement draws them
 per seed pair, in the data span's coordinates):
 
@@ -10,7 +10,7 @@ per seed pair, in the data span's coordinates):
                     merely spreads like this one shares by chance. It replaces the covariance-drawn
                     null of husai < 0.3, whose atoms concentrate in the data's ~8 effective
                     dimensions against a trained dictionary's 15-28, so it matched better than any
-                    real dictionary (science brief, section 6);
+                    real dictionary (docs/methods.md, "Nulls");
   symmetry          one seed's SAE moved by the task's shift (husai.analysis.data_span.shift_map).
 
 For the Fourier purity of latents the null is an untrained SAE (`untrained_latent_acts`), with
@@ -44,8 +44,8 @@ def matched_geometry_dictionary(D: torch.Tensor, seed: int | torch.Generator) ->
     """len(D) random unit atoms whose second moment is that of the dictionary's unit rows D [n, r]:
     random atoms that spread over the space as D does. -> [n, r] float64.
 
-    The atoms are normalised Gaussians unit(g), g ~ N(0, V diag(lam) V^T), with V the eigenvectors of
-    C = unit(D)^T unit(D) / n. Normalising pulls the second moment towards isotropy (eigenvalues
+    The atoms are normalised Gaussians unit(g), g ~ N(0, V diag(lam) V^T), with V the eigenvectors
+    of C = unit(D)^T unit(D) / n. Normalising pulls the second moment towards isotropy (eigenvalues
     0.10/0.31/0.60 came out 0.04/0.23/0.73 with lam = eig(C), measured), so lam is corrected by a
     few fixed-point steps on a fixed probe sample until E[unit(g) unit(g)^T] has C's eigenvalues."""
     g = seed if isinstance(seed, torch.Generator) else _gen(seed)
@@ -65,7 +65,8 @@ def matched_geometry_dictionary(D: torch.Tensor, seed: int | torch.Generator) ->
 
 
 def tied_init(d_in: int, d_sae: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gao et al. 2024 init: W_dec rows unit-norm random, W_enc = W_dec^T. -> (W_enc [d_in, d_sae], W_dec [d_sae, d_in])."""
+    """Gao et al. 2024 init: W_dec rows unit-norm random, W_enc = W_dec^T.
+    -> (W_enc [d_in, d_sae], W_dec [d_sae, d_in])."""
     W_dec = isotropic_dictionary(d_sae, d_in, seed)
     return W_dec.T.clone(), W_dec
 
@@ -73,8 +74,9 @@ def tied_init(d_in: int, d_sae: int, seed: int) -> tuple[torch.Tensor, torch.Ten
 def null_stats(value: float | None, samples) -> dict:
     """value next to its null distribution. samples: 1-D array-like of null draws.
 
-    z = (value - mean) / std (std with ddof=1). A null with zero spread (e.g. a shared fraction that is
-    0 in every draw) gives z = None; `exceeds_null_max` still says whether value beats every draw.
+    z = (value - mean) / std (std with ddof=1). A null with zero spread (e.g. a shared fraction that
+    is 0 in every draw) gives z = None; `exceeds_null_max` still says whether value beats every
+    draw.
     """
     s = np.asarray([x for x in samples if x is not None], dtype=np.float64)
     mean = float(s.mean()) if s.size else None

@@ -1,15 +1,15 @@
-"""Why a cell's SAEs miss the true features: the oracle (husai.analysis.oracle) at the cell's width and
-L0 against the trained SAEs, and the cell's own recipe started at the oracle.
+"""Why a cell's SAEs miss the true features: the oracle (husai.analysis.oracle) at the cell's width
+and L0 against the trained SAEs, and the cell's own recipe started at the oracle.
 
-Per SAE seed s, the oracle of seed s (a circle tiling with its own phases) is coded as well as possible
-with at most k atoms an input (k: the cell's k, or the trained SAEs' mean L0 rounded for the L1
-families), and the optimisation gap is
+Per SAE seed s, the oracle of seed s (a circle tiling with its own phases) is coded as well as
+possible with at most k atoms an input (k: the cell's k, or the trained SAEs' mean L0 rounded for
+the L1 families), and the optimisation gap is
 
     gap_s = EV(oracle_s) - EV(SAE_s)        (both over all p^2 inputs, EV centred)
 
-with its mean and 95% t-interval over seeds. At mlp.hook_post, whose coordinates are the model's neurons,
-the neurons of largest variance as one-hot atoms are a second oracle, and each seed's oracle is the better
-of the two. The reading, by stated rules (`reading`):
+with its mean and 95% t-interval over seeds. At mlp.hook_post, whose coordinates are the model's
+neurons, the neurons of largest variance as one-hot atoms are a second oracle, and each seed's
+oracle is the better of the two. The reading, by stated rules (`reading`):
 
     optimisation   the interval lies above 0: a dictionary of the model's features reconstructs
                    better at this width and L0, and training does not find it (flagged when the
@@ -19,15 +19,15 @@ of the two. The reading, by stated rules (`reading`):
 
 Started at the truth: the cell's recipe (its config, the penalty weight its L0 search found) trained
 from decoder = the tiling (its atoms in the first rows, the other rows at the usual init), encoder =
-its transpose, b_dec = the data mean (for ReLU and JumpReLU also b_enc, so that each atom fires on its
-arc: `truth_start`), for the cell's seeds, each with its own tiling. It says whether the
-truth is near a minimum of the SAE loss (rows stay near their atoms, EV at least the standard init's)
-and so whether the standard init is what loses it.
+its transpose, b_dec = the data mean (for ReLU and JumpReLU also b_enc, so that each atom fires on
+its arc: `truth_start`), for the cell's seeds, each with its own tiling. It says whether the
+truth is near a minimum of the SAE loss (rows stay near their atoms, EV at least the standard
+init's) and so whether the standard init is what loses it.
 
-With the family's encoder: the tiling as a frozen decoder and the cell's own encoder trained on it by the
-cell's recipe. The best code's EV minus this one's is the amortisation gap (O'Neill et al. 2024,
-"Compute optimal inference and provable amortisation gap in sparse autoencoders"): what the one-layer
-encoder loses in choosing atoms, apart from the dictionary.
+With the family's encoder: the tiling as a frozen decoder and the cell's own encoder trained on it
+by the cell's recipe. The best code's EV minus this one's is the amortisation gap (O'Neill et al.
+2024, "Compute optimal inference and provable amortisation gap in sparse autoencoders"): what the
+one-layer encoder loses in choosing atoms, apart from the dictionary.
 
 Near the truth: the share of a dictionary's live rows within cosine NEAR of an atom of the seed's
 tiling, for the trained SAEs and the started runs alike.
@@ -44,10 +44,10 @@ from husai.analysis.ground_truth import group_grid, on_grid
 from husai.analysis.oracle import complete_truth, neuron_atoms, score, tiling, truth_circles
 
 CONVERGED = 0.001
-"""Training had converged when the last epoch raised the training EV by less than 0.001 (mean over seeds).
-An optimisation reading of SAEs still improving says first that they are under-trained: on the default
-study's reference cells a longer, faster recipe (lr 1e-2, 30 epochs) reaches or passes the oracle's EV
-(BENCHMARKS.md, "Oracle dictionaries")."""
+"""Training had converged when the last epoch raised the training EV by less than 0.001 (mean over
+seeds). An optimisation reading of SAEs still improving says first that they are under-trained: on
+the default study's reference cells a longer, faster recipe (lr 1e-2, 30 epochs) reaches or passes
+the oracle's EV (BENCHMARKS.md, "Oracle dictionaries")."""
 
 NEAR = 0.9
 """A decoder row is near the truth when its cosine to some atom of the tiling is >= 0.9."""
@@ -82,8 +82,8 @@ def reading(gap: dict) -> str:
 
 
 def convergence(history: list[dict] | None) -> dict | None:
-    """{last_epoch_ev_gain, converged}: the mean over seeds of the training EV's rise in the last epoch, and
-    whether it is below CONVERGED. None without two epochs of history."""
+    """{last_epoch_ev_gain, converged}: the mean over seeds of the training EV's rise in the last
+    epoch, and whether it is below CONVERGED. None without two epochs of history."""
     if not history or len(history) < 2:
         return None
     last, before = history[-1]["ev"], history[-2]["ev"]
@@ -92,7 +92,8 @@ def convergence(history: list[dict] | None) -> dict | None:
 
 
 def near_truth(W_dec: torch.Tensor, atoms: torch.Tensor, live: torch.Tensor | None = None) -> float:
-    """Share of the (live) rows of W_dec [d_sae, d] within cosine NEAR of a row of atoms [m, d] (unit)."""
+    """Share of the (live) rows of W_dec [d_sae, d] within cosine NEAR of a row of atoms [m, d]
+    (unit)."""
     W = W_dec.double()
     W = W / W.norm(dim=1, keepdim=True).clamp_min(1e-30)
     best = (W @ atoms.double().T).max(1).values
@@ -117,11 +118,12 @@ def cell_oracle(
     neurons: bool = False,
     history: list[dict] | None = None,
 ) -> dict:
-    """The oracle reading of one cell. acts [p^2, d] the hook's activations; cfg the cell's SAETrainConfig
-    (with the penalty weight its L0 search found); sae_ev, sae_l0 per seed; saes {seed: loaded SAE} for
-    the near-truth share of the trained rows; neurons: the hook's coordinates are the model's neurons
-    (mlp.hook_post), whose top-variance one-hot atoms are a second oracle; history: the training's epoch
-    rows (metrics.json), for `convergence`. -> JSON-ready dict (module docstring)."""
+    """The oracle reading of one cell. acts [p^2, d] the hook's activations; cfg the cell's
+    SAETrainConfig (with the penalty weight its L0 search found); sae_ev, sae_l0 per seed; saes
+    {seed: loaded SAE} for the near-truth share of the trained rows; neurons: the hook's coordinates
+    are the model's neurons (mlp.hook_post), whose top-variance one-hot atoms are a second oracle;
+    history: the training's epoch rows (metrics.json), for `convergence`. -> JSON-ready dict (module
+    docstring)."""
     grid = group_grid(p, operation)
     X = on_grid(acts, grid)  # centred, float64, grid order
     circles = truth_circles(X, grid, key_freqs)
@@ -167,10 +169,11 @@ def cell_oracle(
 
 
 def truth_start(acts: torch.Tensor, cfg, tiled: list[tuple[torch.Tensor, list[dict]]]) -> dict:
-    """The start at the truth for train_saes: decoder and encoder rows = each seed's tiling [S, m, d], b_dec
-    the data mean, and for the L1 families (ReLU, JumpReLU, which have no top-k to pick atoms) b_enc at minus
-    each atom's radius times cos(phase step), so that an atom fires on the arc of phases its two
-    neighbours bound, as the best code uses it (the TopK family starts at b_enc 0 and selects)."""
+    """The start at the truth for train_saes: decoder and encoder rows = each seed's tiling
+    [S, m, d], b_dec the data mean, and for the L1 families (ReLU, JumpReLU, which have no top-k to
+    pick atoms) b_enc at minus each atom's radius times cos(phase step), so that an atom fires on
+    the arc of phases its two neighbours bound, as the best code uses it (the TopK family starts at
+    b_enc 0 and selects)."""
     start = dict(
         W_dec=torch.stack([D for D, _ in tiled]).float(), b_dec=acts.double().mean(0).float()
     )
@@ -190,10 +193,10 @@ def truth_runs(
     encoder: bool = True,
     started: bool = True,
 ) -> tuple[dict | None, dict | None]:
-    """The cell's recipe from `start` (truth_start), in one pass of the multi-seed trainer: with the decoder
-    frozen (the oracle with the family's encoder) and free (started at the truth), each for every seed ->
-    (oracle_with_encoder's dict, started_at_truth's dict), None for a run not asked for. Slots train
-    independently, so each run is the one it would be alone."""
+    """The cell's recipe from `start` (truth_start), in one pass of the multi-seed trainer: with the
+    decoder frozen (the oracle with the family's encoder) and free (started at the truth), each for
+    every seed -> (oracle_with_encoder's dict, started_at_truth's dict), None for a run not asked
+    for. Slots train independently, so each run is the one it would be alone."""
     from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
 
@@ -240,14 +243,15 @@ def truth_runs(
 
 
 def oracle_with_encoder(acts: torch.Tensor, cfg, seeds: list[int], start: dict) -> dict:
-    """Each seed's tiling as a frozen decoder (and b_dec) with the cell's own encoder trained by the cell's
-    recipe (the other rows at the usual init and frozen too) -> EV, L0, dead per seed. Against the best
-    code, its shortfall is the amortisation gap (O'Neill et al. 2024): what a one-layer encoder loses in
-    choosing the atoms, apart from the dictionary."""
+    """Each seed's tiling as a frozen decoder (and b_dec) with the cell's own encoder trained by the
+    cell's recipe (the other rows at the usual init and frozen too) -> EV, L0, dead per seed.
+    Against the best code, its shortfall is the amortisation gap (O'Neill et al. 2024): what a
+    one-layer encoder loses in choosing the atoms, apart from the dictionary."""
     return truth_runs(acts, cfg, seeds, start, encoder=True, started=False)[0]
 
 
 def started_at_truth(acts: torch.Tensor, cfg, seeds: list[int], start: dict) -> dict:
-    """The cell's recipe started at each seed's tiling (module docstring) -> EV, L0, dead per seed, each
-    started row's cosine to its atom at the end (mean and min), and the share of live rows near the truth."""
+    """The cell's recipe started at each seed's tiling (module docstring) -> EV, L0, dead per seed,
+    each started row's cosine to its atom at the end (mean and min), and the share of live rows near
+    the truth."""
     return truth_runs(acts, cfg, seeds, start, encoder=False, started=True)[1]

@@ -1,5 +1,5 @@
-"""Oracle dictionaries: the hook's ground truth made into an SAE decoder, and scored by the SAE's own
-objective at a cell's width and L0.
+"""Oracle dictionaries: the hook's ground truth made into an SAE decoder, and scored by the SAE's
+own objective at a cell's width and L0.
 
 Why: an SAE that misses the model's features can do so for two reasons. Either its loss prefers
 something else at this width and L0 (the objective), or a dictionary of the true features would
@@ -9,13 +9,13 @@ same width and L0, minus the trained SAEs', is the optimisation gap.
 
 The complete truth of a hook is a set of circles. For each key frequency k (w = 2 pi k / n) and each
 index i of the group grid (husai.analysis.ground_truth) -- the answer c, the inputs x and y, and the
-conjugate (a - b for addition) -- the activations' component that is a function of cos(w i), sin(w i)
-is a curve  theta -> (cos theta v_cos + sin theta v_sin) / sqrt(N / 2),  where v_cos, v_sin [d] are the
-images of the unit-norm functions (the plane's images). Its variance share is ||v_cos||^2 + ||v_sin||^2
-over ||X||^2, and what the circles together leave out is the stated remainder. Where the a- and
-b-planes of a frequency coincide (they do in a grokked model) they are one input circle: the input
-component is then a point of the a-curve plus one of the b-curve, a point inside the same disk, which
-two atoms of one tiling code exactly. A circle tiling puts
+conjugate (a - b for addition) -- the activations' component that is a function of cos(w i),
+sin(w i) is a curve  theta -> (cos theta v_cos + sin theta v_sin) / sqrt(N / 2),  where v_cos,
+v_sin [d] are the images of the unit-norm functions (the plane's images). Its variance share is
+||v_cos||^2 + ||v_sin||^2 over ||X||^2, and what the circles together leave out is the stated
+remainder. Where the a- and b-planes of a frequency coincide (they do in a grokked model) they are
+one input circle: the input component is then a point of the a-curve plus one of the b-curve, a
+point inside the same disk, which two atoms of one tiling code exactly. A circle tiling puts
 m unit atoms on each circle at evenly spaced phases phi_j = phi_0 + 2 pi j / m; phi_0 is a seeded
 draw, so oracles of different seeds are equally true and different. Two atoms of a circle whose cone
 holds a point reconstruct it exactly with non-negative weights, so L0 = 2 x circles codes the
@@ -27,11 +27,11 @@ split evenly over them, m = width // circles; the atoms left over (width mod cir
 Scoring (`best_code`): the best non-negative code of at most k atoms per input with the decoder
 fixed, by greedy pursuit (the atom most correlated with the residual) with a non-negative least-
 squares refit of the chosen atoms after each choice (coordinate descent); tested against brute
-force on small cases. Greedy pursuit is not the exact optimum (that is a combinatorial search), so the
-oracle's EV is a lower bound on what its dictionary can do: an "optimisation" reading (the oracle above
-the SAEs) is conservative, an "objective" reading (the oracle below) could in part be the pursuit's
-shortfall. b_dec is the data mean. For the L1 families (ReLU, JumpReLU) k is the trained
-SAEs' mean L0, rounded.
+force on small cases. Greedy pursuit is not the exact optimum (that is a combinatorial search), so
+the oracle's EV is a lower bound on what its dictionary can do: an "optimisation" reading (the
+oracle above the SAEs) is conservative, an "objective" reading (the oracle below) could in part be
+the pursuit's shortfall. b_dec is the data mean. For the L1 families (ReLU, JumpReLU) k is the
+trained SAEs' mean L0, rounded.
 """
 
 from __future__ import annotations
@@ -44,18 +44,21 @@ import torch
 from husai.analysis.ground_truth import Grid, _unit_functions
 
 CIRCLE_FLOOR = 1e-3
-"""A circle holding less than 0.1% of the variance is not part of the truth a dictionary should tile."""
+"""A circle holding less than 0.1% of the variance is not part of the truth a dictionary should
+tile."""
 
 MIN_ATOMS = 3
 """Atoms per circle: with 3 or more, every point of the circle lies in the cone of two of them."""
 
 INDICES = ("out", "in-a", "in-b", "conj")
-"""The circles of a frequency: of the answer, of x, of y, of the conjugate (husai.analysis.ground_truth)."""
+"""The circles of a frequency: of the answer, of x, of y, of the conjugate
+(husai.analysis.ground_truth)."""
 
 
 @dataclass
 class Circle:
-    """One circle of the truth: images [2, d] of cos(w i), sin(w i) (unit functions), its variance share."""
+    """One circle of the truth: images [2, d] of cos(w i), sin(w i) (unit functions), its variance
+    share."""
 
     name: str
     frequency: int
@@ -76,8 +79,8 @@ class Circle:
 
 
 def truth_circles(X: torch.Tensor, grid: Grid, freqs: list[int]) -> list[Circle]:
-    """The circles (module docstring) of the key frequencies in the centred X [N, d] (grid order) that hold
-    at least CIRCLE_FLOOR of its variance, largest first."""
+    """The circles (module docstring) of the key frequencies in the centred X [N, d] (grid order)
+    that hold at least CIRCLE_FLOOR of its variance, largest first."""
     total = float(X.pow(2).sum())
     index = dict(zip(INDICES, (grid.answer, grid.x, grid.y, grid.conjugate)))
     out = []
@@ -105,7 +108,8 @@ def truth_circles(X: torch.Tensor, grid: Grid, freqs: list[int]) -> list[Circle]
 
 
 COINCIDE = 0.9
-"""The a- and b-planes of a frequency are one plane when both principal cosines between them are >= 0.9."""
+"""The a- and b-planes of a frequency are one plane when both principal cosines between them are
+>= 0.9."""
 
 
 def _coincide(A: torch.Tensor, B: torch.Tensor) -> bool:
@@ -114,8 +118,9 @@ def _coincide(A: torch.Tensor, B: torch.Tensor) -> bool:
 
 
 def complete_truth(X: torch.Tensor, circles: list[Circle]) -> dict:
-    """How much of the centred X [N, d] the circles explain: each one's share, their sum, the share of the
-    span of all their images, and the remainder (1 - that span's share): what no circle tiling can code."""
+    """How much of the centred X [N, d] the circles explain: each one's share, their sum, the share
+    of the span of all their images, and the remainder (1 - that span's share): what no circle
+    tiling can code."""
     total = float(X.pow(2).sum())
     if circles:
         _, s, Vh = torch.linalg.svd(torch.cat([c.images for c in circles]), full_matrices=False)
@@ -132,9 +137,10 @@ def complete_truth(X: torch.Tensor, circles: list[Circle]) -> dict:
 
 
 def tiling(circles: list[Circle], width: int, seed: int) -> tuple[torch.Tensor, list[dict]]:
-    """A circle tiling of at most `width` unit atoms (the width rule in the module docstring) -> (atoms
-    [m_total, d], one {circle, phase, radius, spacing} per atom: the curve's distance from the mean at
-    that phase and the phase step). Each circle's phase offset phi_0 is drawn from `seed`."""
+    """A circle tiling of at most `width` unit atoms (the width rule in the module docstring) ->
+    (atoms [m_total, d], one {circle, phase, radius, spacing} per atom: the curve's distance from
+    the mean at that phase and the phase step). Each circle's phase offset phi_0 is drawn from
+    `seed`."""
     n = min(len(circles), width // MIN_ATOMS)
     if n == 0:
         raise ValueError(f"a width of {width} cannot tile any circle ({MIN_ATOMS} atoms each)")
@@ -154,10 +160,11 @@ def tiling(circles: list[Circle], width: int, seed: int) -> tuple[torch.Tensor, 
 
 
 def neuron_atoms(X: torch.Tensor, width: int) -> torch.Tensor:
-    """At a hook whose coordinates are the model's neurons (mlp.hook_post): the `width` neurons of largest
-    variance as unit atoms (one-hot rows) -> [min(width, d), d]. The MLP's basis is privileged (a ReLU acts
-    on each coordinate), and a grokked model's neurons are mostly single-frequency: they are the model's
-    own features at that hook, a second oracle beside the circles."""
+    """At a hook whose coordinates are the model's neurons (mlp.hook_post): the `width` neurons of
+    largest variance as unit atoms (one-hot rows) -> [min(width, d), d]. The MLP's basis is
+    privileged (a ReLU acts on each coordinate), and a grokked model's neurons are mostly
+    single-frequency: they are the model's own features at that hook, a second oracle beside the
+    circles."""
     top = X.pow(2).sum(0).argsort(descending=True)[: min(width, X.shape[1])].sort().values
     return torch.eye(X.shape[1], dtype=X.dtype)[top]
 
@@ -169,11 +176,12 @@ def unit_rows(D: torch.Tensor) -> torch.Tensor:
 def best_code(
     X: torch.Tensor, D: torch.Tensor, k: int, sweeps: int = 1, final_sweeps: int = 20
 ) -> torch.Tensor:
-    """The best non-negative code of at most k atoms per row: X [N, d] (centred), D [m, d] (unit rows) ->
-    Z [N, m] with <= k non-zeros a row, by greedy pursuit with a non-negative refit (module docstring):
-    after each choice, coordinate descent on the chosen atoms' least squares with z >= 0 (`sweeps` passes,
-    `final_sweeps` after the last), from the Gram matrix of each row's chosen atoms, grown one row and
-    column a choice. float32 (the scores are taken in float64 by code_scores)."""
+    """The best non-negative code of at most k atoms per row: X [N, d] (centred), D [m, d] (unit
+    rows) -> Z [N, m] with <= k non-zeros a row, by greedy pursuit with a non-negative refit (module
+    docstring): after each choice, coordinate descent on the chosen atoms' least squares with z >= 0
+    (`sweeps` passes, `final_sweeps` after the last), from the Gram matrix of each row's chosen
+    atoms, grown one row and column a choice. float32 (the scores are taken in float64 by
+    code_scores)."""
     N, m = X.shape[0], D.shape[0]
     k = min(k, m)
     X, D = X.float(), D.float()
@@ -205,7 +213,8 @@ def best_code(
 
 
 def code_scores(X: torch.Tensor, D: torch.Tensor, Z: torch.Tensor) -> dict:
-    """EV (centred: X is centred, b_dec the mean), mean L0, dead atoms (never used) of the code Z for X."""
+    """EV (centred: X is centred, b_dec the mean), mean L0, dead atoms (never used) of the code Z
+    for X."""
     total = float(X.double().pow(2).sum())
     ev = 1.0 - float((X.double() - Z @ D.double()).pow(2).sum()) / total
     used = Z > 0

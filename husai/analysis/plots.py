@@ -32,8 +32,9 @@ def stability_heatmap(
     null_mean: float | None = None,
     null_name: str = "null mean",
 ) -> Path:
-    """Heatmap of an [N, N] pairwise matrix (e.g. PW-MCC), each cell annotated; the colour scale runs
-    from the null mean (or 0) to 1 so that "no better than chance" reads as the bottom of the scale."""
+    """Heatmap of an [N, N] pairwise matrix (e.g. PW-MCC), each cell annotated; the colour scale
+    runs from the null mean (or 0) to 1 so that "no better than chance" reads as the bottom of the
+    scale."""
     M = np.asarray(matrix, dtype=float)
     N = M.shape[0]
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * N, 0.8 + 0.55 * N))

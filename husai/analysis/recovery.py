@@ -4,8 +4,8 @@ that learned nothing (husai.analysis.ground_truth).
 Discrete atoms (the p answer-class centroids; at mlp.hook_post also the single-frequency neurons):
 decoder rows and atoms are compared inside a span (the key-frequency planes' span for a model hook,
 the 99.9%-variance principal subspace for a user's activations: an SAE's off-span directions are
-invisible to the data and differ per seed, science brief section 6), as unit vectors, by signed
-cosine (codes are non-negative, so a row pointing at -atom is another feature):
+invisible to the data and differ per seed; docs/methods.md, "The data metric"), as unit vectors, by
+signed cosine (codes are non-negative, so a row pointing at -atom is another feature):
 
     mcc        Hungarian-matched cosine averaged over the atoms (a latent serves one atom at most)
     recall     fraction of atoms with some latent at cosine >= threshold
@@ -17,13 +17,14 @@ Planes (each key frequency's output and input plane):
     latents    how many decoder rows lie mostly (> IN_PLANE) in the plane
     coverage   mean squared principal cosine between the plane and the top-dim(plane) singular
                subspace of those rows: 1 when they fill the plane, 1/2 when they all lie on one line
-    mass       the share of the dictionary's (unit, in-span) decoder rows that lies in the plane, next
-               to the plane's share of the activation variance
+    mass       the share of the dictionary's (unit, in-span) decoder rows that lies in the plane,
+               next to the plane's share of the activation variance
 
 References, each with as many rows as the SAE has live latents, drawn REFERENCE_DRAWS times:
 "random" (isotropic unit directions in the span) and "data points" (random centred data points,
 what a data-initialised SAE starts from: it matches the answer centroids well because the
-activations are p tight clusters, science brief section 6, so it is the bar that learning must clear).
+activations are p tight clusters (docs/methods.md, "Recovery"), so it is the bar that learning must
+clear).
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ REFERENCE_DRAWS = 5
 
 
 def atom_scores(D: torch.Tensor, atoms: torch.Tensor, threshold: float = MATCH_THRESHOLD) -> dict:
-    """mcc, precision, recall, f1 of unit rows D [m, d] against unit atoms [n, d] (module docstring)."""
+    """mcc, precision, recall, f1 of unit rows D [m, d] against unit atoms [n, d] (module
+    docstring)."""
     if len(D) == 0 or len(atoms) == 0:
         return dict(mcc=None, precision=None, recall=None, f1=None)
     C = D @ atoms.T  # [m, n], signed

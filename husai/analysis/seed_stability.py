@@ -7,7 +7,8 @@ JSON (`stability` in the compare output):
   span, a training-health figure}; threshold;
   levels {metric: {value, ci, std, n_pairs, matrix, nulls {kind: {value, ci, effect, effect_ci}},
     fitting {nulls, value, effect, effect_ci}}}   (atoms, activations; husai.analysis.agreement)
-  ground_truth {plane_coverage_agreement, mass_agreement, class_jaccard, per_seed, planes}  (model hooks)
+  ground_truth {plane_coverage_agreement, mass_agreement, class_jaccard, per_seed, planes}
+    (model hooks)
   per_latent {label: {index, reappearance, best_cos, best_corr}}
   references {shared_init: {metric: summary}, trajectory: {epoch: {metric: summary}}}: the same atom
     comparison between the seeds' initialisations ("shared-init reference": with data init the
@@ -46,7 +47,8 @@ TRAJECTORY = "trajectory.safetensors"
 
 class SeedSlot:
     """Seed slot s of trained StackedSAEs (husai.sae.train.train_saes), with what `sae_stability`
-    reads of an SAE loaded from disk: W_dec [d_sae, d_in], W_enc [d_in, d_sae], encode(x) [N, d_sae]."""
+    reads of an SAE loaded from disk: W_dec [d_sae, d_in], W_enc [d_in, d_sae], encode(x)
+    [N, d_sae]."""
 
     def __init__(self, sae, s: int):
         self.W_dec = sae.W_dec.detach()[s]
@@ -60,8 +62,9 @@ class SeedSlot:
 
 
 def trajectory_of(sae_dir: Path, seed) -> dict[int, dict]:
-    """{epoch: {"W_dec", "W_enc_T", "live"}} for one seed from the train-sae output's trajectory file
-    (OUT/trajectory.safetensors beside OUT/seed_*/, or in a one-seed OUT), or {} when not recorded."""
+    """{epoch: {"W_dec", "W_enc_T", "live"}} for one seed from the train-sae output's trajectory
+    file (OUT/trajectory.safetensors beside OUT/seed_*/, or in a one-seed OUT), or {} when not
+    recorded."""
     from husai.errors import HusaiError
     from husai.io import load_tensors
 

@@ -1,25 +1,28 @@
-"""Do SAEs trained with different seeds learn the same latents? Atom-, frequency- and subspace-level.
+"""Do SAEs trained with different seeds learn the same latents? Atom-, frequency- and
+subspace-level.
 
-Conventions. A dictionary is a tensor A [n, d] whose rows are atoms: decoder rows W_dec [d_sae, d_in],
-or encoder columns W_enc.T [d_sae, d_in]. Every metric first unit-normalises the rows, so it is
-invariant to per-atom scaling (an SAE can trade a latent's scale between encoder and decoder).
+Conventions. A dictionary is a tensor A [n, d] whose rows are atoms: decoder rows
+W_dec [d_sae, d_in], or encoder columns W_enc.T [d_sae, d_in]. Every metric first unit-normalises
+the rows, so it is invariant to per-atom scaling (an SAE can trade a latent's scale between encoder
+and decoder).
 
 Metrics, for two dictionaries with cosine matrix C = unit(A) unit(B)^T [n, m]:
   * PW-MCC (Song et al. 2025, "Position: Mechanistic Interpretability Should Prioritize Feature
     Consistency in SAEs"): one-to-one Hungarian assignment pi minimising sum(1 - C[i, pi(i)])
-    (scipy.optimize.linear_sum_assignment), MCC = mean_i C[i, pi(i)] over the min(n, m) matched pairs.
-    SIGN: the cosine is SIGNED, as in Song et al. An SAE latent's activation is >= 0, so atoms w and -w
-    are different features (one fires where the other cannot); a sign-flipped atom counts as
-    cos = -1 and the assignment avoids it. Hence a fully sign-flipped copy of a dictionary does NOT
-    score 1: it scores the best assignment of -C, e.g. exactly 0 for an orthonormal dictionary with
-    n >= 2 (any derangement). `signed=False` matches on |C| instead (sign-agnostic variant).
+    (scipy.optimize.linear_sum_assignment), MCC = mean_i C[i, pi(i)] over the min(n, m) matched
+    pairs.
+    SIGN: the cosine is SIGNED, as in Song et al. An SAE latent's activation is >= 0, so atoms
+    w and -w are different features (one fires where the other cannot); a sign-flipped atom counts
+    as cos = -1 and the assignment avoids it. Hence a fully sign-flipped copy of a dictionary does
+    NOT score 1: it scores the best assignment of -C, e.g. exactly 0 for an orthonormal dictionary
+    with n >= 2 (any derangement). `signed=False` matches on |C| instead (sign-agnostic variant).
   * mean-max |cos| (symmetrised, no assignment): (mean_i max_j |C_ij| + mean_j max_i |C_ij|) / 2.
     This is the number the public HUSAI repository calls "PWMCC"; it is NOT Song et al.'s PW-MCC
     (no one-to-one constraint, sign ignored), and for dictionaries of equal size it is always >= the
     matched signed value (with unequal sizes the unmatched atoms pull it down: it can be lower).
   * shared fraction (Paulo & Belrose 2025, "Sparse Autoencoders Trained on the Same Data Learn
-    Different Features"): after a Hungarian matching, the fraction of the matched pairs whose encoder
-    cosine AND decoder cosine both exceed a threshold (0.7, recalled from the paper).
+    Different Features"): after a Hungarian matching, the fraction of the matched pairs whose
+    encoder cosine AND decoder cosine both exceed a threshold (0.7, recalled from the paper).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ SHARED_THRESHOLD = 0.7
 
 
 def _as_tensor(x) -> torch.Tensor:
-    """Decoder rows of an SAE-like object (attribute W_dec [d_sae, d_in]) or a plain [n, d] tensor."""
+    """Decoder rows of an SAE-like object (attribute W_dec [d_sae, d_in]) or a plain [n, d]
+    tensor."""
     if hasattr(x, "W_dec"):
         x = x.W_dec
     t = torch.as_tensor(x).detach().to("cpu", torch.float64)
@@ -47,12 +51,14 @@ def _as_tensor(x) -> torch.Tensor:
 
 
 def unit(A: torch.Tensor) -> torch.Tensor:
-    """Rows of a tensor scaled to unit L2 norm, in its dtype: [n, d] -> [n, d]; all-zero rows stay zero."""
+    """Rows of a tensor scaled to unit L2 norm, in its dtype: [n, d] -> [n, d]; all-zero rows stay
+    zero."""
     return A / A.norm(dim=1, keepdim=True).clamp_min(1e-30)
 
 
 def unit_rows(A) -> torch.Tensor:
-    """Rows scaled to unit L2 norm. A: [n, d] (any array) -> [n, d] float64; all-zero rows stay zero (cos 0 with all)."""
+    """Rows scaled to unit L2 norm. A: [n, d] (any array) -> [n, d] float64; all-zero rows stay zero
+    (cos 0 with all)."""
     return unit(_as_tensor(A))
 
 
@@ -67,9 +73,11 @@ def cosine_matrix(A, B) -> torch.Tensor:
 def hungarian(C: torch.Tensor, signed: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One-to-one assignment maximising the summed (signed, or absolute) cosine.
 
-    C: [n, m] cosines. Returns (rows [r], cols [r], matched cosines C[rows, cols] [r]) with r = min(n, m).
+    C: [n, m] cosines. Returns (rows [r], cols [r], matched cosines C[rows, cols] [r]) with
+    r = min(n, m).
     Maximising sum C is the same as minimising sum (1 - C), Song et al.'s cost.
-    The matched values returned are the signed cosines even when signed=False chose the pairs on |C|.
+    The matched values returned are the signed cosines even when signed=False chose the pairs on
+    |C|.
     """
     M = C.numpy() if isinstance(C, torch.Tensor) else np.asarray(C)
     rows, cols = linear_sum_assignment(M if signed else np.abs(M), maximize=True)
@@ -83,7 +91,8 @@ def pw_mcc_from_cos(C: torch.Tensor, signed: bool = True) -> float:
 
 
 def mean_max_abs_cos_from_cos(C: torch.Tensor) -> float:
-    """(mean_i max_j |C_ij| + mean_j max_i |C_ij|) / 2 for C [n, m]: the public HUSAI code's "PWMCC"."""
+    """(mean_i max_j |C_ij| + mean_j max_i |C_ij|) / 2 for C [n, m]: the public HUSAI code's
+    "PWMCC"."""
     # max |c| = max(max c, -min c): four reductions, no |C| copy (2048^2 doubles are 32 MB)
     rows = torch.maximum(C.amax(dim=1), -C.amin(dim=1))
     cols = torch.maximum(C.amax(dim=0), -C.amin(dim=0))
@@ -91,7 +100,8 @@ def mean_max_abs_cos_from_cos(C: torch.Tensor) -> float:
 
 
 def pw_mcc(A, B, signed: bool = True) -> float:
-    """Song et al.'s MCC between two dictionaries A [n, d], B [m, d] (Hungarian on signed cosine)."""
+    """Song et al.'s MCC between two dictionaries A [n, d], B [m, d] (Hungarian on signed
+    cosine)."""
     return pw_mcc_from_cos(cosine_matrix(A, B), signed)
 
 
@@ -103,8 +113,10 @@ def mean_max_abs_cos(A, B) -> float:
 def compute_pwmcc(sae1, sae2, signed: bool = True) -> float:
     """PW-MCC (Song et al. 2025) of two SAEs' decoders: Hungarian-matched mean signed cosine.
 
-    sae1, sae2: objects with W_dec [d_sae, d_in] (husai.sae.checkpoint SAEs) or plain [d_sae, d_in] tensors.
-    Returns a float in [-1, 1]; 1 iff the decoders are equal up to a permutation and positive scaling.
+    sae1, sae2: objects with W_dec [d_sae, d_in] (husai.sae.checkpoint SAEs) or plain [d_sae, d_in]
+    tensors.
+    Returns a float in [-1, 1]; 1 iff the decoders are equal up to a permutation and positive
+    scaling.
     (For the symmetrised mean-max |cos| that public HUSAI calls PWMCC, use `mean_max_abs_cos`.)
     """
     return pw_mcc(sae1, sae2, signed)
@@ -115,7 +127,8 @@ def pair_metrics(
 ) -> dict:
     """All atom-level metrics for one pair of SAEs.
 
-    dec*: decoder rows [d_sae, d_in]; enc*: encoder atoms as rows [d_sae, d_in] (i.e. W_enc.T), optional.
+    dec*: decoder rows [d_sae, d_in]; enc*: encoder atoms as rows [d_sae, d_in] (i.e. W_enc.T),
+    optional.
     Shared fraction: pairs matched by Hungarian on the `match_on` cosine ("encoder", as we recall
     Paulo & Belrose doing, or "decoder"); a pair is shared when its encoder AND decoder cosines both
     exceed `threshold`. Fraction of min(d_sae1, d_sae2) matched pairs.
@@ -141,7 +154,8 @@ def pair_metrics(
 
 
 def _summary(M: np.ndarray) -> dict:
-    """Mean and std (ddof=1 when >= 2 pairs) of the strict upper triangle of a symmetric [N, N] matrix."""
+    """Mean and std (ddof=1 when >= 2 pairs) of the strict upper triangle of a symmetric [N, N]
+    matrix."""
     iu = np.triu_indices(M.shape[0], k=1)
     v = M[iu]
     return {
@@ -161,9 +175,11 @@ def pairwise_matrices(
 ) -> dict:
     """Pairwise stability over N seeds.
 
-    decoders: N dictionaries [d_sae, d_in]; encoders: N encoder dictionaries (rows = W_enc.T) or None.
+    decoders: N dictionaries [d_sae, d_in]; encoders: N encoder dictionaries (rows = W_enc.T) or
+    None.
     Returns {metric: {"matrix": [N, N] list (diagonal = self-comparison = 1), "mean", "std", "min",
-    "max", "n_pairs"}} for every key of `pair_metrics`. mean/std are over the N(N-1)/2 distinct pairs.
+    "max", "n_pairs"}} for every key of `pair_metrics`. mean/std are over the N(N-1)/2 distinct
+    pairs.
     """
     N = len(decoders)
     if N < 2:
@@ -192,7 +208,8 @@ def jaccard(s1: set, s2: set) -> float:
 
 
 def frequency_set_stability(freq_sets: list[set[int]]) -> dict:
-    """Do the seeds recover the same frequencies? freq_sets: per seed, the frequencies with >= 1 pure latent.
+    """Do the seeds recover the same frequencies? freq_sets: per seed, the frequencies with >= 1
+    pure latent.
 
     Returns {"jaccard": [N, N] pairwise |A & B| / |A | B|, "jaccard_mean", "in_all": sorted
     frequencies every seed has, "in_any": sorted union}.
@@ -238,7 +255,8 @@ def principal_cosines(Q1: torch.Tensor, Q2: torch.Tensor) -> torch.Tensor:
 def subspace_overlap(Q1: torch.Tensor, Q2: torch.Tensor) -> float:
     """sum_i cos^2(theta_i) / max(r1, r2) in [0, 1]: 1 iff the two spans coincide.
 
-    Isotropic-random-subspace expectation: E||Q1^T Q2||_F^2 = r1 r2 / d, so the null is min(r1, r2) / d.
+    Isotropic-random-subspace expectation: E||Q1^T Q2||_F^2 = r1 r2 / d, so the null is
+    min(r1, r2) / d.
     """
     r = max(Q1.shape[1], Q2.shape[1])
     return float(principal_cosines(Q1, Q2).pow(2).sum() / r) if r else float("nan")
@@ -249,13 +267,14 @@ def subspace_stability(
 ) -> dict:
     """Per frequency: are the latents assigned to it spanning the same subspace in every seed?
 
-    decoders: N tensors [d_sae, d_in]; latent_freqs: N int tensors [d_sae] (frequency of each latent,
-    0 = unassigned); freqs: the frequencies to check (the model's key frequencies).
+    decoders: N tensors [d_sae, d_in]; latent_freqs: N int tensors [d_sae] (frequency of each
+    latent, 0 = unassigned); freqs: the frequencies to check (the model's key frequencies).
     For each k and seed pair: span S_k of the decoder rows of the latents with frequency k
     (`span_basis`), principal-angle cosines between the two spans, `subspace_overlap`, and the
     atom-level PW-MCC restricted to those latents. Phase rotation inside a stable plane shows as
     overlap ~1 with a low atom PW-MCC; real instability lowers both.
-    Returns {k: {"dims": [N], "overlap_mean", "atom_pw_mcc_mean", "null_overlap_mean", "pairs": [...]}}.
+    Returns {k: {"dims": [N], "overlap_mean", "atom_pw_mcc_mean", "null_overlap_mean",
+    "pairs": [...]}}.
     """
     d = _as_tensor(decoders[0]).shape[1]
     out = {}

@@ -41,7 +41,8 @@ def _threads(n: int):
 
 
 def _console():
-    """A rich console; 120 columns when output is not a terminal (logs, pipes), where rich would use 80."""
+    """A rich console; 120 columns when output is not a terminal (logs, pipes), where rich would use
+    80."""
     from rich.console import Console
 
     c = Console()
@@ -76,7 +77,8 @@ def _ground_truth_command(model, hooks, json_out, overwrite) -> None:
             acts, p, operation, keys, neurons=neurons
         ).to_json()
     t = Table(
-        title=f"ground truth (p = {p}, {operation}; key frequencies {keys}); shares of centred variance"
+        title=f"ground truth (p = {p}, {operation}; key frequencies {keys}); shares of centred "
+        "variance"
     )
     t.add_column("hook", no_wrap=True)
     for col in (
@@ -105,10 +107,10 @@ def _ground_truth_command(model, hooks, json_out, overwrite) -> None:
         )
     _console().print(t)
     typer.echo(
-        "answer: share that is a function of the answer c; a, b: of one input alone; conj.: of the other "
-        "combination (a-b for addition); span: of all key-frequency planes; out/in planes: per key frequency the "
-        "images of cos/sin of w_k c and of w_k a, w_k b; centroid EV: the answer-class means as a dictionary "
-        "used one at a time (L0 = 1)"
+        "answer: share that is a function of the answer c; a, b: of one input alone; conj.: of the "
+        "other combination (a-b for addition); span: of all key-frequency planes; out/in planes: "
+        "per key frequency the images of cos/sin of w_k c and of w_k a, w_k b; centroid EV: the "
+        "answer-class means as a dictionary used one at a time (L0 = 1)"
     )
     if json_out:
         write_json(json_out, {"model": str(model), "hooks": report})
@@ -137,8 +139,8 @@ def _recover_command(sae_dirs, activations, gt_file, json_out, overwrite) -> Non
     acts, _ = load_activations(activations)
     if not gt_file.is_file():
         raise HusaiError(
-            f"no ground-truth file {gt_file}: give --ground-truth FILE, a safetensors file with `atoms` "
-            "[n, d] and/or `plane.NAME` [m, d] tensors"
+            f"no ground-truth file {gt_file}: give --ground-truth FILE, a safetensors file with "
+            "`atoms` [n, d] and/or `plane.NAME` [m, d] tensors"
         )
     span_dim, out = recover_saes(sae_dirs, acts, load_tensors(gt_file, "ground-truth file")[0])
     t = Table(title=f"recovery of the ground truth in {gt_file.name} (data span: {span_dim} dims)")
@@ -167,23 +169,25 @@ def _recover_command(sae_dirs, activations, gt_file, json_out, overwrite) -> Non
             Path(r["path"]).name,
             str(r["n_live"]),
             _fmt(r["off_data_span"]),
-            f"{_fmt(a['mcc'])} ({_fmt(a['random_reference']['mcc'])}; {_fmt(a['data_point_reference']['mcc'])})"
+            f"{_fmt(a['mcc'])} ({_fmt(a['random_reference']['mcc'])}; "
+            f"{_fmt(a['data_point_reference']['mcc'])})"
             if a
             else "-",
             f"{_fmt(a['f1'])} ({_fmt(a['random_reference']['f1'])})" if a else "-",
             cover,
-            f"{_fmt(o['sae_explained_variance'])} / {_fmt(o['explained_variance'])} ({o['gap']:+.3f})"
+            f"{_fmt(o['sae_explained_variance'])} / {_fmt(o['explained_variance'])} "
+            f"({o['gap']:+.3f})"
             if (o := r.get("oracle"))
             else "-",
         )
     _console().print(t)
     typer.echo(
-        "compared inside the principal subspace holding 99.9% of the activations' variance; MCC: Hungarian-"
-        "matched cosine of decoder rows to the atoms; F1 at cosine >= 0.7; coverage: how fully the latents lying "
-        "mostly in a plane fill it; random: as many random directions in the same span; data points: as many "
-        "random centred activations (what a data-initialised SAE starts from; husai.analysis.recovery); "
-        "oracle: the atoms as a dictionary, the best code of at most the SAE's L0 atoms an input "
-        "(husai.analysis.oracle)"
+        "compared inside the principal subspace holding 99.9% of the activations' variance; MCC: "
+        "Hungarian-matched cosine of decoder rows to the atoms; F1 at cosine >= 0.7; coverage: how "
+        "fully the latents lying mostly in a plane fill it; random: as many random directions in "
+        "the same span; data points: as many random centred activations (what a data-initialised "
+        "SAE starts from; husai.analysis.recovery); oracle: the atoms as a dictionary, the best "
+        "code of at most the SAE's L0 atoms an input (husai.analysis.oracle)"
     )
     if json_out:
         write_json(
@@ -236,7 +240,8 @@ def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
         )
     _console().print(t)
     types = Table(
-        title="what the live latents are (husai.analysis.latent_types: rules and thresholds in the JSON)"
+        title="what the live latents are (husai.analysis.latent_types: rules and thresholds in the "
+        "JSON)"
     )
     for c in (
         "SAE",
@@ -266,14 +271,15 @@ def _fourier_command(sae_dirs, model, json_out, n_null, overwrite) -> None:
         )
     _console().print(types)
     typer.echo(
-        "overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; covered: key "
-        "frequencies with a pure latent; non-key: pure latents on other frequencies; dec in key: mean fraction "
-        "of live decoder rows in the key frequencies' activation subspaces; w-assigned: fraction of live "
-        "latents with > 50% of their decoder row in one key frequency's subspace; off span: mean fraction of "
-        "live decoder rows outside the span of the key frequencies' output and input planes; centroid MCC: "
-        "Hungarian-matched cosine of in-span decoder rows to the answer-class centroids; out-plane coverage: how "
-        "fully the latents lying mostly in each output plane fill it (husai.analysis.recovery); random: as many "
-        "random directions in the same span; data points: as many random centred activations"
+        "overlap: mean Fourier purity of live latents; pure: fraction with purity >= 0.85; "
+        "covered: key frequencies with a pure latent; non-key: pure latents on other frequencies; "
+        "dec in key: mean fraction of live decoder rows in the key frequencies' activation "
+        "subspaces; w-assigned: fraction of live latents with > 50% of their decoder row in one "
+        "key frequency's subspace; off span: mean fraction of live decoder rows outside the span "
+        "of the key frequencies' output and input planes; centroid MCC: Hungarian-matched cosine "
+        "of in-span decoder rows to the answer-class centroids; out-plane coverage: how fully the "
+        "latents lying mostly in each output plane fill it (husai.analysis.recovery); random: as "
+        "many random directions in the same span; data points: as many random centred activations"
     )
     if json_out:
         write_json(json_out, {"model": str(model), "saes": out})
@@ -311,12 +317,17 @@ def _compare_command(
     write_json(json_out, result)
     _print_compare(_console(), result, Table)
     typer.echo(
-        f"comparison of {len(result['saes'])} SAEs written to {json_out} ({result['wall_seconds']:.1f} s)"
+        f"comparison of {len(result['saes'])} SAEs written to {json_out} "
+        f"({result['wall_seconds']:.1f} s)"
     )
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("ground-truth")
+    @app.command(
+        "ground-truth",
+        help="What the model's features are at each hook: variance by answer and inputs, Fourier "
+        "planes, atoms, baselines.",
+    )
     def ground_truth_cmd(
         model: Path = typer.Argument(..., help="A train-model run folder."),
         hooks: Optional[List[str]] = typer.Option(
@@ -332,7 +343,6 @@ def register(app: typer.Typer) -> None:
             False, "--overwrite", help="Replace an earlier ground-truth report at --json."
         ),
     ):
-        """What the model's features are at each hook: variance by answer and inputs, Fourier planes, atoms, baselines."""
         with (
             _threads(threads),
             on_interrupt(
@@ -342,7 +352,11 @@ def register(app: typer.Typer) -> None:
         ):
             _ground_truth_command(model, hooks, json_out, overwrite)
 
-    @app.command("fourier")
+    @app.command(
+        "fourier",
+        help="Check every latent against the model's Fourier ground truth (purity, frequency, "
+        "coverage).",
+    )
     def fourier_cmd(
         sae_dirs: List[Path] = typer.Argument(
             ..., help="SAE folders (SAELens format) or multi-seed output folders."
@@ -359,7 +373,6 @@ def register(app: typer.Typer) -> None:
             False, "--overwrite", help="Replace an earlier Fourier report at --json."
         ),
     ):
-        """Check every latent against the model's Fourier ground truth (purity, frequency, coverage)."""
         with (
             _threads(threads),
             on_interrupt(
@@ -369,7 +382,11 @@ def register(app: typer.Typer) -> None:
         ):
             _fourier_command(sae_dirs, model, json_out, n_null, overwrite)
 
-    @app.command("recover")
+    @app.command(
+        "recover",
+        help="How well SAEs trained on your own activations recover your ground-truth atoms and "
+        "planes.",
+    )
     def recover_cmd(
         sae_dirs: List[Path] = typer.Argument(
             ..., help="SAE folders (SAELens format) or multi-seed output folders."
@@ -391,7 +408,6 @@ def register(app: typer.Typer) -> None:
             False, "--overwrite", help="Replace an earlier recovery report at --json."
         ),
     ):
-        """How well SAEs trained on your own activations recover your ground-truth atoms and planes."""
         with (
             _threads(threads),
             on_interrupt(
@@ -401,7 +417,11 @@ def register(app: typer.Typer) -> None:
         ):
             _recover_command(sae_dirs, activations, ground_truth, json_out, overwrite)
 
-    @app.command("compare")
+    @app.command(
+        "compare",
+        help="Cross-seed stability (PW-MCC, mean-max |cos|, shared fraction, frequency "
+        "subspaces) with nulls.",
+    )
     def compare_cmd(
         sae_dirs: List[Path] = typer.Argument(
             ..., help="Two or more SAE folders (or multi-seed output folders)."
@@ -435,7 +455,6 @@ def register(app: typer.Typer) -> None:
             False, "--overwrite", help="Replace an earlier comparison at --json (and --plots)."
         ),
     ):
-        """Cross-seed stability (PW-MCC, mean-max |cos|, shared fraction, frequency subspaces) with nulls."""
         with (
             _threads(threads),
             on_interrupt(
@@ -455,8 +474,8 @@ def _ci(c) -> str:
 def _print_compare(console, res: dict, Table) -> None:
     st = res["stability"]
     t = Table(
-        title=f"stability across {len(res['saes'])} SAEs in the data metric ({st['data_span']['dim']}-d span, "
-        f"live latents): mean over seed pairs [95% CI]"
+        title=f"stability across {len(res['saes'])} SAEs in the data metric "
+        f"({st['data_span']['dim']}-d span, live latents): mean over seed pairs [95% CI]"
     )
     from husai.analysis.measures import MEASURES, NULLS
 
@@ -478,11 +497,11 @@ def _print_compare(console, res: dict, Table) -> None:
     console.print(t)
     ref = st["references"].get("shared_init", {}).get("pw_mcc_dec")
     console.print(
-        "PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, what public "
-        "HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold (Paulo & Belrose 2025); "
-        "reappearance: best match above threshold (Gerasimov et al. 2026). Effect: value - the chance null "
-        "(matched geometry for atoms), per seed pair; symmetry: the other seed moved by a shift of the "
-        "inputs. "
+        "PW-MCC: Hungarian-matched signed cosine (Song et al. 2025); *symmetrised mean-max |cos|, "
+        "what public HUSAI calls PWMCC; shared: encoder and decoder cos both above threshold "
+        "(Paulo & Belrose 2025); reappearance: best match above threshold (Gerasimov et al. 2026). "
+        "Effect: value - the chance null (matched geometry for atoms), per seed pair; symmetry: "
+        "the other seed moved by a shift of the inputs. "
         + (
             f"Shared-init reference (the seeds' initialisations): PW-MCC {_fmt(ref['value'])}. "
             if ref
@@ -506,7 +525,8 @@ def _print_compare(console, res: dict, Table) -> None:
             w = r.get("weight_space") or {}
             ft.add_row(
                 lab,
-                f"{_fmt(r['fourier_overlap'])} ({_fmt(r['nulls_untrained']['fourier_overlap']['null_mean'])})",
+                f"{_fmt(r['fourier_overlap'])} "
+                f"({_fmt(r['nulls_untrained']['fourier_overlap']['null_mean'])})",
                 _fmt(r["frac_pure"]),
                 str(r["covered"]),
                 str(sum(r["non_key_pure"].values())),
@@ -521,7 +541,8 @@ def _print_compare(console, res: dict, Table) -> None:
             console.print(
                 f"frequency subspaces, latents assigned {how} (overlap / atom PW-MCC / null): "
                 + "; ".join(
-                    f"k={k}: {_fmt(v['overlap_mean'], 2)}/{_fmt(v['atom_pw_mcc_mean'], 2)}/{_fmt(v['null_overlap_mean'], 2)}"
+                    f"k={k}: {_fmt(v['overlap_mean'], 2)}/{_fmt(v['atom_pw_mcc_mean'], 2)}/"
+                    f"{_fmt(v['null_overlap_mean'], 2)}"
                     for k, v in res["frequency_level"][key].items()
                 )
             )

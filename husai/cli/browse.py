@@ -9,7 +9,12 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("browse")
+    @app.command(
+        "browse",
+        help="Write browser.html: every latent of every seed (heatmap over (a, b), E[z|c], 2-D "
+        "Fourier spectrum, decoder planes, top inputs, best match in each other seed) and the "
+        "model's ground truth; offline, one file.",
+    )
     def browse_cmd(
         run_dir: Path = typer.Argument(
             ..., help="A study folder, a `husai train-sae` output, or a folder of SAE cells."
@@ -24,8 +29,6 @@ def register(app: typer.Typer) -> None:
             False, "--overwrite", help="Replace an earlier page husai browse wrote there."
         ),
     ):
-        """Write browser.html: every latent of every seed (heatmap over (a, b), E[z|c], 2-D Fourier spectrum,
-        decoder planes, top inputs, best match in each other seed) and the model's ground truth; offline, one file."""
         from husai.browse import write_browser
         from husai.errors import HusaiError
         from husai.interrupts import on_interrupt
@@ -36,10 +39,12 @@ def register(app: typer.Typer) -> None:
         page = out if out is not None else run_dir / "browser.html"
         if not page.parent.is_dir():
             raise HusaiError(f"--out {page}: its folder {page.parent} does not exist")
-        # a study's own browser.html is rebuilt like its report; anywhere else an earlier page needs --overwrite
+        # a study's own browser.html is rebuilt like its report; anywhere else an earlier page needs
+        # --overwrite
         own = out is None and STUDY.is_folder_of(files_in(run_dir))
         claim_file(page, BROWSER, "--out", overwrite=overwrite or own)
         with on_interrupt(
-            f"nothing was written to {page} (it is written whole at the end); run the same command again"
+            f"nothing was written to {page} (it is written whole at the end); run the same command "
+            "again"
         ):
             typer.echo(f"browser: {write_browser(run_dir, page, model)}")

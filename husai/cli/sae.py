@@ -27,7 +27,8 @@ def _device(name: str) -> str:
 
 
 def _settings(items: list[str]) -> dict:
-    """--set KEY=VALUE items -> {key: value}, each VALUE read as YAML (8 -> int, 0.5 -> float, null)."""
+    """--set KEY=VALUE items -> {key: value}, each VALUE read as YAML (8 -> int, 0.5 -> float,
+    null)."""
     import yaml
 
     out = {}

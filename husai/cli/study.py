@@ -9,7 +9,11 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("study")
+    @app.command(
+        "study",
+        help="Model -> SAEs over a grid of seeds -> Fourier validation and stability with nulls "
+        "-> report.",
+    )
     def study_cmd(
         config: str = typer.Option(
             "default",
@@ -36,20 +40,17 @@ def register(app: typer.Typer) -> None:
             help="Print what would run (config, models, cells) and stop, writing nothing.",
         ),
     ):
-        """Model -> SAEs over a grid of seeds -> Fourier validation and stability with nulls -> report."""
         from husai.errors import HusaiError
         from husai.interrupts import on_interrupt
 
-        def on_disk() -> (
-            str
-        ):  # a Ctrl-C before the study's own note is armed (imports, config, the claim)
+        # a Ctrl-C before the study's own note is armed (imports, config, the claim)
+        def on_disk() -> str:
             if (out / "study.yaml").is_file():
                 return f"{out} keeps every finished step; rerun the same command to resume"
             return f"nothing was written to {out}; rerun the same command to start it"
 
-        with on_interrupt(
-            lambda: None, fallback=on_disk
-        ):  # the study's own note, once armed, passes through
+        # the study's own note, once armed, passes through
+        with on_interrupt(lambda: None, fallback=on_disk):
             from husai.study.runner import plan, run_study
 
             if show_plan:
@@ -62,17 +63,20 @@ def register(app: typer.Typer) -> None:
             first = res.failed[0].relative_to(out)
             more = f" and {len(res.failed) - 1} more" if len(res.failed) > 1 else ""
             typer.echo(
-                f"error: {len(res.failed)} of {res.n_cells} SAE cells failed; their errors are in the report "
-                f"and in {first}{more}; redo them with --retry-failed",
+                f"error: {len(res.failed)} of {res.n_cells} SAE cells failed; their errors are in "
+                f"the report and in {first}{more}; redo them with --retry-failed",
                 err=True,
             )
             raise typer.Exit(1)
 
-    @app.command("report")
+    @app.command(
+        "report",
+        help="Rebuild results.csv/parquet, report.md, report.html and figures from a study's "
+        "finished runs.",
+    )
     def report_cmd(
         run_dir: Path = typer.Argument(..., help="A study folder (holding study.yaml)."),
     ):
-        """Rebuild results.csv/parquet, report.md, report.html and figures from a study's finished runs."""
         from husai.errors import HusaiError
         from husai.interrupts import on_interrupt
         from husai.locks import exclusive
@@ -84,8 +88,8 @@ def register(app: typer.Typer) -> None:
         with (
             exclusive(run_dir, "husai report", "study"),
             on_interrupt(
-                f"the files of {run_dir} are all whole (each is replaced atomically), some still from "
-                f"the earlier report; rerun husai report {run_dir}"
+                f"the files of {run_dir} are all whole (each is replaced atomically), some still "
+                f"from the earlier report; rerun husai report {run_dir}"
             ),
         ):
             typer.echo(f"report: {write_report(run_dir)}")

@@ -40,14 +40,16 @@ def neuron_acts(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def single_freq_fraction(model: Transformer, data: ModularData) -> float:
-    """Fraction of MLP neurons with >= 85% of centred variance in one frequency (dead ones count as not)."""
+    """Fraction of MLP neurons with >= 85% of centred variance in one frequency (dead ones count as
+    not)."""
     fr = frequency_fractions(neuron_acts(model, data.tokens.to(model.unembed.W_U.device)), data.p)
     return float((fr.max(dim=1).values >= PURITY_THRESHOLD).double().mean())
 
 
 @torch.no_grad()
 def analyze_model(model: Transformer, data: ModularData) -> dict:
-    """Everything metrics.json reports about the model's Fourier structure. Runs on all p^2 inputs."""
+    """Everything metrics.json reports about the model's Fourier structure. Runs on all p^2
+    inputs."""
     dev = model.unembed.W_U.device
     p = data.p
     tokens, labels = data.tokens.to(dev), data.labels.to(dev)
@@ -87,7 +89,8 @@ def progress_measures(
     snapshots/epoch_E.safetensors), all with the FINAL key frequencies `keys`, as they define them:
     restricted loss (only the key frequencies' logit components: low once the Fourier circuit alone
     solves the task), excluded loss (those components removed, on the training pairs: rises as the
-    memorising solution is cleaned away), train / test loss and the single-frequency neuron share."""
+    memorising solution is cleaned away), train / test loss and the single-frequency neuron
+    share."""
     from husai.model.checkpoint import load_weights
     from husai.model.transformer import Transformer
 

@@ -1,6 +1,7 @@
 """Model run folders: weights in safetensors under TransformerLens names, config in JSON.
 
-    DIR/config.json        TransformerLens config fields (TL_FIELDS) + p, operation, seeds, hyperparameters
+    DIR/config.json        TransformerLens config fields (TL_FIELDS) + p, operation, seeds,
+                           hyperparameters
     DIR/model.safetensors  final weights (what `load_model(DIR)` returns)
     DIR/best.safetensors   weights at the lowest test loss seen
     DIR/checkpoints/epoch_XXXXXX.safetensors   weights + AdamW state, for --resume
@@ -59,7 +60,8 @@ def model_config_from_json(cfg: dict, source: str = "config.json") -> ModelConfi
         raise HusaiError(f"{source}: field 'train_frac' must be a number in (0, 1), got {tf!r}")
     if cfg["operation"] not in OPERATIONS:
         raise HusaiError(
-            f"{source}: field 'operation' must be one of {', '.join(OPERATIONS)}, got {cfg['operation']!r}"
+            f"{source}: field 'operation' must be one of {', '.join(OPERATIONS)}, got "
+            f"{cfg['operation']!r}"
         )
     for k in ("training", "stopping"):
         if not isinstance(cfg.get(k, {}), dict):
@@ -98,12 +100,14 @@ def load_weights(
     missing = [k for k in expected if k not in tensors]
     if missing:
         raise HusaiError(
-            f"{what} {path} lacks tensor(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
+            f"{what} {path} lacks tensor(s) "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"
         )
     for k, v in expected.items():
         if tensors[k].shape != v.shape:
             raise HusaiError(
-                f"{what} {path}: {k} has shape {list(tensors[k].shape)} but the config needs {list(v.shape)}"
+                f"{what} {path}: {k} has shape {list(tensors[k].shape)} but the config needs "
+                f"{list(v.shape)}"
             )
     model.load_state_dict({k: tensors[k].to(v.dtype) for k, v in expected.items()})
     return {k: v for k, v in tensors.items() if k not in expected}
@@ -137,8 +141,8 @@ def load_model(
         return model.init_weights(int(cfg.get("seed", 0))).to(device).eval(), cfg
     if which == "memorised" and not weights.is_file():
         raise HusaiError(
-            f"{run_dir} has no memorised checkpoint (runs of husai < 0.3 did not keep one, and a model "
-            "that generalised before its first evaluation never had one)"
+            f"{run_dir} has no memorised checkpoint (runs of husai < 0.3 did not keep one, and a "
+            "model that generalised before its first evaluation never had one)"
         )
     load_weights(model, weights, "model checkpoint")
     return model.to(device).eval(), cfg

@@ -27,7 +27,8 @@ non-key frequencies holds well under 1%, so 5% separates the two with a wide mar
 
 
 def fourier_basis(p: int, dtype=torch.float64) -> tuple[torch.Tensor, list[str]]:
-    """Orthonormal Fourier basis of Z_p. Returns (F [p, p], names ['const', 'cos 1', 'sin 1', ...])."""
+    """Orthonormal Fourier basis of Z_p.
+    Returns (F [p, p], names ['const', 'cos 1', 'sin 1', ...])."""
     x = torch.arange(p, dtype=dtype)
     rows, names = [torch.ones(p, dtype=dtype)], ["const"]
     for k in range(1, (p - 1) // 2 + 1):
@@ -97,7 +98,8 @@ def embed_spectrum(W_E: torch.Tensor, p: int) -> list[float]:
 
 
 def _sum_dirs(p: int, freqs: list[int], sign: int) -> torch.Tensor:
-    """Unit vectors cos(w_k (a + sign*b)), sin(w_k (a + sign*b)) over the grid. -> [p*p, 2*len(freqs)]."""
+    """Unit vectors cos(w_k (a + sign*b)), sin(w_k (a + sign*b)) over the grid.
+    -> [p*p, 2*len(freqs)]."""
     a = torch.arange(p, dtype=torch.float64).repeat_interleave(p)
     b = torch.arange(p, dtype=torch.float64).repeat(p)
     cols = []

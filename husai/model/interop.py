@@ -1,6 +1,7 @@
 """A husai model run as a TransformerLens model, for whichever TransformerLens is installed.
 
-    model = to_transformer_lens("runs/model")     # TransformerLens 4: TransformerBridge, 3: HookedTransformer
+    model = to_transformer_lens("runs/model")     # TransformerLens 4: TransformerBridge,
+                                                  # 3: HookedTransformer
     logits, cache = model.run_with_cache(tokens)  # tokens [batch, 3] -> logits [batch, 3, p]
 
 The logits equal husai's own `Transformer.run_with_cache` (up to float rounding) and every hook
@@ -58,9 +59,10 @@ def to_transformer_lens(
 ):
     """Load a husai model run (`husai train-model --out DIR`) into the installed TransformerLens.
 
-    checkpoint: 'model' (final weights), 'best', 'memorised' or 'untrained' (husai.model.checkpoint).
-    Returns a TransformerBridge (TransformerLens 4) or a HookedTransformer (3), in eval mode on
-    `device`. Raises HusaiError (one line) if TransformerLens is missing or `run_dir` is no run.
+    checkpoint: 'model' (final weights), 'best', 'memorised' or 'untrained'
+    (husai.model.checkpoint). Returns a TransformerBridge (TransformerLens 4) or a HookedTransformer
+    (3), in eval mode on `device`. Raises HusaiError (one line) if TransformerLens is missing or
+    `run_dir` is no run.
     """
     major = (
         transformer_lens_major()
@@ -110,6 +112,7 @@ def _hooked_transformer(fields: dict, weights: dict[str, torch.Tensor], device):
     left = [k for k in missing if not k.endswith(("mask", "IGNORE"))]  # its buffers, not weights
     if left or unexpected:
         raise HusaiError(
-            f"HookedTransformer and husai disagree on weight names: missing {left}, unexpected {unexpected}"
+            f"HookedTransformer and husai disagree on weight names: missing {left}, unexpected "
+            f"{unexpected}"
         )
     return model.to(device)

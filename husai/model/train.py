@@ -66,26 +66,28 @@ class TrainConfig:
     snapshot_every: int = 0
     """Epochs between weight snapshots (OUT/snapshots/epoch_E.safetensors, weights only, ~0.9 MB at
     p = 113), from which metrics.json's `progress` gives Nanda et al.'s progress measures over
-    training, computed with the final key frequencies (husai.model.analyze.progress_measures). 0: none."""
+    training, computed with the final key frequencies (husai.model.analyze.progress_measures). 0:
+    none."""
     stop_test_acc: float = 0.999
     """Stop only once test accuracy reaches this ..."""
     stop_frac_single_freq: float = 0.8
     """... and this fraction of MLP neurons is single-frequency (see module docstring)."""
     cleanup_weight_decay: float = 0.0
     """Weight decay used after the first evaluation whose train and test accuracies reach
-    `cleanup_from_train_acc` and `cleanup_from_test_acc` (the clean-up phase); 0 keeps `weight_decay`
-    throughout. The switch epoch is read back from history.jsonl on --resume: it needs no state of its own.
-    Measured (fast preset, seed 0, 1 thread): switching to 3 / 6 / 10 once test accuracy >= 0.99
-    (epoch 300) cut the clean epoch from 1,400 to 650 / 450 / 400; switching to 10 right after
-    memorisation (epoch 100) grokked and cleaned by epoch 200, with the same key frequencies. Also
-    measured and not adopted: Grokfast's EMA gradient filter (Lee et al. 2024; alpha 0.98, lamb 2.0)
-    slowed this preset down (grokked at 450, clean at 1,600), and train_frac 0.6 had not finished after
-    twice the old preset's time."""
+    `cleanup_from_train_acc` and `cleanup_from_test_acc` (the clean-up phase); 0 keeps
+    `weight_decay` throughout. The switch epoch is read back from history.jsonl on --resume: it
+    needs no state of its own. Measured (fast preset, seed 0, 1 thread): switching to 3 / 6 / 10
+    once test accuracy >= 0.99 (epoch 300) cut the clean epoch from 1,400 to 650 / 450 / 400;
+    switching to 10 right after memorisation (epoch 100) grokked and cleaned by epoch 200, with the
+    same key frequencies. Also measured and not adopted: Grokfast's EMA gradient filter
+    (Lee et al. 2024; alpha 0.98, lamb 2.0) slowed this preset down (grokked at 450, clean at
+    1,600), and train_frac 0.6 had not finished after twice the old preset's time."""
     cleanup_from_train_acc: float = 0.99
     """Train accuracy that starts the clean-up phase (0.99: once the model has memorised; the
     memorised checkpoint is saved at that same evaluation, before the switch)."""
     cleanup_from_test_acc: float = 0.0
-    """Test accuracy that starts the clean-up phase, too (0.99 waits until the model has grokked)."""
+    """Test accuracy that starts the clean-up phase, too (0.99 waits until the model has
+    grokked)."""
     run_all_epochs: bool = False
     """Ignore the stopping rule and train for `epochs`."""
     preset: str = "custom"
@@ -119,7 +121,8 @@ class TrainConfig:
             self.weight_decay >= 0 and math.isfinite(self.weight_decay)
         ):
             raise HusaiError(
-                f"need lr > 0 and weight decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}"
+                f"need lr > 0 and weight decay >= 0, got lr={self.lr}, "
+                f"weight_decay={self.weight_decay}"
             )
         if not (self.cleanup_weight_decay >= 0 and math.isfinite(self.cleanup_weight_decay)):
             raise HusaiError(f"need cleanup weight decay >= 0, got {self.cleanup_weight_decay}")
@@ -128,16 +131,16 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # Nanda et al.'s recipe: 30% of pairs, lr 1e-3, wd 1.0; groks after ~8-14k epochs.
     "canonical": dict(train_frac=0.3, lr=1e-3, weight_decay=1.0, epochs=40_000),
-    # Same recipe with half the pairs (still memorise-then-generalise: BENCHMARKS.md, fast preset) and a
-    # larger learning rate, which speeds both grokking and the weight-decay clean-up (the
+    # Same recipe with half the pairs (still memorise-then-generalise: BENCHMARKS.md, fast preset)
+    # and a larger learning rate, which speeds both grokking and the weight-decay clean-up (the
     # decoupled decay per step is lr * wd). Measured in BENCHMARKS.md. Weight decay 10 from the
-    # evaluation at which the training pairs are fit (the memorised checkpoint) then cut grokked-and-
-    # clean from 1,400 epochs to 200 / 200 / 250 (evaluating every 50) (seeds 0 / 1 / 2; 4-5 key frequencies,
-    # 81-86% single-frequency neurons), see TrainConfig.cleanup_weight_decay and bench_fast_preset.py.
-    # Evaluations every 25 epochs switch to the clean-up 25 epochs after the pairs are fit rather than up
-    # to 50, and stop a run at most 25 epochs after it is clean: seed 0 175 epochs (21.3 s) instead of 200
-    # (26.4 s), seed 2 225 instead of 250 (23.6 vs 29.4 s, 2 threads, AMD); weight decay 15 instead of 10
-    # had not cleaned seed 0 up after 4 minutes.
+    # evaluation at which the training pairs are fit (the memorised checkpoint) then cut
+    # grokked-and-clean from 1,400 epochs to 200 / 200 / 250 (evaluating every 50) (seeds 0 / 1 /
+    # 2; 4-5 key frequencies, 81-86% single-frequency neurons), see TrainConfig.cleanup_weight_decay
+    # and bench_fast_preset.py. Evaluations every 25 epochs switch to the clean-up 25 epochs after
+    # the pairs are fit rather than up to 50, and stop a run at most 25 epochs after it is clean:
+    # seed 0 175 epochs (21.3 s) instead of 200 (26.4 s), seed 2 225 instead of 250 (23.6 vs 29.4 s,
+    # 2 threads, AMD); weight decay 15 instead of 10 had not cleaned seed 0 up after 4 minutes.
     "fast": dict(
         train_frac=0.5,
         lr=3e-3,
@@ -221,7 +224,8 @@ def config_from_json(d: dict) -> TrainConfig:
 
 def _train_bytes(cfg: TrainConfig) -> int:
     """Rough lower bound on the memory full-batch training needs: weights with their gradients and
-    AdamW state (4 copies), plus the forward/backward activations and float64 logits of all p^2 inputs."""
+    AdamW state (4 copies), plus the forward/backward activations and float64 logits of all p^2
+    inputs."""
     mc = cfg.model_config()
     n_params = (
         2 * (cfg.p + 1) * mc.d_model
@@ -235,8 +239,9 @@ def _train_bytes(cfg: TrainConfig) -> int:
 
 
 MEMORISED_TEST_ACC = 0.9
-"""An evaluation counts as memorised when it fits the training pairs (train accuracy >= 0.99) while test
-accuracy is still below 0.9. The fast preset (seed 0) first fits the pairs at epoch 75: train 0.995, test 0.50."""
+"""An evaluation counts as memorised when it fits the training pairs (train accuracy >= 0.99) while
+test accuracy is still below 0.9. The fast preset (seed 0) first fits the pairs at epoch 75: train
+0.995, test 0.50."""
 
 
 def memorised(row: dict) -> bool:
@@ -272,7 +277,8 @@ def _load_optimizer(
 
 
 def _cleanup_epoch(cfg: TrainConfig, history: list[dict]) -> int | None:
-    """The evaluation epoch that started the clean-up phase (None: not yet, or no clean-up schedule)."""
+    """The evaluation epoch that started the clean-up phase (None: not yet, or no clean-up
+    schedule)."""
     if not cfg.cleanup_weight_decay:
         return None
     return next(
@@ -443,7 +449,8 @@ def _train(
             opt.step()
             if not torch.isfinite(loss):
                 raise HusaiError(
-                    f"training diverged: loss is {loss.item()} at epoch {epoch}; last good checkpoint kept"
+                    f"training diverged: loss is {loss.item()} at epoch {epoch}; last good "
+                    "checkpoint kept"
                 )
 
             done = epoch == cfg.epochs
@@ -471,7 +478,8 @@ def _train(
                     best = (test_loss, epoch)
                     save_tensors(out / "best.safetensors", model.state_dict(), {"epoch": epoch})
                 if memorised(row) and not any(memorised(r) for r in history[:-1]):
-                    # the stability controls train SAEs on the model before it generalised (husai study)
+                    # the stability controls train SAEs on the model before it generalised (husai
+                    # study)
                     save_tensors(
                         out / "memorised.safetensors", model.state_dict(), {"epoch": epoch}
                     )

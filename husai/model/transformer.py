@@ -10,9 +10,9 @@
 
 Parameter names and shapes are TransformerLens's (`embed.W_E`, `blocks.0.attn.W_Q`
 [n_heads, d_model, d_head], ..., `unembed.W_U`), so `model.state_dict()` loads into a
-TransformerLens 3 `HookedTransformer` with the config from `ModelConfig.to_hooked_transformer_config()`
-as it is, and into a TransformerLens 4 `TransformerBridge` after `convert_tl_checkpoint`
-(husai.model.interop does either).
+TransformerLens 3 `HookedTransformer` with the config from
+`ModelConfig.to_hooked_transformer_config()` as it is, and into a TransformerLens 4
+`TransformerBridge` after `convert_tl_checkpoint` (husai.model.interop does either).
 Biases exist (TransformerLens has them) but are buffers fixed at zero during training, as in
 Nanda's grokking setup (no attention biases); a checkpoint with non-zero biases still loads.
 
@@ -181,7 +181,8 @@ class Block(nn.Module):
         )
         if Q == 1:
             # One query (at `=`) sees every position, so no mask. With 3 keys, batched 1x32 @ 32x3
-            # matmuls cost more in dispatch than the arithmetic; a broadcast multiply-sum is ~10x faster.
+            # matmuls cost more in dispatch than the arithmetic; a broadcast multiply-sum is ~10x
+            # faster.
             scores = ((q * k).sum(-1) / math.sqrt(e)).transpose(1, 2).unsqueeze(2)  # [B, H, 1, P]
         else:
             scores = q.transpose(1, 2) @ k.permute(0, 2, 3, 1) / math.sqrt(e)  # [B, H, Q, P]
@@ -286,7 +287,8 @@ class Transformer(nn.Module):
         """Forward pass recording activations. Returns (logits [B, 3, vocab_out], {name: tensor}).
 
         Mirrors HookedTransformer.run_with_cache: cache[name] has shape [B, pos, ...]; with
-        last_only=True the last block's post-attention hooks have pos = 1 and logits are [B, vocab_out].
+        last_only=True the last block's post-attention hooks have pos = 1 and logits are
+        [B, vocab_out].
         """
         cache: dict[str, torch.Tensor] = {}
         logits = self.forward(tokens, last_only, _Ctx(None, cache, set(names) if names else None))
@@ -295,5 +297,6 @@ class Transformer(nn.Module):
     def run_with_hooks(
         self, tokens: torch.Tensor, fwd_hooks: list[tuple[str, HookFn]], last_only: bool = True
     ):
-        """Forward pass where each (name, fn) replaces the activation at `name` by fn(activation)."""
+        """Forward pass where each (name, fn) replaces the activation at `name` by
+        fn(activation)."""
         return self.forward(tokens, last_only, _Ctx(dict(fwd_hooks), None, None))

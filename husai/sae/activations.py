@@ -148,6 +148,7 @@ def check_informative(acts: torch.Tensor) -> None:
     total = (x - x.mean(0)).pow(2).sum()
     if total <= 1e-12 * x.pow(2).sum() or total == 0:
         raise HusaiError(
-            f"the activations have zero variance (all {x.shape[0]} rows are the same vector): there "
-            "is nothing for an SAE to learn, and explained variance would be 0/0; pick another hook or file"
+            f"the activations have zero variance (all {x.shape[0]} rows are the same vector): "
+            "there is nothing for an SAE to learn, and explained variance would be 0/0; pick "
+            "another hook or file"
         )

@@ -55,7 +55,8 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
     return m.float()
 
 
-JITTER_POINTS = 4  # data points mixed into each data-init row's jitter (husai's choice; StackedSAE.init_weights)
+# data points mixed into each data-init row's jitter (husai's choice; StackedSAE.init_weights)
+JITTER_POINTS = 4
 
 
 class StackedSAE(nn.Module):
@@ -63,15 +64,14 @@ class StackedSAE(nn.Module):
 
     architecture = "base"
     unit_norm_decoder = True  # keep decoder rows unit-norm during training (Gao et al. sec. 2.3)
-    decoder_constraint_in_optimizer = (
-        False  # training: husai.sae.optim.KernelAdam applies it (set there)
-    )
+    # training: husai.sae.optim.KernelAdam applies it (set there)
+    decoder_constraint_in_optimizer = False
     rescale = False
-    """True (the TopK family with SAETrainConfig.decoder_norm "rescale"): decoder rows have free norms
-    n [S, d_sae] while training; a latent's pre-activation is multiplied by its row's norm and decoded
-    with the unit row, pre = ((x - b_dec) W_enc + b_enc) * n, x_hat = b_dec + z (W_dec / n) (SAELens's
-    rescale_acts_by_decoder_norm). `fold_decoder_norms` turns such an SAE into the same function
-    with unit rows, which training does when it ends; for unit rows both formulas agree."""
+    """True (the TopK family with SAETrainConfig.decoder_norm "rescale"): decoder rows have free
+    norms n [S, d_sae] while training; a latent's pre-activation is multiplied by its row's norm and
+    decoded with the unit row, pre = ((x - b_dec) W_enc + b_enc) * n, x_hat = b_dec + z (W_dec / n)
+    (SAELens's rescale_acts_by_decoder_norm). `fold_decoder_norms` turns such an SAE into the same
+    function with unit rows, which training does when it ends; for unit rows both formulas agree."""
     normalized_mse = False  # reconstruction loss as FVU (see training_loss)
 
     def __init__(self, n_seeds: int, d_in: int, d_sae: int):
@@ -97,7 +97,8 @@ class StackedSAE(nn.Module):
         return self.W_dec / self.decoder_norms().unsqueeze(-1) if self.rescale else self.W_dec
 
     def unit_encoder(self) -> torch.Tensor:
-        """The encoder rows that go with unit_decoder [S, d_sae, d_in]: W_enc_T, or W_enc_T * n when `rescale`."""
+        """The encoder rows that go with unit_decoder [S, d_sae, d_in]: W_enc_T, or W_enc_T * n when
+        `rescale`."""
         return self.W_enc_T * self.decoder_norms().unsqueeze(-1) if self.rescale else self.W_enc_T
 
     @torch.no_grad()
@@ -114,7 +115,8 @@ class StackedSAE(nn.Module):
 
     @property
     def W_enc(self) -> torch.Tensor:
-        """[S, d_in, d_sae]: a view of the parameter W_enc_T [S, d_sae, d_in] (writes go through)."""
+        """[S, d_in, d_sae]: a view of the parameter W_enc_T [S, d_sae, d_in] (writes go
+        through)."""
         return self.W_enc_T.transpose(1, 2)
 
     @torch.no_grad()
@@ -171,8 +173,8 @@ class StackedSAE(nn.Module):
         return self
 
     def pre_acts(self, x: torch.Tensor, reuse_buffer: bool = False, split_bias: bool = False):
-        """x [B, d_in] (one batch for all seeds) or [S, B, d_in] (a batch per seed) -> pre-activations
-        [S, B, d_sae].
+        """x [B, d_in] (one batch for all seeds) or [S, B, d_in] (a batch per seed) ->
+        pre-activations [S, B, d_sae].
 
         reuse_buffer (training steps, no autograd): write into a buffer kept on the module and
         overwritten by the next such call. A fresh 10 MB block per step is a fresh mmap whose page
@@ -182,9 +184,10 @@ class StackedSAE(nn.Module):
         x needs no gradient, so backward skips the [B, d_sae] x [d_sae, d_in] matmul that the
         centred form would spend on d(x - b_dec); b_dec's gradient comes from a matrix-vector.
 
-        split_bias (no autograd, unit rows): -> (pre - bias, bias [S, d_sae]) with the matmul alone in
-        the buffer: a consumer that reads every entry anyway adds the bias as it reads (TopK's selection
-        kernels), which saves the matmul's bias fill, a pass over the block (0.6 of 6.5 ms, measured).
+        split_bias (no autograd, unit rows): -> (pre - bias, bias [S, d_sae]) with the matmul alone
+        in the buffer: a consumer that reads every entry anyway adds the bias as it reads (TopK's
+        selection kernels), which saves the matmul's bias fill, a pass over the block (0.6 of
+        6.5 ms, measured).
         """
         S, d_in, d_sae = self.n_seeds, self.d_in, self.d_sae
         B = x.shape[-2]
@@ -202,8 +205,8 @@ class StackedSAE(nn.Module):
         if split_bias and (torch.is_grad_enabled() or self.rescale):
             raise ValueError("split_bias: only for a no-grad pass with unit decoder rows")
         if x.ndim == 3 and not torch.is_grad_enabled():
-            # the training steps' no-grad pass: centring x [S, B, d_in] is cheaper than b_dec @ W_enc
-            # (0.7 ms of a 13 ms ReLU step at 2 threads, measured)
+            # the training steps' no-grad pass: centring x [S, B, d_in] is cheaper than
+            # b_dec @ W_enc (0.7 ms of a 13 ms ReLU step at 2 threads, measured)
             xc, bias = x - self.b_dec.unsqueeze(1), self.b_enc
         else:
             xc, bias = x, self.b_enc - rows_times(self.W_enc_T, self.b_dec)  # [S, d_sae]
@@ -215,8 +218,9 @@ class StackedSAE(nn.Module):
                 else torch.baddbmm(bias.unsqueeze(1), xc, self.W_enc, out=out)
             )
         else:
-            # A shared batch: one matmul for all seeds (measured 2.3 ms vs 2.9 ms for a bmm over S = 5
-            # copies of x). The result is [B, S, d_sae] in memory, returned as an [S, B, d_sae] view.
+            # A shared batch: one matmul for all seeds (measured 2.3 ms vs 2.9 ms for a bmm over
+            # S = 5 copies of x). The result is [B, S, d_sae] in memory, returned as an
+            # [S, B, d_sae] view.
             W = self.W_enc_T.reshape(S * d_sae, d_in)
             out = None if out is None else out.view(B, S * d_sae)
             pre = (
@@ -253,9 +257,9 @@ class StackedSAE(nn.Module):
         return x_hat.new_zeros(self.n_seeds)
 
     def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """x [B, d_in] (shared) or [S, B, d_in] (per seed), dead [S, d_sae] bool -> (sum over seeds of
-        the loss, per-seed stats). With a batch per seed every batch statistic (the variance of the
-        FVU) is that seed's own, so a seed's loss never depends on another seed's batch.
+        """x [B, d_in] (shared) or [S, B, d_in] (per seed), dead [S, d_sae] bool -> (sum over seeds
+        of the loss, per-seed stats). With a batch per seed every batch statistic (the variance of
+        the FVU) is that seed's own, so a seed's loss never depends on another seed's batch.
 
         MSE is per-sample squared error summed over d_in, averaged over the batch (SAELens's
         convention). With `normalized_mse` (TopK family) the reconstruction term is MSE divided
@@ -300,7 +304,8 @@ class StackedSAE(nn.Module):
             if G.is_contiguous() and kernels.usable(G, W):  # one pass (kernels.c)
                 kernels.remove_parallel_(G, W.detach())
                 return
-            # vecdot: 0.68 ms for 5 x 2048 x 128 rows, einsum (a bmm of 1 x 1 products) 1.32 ms (measured)
+            # vecdot: 0.68 ms for 5 x 2048 x 128 rows, einsum (a bmm of 1 x 1 products) 1.32 ms
+            # (measured)
             G.addcmul_(torch.linalg.vecdot(G, W).unsqueeze(-1), W, value=-1)
 
     @torch.no_grad()
@@ -315,13 +320,13 @@ class StackedSAE(nn.Module):
     @torch.no_grad()
     def project_rows(self, Q: torch.Tensor, renormalise: bool = False) -> None:
         """Rows of W_dec and W_enc_T [S, d_sae, d_in] <- rows Q Q^T, Q [d_in, r] orthonormal: each
-        row's orthogonal projection onto span(Q) (the data span, SAETrainConfig.data_span), in place.
-        renormalise: then divide both matrices' rows by the projected decoder row norms (the init:
-        unit decoder rows, and W_enc = W_dec^T stays so)."""
+        row's orthogonal projection onto span(Q) (the data span, SAETrainConfig.data_span), in
+        place. renormalise: then divide both matrices' rows by the projected decoder row norms (the
+        init: unit decoder rows, and W_enc = W_dec^T stays so)."""
         for W in (self.W_dec, self.W_enc_T):
             flat = W.view(-1, self.d_in)  # [S * d_sae, d_in]
-            # two thin matmuls, 2 r / d_in of the work of one with Q Q^T (5 x 2048 rows, d_in 128, r 21,
-            # 1 CPU thread: 6.4 vs 11 ms for both matrices, measured)
+            # two thin matmuls, 2 r / d_in of the work of one with Q Q^T (5 x 2048 rows, d_in 128,
+            # r 21, 1 CPU thread: 6.4 vs 11 ms for both matrices, measured)
             torch.mm(flat @ Q, Q.T, out=flat)
         if renormalise:
             norms = self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -333,12 +338,13 @@ class StackedSAE(nn.Module):
         self.normalize_decoder()
 
     def slot_hparams(self, slots: list[int]) -> dict:
-        """The constructor arguments of an SAE holding only these slots (TopK family: per-slot k)."""
+        """The constructor arguments of an SAE holding only these slots (TopK family: per-slot
+        k)."""
         return dict(self.hparams)
 
     def subset(self, slots: list[int]) -> "StackedSAE":
-        """A copy holding only these seed slots, in this order (e.g. one cell of many trained at once),
-        on the device the stack is on."""
+        """A copy holding only these seed slots, in this order (e.g. one cell of many trained at
+        once), on the device the stack is on."""
         part = type(self)(len(slots), self.d_in, self.d_sae, **self.slot_hparams(slots)).to(
             self.W_dec.device
         )

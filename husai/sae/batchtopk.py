@@ -62,7 +62,8 @@ class BatchTopKSAE(TopKSAE):
         return torch.zeros_like(flat).scatter(-1, idx, F.relu(vals)).view(S, B, d_sae)
 
     def select_latents(self, pre: torch.Tensor, bias: torch.Tensor | None = None):
-        """The k*B largest pre-activations of each seed's batch, as a coordinate list sorted by row."""
+        """The k*B largest pre-activations of each seed's batch, as a coordinate list sorted by
+        row."""
         if bias is not None:
             pre = pre + bias.unsqueeze(1)
         S, B, d_sae = pre.shape
@@ -83,7 +84,8 @@ class BatchTopKSAE(TopKSAE):
         self.threshold_updates.add_(fired.to(self.threshold_updates.dtype))
 
     def saelens_form(self, slot: int) -> tuple[str, dict, dict]:
-        """A JumpReLU with one threshold for every latent: what SAELens saves after BatchTopK training."""
+        """A JumpReLU with one threshold for every latent: what SAELens saves after BatchTopK
+        training."""
         return "jumprelu", {"threshold": self.threshold[slot].expand(self.d_sae)}, {}
 
 
@@ -123,7 +125,8 @@ class MatryoshkaSAE(BatchTopKSAE):
             or widths[0] < 1
         ):
             raise ValueError(
-                f"matryoshka widths must increase strictly from >= 1 to d_sae = {d_sae}, got {widths}"
+                f"matryoshka widths must increase strictly from >= 1 to d_sae = {d_sae}, got "
+                f"{widths}"
             )
         self.widths, self.n_levels = widths, len(widths)
         self.hparams["widths"] = widths
@@ -153,7 +156,8 @@ MATRYOSHKA_GROWTH = 4  # width ratio between consecutive levels (husai's choice)
 
 
 def matryoshka_widths(d_sae: int, levels: int, growth: int = MATRYOSHKA_GROWTH) -> list[int]:
-    """Nested widths growing `growth`-fold per level up to d_sae: (2048, 4) -> [32, 128, 512, 2048]."""
+    """Nested widths growing `growth`-fold per level up to d_sae:
+    (2048, 4) -> [32, 128, 512, 2048]."""
     return [max(1, d_sae // growth ** (levels - 1 - l)) for l in range(levels)]
 
 

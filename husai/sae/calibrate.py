@@ -25,9 +25,9 @@ from dataclasses import replace
 import torch
 
 COLLAPSED_EV = 0.05
-"""A weight whose SAE explains less than this share of the variance has collapsed (measured: ReLU 512
-latents on the fast model's resid_post at weight 32 had L0 8.1 and EV 0.00, its decoder rows shrunk
-to nothing): its L0 says nothing about sparsity, so the search ignores it."""
+"""A weight whose SAE explains less than this share of the variance has collapsed
+(measured: ReLU 512 latents on the fast model's resid_post at weight 32 had L0 8.1 and EV 0.00, its
+decoder rows shrunk to nothing): its L0 says nothing about sparsity, so the search ignores it."""
 FACTORS = (1 / 16, 1 / 4, 1.0, 4.0, 16.0)
 """Weights tried in one pass, relative to the pass's start: 256x in one pass, because the weight a
 target needs moved ~100x across the default study's cells (ReLU, resid_post 128 latents L0 32: 0.36;
@@ -35,8 +35,8 @@ target needs moved ~100x across the default study's cells (ReLU, resid_post 128 
 as training the cell. Interpolating between points 4x apart instead of 2x moved the weight by ~10%
 (0.32 vs 0.36 on the first case: L0 ~35 instead of 32)."""
 ROUNDS = 3
-"""Passes at most; when the target lies outside the weights tried, the next pass's grid starts at the
-largest (L0 still too high) or ends at the smallest (too low)."""
+"""Passes at most; when the target lies outside the weights tried, the next pass's grid starts at
+the largest (L0 still too high) or ends at the smallest (too low)."""
 
 
 def penalty_key(architecture: str) -> str:

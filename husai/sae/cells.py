@@ -7,11 +7,11 @@ every other cell trains on its own.
 
 A slot trains exactly as it would alone up to float rounding: each slot's loss and batch order are
 its own (husai.sae.train), and a slot with k below the pass's widest keeps its own k largest
-entries, the others entering the sparse step with value 0 (no output, no gradient; TopKSAE._per_slot).
-What is shared: the Python loop, and a divergence (a non-finite loss in any slot stops the pass,
-as it stops a multi-seed run). What it costs: every slot pays the widest k's sparse work.
-Measured in BENCHMARKS.md (benchmarks/bench_cells.py): whether one pass beats one pass per cell
-depends on the width, so `group` says which cells may share and the caller decides.
+entries, the others entering the sparse step with value 0 (no output, no gradient;
+TopKSAE._per_slot). What is shared: the Python loop, and a divergence (a non-finite loss in any slot
+stops the pass, as it stops a multi-seed run). What it costs: every slot pays the widest k's sparse
+work. Measured in BENCHMARKS.md (benchmarks/bench_cells.py): whether one pass beats one pass per
+cell depends on the width, so `group` says which cells may share and the caller decides.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def group_key(cfg: SAETrainConfig) -> str:
 
 
 def group(cells: list[tuple[SAETrainConfig, list[int]]]) -> list[list[int]]:
-    """Indices of `cells` in passes: cells with equal group_key together, in their first cell's order."""
+    """Indices of `cells` in passes: cells with equal group_key together, in their first cell's
+    order."""
     passes: dict = {}
     for i, (cfg, _) in enumerate(cells):
         passes.setdefault(group_key(cfg), []).append(i)

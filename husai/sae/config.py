@@ -32,8 +32,8 @@ class SAETrainConfig:
     expansion: int = 16
     """d_sae = expansion * d_in (unless `latents` is set)."""
     latents: typing.Optional[int] = None
-    """d_sae itself, whatever d_in is, so that widths compare across hooks of different sizes and can
-    be smaller than d_in. null: use expansion."""
+    """d_sae itself, whatever d_in is, so that widths compare across hooks of different sizes and
+    can be smaller than d_in. null: use expansion."""
     decoder_norm: str = "unit"
     """How training keeps the decoder rows (families that can rescale: the TopK family). unit: unit
     rows, the gradient's component along each row removed and the rows renormalised after every step
@@ -42,14 +42,15 @@ class SAETrainConfig:
     training ends, so the saved SAE is the same kind. unit is the default the study was validated
     with; rescale matches SAELens's trainer on SynthSAEBench (BENCHMARKS.md)."""
     decoder_init_norm: float = 1.0
-    """decoder_norm rescale: the decoder (and encoder) rows' norm at init, SAELens's decoder_init_norm
-    (its default 0.1: small rows turn further per Adam step). With decoder_norm unit it must stay 1."""
+    """decoder_norm rescale: the decoder (and encoder) rows' norm at init, SAELens's
+    decoder_init_norm (its default 0.1: small rows turn further per Adam step). With decoder_norm
+    unit it must stay 1."""
     dead_after_epochs: float = 1.0
     """A latent counts as dead (for AuxK and resampling) when it has not fired for this many passes
     over the data."""
     resample_dead: list[int] = field(default_factory=list)
-    """Epochs after which dead latents are resampled where the SAE reconstructs worst (Bricken et al.
-    2023, husai.sae.resample): the ReLU family's remedy for dead latents, as AuxK is the TopK
+    """Epochs after which dead latents are resampled where the SAE reconstructs worst (Bricken
+    et al. 2023, husai.sae.resample): the ReLU family's remedy for dead latents, as AuxK is the TopK
     family's. [] (default): never; epochs >= `epochs` are skipped."""
     init: str = "data"
     """Decoder init: random (isotropic unit rows, Gao et al.) or data (random centred data points,
@@ -196,8 +197,8 @@ class SAETrainConfig:
         return max(1e-4, 2e-4 / math.sqrt(self.d_sae(d_in) / 2**14))
 
     def build(self, n_seeds: int, d_in: int, sparsity: list | None = None):
-        """The untrained StackedSAE of this config (its family builds it); sparsity: one value of the
-        family's sparsity key per seed slot instead of the config's."""
+        """The untrained StackedSAE of this config (its family builds it); sparsity: one value of
+        the family's sparsity key per seed slot instead of the config's."""
         return self.family.build(
             n_seeds, d_in, self.d_sae(d_in), self.decoder_norm == "rescale", sparsity
         )

@@ -10,8 +10,8 @@ A family is one module (husai.sae.topk, batchtopk, relu, jumprelu) that defines
 
 The trainer, the SAE config, the study, the results table, the figures and the CLI read the registry
 (`family`, `families`), so a new family is its module plus one import in husai.sae.architectures
-(README, "Where to add things"). The keys users write stay flat: `architecture: relu` with `l1_coeff`
-beside the common training keys (husai.sae.config.SAETrainConfig).
+(README, "Where to add things"). The keys users write stay flat: `architecture: relu` with
+`l1_coeff` beside the common training keys (husai.sae.config.SAETrainConfig).
 """
 
 from __future__ import annotations
@@ -25,23 +25,25 @@ from husai.errors import HusaiError
 
 @dataclass
 class FamilyConfig:
-    """Base of a family's own config keys (subclasses are dataclasses; every field is a YAML key)."""
+    """Base of a family's own config keys (subclasses are dataclasses; every field is a YAML
+    key)."""
 
     sparsity_key: ClassVar[str] = ""
-    """The key that sets the sparsity: k (the TopK family) or the penalty weight (l1_coeff). One pass
-    can train one value per seed slot of it (husai.sae.cells, husai.sae.calibrate)."""
+    """The key that sets the sparsity: k (the TopK family) or the penalty weight (l1_coeff). One
+    pass can train one value per seed slot of it (husai.sae.cells, husai.sae.calibrate)."""
     columns: ClassVar[tuple[str, ...]] = ()
     """The results-table columns this family fills (husai.study.results; other families leave them
     empty)."""
 
     def validate(self, d_sae: int | None, width: str) -> None:
-        """Raise HusaiError naming the key. d_sae: the SAE's width when known; width: how it was given
-        (for messages, e.g. 'latents 64')."""
+        """Raise HusaiError naming the key. d_sae: the SAE's width when known; width: how it was
+        given (for messages, e.g. 'latents 64')."""
 
     def build(
         self, n_seeds: int, d_in: int, d_sae: int, rescale: bool, sparsity: list | None = None
     ):
-        """The untrained StackedSAE. sparsity: one value of `sparsity_key` per seed slot, or None."""
+        """The untrained StackedSAE. sparsity: one value of `sparsity_key` per seed slot, or
+        None."""
         raise NotImplementedError
 
     def cell_knob(self) -> str:
@@ -57,7 +59,8 @@ class FamilyConfig:
         return None
 
     def table(self, weight: float | None) -> dict:
-        """Values of `columns` for the results table; weight: the penalty weight the L0 search found."""
+        """Values of `columns` for the results table; weight: the penalty weight the L0 search
+        found."""
         return {}
 
 

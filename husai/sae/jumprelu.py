@@ -1,5 +1,6 @@
-"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead"): z = pre * H(pre - theta), an L0 penalty,
-and straight-through pseudo-derivatives through the step with a rectangle kernel of width eps.
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead"): z = pre * H(pre - theta), an L0
+penalty, and straight-through pseudo-derivatives through the step with a rectangle kernel of width
+eps.
 
 Shapes as in husai.sae.architectures: pre [S, B, d_sae], theta [S, d_sae]. Its config keys
 (JumpReLUConfig) and its registration are at the end.
@@ -105,15 +106,17 @@ class _DenseJumpReLU(torch.autograd.Function):
     z = pre * H(pre - theta) [S, B, d], l0 = mean over the batch of sum_i H [S], fired = any over
     the batch of H [S, d] (no gradient). The backward is the two functions' together,
         d pre   = H(pre - theta) g_z
-        d theta = -(theta/eps) sum_b K g_z - (1/eps) (g_l0 / B) sum_b K,   K = |pre - theta| < eps/2,
+        d theta = -(theta/eps) sum_b K g_z - (1/eps) (g_l0 / B) sum_b K,
+                  K = |pre - theta| < eps/2,
     in ~8 passes over [S, B, d] where the two separate functions and their float masks took ~20
     (the dense steps are the first ~300 of a 2,000-step run from random init)."""
 
     @staticmethod
     def forward(ctx, pre, theta, eps):
-        # masks as float 1/0, never bool: on this CPU build a comparison into a bool tensor took 220 us
-        # for [5, 64, 2048] and into a float one 67, a torch.where on a bool mask ~1 ms against 63 us for
-        # a multiply by a float mask, any(1) on bool 413 us against 74 (measured, 2 threads)
+        # masks as float 1/0, never bool: on this CPU build a comparison into a bool tensor took
+        # 220 us for [5, 64, 2048] and into a float one 67, a torch.where on a bool mask ~1 ms
+        # against 63 us for a multiply by a float mask, any(1) on bool 413 us against 74 (measured,
+        # 2 threads)
         above = torch.gt(pre, theta.unsqueeze(1), out=torch.empty_like(pre))
         ctx.save_for_backward(pre, theta, above)
         ctx.eps = eps
@@ -212,7 +215,8 @@ class JumpReLUSAE(PenalisedSAE):
     def _dense_loss(
         self, x: torch.Tensor, pre: torch.Tensor, theta: torch.Tensor
     ) -> tuple[torch.Tensor, dict]:
-        """StackedSAE.loss_from_pre for this architecture, with activation and L0 fused (_DenseJumpReLU)."""
+        """StackedSAE.loss_from_pre for this architecture, with activation and L0 fused
+        (_DenseJumpReLU)."""
         z, l0, fired = _DenseJumpReLU.apply(pre, theta, self.bandwidth)
         mse = (self.decode(z) - x).pow(2).sum(-1).mean(1)  # [S]
         loss = mse + self.coeff * l0
@@ -233,7 +237,8 @@ class JumpReLUSAE(PenalisedSAE):
 
 @dataclass
 class JumpReLUConfig(PenaltyConfig):
-    """The JumpReLU SAE's keys: the L0 weight, the kernel width, the initial threshold, target_l0."""
+    """The JumpReLU SAE's keys: the L0 weight, the kernel width, the initial threshold,
+    target_l0."""
 
     sparsity_key = "l0_coeff"
     knob_prefix = "l0"

@@ -71,10 +71,10 @@ def _private(path: Path) -> bool:
 
 
 def _cache_dirs():
-    """Where the library is looked for and built, in order: $HUSAI_CACHE or ~/.cache/husai, if this user
-    owns it and no one else may write it (a library found there is loaded into the process: it must
-    not be one another user could have put there); when it is not, or cannot be created or written, a
-    directory of the system's temporary one that is private in the same way."""
+    """Where the library is looked for and built, in order: $HUSAI_CACHE or ~/.cache/husai, if this
+    user owns it and no one else may write it (a library found there is loaded into the process: it
+    must not be one another user could have put there); when it is not, or cannot be created or
+    written, a directory of the system's temporary one that is private in the same way."""
     try:
         home = Path(
             os.environ.get("HUSAI_CACHE")
@@ -83,8 +83,8 @@ def _cache_dirs():
         home.mkdir(parents=True, exist_ok=True)
         if not _private(home):
             warnings.warn(
-                f"husai: kernel cache {home} is not private to this user (owner or mode); using a private "
-                "temporary directory",
+                f"husai: kernel cache {home} is not private to this user (owner or mode); using a "
+                "private temporary directory",
                 stacklevel=4,
             )
             home = None
@@ -105,9 +105,9 @@ def _cache_dirs():
 
 
 def _names(cc: str) -> tuple[str, str]:
-    """(the library's file name, its source part): `kernels-SRC-BUILD.so`, SRC a hash of the C sources,
-    BUILD of the flags, the compiler (its resolved path, size and mtime: `cc --version` would cost a
-    process start in every husai process) and the CPU."""
+    """(the library's file name, its source part): `kernels-SRC-BUILD.so`, SRC a hash of the C
+    sources, BUILD of the flags, the compiler (its resolved path, size and mtime: `cc --version`
+    would cost a process start in every husai process) and the CPU."""
     src = hashlib.sha256("\0".join(p.read_text() for p in (*SOURCES, HEADER)).encode()).hexdigest()[
         :12
     ]
@@ -119,8 +119,8 @@ def _names(cc: str) -> tuple[str, str]:
 
 
 def _prune(d: Path, keep_prefix: str) -> None:
-    """Delete the builds of other sources in `d` (older husai versions); builds of these sources for other
-    flags or compilers stay (the tests build an x86-64-v3 one beside the native one)."""
+    """Delete the builds of other sources in `d` (older husai versions); builds of these sources for
+    other flags or compilers stay (the tests build an x86-64-v3 one beside the native one)."""
     for old in d.glob("kernels-*.so"):
         if not old.name.startswith(keep_prefix):
             with contextlib.suppress(OSError):
@@ -172,8 +172,9 @@ _CTYPES = {"int": ctypes.c_int, "int64_t": ctypes.c_int64, "float": ctypes.c_flo
 
 
 def entry_points(header: str | None = None) -> dict[str, tuple[type | None, list[type]]]:
-    """kernels.h's entry-point block -> {name: (restype, argtypes)} in ctypes terms: a pointer is c_void_p,
-    int, int64_t and float their ctypes; the one place the C signatures are written down."""
+    """kernels.h's entry-point block -> {name: (restype, argtypes)} in ctypes terms: a pointer is
+    c_void_p, int, int64_t and float their ctypes; the one place the C signatures are written
+    down."""
     text = HEADER.read_text() if header is None else header
     block = text.split("/* BEGIN ENTRY POINTS */")[1].split("/* END ENTRY POINTS */")[0]
     out = {}
@@ -193,7 +194,8 @@ def entry_points(header: str | None = None) -> dict[str, tuple[type | None, list
 class Kernels:
     """The loaded library's entry points, each bound with kernels.h's signature and called through a
     check of the argument count (ctypes itself accepts extra arguments, and a missing one would read
-    garbage): a wrapper that drifts from the C side raises TypeError instead of corrupting memory."""
+    garbage): a wrapper that drifts from the C side raises TypeError instead of corrupting
+    memory."""
 
     def __init__(self, lib: ctypes.CDLL):
         for name, (restype, argtypes) in entry_points().items():

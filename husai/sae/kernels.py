@@ -9,8 +9,8 @@ HUSAI_KERNELS=off) husai.sae.sparse runs its PyTorch path (same selections, sums
 
 Every function takes float32 / int64 CPU tensors and returns new ones (the two ending in _ work in
 place); callers check `usable`. Entry lists (rows, cols) must index inside their tables, as
-husai.sae.sparse.Codes builds them: the kernels do not check (a check is a pass over the list) unless
-HUSAI_KERNELS_CHECK=1, which the test suite sets.
+husai.sae.sparse.Codes builds them: the kernels do not check (a check is a pass over the list)
+unless HUSAI_KERNELS_CHECK=1, which the test suite sets.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ __all__ = ["library", "usable", "checking"]
 
 
 def checking() -> bool:
-    """HUSAI_KERNELS_CHECK=1 (the test suite sets it): every entry list handed to a kernel is range-checked
-    first (rows and columns inside their tables, rows sorted where a kernel relies on it). Off by
-    default: a check is one more pass over the list."""
+    """HUSAI_KERNELS_CHECK=1 (the test suite sets it): every entry list handed to a kernel is
+    range-checked first (rows and columns inside their tables, rows sorted where a kernel relies on
+    it). Off by default: a check is one more pass over the list."""
     return os.environ.get("HUSAI_KERNELS_CHECK", "") not in ("", "0")
 
 
@@ -45,7 +45,8 @@ def _check_entries(
         return
     if rows.shape != cols.shape or rows.ndim != 2 or any(t.shape != rows.shape for t in same_shape):
         raise ValueError(
-            f"kernels.{name}: entry lists of shapes {[tuple(t.shape) for t in (rows, cols, *same_shape)]}"
+            f"kernels.{name}: entry lists of shapes "
+            f"{[tuple(t.shape) for t in (rows, cols, *same_shape)]}"
         )
     if rows.numel() == 0:
         return
@@ -121,10 +122,10 @@ def topk_among(
     pad_col: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """pre [S, B, d] (contiguous, or the [B, S, d]-in-memory view pre_acts returns), allowed [S, d]
-    bool -> (values, columns) [S, B, k']: each row's k largest among its seed's allowed columns whose
-    values are > above (ties to the lower column, columns increasing), then padding (value -inf at
-    column pad_col) where a row has fewer; k' <= k is the most any row has (the rest would be padding).
-    bias [S, d]: of pre + bias[s] instead (as topk_rows)."""
+    bool -> (values, columns) [S, B, k']: each row's k largest among its seed's allowed columns
+    whose values are > above (ties to the lower column, columns increasing), then padding (value
+    -inf at column pad_col) where a row has fewer; k' <= k is the most any row has (the rest would
+    be padding). bias [S, d]: of pre + bias[s] instead (as topk_rows)."""
     S, B, d = pre.shape
     if k < 1:
         raise ValueError(f"topk_among: k must be >= 1, got {k}")
@@ -157,10 +158,11 @@ def topk_among(
 
 
 def _parts(S: int) -> int:
-    """Output ranges per seed: S * parts a multiple of the thread count (as many tasks on every thread),
-    unless that is more than ~4 a thread (S = 17 on 16 threads), then ~4 a thread. More than needed
-    cost: a task of the by-latent sums reads its seed's whole entry list (one seed, 2 threads, 24k
-    entries: decode + its backward + the encoder sums 0.70 ms with 8 parts, 0.45 ms with 2, measured)."""
+    """Output ranges per seed: S * parts a multiple of the thread count (as many tasks on every
+    thread), unless that is more than ~4 a thread (S = 17 on 16 threads), then ~4 a thread. More
+    than needed cost: a task of the by-latent sums reads its seed's whole entry list (one seed, 2
+    threads, 24k entries: decode + its backward + the encoder sums 0.70 ms with 8 parts, 0.45 ms
+    with 2, measured)."""
     t = _threads()
     return min(t // math.gcd(S, t), max(1, -(-4 * t // S)))
 
@@ -189,8 +191,9 @@ def sum_by_latent(
     d_sae: int,
     with_bias: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """w, rows, cols [S, M]; T [S, R, d_in] -> (out [S, d_sae, d_in]: out[s, j] = sum_{cols = j} w T[s, rows mod R],
-    and with_bias the sums of w per latent [S, d_sae], else None). Each sum runs in entry order."""
+    """w, rows, cols [S, M]; T [S, R, d_in] -> (out [S, d_sae, d_in]:
+    out[s, j] = sum_{cols = j} w T[s, rows mod R], and with_bias the sums of w per latent
+    [S, d_sae], else None). Each sum runs in entry order."""
     S, M = w.shape
     R, d_in = T.shape[1:]
     _check_entries("sum_by_latent", rows, cols, d_sae, None, False, w)
@@ -223,9 +226,10 @@ def decode_backward(
     W: torch.Tensor,
     skip_zero: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """sparse_decode's backward, z, rows, cols [S, M], G [S, R, d_in] (the output's gradient), W [S, d_sae, d_in]
-    -> (g_W = sum_by_latent(z, rows, cols, G) [S, d_sae, d_in], g_z [S, M] = <G[s, rows], W[s, cols]>, 0 where
-    skip_zero and z = 0: a caller whose z came out of a relu) in one pass."""
+    """sparse_decode's backward, z, rows, cols [S, M], G [S, R, d_in] (the output's gradient),
+    W [S, d_sae, d_in] -> (g_W = sum_by_latent(z, rows, cols, G) [S, d_sae, d_in],
+    g_z [S, M] = <G[s, rows], W[s, cols]>, 0 where skip_zero and z = 0: a caller whose z came out
+    of a relu) in one pass."""
     S, M = z.shape
     _, d_sae, d_in = W.shape
     _check_entries("decode_backward", rows, cols, d_sae, G.shape[1], False, z)
@@ -259,7 +263,8 @@ def decode_backward(
 
 
 def weighted_row_sum(w: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """w [S, d_sae], W [S, d_sae, d_in] -> [S, d_in]: sum_j w[s, j] W[s, j] (zero weights skipped)."""
+    """w [S, d_sae], W [S, d_sae, d_in] -> [S, d_in]: sum_j w[s, j] W[s, j] (zero weights
+    skipped)."""
     S, d_sae, d_in = W.shape
     w, W = w.contiguous(), W.contiguous()
     out = torch.empty(S, d_in, dtype=W.dtype)
@@ -290,9 +295,9 @@ def adam_rows_(
     bc2_sqrt: float,
     constrain: bool,
 ) -> None:
-    """In place: one torch.optim.Adam step on p (rows of the last dim) with its state m, v; constrain: the
-    decoder's unit rows, the parallel gradient removed before the step and the rows renormalised after it
-    (kernels.c adam_rows). All four contiguous, one shape."""
+    """In place: one torch.optim.Adam step on p (rows of the last dim) with its state m, v;
+    constrain: the decoder's unit rows, the parallel gradient removed before the step and the rows
+    renormalised after it (kernels.c adam_rows). All four contiguous, one shape."""
     assert all(t.is_contiguous() and t.shape == p.shape for t in (g, m, v))
     d = p.shape[-1] if p.ndim else 1
     library().adam_rows(
@@ -321,8 +326,8 @@ def fvu_loss(
     aux_coeff: float,
 ) -> tuple[torch.Tensor, ...]:
     """The TopK family's loss from the step's one sparse decode (step.c fvu_loss has the formulas):
-    out [S, (levels + aux) B, d] (no b_dec; AuxK's B rows last when aux_on [S] bool is given, True for
-    the seeds with a dead latent), b_dec [S, d], x [B, d] or [S, B, d] -> (loss, mse, var [S],
+    out [S, (levels + aux) B, d] (no b_dec; AuxK's B rows last when aux_on [S] bool is given, True
+    for the seeds with a dead latent), b_dec [S, d], x [B, d] or [S, B, d] -> (loss, mse, var [S],
     g_out [S, (levels + aux) B, d], g_bdec [S, d]): the gradients of loss[s]."""
     S, R, d = out.shape
     B = x.shape[-2]
@@ -367,10 +372,10 @@ def topk_step(
     aux_coeff: float,
 ) -> dict:
     """The sparse part of a TopK training step in one call (step.c topk_step): pre [S, B, d_sae] the
-    encoder matmul without its bias (contiguous, or pre_acts' [B, S, d_sae]-in-memory view), bias [S, d_sae],
-    x [B, d_in] or [S, B, d_in], W_enc_T, W_dec [S, d_sae, d_in], b_dec [S, d_in], dead [S, d_sae] bool,
-    ks [S] each seed's k -> dict of loss, mse, var, l0 [S], fired [S, d_sae] bool, and the gradients
-    of every loss[s]: W_enc_T, b_enc, b_dec, W_dec."""
+    encoder matmul without its bias (contiguous, or pre_acts' [B, S, d_sae]-in-memory view),
+    bias [S, d_sae], x [B, d_in] or [S, B, d_in], W_enc_T, W_dec [S, d_sae, d_in], b_dec [S, d_in],
+    dead [S, d_sae] bool, ks [S] each seed's k -> dict of loss, mse, var, l0 [S], fired [S, d_sae]
+    bool, and the gradients of every loss[s]: W_enc_T, b_enc, b_dec, W_dec."""
     S, B, d_sae = pre.shape
     d_in = W_dec.shape[-1]
     seed_major = pre.is_contiguous()

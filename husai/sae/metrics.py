@@ -1,4 +1,4 @@
-"""SAE metrics over all p^2 inputs, exactly as the science brief (section 3) defines them.
+"""SAE metrics over all p^2 inputs, as metrics.json reports them (README, "The SAE stage").
 
 Every function takes a stacked SAE (S seeds) and returns one value per seed (a list of floats).
 
@@ -40,8 +40,8 @@ def reconstruct(sae, x: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Ten
 
 
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """x [N, d], x_hat [..., N, d] -> EV [...] (centred: 1 - FVU; science brief sec. 3); NaN when
-    x has no variance (0/0 is undefined, never a perfect score)."""
+    """x [N, d], x_hat [..., N, d] -> EV [...] (centred: 1 - FVU); NaN when x has no variance
+    (0/0 is undefined, never a perfect score)."""
     x, x_hat = x.double(), x_hat.double()
     resid = (x - x_hat).pow(2).sum((-1, -2))
     total = (x - x.mean(0)).pow(2).sum()

@@ -15,13 +15,14 @@ b_dec [S, d_in]: the last axis is d_in), per row w with gradient g [d_in], step 
     w <- w - lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
 
 If every row's gradient is rotated (g -> g R, as it is when the data and the rows are), m rotates
-with it and v does not change, so the update rotates: the SAE trained on X R is the one trained on
-X with its rows times R (tests/sae/test_sae_optim.py checks it to float32 rounding). It is Adam with
+with it and v does not change, so the update rotates: the SAE trained on X R is the one trained on X
+with its rows times R (tests/sae/test_sae_optim.py checks it to float32 rounding). It is Adam with
 the second-moment EMA taken over whole rows (a coarser factoring than Adafactor's row-and-column
-one, chosen because only whole rows are rotation-invariant). Every other parameter (b_enc [S, d_sae],
-JumpReLU's log_threshold: latent space, which a rotation of the data leaves alone) gets ordinary
-per-coordinate Adam in the same optimizer. Zero gradients (the idle latents' rows of the sparse
-TopK path) decay m and v as Adam's do; a parameter whose .grad is None is skipped, as in Adam.
+one, chosen because only whole rows are rotation-invariant). Every other parameter
+(b_enc [S, d_sae], JumpReLU's log_threshold: latent space, which a rotation of the data leaves
+alone) gets ordinary per-coordinate Adam in the same optimizer. Zero gradients (the idle latents'
+rows of the sparse TopK path) decay m and v as Adam's do; a parameter whose .grad is None is
+skipped, as in Adam.
 """
 
 from __future__ import annotations
@@ -82,12 +83,13 @@ class RowAdam(torch.optim.Optimizer):
 
 
 class KernelAdam(torch.optim.Adam):
-    """torch.optim.Adam (same update, same state: step, exp_avg, exp_avg_sq) stepping each parameter in
-    one pass of kernels.c (adam_rows), without Adam.step's per-call Python work; the parameters in
-    `constrained` (the unit-row decoder) get the decoder constraint in the same pass: the gradient's
-    part along each row removed before the update, the rows renormalised after it
+    """torch.optim.Adam (same update, same state: step, exp_avg, exp_avg_sq) stepping each parameter
+    in one pass of kernels.c (adam_rows), without Adam.step's per-call Python work; the parameters
+    in `constrained` (the unit-row decoder) get the decoder constraint in the same pass: the
+    gradient's part along each row removed before the update, the rows renormalised after it
     (StackedSAE.remove_parallel_grads and normalize_decoder, which skip a decoder stepped here).
-    One 5-seed TopK step: ~0.8 ms less than fused Adam plus the two constraint passes (BENCHMARKS.md)."""
+    One 5-seed TopK step: ~0.8 ms less than fused Adam plus the two constraint passes
+    (BENCHMARKS.md)."""
 
     def __init__(self, params, lr: float, betas: tuple[float, float], constrained=()):
         super().__init__(params, lr=lr, betas=betas)
@@ -124,8 +126,8 @@ class KernelAdam(torch.optim.Adam):
 
 
 def fused_adam(params: list, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
-    """Adam, fused where the device supports it: one kernel per parameter instead of ~10
-    elementwise passes (measured 17.0 vs 19.8 ms per 5-seed step on 2 CPU cores), same update rule."""
+    """Adam, fused where the device supports it: one kernel per parameter instead of ~10 elementwise
+    passes (measured 17.0 vs 19.8 ms per 5-seed step on 2 CPU cores), same update rule."""
     try:
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
     except (RuntimeError, ValueError):  # a device (or an older torch) without the fused kernel
@@ -139,11 +141,11 @@ def make_optimizer(
     betas: tuple[float, float],
     constrain_decoder: bool = False,
 ) -> torch.optim.Optimizer:
-    """name "adam" -> KernelAdam on the CPU with the compiled kernels (constrain_decoder: it also applies
-    the unit-row decoder's constraint, and the SAE's own steps for it skip; the caller passes False
-    when something must run between the update and the renormalisation), else fused_adam, over every
-    parameter; "row_adam" -> RowAdam with rows=True for the ACTIVATION_SPACE parameters and
-    per-coordinate Adam for the rest."""
+    """name "adam" -> KernelAdam on the CPU with the compiled kernels (constrain_decoder: it also
+    applies the unit-row decoder's constraint, and the SAE's own steps for it skip; the caller
+    passes False when something must run between the update and the renormalisation), else
+    fused_adam, over every parameter; "row_adam" -> RowAdam with rows=True for the ACTIVATION_SPACE
+    parameters and per-coordinate Adam for the rest."""
     sae.decoder_constraint_in_optimizer = (
         False  # until a KernelAdam below takes the constraint over
     )

@@ -75,8 +75,8 @@ def resample_dead(
             state = opt.state.get(p, {}) if p is not None else {}
             if "exp_avg" in state:
                 state["exp_avg"][s, j] = 0.0
-                # the step count is shared, so a zeroed second moment gets no bias correction and the
-                # first steps would be ~30x lr (measured: resampled ReLU latents died within an
+                # the step count is shared, so a zeroed second moment gets no bias correction and
+                # the first steps would be ~30x lr (measured: resampled ReLU latents died within an
                 # epoch); the live rows' mean second moment gives them ordinary steps instead
                 v = state["exp_avg_sq"][s]
                 v[j] = v[live].mean(0) if bool(live.any()) else v.mean(0)

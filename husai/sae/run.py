@@ -36,8 +36,8 @@ def run_train_sae(
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict:
-    """The whole train-sae command: inputs -> trained SAEs + metrics.json in save_dir. Returns metrics.
-    An existing SAE output in save_dir is replaced only with overwrite (husai.outputs)."""
+    """The whole train-sae command: inputs -> trained SAEs + metrics.json in save_dir. Returns
+    metrics. An existing SAE output in save_dir is replaced only with overwrite (husai.outputs)."""
     out = Path(save_dir)
     mode = claim_folder(
         out,
@@ -179,7 +179,8 @@ def _inputs(transformer_checkpoint, activations, layer, hook, split, device):
     if activations is not None:
         if layer is not None or hook is not None:
             raise HusaiError(
-                "--layer/--hook pick activations from a model; they cannot be used with --activations"
+                "--layer/--hook pick activations from a model; they cannot be used with "
+                "--activations"
             )
         acts, meta = load_activations(activations)
         return (
@@ -202,7 +203,8 @@ def _inputs(transformer_checkpoint, activations, layer, hook, split, device):
 
 
 def _train_with_progress(acts, cfg, seeds, device, progress: bool, run):
-    """train_saes with a progress bar (unless not progress) and per-epoch W&B logging (run or None)."""
+    """train_saes with a progress bar (unless not progress) and per-epoch W&B logging (run or
+    None)."""
     from husai.sae.train import train_saes
 
     bar, on_step = None, None
@@ -253,7 +255,8 @@ def _train_with_progress(acts, cfg, seeds, device, progress: bool, run):
 
 
 def _metrics(res, cfg, seeds, info, eval_acts, model, device) -> dict:
-    """metrics.json of a train-sae output: per-seed SAE metrics over eval_acts, their means, the run."""
+    """metrics.json of a train-sae output: per-seed SAE metrics over eval_acts, their means, the
+    run."""
     from husai.sae.metrics import cosine_to_init, reconstruction_metrics, spliced_metrics
 
     sae = res.sae

@@ -9,7 +9,8 @@ without autograd. Everything after works on a coordinate list of active entries 
 and two custom autograd functions give the parameters their gradients from that list:
 
     encode_at(...)  values pre[s, rows, cols] with gradients to W_enc_T, b_enc, b_dec
-    decode(...)     out[s, b] = sum_{m: rows[s, m] = b} z[s, m] W_dec[s, cols[s, m]]   (x_hat = out + b_dec)
+    decode(...)     out[s, b] = sum_{m: rows[s, m] = b} z[s, m] W_dec[s, cols[s, m]]
+                    (x_hat = out + b_dec)
 
 The plain-PyTorch reference is the dense path, StackedSAE.training_loss (dense activate and
 matmul decode); tests/sae/test_sae_arch.py checks loss and every gradient against it.
@@ -34,16 +35,15 @@ def topk_rows(
     for k << d. pre [..., d] -> ([..., k], [..., k]); bias [S, d] (pre [S, B, d]): of pre + bias[s].
 
     On the CPU with the compiled kernels: kernels.topk_rows (columns increasing, ties to the lower).
-    Otherwise: split each row into m = d / g strided groups {j, j + m, ..., j + (g - 1) m} of g elements.
-    The k largest elements of a row lie in the k groups with the largest maxima (any element
-    above the k-th largest group maximum is in one of those groups), so a top-k over
-    the m group maxima and then over the k * g candidates gives the same set as a top-k over d.
+    Otherwise: split each row into m = d / g strided groups {j, j + m, ..., j + (g - 1) m} of g
+    elements. The k largest elements of a row lie in the k groups with the largest maxima (any
+    element above the k-th largest group maximum is in one of those groups), so a top-k over the m
+    group maxima and then over the k * g candidates gives the same set as a top-k over d.
     Strided groups make the group maximum a vectorised elementwise max over g rows of m.
     """
     d = pre.shape[-1]
-    if 2 * k <= d <= 2**16 and kernels.usable(
-        pre
-    ):  # rows of one input: kernels.c, ~4x faster (measured)
+    # rows of one input: kernels.c, ~4x faster (measured)
+    if 2 * k <= d <= 2**16 and kernels.usable(pre):
         vals, idx = kernels.topk_rows(pre.detach(), k, bias)
         return (pre.gather(-1, idx) if pre.requires_grad else vals), idx
     if bias is not None:  # pre [S, B, d] + bias [S, d]: written out here
@@ -111,7 +111,8 @@ class Codes:
 
 def _sum_rows_by_latent(codes: Codes, table: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """out[l] = sum over entries e with latent l of weights[e] * table[codes.input[e]].
-    table [S*R, d] (stacked per seed), weights [S*M] -> [S*d_sae, d] (zero rows for idle latents)."""
+    table [S*R, d] (stacked per seed), weights [S*M] -> [S*d_sae, d] (zero rows for idle
+    latents)."""
     order, table_rows, offsets = codes.by_latent()
     return F.embedding_bag(
         table_rows, table, offsets, mode="sum", per_sample_weights=weights[order]
@@ -212,9 +213,10 @@ class RowNorms(torch.autograd.Function):
 def encode_at(
     pre_vals: torch.Tensor, W_enc_T, b_enc, b_dec, x: torch.Tensor, codes: Codes
 ) -> torch.Tensor:
-    """pre_vals [S, M] (no grad) -> the same values [S, M] with gradients to W_enc_T [S, d_sae, d_in],
-    b_enc [S, d_sae], b_dec [S, d_in]; x holds the inputs that codes.rows index (R = codes.B, or R
-    a multiple of x's rows, read cyclically): [R, d_in] shared by all seeds, or [S, R, d_in] one set per seed."""
+    """pre_vals [S, M] (no grad) -> the same values [S, M] with gradients to
+    W_enc_T [S, d_sae, d_in], b_enc [S, d_sae], b_dec [S, d_in]; x holds the inputs that codes.rows
+    index (R = codes.B, or R a multiple of x's rows, read cyclically): [R, d_in] shared by all
+    seeds, or [S, R, d_in] one set per seed."""
     return _EncodeAt.apply(pre_vals, W_enc_T, b_enc, b_dec, x, codes)
 
 
@@ -317,7 +319,8 @@ def entries_above(pre: torch.Tensor, thr, dense_above: float | None = DENSE_ABOV
     per_row = per_block.view(S, B) if seed_major else per_block.view(B, S).T  # [S, B]
     counts = per_row.sum(1)  # [S]
     M = max(1, int(counts.max()))
-    # entry n of block k goes to seed s_b[k]'s slot (entries of its earlier rows) + (n - start of block k)
+    # entry n of block k goes to seed s_b[k]'s slot (entries of its earlier rows)
+    # + (n - start of block k)
     base = (
         (torch.cumsum(per_row, 1) - per_row)[s_b, b_b]
         + s_b * M
@@ -333,7 +336,8 @@ def entries_above(pre: torch.Tensor, thr, dense_above: float | None = DENSE_ABOV
 
 class _DenseEncode(torch.autograd.Function):
     """pre [S, B, d_sae] from the no-grad pass, given the gradients it has as a function of W_enc_T,
-    b_enc, b_dec (the dense counterpart of husai.sae.sparse's encode_at, for a step too dense for the sparse path):
+    b_enc, b_dec (the dense counterpart of husai.sae.sparse's encode_at, for a step too dense for
+    the sparse path):
         d b_enc = sum_b g,  d W_enc_T[s] = g[s]^T (x - b_dec[s]),  d b_dec = -d b_enc @ W_enc_T."""
 
     @staticmethod

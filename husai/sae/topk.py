@@ -1,7 +1,7 @@
-"""The TopK SAE (Gao et al. 2024, sec. 2.3), stacked over S seeds (shapes in husai.sae.architectures):
-z = ReLU(TopK_k(pre)); loss = FVU + aux_coeff * AuxK. Its config keys (TopKConfig) and its
-registration are at the end of this file; BatchTopK and Matryoshka, which share its sparse step,
-are in husai.sae.batchtopk.
+"""The TopK SAE (Gao et al. 2024, sec. 2.3), stacked over S seeds (shapes in
+husai.sae.architectures): z = ReLU(TopK_k(pre)); loss = FVU + aux_coeff * AuxK. Its config keys
+(TopKConfig) and its registration are at the end of this file; BatchTopK and Matryoshka, which share
+its sparse step, are in husai.sae.batchtopk.
 
 Which loss is which (one TopK loss, four code paths; tests/sae compares each with the reference):
   reference   StackedSAE.training_loss with `activate` and `sparsity_loss`: dense, autograd,
@@ -31,7 +31,8 @@ from husai.sae.sparse import Codes, RowNorms, decode, encode_at, topk_rows
 
 @functools.lru_cache(maxsize=16)
 def _row_index(B: int, k: int, device, first: int = 0) -> torch.Tensor:
-    """[B * k]: first + b for each of k entries of input b (each step's coordinate lists; cached)."""
+    """[B * k]: first + b for each of k entries of input b (each step's coordinate lists;
+    cached)."""
     return first + torch.arange(B, device=device).repeat_interleave(k)
 
 
@@ -79,17 +80,18 @@ class _KernelFVU(torch.autograd.Function):
 
 
 class _KernelTopKStep(torch.autograd.Function):
-    """TopKSAE.training_loss's sparse part (selection, AuxK, decode, loss) with its whole backward in one
-    kernels.topk_step call: (W_enc_T, b_enc, b_dec, W_dec, pre, bias, x, dead) -> (loss, mse, var, l0 [S],
-    fired [S, d_sae]; only loss has a gradient). The forward writes the parameters' gradients, the
-    backward scales them: no autograd graph, no per-op dispatch (a one-seed step is ~110 ATen calls
-    and 9 kernel calls otherwise)."""
+    """TopKSAE.training_loss's sparse part (selection, AuxK, decode, loss) with its whole backward
+    in one kernels.topk_step call: (W_enc_T, b_enc, b_dec, W_dec, pre, bias, x, dead) -> (loss, mse,
+    var, l0 [S], fired [S, d_sae]; only loss has a gradient). The forward writes the parameters'
+    gradients, the backward scales them: no autograd graph, no per-op dispatch (a one-seed step is
+    ~110 ATen calls and 9 kernel calls otherwise)."""
 
     @staticmethod
     def forward(ctx, W_enc_T, b_enc, b_dec, W_dec, pre, bias, x, dead, ks, k_aux, aux_coeff):
         f = kernels.topk_step(pre, bias, x, W_enc_T, b_dec, W_dec, dead, ks, k_aux, aux_coeff)
-        # kept as an attribute and dropped in backward, not saved: a gradient that only autograd holds is
-        # moved into .grad, one that ctx still holds is copied (AccumulateGrad; 2 x 1 MB a seed)
+        # kept as an attribute and dropped in backward, not saved: a gradient that only autograd
+        # holds is moved into .grad, one that ctx still holds is copied (AccumulateGrad;
+        # 2 x 1 MB a seed)
         ctx.grads = [f["W_enc_T"], f["b_enc"], f["b_dec"], f["W_dec"]]
         ctx.mark_non_differentiable(f["mse"], f["var"], f["l0"], f["fired"])
         return f["loss"], f["mse"], f["var"], f["l0"], f["fired"]
@@ -129,9 +131,10 @@ class TopKSAE(StackedSAE):
         aux_coeff: float = 1 / 32,
         rescale: bool = False,
     ):
-        """k: one for every slot, or a list with one per slot (cells that differ only in k trained in
-        one pass, husai.sae.cells.train_cells). rescale: StackedSAE.rescale, a way of training, so it
-        is not among the hyper-parameters a saved SAE records (training ends with unit rows)."""
+        """k: one for every slot, or a list with one per slot (cells that differ only in k trained
+        in one pass, husai.sae.cells.train_cells). rescale: StackedSAE.rescale, a way of training,
+        so it is not among the hyper-parameters a saved SAE records (training ends with unit
+        rows)."""
         super().__init__(n_seeds, d_in, d_sae)
         self.rescale, self.unit_norm_decoder = rescale, not rescale
         self.ks = [int(k)] * n_seeds if isinstance(k, int) else [int(v) for v in k]
@@ -156,8 +159,8 @@ class TopKSAE(StackedSAE):
         self, vals: torch.Tensor, idx: torch.Tensor, per_k: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """vals, idx [S, ..., n]: each row's n = self.k * per_k largest (unsorted). With per-slot k,
-        slot s keeps its ks[s] * per_k largest and the rest get value 0 (relu(0) = 0 and its gradient
-        is 0: those entries decode to nothing and train nothing)."""
+        slot s keeps its ks[s] * per_k largest and the rest get value 0 (relu(0) = 0 and its
+        gradient is 0: those entries decode to nothing and train nothing)."""
         if self._slot_k is None:
             return vals, idx
         vals, order = vals.sort(
@@ -192,7 +195,8 @@ class TopKSAE(StackedSAE):
         k = min(k_aux, the largest dead count): a seed with fewer dead latents gets padding, -inf at
         a live column (relu'd to 0, no gradient), so only as many entries as some seed can fill are
         decoded (Gao et al.'s AuxK keeps min(k_aux, dead), the same sum). Searches only the dead
-        columns, much cheaper than a top-k over all d_sae when few latents are dead. bias: as select_latents."""
+        columns, much cheaper than a top-k over all d_sae when few latents are dead. bias: as
+        select_latents."""
         S, B, d_sae = pre.shape
         if kernels.usable(pre):
             return kernels.topk_among(
@@ -224,7 +228,8 @@ class TopKSAE(StackedSAE):
 
     def training_loss(self, x: torch.Tensor, dead: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """Same loss as StackedSAE.training_loss (FVU + aux_coeff * AuxK), computed sparsely: one
-        dense no-grad pass for the pre-activations, then only the selected entries (husai.sae.sparse).
+        dense no-grad pass for the pre-activations, then only the selected entries
+        (husai.sae.sparse).
         x [B, d_in] (one batch for all seeds) or [S, B, d_in] (a batch per seed).
 
         All reconstructions of the step come out of one sparse decode of R = (L + aux) * B rows:
@@ -259,7 +264,8 @@ class TopKSAE(StackedSAE):
             )
         aux = bool(dead.any())
         with torch.no_grad():
-            # [S, B, d_sae], valid until the next step; with the kernels, the bias is added as they select
+            # [S, B, d_sae], valid until the next step; with the kernels, the bias is added as they
+            # select
             split = self.selection_adds_bias and not self.rescale and kernels.usable(x)
             pre, bias = (
                 self.pre_acts(x, reuse_buffer=True, split_bias=True)
@@ -281,8 +287,8 @@ class TopKSAE(StackedSAE):
         codes = Codes(rows, cols, R, self.d_sae)
         if self.rescale:  # pvals are pre * n: the parameters' gradients come through both factors
             n = RowNorms.apply(self.W_dec).clamp_min(1e-12).gather(1, cols)  # [S, M']
-            # AuxK's padding is -inf (fewer dead latents than k_aux): as 0 it is still relu'd to 0, with
-            # no gradient (relu'(0) = 0 in torch), where -inf * n would send NaN to n
+            # AuxK's padding is -inf (fewer dead latents than k_aux): as 0 it is still relu'd to 0,
+            # with no gradient (relu'(0) = 0 in torch), where -inf * n would send NaN to n
             raw = (pvals.nan_to_num(neginf=0.0) if aux else pvals) / n.detach()
             z = F.relu(encode_at(raw, self.W_enc_T, self.b_enc, self.b_dec, x, codes) * n)
             out = decode(z / n, self.W_dec, codes, from_relu=True)
@@ -328,7 +334,8 @@ class TopKSAE(StackedSAE):
         return loss.sum(), stats
 
     def saelens_form(self, slot: int) -> tuple[str, dict, dict]:
-        """SAELens's inference form of seed slot `slot`: (architecture, extra tensors, extra cfg keys)."""
+        """SAELens's inference form of seed slot `slot`: (architecture, extra tensors, extra cfg
+        keys)."""
         return (
             "topk",
             {},

@@ -1,10 +1,11 @@
 """Train S SAEs (one per seed) on the same activations in one pass.
 
-Each seed's initial weights come from its own generator (husai.sae.architectures.StackedSAE.init_weights)
-and, by default, its batch order too (`data_seed` None: a batch x [S, B, d_in]); an integer
-`data_seed` gives all seeds one shared order (x [B, d_in]). The loss is a sum of per-seed terms,
-so training seeds [42, 123] together gives the same SAE for 42 as training [42] alone
-(tests/sae/test_sae_train.py checks both this and bitwise determinism).
+Each seed's initial weights come from its own generator
+(husai.sae.architectures.StackedSAE.init_weights) and, by default, its batch order too (`data_seed`
+None: a batch x [S, B, d_in]); an integer `data_seed` gives all seeds one shared order
+(x [B, d_in]). The loss is a sum of per-seed terms, so training seeds [42, 123] together gives the
+same SAE for 42 as training [42] alone (tests/sae/test_sae_train.py checks both this and bitwise
+determinism).
 """
 
 from __future__ import annotations
@@ -74,10 +75,10 @@ def init_saes(
     b_dec: torch.Tensor | None = None,
 ) -> StackedSAE:
     """The SAEs exactly as training starts them, from acts [N, d_in] (with cfg.data_span, rows
-    projected onto the data span). Also the untrained-SAE null of `husai compare`, which must be
-    the architecture's real init (README, "Nulls that fit the geometry"). b_dec: initial_b_dec(acts), when the
-    caller already has it (it depends on the data alone; ~0.5 s at [12769, 512]). With decoder_norm
-    rescale it comes folded to unit rows, as a trained SAE does (the same function)."""
+    projected onto the data span). Also the untrained-SAE null of `husai compare`, which must be the
+    architecture's real init (README, "Nulls that fit the geometry"). b_dec: initial_b_dec(acts),
+    when the caller already has it (it depends on the data alone; ~0.5 s at [12769, 512]). With
+    decoder_norm rescale it comes folded to unit rows, as a trained SAE does (the same function)."""
     sae = _init(acts, cfg, seeds, device, b_dec=b_dec)[0]
     sae.fold_decoder_norms()
     return sae
@@ -96,7 +97,8 @@ def _sample(acts: torch.Tensor) -> torch.Tensor:
 
 
 def initial_b_dec(acts: torch.Tensor) -> torch.Tensor:
-    """b_dec at init: the geometric median of (a fixed subsample of) the data (Gao et al. sec. 2.3)."""
+    """b_dec at init: the geometric median of (a fixed subsample of) the data
+    (Gao et al. sec. 2.3)."""
     return geometric_median(_sample(acts.to(torch.float32)).cpu())
 
 
@@ -110,9 +112,10 @@ def _init(
     start: dict | None = None,
 ) -> tuple[StackedSAE, torch.Tensor | None]:
     """-> (the initial SAEs, Q [d_in, r] the data-span basis or None when cfg.data_span is off).
-    start: {"W_dec": [S, m, d_in] unit rows, m <= d_sae, "b_dec": [d_in], optionally "b_enc": [S, m]}: the
-    first m decoder rows and their encoder rows (tied) set to these, b_dec (and those rows' b_enc) to
-    these (husai.analysis.optimisation_gap's runs from the truth); the other rows keep the config's init."""
+    start: {"W_dec": [S, m, d_in] unit rows, m <= d_sae, "b_dec": [d_in], optionally
+    "b_enc": [S, m]}: the first m decoder rows and their encoder rows (tied) set to these, b_dec
+    (and those rows' b_enc) to these (husai.analysis.optimisation_gap's runs from the truth); the
+    other rows keep the config's init."""
     N, d_in = acts.shape
     for s in seeds:
         check_seed(s, "every SAE seed")
@@ -179,7 +182,8 @@ def _batch_orders(N: int, cfg: SAETrainConfig, seeds: list[int], device):
 
 @torch.no_grad()
 def _snapshot(sae: StackedSAE, live: torch.Tensor) -> dict:
-    """The weights as the SAE's function has them: with decoder_norm rescale, folded to unit rows."""
+    """The weights as the SAE's function has them: with decoder_norm rescale, folded to unit
+    rows."""
     return dict(
         W_dec=sae.unit_decoder().float().clone(),
         W_enc_T=sae.unit_encoder().float().clone(),
@@ -198,14 +202,13 @@ def train_saes(
     start: dict | None = None,
     freeze_decoder: bool | list[bool] = False,
 ) -> TrainResult:
-    """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and
-    on_epoch(row) are optional callbacks (progress bar, W&B). knobs: see build_sae; start: see _init;
-    freeze_decoder: the decoder (W_dec and b_dec) keeps its initial values (put back after every step), only
-    the encoder, b_enc and the thresholds learn; a list: per seed slot (husai.analysis.optimisation_gap:
+    """Train len(seeds) SAEs on acts [N, d_in]. on_step(step, total, stats) and on_epoch(row) are
+    optional callbacks (progress bar, W&B). knobs: see build_sae; start: see _init; freeze_decoder:
+    the decoder (W_dec and b_dec) keeps its initial values (put back after every step), only the
+    encoder, b_enc and the thresholds learn; a list: per seed slot (husai.analysis.optimisation_gap:
     an oracle decoder with the family's encoder)."""
-    torch.set_flush_denormal(
-        True
-    )  # Adam state under weight decay goes denormal (BENCHMARKS.md, "Model training step")
+    # Adam state under weight decay goes denormal (BENCHMARKS.md, "Model training step")
+    torch.set_flush_denormal(True)
     N, d_in = acts.shape
     cfg.validate(d_in)
     check_informative(acts)

@@ -1,5 +1,5 @@
-"""The study: its config (grid of SAE runs over model seeds, hooks and architectures), the runner and
-its executors (local, process pool, Ray), the results table, and the report with its figures.
+"""The study: its config (grid of SAE runs over model seeds, hooks and architectures), the runner
+and its executors (local, process pool, Ray), the results table, and the report with its figures.
 
 May import: husai.analysis, husai.sae, husai.model and the plumbing.
 """

@@ -8,8 +8,11 @@
     saes:                       # each entry: SAETrainConfig keys; a list value is a grid axis
       - {architecture: topk, expansion: [16], k: [32]}
       - {architecture: relu, expansion: 16, l1_coeff: [0.01, 0.03]}
-    stability: {threshold: 0.7, controls: [memorised, untrained], control_seeds: 3,
-                control_cells: [{architecture: topk, latents: 512, k: 32}]}   # [] or absent: every cell
+    stability:
+      threshold: 0.7
+      controls: [memorised, untrained]
+      control_seeds: 3
+      control_cells: [{architecture: topk, latents: 512, k: 32}]   # [] or absent: every cell
 
 Everything is validated before any work starts; errors name the key.
 """
@@ -26,10 +29,11 @@ from husai.sae.config import SAETrainConfig, all_keys, config_from_dict
 
 TOP_KEYS = ("model", "hooks", "seeds", "saes", "stability", "oracle")
 ORACLE_KEYS = ("score", "encoder", "started")
-"""oracle.score: each cell's SAEs against the oracle dictionary at their width and L0, the optimisation gap and
-its reading; oracle.encoder: also the oracle as a frozen decoder with the cell's own encoder trained on it;
-oracle.started: also the cell's recipe started at the oracle (encoder and started: one more training of the
-cell each). All default to true (husai.analysis.optimisation_gap)."""
+"""oracle.score: each cell's SAEs against the oracle dictionary at their width and L0, the
+optimisation gap and its reading; oracle.encoder: also the oracle as a frozen decoder with the
+cell's own encoder trained on it; oracle.started: also the cell's recipe started at the oracle
+(encoder and started: one more training of the cell each). All default to true
+(husai.analysis.optimisation_gap)."""
 MODEL_KEYS = (
     "preset",
     "seeds",
@@ -87,9 +91,9 @@ class StudyConfig:
     control_seeds: int = 3
     """The first this-many SAE seeds train the controls."""
     control_cells: list = field(default_factory=list)
-    """Which cells run the controls: mappings of SAE config keys (and optionally `hook`, `model_seed`)
-    that a cell must all match; [] (default): every cell. Controls cost ~2 extra cells each, so a
-    sweep runs them on a reference cell."""
+    """Which cells run the controls: mappings of SAE config keys (and optionally `hook`,
+    `model_seed`) that a cell must all match; [] (default): every cell. Controls cost ~2 extra cells
+    each, so a sweep runs them on a reference cell."""
     raw: dict = field(default_factory=dict)
     """The YAML as written (copied into the study folder)."""
     oracle: dict = field(default_factory=lambda: dict(score=True, encoder=True, started=True))
@@ -179,7 +183,8 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
     st = d.get("stability") or {}
     if isinstance(st, dict) and "null_pairs" in st:
         raise HusaiError(
-            f"{source}: key 'stability.null_pairs' is gone: every null is now drawn once per seed pair "
+            f"{source}: key 'stability.null_pairs' is gone: every null is now drawn once per "
+            "seed pair "
             "(husai.analysis.agreement); remove it"
         )
     if not isinstance(st, dict) or any(
@@ -217,8 +222,8 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
         or not 2 <= n_ctrl <= max(2, len(seeds))
     ):
         raise HusaiError(
-            f"{source}: key 'stability.control_seeds' must be an integer from 2 to the number of SAE "
-            f"seeds ({len(seeds)}), got {n_ctrl!r}"
+            f"{source}: key 'stability.control_seeds' must be an integer from 2 to the number "
+            f"of SAE seeds ({len(seeds)}), got {n_ctrl!r}"
         )
     cells = st.get("control_cells") or []
     keys = set(all_keys()) | {"hook", "model_seed"}
@@ -226,7 +231,8 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
         isinstance(m, dict) and m and set(m) <= keys for m in cells
     ):
         raise HusaiError(
-            f"{source}: key 'stability.control_cells' must be a list of mappings of SAE config keys "
+            f"{source}: key 'stability.control_cells' must be a list of mappings of SAE config "
+            "keys "
             f"(and hook, model_seed), got {cells!r}"
         )
     oracle = d.get("oracle") or {}
@@ -260,8 +266,9 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
 
 
 SHIPPED = {"default": "study.yaml", "full": "study_full.yaml"}
-"""The studies that ship inside the package (husai/study/configs/, package data, so an installed wheel
-has them too): `husai study --config NAME`; `default` is what `husai study` and `make run` run."""
+"""The studies that ship inside the package (husai/study/configs/, package data, so an installed
+wheel has them too): `husai study --config NAME`; `default` is what `husai study` and `make run`
+run."""
 
 
 def shipped_config(name: str) -> Path:

@@ -1,6 +1,7 @@
 """Model-side controls of stability: the same SAE recipe, on the same hook, with the same seeds, on
-the same model before it generalised (its memorised checkpoint) and on an untrained model of the same
-shape (the run's own initial weights; Heap et al. 2025 train SAEs on randomly initialised models).
+the same model before it generalised (its memorised checkpoint) and on an untrained model of the
+same shape (the run's own initial weights; Heap et al. 2025 train SAEs on randomly initialised
+models).
 
 If the seeds agree as much on those as on the grokked model, the agreement says more about the
 recipe and the data's shape than about features the model learned. The controls are measured
@@ -15,8 +16,8 @@ KEPT = ("pw_mcc_dec", "mean_max_abs_cos_dec", "shared_fraction", "reappearance",
 
 
 def contrast(cell_levels: dict, control: dict, n: int) -> dict:
-    """Per metric, the cell's agreement minus the control's, paired by seed pair (the control's seeds are
-    the cell's first n), with its CI: {metric: {value, ci}}."""
+    """Per metric, the cell's agreement minus the control's, paired by seed pair (the control's
+    seeds are the cell's first n), with its CI: {metric: {value, ci}}."""
     import numpy as np
 
     from husai.analysis.agreement import bootstrap_ci
@@ -37,9 +38,9 @@ def contrast(cell_levels: dict, control: dict, n: int) -> dict:
 def run_controls(
     model_dir, hook: str, cfg, seeds: list[int], controls=CONTROLS, threshold: float = 0.7
 ) -> dict:
-    """{control: {epoch (memorised), test_acc, explained_variance [per seed], data_span, off_span, levels
-    {metric: summary} for KEPT metrics, shared_init}} (module docstring); a control that cannot be
-    built (e.g. no memorised checkpoint) is {"error": "..."}."""
+    """{control: {epoch (memorised), test_acc, explained_variance [per seed], data_span, off_span,
+    levels {metric: summary} for KEPT metrics, shared_init}} (module docstring); a control that
+    cannot be built (e.g. no memorised checkpoint) is {"error": "..."}."""
     from husai.analysis.seed_stability import SeedSlot, sae_stability
     from husai.errors import HusaiError
     from husai.io import read_json

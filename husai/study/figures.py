@@ -124,12 +124,14 @@ def fourier_spectrum(m: dict, path: Path) -> Path:
 
 
 def _short(c: dict) -> str:
-    """'topk_n64_k8 @ blocks.0.hook_resid_post (model seed 0)' -> 'topk_n64_k8 @ hook_resid_post, m0'."""
+    """'topk_n64_k8 @ blocks.0.hook_resid_post (model seed 0)' -> 'topk_n64_k8 @ hook_resid_post,
+    m0'."""
     return c["name"].replace("blocks.0.", "").replace(" (model seed ", ", m").rstrip(")")
 
 
 def _panels(n: int, width: float, height: float, cols: int = 4):
-    """n panels in rows of at most `cols` (a sweep has tens of cells: one row was 14,000 px wide)."""
+    """n panels in rows of at most `cols` (a sweep has tens of cells: one row was 14,000 px
+    wide)."""
     ncols, nrows = min(n, cols), -(-n // cols)
     fig, axes = plt.subplots(
         nrows,
@@ -178,8 +180,8 @@ def stability_heatmaps(cells: list[dict], path: Path) -> Path:
 
 
 def stability_vs_null(cells: list[dict], path: Path) -> Path:
-    """Per cell, each stability level's value with its 95% CI over seeds (bars) and its nulls and the
-    shared-init reference (markers)."""
+    """Per cell, each stability level's value with its 95% CI over seeds (bars) and its nulls and
+    the shared-init reference (markers)."""
     metrics = (
         ("pw_mcc_dec", "atoms: PW-MCC (decoder)"),
         ("shared_fraction", "atoms: shared fraction"),
@@ -231,8 +233,9 @@ def stability_vs_null(cells: list[dict], path: Path) -> Path:
 
 
 def frequency_coverage(cells: list[dict], path: Path) -> Path:
-    """Per seed and key frequency: latents assigned to that frequency by their decoder weights (> 50%
-    of the row in the frequency's residual subspace), and in brackets those pure by activation."""
+    """Per seed and key frequency: latents assigned to that frequency by their decoder weights
+    (> 50% of the row in the frequency's residual subspace), and in brackets those pure by
+    activation."""
     fig, axes = _panels(len(cells), 5.2, 3.6)
     for ax, c in zip(axes, cells):
         an = c["analysis"]
@@ -278,9 +281,10 @@ def frequency_coverage(cells: list[dict], path: Path) -> Path:
 def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
     """One row per hook: stability's effect over chance and the ground-truth recovery against width
     (one line per architecture and sparsity) and against L0 (one line per architecture and width),
-    the EV-vs-L0 frontier, and the optimisation gap against width (the oracle's EV minus the SAEs' at the
-    same width and L0, husai.analysis.optimisation_gap); error bars: husai.study.sweep.curves. marks: widths to draw as
-    vertical lines (e.g. the p answer classes)."""
+    the EV-vs-L0 frontier, and the optimisation gap against width (the oracle's EV minus the SAEs'
+    at the same width and L0, husai.analysis.optimisation_gap); error bars:
+    husai.study.sweep.curves. marks: widths to draw as vertical lines (e.g. the p answer
+    classes)."""
     from husai.study.sweep import curves
 
     hooks = sorted({p["hook"] for p in points})
@@ -343,7 +347,8 @@ def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
                     ax.text(v, ax.get_ylim()[1], f" {mark}", fontsize=6, va="top", color="tab:gray")
             ax.set(xlabel="latents" if x == "latents" else "L0 (log)", ylabel=label)
             ax.set_title(
-                f"{hook.replace('blocks.0.', '')}: {label} vs {'width' if x == 'latents' else 'L0'}",
+                f"{hook.replace('blocks.0.', '')}: {label} vs "
+                f"{'width' if x == 'latents' else 'L0'}",
                 fontsize=9,
             )
             ax.legend(fontsize=6)

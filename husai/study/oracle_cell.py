@@ -1,5 +1,6 @@
-"""A study cell's oracle reading (husai.analysis.optimisation_gap) from what the cell wrote: its SAEs'
-EV and L0 (metrics.json), the penalty weight its L0 search found, and the hook's activations."""
+"""A study cell's oracle reading (husai.analysis.optimisation_gap) from what the cell wrote: its
+SAEs' EV and L0 (metrics.json), the penalty weight its L0 search found, and the hook's
+activations."""
 
 from __future__ import annotations
 

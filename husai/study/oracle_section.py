@@ -1,7 +1,7 @@
-"""The report's oracle section: per cell, the oracle dictionary's EV at the cell's width and L0 next to the
-trained SAEs', the optimisation gap with its 95% interval over SAE seeds and its reading, and the cell's
-recipe started at the truth (husai.analysis.optimisation_gap); and the verdict's sentence per hook and
-architecture."""
+"""The report's oracle section: per cell, the oracle dictionary's EV at the cell's width and L0 next
+to the trained SAEs', the optimisation gap with its 95% interval over SAE seeds and its reading, and
+the cell's recipe started at the truth (husai.analysis.optimisation_gap); and the verdict's sentence
+per hook and architecture."""
 
 from __future__ import annotations
 
@@ -68,24 +68,25 @@ def oracle_cells(rows: list[dict]) -> list[dict]:
 
 
 LEGEND = (
-    "Oracle: a circle tiling of the hook's complete ground truth (for each key frequency the output "
-    "plane, the input plane and, where it holds variance, the (a - b) plane; husai.analysis.oracle) with "
-    "as many atoms as the SAE has latents (the width rule leaves the remainder out: 'atoms'; at "
-    "mlp.hook_post the better of it and the top-variance neurons as one-hot atoms), coded as "
-    "well as possible with at most k atoms an input (k: the cell's k, or the trained SAEs' mean L0 for "
-    "ReLU) by greedy pursuit, a lower bound on the dictionary's best. Gap: oracle EV minus SAE EV, "
-    "paired by seed (each seed its own tiling phase), with the 95% "
-    "t-interval over SAE seeds. Reading: optimisation when the interval lies above 0 (a dictionary of the "
-    "model's features reconstructs better and training does not find it), objective when below 0, else "
-    "neither; 'EV still rising': the last epoch of training still raised the EV by 0.001 or more, so the "
-    "SAEs are under-trained and an optimisation reading says that first (on the reference cells a longer, "
-    "faster recipe, lr 1e-2 and 30 epochs, configs/examples/topk_converged.yaml, reaches or passes the "
-    "oracle's EV without bringing the rows to the truth: BENCHMARKS.md). Oracle + the family's encoder: "
-    "the tiling as a frozen decoder with the cell's own encoder "
-    "trained on it by the cell's recipe; the best code's EV minus this is the amortisation gap (what a "
-    "one-layer encoder loses in choosing atoms). Started at truth: the cell's own recipe started from the "
-    "tiling; cos to start: each started row's cosine to its atom at the end; near truth: the share of "
-    "live decoder rows within cosine 0.9 of an atom of the tiling."
+    "Oracle: a circle tiling of the hook's complete ground truth (for each key frequency the "
+    "output plane, the input plane and, where it holds variance, the (a - b) plane; "
+    "husai.analysis.oracle) with as many atoms as the SAE has latents (the width rule leaves the "
+    "remainder out: 'atoms'; at mlp.hook_post the better of it and the top-variance neurons as "
+    "one-hot atoms), coded as well as possible with at most k atoms an input (k: the cell's k, or "
+    "the trained SAEs' mean L0 for ReLU) by greedy pursuit, a lower bound on the dictionary's "
+    "best. Gap: oracle EV minus SAE EV, paired by seed (each seed its own tiling phase), with the "
+    "95% t-interval over SAE seeds. Reading: optimisation when the interval lies above 0 (a "
+    "dictionary of the model's features reconstructs better and training does not find it), "
+    "objective when below 0, else neither; 'EV still rising': the last epoch of training still "
+    "raised the EV by 0.001 or more, so the SAEs are under-trained and an optimisation reading "
+    "says that first (on the reference cells a longer, faster recipe, lr 1e-2 and 30 epochs, "
+    "configs/examples/topk_converged.yaml, reaches or passes the oracle's EV without bringing the "
+    "rows to the truth: BENCHMARKS.md). Oracle + the family's encoder: the tiling as a frozen "
+    "decoder with the cell's own encoder trained on it by the cell's recipe; the best code's EV "
+    "minus this is the amortisation gap (what a one-layer encoder loses in choosing atoms). "
+    "Started at truth: the cell's own recipe started from the tiling; cos to start: each started "
+    "row's cosine to its atom at the end; near truth: the share of live decoder rows within cosine "
+    "0.9 of an atom of the tiling."
 )
 
 HEAD = [
@@ -136,8 +137,8 @@ def oracle_table(cells: list[dict]) -> str:
 
 
 def oracle_verdict(cells: list[dict]) -> list[str]:
-    """One sentence per hook and architecture: how many cells read as which failure, the gap's range, and what
-    starting at the truth gives against the standard init."""
+    """One sentence per hook and architecture: how many cells read as which failure, the gap's
+    range, and what starting at the truth gives against the standard init."""
     groups = defaultdict(list)
     for c in cells:
         groups[(c["hook"], c["architecture"])].append(c)
@@ -165,8 +166,8 @@ def oracle_verdict(cells: list[dict]) -> list[str]:
         if started:
             better = sum(s > e for s, e in started)
             line += (
-                f"; started at the truth, the same recipe ends above the standard init in {better} of "
-                f"{len(started)} cells (EV {_f(_mean(s for s, _ in started))} against "
+                f"; started at the truth, the same recipe ends above the standard init in {better} "
+                f"of {len(started)} cells (EV {_f(_mean(s for s, _ in started))} against "
                 f"{_f(_mean(e for _, e in started))})"
             )
         lines.append(line + ".")

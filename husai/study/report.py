@@ -1,9 +1,10 @@
 """The study report: report.md, a self-contained report.html (figures embedded) and figures/*.png.
 
 Everything is computed from the study folder, so `husai report RUN_DIR` rebuilds it at any time.
-Success criteria follow the plan users already run: L0 within 28-36 for k = 32, explained
-variance > 0.85, dead latents < 15%, Fourier overlap > 0.5 (kept, named as the plan's), and its
-replacement: recovery of the answer atoms beyond a random dictionary's.
+Success criteria follow the original ones users already run: L0 within 28-36 for k = 32, explained
+variance > 0.85, dead latents < 15%, Fourier overlap > 0.5 (kept, named as the original; why sparse
+latents cannot meet it: docs/methods.md, "Fourier validation"), and its replacement: recovery of the
+answer atoms beyond a random dictionary's.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from husai.study.stability_section import stability_table, verdict
 from husai.study.sweep import ANSWER_HOOK, headline, sweep_points, sweep_table
 
 ATOM_MARGIN = 0.05
-"""An SAE recovers the answer atoms when its centroid MCC beats both no-learning references of the same
-size (random directions in the span, and random centred data points, what a data-initialised SAE
-starts from) by more than 0.05 (measured on the default model's resid_post: one random draw's MCC has
-std 0.004 at 1200-2048 latents, and each reference averages 5 draws, so 0.05 is > 10 reference std)."""
+"""An SAE recovers the answer atoms when its centroid MCC beats both no-learning references of the
+same size (random directions in the span, and random centred data points, what a data-initialised
+SAE starts from) by more than 0.05 (measured on the default model's resid_post: one random draw's
+MCC has std 0.004 at 1200-2048 latents, and each reference averages 5 draws, so 0.05 is > 10
+reference std)."""
 
 
 def criteria(row: dict) -> dict[str, bool | None]:
-    """Pass/fail of the plan's success criteria for one SAE row (None: not applicable / missing)."""
+    """Pass/fail of the success criteria for one SAE row (None: not applicable / missing)."""
 
     def ok(v, test):
         return None if v is None else bool(test(v))
@@ -45,8 +47,9 @@ def criteria(row: dict) -> dict[str, bool | None]:
         "L0 28-36 (k=32)": l0,
         "EV > 0.85": ok(row.get("explained_variance"), lambda v: v > 0.85),
         "dead < 15%": ok(row.get("frac_dead"), lambda v: v < 0.15),
-        "Fourier overlap > 0.5 (the plan's)": ok(row.get("fourier_overlap"), lambda v: v > 0.5),
-        # the replacement (husai.analysis.recovery): sparse latents can meet it, no-learning ones cannot
+        "Fourier overlap > 0.5 (original)": ok(row.get("fourier_overlap"), lambda v: v > 0.5),
+        # the replacement (husai.analysis.recovery): sparse latents can meet it, no-learning ones
+        # cannot
         f"answer atoms: MCC > references + {ATOM_MARGIN}": None
         if bar is None
         else ok(row.get("centroid_mcc"), lambda v: v > bar),
@@ -102,11 +105,13 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                     m.get("progress"),
                     m.get("memorised_epoch"),
                 ),
-                f"Model seed {ms}: training curves with the memorised, grokked and clean epochs marked"
+                f"Model seed {ms}: training curves with the memorised, grokked and clean epochs "
+                "marked"
                 + (
-                    "; right: Nanda et al.'s progress measures from the weight snapshots, with the final key "
-                    "frequencies (the restricted loss falls before the test loss: the Fourier circuit forms while "
-                    "the model still memorises; the excluded loss rises as the clean-up removes memorisation)."
+                    "; right: Nanda et al.'s progress measures from the weight snapshots, with the "
+                    "final key frequencies (the restricted loss falls before the test loss: the "
+                    "Fourier circuit forms while the model still memorises; the excluded loss "
+                    "rises as the clean-up removes memorisation)."
                     if m.get("progress")
                     else "."
                 ),
@@ -124,12 +129,14 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                 f"Model (seed {ms})",
                 "\n".join(
                     [
-                        f"- test accuracy {_fmt(m.get('test_acc'), 4)}, test loss {_fmt(m.get('test_loss'), 6)}, "
-                        f"train loss {_fmt(m.get('train_loss'), 6)}",
-                        f"- epochs {m.get('epochs_trained')}, grokked at {m.get('grokked_epoch')}, clean at {m.get('clean_epoch')}",
+                        f"- test accuracy {_fmt(m.get('test_acc'), 4)}, test loss "
+                        f"{_fmt(m.get('test_loss'), 6)}, train loss {_fmt(m.get('train_loss'), 6)}",
+                        f"- epochs {m.get('epochs_trained')}, grokked at {m.get('grokked_epoch')}, "
+                        f"clean at {m.get('clean_epoch')}",
                         f"- key frequencies {m.get('key_frequencies')}; single-frequency neurons "
                         f"{_fmt(m.get('frac_neurons_single_freq'))}",
-                        f"- restricted loss {_fmt(m.get('restricted_loss'), 6)}, excluded loss {_fmt(m.get('excluded_loss'))}",
+                        f"- restricted loss {_fmt(m.get('restricted_loss'), 6)}, excluded loss "
+                        f"{_fmt(m.get('excluded_loss'))}",
                     ]
                 ),
             )
@@ -150,7 +157,7 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
             )
         )
 
-    # Per-SAE quality with the plan's criteria.
+    # Per-SAE quality with the success criteria (`criteria`).
     head = [
         "run",
         "seed",
@@ -199,12 +206,13 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
             "\n".join(table)
             + "\n\n"
             + (
-                "delta CE: the model's loss with the SAE spliced in minus its clean loss, in nats; CE-loss-recovered saturates "
-                "near 1.000 whenever the clean loss is near 0 (~1e-7 after a long weight-decay-1 run, science brief section 6; "
-                "the fast preset's stronger clean-up decay leaves it near 0.1), so delta CE is the figure to read. Cosine to "
-                "init: mean cosine of each decoder row with its initialisation (high: it moved little). Off span: share of "
-                "the live decoder rows' squared norm outside the 99.9%-variance span of the activations (a training-health "
-                "figure)."
+                "delta CE: the model's loss with the SAE spliced in minus its clean loss, in nats; "
+                "CE-loss-recovered saturates near 1.000 whenever the clean loss is near 0 (~1e-7 "
+                "after a long weight-decay-1 run; the fast preset's stronger clean-up decay leaves "
+                "it near 0.1), so delta CE is the figure to read. Cosine to init: mean cosine of "
+                "each decoder row with its initialisation (high: it moved little). Off span: share "
+                "of the live decoder rows' squared norm outside the 99.9%-variance span of the "
+                "activations (a training-health figure)."
             ),
         )
     )
@@ -215,24 +223,25 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
             (
                 "stability",
                 rf.stability_heatmaps(ok_cells, figdir / "stability_heatmaps.png"),
-                "PW-MCC between seeds (Hungarian-matched decoder cosine of live latents in the data metric), "
-                "one panel per SAE cell.",
+                "PW-MCC between seeds (Hungarian-matched decoder cosine of live latents in the "
+                "data metric), one panel per SAE cell.",
             )
         )
         figs.append(
             (
                 "stability",
                 rf.stability_vs_null(ok_cells, figdir / "stability_vs_null.png"),
-                "Stability at each level (bars: mean over seed pairs with its 95% bootstrap CI over seeds) "
-                "against its nulls and the shared-init reference (markers).",
+                "Stability at each level (bars: mean over seed pairs with its 95% bootstrap CI "
+                "over seeds) against its nulls and the shared-init reference (markers).",
             )
         )
         figs.append(
             (
                 "stability",
                 rf.frequency_coverage(ok_cells, figdir / "frequency_coverage.png"),
-                "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the row in that "
-                "frequency's residual subspace), with activation-pure ones (purity >= 0.85) in brackets.",
+                "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the "
+                "row in that frequency's residual subspace), with activation-pure ones "
+                "(purity >= 0.85) in brackets.",
             )
         )
     stab = [stability_table(ok_cells)]
@@ -250,12 +259,13 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                 rf.sweep(
                     points, {f"p = {cfg.model.p} answer classes": cfg.model.p}, figdir / "sweep.png"
                 ),
-                "The sweep, one row per hook: stability's effect over chance (PW-MCC minus its matched-"
-                "geometry null) and ground-truth atom recovery (Hungarian MCC minus the better no-learning "
-                "reference) against width and against L0, explained variance against L0, and the "
-                "optimisation gap against width (the oracle's EV minus the SAEs' at the same width and L0: "
-                "above 0, a dictionary of the model's features does better than training finds). Error "
-                "bars: the range over model seeds (one model seed: the 95% CI over SAE seeds).",
+                "The sweep, one row per hook: stability's effect over chance (PW-MCC minus its "
+                "matched-geometry null) and ground-truth atom recovery (Hungarian MCC minus the "
+                "better no-learning reference) against width and against L0, explained variance "
+                "against L0, and the optimisation gap against width (the oracle's EV minus the "
+                "SAEs' at the same width and L0: above 0, a dictionary of the model's features "
+                "does better than training finds). Error bars: the range over model seeds (one "
+                "model seed: the 95% CI over SAE seeds).",
             ),
         )
         sections.insert(
@@ -265,11 +275,13 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                 sweep_table(points)
                 + "\n\n"
                 + (
-                    "One row per cell (its SAE seeds' means). Recovery: the ground-truth atoms (answer-class centroids where "
-                    "most of the hook's variance is a function of the answer, else the single-frequency MLP neurons) matched "
-                    "by Hungarian MCC in the span, minus the better of two no-learning references of the same size (random "
-                    "directions in the span, random data points); > 0 means learned. ReLU cells with a target L0 trained at the "
-                    "penalty weight a search found for it (metrics.json `calibration`)."
+                    "One row per cell (its SAE seeds' means). Recovery: the ground-truth atoms "
+                    "(answer-class centroids where most of the hook's variance is a function of "
+                    "the answer, else the single-frequency MLP neurons) matched by Hungarian MCC "
+                    "in the span, minus the better of two no-learning references of the same size "
+                    "(random directions in the span, random data points); > 0 means learned. ReLU "
+                    "cells with a target L0 trained at the penalty weight a search found for it "
+                    "(metrics.json `calibration`)."
                 ),
             ),
         )
@@ -314,7 +326,8 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
 
 def _ground_truth_section(cells: list[dict]) -> str:
     """Each cell's hook ground truth, and per SAE its latent types and recovery next to a random
-    dictionary of the same size in the same span (husai.analysis.ground_truth, latent_types, recovery)."""
+    dictionary of the same size in the same span (husai.analysis.ground_truth, latent_types,
+    recovery)."""
     lines = []
     for c in cells:
         gt = c["analysis"].get("ground_truth")
@@ -323,11 +336,12 @@ def _ground_truth_section(cells: list[dict]) -> str:
         v, base = gt["variance"], gt["baselines"]
         lines.append(
             f"- {c['name']}: {_fmt(v['answer'])} of the variance is a function of the answer, "
-            f"{_fmt(v['a'] + v['b'])} of a or b alone, {_fmt(v['conjugate'])} of {gt['variance_names']['conjugate']}, "
-            f"{_fmt(v['rest'])} the rest; the output and input planes of the key frequencies "
-            f"{gt['key_frequencies']} span {gt['span']['dim']} dimensions holding {_fmt(gt['span']['share'])}; "
-            f"answer-centroid lookup (L0 = 1) EV {_fmt(base['centroid_lookup']['explained_variance'])}, "
-            f"PCA EV {_fmt(base['pca'].get('4'))} (r = 4) / {_fmt(base['pca'].get('16'))} (r = 16)."
+            f"{_fmt(v['a'] + v['b'])} of a or b alone, {_fmt(v['conjugate'])} of "
+            f"{gt['variance_names']['conjugate']}, {_fmt(v['rest'])} the rest; the output and "
+            f"input planes of the key frequencies {gt['key_frequencies']} span {gt['span']['dim']} "
+            f"dimensions holding {_fmt(gt['span']['share'])}; answer-centroid lookup (L0 = 1) EV "
+            f"{_fmt(base['centroid_lookup']['explained_variance'])}, PCA EV "
+            f"{_fmt(base['pca'].get('4'))} (r = 4) / {_fmt(base['pca'].get('16'))} (r = 16)."
         )
     head = [
         "cell",
@@ -395,7 +409,8 @@ def _ground_truth_section(cells: list[dict]) -> str:
                 per_plane.append(
                     f"| {c['name']} | {label} | "
                     + " | ".join(
-                        f"{_fmt(planes[n]['coverage'], 2)} ({_fmt(planes[n]['random_reference']['coverage'], 2)})"
+                        f"{_fmt(planes[n]['coverage'], 2)} "
+                        f"({_fmt(planes[n]['random_reference']['coverage'], 2)})"
                         if n in planes
                         else "-"
                         for n in plane_names
@@ -410,23 +425,25 @@ def _ground_truth_section(cells: list[dict]) -> str:
         "",
         "\n".join(per_plane),
         "",
-        "Types by the rules of husai.analysis.latent_types (a function of the answer with its decoder in one "
-        "output plane: plane feature; near one answer-class centroid: answer detector; f(a) + g(b): input "
-        "feature; firing on under 5% of inputs: patch). MCC: Hungarian-matched cosine of in-span decoder rows "
-        "to the answer-class centroids; coverage: how fully the latents lying mostly in each output plane "
-        "fill it (1: they span it, 1/2: they lie on one line); mass: share of the dictionary in the output "
-        "planes, with the planes' share of the variance after the semicolon. In brackets: a dictionary of as "
-        "many random directions in the same span, and (MCC) one of as many random centred data points, what a "
-        "data-initialised SAE starts from. The plan's "
-        "'Fourier overlap > 0.5' cannot be met by sparse latents: a latent that fires on part of a phase "
-        "cycle spreads its variance over harmonics (a perfect one-answer detector scores 2/(p - 1), 0.018 at p = 113).",
+        "Types by the rules of husai.analysis.latent_types (a function of the answer with its "
+        "decoder in one output plane: plane feature; near one answer-class centroid: answer "
+        "detector; f(a) + g(b): input feature; firing on under 5% of inputs: patch). MCC: "
+        "Hungarian-matched cosine of in-span decoder rows to the answer-class centroids; coverage: "
+        "how fully the latents lying mostly in each output plane fill it (1: they span it, 1/2: "
+        "they lie on one line); mass: share of the dictionary in the output planes, with the "
+        "planes' share of the variance after the semicolon. In brackets: a dictionary of as many "
+        "random directions in the same span, and (MCC) one of as many random centred data points, "
+        "what a data-initialised SAE starts from. The original criterion 'Fourier overlap > 0.5' "
+        "cannot be met by sparse latents: a latent that fires on part of a phase cycle spreads its "
+        "variance over harmonics (a perfect one-answer detector scores 2/(p - 1), 0.018 at "
+        "p = 113).",
     ]
     return "\n".join(lines)
 
 
 def _md_table_to_html(body: str) -> str:
-    """A section body in HTML, block by block (blocks are separated by blank lines): a markdown table,
-    a list of `- ` items, or a paragraph."""
+    """A section body in HTML, block by block (blocks are separated by blank lines): a markdown
+    table, a list of `- ` items, or a paragraph."""
     out = []
     for block in body.split("\n\n"):
         lines = [line for line in block.splitlines() if line.strip()]
@@ -460,18 +477,18 @@ def _md_table_to_html(body: str) -> str:
 
 def _html(sections, figs, browsable: bool = False) -> str:
     css = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}td.pass{background:#dfd}td.fail{background:#fdd}"
-        "img{max-width:100%}figure{margin:1.5em 0}"
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "td.pass{background:#dfd}td.fail{background:#fdd}img{max-width:100%}figure{margin:1.5em 0}"
     )
     parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>husai study report</title><style>{css}</style>"
-        "</head><body><h1>husai study report</h1>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>husai study "
+        f"report</title><style>{css}</style></head><body><h1>husai study report</h1>"
     ]
     if browsable:
         parts.append(
-            "<p>Every latent of every seed, with its heatmap over (a, b) and its best match in the other "
-            "seeds: <a href='browser.html'>the feature browser</a> (browser.html).</p>"
+            "<p>Every latent of every seed, with its heatmap over (a, b) and its best match in the "
+            "other seeds: <a href='browser.html'>the feature browser</a> (browser.html).</p>"
         )
     for title, body in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>{_md_table_to_html(body)}")

@@ -1,14 +1,14 @@
 """The results table: one row per SAE, rebuilt from the run folders alone.
 
 Columns: the grid parameters, status/error, every SAE metric of train-sae (mse, explained_variance,
-l0, frac_dead, delta_ce, ...), the SAE's Fourier validation (fourier_overlap, frac_pure, coverage, with
-the untrained-SAE null), its latent types and ground-truth recovery, and its cell's cross-seed
-stability in the data metric (husai.analysis.agreement): per metric M the mean over seed pairs
-(M), its 95% CI (M_ci_lo, M_ci_hi), the fitting null's mean (M_null) and the effect over it with its CI
+l0, frac_dead, delta_ce, ...), the SAE's Fourier validation (fourier_overlap, frac_pure, coverage,
+with the untrained-SAE null), its latent types and ground-truth recovery, and its cell's cross-seed
+stability in the data metric (husai.analysis.agreement): per metric M the mean over seed pairs (M),
+its 95% CI (M_ci_lo, M_ci_hi), the fitting null's mean (M_null) and the effect over it with its CI
 (M_effect, M_effect_ci_lo, M_effect_ci_hi) and, per declared null N, its mean (M_N_null); the
-shared-init reference's PW-MCC; the raw-coordinate
-PW-MCC (basis-dependent, kept for comparison); and the SAE's own mean PW-MCC to the other seeds, its
-off-span share and its latents' mean reappearance probability; the oracle reading (oracle_columns).
+shared-init reference's PW-MCC; the raw-coordinate PW-MCC (basis-dependent, kept for comparison);
+and the SAE's own mean PW-MCC to the other seeds, its off-span share and its latents' mean
+reappearance probability; the oracle reading (oracle_columns).
 Timing columns are left out so that a resumed study gives exactly the same table.
 """
 
@@ -41,7 +41,8 @@ FOURIER = ("fourier_overlap", "frac_pure", "coverage", "n_live")
 
 
 def family_columns() -> list[str]:
-    """The knob columns of every registered family (k, target_l0, l1_coeff, ...), in registry order."""
+    """The knob columns of every registered family (k, target_l0, l1_coeff, ...), in registry
+    order."""
     cols: list[str] = []
     for fam in families().values():
         cols += [c for c in fam.config.columns if c not in cols]
@@ -168,9 +169,10 @@ def _at(values, i):
 
 
 def oracle_columns(oracle: dict, i: int) -> dict:
-    """The oracle reading's columns for seed slot i (husai.analysis.optimisation_gap): the oracle of that
-    seed at the cell's width and k, the optimisation gap (this seed's, and the cell's mean with its 95%
-    interval), the reading, the truth's remainder, and the started-at-the-truth run of this seed."""
+    """The oracle reading's columns for seed slot i (husai.analysis.optimisation_gap): the oracle of
+    that seed at the cell's width and k, the optimisation gap (this seed's, and the cell's mean with
+    its 95% interval), the reading, the truth's remainder, and the started-at-the-truth run of this
+    seed."""
     per, gap, started = (
         (oracle.get("oracle") or {}).get("per_seed") or [],
         oracle.get("gap") or {},

@@ -221,8 +221,9 @@ def run_study(
     retry_failed: bool = False,
     progress: bool = True,
 ) -> StudyOutcome:
-    """The whole study: claims `out` (new, or a study with the same config to resume; husai.outputs),
-    then model -> SAE cells -> table -> report. A failed cell does not stop the others."""
+    """The whole study: claims `out` (new, or a study with the same config to resume;
+    husai.outputs), then model -> SAE cells -> table -> report. A failed cell does not stop the
+    others."""
     from rich.console import Console
 
     from husai.locks import exclusive
@@ -237,8 +238,8 @@ def run_study(
     def note() -> str:
         done = sum(cell_done(r.folder(out)) for r in runs)
         return (
-            f"{out} keeps every finished step ({done} of {len(runs)} SAE cells); rerun the same command "
-            "to resume"
+            f"{out} keeps every finished step ({done} of {len(runs)} SAE cells); rerun the same "
+            "command to resume"
         )
 
     with exclusive(
@@ -261,7 +262,8 @@ def checked_study(config: str | Path) -> StudyConfig:
     bad = [h for h in cfg.hooks if h not in valid]
     if bad:
         raise HusaiError(
-            f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: {', '.join(valid)}"
+            f"study config key 'hooks': {bad[0]!r} is not a hook of the model; valid: "
+            f"{', '.join(valid)}"
         )
     return cfg
 
@@ -275,9 +277,11 @@ def plan(config: str | Path, out: str | Path) -> list[str]:
     archs = sorted({r.cfg.architecture for r in runs})
     return [
         f"config: {resolve_config(config)}",
-        f"models: {len(cfg.model_seeds)} (preset {cfg.model.preset}, seeds {', '.join(map(str, cfg.model_seeds))})",
+        f"models: {len(cfg.model_seeds)} (preset {cfg.model.preset}, seeds "
+        f"{', '.join(map(str, cfg.model_seeds))})",
         f"hooks: {', '.join(cfg.hooks)}",
-        f"SAE cells: {len(runs)} ({', '.join(archs)}), {len(cfg.seeds)} SAE seeds each; {done} already done in {out}",
+        f"SAE cells: {len(runs)} ({', '.join(archs)}), {len(cfg.seeds)} SAE seeds each; {done} "
+        f"already done in {out}",
     ]
 
 
@@ -302,7 +306,8 @@ def _run_study(
         # in the user's own words and comments (--config OUT/study.yaml): it is never rewritten
         atomic_write_bytes(out / "study.yaml", yaml.safe_dump(cfg.raw, sort_keys=False).encode())
     console.rule(
-        f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} seeds"
+        f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} "
+        "seeds"
     )
     for i, s in enumerate(cfg.model_seeds, 1):
         console.print(f"[bold]stage 1/5[/] model {i}/{len(cfg.model_seeds)} (seed {s})")
@@ -313,7 +318,8 @@ def _run_study(
                 remove_output(r.folder(out), STUDY_CELL)
     todo = [r for r in runs if not cell_done(r.folder(out))]
     console.print(
-        f"[bold]stage 2/5[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run ({executor})"
+        f"[bold]stage 2/5[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run "
+        f"({executor})"
     )
     done = [0]
 
@@ -335,7 +341,8 @@ def _run_study(
     if browsable(out, cfg):  # else no SAE to show
         console.print("[bold]stage 5/5[/] feature browser")
         console.print(f"browser: {write_browser(out)}")
-    raise_if_interrupted()  # a Ctrl-C swallowed in the last stages gets the study's note, not a finished exit
+    # a Ctrl-C swallowed in the last stages gets the study's note, not a finished exit
+    raise_if_interrupted()
     return StudyOutcome(
         html,
         len(runs),

@@ -2,11 +2,12 @@
 level by level, each figure with its 95% CI over seeds and the null it is read against
 (husai.analysis.agreement, husai.analysis.seed_stability).
 
-A level counts as agreeing beyond chance when the CI of its effect over its chance null (value -
-null, paired by seed pair; husai.analysis.measures, Measure.fitting) lies above 0; "at" the null when the CI
-holds 0; "below" when it lies under 0. The symmetry null is read the same way, separately, as the
-phase reading. There is no z-score: a z against the spread of single null draws (the old rule) measures
-how precisely the null is drawn, not how sure the comparison is (it gave z = 825 and -226).
+A level counts as agreeing beyond chance when the CI of its effect over its chance null
+(value - null, paired by seed pair; husai.analysis.measures, Measure.fitting) lies above 0; "at" the
+null when the CI holds 0; "below" when it lies under 0. The symmetry null is read the same way,
+separately, as the phase reading. There is no z-score: a z against the spread of single null draws
+(the old rule) measures how precisely the null is drawn, not how sure the comparison is (it gave
+z = 825 and -226).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def _levels(st: dict) -> dict:
 
 
 def reading(r: dict, key: str = "fitting") -> str:
-    """above / at / below a null (key "fitting": chance; "phase": the symmetry null), from the CI of the effect."""
+    """above / at / below a null (key "fitting": chance; "phase": the symmetry null), from the CI of
+    the effect."""
     if key not in r:
         return "no null"
     ci = r[key].get("effect_ci")
@@ -51,8 +53,13 @@ def reading(r: dict, key: str = "fitting") -> str:
 
 
 PHASE_WORDS = {
-    "above": "above it: the seeds agree on phase, i.e. on which latents exist, not only on the planes",
-    "at": "at it: they agree no more than with a shifted copy (a phase-invariant tiling or phase-unstable latents)",
+    "above": (
+        "above it: the seeds agree on phase, i.e. on which latents exist, not only on the planes"
+    ),
+    "at": (
+        "at it: they agree no more than with a shifted copy (a phase-invariant tiling or "
+        "phase-unstable latents)"
+    ),
     "below": "below it: a shifted copy of the other seed matches better than the seed itself",
 }
 
@@ -63,14 +70,15 @@ def _phrase(r: dict, name: str) -> str:
     text = f"{name} {_f(r['value'])} {_ci(r.get('ci'))}"
     if fit:
         text += (
-            f", {reading(r)} chance ({nulls} null {_f(fit.get('value'))}; effect {_f(fit.get('effect'))} "
-            f"{_ci(fit.get('effect_ci'))})"
+            f", {reading(r)} chance ({nulls} null {_f(fit.get('value'))}; effect "
+            f"{_f(fit.get('effect'))} {_ci(fit.get('effect_ci'))})"
         )
     if "phase" in r:
         ph = r["phase"]
         word = reading(r, "phase")
         text += (
-            f"; against a shifted copy of the other seed (symmetry null {_f(ph.get('value'))}, effect "
+            f"; against a shifted copy of the other seed (symmetry null {_f(ph.get('value'))}, "
+            "effect "
             f"{_f(ph.get('effect'))} {_ci(ph.get('effect_ci'))}) " + PHASE_WORDS.get(word, word)
         )
     return text
@@ -86,7 +94,8 @@ def verdict(cells: list[dict]) -> list[str]:
             continue
         lv, n = _levels(st), len(c["rows"])
         parts = [
-            f"{c['name']}, {n} seeds, in the data metric ({st['data_span']['dim']}-d span, live latents)."
+            f"{c['name']}, {n} seeds, in the data metric ({st['data_span']['dim']}-d span, live "
+            "latents)."
         ]
         cos = [r.get("cosine_to_init") for r in c["rows"] if r.get("cosine_to_init") is not None]
         cos_mean = sum(cos) / len(cos) if cos else None
@@ -98,29 +107,33 @@ def verdict(cells: list[dict]) -> list[str]:
             learned = ""
             if init is not None:
                 if lv["pw_mcc_dec"]["value"] > init:
-                    learned = f"; training raised it above the seeds' initialisations ({_f(init)}, shared-init reference)"
+                    learned = (
+                        f"; training raised it above the seeds' initialisations ({_f(init)}, "
+                        "shared-init reference)"
+                    )
                 else:
                     learned = (
-                        f"; the seeds' initialisations agreed more ({_f(init)}, shared-init reference), so "
-                        "training lowered it"
+                        f"; the seeds' initialisations agreed more ({_f(init)}, shared-init "
+                        "reference), so training lowered it"
                     )
                     if cos_mean is not None:
                         learned += (
-                            f", and the rows kept cosine {_f(cos_mean, 2)} with their init: part of what remains "
-                            "may be inherited from step 0"
+                            f", and the rows kept cosine {_f(cos_mean, 2)} with their init: part "
+                            "of what remains may be inherited from step 0"
                             if cos_mean >= 0.5
-                            else f", while the rows moved far from their init (cosine {_f(cos_mean, 2)}): what remains "
-                            "was learned, not inherited"
+                            else f", while the rows moved far from their init "
+                            f"(cosine {_f(cos_mean, 2)}): what remains was learned, not inherited"
                         )
             parts.append(
-                f"Atoms: {_phrase(lv['pw_mcc_dec'], 'PW-MCC')}{learned}; raw-coordinate PW-MCC {_f(raw)} "
-                "(basis-dependent, the old figure)."
+                f"Atoms: {_phrase(lv['pw_mcc_dec'], 'PW-MCC')}{learned}; raw-coordinate PW-MCC "
+                f"{_f(raw)} (basis-dependent, the old figure)."
             )
         if "shared_fraction" in lv:
             parts.append(
-                f"Shared fraction {_f(lv['shared_fraction']['value'])} {_ci(lv['shared_fraction'].get('ci'))} "
-                f"({reading(lv['shared_fraction'])} chance); latents reappear in another seed with "
-                f"probability {_f(lv.get('reappearance', {}).get('value'))}."
+                f"Shared fraction {_f(lv['shared_fraction']['value'])} "
+                f"{_ci(lv['shared_fraction'].get('ci'))} ({reading(lv['shared_fraction'])} "
+                "chance); latents reappear in another seed with probability "
+                f"{_f(lv.get('reappearance', {}).get('value'))}."
             )
         if "act_mcc" in lv:
             parts.append(f"Activations: {_phrase(lv['act_mcc'], 'matched correlation')}.")
@@ -145,8 +158,8 @@ def verdict(cells: list[dict]) -> list[str]:
         if rec and (c["rows"][0].get("hook_answer_share") or 0) >= 0.5:
             m, ref = sum(a for a, _ in rec) / len(rec), sum(b for _, b in rec) / len(rec)
             parts.append(
-                f"Ground truth: answer-centroid MCC {_f(m)} against {_f(ref)} for the better no-learning "
-                f"reference ({'above' if m > ref else 'not above'} it)."
+                f"Ground truth: answer-centroid MCC {_f(m)} against {_f(ref)} for the better "
+                f"no-learning reference ({'above' if m > ref else 'not above'} it)."
             )
         ctrl = c["analysis"].get("controls") or {}
         if ctrl and "pw_mcc_dec" in lv:
@@ -160,8 +173,9 @@ def verdict(cells: list[dict]) -> list[str]:
                     con = (ctrl[which].get("contrast") or {}).get("pw_mcc_dec") or {}
                     said.append(
                         f"on {name} {_f(r['value'])} {_ci(r.get('ci'))} (effect over chance "
-                        f"{_f((r.get('fitting') or {}).get('effect'))}; the grokked model's SAEs minus these, "
-                        f"paired by seed pair: {_f(con.get('value'))} {_ci(con.get('ci'))})"
+                        f"{_f((r.get('fitting') or {}).get('effect'))}; the grokked model's SAEs "
+                        f"minus these, paired by seed pair: {_f(con.get('value'))} "
+                        f"{_ci(con.get('ci'))})"
                     )
                 elif ctrl.get(which, {}).get("error"):
                     said.append(f"on {name}: not run ({ctrl[which]['error']})")
@@ -172,9 +186,9 @@ def verdict(cells: list[dict]) -> list[str]:
         off = [v for v in st.get("off_span", {}).values() if v is not None]
         if off or cos:
             parts.append(
-                f"Health: {_f(sum(off) / len(off) if off else None)} of the live decoder rows' squared norm "
-                f"lies outside the data span; decoder rows keep cosine {_f(sum(cos) / len(cos) if cos else None, 2)} "
-                "with their init"
+                f"Health: {_f(sum(off) / len(off) if off else None)} of the live decoder rows' "
+                "squared norm lies outside the data span; decoder rows keep cosine "
+                f"{_f(sum(cos) / len(cos) if cos else None, 2)} with their init"
                 + (
                     " (they barely moved: no stability figure here means much)."
                     if cos and sum(cos) / len(cos) > 0.9
@@ -186,9 +200,9 @@ def verdict(cells: list[dict]) -> list[str]:
 
 
 def stability_table(cells: list[dict]) -> str:
-    """Every level of every cell: value [CI], each null, the effects over chance and over the symmetry null
-    [CI], and the
-    shared-init reference; then PW-MCC along training where a trajectory was recorded."""
+    """Every level of every cell: value [CI], each null, the effects over chance and over the
+    symmetry null [CI], and the shared-init reference; then PW-MCC along training where a trajectory
+    was recorded."""
     head = [
         "cell",
         "level",
@@ -253,7 +267,8 @@ def stability_table(cells: list[dict]) -> str:
             ev = ctl.get("explained_variance") or []
             lv = ctl["levels"]
             cells_ = [
-                f"{_f(lv[m]['value'])} {_ci(lv[m].get('ci'))} ({_f((lv[m].get('fitting') or {}).get('value'))})"
+                f"{_f(lv[m]['value'])} {_ci(lv[m].get('ci'))} "
+                f"({_f((lv[m].get('fitting') or {}).get('value'))})"
                 if m in lv
                 else "-"
                 for m in ("pw_mcc_dec", "shared_fraction", "act_mcc")
@@ -271,10 +286,11 @@ def stability_table(cells: list[dict]) -> str:
             )
     if ctrl_rows:
         text += (
-            "\n\nModel-side controls: the same SAE recipe and seeds (the first few) on the model before it "
-            "generalised and on its untrained initialisation; value [95% CI] (chance null).\n\n"
-            "| cell | control | EV | span dim | PW-MCC | shared fraction | activation MCC |\n|---|---|---|---|---|---|---|\n"
-            + "\n".join(ctrl_rows)
+            "\n\nModel-side controls: the same SAE recipe and seeds (the first few) on the model "
+            "before it generalised and on its untrained initialisation; value [95% CI] (chance "
+            "null).\n\n"
+            "| cell | control | EV | span dim | PW-MCC | shared fraction | activation MCC |\n"
+            "|---|---|---|---|---|---|---|\n" + "\n".join(ctrl_rows)
         )
     if traj:
         text += "\n\n" + "\n".join(traj)
@@ -282,10 +298,11 @@ def stability_table(cells: list[dict]) -> str:
         text
         + "\n\n"
         + (
-            "All figures compare live latents in the data metric: decoder and encoder rows projected onto the principal "
-            "subspace holding 99.9% of the activation variance, so a rotation of the activations leaves them unchanged. "
-            "CI: 95% bootstrap over seeds (with 3 seeds it is the range of the 3 pairs; with 2, none). Nulls (the "
-            "chance null of each measure: "
+            "All figures compare live latents in the data metric: decoder and encoder rows "
+            "projected onto the principal subspace holding 99.9% of the activation variance, so a "
+            "rotation of the activations leaves them unchanged. CI: 95% bootstrap over seeds (with "
+            "3 seeds it is the range of the 3 pairs; with 2, none). Nulls (the chance null of each "
+            "measure: "
             + "; ".join(
                 f"{m.label}: {', '.join(NULLS[k].label for k in m.fitting)}"
                 for m in MEASURES.values()
@@ -297,7 +314,7 @@ def stability_table(cells: list[dict]) -> str:
                 for n in NULLS.values()
             )
             + " Effect: value minus the null, paired by seed pair. "
-            "Shared-init reference: the same comparison between the seeds' initialisations (not chance: with data "
-            "init they start from data points of the same tight clusters)."
+            "Shared-init reference: the same comparison between the seeds' initialisations (not "
+            "chance: with data init they start from data points of the same tight clusters)."
         )
     )

@@ -1,5 +1,5 @@
 """The sweep: how seed agreement and ground-truth recovery change with width and L0, for each
-architecture at each hook (issue 15's question: when do SAEs find the ground truth, and when do
+architecture at each hook (the study's question: when do SAEs find the ground truth, and when do
 seeds agree?).
 
 A point is one grid cell (one model seed, hook, architecture, width and sparsity knob), computed
@@ -25,8 +25,9 @@ from collections import defaultdict
 from husai.io import read_json
 
 ANSWER_HOOK = 0.5
-"""The answer atoms are the ground truth of a hook only where most of its variance is a function of the
-answer (resid_post, mlp_out: > 0.9; attn_out and mlp.hook_post: < 0.15; science brief section 6)."""
+"""The answer atoms are the ground truth of a hook only where most of its variance is a function of
+the answer (resid_post, mlp_out: > 0.9; attn_out and mlp.hook_post: < 0.15;
+docs/methods.md, "Ground truth at each hook")."""
 
 
 def _mean(vals):
@@ -175,9 +176,9 @@ def headline(points: list[dict]) -> list[str]:
     agree = [p for p in points if (p["stability_effect_ci"][0] or 0) > 0]
     found = [p for p in points if (p["recovery"] or 0) > 0]
     lines = [
-        f"Across the sweep's {len(points)} cells, the seeds agree beyond chance (PW-MCC's effect over its "
-        f"matched-geometry null, CI above 0) in {len(agree)}, and the SAEs recover the ground-truth atoms beyond "
-        f"the better no-learning reference in {len(found)}."
+        f"Across the sweep's {len(points)} cells, the seeds agree beyond chance (PW-MCC's effect "
+        f"over its matched-geometry null, CI above 0) in {len(agree)}, and the SAEs recover the "
+        f"ground-truth atoms beyond the better no-learning reference in {len(found)}."
     ]
     by_width = curves(points, "knob", "latents")
     by_l0 = curves(points, "latents", "l0")
@@ -196,8 +197,9 @@ def headline(points: list[dict]) -> list[str]:
                 if (h, a) != (hook, arch) or len(c) < 2:
                     continue
                 parts.append(
-                    f"L0 {c[0]['l0']:.1f} -> {c[-1]['l0']:.1f} at {s:.0f} latents: stability over chance "
-                    f"{_trend(c, 'stability_effect') or '-'}, recovery {_trend(c, 'recovery') or '-'}"
+                    f"L0 {c[0]['l0']:.1f} -> {c[-1]['l0']:.1f} at {s:.0f} latents: stability over "
+                    f"chance {_trend(c, 'stability_effect') or '-'}, recovery "
+                    f"{_trend(c, 'recovery') or '-'}"
                 )
             if parts:
                 lines.append(f"Sweep, {arch} at {hook}: " + "; ".join(parts) + ".")

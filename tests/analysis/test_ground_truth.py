@@ -191,11 +191,8 @@ def test_multiplication_uses_the_discrete_logarithm():
     X[keep] = (
         wave(lc, 3, n=p - 1)[:, None] * D[0] + wave(lc, 3, -math.pi / 2, n=p - 1)[:, None] * D[1]
     )[keep]
-    X[~keep] = (
-        # the rows with a = 0 or b = 0 (answer 0) are outside the group: at the mean, they add
-        # nothing
-        0.0
-    )
+    # the rows with a = 0 or b = 0 (answer 0) are outside the group: at the mean, they add nothing
+    X[~keep] = 0.0
     gt = ground_truth(X, p, "mul")
     assert gt.grid.rows.numel() == (p - 1) ** 2 and gt.grid.n == p - 1
     assert gt.variance["answer"] == pytest.approx(1.0, abs=1e-12)

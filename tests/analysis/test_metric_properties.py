@@ -89,8 +89,8 @@ def test_ev_batched_over_seeds(x, S, seed):
 
 
 class HandMadeSAE:
-    """The interface reconstruction_metrics needs: encode x [N, d] -> z [S, N, m]; decode z ->
-    x_hat."""
+    """The interface reconstruction_metrics needs: encode x [N, d] -> z [S, N, m]; decode
+    z -> x_hat."""
 
     def __init__(self, z: torch.Tensor, W: torch.Tensor):
         self.z, self.W = z, W  # z [S, N, m] fixed codes; W [S, m, d]

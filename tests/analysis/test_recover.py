@@ -32,8 +32,9 @@ def user_files(tmp_path):
         },
     )
     g = torch.Generator().manual_seed(5)
-    # encoder = decoder^T: on centred data every atom's latent fires somewhere (TopK k = 4) the
-    # oracle holds the atoms in another order and at other scales: matching must not rely on either
+    # encoder = decoder^T: on centred data every atom's latent fires somewhere (TopK k = 4)
+    # the oracle holds the atoms in another order and at other scales: matching must not rely on
+    # either
     perm = torch.randperm(len(atoms), generator=g)
     scale = 0.5 + torch.rand(len(atoms), 1, generator=g, dtype=torch.float64)
     oracle = _sae(tmp_path / "oracle", atoms[perm] * scale, 1, "none", k=4)

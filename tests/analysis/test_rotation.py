@@ -45,8 +45,7 @@ def test_stability_does_not_depend_on_the_basis_of_the_activations(
     cfg = SAETrainConfig(
         architecture=architecture,
         expansion=4,
-        k=8,
-        l1_coeff=5.0,
+        **(dict(k=8) if architecture == "topk" else dict(l1_coeff=5.0)),
         epochs=8,
         batch_size=128,
         optimizer="row_adam",

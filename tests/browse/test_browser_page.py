@@ -73,10 +73,14 @@ def _pick(d, select_id: str, value: str) -> None:
 
 
 def _rows(d) -> list[dict]:
-    return d.execute_script("""return Array.from(document.querySelectorAll('#latent-body tr.latent')).map(tr => ({
-        sae: +tr.dataset.sae, index: +tr.dataset.index, type: tr.querySelector('td.type').textContent,
-        rate: +tr.querySelector('td.rate').textContent, freq: +tr.querySelector('td.freq').textContent || 0,
-        reappear: +tr.querySelector('td.reappear').textContent}))""")
+    return d.execute_script(
+        "return Array.from(document.querySelectorAll('#latent-body tr.latent')).map(tr => ({\n"
+        "        sae: +tr.dataset.sae, index: +tr.dataset.index,"
+        " type: tr.querySelector('td.type').textContent,\n"
+        "        rate: +tr.querySelector('td.rate').textContent,"
+        " freq: +tr.querySelector('td.freq').textContent || 0,\n"
+        "        reappear: +tr.querySelector('td.reappear').textContent}))"
+    )
 
 
 @pytest.mark.slow
@@ -89,7 +93,8 @@ def test_the_study_page_in_chromium(finished_study, browser):
     d = browser
     seconds = _open(d, out / "browser.html")
     print(
-        f"browser.html ready in {seconds:.2f} s (in-page start-up {d.execute_script('return HB.readyMs'):.0f} ms)"
+        f"browser.html ready in {seconds:.2f} s "
+        f"(in-page start-up {d.execute_script('return HB.readyMs'):.0f} ms)"
     )
     data = d.execute_script("return HB.data")
 
@@ -150,10 +155,11 @@ def test_the_study_page_in_chromium(finished_study, browser):
     # colour, the profile's line reaching the top of its plot at the answer of its maximum
     def canvas(cid):
         return np.array(
-            d.execute_script(f"""const c = document.getElementById('{cid}'), g = c.getContext('2d');
-            return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)]""")[
-                2
-            ]
+            d.execute_script(
+                f"const c = document.getElementById('{cid}'), g = c.getContext('2d');\n"
+                "            return [c.width, c.height,"
+                " Array.from(g.getImageData(0, 0, c.width, c.height).data)]"
+            )[2]
         )
 
     spec = canvas("spectrum").reshape(p, p, 4)[:, :, :3]
@@ -285,7 +291,8 @@ def test_a_link_to_a_latent_opens_it_and_browse_rewrites_only_its_own_page(
     assert d.execute_script("return [HB.view.sae, HB.view.latent]") == [1, last]
     first = data["saes"][2]["latents"]["index"][0]
     d.execute_script(
-        f"location.hash = 'cell={data['saes'][2]['cell']}&seed={data['saes'][2]['seed']}&latent={first}'"
+        f"location.hash = 'cell={data['saes'][2]['cell']}"
+        f"&seed={data['saes'][2]['seed']}&latent={first}'"
     )
     _wait(
         d, f"HB.view.sae === 2 && HB.view.latent === {first}"

@@ -271,7 +271,8 @@ BAD_VALUES = {  # case: (argv, a word the one `error:` line must hold)
     "sae_architecture_bogus": (_sae("--architecture gated"), "architecture"),
     "sae_two_sources": (
         _cmd(
-            "train-sae --transformer-checkpoint W/run --activations W/acts.safetensors --save-dir W/m"
+            "train-sae --transformer-checkpoint W/run --activations W/acts.safetensors"
+            " --save-dir W/m"
         ),
         "exactly one",
     ),

@@ -12,8 +12,7 @@ import sys
 
 import pytest
 import torch
-# noqa: F401 (_kernels_on: autouse fixture)
-from test_sae_kernels import REPO, _gen, _kernels_on, _ref_topk_rows
+from test_sae_kernels import REPO, _gen, _kernels_on, _ref_topk_rows  # noqa: F401 (_kernels_on: autouse fixture)
 
 from husai.sae import kernels
 from husai.sae.config import SAETrainConfig
@@ -186,7 +185,8 @@ with warnings.catch_warnings(record=True) as caught:
     first, second = kernels.library(), kernels.library()
     x = torch.randn(6, 160, generator=torch.Generator().manual_seed(5))
     vals, idx = sparse.topk_rows(x, 5)
-print(json.dumps(dict(first=first is not None, second=second is not None, warnings=[str(w.message) for w in caught],
+print(json.dumps(dict(first=first is not None, second=second is not None, \
+warnings=[str(w.message) for w in caught],
                       x=x.tolist(), vals=vals.tolist(), idx=idx.tolist())))
 """
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-# noqa: F401 (_kernels_on: autouse fixture)
-from test_sae_kernels import _gen, _kernels_on, _threads
+from test_sae_kernels import _gen, _kernels_on, _threads  # noqa: F401 (_kernels_on: autouse fixture)
 
 from husai.sae import kernels
 from husai.sae.base import batch_variance

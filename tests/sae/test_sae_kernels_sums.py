@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-# noqa: F401 (_kernels_on: autouse fixture)
-from test_sae_kernels import _allowed, _gen, _kernels_on, _threads
+from test_sae_kernels import _allowed, _gen, _kernels_on, _threads  # noqa: F401 (_kernels_on: autouse fixture)
 
 from husai.sae import kernels
 
@@ -15,8 +14,8 @@ from husai.sae import kernels
 
 
 def _entries(S, M, n_rows, d_sae, g, zero_frac=0.2):
-    """Entry lists per seed: rows [S, M] sorted per seed in [0, n_rows), cols [S, M] in [0, d_sae -
-    3) (the last 3 latents idle), weights [S, M] with about zero_frac exactly 0."""
+    """Entry lists per seed: rows [S, M] sorted per seed in [0, n_rows), cols [S, M] in
+    [0, d_sae - 3) (the last 3 latents idle), weights [S, M] with about zero_frac exactly 0."""
     rows = torch.randint(0, n_rows, (S, M), generator=g).sort(1).values
     cols = torch.randint(0, d_sae - 3, (S, M), generator=g)
     w = torch.randn(S, M, generator=g)

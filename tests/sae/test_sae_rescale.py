@@ -13,9 +13,9 @@ from husai.sae.architectures import MatryoshkaSAE, TopKSAE
 
 
 def test_rescaled_dense_formula_by_hand():
-    """decoder_norm rescale (SAELens's rescale_acts_by_decoder_norm): pre = ((x - b_dec) W_enc +
-    b_enc) * n, x_hat = b_dec + z (W_dec / n), n the decoder rows' norms; written out here per seed
-    with plain ops."""
+    """decoder_norm rescale (SAELens's rescale_acts_by_decoder_norm):
+    pre = ((x - b_dec) W_enc + b_enc) * n, x_hat = b_dec + z (W_dec / n), n the decoder rows' norms;
+    written out here per seed with plain ops."""
     sae = _free_norms(_random_sae(TopKSAE, S=2, d_sae=8, k=3, rescale=True))
     x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -11,8 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-# noqa: F401
-from study_harness import CONFIG, ENV, HUSAI, assert_one_cell_failed, reuse_model, study
+from study_harness import CONFIG, ENV, HUSAI, assert_one_cell_failed, reuse_model, study  # noqa: F401
 
 
 @pytest.fixture
@@ -199,8 +198,7 @@ def test_ray_executor_writes_the_same_layout(finished, tmp_path):
     reuse_model(ref, out)
     r = study(cfg, out, "--executor", "ray", timeout=900)
     assert_one_cell_failed(r, others_may_log=True)  # Ray logs its start-up to stderr
-    # noqa: E731
-    rel = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if "figures" not in p.parts)
+    rel = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if "figures" not in p.parts)  # noqa: E731
     assert rel(out / "saes") == rel(ref / "saes")
     a = pq.read_table(out / "results.parquet").to_pylist()
     b = pq.read_table(ref / "results.parquet").to_pylist()
