@@ -146,9 +146,8 @@ def make_optimizer(
     passes False when something must run between the update and the renormalisation), else
     fused_adam, over every parameter; "row_adam" -> RowAdam with rows=True for the ACTIVATION_SPACE
     parameters and per-coordinate Adam for the rest."""
-    sae.decoder_constraint_in_optimizer = (
-        False  # until a KernelAdam below takes the constraint over
-    )
+    # until a KernelAdam below takes the constraint over
+    sae.decoder_constraint_in_optimizer = False
     if name == "adam":
         params = list(sae.parameters())
         if kernels.usable(*params):

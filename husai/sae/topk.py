@@ -113,13 +113,11 @@ class TopKSAE(StackedSAE):
 
     architecture = "topk"
     normalized_mse = True
-    selection_adds_bias = (
-        True  # select_latents takes pre without b_enc (StackedSAE.pre_acts split_bias)
-    )
+    # select_latents takes pre without b_enc (StackedSAE.pre_acts split_bias)
+    selection_adds_bias = True
     tracks_min_active = False  # stats["min_active"]: BatchTopK's threshold estimate reads it
-    one_call_step = (
-        True  # training_loss through kernels.topk_step (TopK itself; not BatchTopK, Matryoshka)
-    )
+    # training_loss through kernels.topk_step (TopK itself; not BatchTopK, Matryoshka)
+    one_call_step = True
 
     def __init__(
         self,

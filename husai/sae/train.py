@@ -315,9 +315,8 @@ def train_saes(
             on_epoch(row)
     sae.fold_decoder_norms()  # decoder_norm rescale: the same SAE with unit rows (a no-op for unit)
     sae._pre_buffer = None  # the training steps' scratch buffer (StackedSAE.pre_acts)
-    sae.decoder_constraint_in_optimizer = (
-        False  # the optimizer is gone: the SAE's own steps apply it again
-    )
+    # the optimizer is gone: the SAE's own steps apply it again
+    sae.decoder_constraint_in_optimizer = False
     return TrainResult(
         sae, list(seeds), W_dec_init, step, time.perf_counter() - t0, diverged, history, trajectory
     )
