@@ -115,9 +115,11 @@ def nulls_for(name: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- the measures
+# (in results.csv's column order)
 
 for _m in (
     Measure("pw_mcc_dec", "atoms", "PW-MCC", "PW-MCC dec", ("matched_geometry",)),
+    Measure("pw_mcc_enc", "atoms", "PW-MCC (encoder)", "PW-MCC enc", ("matched_geometry",)),
     Measure(
         "mean_max_abs_cos_dec",
         "atoms",
@@ -125,7 +127,6 @@ for _m in (
         "max|cos| dec*",
         ("matched_geometry",),
     ),
-    Measure("pw_mcc_enc", "atoms", "PW-MCC (encoder)", "PW-MCC enc", ("matched_geometry",)),
     Measure("shared_fraction", "atoms", "shared fraction", "shared", ("matched_geometry",)),
     Measure("reappearance", "atoms", "reappearance", "reappearance", ("matched_geometry",)),
     Measure("act_mcc", "activations", "matched activation correlation", "activation MCC"),
