@@ -39,13 +39,6 @@ ROUNDS = 3
 the largest (L0 still too high) or ends at the smallest (too low)."""
 
 
-def penalty_key(architecture: str) -> str:
-    """The config key of a penalised architecture's weight (its family's sparsity key)."""
-    from husai.sae.family import family
-
-    return family(architecture).config.sparsity_key
-
-
 def calibrate_weight(
     acts: torch.Tensor, cfg, seed: int, device: str = "cpu"
 ) -> tuple[float, list[dict], bool]:
@@ -55,7 +48,7 @@ def calibrate_weight(
     from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
 
-    target, start = cfg.target_l0, getattr(cfg, penalty_key(cfg.architecture))
+    target, start = cfg.target_l0, getattr(cfg, cfg.family.sparsity_key)
     plain = replace(cfg, target_l0=None, trajectory_epochs=[])
     table: list[dict] = []
     for _ in range(ROUNDS):

@@ -105,10 +105,10 @@ def _train_sae(
         ):  # the penalty weight for that L0, then every seed trains at it
             from dataclasses import replace
 
-            from husai.sae.calibrate import calibrate_weight, penalty_key
+            from husai.sae.calibrate import calibrate_weight
 
             weight, table, bracketed = calibrate_weight(acts, cfg, seeds[0], device)
-            name = penalty_key(cfg.architecture)
+            name = cfg.family.sparsity_key  # the penalty weight's key
             calibration = dict(
                 target_l0=cfg.target_l0,
                 knob=name,

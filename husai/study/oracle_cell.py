@@ -10,7 +10,6 @@ from pathlib import Path
 from husai.analysis.compare import hook_ground_truth, model_context
 from husai.analysis.optimisation_gap import cell_oracle
 from husai.io import read_json
-from husai.sae.calibrate import penalty_key
 from husai.sae.checkpoint import load_saes
 from husai.sae.config import config_from_dict
 
@@ -20,7 +19,7 @@ def oracle_for_cell(folder: Path, spec: dict) -> dict:
     cfg = config_from_dict(spec["sae_cfg"])
     calibration = metrics.get("calibration")
     if calibration:  # train at the weight the cell's seeds trained at, not the search's start
-        cfg = replace(cfg, **{penalty_key(cfg.architecture): calibration["weight"]})
+        cfg = replace(cfg, **{cfg.family.sparsity_key: calibration["weight"]})
     seeds = list(spec["seeds"])
     per = metrics["per_seed"]
     ctx = model_context(Path(spec["model_dir"]), spec["hook"])
