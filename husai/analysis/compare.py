@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from husai.errors import HusaiError
+from husai.timing import stage
 
 
 def expand_sae_dirs(dirs: list[Path]) -> list[Path]:
@@ -363,7 +364,12 @@ def compare_saes(
         ).is_file():  # recorded path moved or deleted: analyse without it
             warnings.append(f"the SAEs' recorded model {model} is not there (pass --model DIR)")
             model = None
-    ctx = model_context(model, hook_of(saes[0])) if model is not None and hook_of(saes[0]) else None
+    with stage("activations"):
+        ctx = (
+            model_context(model, hook_of(saes[0]))
+            if model is not None and hook_of(saes[0])
+            else None
+        )
     if ctx is None and acts is None:
         raise HusaiError(
             "stability is measured in the data's own geometry, which needs the activations: give "
@@ -382,19 +388,21 @@ def compare_saes(
     d_in = decs[0].shape[1]
     if acts.shape[1] != d_in:
         raise HusaiError(f"the SAEs' d_in is {d_in} but the activations have {acts.shape[1]} dims")
-    gt = hook_ground_truth(ctx) if ctx is not None else None
-    stability = sae_stability(
-        saes,
-        labels,
-        acts,
-        dirs,
-        seeds,
-        init if known else None,
-        grid_p=ctx["p"] if ctx is not None and ctx.get("operation", "add") == "add" else None,
-        gt=gt,
-        operation=ctx.get("operation", "add") if ctx else "add",
-        threshold=threshold,
-    )
+    with stage("ground_truth"):
+        gt = hook_ground_truth(ctx) if ctx is not None else None
+    with stage("stability"):
+        stability = sae_stability(
+            saes,
+            labels,
+            acts,
+            dirs,
+            seeds,
+            init if known else None,
+            grid_p=ctx["p"] if ctx is not None and ctx.get("operation", "add") == "add" else None,
+            gt=gt,
+            operation=ctx.get("operation", "add") if ctx else "add",
+            threshold=threshold,
+        )
     result = dict(
         saes=[
             dict(
@@ -413,113 +421,121 @@ def compare_saes(
         threshold=threshold,
         stability=stability,
     )
-    if known:  # how far did training move each decoder? (docs/methods.md, "Nulls")
-        result["moved_from_init"] = {}
-        for lab, D, s in zip(labels, decs, seeds):
-            D0 = init(d_in, D.shape[0], s)[1]
-            cos = (D / D.norm(dim=1, keepdim=True) * D0).sum(1)
-            result["moved_from_init"][lab] = dict(
-                pw_mcc_to_init=pw_mcc(D, D0), mean_row_cos_to_init=float(cos.mean())
-            )
+    with stage("stability"):
+        if known:  # how far did training move each decoder? (docs/methods.md, "Nulls")
+            result["moved_from_init"] = {}
+            for lab, D, s in zip(labels, decs, seeds):
+                D0 = init(d_in, D.shape[0], s)[1]
+                cos = (D / D.norm(dim=1, keepdim=True) * D0).sum(1)
+                result["moved_from_init"][lab] = dict(
+                    pw_mcc_to_init=pw_mcc(D, D0), mean_row_cos_to_init=float(cos.mean())
+                )
     if ctx is not None:
         from husai.analysis.data_span import data_span
         from husai.analysis.nulls import null_stats
         from husai.model.fourier import PURITY_THRESHOLD
 
-        reps = [fourier_with_null(s, ctx, 1) for s in saes]
-        # one untrained draw per seed (its own init), pooled: the null distribution for every seed
-        for m in ("fourier_overlap", "frac_pure"):
-            pool = [r["nulls_untrained"][m]["null_mean"] for r in reps]
-            for r in reps:
-                r["nulls_untrained"][m] = null_stats(r[m], pool)
-        result["p"], result["key_frequencies"] = ctx["p"], ctx["key_freqs"]
-        result["ground_truth"] = hook_ground_truth(ctx).to_json()
-        result["fourier"] = {
-            lab: {
-                k: r[k]
-                for k in (
-                    "fourier_overlap",
-                    "frac_pure",
-                    "n_live",
-                    "covered",
-                    "missing",
-                    "coverage",
-                    "non_key_pure",
-                    "pure_per_frequency",
-                    "nulls_untrained",
-                    "weight_space",
+        with stage("ground_truth"):
+            reps = [fourier_with_null(s, ctx, 1) for s in saes]
+            # one untrained draw per seed (its own init), pooled: the null of every seed
+            for m in ("fourier_overlap", "frac_pure"):
+                pool = [r["nulls_untrained"][m]["null_mean"] for r in reps]
+                for r in reps:
+                    r["nulls_untrained"][m] = null_stats(r[m], pool)
+            result["p"], result["key_frequencies"] = ctx["p"], ctx["key_freqs"]
+            result["ground_truth"] = hook_ground_truth(ctx).to_json()
+            result["fourier"] = {
+                lab: {
+                    k: r[k]
+                    for k in (
+                        "fourier_overlap",
+                        "frac_pure",
+                        "n_live",
+                        "covered",
+                        "missing",
+                        "coverage",
+                        "non_key_pure",
+                        "pure_per_frequency",
+                        "nulls_untrained",
+                        "weight_space",
+                    )
+                    if k in r
+                }
+                for lab, r in zip(labels, reps)
+            }
+            # the per-latent list is husai fourier's; here the summary
+            for lab, r in zip(labels, reps):
+                result["fourier"][lab]["latent_types"] = {
+                    k: v for k, v in r["latent_types"].items() if k != "latents"
+                }
+                result["fourier"][lab]["recovery"] = r["recovery"]
+        with stage("stability"):
+            freqs = [
+                np.array(r["latents"]["frequency"])
+                * (
+                    (np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
+                    & np.array(r["latents"]["live"])
                 )
-                if k in r
-            }
-            for lab, r in zip(labels, reps)
-        }
-        for lab, r in zip(labels, reps):  # the per-latent list is husai fourier's; here the summary
-            result["fourier"][lab]["latent_types"] = {
-                k: v for k, v in r["latent_types"].items() if k != "latents"
-            }
-            result["fourier"][lab]["recovery"] = r["recovery"]
-        freqs = [
-            np.array(r["latents"]["frequency"])
-            * (
-                (np.array(r["latents"]["purity"]) >= PURITY_THRESHOLD)
-                & np.array(r["latents"]["live"])
+                for r in reps
+            ]
+            wfreqs = [
+                np.array(r["latents"].get("weight_frequency", [0] * len(r["latents"]["live"])))
+                * np.array(r["latents"]["live"])
+                for r in reps
+            ]
+            span = data_span(acts)
+            # the data metric: off-span drift is not a feature
+            in_span = [span.coords(D) for D in decs]
+            result["frequency_level"] = dict(
+                frequency_sets=frequency_set_stability(
+                    [set(r["pure_per_frequency"]) for r in reps]
+                ),
+                subspaces=subspace_stability(in_span, freqs, ctx["key_freqs"]),
+                subspaces_by_weights=subspace_stability(in_span, wfreqs, ctx["key_freqs"]),
             )
-            for r in reps
-        ]
-        wfreqs = [
-            np.array(r["latents"].get("weight_frequency", [0] * len(r["latents"]["live"])))
-            * np.array(r["latents"]["live"])
-            for r in reps
-        ]
-        span = data_span(acts)
-        in_span = [span.coords(D) for D in decs]  # the data metric: off-span drift is not a feature
-        result["frequency_level"] = dict(
-            frequency_sets=frequency_set_stability([set(r["pure_per_frequency"]) for r in reps]),
-            subspaces=subspace_stability(in_span, freqs, ctx["key_freqs"]),
-            subspaces_by_weights=subspace_stability(in_span, wfreqs, ctx["key_freqs"]),
-        )
-        fl = result["frequency_level"]
+            fl = result["frequency_level"]
 
-        def _avg(key, field):
-            v = [x[field] for x in fl[key].values() if x[field] is not None]
-            return float(np.mean(v)) if v else None
+            def _avg(key, field):
+                v = [x[field] for x in fl[key].values() if x[field] is not None]
+                return float(np.mean(v)) if v else None
 
-        fl["summary"] = dict(
-            jaccard_mean=fl["frequency_sets"]["jaccard_mean"],
-            subspace_overlap_mean=_avg("subspaces", "overlap_mean"),
-            subspace_overlap_by_weights_mean=_avg("subspaces_by_weights", "overlap_mean"),
-            atom_pw_mcc_by_weights_mean=_avg("subspaces_by_weights", "atom_pw_mcc_mean"),
-            null_overlap_by_weights_mean=_avg("subspaces_by_weights", "null_overlap_mean"),
-        )
+            fl["summary"] = dict(
+                jaccard_mean=fl["frequency_sets"]["jaccard_mean"],
+                subspace_overlap_mean=_avg("subspaces", "overlap_mean"),
+                subspace_overlap_by_weights_mean=_avg("subspaces_by_weights", "overlap_mean"),
+                atom_pw_mcc_by_weights_mean=_avg("subspaces_by_weights", "atom_pw_mcc_mean"),
+                null_overlap_by_weights_mean=_avg("subspaces_by_weights", "null_overlap_mean"),
+            )
     result["wall_seconds"] = time.perf_counter() - t0
     if plots is not None:
-        from husai.analysis.plots import frequency_histogram, stability_heatmap
+        with stage("figures"):
+            from husai.analysis.plots import frequency_histogram, stability_heatmap
 
-        lv = stability["levels"]
-        for m, fname, title in (
-            ("pw_mcc_dec", "pw_mcc_decoder.png", "PW-MCC (decoder, data metric)"),
-            (
-                "mean_max_abs_cos_dec",
-                "mean_max_abs_cos_decoder.png",
-                "mean-max |cos| (decoder, data metric; public HUSAI 'PWMCC')",
-            ),
-        ):
-            if m in lv:
-                null = lv[m].get("fitting", {}).get("value")
-                stability_heatmap(
-                    [[np.nan if v is None else v for v in r] for r in lv[m]["matrix"]],
+            lv = stability["levels"]
+            for m, fname, title in (
+                ("pw_mcc_dec", "pw_mcc_decoder.png", "PW-MCC (decoder, data metric)"),
+                (
+                    "mean_max_abs_cos_dec",
+                    "mean_max_abs_cos_decoder.png",
+                    "mean-max |cos| (decoder, data metric; public HUSAI 'PWMCC')",
+                ),
+            ):
+                if m in lv:
+                    null = lv[m].get("fitting", {}).get("value")
+                    stability_heatmap(
+                        [[np.nan if v is None else v for v in r] for r in lv[m]["matrix"]],
+                        labels,
+                        plots / fname,
+                        title,
+                        null,
+                        null_name="fitting null",
+                    )
+            if ctx is not None:
+                frequency_histogram(
+                    [result["fourier"][lab]["pure_per_frequency"] for lab in labels],
                     labels,
-                    plots / fname,
-                    title,
-                    null,
-                    null_name="fitting null",
+                    ctx["key_freqs"],
+                    ctx["p"],
+                    plots / "frequency_histogram.png",
                 )
-        if ctx is not None:
-            frequency_histogram(
-                [result["fourier"][lab]["pure_per_frequency"] for lab in labels],
-                labels,
-                ctx["key_freqs"],
-                ctx["p"],
-                plots / "frequency_histogram.png",
-            )
     return result

@@ -42,6 +42,7 @@ import torch
 
 from husai.analysis.ground_truth import group_grid, on_grid
 from husai.analysis.oracle import complete_truth, neuron_atoms, score, tiling, truth_circles
+from husai.timing import stage
 
 CONVERGED = 0.001
 """Training had converged when the last epoch raised the training EV by less than 0.001 (mean over
@@ -131,13 +132,15 @@ def cell_oracle(
     k = int(fixed) if fixed is not None else max(1, round(sum(sae_l0) / len(sae_l0)))
     tiled = [tiling(circles, d_sae, seed) for seed in seeds]
     tilings = [D for D, _ in tiled]
-    circle_scores = [dict(score(X, D, k), source="circles") for D in tilings]
+    with stage("oracle_score"):
+        circle_scores = [dict(score(X, D, k), source="circles") for D in tilings]
     per = circle_scores
     out = dict(
         k=k, width=d_sae, truth=complete_truth(X, circles), circles=[c.name for c in circles]
     )
     if neurons:  # the model's own basis is a second oracle; the better one per seed is the ceiling
-        out["neurons"] = dict(score(X, neuron_atoms(X, d_sae), k), source="neurons")
+        with stage("oracle_score"):
+            out["neurons"] = dict(score(X, neuron_atoms(X, d_sae), k), source="neurons")
         per = [max(s, out["neurons"], key=lambda o: o["explained_variance"]) for s in circle_scores]
     gap = gap_stats([s["explained_variance"] for s in per], sae_ev)
     out.update(
@@ -156,7 +159,8 @@ def cell_oracle(
             for s, D in zip(seeds, tilings)
             if s in saes
         ]
-    enc, begun = truth_runs(acts, cfg, seeds, truth_start(acts, cfg, tiled), encoder, started)
+    with stage("oracle_training"):
+        enc, begun = truth_runs(acts, cfg, seeds, truth_start(acts, cfg, tiled), encoder, started)
     if enc is not None:
         enc["amortisation_gap"] = [
             c["explained_variance"] - e  # against the tiling's own best code

@@ -24,6 +24,8 @@ from dataclasses import replace
 
 import torch
 
+from husai.timing import stage
+
 COLLAPSED_EV = 0.05
 """A weight whose SAE explains less than this share of the variance has collapsed
 (measured: ReLU 512 latents on the fast model's resid_post at weight 32 had L0 8.1 and EV 0.00, its
@@ -51,19 +53,20 @@ def calibrate_weight(
     target, start = cfg.target_l0, getattr(cfg, cfg.family.sparsity_key)
     plain = replace(cfg, target_l0=None, trajectory_epochs=[])
     table: list[dict] = []
-    for _ in range(ROUNDS):
-        weights = [start * f for f in FACTORS]
-        res = train_saes(acts, plain, [seed] * len(weights), device, knobs=weights)
-        m = reconstruction_metrics(res.sae, acts.to(device))
-        table += [
-            dict(weight=w, l0=l0, ev=ev)
-            for w, l0, ev in zip(weights, m["l0"], m["explained_variance"])
-        ]
-        weight, start = next_step(table, target)
-        if weight is not None:
-            return weight, sorted(table, key=lambda r: r["weight"]), True
-        if start is None:
-            break
+    with stage("l0_search"):
+        for _ in range(ROUNDS):
+            weights = [start * f for f in FACTORS]
+            res = train_saes(acts, plain, [seed] * len(weights), device, knobs=weights)
+            m = reconstruction_metrics(res.sae, acts.to(device))
+            table += [
+                dict(weight=w, l0=l0, ev=ev)
+                for w, l0, ev in zip(weights, m["l0"], m["explained_variance"])
+            ]
+            weight, start = next_step(table, target)
+            if weight is not None:
+                return weight, sorted(table, key=lambda r: r["weight"]), True
+            if start is None:
+                break
     healthy = [r for r in table if _healthy(r)]
     best = min(healthy or table, key=lambda r: abs(_log(r["l0"]) - math.log(target)))
     return best["weight"], sorted(table, key=lambda r: r["weight"]), False

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from husai import timing
 from husai.errors import HusaiError
 from husai.interrupts import on_interrupt
 from husai.outputs import SAE_OUTPUT, claim_folder, staged_folder
@@ -85,9 +86,10 @@ def _train_sae(
     from husai.io import write_json
     from husai.sae.checkpoint import save_sae
 
-    acts, eval_acts, info, model = _inputs(
-        transformer_checkpoint, activations, layer, hook, split, device
-    )
+    with timing.stage("activations"):
+        acts, eval_acts, info, model = _inputs(
+            transformer_checkpoint, activations, layer, hook, split, device
+        )
     cfg.validate(acts.shape[1])
     # Everything from here on is written into a staging folder that becomes `out` only once the
     # SAEs are saved; W&B's offline run goes inside it, so it is part of the output.
@@ -119,21 +121,23 @@ def _train_sae(
                 table=table,
             )
             cfg = replace(cfg, **{name: weight})
-        res = _train_with_progress(acts, cfg, seeds, device, progress, run)
+        with timing.stage("training"):
+            res = _train_with_progress(acts, cfg, seeds, device, progress, run)
         metrics = _metrics(res, cfg, seeds, info, eval_acts, model, device)
         if calibration is not None:
             metrics["calibration"] = calibration
-        for i, s in enumerate(seeds):
-            meta = dict(
-                info,
-                hook_name=info.get("hook_name"),
-                seed=s,
-                husai_config=cfg.to_dict(),
-                diverged_at_step=res.diverged_at_step,
-            )
-            save_sae(stage if len(seeds) == 1 else stage / f"seed_{s}", res.sae, i, meta)
-        save_trajectory(stage / TRAJECTORY_FILE, res.trajectory, seeds)
-        write_json(stage / "metrics.json", metrics)
+        with timing.stage("writing"):
+            for i, s in enumerate(seeds):
+                meta = dict(
+                    info,
+                    hook_name=info.get("hook_name"),
+                    seed=s,
+                    husai_config=cfg.to_dict(),
+                    diverged_at_step=res.diverged_at_step,
+                )
+                save_sae(stage if len(seeds) == 1 else stage / f"seed_{s}", res.sae, i, meta)
+            save_trajectory(stage / TRAJECTORY_FILE, res.trajectory, seeds)
+            write_json(stage / "metrics.json", metrics)
     if res.diverged_at_step is not None:
         raise HusaiError(
             f"training diverged: NaN loss at step {res.diverged_at_step}; the last good checkpoint "

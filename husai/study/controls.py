@@ -47,40 +47,43 @@ def run_controls(
     from husai.sae.activations import model_activations
     from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
+    from husai.timing import stage
 
     out = {}
     metrics = read_json(f"{model_dir}/metrics.json", "model metrics")
-    for which in controls:
-        try:
-            acts, info = model_activations(model_dir, hook=hook, split="all", which=which)
-            res = train_saes(acts, cfg, seeds)
-        except HusaiError as e:
-            out[which] = {"error": str(e)}
-            continue
-        saes = [SeedSlot(res.sae, s) for s in range(len(seeds))]
-        W0 = res.W_dec_init.double()
+    with stage("controls"):  # training and stability of each control: one stage, on few cells
+        for which in controls:
+            try:
+                with stage("activations"):
+                    acts, info = model_activations(model_dir, hook=hook, split="all", which=which)
+                res = train_saes(acts, cfg, seeds)
+            except HusaiError as e:
+                out[which] = {"error": str(e)}
+                continue
+            saes = [SeedSlot(res.sae, s) for s in range(len(seeds))]
+            W0 = res.W_dec_init.double()
 
-        def init(d_in, d_sae, seed, W0=W0):
-            W = W0[seeds.index(seed)]
-            return W.T.clone(), W
+            def init(d_in, d_sae, seed, W0=W0):
+                W = W0[seeds.index(seed)]
+                return W.T.clone(), W
 
-        st = sae_stability(
-            saes,
-            [f"seed {s}" for s in seeds],
-            acts.double(),
-            seeds=seeds,
-            init_fn=init,
-            grid_p=info["p"] if info["operation"] == "add" else None,
-            threshold=threshold,
-        )
-        ev = reconstruction_metrics(res.sae, acts.float())["explained_variance"]
-        out[which] = dict(
-            epoch=metrics.get("memorised_epoch") if which == "memorised" else 0,
-            test_acc=metrics.get("memorised_test_acc") if which == "memorised" else None,
-            explained_variance=ev,
-            data_span=st["data_span"],
-            off_span=st["off_span"],
-            levels={m: st["levels"][m] for m in KEPT if m in st["levels"]},
-            shared_init=st["references"].get("shared_init", {}).get("pw_mcc_dec"),
-        )
+            st = sae_stability(
+                saes,
+                [f"seed {s}" for s in seeds],
+                acts.double(),
+                seeds=seeds,
+                init_fn=init,
+                grid_p=info["p"] if info["operation"] == "add" else None,
+                threshold=threshold,
+            )
+            ev = reconstruction_metrics(res.sae, acts.float())["explained_variance"]
+            out[which] = dict(
+                epoch=metrics.get("memorised_epoch") if which == "memorised" else 0,
+                test_acc=metrics.get("memorised_test_acc") if which == "memorised" else None,
+                explained_variance=ev,
+                data_span=st["data_span"],
+                off_span=st["off_span"],
+                levels={m: st["levels"][m] for m in KEPT if m in st["levels"]},
+                shared_init=st["references"].get("shared_init", {}).get("pw_mcc_dec"),
+            )
     return out

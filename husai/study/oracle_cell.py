@@ -12,6 +12,7 @@ from husai.analysis.optimisation_gap import cell_oracle
 from husai.io import read_json
 from husai.sae.checkpoint import load_saes
 from husai.sae.config import config_from_dict
+from husai.timing import stage
 
 
 def oracle_for_cell(folder: Path, spec: dict) -> dict:
@@ -22,24 +23,27 @@ def oracle_for_cell(folder: Path, spec: dict) -> dict:
         cfg = replace(cfg, **{cfg.family.sparsity_key: calibration["weight"]})
     seeds = list(spec["seeds"])
     per = metrics["per_seed"]
-    ctx = model_context(Path(spec["model_dir"]), spec["hook"])
-    gt = hook_ground_truth(
-        ctx
-    )  # its key frequencies are the grid's own (discrete logarithms for mul)
+    with stage("activations"):
+        ctx = model_context(Path(spec["model_dir"]), spec["hook"])
+    with stage("ground_truth"):
+        # its key frequencies are the grid's own (discrete logarithms for mul)
+        gt = hook_ground_truth(ctx)
     saes = load_saes(folder) if len(seeds) > 1 else None
-    return cell_oracle(
-        ctx["acts"],
-        ctx["p"],
-        ctx.get("operation", "add"),
-        gt.key_frequencies,
-        cfg,
-        seeds,
-        int(metrics["d_sae"]),
-        [per[str(s)]["explained_variance"] for s in seeds],
-        [per[str(s)]["l0"] for s in seeds],
-        saes,
-        started=bool(spec["oracle"].get("started", True)),
-        encoder=bool(spec["oracle"].get("encoder", True)),
-        neurons=str(spec["hook"]).endswith("mlp.hook_post"),
-        history=metrics.get("history"),
-    )
+    # everything but the extra trainings (their own stage inside) is the pursuit's scoring
+    with stage("oracle_score"):
+        return cell_oracle(
+            ctx["acts"],
+            ctx["p"],
+            ctx.get("operation", "add"),
+            gt.key_frequencies,
+            cfg,
+            seeds,
+            int(metrics["d_sae"]),
+            [per[str(s)]["explained_variance"] for s in seeds],
+            [per[str(s)]["l0"] for s in seeds],
+            saes,
+            started=bool(spec["oracle"].get("started", True)),
+            encoder=bool(spec["oracle"].get("encoder", True)),
+            neurons=str(spec["hook"]).endswith("mlp.hook_post"),
+            history=metrics.get("history"),
+        )

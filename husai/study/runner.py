@@ -5,11 +5,13 @@
     OUT/saes/model_seed{S}/{hook}/{arch}_x{E}_{knob}/
         seed_{N}/cfg.json + sae_weights.safetensors   SAELens folders
         metrics.json                        per-seed SAE metrics (from husai train-sae)
-        analysis.json                       Fourier validation + cross-seed stability with nulls
+        analysis.json                       Fourier validation + cross-seed stability with nulls,
+                                            and the cell's timing by stage
         failed.json                         only if the cell failed: the error, kept in the table
     OUT/results.csv, OUT/results.parquet    one row per SAE, rebuilt from the folders
     OUT/report.md, OUT/report.html, OUT/figures/*.png
     OUT/browser.html                        every latent of every seed, looked at (husai.browse)
+    OUT/timing.json                         where the cells' time went, by stage (husai.timing)
 
 A cell's SAE folder appears only once training has finished (train-sae stages and renames), and
 analysis.json is written atomically, so after a kill -9 the same command skips every finished
@@ -30,6 +32,7 @@ from husai.interrupts import on_interrupt, raise_if_interrupted
 from husai.io import atomic_write_bytes, write_json
 from husai.outputs import STUDY, STUDY_CELL, claim_folder, remove_output
 from husai.study.config import SAERun, StudyConfig, load_study, resolve_config
+from husai.timing import stage, take
 
 EXECUTORS = ("local", "process", "ray")
 
@@ -86,7 +89,8 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     folder = Path(spec["folder"])
-    t0 = time.time()
+    t0 = time.perf_counter()
+    take()  # what this process timed before the cell is no part of it
     try:
         if not (folder / "metrics.json").is_file():
             run_train_sae(
@@ -108,33 +112,52 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
         if result and spec.get("controls"):
             from husai.study.controls import contrast, run_controls
 
-            result["controls"] = run_controls(
-                spec["model_dir"],
-                spec["hook"],
-                config_from_dict(spec["sae_cfg"]),
-                spec["control_seeds"],
-                spec["controls"],
-                spec["threshold"],
-            )
-            for c in result[
-                "controls"
-            ].values():  # the grokked model's SAEs against the control's, pair by pair
-                c["contrast"] = contrast(
-                    result["stability"]["levels"], c, len(spec["control_seeds"])
+            with stage("controls"):
+                result["controls"] = run_controls(
+                    spec["model_dir"],
+                    spec["hook"],
+                    config_from_dict(spec["sae_cfg"]),
+                    spec["control_seeds"],
+                    spec["controls"],
+                    spec["threshold"],
                 )
+                # the grokked model's SAEs against the control's, pair by pair
+                for c in result["controls"].values():
+                    c["contrast"] = contrast(
+                        result["stability"]["levels"], c, len(spec["control_seeds"])
+                    )
         if result and spec.get("oracle", {}).get("score"):
             from husai.study.oracle_cell import oracle_for_cell
 
             result["oracle"] = oracle_for_cell(folder, spec)
-        write_json(folder / "analysis.json", result or {})
-        return dict(folder=str(folder), status="ok", seconds=time.time() - t0)
+        cost = cell_timing(t0)  # analysis.json's own write, ~ms, falls outside it
+        write_json(folder / "analysis.json", dict(result or {}, timing=cost))
+        return dict(folder=str(folder), status="ok", seconds=cost["wall_seconds"], timing=cost)
     except Exception as e:  # recorded, reported, never silently dropped
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         msg = msg.replace(
             spec["root"].rstrip("/") + "/", ""
         )  # relative paths: the table must not depend on --out
-        write_json(folder / "failed.json", dict(error=f"{type(e).__name__}: {msg}", spec=spec))
-        return dict(folder=str(folder), status="failed", error=msg, seconds=time.time() - t0)
+        cost = cell_timing(t0)
+        write_json(
+            folder / "failed.json", dict(error=f"{type(e).__name__}: {msg}", spec=spec, timing=cost)
+        )
+        return dict(
+            folder=str(folder),
+            status="failed",
+            error=msg,
+            seconds=cost["wall_seconds"],
+            timing=cost,
+        )
+
+
+def cell_timing(t0: float) -> dict:
+    """{stages {name: seconds}, other, wall_seconds}: the stages this process timed since the cell
+    began at time.perf_counter() t0 (husai.timing), and the part of its wall time no stage
+    covered."""
+    wall = time.perf_counter() - t0
+    stages = take()
+    return dict(stages=stages, other=max(0.0, wall - sum(stages.values())), wall_seconds=wall)
 
 
 def execute(specs: list[dict], executor: str, workers: int, address: str | None, on_done) -> None:
@@ -300,6 +323,7 @@ def _run_study(
     from husai.study.report import browsable, write_report
     from husai.study.results import build_table
 
+    t_study = time.perf_counter()
     if not (
         out / "study.yaml"
     ).is_file():  # one already there holds this config (check_config_matches), maybe
@@ -321,10 +345,11 @@ def _run_study(
         f"[bold]stage 2/5[/] SAE cells: {len(runs) - len(todo)} done, {len(todo)} to run "
         f"({executor})"
     )
-    done = [0]
+    done, timed = [0], []
 
     def on_done(res: dict) -> None:
         done[0] += 1
+        timed.append(res["timing"])
         rel = Path(res["folder"]).relative_to(out / "saes")
         status = "ok" if res["status"] == "ok" else f"[red]FAILED[/]: {res['error']}"
         console.print(f"  [{done[0]}/{len(todo)}] {rel}  {status}  ({res['seconds']:.0f} s)")
@@ -332,7 +357,9 @@ def _run_study(
     with (
         console.status("training and analysing SAE cells") if progress else contextlib.nullcontext()
     ):
+        t_cells = time.perf_counter()
         execute([cell_spec(r, out, cfg) for r in todo], executor, workers, address, on_done)
+        t_cells = time.perf_counter() - t_cells
     console.print("[bold]stage 3/5[/] results table")
     rows = build_table(out, cfg)
     console.print("[bold]stage 4/5[/] report")
@@ -341,6 +368,10 @@ def _run_study(
     if browsable(out, cfg):  # else no SAE to show
         console.print("[bold]stage 5/5[/] feature browser")
         console.print(f"browser: {write_browser(out)}")
+    if timed:  # a resumed study that ran no cell keeps the timing.json of the run that did
+        summary = study_timing(timed, executor, workers, time.perf_counter() - t_study, t_cells)
+        write_json(out / "timing.json", summary)
+        console.print(timing_table(summary))
     # a Ctrl-C swallowed in the last stages gets the study's note, not a finished exit
     raise_if_interrupted()
     return StudyOutcome(
@@ -348,3 +379,47 @@ def _run_study(
         len(runs),
         [r.folder(out) / "failed.json" for r in runs if (r.folder(out) / "failed.json").is_file()],
     )
+
+
+def study_timing(
+    cells: list[dict], executor: str, workers: int, wall: float, cells_wall: float
+) -> dict:
+    """OUT/timing.json from the timing of every cell this run ran (run_cell's): {executor, workers
+    (None for Ray: the cluster's), wall_seconds (the study's), cells_wall_seconds (its SAE cell
+    stage), cells, cell_seconds (their wall times summed), stages {name: {seconds, share}}: summed
+    over the cells, share of cell_seconds, largest first, then "other"}."""
+    sums: dict[str, float] = {}
+    for c in cells:
+        for k, v in c["stages"].items():
+            sums[k] = sums.get(k, 0.0) + v
+    total = sum(c["wall_seconds"] for c in cells)
+    rows = sorted(sums.items(), key=lambda kv: -kv[1]) + [("other", sum(c["other"] for c in cells))]
+    return dict(
+        executor=executor,
+        workers=1 if executor == "local" else None if executor == "ray" else workers,
+        wall_seconds=wall,
+        cells_wall_seconds=cells_wall,
+        cells=len(cells),
+        cell_seconds=total,
+        stages={k: dict(seconds=v, share=v / total if total > 0 else None) for k, v in rows},
+    )
+
+
+def timing_table(summary: dict, title: str = "where the cells' time went"):
+    """study_timing's summary as a rich Table: stage, seconds summed over cells, share of cell
+    time; the caption gives the study's wall time and workers."""
+    from rich.table import Table
+
+    workers = summary["workers"] or "Ray"
+    table = Table(
+        title=title,
+        caption=f"{summary['cells']} cell(s), {summary['cell_seconds']:.1f} s of cell time; "
+        f"study wall {summary['wall_seconds']:.1f} s (cells {summary['cells_wall_seconds']:.1f} "
+        f"s), {workers} worker(s) ({summary['executor']})",
+    )
+    for col in ("stage", "seconds", "share"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for name, r in summary["stages"].items():
+        share = "" if r["share"] is None else f"{r['share']:.1%}"
+        table.add_row(name, f"{r['seconds']:.1f}", share)
+    return table
