@@ -31,6 +31,11 @@ one-layer encoder loses in choosing atoms, apart from the dictionary.
 
 Near the truth: the share of a dictionary's live rows within cosine NEAR of an atom of the seed's
 tiling, for the trained SAEs and the started runs alike.
+
+Plane recovery (husai.analysis.plane_recovery), for the trained SAEs and the started runs alike:
+per circle of the truth, the live rows lying in its plane, how much of the plane they cover and how
+evenly they tile its phase, next to the seed's tiling (the ceiling) and the SAE's rows rotated at
+random inside the data span (the reference).
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from dataclasses import replace
 
 import torch
 
+from husai.analysis.data_span import data_span
 from husai.analysis.ground_truth import group_grid, on_grid
 from husai.analysis.oracle import complete_truth, neuron_atoms, score, tiling, truth_circles
+from husai.analysis.plane_recovery import plane_recovery
 from husai.timing import stage
 
 CONVERGED = 0.001
@@ -153,14 +160,23 @@ def cell_oracle(
         reading=reading(gap),
         convergence=convergence(history),
     )
+    basis = data_span(acts).basis  # where the plane reference rotates
+
+    def planes(slot: int, rows: torch.Tensor) -> dict:  # against the slot's seed's tiling
+        return plane_recovery(rows, circles, basis, oracle=tilings[slot])
+
     if saes:
+        lives = {s: (saes[s].encode(acts.float()) > 0).any(0) for s in seeds if s in saes}
         out["trained_near_truth"] = [
-            near_truth(saes[s].W_dec, D, (saes[s].encode(acts.float()) > 0).any(0))
-            for s, D in zip(seeds, tilings)
-            if s in saes
+            near_truth(saes[s].W_dec, D, lives[s]) for s, D in zip(seeds, tilings) if s in saes
+        ]
+        out["plane_recovery"] = [
+            planes(i, saes[s].W_dec.detach()[lives[s]]) for i, s in enumerate(seeds) if s in saes
         ]
     with stage("oracle_training"):
-        enc, begun = truth_runs(acts, cfg, seeds, truth_start(acts, cfg, tiled), encoder, started)
+        enc, begun = truth_runs(
+            acts, cfg, seeds, truth_start(acts, cfg, tiled), encoder, started, planes
+        )
     if enc is not None:
         enc["amortisation_gap"] = [
             c["explained_variance"] - e  # against the tiling's own best code
@@ -196,11 +212,13 @@ def truth_runs(
     start: dict,
     encoder: bool = True,
     started: bool = True,
+    planes=None,
 ) -> tuple[dict | None, dict | None]:
     """The cell's recipe from `start` (truth_start), in one pass of the multi-seed trainer: with the
     decoder frozen (the oracle with the family's encoder) and free (started at the truth), each for
     every seed -> (oracle_with_encoder's dict, started_at_truth's dict), None for a run not asked
-    for. Slots train independently, so each run is the one it would be alone."""
+    for. Slots train independently, so each run is the one it would be alone. planes(slot, live
+    rows [n, d]) -> dict, if given, scores each started run's rows (`plane_recovery`)."""
     from husai.sae.metrics import reconstruction_metrics
     from husai.sae.train import train_saes
 
@@ -242,6 +260,10 @@ def truth_runs(
                     for s in range(S)
                 ],
             )
+            if planes is not None:
+                entry["plane_recovery"] = [
+                    planes(s, W[r * S + s][live[r * S + s]]) for s in range(S)
+                ]
         out[frozen] = entry
     return out.get(True), out.get(False)
 

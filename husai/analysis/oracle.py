@@ -122,18 +122,22 @@ def complete_truth(X: torch.Tensor, circles: list[Circle]) -> dict:
     of the span of all their images, and the remainder (1 - that span's share): what no circle
     tiling can code."""
     total = float(X.pow(2).sum())
-    if circles:
-        _, s, Vh = torch.linalg.svd(torch.cat([c.images for c in circles]), full_matrices=False)
-        Q = Vh[: int((s > 1e-9 * s[0]).sum())].T
-        span = float((X @ Q).pow(2).sum()) / total
-    else:
-        span = 0.0
+    span = float((X @ circle_span(circles).to(X.dtype)).pow(2).sum()) / total if circles else 0.0
     return dict(
         circles={c.name: c.share for c in circles},
         circles_sum=sum(c.share for c in circles),
         span_share=span,
         remainder=max(0.0, 1.0 - span),
     )
+
+
+def circle_span(circles: list[Circle]) -> torch.Tensor:
+    """An orthonormal basis [d, r] (float64) of the span of all the circles' images: the truth's
+    span, where recovery against the complete truth is measured (husai.analysis.plane_recovery)."""
+    _, s, Vh = torch.linalg.svd(
+        torch.cat([c.images.double() for c in circles]), full_matrices=False
+    )
+    return Vh[: int((s > 1e-9 * s[0]).sum())].T
 
 
 def tiling(circles: list[Circle], width: int, seed: int) -> tuple[torch.Tensor, list[dict]]:

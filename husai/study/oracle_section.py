@@ -51,6 +51,10 @@ def oracle_cells(rows: list[dict]) -> list[dict]:
                         "started_cosine_to_start",
                         "trained_near_truth",
                         "started_near_truth",
+                        "plane_coverage",
+                        "plane_coverage_oracle",
+                        "plane_coverage_reference",
+                        "in_plane_share",
                     )
                 },
             )
@@ -86,7 +90,12 @@ LEGEND = (
     "minus this is the amortisation gap (what a one-layer encoder loses in choosing atoms). "
     "Started at truth: the cell's own recipe started from the tiling; cos to start: each started "
     "row's cosine to its atom at the end; near truth: the share of live decoder rows within cosine "
-    "0.9 of an atom of the tiling."
+    "0.9 of an atom of the tiling. Plane coverage: per plane of the complete truth, the live rows "
+    "with more than half their norm there (in the truth's span) and the cosine of the plane's "
+    "worst-covered direction to the nearest of them (clipped at 0; m evenly spaced rows score "
+    "cos(pi/m), fewer than 3 score 0), averaged with the planes' variance shares, for the trained "
+    "SAEs / the seed's tiling / the SAEs' rows rotated at random in the data span; in plane: the "
+    "share of live rows lying in some plane (husai.analysis.plane_recovery)."
 )
 
 HEAD = [
@@ -103,6 +112,7 @@ HEAD = [
     "started at truth: EV",
     "cos to start",
     "near truth: trained / started",
+    "plane coverage: SAE / oracle / reference (in plane)",
 ]
 
 
@@ -117,6 +127,10 @@ def oracle_table(cells: list[dict]) -> str:
     for c in cells:
         gap = f"{_f(c['gap'])} [{_f(c['gap_lo'])}, {_f(c['gap_hi'])}]"
         near = f"{_f(c['trained_near_truth'], 2)} / {_f(c['started_near_truth'], 2)}"
+        planes = (
+            f"{_f(c['plane_coverage'], 2)} / {_f(c['plane_coverage_oracle'], 2)} / "
+            f"{_f(c['plane_coverage_reference'], 2)} ({_f(c['in_plane_share'], 2)})"
+        )
         cols = [
             c["hook"],
             c["architecture"],
@@ -131,6 +145,7 @@ def oracle_table(cells: list[dict]) -> str:
             _f(c["started_ev"]),
             _f(c["started_cosine_to_start"], 2),
             near,
+            planes,
         ]
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n\n" + LEGEND

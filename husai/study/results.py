@@ -2,13 +2,15 @@
 
 Columns: the grid parameters, status/error, every SAE metric of train-sae (mse, explained_variance,
 l0, frac_dead, delta_ce, ...), the SAE's Fourier validation (fourier_overlap, frac_pure, coverage,
-with the untrained-SAE null), its latent types and ground-truth recovery, and its cell's cross-seed
+with the untrained-SAE null), its latent types and centroid MCC (centroid_mcc: the live rows
+Hungarian-matched to the answer centroids, with its references), and its cell's cross-seed
 stability in the data metric (husai.analysis.agreement): per metric M the mean over seed pairs (M),
 its 95% CI (M_ci_lo, M_ci_hi), the fitting null's mean (M_null) and the effect over it with its CI
 (M_effect, M_effect_ci_lo, M_effect_ci_hi) and, per declared null N, its mean (M_N_null); the
 shared-init reference's PW-MCC; the raw-coordinate PW-MCC (basis-dependent, kept for comparison);
 and the SAE's own mean PW-MCC to the other seeds, its off-span share and its latents' mean
-reappearance probability; the oracle reading (oracle_columns).
+reappearance probability; the oracle reading and the plane recovery against the complete truth
+(oracle_columns).
 Timing columns are left out so that a resumed study gives exactly the same table.
 """
 
@@ -172,7 +174,7 @@ def oracle_columns(oracle: dict, i: int) -> dict:
     """The oracle reading's columns for seed slot i (husai.analysis.optimisation_gap): the oracle of
     that seed at the cell's width and k, the optimisation gap (this seed's, and the cell's mean with
     its 95% interval), the reading, the truth's remainder, and the started-at-the-truth run of this
-    seed."""
+    seed; and the plane recovery against the complete truth (plane_columns)."""
     per, gap, started = (
         (oracle.get("oracle") or {}).get("per_seed") or [],
         oracle.get("gap") or {},
@@ -203,6 +205,34 @@ def oracle_columns(oracle: dict, i: int) -> dict:
         started_frac_dead=_at(started.get("frac_dead"), i),
         started_cosine_to_start=_at(started.get("cosine_to_start"), i),
         started_near_truth=_at(started.get("near_truth"), i),
+        **plane_columns(oracle, i),
+    )
+
+
+def _slot(values, i) -> dict:
+    return (values[i] or {}) if isinstance(values, list) and i < len(values) else {}
+
+
+def plane_columns(oracle: dict, i: int) -> dict:
+    """Seed slot i's plane recovery (husai.analysis.plane_recovery): coverage (variance-weighted
+    over the truth's planes) of the SAE, the seed's oracle tiling and the rotated reference (mean
+    over draws), the SAE's evenness, the share of live latents lying mostly in a plane (SAE,
+    reference), the planes with >= 3 latents (SAE, oracle; out of truth_planes), and the started
+    run's coverage."""
+    pr = _slot(oracle.get("plane_recovery"), i)
+    sae, orc, ref = (pr.get(k) or {} for k in ("summary", "oracle", "reference"))
+    begun = _slot((oracle.get("started") or {}).get("plane_recovery"), i).get("summary") or {}
+    return dict(
+        plane_coverage=_num(sae.get("coverage")),
+        plane_coverage_oracle=_num(orc.get("coverage")),
+        plane_coverage_reference=_num(ref.get("coverage")),
+        plane_evenness=_num(sae.get("evenness")),
+        in_plane_share=_num(sae.get("in_plane_share")),
+        in_plane_share_reference=_num(ref.get("in_plane_share")),
+        planes_tiled=sae.get("planes_tiled"),
+        planes_tiled_oracle=orc.get("planes_tiled"),
+        truth_planes=sae.get("planes"),
+        started_plane_coverage=_num(begun.get("coverage")),
     )
 
 
