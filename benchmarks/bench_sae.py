@@ -177,6 +177,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--init", default="random", choices=["random", "data"])
+    ap.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=["adam", "row_adam"],
+        help="husai's optimizer; adam (not the library default) is the one SAELens's trainer runs",
+    )
     ap.add_argument("--skip-saelens", action="store_true")
     ap.add_argument(
         "--device", default="cpu", help="cpu or cuda: every trainer runs there, data included"
@@ -206,6 +212,7 @@ def main() -> None:
         k=args.k,
         epochs=args.epochs,
         init=args.init,
+        optimizer=args.optimizer,
         batch_size=args.batch_size,
         **knobs,
     ).validate(x.shape[1])

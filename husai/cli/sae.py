@@ -101,10 +101,13 @@ def register(app: typer.Typer) -> None:
     ):
         """Train sparse autoencoders (one per seed, all in one pass) on a model's activations."""
         from husai.locks import exclusive
-        from husai.sae.config import SAETrainConfig, config_from_dict, load_config
+        from husai.sae.config import config_from_dict, read_config_keys
         from husai.sae.train import parse_seeds
 
-        cfg = load_config(config) if config is not None else SAETrainConfig()
+        # the keys the file sets, not a filled-in config: a key it leaves out takes the default of
+        # the family the options end with (relu's own lr, not topk's)
+        written = read_config_keys(config) if config is not None else {}
+        before = written.get("architecture", "topk")
         overrides = dict(
             architecture=architecture,
             epochs=epochs,
@@ -116,11 +119,9 @@ def register(app: typer.Typer) -> None:
             target_l0=target_l0,
             l1_coeff=l1_coeff,
         )
-        flat = dict(cfg.to_dict(), **{key: v for key, v in overrides.items() if v is not None})
-        if (
-            architecture is not None and architecture != cfg.architecture
-        ):  # the new family's defaults
-            flat = {key: v for key, v in flat.items() if key not in family(cfg.architecture).keys()}
+        flat = dict(written, **{key: v for key, v in overrides.items() if v is not None})
+        if architecture is not None and architecture != before:  # the new family's defaults
+            flat = {key: v for key, v in flat.items() if key not in family(before).keys()}
         cfg = config_from_dict(dict(flat, **_settings(set_)), "train-sae options")
         seed_list = parse_seeds(seeds) if seeds is not None else [seed]
         with exclusive(save_dir, "husai train-sae", "--save-dir"):  # one writer per output folder

@@ -64,12 +64,14 @@ class SAETrainConfig:
     epochs: int = 20
     """Passes over the activations."""
     lr: typing.Optional[float] = 3e-3
-    """Learning rate; null = 2e-4 / sqrt(d_sae / 2^14) (Gao et al. sec. 2.4's rule, made for
-    LLM-scale runs: with ~1000 steps it under-trains here)."""
-    optimizer: str = "adam"
-    """adam (torch's, fused: one second moment per coordinate) or row_adam (husai.sae.optim.RowAdam:
-    one per row, so training on rotated activations gives the rotated SAEs). Default adam because
-    row_adam shrinks a ReLU SAE's decoder rows, cheapening its L1 (BENCHMARKS.md)."""
+    """Learning rate (relu's default: 1e-2, its family's training_defaults); null = 2e-4 /
+    sqrt(d_sae / 2^14) (Gao et al. sec. 2.4's rule, made for LLM-scale runs: with ~1000 steps it
+    under-trains here)."""
+    optimizer: str = "row_adam"
+    """row_adam (husai.sae.optim.RowAdam: one second moment per row, so training on rotated
+    activations gives the rotated SAEs: the SAE is a property of the data, not of its basis) or
+    adam (torch's, fused: one per coordinate; in the activations' PCA basis it trains a different,
+    worse SAE: BENCHMARKS.md)."""
     beta1: float = 0.9
     """Adam beta1."""
     beta2: float = 0.999
@@ -95,14 +97,15 @@ class SAETrainConfig:
         """Flat keys, as a YAML file has them: training keys and the family's. A key of another
         family, or of none, is a HusaiError naming it."""
         self.architecture = architecture
-        for f in _TRAINING_FIELDS:
-            value = (
-                keys.pop(f.name)
-                if f.name in keys
-                else (f.default_factory() if f.default is dataclasses.MISSING else f.default)
-            )
-            setattr(self, f.name, value)
         fam = _family(architecture)
+        for f in _TRAINING_FIELDS:
+            if f.name in keys:
+                value = keys.pop(f.name)
+            elif f.name in fam.config.training_defaults:
+                value = fam.config.training_defaults[f.name]
+            else:
+                value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            setattr(self, f.name, value)
         base = family if isinstance(family, fam.config) else fam.config()
         own = {k: keys.pop(k) for k in fam.keys() if k in keys}
         if keys:
@@ -302,6 +305,11 @@ def config_from_dict(d: dict, source: str = "config", record: bool = False) -> S
 
 
 def load_config(path: str | Path) -> SAETrainConfig:
+    return config_from_dict(read_config_keys(path), f"config {path}")
+
+
+def read_config_keys(path: str | Path) -> dict:
+    """The keys a YAML config file sets, as written (checked by config_from_dict)."""
     import yaml
 
     path = Path(path)
@@ -313,4 +321,5 @@ def load_config(path: str | Path) -> SAETrainConfig:
         raise HusaiError(f"config {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     except UnicodeDecodeError:
         raise HusaiError(f"config {path} is not a text file (not UTF-8)") from None
-    return config_from_dict(d, f"config {path}")
+    config_from_dict(d, f"config {path}")  # its errors name the file
+    return d

@@ -34,6 +34,9 @@ class FamilyConfig:
     columns: ClassVar[tuple[str, ...]] = ()
     """The results-table columns this family fills (husai.study.results; other families leave them
     empty)."""
+    training_defaults: ClassVar[dict] = {}
+    """Training keys (SAETrainConfig's) whose default this family sets otherwise, e.g. ReLU's lr;
+    a value the user gives wins. The measurements: BENCHMARKS.md, "Why the SAE defaults"."""
 
     def validate(self, d_sae: int | None, width: str) -> None:
         """Raise HusaiError naming the key. d_sae: the SAE's width when known; width: how it was
