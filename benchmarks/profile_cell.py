@@ -9,8 +9,9 @@ Per cell: the stage table (seconds, share of the cell's wall time) and the ratio
 time to its SAE trainings (training + l0_search + oracle_training). A study worker computes a
 hook's activations and ground truth once (husai.analysis.compare.model_context's cache) and keeps
 them for its later cells; --cold clears that cache before each cell, as for a worker's first.
---cprofile KIND (e.g. relu, or relu@blocks.0.mlp.hook_post): that cell also runs under cProfile
-(after its timed run, on a fresh folder), and the top 25 functions by cumulative time are printed.
+--cprofile KIND (e.g. relu, or relu@blocks.0.mlp.hook_post): only that kind's cell runs, under
+cProfile (its stage times then include the profiler's overhead), and the top 25 functions by
+cumulative time are printed.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ def main() -> None:
 
         model = ensure_model(cfg, root / "model", cfg.model_seeds[0])
     cells = {k: r for k, r in kinds(cfg, args.index).items() if args.only is None or args.only in k}
+    if args.cprofile:
+        cells = {k: r for k, r in cells.items() if args.cprofile in (k, k.split("@")[0])}
+        if not cells:
+            raise SystemExit(f"--cprofile {args.cprofile!r} names no kind of cell")
+    prof = cProfile.Profile() if args.cprofile else None
     from husai.analysis import compare
 
     if not args.cold:  # what a worker's first cell of each hook pays once, timed apart
@@ -87,7 +93,11 @@ def main() -> None:
     for kind, run in cells.items():
         if args.cold:
             compare._CONTEXTS.clear()
+        if prof is not None:
+            prof.enable()
         t = one_cell(run, cfg, root, model, args.threads)
+        if prof is not None:
+            prof.disable()
         s = study_timing([t], "local", 1, t["wall_seconds"], t["wall_seconds"])
         console.print(timing_table(s, f"{run.name} @ {run.hook}"))
         trained = sum(t["stages"].get(n, 0.0) for n in TRAININGS)
@@ -101,19 +111,11 @@ def main() -> None:
         ranked = sorted(t["stages"].items(), key=lambda kv: -kv[1])
         row = "  ".join(f"{k} {v:.1f}" for k, v in ranked)
         console.print(f"{kind}: wall {t['wall_seconds']:.1f}  {row}  other {t['other']:.1f}")
-    if args.cprofile:
-        match = [k for k in cells if k == args.cprofile or k.startswith(args.cprofile + "@")]
-        if not match:
-            raise SystemExit(f"--cprofile {args.cprofile!r}: none of {', '.join(cells)}")
-        if args.cold:
-            compare._CONTEXTS.clear()
-        prof = cProfile.Profile()
-        prof.enable()
-        one_cell(cells[match[0]], cfg, root, model, args.threads)
-        prof.disable()
+    if prof is not None:
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(25)
-        console.print(f"cProfile of {match[0]}, top 25 by cumulative time:")
+        prof.dump_stats(root / "cell.prof")  # for pstats queries beyond the top 25
+        console.print(f"cProfile of {', '.join(cells)} ({root / 'cell.prof'}), top 25 cumulative:")
         print(buf.getvalue())
 
 
