@@ -89,14 +89,16 @@ def reading(gap: dict) -> str:
     return "optimisation" if lo > 0 else "objective" if hi < 0 else "neither"
 
 
-def convergence(history: list[dict] | None) -> dict | None:
+def convergence(history: list[dict] | None, rule: bool | None = None) -> dict | None:
     """{last_epoch_ev_gain, converged}: the mean over seeds of the training EV's rise in the last
-    epoch, and whether it is below CONVERGED. None without two epochs of history."""
+    epoch, and whether training converged: the training's own rule where it ran one (rule:
+    metrics.json's `converged`, SAETrainConfig.converge_ev), else whether that rise is below
+    CONVERGED. None without two epochs of history."""
     if not history or len(history) < 2:
         return None
     last, before = history[-1]["ev"], history[-2]["ev"]
     gain = sum(a - b for a, b in zip(last, before)) / len(last)
-    return dict(last_epoch_ev_gain=gain, converged=gain < CONVERGED)
+    return dict(last_epoch_ev_gain=gain, converged=gain < CONVERGED if rule is None else rule)
 
 
 def near_truth(W_dec: torch.Tensor, atoms: torch.Tensor, live: torch.Tensor | None = None) -> float:
@@ -125,12 +127,14 @@ def cell_oracle(
     encoder: bool = True,
     neurons: bool = False,
     history: list[dict] | None = None,
+    converged: bool | None = None,
 ) -> dict:
     """The oracle reading of one cell. acts [p^2, d] the hook's activations; cfg the cell's
     SAETrainConfig (with the penalty weight its L0 search found); sae_ev, sae_l0 per seed; saes
     {seed: loaded SAE} for the near-truth share of the trained rows; neurons: the hook's coordinates
     are the model's neurons (mlp.hook_post), whose top-variance one-hot atoms are a second oracle;
-    history: the training's epoch rows (metrics.json), for `convergence`. -> JSON-ready dict (module
+    history, converged: the training's epoch rows and its rule's verdict (metrics.json), for
+    `convergence`. -> JSON-ready dict (module
     docstring)."""
     grid = group_grid(p, operation)
     X = on_grid(acts, grid)  # centred, float64, grid order
@@ -158,7 +162,7 @@ def cell_oracle(
         ),
         gap=gap,
         reading=reading(gap),
-        convergence=convergence(history),
+        convergence=convergence(history, converged),
     )
     basis = data_span(acts).basis  # where the plane reference rotates
 

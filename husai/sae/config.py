@@ -62,7 +62,13 @@ class SAETrainConfig:
     batch_size: int = 256
     """Inputs per step (per seed)."""
     epochs: int = 20
-    """Passes over the activations."""
+    """Passes over the activations (with converge_ev set: the most it may take)."""
+    converge_ev: typing.Optional[float] = None
+    """Stop before `epochs` once training has converged (husai.sae.train.converged): for every seed
+    the training EV rose by less than this over the last `converge_window` epochs and the dead
+    fraction did not fall over them. null (default): always `epochs`. The default study: 0.002."""
+    converge_window: int = 3
+    """Epochs the convergence rule looks back over (it cannot stop before this many + 1)."""
     lr: typing.Optional[float] = 3e-3
     """Learning rate (relu's default: 1e-2, its family's training_defaults); null = 2e-4 /
     sqrt(d_sae / 2^14) (Gao et al. sec. 2.4's rule, made for LLM-scale runs: with ~1000 steps it
@@ -157,7 +163,12 @@ class SAETrainConfig:
             raise HusaiError(f"config key 'init': unknown {self.init!r}; choose random or data")
         if self.latents is not None and self.latents < 1:
             raise HusaiError(f"config key 'latents' must be >= 1, got {self.latents}")
-        for name in ("expansion", "batch_size", "epochs"):
+        if self.converge_ev is not None and not (self.converge_ev > 0):
+            raise HusaiError(
+                f"config key 'converge_ev' must be a positive number or null, "
+                f"got {self.converge_ev}"
+            )
+        for name in ("expansion", "batch_size", "epochs", "converge_window"):
             if getattr(self, name) < 1:
                 raise HusaiError(f"config key {name!r} must be >= 1, got {getattr(self, name)}")
         if self.dead_after_epochs < 0:

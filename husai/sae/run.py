@@ -299,6 +299,8 @@ def _metrics(res, cfg, seeds, info, eval_acts, model, device) -> dict:
         steps=res.steps,
         wall_seconds=res.wall_seconds,
         diverged_at_step=res.diverged_at_step,
+        epochs_trained=len(res.history),
+        converged=res.converged,
         baselines=base,
         history=res.history,
         per_seed={

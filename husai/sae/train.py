@@ -51,6 +51,24 @@ class TrainResult:
     trajectory: dict[int, dict] = field(default_factory=dict)
     """epoch -> {"W_dec", "W_enc_T": [S, d_sae, d_in] float32 copies, "live": [S, d_sae] bool (fired
     during that epoch; all True at epoch 0, the init)}, for the epochs in cfg.trajectory_epochs."""
+    converged: bool | None = None
+    """With cfg.converge_ev: whether the rule stopped training before the epoch cap (False: the
+    cap came first). None: no rule (fixed epochs)."""
+
+
+def converged(history: list[dict], tol: float, window: int) -> bool:
+    """The convergence rule (SAETrainConfig.converge_ev) on a training history: for every seed,
+    ev[-1] - ev[-1 - window] < tol and frac_dead[-1] >= frac_dead[-1 - window] - 1e-9 (dead
+    latents no longer being revived: a dead fraction still falling means AuxK or the gradient is
+    still bringing latents back, the under-training a fixed epoch count hides). The EV is each
+    epoch's mean over its training batches, so it lags the weights by half an epoch; the window
+    smooths its batch noise. False with fewer than window + 1 epochs."""
+    if len(history) <= window:
+        return False
+    now, then = history[-1], history[-1 - window]
+    return all(a - b < tol for a, b in zip(now["ev"], then["ev"])) and all(
+        a >= b - 1e-9 for a, b in zip(now["frac_dead"], then["frac_dead"])
+    )
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -247,6 +265,7 @@ def train_saes(
     total, step, history, diverged = cfg.epochs * n_batches, 0, [], None
     last_good = {k: v.clone() for k, v in sae.state_dict().items()}
     t0 = time.perf_counter()
+    stopped = False  # by the convergence rule
     for epoch in range(cfg.epochs):
         perm = next_order()  # [N] or [S, N]
         sums = torch.zeros(4, S, device=device)
@@ -313,10 +332,21 @@ def train_saes(
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
+        if cfg.converge_ev is not None and converged(history, cfg.converge_ev, cfg.converge_window):
+            stopped = True
+            break
     sae.fold_decoder_norms()  # decoder_norm rescale: the same SAE with unit rows (a no-op for unit)
     sae._pre_buffer = None  # the training steps' scratch buffer (StackedSAE.pre_acts)
     # the optimizer is gone: the SAE's own steps apply it again
     sae.decoder_constraint_in_optimizer = False
     return TrainResult(
-        sae, list(seeds), W_dec_init, step, time.perf_counter() - t0, diverged, history, trajectory
+        sae,
+        list(seeds),
+        W_dec_init,
+        step,
+        time.perf_counter() - t0,
+        diverged,
+        history,
+        trajectory,
+        converged=stopped if cfg.converge_ev is not None else None,
     )

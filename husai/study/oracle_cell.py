@@ -46,4 +46,5 @@ def oracle_for_cell(folder: Path, spec: dict) -> dict:
             encoder=bool(spec["oracle"].get("encoder", True)),
             neurons=str(spec["hook"]).endswith("mlp.hook_post"),
             history=metrics.get("history"),
+        converged=metrics.get("converged"),
         )
