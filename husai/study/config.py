@@ -28,12 +28,13 @@ from husai.model.train import PRESETS, TrainConfig
 from husai.sae.config import SAETrainConfig, all_keys, config_from_dict
 
 TOP_KEYS = ("model", "hooks", "seeds", "saes", "stability", "oracle")
-ORACLE_KEYS = ("score", "encoder", "started")
+ORACLE_KEYS = ("score", "encoder", "started", "cells")
 """oracle.score: each cell's SAEs against the oracle dictionary at their width and L0, the
 optimisation gap and its reading; oracle.encoder: also the oracle as a frozen decoder with the
 cell's own encoder trained on it; oracle.started: also the cell's recipe started at the oracle
 (encoder and started: one more training of the cell each). All default to true
-(husai.analysis.optimisation_gap)."""
+(husai.analysis.optimisation_gap). oracle.cells: which cells run encoder and started, as
+stability.control_cells picks cells ([] or absent: every cell); score runs in every cell."""
 MODEL_KEYS = (
     "preset",
     "seeds",
@@ -100,11 +101,15 @@ class StudyConfig:
     """ORACLE_KEYS -> bool."""
 
     def has_controls(self, run: SAERun) -> bool:
-        if not self.controls:
-            return False
-        cell = dict(run.cfg.to_dict(), hook=run.hook, model_seed=run.model_seed)
-        return not self.control_cells or any(
-            all(cell.get(k) == v for k, v in m.items()) for m in self.control_cells
+        return bool(self.controls) and _picked(run, self.control_cells)
+
+    def oracle_for(self, run: SAERun) -> dict:
+        """The cell's oracle switches: encoder and started only where oracle.cells picks it."""
+        picked = _picked(run, self.oracle.get("cells") or [])
+        return dict(
+            score=self.oracle["score"],
+            encoder=self.oracle["encoder"] and picked,
+            started=self.oracle["started"] and picked,
         )
 
     def runs(self) -> list[SAERun]:
@@ -226,23 +231,17 @@ def parse_study(d, source: str = "study config") -> StudyConfig:
             f"of SAE seeds ({len(seeds)}), got {n_ctrl!r}"
         )
     cells = st.get("control_cells") or []
-    keys = set(all_keys()) | {"hook", "model_seed"}
-    if not isinstance(cells, list) or not all(
-        isinstance(m, dict) and m and set(m) <= keys for m in cells
-    ):
-        raise HusaiError(
-            f"{source}: key 'stability.control_cells' must be a list of mappings of SAE config "
-            "keys "
-            f"(and hook, model_seed), got {cells!r}"
-        )
+    _check_cells(cells, f"{source}: key 'stability.control_cells'")
     oracle = d.get("oracle") or {}
     if not isinstance(oracle, dict) or any(
-        k not in ORACLE_KEYS or not isinstance(v, bool) for k, v in oracle.items()
+        k not in ORACLE_KEYS or (k != "cells" and not isinstance(v, bool))
+        for k, v in oracle.items()
     ):
         raise HusaiError(
-            f"{source}: key 'oracle' takes only {', '.join(ORACLE_KEYS)}, each true or false, "
-            f"got {oracle!r}"
+            f"{source}: key 'oracle' takes only {', '.join(ORACLE_KEYS)}, each true or false "
+            f"(cells: a list of cell mappings), got {oracle!r}"
         )
+    _check_cells(oracle.get("cells") or [], f"{source}: key 'oracle.cells'")
     oracle = dict(dict(score=True, encoder=True, started=True), **oracle)
     cfg = StudyConfig(
         model,
@@ -298,3 +297,20 @@ def load_study(path: str | Path) -> StudyConfig:
     except UnicodeDecodeError:
         raise HusaiError(f"study config {path} is not a text file (not UTF-8)") from None
     return parse_study(d, f"study config {path}")
+
+
+def _picked(run: SAERun, cells: list) -> bool:
+    """Whether the cell matches one of the mappings (all its keys), or cells is empty."""
+    cell = dict(run.cfg.to_dict(), hook=run.hook, model_seed=run.model_seed)
+    return not cells or any(all(cell.get(k) == v for k, v in m.items()) for m in cells)
+
+
+def _check_cells(cells, what: str) -> None:
+    keys = set(all_keys()) | {"hook", "model_seed"}
+    if not isinstance(cells, list) or not all(
+        isinstance(m, dict) and m and set(m) <= keys for m in cells
+    ):
+        raise HusaiError(
+            f"{what} must be a list of mappings of SAE config keys (and hook, model_seed), "
+            f"got {cells!r}"
+        )

@@ -60,13 +60,21 @@ def cell_rows(folder: Path, run, root: Path) -> list[dict]:
     metrics = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else {}
     c = run.cfg
     weight = metrics.get("calibration", {}).get("weight")  # target_l0: the weight the search found
+    d_sae, d_in = metrics.get("d_sae", c.latents), metrics.get("d_in")
+    calibration = metrics.get("calibration") or {}
     base = dict(
         model_seed=run.model_seed,
         hook=run.hook,
         architecture=c.architecture,
-        expansion=c.expansion,
-        latents=metrics.get("d_sae", c.latents),
-    )  # d_sae, also where the config gave an expansion
+        # the width used: latents (d_sae, also where the config gave an expansion) and d_sae / d_in
+        expansion=_num(d_sae / d_in) if d_sae and d_in else None,
+        latents=d_sae,
+        d_in=d_in,
+        epochs_trained=metrics.get("epochs_trained"),
+        training_converged=metrics.get("converged"),
+        # the L0 search (target_l0 families): whether two weights bracketed the target
+        l0_bracketed=calibration.get("bracketed"),
+    )
     base.update(
         dict.fromkeys(family_columns()), **c.family.table(weight)
     )  # every family's, this one's filled

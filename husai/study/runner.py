@@ -69,7 +69,7 @@ def cell_spec(run: SAERun, out: Path, cfg: StudyConfig) -> dict:
         threshold=cfg.threshold,
         controls=list(cfg.controls) if cfg.has_controls(run) else [],
         control_seeds=list(run.seeds)[: cfg.control_seeds],
-        oracle=dict(cfg.oracle),
+        oracle=cfg.oracle_for(run),
     )
 
 

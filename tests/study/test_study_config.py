@@ -101,7 +101,7 @@ def test_control_cells_pick_the_cells_that_run_the_controls():
         ),  # 2 SAE seeds
         ({"stability": {"controls": ["untrained"], "control_seeds": 1}}, "stability.control_seeds"),
         ({"stability": {"colour": 1}}, "'stability' takes only"),
-        ({"oracle": {"started": "yes"}}, "'oracle' takes only score, encoder, started"),
+        ({"oracle": {"started": "yes"}}, "'oracle' takes only score, encoder, started, cells"),
         ({"oracle": {"frozen": True}}, "'oracle' takes only"),
         ({"oracle": [True]}, "'oracle' takes only"),
     ],
@@ -117,6 +117,20 @@ def test_the_oracle_runs_by_default_and_each_part_can_be_turned_off():
     assert parse_study(dict(GOOD, oracle={"started": False})).oracle == dict(
         score=True, encoder=True, started=False
     )
+
+
+def test_oracle_cells_pick_the_cells_that_train_the_oracle():
+    """oracle.cells limits the two extra trainings (encoder, started); the score runs everywhere."""
+    cfg = parse_study(dict(GOOD, oracle={"cells": [{"architecture": "topk", "k": 8}]}))
+    switches = {r.name: cfg.oracle_for(r) for r in cfg.runs()}
+    trained = sorted(n for n, o in switches.items() if o["encoder"] and o["started"])
+    assert trained == ["topk_x4_k8", "topk_x8_k8"]
+    assert all(o["score"] for o in switches.values())
+    off = parse_study(dict(GOOD, oracle={"started": False}))
+    assert not any(off.oracle_for(r)["started"] for r in off.runs())
+    assert all(off.oracle_for(r)["encoder"] for r in off.runs())  # no cells: every cell
+    with pytest.raises(HusaiError, match="'oracle.cells' must be a list of mappings"):
+        parse_study(dict(GOOD, oracle={"cells": [{"colour": 1}]}))
 
 
 def test_controls_are_optional_and_validated():
