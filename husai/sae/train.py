@@ -283,15 +283,15 @@ def train_saes(
             loss.backward()
             sae.remove_parallel_grads()
             opt.step()
-            if W_dec_frozen.shape[0]:
-                with torch.no_grad():
-                    sae.W_dec[frozen] = W_dec_frozen
-                    sae.b_dec[frozen] = b_dec_frozen
             if (
                 span is not None
             ):  # back into the data span; after_step then renormalises decoder rows
                 sae.project_rows(span)
             sae.after_step(stats)
+            if W_dec_frozen.shape[0]:  # last: a renormalisation would move the rows by rounding
+                with torch.no_grad():
+                    sae.W_dec[frozen] = W_dec_frozen
+                    sae.b_dec[frozen] = b_dec_frozen
             fired = stats["fired"]
             fired_epoch |= fired
             since_fired = torch.where(

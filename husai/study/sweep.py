@@ -13,8 +13,10 @@ from the results table (husai.study.results):
                            neurons' directions at mlp.hook_post) minus the better no-learning
                            reference of the same size, seeds' mean: > 0 means learned
 
-Cells that differ only in model seed are points of one curve: it plots their mean, and their
-range as the error bar (with one model seed, the seeds' CI).
+Cells that differ only in model seed are points of one curve: it plots their mean, and the 95%
+t-interval of that mean across model seeds as the error bar (with one model seed, the SAE seeds'
+CI). A target-L0 cell whose L0 search did not bracket its target (results.csv's l0_bracketed false)
+trained at some other L0: it is left out of every curve and trend, and the table says why.
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ def sweep_points(root, rows: list[dict]) -> list[dict]:
     points = []
     for run, rs in cells.items():
         first = rs[0]
+        left_out = (
+            f"left out: the L0 search did not reach target L0 {first['target_l0']:g}"
+            if first.get("l0_bracketed") is False and first.get("target_l0") is not None
+            else None
+        )
         an_path = root / run / "analysis.json"
         rec = _recovery(read_json(an_path)) if an_path.is_file() else {}
         mcc = _mean([v[1] for v in rec.values()])
@@ -115,6 +122,7 @@ def sweep_points(root, rows: list[dict]) -> list[dict]:
                 recovery=None if mcc is None or ref is None else mcc - ref,
                 gap=first.get("optimisation_gap_mean"),
                 gap_ci=[first.get("optimisation_gap_ci_lo"), first.get("optimisation_gap_ci_hi")],
+                left_out=left_out,
             )
         )
     return points
@@ -125,9 +133,12 @@ def curves(points: list[dict], series: str, x: str) -> dict[tuple, list[dict]]:
     sparsity series="knob", or "l0" along a width series="latents"). Each point is the mean over
     model seeds of the cells that share hook, architecture, sparsity and width, with lo/hi its range
     over model seeds (or, with one model seed, the seeds' 95% CI of stability and of its effect)."""
+    from husai.analysis.optimisation_gap import t_interval
+
     groups = defaultdict(list)
     for p in points:
-        groups[(p["hook"], p["architecture"], p["knob"], p["latents"])].append(p)
+        if not p.get("left_out"):
+            groups[(p["hook"], p["architecture"], p["knob"], p["latents"])].append(p)
     out = defaultdict(list)
     for (hook, arch, kn, width), ps in groups.items():
         row = dict(hook=hook, architecture=arch, knob=kn, n_models=len(ps))
@@ -145,8 +156,8 @@ def curves(points: list[dict], series: str, x: str) -> dict[tuple, list[dict]]:
             row[key] = _mean([p.get(key) for p in ps])
         for key in ("stability", "stability_effect", "gap"):
             vals = [p[key] for p in ps if p[key] is not None]
-            if len(ps) > 1 and vals:
-                row[f"{key}_lo"], row[f"{key}_hi"] = min(vals), max(vals)
+            if len(ps) > 1 and len(vals) > 1:  # across model seeds
+                row[f"{key}_lo"], row[f"{key}_hi"] = t_interval(vals)[1:]
             else:
                 ci = ps[0].get(f"{key}_ci") or [None, None]
                 row[f"{key}_lo"], row[f"{key}_hi"] = (
@@ -154,7 +165,7 @@ def curves(points: list[dict], series: str, x: str) -> dict[tuple, list[dict]]:
                 )
         rec = [p["recovery"] for p in ps if p["recovery"] is not None]
         row["recovery_lo"], row["recovery_hi"] = (
-            (min(rec), max(rec)) if len(rec) > 1 else (None, None)
+            t_interval(rec)[1:] if len(rec) > 1 else (None, None)
         )
         out[(hook, arch, row[series])].append(row)
     return {k: sorted(v, key=lambda r: (r[x] is None, r[x] or 0)) for k, v in out.items()}
@@ -171,6 +182,9 @@ def headline(points: list[dict]) -> list[str]:
     """Sentences for the verdict: per hook and architecture, how stability's effect over chance and
     the ground-truth recovery move from the narrowest to the widest SAE (at each sparsity) and from
     the sparsest to the densest (at each width)."""
+    if not points:
+        return []
+    points = [p for p in points if not p.get("left_out")]
     if not points:
         return []
     agree = [p for p in points if (p["stability_effect_ci"][0] or 0) > 0]
@@ -247,7 +261,7 @@ def sweep_table(points: list[dict]) -> str:
                     f"{f(p['stability_effect'])} {ci(p['stability_effect_ci'])}",
                     p["atoms"] or "-",
                     f"{f(p['recovery_mcc'])} ({f(p['recovery_reference'])})",
-                    f(p["recovery"]),
+                    f(p["recovery"]) + (f" ({p['left_out']})" if p.get("left_out") else ""),
                 ]
             )
             + " |"
