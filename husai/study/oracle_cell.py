@@ -21,6 +21,11 @@ def oracle_for_cell(folder: Path, spec: dict) -> dict:
     calibration = metrics.get("calibration")
     if calibration:  # train at the weight the cell's seeds trained at, not the search's start
         cfg = replace(cfg, **{cfg.family.sparsity_key: calibration["weight"]})
+    if metrics.get("epochs_trained") and cfg.converge_ev is not None:
+        # the oracle's trainings get the epochs the cell's own training took: the same budget, so
+        # that they differ from it only in the start or the frozen decoder (and a started run
+        # that never settles does not train to the cap)
+        cfg = replace(cfg, epochs=int(metrics["epochs_trained"]), converge_ev=None)
     seeds = list(spec["seeds"])
     per = metrics["per_seed"]
     with stage("activations"):
@@ -46,5 +51,5 @@ def oracle_for_cell(folder: Path, spec: dict) -> dict:
             encoder=bool(spec["oracle"].get("encoder", True)),
             neurons=str(spec["hook"]).endswith("mlp.hook_post"),
             history=metrics.get("history"),
-        converged=metrics.get("converged"),
+            converged=metrics.get("converged"),
         )
