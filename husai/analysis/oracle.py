@@ -21,8 +21,11 @@ draw, so oracles of different seeds are equally true and different. Two atoms of
 holds a point reconstruct it exactly with non-negative weights, so L0 = 2 x circles codes the
 circles' share exactly (m >= 3 makes every point of the circle lie in such a cone).
 
-Width rule (`tiling`): the circles sorted by share, as many as can get 3 atoms each, then the width
-split evenly over them, m = width // circles; the atoms left over (width mod circles) are left out.
+Width rule (`tiling`): the circles sorted by share, as many as fit, a plane taking 3 atoms and a
+line 2 (a circle whose sine image is under REL_DIM of its cosine image by singular value is a line,
+as the ground truth counts dimensions: the (a - b) circles of a grokked model, whose function of
+a - b is even, cos(w (a - b)) alone; its two atoms +-u code it exactly); then what the lines leave
+of the width split evenly over the planes, m = rest // planes; the atoms left over are left out.
 
 Scoring (`best_code`): the best non-negative code of at most k atoms per input with the decoder
 fixed, by greedy pursuit (the atom most correlated with the residual) with a non-negative least-
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 
 import torch
 
-from husai.analysis.ground_truth import Grid, _unit_functions
+from husai.analysis.ground_truth import REL_DIM, Grid, _unit_functions
 
 CIRCLE_FLOOR = 1e-3
 """A circle holding less than 0.1% of the variance is not part of the truth a dictionary should
@@ -49,6 +52,8 @@ tile."""
 
 MIN_ATOMS = 3
 """Atoms per circle: with 3 or more, every point of the circle lies in the cone of two of them."""
+LINE_ATOMS = 2
+"""Atoms per line (a circle with no sine image): +-u code every point of it."""
 
 INDICES = ("out", "in-a", "in-b", "conj")
 """The circles of a frequency: of the answer, of x, of y, of the conjugate
@@ -72,6 +77,12 @@ class Circle:
         return (
             torch.cos(theta)[:, None] * self.images[0] + torch.sin(theta)[:, None] * self.images[1]
         )
+
+    @property
+    def is_line(self) -> bool:
+        """The sine image is under REL_DIM of the cosine image (by singular value): a line."""
+        s = torch.linalg.svdvals(self.images.double())
+        return bool(s[1] < REL_DIM * s[0])
 
     def radius(self, theta: torch.Tensor) -> torch.Tensor:
         """theta [m] -> how far the activations' curve lies from the mean at those phases [m]."""
@@ -145,13 +156,29 @@ def tiling(circles: list[Circle], width: int, seed: int) -> tuple[torch.Tensor, 
     (atoms [m_total, d], one {circle, phase, radius, spacing} per atom: the curve's distance from
     the mean at that phase and the phase step). Each circle's phase offset phi_0 is drawn from
     `seed`."""
-    n = min(len(circles), width // MIN_ATOMS)
-    if n == 0:
+    chosen, used = [], 0
+    for c in circles:
+        need = LINE_ATOMS if c.is_line else MIN_ATOMS
+        if used + need > width:
+            break
+        chosen.append(c)
+        used += need
+    planes = [c for c in chosen if not c.is_line]
+    if not chosen:
         raise ValueError(f"a width of {width} cannot tile any circle ({MIN_ATOMS} atoms each)")
-    m = width // n
+    lines = len(chosen) - len(planes)
+    m = (width - LINE_ATOMS * lines) // len(planes) if planes else 0
     g = torch.Generator().manual_seed(seed)
     atoms, labels = [], []
-    for c in circles[:n]:
+    for c in chosen:
+        if c.is_line:  # +-u: no phase to draw
+            theta = torch.tensor([0.0, math.pi], dtype=torch.float64)
+            atoms.append(c.point(theta))
+            labels += [
+                dict(circle=c.name, phase=float(t), radius=float(r), spacing=math.pi)
+                for t, r in zip(theta, c.radius(theta))
+            ]
+            continue
         phi0 = float(torch.rand((), generator=g, dtype=torch.float64)) * 2 * math.pi / m
         theta = phi0 + 2 * math.pi * torch.arange(m, dtype=torch.float64) / m
         atoms.append(c.point(theta))

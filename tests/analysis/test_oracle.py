@@ -113,6 +113,29 @@ def test_the_tiling_puts_evenly_spaced_unit_atoms_on_each_circle_at_a_seeded_pha
         tiling(circles, 2, seed=0)
 
 
+def test_a_line_gets_its_two_atoms_and_the_planes_the_rest():
+    """A conjugate component cos(w (a - b)) alone (no sine: even in a - b, as in a grokked model)
+    is a line: the tiling gives it exactly +-u, and the rest of the width goes to the planes."""
+    acts, grid, planes = _planted()
+    u = torch.linalg.qr(torch.randn(12, 7, generator=torch.Generator().manual_seed(9)).double())[0]
+    u = u[:, 6] - planes["out 2"].T @ (planes["out 2"] @ u[:, 6])  # off the planted planes
+    u = u - sum(planes[n].T @ (planes[n] @ u) for n in ("in 2", "out 5"))
+    u = u / u.norm()
+    w = 2 * math.pi * 2 * grid.conjugate.double() / P
+    acts = acts.clone()
+    acts[grid.rows] += 1.5 * torch.cos(w)[:, None] * u
+    X = on_grid(acts, grid)
+    circles = truth_circles(X, grid, [2, 5])
+    line = next(c for c in circles if c.name == "conj 2")
+    assert line.is_line and not any(c.is_line for c in circles if c is not line)
+    D, labels = tiling(circles, 26, seed=4)
+    rows = D[[i for i, a in enumerate(labels) if a["circle"] == "conj 2"]]
+    torch.testing.assert_close(rows, torch.stack([u, -u]) * torch.sign(rows[0] @ u))
+    counts = {n: sum(a["circle"] == n for a in labels) for n in planes}
+    assert counts == {"out 2": 8, "in 2": 8, "out 5": 8}  # (26 - 2) // 3 planes
+    assert D.shape[0] == 26
+
+
 def _brute_force(x: np.ndarray, D: np.ndarray, k: int) -> float:
     """The smallest squared residual of x over every support of at most k atoms, by NNLS on each."""
     best = float(x @ x)
