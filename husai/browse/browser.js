@@ -1,10 +1,15 @@
-// husai feature browser. Vanilla JS, no library, nothing fetched: everything is in this page.
-// Data (husai.browse.data): HB.data = {types, threshold, levels, layouts, models, saes}; each SAE's latent
-// activations are levels 0..HB.data.levels in <script id="z{sae}">, base85 of deflate(uint8 [n_live, p*p]),
-// the grid in the layout order of HB.data.layouts["p-op"] (uint16: the input row a*p+b at each position).
+// husai feature browser. Vanilla JS, no library, nothing fetched from the network.
+// Data (husai.browse.data, husai.browse.page): HB.data = {types, threshold, levels, layouts, models, cells, saes}
+// is the index; a cell's payload {saes: {id: the SAE's per-latent fields}, blobs: {id: text}} is read when the cell
+// is first opened, from <script type="application/json" id="cell-N"> in this page, or from the file
+// HB.data.cells[N].file beside it, whose script calls HB.register(N, payload). Blob "z{sae}": the latents'
+// activations as levels 0..levels, base85 of deflate(uint8 [n_live, p*p]), the grid in the layout order of
+// HB.data.layouts["p-op"] (uint16: the input row a*p+b at each position); "e{sae}": their logit effects, base85 of
+// uint8 [n_live, p] = round(effect_levels * e / max|e|) + 128.
 "use strict";
 const HB = window.HB = { data: JSON.parse(document.getElementById("husai-data").textContent),
-  bytes: {}, layouts: {}, answers: {}, pos: {}, view: null, ready: false, errors: [] };
+  bytes: {}, layouts: {}, answers: {}, pos: {}, view: null, ready: false, errors: [], blobText: {}, cellLoads: {},
+  loadedScripts: [] };
 const D = HB.data;
 const $ = (id) => document.getElementById(id);
 const el = (tag, attrs = {}, ...kids) => {
@@ -41,13 +46,41 @@ function b85bytes(s) {
   }
   return out;
 }
+function blobText(id) { return HB.blobText[id] ?? document.getElementById(id).textContent.trim(); }
 async function inflate(id) {  // the browser's own deflate decoder: no library
-  const stream = new Blob([b85bytes(document.getElementById(id).textContent.trim())]).stream()
+  const stream = new Blob([b85bytes(blobText(id))]).stream()
     .pipeThrough(new DecompressionStream("deflate"));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 async function levels(blobId) { return HB.bytes[blobId] || (HB.bytes[blobId] = await inflate(blobId)); }
 function model(s) { return D.models[D.saes[s].model]; }
+// ---------- a cell's payload, on demand ----------
+const waiting = {};  // cell -> resolve of its pending load
+HB.register = (ci, payload) => {
+  for (const [i, rest] of Object.entries(payload.saes)) Object.assign(D.saes[Number(i)], rest);
+  Object.assign(HB.blobText, payload.blobs);
+  if (waiting[ci]) { waiting[ci](); delete waiting[ci]; }
+};
+function loadCell(ci) {  // -> a promise that the cell's SAEs hold their fields
+  if (HB.cellLoads[ci]) return HB.cellLoads[ci];
+  const cell = D.cells[ci];
+  HB.cellLoads[ci] = new Promise((resolve, reject) => {
+    if (!cell.file) { HB.register(ci, JSON.parse($("cell-" + ci).textContent)); resolve(); return; }
+    waiting[ci] = resolve;
+    const tag = el("script", { src: cell.file, "data-cell": ci });
+    tag.onerror = () => { delete HB.cellLoads[ci]; reject(new Error(`cannot read ${cell.file} (beside this page)`)); };
+    HB.loadedScripts.push(cell.file);
+    document.head.append(tag);
+  });
+  return HB.cellLoads[ci];
+}
+function effect(s, k) {  // the k-th live latent's direct effect on the p answer logits
+  const m = model(s), p = m.p, key = "e" + s, sae = D.saes[s];
+  if (!HB.bytes[key]) HB.bytes[key] = b85bytes(blobText(key));
+  const q = HB.bytes[key], f = sae.effect_scale[k] / D.effect_levels, out = new Float64Array(p);
+  for (let c = 0; c < p; c++) out[c] = (q[k * p + c] - 128) * f;
+  return out;
+}
 function layout(p, op) {
   const key = p + "-" + op;
   return HB.layouts[key] || (HB.layouts[key] = new Uint16Array(b64bytes(D.layouts[key]).buffer));
@@ -195,6 +228,30 @@ function compositionCanvas(comp, w) {
     ctx.fillRect(60, 3 + i * 14, Math.max(0, x || 0) * (w - 100), 10);
     ctx.fillStyle = "#333"; ctx.fillText(fmt(x, 2), w - 36, 12 + i * 14);
   });
+  return cv;
+}
+function barCanvas(ys, w, hgt, cls) {  // signed values as bars about a zero line (green up, red down)
+  const cv = el("canvas", { class: cls, width: w, height: hgt }), ctx = cv.getContext("2d");
+  let max = 1e-30;
+  for (const y of ys) max = Math.max(max, Math.abs(y));
+  const n = ys.length, mid = hgt / 2, bw = (w - 4) / n;
+  ctx.strokeStyle = "#ccc"; ctx.strokeRect(0.5, 0.5, w - 1, hgt - 1);
+  ys.forEach((y, i) => {
+    ctx.fillStyle = y >= 0 ? "#2e7d32" : "#c62828";
+    const hh = Math.abs(y) / max * (mid - 12);
+    ctx.fillRect(2 + i * bw, y >= 0 ? mid - hh : mid, Math.max(1, bw - 0.3), hh);
+  });
+  ctx.fillStyle = "#555"; ctx.font = "10px sans-serif"; ctx.fillText("max |effect| " + max.toFixed(3), 4, 10);
+  ctx.fillRect(2, mid, w - 4, 0.5);
+  return cv;
+}
+function histCanvas(counts, w, hgt, cls) {
+  const cv = el("canvas", { class: cls, width: w, height: hgt }), ctx = cv.getContext("2d");
+  const max = Math.max(1, ...counts), bw = (w - 4) / counts.length;
+  ctx.strokeStyle = "#ccc"; ctx.strokeRect(0.5, 0.5, w - 1, hgt - 1);
+  ctx.fillStyle = "#ef6c00";
+  counts.forEach((c, i) => { const hh = c / max * (hgt - 16); ctx.fillRect(2 + i * bw, hgt - 2 - hh, bw - 1, hh); });
+  ctx.fillStyle = "#555"; ctx.font = "10px sans-serif"; ctx.fillText("max count " + max, 4, 10);
   return cv;
 }
 function panel(title, node, caption) {

@@ -21,6 +21,14 @@ Per SAE (one seed of one cell), for every live latent (fired on some input of th
     cosine and the correlation of the two latents' activations;
     its reappearance: the share of other seeds where that cosine is >= the study's stability
     threshold (the cell's analysis.json; 0.7 for a folder without one), None in a one-seed cell.
+    its direct logit effect W_dec[i] W_U (W_dec[i] W_out W_U at mlp.hook_post), as 8-bit signed
+    levels of its largest |effect| (~1.4 bytes a class in base85), with the share of its centred
+    variance in its best single frequency over c and that frequency; the histogram of its non-zero
+    activations in log-spaced bins; its nearest atom of its seed's oracle tiling and that cosine
+    (husai.browse.effects says how each is defined).
+Per cell, after its seeds: the oracle's pseudo-SAE (seed "oracle"): the first seed's tiling, each
+atom a latent with the same measures, matched against the seeds (its matches are shown but not
+counted in the seeds' reappearance).
 The page computes the rest from z: the heatmap, E[z | c], the 2-D Fourier spectrum, the top inputs.
 
 Per model: the key frequencies, the training figures, each hook's ground-truth planes with their
@@ -147,6 +155,34 @@ def _matches(views: list, codes: list[torch.Tensor]) -> list[dict]:
     return out
 
 
+def _latent_fields(z: torch.Tensor, W_dec: torch.Tensor, gt) -> tuple[torch.Tensor, list, dict]:
+    """(live indices, keys, the per-latent measures of latent_types) for codes z [p*p, n]."""
+    from husai.analysis.latent_types import TYPES, latent_types
+
+    types = {lat["index"]: lat for lat in latent_types(z, W_dec.double(), gt)["latents"]}
+    live = torch.tensor(sorted(types), dtype=torch.long)
+    lats = [types[int(i)] for i in live]
+    keys = [int(k) for k in (lats[0]["in_output"] if lats else {})]
+    comp = [[lat["in_output"][str(k)] + lat["in_input"][str(k)] for k in keys] for lat in lats]
+    fields = dict(
+        index=live.tolist(),
+        type=[TYPES.index(lat["type"]) for lat in lats],
+        freq=[keys[int(np.argmax(c))] if c and max(c) >= 0.5 else 0 for c in comp],
+        purity=_round(lat["purity"] for lat in lats),
+        purity_freq=[lat["frequency"] for lat in lats],
+        rate=_round((lat["firing_rate"] for lat in lats), 5),
+        answer=_round(lat["answer_share"] for lat in lats),
+        inputs=_round(lat["inputs_share"] for lat in lats),
+        centroid=_round(lat["centroid_cos"] for lat in lats),
+        off_span=_round(lat["off_span"] for lat in lats),
+        # plane shares to 2 decimals, as the page draws them (0.4 MB of the default study's page
+        # at 3)
+        out=[_round((lat["in_output"][str(k)] for k in keys), 2) for lat in lats],
+        inp=[_round((lat["in_input"][str(k)] for k in keys), 2) for lat in lats],
+    )
+    return live, keys, fields
+
+
 def cell_data(
     cell: Path,
     label: str,
@@ -155,12 +191,16 @@ def cell_data(
     layout: np.ndarray,
     model_id: int,
     threshold: float = MATCH_THRESHOLD,
+    logits: torch.Tensor | None = None,
 ) -> list[dict]:
-    """One entry per seed of the cell (module docstring), in the cell's seed order."""
+    """One entry per seed of the cell (module docstring), in the cell's seed order, then the
+    oracle's pseudo-SAE (husai.browse.effects) where the cell's width tiles the truth. logits
+    [d_in, p]: the hook's direct map to the answer logits (effects.logit_map). Each entry's "blob"
+    holds its activation levels, "effect" its logit effects' bytes."""
     from husai.analysis.agreement import seed_view
     from husai.analysis.compare import expand_sae_dirs, hook_of, load_sae_folders, metadata
     from husai.analysis.data_span import data_span
-    from husai.analysis.latent_types import TYPES, latent_types
+    from husai.browse import effects
 
     dirs = expand_sae_dirs([cell])
     saes = load_sae_folders(dirs)
@@ -169,65 +209,77 @@ def cell_data(
         raise HusaiError(
             f"{cell}: the SAEs' d_in does not match the model's activations at {hook_of(saes[0])}"
         )
+    op = ctx.get("operation", "add")
     span = data_span(x)
-    entries, views, codes = [], [], []
-    for d, sae in zip(dirs, saes):
+    seeds = [metadata(s).get("seed", d.name) for d, s in zip(dirs, saes)]
+    tilings = effects.cell_oracle_tilings(ctx, gt, seeds, int(saes[0].W_dec.shape[0]))
+    members = []  # (W_dec, W_enc^T, z [p*p, n] float64, the entry's own fields)
+    for d, sae, seed in zip(dirs, saes, seeds):
         with torch.no_grad():
             z = sae.encode(x.float()).double()
             x_hat = sae.decode(z.float()).double()
-        types = {lat["index"]: lat for lat in latent_types(z, sae.W_dec.double(), gt)["latents"]}
-        live = torch.tensor(sorted(types), dtype=torch.long)
+        meta = metadata(sae)
+        ev = float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+        own = dict(
+            seed=seed,
+            path=str(d),
+            architecture=meta.get("husai_architecture") or sae.cfg.get("architecture"),
+            ev=round(ev, 4),
+            oracle=False,
+        )
+        members.append((sae.W_dec.detach(), sae.W_enc.detach().T, z, own))
+    if tilings:
+        first = seeds[0]
+        atoms, labels = tilings[first]
+        z = effects.oracle_code(x, gt.grid.rows, atoms, labels)
+        own = dict(
+            seed="oracle",
+            path=str(cell),
+            architecture=f"oracle tiling of seed {first} ({atoms.shape[0]} atoms)",
+            ev=None,
+            oracle=True,
+            tiling_seed=first,
+        )
+        members.append((atoms.float(), atoms.float(), z, own))
+    entries, views, codes = [], [], []
+    for W_dec, W_enc_T, z, own in members:
+        live, keys, fields = _latent_fields(z, W_dec, gt)
         views.append(
             seed_view(
-                d.name,
-                sae.W_dec,
-                sae.W_enc.T,
+                str(own["seed"]),
+                W_dec,
+                W_enc_T,
                 span,
                 live=torch.isin(torch.arange(z.shape[1]), live),
             )
         )
         codes.append(z[:, live])
         blob, scale = pack_levels(z[:, live].numpy(), layout)
-        lats = [types[int(i)] for i in live]
-        keys = [int(k) for k in (lats[0]["in_output"] if lats else {})]
-        comp = [[lat["in_output"][str(k)] + lat["in_input"][str(k)] for k in keys] for lat in lats]
-        plane_freq = [keys[int(np.argmax(c))] if c and max(c) >= 0.5 else 0 for c in comp]
-        ev = float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
-        meta = metadata(sae)
-        entries.append(
-            dict(
-                cell=label,
-                model=model_id,
-                hook=hook_of(sae),
-                seed=meta.get("seed", d.name),
-                path=str(d),
-                architecture=meta.get("husai_architecture") or sae.cfg.get("architecture"),
-                d_sae=int(z.shape[1]),
-                l0=round(float((z != 0).sum(1).double().mean()), 3),
-                ev=round(ev, 4),
-                n_live=len(lats),
-                keys=keys,
-                blob=blob,
-                scale=scale,
-                latents=dict(
-                    index=live.tolist(),
-                    type=[TYPES.index(lat["type"]) for lat in lats],
-                    freq=plane_freq,
-                    purity=_round(lat["purity"] for lat in lats),
-                    purity_freq=[lat["frequency"] for lat in lats],
-                    rate=_round((lat["firing_rate"] for lat in lats), 5),
-                    answer=_round(lat["answer_share"] for lat in lats),
-                    inputs=_round(lat["inputs_share"] for lat in lats),
-                    centroid=_round(lat["centroid_cos"] for lat in lats),
-                    off_span=_round(lat["off_span"] for lat in lats),
-                    # plane shares to 2 decimals, as the page draws them (0.4 MB of the default
-                    # study's page at 3)
-                    out=[_round((lat["in_output"][str(k)] for k in keys), 2) for lat in lats],
-                    inp=[_round((lat["in_input"][str(k)] for k in keys), 2) for lat in lats],
-                ),
-            )
+        entry = dict(
+            cell=label,
+            model=model_id,
+            hook=hook_of(saes[0]),
+            d_sae=int(z.shape[1]),
+            l0=round(float((z != 0).sum(1).double().mean()), 3),
+            n_live=len(live),
+            keys=keys,
+            blob=blob,
+            scale=scale,
+            latents=fields,
+            **own,
         )
-    for e, m in zip(entries, _matches(views, codes)):
+        fields["density"] = effects.density(z[:, live].numpy())
+        # each seed against its own tiling (the oracle's atoms against theirs: themselves)
+        tiling = tilings.get(own.get("tiling_seed", own["seed"]))
+        if tiling is not None:
+            fields["near"] = effects.nearest_atoms(W_dec[live], tiling[0], tiling[1], op)
+        if logits is not None:
+            E = W_dec[live].double() @ logits
+            entry["effect"], entry["effect_scale"] = effects.pack_effects(E)
+            fields["logit_freq"], fields["logit_share"] = effects.effect_stats(E)
+        entries.append(entry)
+    trained = [i for i, (_, _, _, own) in enumerate(members) if not own["oracle"]]
+    for i, (e, m) in enumerate(zip(entries, _matches(views, codes))):
         # keyed by the other seed's position in this cell (made global ids by the caller)
         # the same-feature flags from the unrounded cosines: a cosine of 0.6996 does not reappear
         e["matches"] = {
@@ -235,7 +287,8 @@ def cell_data(
             for j, (idx, cos, corr) in m.items()
         }
         n = len(e["latents"]["index"])
-        cos = [v[1] for v in m.values()]
+        # reappearance is over the other trained seeds: the oracle's card is shown, not counted
+        cos = [v[1] for j, v in m.items() if j in trained and j != i]
         e["latents"]["reappear"] = (
             _round(np.mean([c >= threshold for c in cos], 0)) if cos else [None] * n
         )

@@ -12,8 +12,10 @@ def register(app: typer.Typer) -> None:
     @app.command(
         "browse",
         help="Write browser.html: every latent of every seed (heatmap over (a, b), E[z|c], 2-D "
-        "Fourier spectrum, decoder planes, top inputs, best match in each other seed) and the "
-        "model's ground truth; offline, one file.",
+        "Fourier spectrum, decoder planes, top inputs, logit effect, activation density, nearest "
+        "oracle atom, best match in each other seed and in the oracle tiling) and the model's "
+        "ground truth; offline. One cell: one self-contained file; several (a study): the page "
+        "plus one data file per cell in browser_data/, read when the cell is opened.",
     )
     def browse_cmd(
         run_dir: Path = typer.Argument(
@@ -24,6 +26,12 @@ def register(app: typer.Typer) -> None:
         ),
         out: Optional[Path] = typer.Option(
             None, "--out", help="The page to write (default: RUN_DIR/browser.html)."
+        ),
+        cell_files: Optional[bool] = typer.Option(
+            None,
+            "--cell-files/--one-file",
+            help="Each cell's data in its own file beside the page (PAGE_data/cell_NNN.js), or "
+            "everything in the page (default: cell files when there is more than one cell).",
         ),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace an earlier page husai browse wrote there."
@@ -44,7 +52,7 @@ def register(app: typer.Typer) -> None:
         own = out is None and STUDY.is_folder_of(files_in(run_dir))
         claim_file(page, BROWSER, "--out", overwrite=overwrite or own)
         with on_interrupt(
-            f"nothing was written to {page} (it is written whole at the end); run the same command "
-            "again"
+            f"nothing was written to {page} (it is written whole at the end, after its cell "
+            "files); run the same command again"
         ):
-            typer.echo(f"browser: {write_browser(run_dir, page, model)}")
+            typer.echo(f"browser: {write_browser(run_dir, page, model, cell_files)}")

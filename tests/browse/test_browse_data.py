@@ -2,9 +2,9 @@
 (an independent implementation of the same per-latent stability), without a browser."""
 
 import json
-import re
 import subprocess
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,18 +108,6 @@ def test_find_cells_and_resolve_model(tmp_path):
         resolve_model(None, tmp_path, tmp_path / "saes")
 
 
-def _page_data(html: str) -> tuple[dict, dict]:
-    data = json.loads(
-        re.search(
-            r'<script type="application/json" id="husai-data">(.*?)</script>', html, re.S
-        ).group(1)
-    )
-    blobs = dict(
-        re.findall(r'<script type="application/octet-stream" id="(\w+)">(.*?)</script>', html)
-    )
-    return data, blobs
-
-
 @pytest.mark.slow
 def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_stability(
     finished_study,
@@ -129,19 +117,28 @@ def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_
     cosine equal what the study's stability analysis (husai.analysis.agreement) computed."""
     from husai.analysis.compare import model_context
     from husai.analysis.data_span import data_span
+    from husai.browse.page import read_page
     from husai.sae.checkpoint import load_sae
 
     _, out, _, _ = finished_study
     html = (out / "browser.html").read_text()
     assert "http://" not in html and "https://" not in html  # offline: nothing fetched
-    data, blobs = _page_data(html)
+    for f in (out / "browser_data").iterdir():
+        assert "http://" not in f.read_text() and "https://" not in f.read_text()
+    data, blobs = read_page(out / "browser.html")
     cells = sorted(c.parent for c in (out / "saes").rglob("analysis.json"))
     assert sorted({s["cell"] for s in data["saes"]}) == sorted(
         str(c.relative_to(out)) for c in cells
     )
     assert data["skipped"] and all("l1_0.1" in s for s in data["skipped"])  # the failed cell
-    assert len(data["saes"]) == 3 * len(cells)
+    trained = [e for e in data["saes"] if not e["oracle"]]
+    assert len(trained) == 3 * len(cells) and len(data["saes"]) == 4 * len(cells)
+    from safetensors.torch import load_file
+
+    W_U = load_file(str(out / "models" / "seed0" / "model.safetensors"))["unembed.W_U"].double()
     for i, e in enumerate(data["saes"]):
+        if e["oracle"]:
+            continue
         sae = load_sae(e["path"])
         ctx = model_context(out / "models" / "seed0", e["hook"])
         with torch.no_grad():
@@ -160,6 +157,13 @@ def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_
             np.abs(back - zl)[~weak] <= np.broadcast_to(level * (0.5 + 1e-4), zl.shape)[~weak]
         ).all()
         assert ((back > 0) == (zl > 0)).all()
+        # every latent's logit effect, from the safetensors files: W_dec[live] @ W_U (resid_post)
+        W_dec = load_file(str(Path(e["path"]) / "sae_weights.safetensors"))["W_dec"].double()
+        eff = (W_dec[live] @ W_U).numpy()
+        q = np.frombuffer(bytes85(blobs[f"e{i}"]), np.uint8).reshape(len(live), -1).astype(float)
+        scale = np.abs(eff).max(1, keepdims=True)
+        back = (q - 128) * np.array(e["effect_scale"])[:, None] / 127
+        assert (np.abs(back - eff) <= scale / 254 * (1 + 1e-3)).all()
         assert e["l0"] == pytest.approx((z != 0).sum(1).mean(), abs=1e-3)
         analysis = json.loads((out / e["cell"] / "analysis.json").read_text())
         per = analysis["stability"]["per_latent"][f"seed {e['seed']}"]
@@ -173,6 +177,8 @@ def test_study_page_holds_every_live_latent_with_its_activations_and_the_studys_
         unit = lambda W: (W.double() @ Q) / (W.double() @ Q).norm(dim=1, keepdim=True)
         for other, (idx, cos, _, same) in e["matches"].items():
             o = data["saes"][int(other)]
+            if o["oracle"]:  # the oracle tiling's card (tests/browse/browser_panels.py)
+                continue
             C = unit(sae.W_dec[live]) @ unit(load_sae(o["path"]).W_dec[o["latents"]["index"]]).T
             best, arg = C.max(dim=1)
             assert idx == [o["latents"]["index"][j] for j in arg.tolist()]

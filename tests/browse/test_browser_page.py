@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from browser_panels import check_new_panels
 
 from husai.browse.data import LEVELS
 
@@ -100,8 +101,11 @@ def test_the_study_page_in_chromium(finished_study, browser):
 
     # pick the third row of the first cell's list (sorted by reappearance) and click it
     rows = _rows(d)
+    # "all seeds" lists the trained seeds; the oracle's pseudo-SAE is a seed of its own
     assert len(rows) == sum(
-        s["n_live"] for s in data["saes"] if s["cell"] == data["saes"][0]["cell"]
+        s["n_live"]
+        for s in data["saes"]
+        if s["cell"] == data["saes"][0]["cell"] and not s["oracle"]
     )
     target = rows[2]
     d.find_elements("css selector", "#latent-body tr.latent")[2].click()
@@ -187,9 +191,13 @@ def test_the_study_page_in_chromium(finished_study, browser):
     )  # 2 decimals
     np.testing.assert_allclose(comp["off"], lat["off_span"], atol=6e-4)
 
-    # its best match in each of the other two seeds, side by side; a click opens the match
+    check_new_panels(d, out, e, target, z_all, data)
+
+    # its best match in each of the other two seeds and in the oracle, side by side; a click opens
+    # the match
     cards = d.find_elements("css selector", "#matches .match")
-    assert len(cards) == 2 and len(d.find_elements("css selector", "#matches canvas")) == 8
+    assert len(cards) == 3 and len(d.find_elements("css selector", "#matches canvas")) == 12
+    assert "oracle" in cards[2].text
     j = int(cards[0].get_attribute("data-latent"))
     o = int(cards[0].get_attribute("data-sae"))
     assert data["saes"][o]["cell"] == e["cell"] and o != target["sae"]
@@ -199,19 +207,17 @@ def test_the_study_page_in_chromium(finished_study, browser):
 
     # filters, search and sorting
     counts = {}
-    for s in data["saes"]:
-        if s["cell"] == e["cell"]:
-            for t in s["latents"]["type"]:
-                counts[t] = counts.get(t, 0) + 1
+    trained = [s for s in data["saes"] if s["cell"] == e["cell"] and not s["oracle"]]
+    for s in trained:
+        for t in s["latents"]["type"]:
+            counts[t] = counts.get(t, 0) + 1
     t = max(counts, key=counts.get)
     _pick(d, "type-filter", str(t))
     rows = _rows(d)
     assert len(rows) == counts[t] and {r["type"] for r in rows} == {data["types"][t]}
     _pick(d, "type-filter", "any")
     keys = data["models"][0]["hooks"][e["hook"]]["key_frequencies"]
-    n_k = sum(
-        f == keys[0] for s in data["saes"] if s["cell"] == e["cell"] for f in s["latents"]["freq"]
-    )
+    n_k = sum(f == keys[0] for s in trained for f in s["latents"]["freq"])
     _pick(d, "freq-filter", str(keys[0]))
     assert len(_rows(d)) == n_k and {r["freq"] for r in _rows(d)} <= {keys[0]}
     _pick(d, "freq-filter", "any")
@@ -219,7 +225,7 @@ def test_the_study_page_in_chromium(finished_study, browser):
     _pick(d, "sort-dir", "desc")
     reap = [r["reappear"] for r in _rows(d)]
     assert reap == sorted(reap, reverse=True)
-    rates = [r for s in data["saes"] if s["cell"] == e["cell"] for r in s["latents"]["rate"]]
+    rates = [r for s in trained for r in s["latents"]["rate"]]
     cut = round(float(np.median(rates)), 3)
     d.find_element("id", "min-rate").send_keys(str(cut))
     assert len(_rows(d)) == sum(r >= cut for r in rates) < len(reap) and all(
@@ -297,4 +303,66 @@ def test_a_link_to_a_latent_opens_it_and_browse_rewrites_only_its_own_page(
     _wait(
         d, f"HB.view.sae === 2 && HB.view.latent === {first}"
     )  # a changed address opens its latent
-    assert len(data["saes"]) == 3 and _console_errors(d) == []
+    # one cell: one self-contained file, its payload inside the page, no data folder beside it
+    assert len(data["saes"]) == 4 and data["saes"][3]["oracle"] and _console_errors(d) == []
+    assert "file" not in data["cells"][0] and not (tmp_path / "cell_data").exists()
+    assert d.execute_script("return HB.loadedScripts") == []
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["cell.html"]
+
+
+@pytest.mark.slow
+def test_the_study_page_loads_each_cells_file_when_the_cell_is_opened(
+    finished_study, browser, tmp_path
+):
+    """A study's page holds only the index: each cell's data is browser_data/cell_NNN.js, added as
+    a <script src> when the cell is first opened, under file:// with no server."""
+    _, out, _, _ = finished_study
+    html = (out / "browser.html").read_text()
+    files = sorted((out / "browser_data").iterdir())
+    cells = sorted(c.parent for c in (out / "saes").rglob("analysis.json"))
+    assert [f.name for f in files] == [f"cell_{i:03d}.js" for i in range(len(cells))]
+    # no activation blob in the page, and it is a small part of the whole
+    assert 'id="z' not in html and 'id="e' not in html
+    total = sum(f.stat().st_size for f in files)
+    print(f"study page {len(html.encode()) / 1e3:.0f} kB, cell files {total / 1e3:.0f} kB")
+    assert len(html.encode()) < 0.3 * total
+    d = browser
+    _open(d, out / "browser.html")
+    data = d.execute_script("return HB.data")
+    assert [c["file"] for c in data["cells"]] == [f"browser_data/{f.name}" for f in files]
+    # only the first cell's file was read: the second cell's SAEs hold no latents yet
+    assert d.execute_script("return HB.loadedScripts") == [data["cells"][0]["file"]]
+    second = data["cells"][1]
+    assert all("latents" not in data["saes"][i] for i in second["saes"])
+    _pick(d, "cell-select", second["label"])
+    _wait(
+        d,
+        "HB.loadedScripts.length === 2 && document.querySelectorAll('#latent-body tr').length > 0",
+    )
+    assert d.execute_script("return HB.loadedScripts")[1] == second["file"]
+    assert d.execute_script("return document.querySelectorAll('script[data-cell]').length") == 2
+    n = d.execute_script(
+        "return HB.data.cells[1].saes.filter(i => !HB.data.saes[i].oracle)"
+        ".reduce((n, i) => n + HB.data.saes[i].latents.index.length, 0)"
+    )
+    assert len(_rows(d)) == n > 0
+    d.find_elements("css selector", "#latent-body tr.latent")[0].click()
+    _wait(d, "HB.view && HB.data.cells[1].saes.includes(HB.view.sae)")
+    # back to the first cell: its file is not read again
+    _pick(d, "cell-select", data["cells"][0]["label"])
+    _wait(d, "document.querySelectorAll('#latent-body tr').length > 0")
+    assert len(d.execute_script("return HB.loadedScripts")) == 2
+    assert _console_errors(d) == [] and d.execute_script("return HB.errors") == []
+
+    # a missing cell file is named on the page, not a blank card
+    import shutil
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(out / "browser.html", copy / "browser.html")
+    shutil.copytree(out / "browser_data", copy / "browser_data")
+    (copy / "browser_data" / files[1].name).unlink()
+    _open(d, copy / "browser.html")
+    _pick(d, "cell-select", second["label"])
+    _wait(d, "HB.errors.length > 0")
+    assert "cannot read browser_data/cell_001.js" in d.find_element("id", "status").text
