@@ -63,7 +63,7 @@ def load_times(page: Path, loads: int) -> list[tuple[float, float, float | None]
             if errors:
                 raise SystemExit(f"the page reported errors: {errors}")
             switch = None
-            n = d.execute_script("return HB.data.cells.length")
+            n = d.execute_script("return (HB.data.cells || []).length")
             if n > 1:
                 t1 = time.perf_counter()
                 d.execute_script(
