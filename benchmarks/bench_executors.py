@@ -2,14 +2,15 @@
 and what the full grid (configs/study_full.yaml) would cost on N CPUs from a finished study's
 per-cell cost.
 
-    python benchmarks/bench_executors.py run --model runs/m0 [--cells 8] [--workers 2]
+    python benchmarks/bench_executors.py run [--cells 8] [--workers 2]
     python benchmarks/bench_executors.py estimate --study runs/study [--cpus 2,16,64,256]
 
 run: one study of `--cells` TopK cells (one model, resid_post, widths 32-256, k 8 and 16, 5 epochs,
 no oracle trainings) is run from nothing twice, with `--executor process --workers W` and with
 `--executor ray` (a local instance: every CPU of the machine), each in its own folder; it prints
 each one's cells per minute (cells / the SAE cell stage's wall time, from the study's timing.json)
-and their ratio. The model is copied in, so model training is not timed.
+and their ratio. Each run trains its model (a study folder holds only what husai wrote), which
+the cell stage's wall time leaves out.
 
 estimate: from the analysis.json of every cell of a finished study (its "timing": wall seconds and
 stages), a per-cell cost model per architecture, seconds = a + b * latents (least squares over the
@@ -58,8 +59,6 @@ def run(args) -> None:
         ("ray", ["--executor", "ray"]),
     ):
         out = root / name
-        (out / "models").mkdir(parents=True)
-        shutil.copytree(args.model, out / "models" / "seed0")
         cmd = [sys.executable, "-m", "husai.cli", "study", "--config", str(root / "study.yaml")]
         done = subprocess.run(cmd + ["--out", str(out), *flags], capture_output=True, text=True)
         if done.returncode != 0:
@@ -120,7 +119,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--model", required=True, help="a `husai train-model` run folder")
     r.add_argument("--cells", type=int, default=8)
     r.add_argument("--workers", type=int, default=2)
     e = sub.add_parser("estimate")
