@@ -30,6 +30,32 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+PHASES = (
+    ("memorisation", "tab:purple"),
+    ("circuit formation / generalisation", "tab:orange"),
+    ("clean-up", "tab:green"),
+)
+"""The grokking phases shaded in the training figure (Nanda et al. 2023, section 5), bounded by the
+epochs train-model records (docs/methods.md, "Grokking phases"): memorisation up to the memorised
+evaluation (train accuracy >= 0.99, test < 0.9), circuit formation and generalisation up to
+`grokked_epoch` (test accuracy >= 0.99), clean-up up to `clean_epoch` (test accuracy >= 0.999 and
+>= 80% single-frequency neurons)."""
+
+
+def phase_spans(
+    memorised: int | None, grokked: int | None, clean: int | None, last: int | None
+) -> list[tuple[str, str, float, float]]:
+    """(phase, colour, start, end) of each phase whose bounds were recorded (PHASES)."""
+    out, start = [], 0
+    for (name, color), end in zip(PHASES, (memorised, grokked, clean)):
+        if end is None or start is None:
+            break
+        if end > start:
+            out.append((name, color, start, end))
+        start = end
+    return out
+
+
 def training_curves(
     history: list[dict],
     grokked: int | None,
@@ -38,64 +64,67 @@ def training_curves(
     progress: list[dict] | None = None,
     memorised: int | None = None,
 ) -> Path:
-    """Loss, accuracy with the single-frequency neuron share, and (with weight snapshots) Nanda et
-    al.'s progress measures: the grokking story as memorisation, circuit formation, clean-up."""
+    """The grokking story as curves: loss; accuracy with the single-frequency neuron share; and
+    (with weight snapshots) Nanda et al.'s progress measures, each with the three phases shaded
+    (memorisation, circuit formation and generalisation, clean-up: PHASES)."""
     ep = [r["epoch"] for r in history]
+    dense = len(ep) > 40  # dense evaluations: curves; sparse ones: marked points
+    mk = dict(marker=None if dense else ".", lw=1.4)
     n = 3 if progress else 2
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 3.8))
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 3.9))
     ax1, ax2 = axes[0], axes[1]
-    ax1.semilogy(ep, [r["train_loss"] for r in history], label="train loss", marker=".")
-    ax1.semilogy(ep, [r["test_loss"] for r in history], label="test loss", marker=".")
+    ax1.semilogy(ep, [r["train_loss"] for r in history], label="train loss", **mk)
+    ax1.semilogy(ep, [r["test_loss"] for r in history], label="test loss", **mk)
     ax1.set(xlabel="epoch", ylabel="cross-entropy (nats, log scale)", title="Loss")
-    ax2.plot(ep, [r["train_acc"] for r in history], label="train accuracy", marker=".")
-    ax2.plot(ep, [r["test_acc"] for r in history], label="test accuracy", marker=".")
+    ax2.plot(ep, [r["train_acc"] for r in history], label="train accuracy", **mk)
+    ax2.plot(ep, [r["test_acc"] for r in history], label="test accuracy", **mk)
     ax2.plot(
         ep,
         [r["frac_neurons_single_freq"] for r in history],
         label="single-frequency neurons",
         ls="--",
-        marker=".",
+        **mk,
     )
     ax2.set(
-        xlabel="epoch", ylabel="fraction", title="Accuracy and circuit clean-up", ylim=(-0.02, 1.02)
+        xlabel="epoch",
+        ylabel="fraction",
+        title="Accuracy and single-frequency share",
+        ylim=(-0.02, 1.02),
     )
     if progress:
         ax3 = axes[2]
         pe = [r["epoch"] for r in progress]
+        pm = dict(marker=None if len(pe) > 40 else ".", lw=1.4)
         ax3.semilogy(
             pe,
             [r["restricted_loss"] for r in progress],
-            marker=".",
             label="restricted loss (key frequencies only)",
+            **pm,
         )
         ax3.semilogy(
             pe,
             [r["excluded_loss"] for r in progress],
-            marker=".",
             label="excluded loss (key freqs removed)",
+            **pm,
         )
         ax3.semilogy(
             pe,
             [r["test_loss"] for r in progress],
-            marker=".",
             ls=":",
             color="tab:gray",
             label="test loss",
+            **pm,
         )
         ax3.set(
             xlabel="epoch",
             ylabel="cross-entropy (nats, log scale)",
             title="Progress measures (final key frequencies)",
         )
-    for ax in axes:
-        if memorised:
-            ax.axvline(
-                memorised, color="tab:purple", ls=":", label=f"memorised (epoch {memorised})"
-            )
-        if grokked:
-            ax.axvline(grokked, color="k", ls=":", label=f"grokked (epoch {grokked})")
-        if clean:
-            ax.axvline(clean, color="tab:green", ls=":", label=f"clean (epoch {clean})")
+    spans = phase_spans(memorised, grokked, clean, ep[-1] if ep else None)
+    for i, ax in enumerate(axes):
+        for name, color, a, b in spans:
+            ax.axvspan(a, b, color=color, alpha=0.12, lw=0, label=name if i == 0 else None)
+        ax.set_xlim(0, max(ep) if ep else None)
         ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -352,5 +381,129 @@ def sweep(points: list[dict], marks: dict[str, float], path: Path) -> Path:
                 fontsize=9,
             )
             ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def headline(rows: list[dict], marks: dict[str, float], path: Path) -> Path:
+    """The report's headline figure, one column per hook: top, the seeds' agreement over chance
+    (PW-MCC minus its matched-geometry null); bottom, recovery of the model's features (plane
+    coverage of the complete truth, with the same rows rotated at random as a faint line and the
+    oracle tiling's coverage as a black dashed line; without the oracle, the answer-centroid MCC
+    over the better no-learning reference), against width (latents, log axis). One line per
+    architecture and sparsity; points and error bars: husai.study.answer.summarise (the mean with
+    its 95% CI across model seeds, or across SAE seeds with one model seed)."""
+    from collections import defaultdict
+
+    from husai.study.answer import cells, summarise
+
+    cs = cells(rows)
+    hooks = sorted({c["hook"] for c in cs})
+    plane = any(c["coverage"] is not None for c in cs)
+    fig, axes = plt.subplots(
+        2, max(1, len(hooks)), figsize=(4.8 * max(1, len(hooks)), 5.6), squeeze=False
+    )
+    rec_key = "coverage" if plane else "centroid_effect"
+    for j, hook in enumerate(hooks):
+        series = defaultdict(lambda: defaultdict(list))
+        for c in cs:
+            if c["hook"] == hook and c["latents"]:
+                series[(c["architecture"], c["knob"])][c["latents"]].append(c)
+        widths = sorted({w for s in series.values() for w in s})
+        for row, key in ((0, "pw_effect"), (1, rec_key)):
+            ax = axes[row][j]
+            for n, ((arch, kn), by_w) in enumerate(sorted(series.items())):
+                pts = [(w, summarise(by_w[w], key)) for w in sorted(by_w)]
+                pts = [(w, s) for w, s in pts if s is not None]
+                if not pts:
+                    continue
+                fam = families().get(arch)
+                color = fam.color if fam else "k"
+                xs, ys = [w for w, _ in pts], [s[0] for _, s in pts]
+                err = np.array(
+                    [
+                        [max(0.0, s[0] - s[1]) for _, s in pts],
+                        [max(0.0, s[2] - s[0]) for _, s in pts],
+                    ]
+                )
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=err,
+                    marker="o",
+                    ms=4,
+                    capsize=3,
+                    color=color,
+                    ls=("-", "--", ":", "-.")[n % 4],
+                    label=f"{fam.label if fam else arch} {kn}",
+                )
+                if row == 1 and plane:
+                    ref = [
+                        (
+                            w,
+                            np.mean(
+                                [
+                                    c["coverage_ref"]
+                                    for c in by_w[w]
+                                    if c["coverage_ref"] is not None
+                                ]
+                            ),
+                        )
+                        for w in xs
+                        if any(c["coverage_ref"] is not None for c in by_w[w])
+                    ]
+                    if ref:
+                        ax.plot(*zip(*ref), color=color, alpha=0.45, lw=1, ls=":", marker="x")
+            if row == 1 and plane:
+                orc = [
+                    (w, np.mean(v))
+                    for w in widths
+                    if (
+                        v := [
+                            c["coverage_oracle"]
+                            for s in series.values()
+                            for c in s.get(w, [])
+                            if c["coverage_oracle"] is not None
+                        ]
+                    )
+                ]
+                if orc:
+                    ax.plot(
+                        *zip(*orc),
+                        color="k",
+                        ls="--",
+                        lw=1.2,
+                        marker="_",
+                        ms=14,
+                        label="oracle tiling",
+                    )
+                ax.plot(
+                    [], [], color="tab:gray", ls=":", marker="x", label="rows rotated at random"
+                )
+                ax.set_ylim(-0.02, 1.05)
+            else:
+                ax.axhline(0, color="k", lw=0.8, label="chance" if row == 0 else "reference")
+            ax.set_xscale("log")
+            if widths:
+                ax.set_xticks(widths, [f"{w:g}" for w in widths])
+                ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+                lo, hi = min(widths), max(widths)
+                ax.set_xlim(lo / 1.6, hi * 1.6)
+            for mark, v in marks.items():
+                if widths and min(widths) / 1.6 < v < max(widths) * 1.6:
+                    ax.axvline(v, color="tab:gray", ls=":", lw=1)
+                    ax.text(v, ax.get_ylim()[1], f" {mark}", fontsize=6, va="top", color="tab:gray")
+            ax.set_xlabel("latents (log)")
+            ax.set_ylabel(
+                "PW-MCC - matched-geometry null"
+                if row == 0
+                else ("plane coverage" if plane else "centroid MCC - reference")
+            )
+            ax.set_title(
+                f"{hook.replace('blocks.0.', '')}: "
+                + ("do seeds agree? (over chance)" if row == 0 else "the model's features?"),
+                fontsize=10,
+            )
+            ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)

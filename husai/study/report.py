@@ -9,15 +9,16 @@ answer atoms beyond a random dictionary's.
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from pathlib import Path
 
 from husai.io import atomic_write_bytes, read_json, read_jsonl
+from husai.study.answer import DEAD_SHARE, answer, answer_markdown, notes
+from husai.study.answer import cells as answer_cells
 from husai.study.config import load_study
 from husai.study.oracle_section import oracle_cells, oracle_table, oracle_verdict
-from husai.study.stability_section import stability_table, verdict
+from husai.study.report_html import details, page
+from husai.study.stability_section import brief, hook_tables, stability_table, verdict
 from husai.study.sweep import ANSWER_HOOK, headline, sweep_points, sweep_table
 
 ATOM_MARGIN = 0.05
@@ -26,6 +27,25 @@ same size (random directions in the span, and random centred data points, what a
 SAE starts from) by more than 0.05 (measured on the default model's resid_post: one random draw's
 MCC has std 0.004 at 1200-2048 latents, and each reference averages 5 draws, so 0.05 is > 10
 reference std)."""
+
+
+MD_FULL_SAES = 30
+"""report.md carries every table and each cell's full reading (folded) up to this many SAEs; a
+larger study's report.md keeps the answer, the per-hook tables and each cell's short reading (the
+default study's 96 SAEs: under 40 KB), and names report.html and results.csv for the rest."""
+NAMED = "One row per cell, with its legend, in report.html (and every column in results.csv)."
+FOLDED = ("SAE quality", "Stability across seeds", "Ground truth and what the latents are")
+"""The per-SAE and per-level sections, folded in <details> (report.md of a large study: named)."""
+HEADLINE_CAPTION = (
+    "The answer in one figure, one column per hook. Top: the seeds' agreement over chance (PW-MCC "
+    "between seeds minus its matched-geometry null; above the black line at 0, seeds share atoms "
+    "beyond chance). Bottom: how much of the model's Fourier truth the SAEs hold (plane coverage "
+    "of the complete truth; dotted with crosses: the same rows rotated at random, the chance "
+    "level; black dashed: the oracle tiling, the ceiling). Against width (latents, log axis); one "
+    "line per architecture and sparsity; error bars: 95% CI across model seeds (one model seed: "
+    "across SAE seeds). Look for lines far above 0 on top and near the oracle at the bottom, and "
+    "whether they climb or fall with width."
+)
 
 
 def criteria(row: dict) -> dict[str, bool | None]:
@@ -88,7 +108,7 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
     rows = build_table(root, cfg) if rows is None else rows
     figdir = root / "figures"
     figs: list[tuple[str, Path, str]] = []  # (section, png, caption)
-    sections: list[tuple[str, str]] = []  # (title, markdown body)
+    sections: list[tuple[str, str, str]] = []  # (title, report.md body, report.html body)
 
     for ms in cfg.model_seeds:
         mdir = root / "models" / f"seed{ms}"
@@ -105,13 +125,16 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                     m.get("progress"),
                     m.get("memorised_epoch"),
                 ),
-                f"Model seed {ms}: training curves with the memorised, grokked and clean epochs "
-                "marked"
+                f"Model seed {ms}: the grokking story, with its three phases shaded "
+                "(memorisation up to the memorised epoch, circuit formation and generalisation up "
+                "to the grokked epoch, clean-up up to the clean epoch). Look for train loss "
+                "falling long before test loss, then the single-frequency share climbing during "
+                "the clean-up"
                 + (
                     "; right: Nanda et al.'s progress measures from the weight snapshots, with the "
-                    "final key frequencies (the restricted loss falls before the test loss: the "
-                    "Fourier circuit forms while the model still memorises; the excluded loss "
-                    "rises as the clean-up removes memorisation)."
+                    "final key frequencies (look for the restricted loss falling before the test "
+                    "loss: the Fourier circuit forms while the model still memorises; the excluded "
+                    "loss rises as the clean-up removes memorisation)."
                     if m.get("progress")
                     else "."
                 ),
@@ -121,26 +144,23 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
             (
                 "model",
                 rf.fourier_spectrum(m, figdir / f"model_seed{ms}_spectrum.png"),
-                f"Model seed {ms}: Fourier spectrum; key frequencies {m.get('key_frequencies')}.",
+                f"Model seed {ms}: Fourier spectrum; key frequencies {m.get('key_frequencies')} "
+                "(red). Look for a few tall red bars and little else: a sparse Fourier circuit.",
             )
         )
-        sections.append(
-            (
-                f"Model (seed {ms})",
-                "\n".join(
-                    [
-                        f"- test accuracy {_fmt(m.get('test_acc'), 4)}, test loss "
-                        f"{_fmt(m.get('test_loss'), 6)}, train loss {_fmt(m.get('train_loss'), 6)}",
-                        f"- epochs {m.get('epochs_trained')}, grokked at {m.get('grokked_epoch')}, "
-                        f"clean at {m.get('clean_epoch')}",
-                        f"- key frequencies {m.get('key_frequencies')}; single-frequency neurons "
-                        f"{_fmt(m.get('frac_neurons_single_freq'))}",
-                        f"- restricted loss {_fmt(m.get('restricted_loss'), 6)}, excluded loss "
-                        f"{_fmt(m.get('excluded_loss'))}",
-                    ]
-                ),
-            )
+        model_lines = "\n".join(
+            [
+                f"- test accuracy {_fmt(m.get('test_acc'), 4)}, test loss "
+                f"{_fmt(m.get('test_loss'), 6)}, train loss {_fmt(m.get('train_loss'), 6)}",
+                f"- epochs {m.get('epochs_trained')}, grokked at {m.get('grokked_epoch')}, "
+                f"clean at {m.get('clean_epoch')}",
+                f"- key frequencies {m.get('key_frequencies')}; single-frequency neurons "
+                f"{_fmt(m.get('frac_neurons_single_freq'))}",
+                f"- restricted loss {_fmt(m.get('restricted_loss'), 6)}, excluded loss "
+                f"{_fmt(m.get('excluded_loss'))}",
+            ]
         )
+        sections.append((f"Model (seed {ms})", model_lines, model_lines))
 
     cells = []
     for run in cfg.runs():
@@ -200,22 +220,20 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
             )
             + " |"
         )
-    sections.append(
-        (
-            "SAE quality",
-            "\n".join(table)
-            + "\n\n"
-            + (
-                "delta CE: the model's loss with the SAE spliced in minus its clean loss, in nats; "
-                "CE-loss-recovered saturates near 1.000 whenever the clean loss is near 0 (~1e-7 "
-                "after a long weight-decay-1 run; the fast preset's stronger clean-up decay leaves "
-                "it near 0.1), so delta CE is the figure to read. Cosine to init: mean cosine of "
-                "each decoder row with its initialisation (high: it moved little). Off span: share "
-                "of the live decoder rows' squared norm outside the 99.9%-variance span of the "
-                "activations (a training-health figure)."
-            ),
+    quality = (
+        "\n".join(table)
+        + "\n\n"
+        + (
+            "delta CE: the model's loss with the SAE spliced in minus its clean loss, in nats; "
+            "CE-loss-recovered saturates near 1.000 whenever the clean loss is near 0 (~1e-7 "
+            "after a long weight-decay-1 run; the fast preset's stronger clean-up decay leaves "
+            "it near 0.1), so delta CE is the figure to read. Cosine to init: mean cosine of "
+            "each decoder row with its initialisation (high: it moved little). Off span: share "
+            "of the live decoder rows' squared norm outside the 99.9%-variance span of the "
+            "activations (a training-health figure)."
         )
     )
+    sections.append(("SAE quality", quality, quality))
 
     ok_cells = [c for c in cells if c["analysis"].get("stability", {}).get("levels")]
     if ok_cells:
@@ -224,7 +242,9 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                 "stability",
                 rf.stability_heatmaps(ok_cells, figdir / "stability_heatmaps.png"),
                 "PW-MCC between seeds (Hungarian-matched decoder cosine of live latents in the "
-                "data metric), one panel per SAE cell.",
+                "data metric), one panel per SAE cell. Look for off-diagonal values well above "
+                "the fitting null in the title: seeds that agree; a uniform block means no seed "
+                "stands out.",
             )
         )
         figs.append(
@@ -232,7 +252,10 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                 "stability",
                 rf.stability_vs_null(ok_cells, figdir / "stability_vs_null.png"),
                 "Stability at each level (bars: mean over seed pairs with its 95% bootstrap CI "
-                "over seeds) against its nulls and the shared-init reference (markers).",
+                "over seeds) against its nulls and the shared-init reference (markers). Look for "
+                "bars whose CI clears the matched-geometry marker (atoms) or the random-in-span "
+                "marker (classes); a bar at the symmetry marker agrees no more than a shifted "
+                "copy.",
             )
         )
         figs.append(
@@ -241,14 +264,30 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                 rf.frequency_coverage(ok_cells, figdir / "frequency_coverage.png"),
                 "Latents per key frequency, per seed: assigned by decoder weights (> 50% of the "
                 "row in that frequency's residual subspace), with activation-pure ones "
-                "(purity >= 0.85) in brackets.",
+                "(purity >= 0.85) in brackets. Look for every key frequency covered in every "
+                "seed, with similar counts across seeds.",
             )
         )
-    stab = [stability_table(ok_cells)]
-    per_cell = verdict(cells)
-    sections.append(("Stability across seeds", "\n\n".join(stab)))
+    small = len(rows) <= MD_FULL_SAES
+    if ok_cells:
+        body = stability_table(ok_cells)
+        sections.append(("Stability across seeds", body, body))
     if any(c["analysis"].get("ground_truth") for c in ok_cells):
-        sections.append(("Ground truth and what the latents are", _ground_truth_section(ok_cells)))
+        body = _ground_truth_section(ok_cells)
+        sections.append(("Ground truth and what the latents are", body, body))
+    # the long per-SAE and per-level tables: folded; in a large study's report.md only named
+    sections = [
+        (
+            t,
+            details(f"{t}: the table", md)
+            if small
+            else f"In report.html and results.csv ({len(rows)} SAEs: too long for this page).",
+            details(f"{t}: the table", h),
+        )
+        if t in FOLDED
+        else (t, md, h)
+        for t, md, h in sections
+    ]
     points = sweep_points(root, rows)
     sweep_lines = headline(points)
     if sweep_lines:  # a grid with at least two widths or sparsities of one architecture
@@ -264,63 +303,95 @@ def write_report(root: str | Path, rows: list[dict] | None = None) -> Path:
                 "better no-learning reference) against width and against L0, explained variance "
                 "against L0, and the optimisation gap against width (the oracle's EV minus the "
                 "SAEs' at the same width and L0: above 0, a dictionary of the model's features "
-                "does better than training finds). Error bars: the range over model seeds (one "
-                "model seed: the 95% CI over SAE seeds).",
+                "does better than training finds). Error bars: across model seeds (one "
+                "model seed: the 95% CI over SAE seeds). Look for curves that stay above 0 in the "
+                "first four panels as width and L0 grow, and a gap panel near 0.",
             ),
         )
-        sections.insert(
-            0,
-            (
-                "Sweep: width and L0",
-                sweep_table(points)
-                + "\n\n"
-                + (
-                    "One row per cell (its SAE seeds' means). Recovery: the ground-truth atoms "
-                    "(answer-class centroids where most of the hook's variance is a function of "
-                    "the answer, else the single-frequency MLP neurons) matched by Hungarian MCC "
-                    "in the span, minus the better of two no-learning references of the same size "
-                    "(random directions in the span, random data points); > 0 means learned. ReLU "
-                    "cells with a target L0 trained at the penalty weight a search found for it "
-                    "(metrics.json `calibration`)."
-                ),
-            ),
+        body = details("The sweep's table, one row per cell", sweep_table(points)) + (
+            "\n\nRecovery: the ground-truth atoms (answer-class centroids where most of the "
+            "hook's variance is a function of the answer, else the single-frequency MLP neurons) "
+            "matched by Hungarian MCC in the span, minus the better of two no-learning references "
+            "of the same size (random directions in the span, random data points); > 0 means "
+            "learned. ReLU cells with a target L0 trained at the penalty weight a search found "
+            "for it (metrics.json `calibration`)."
         )
+        sections.insert(0, ("Sweep: width and L0", body if small else NAMED, body))
     ocells = oracle_cells(rows)
     if ocells:
+        body = details("The oracle's table, one row per cell", oracle_table(ocells))
         sections.insert(
             1 if sweep_lines else 0,
-            ("Why the SAEs miss the truth: the oracle", oracle_table(ocells)),
+            ("Why the SAEs miss the truth: the oracle", body if small else NAMED, body),
         )
     failed = [r for r in rows if r["status"] != "ok"]
-    if sweep_lines:  # the trends lead; each cell's own reading moves to the stability section
-        sections = [
-            (
-                t,
-                "\n".join(f"- {v}" for v in per_cell) + "\n\n" + b
-                if t == "Stability across seeds"
-                else b,
-            )
-            for t, b in sections
-        ]  # by title: the sweep and oracle sections were inserted above it
-        ref = [c for c in cells if c["analysis"].get("controls")]
-        per_cell = [f"Reference cell (with the model-side controls): {v}" for v in verdict(ref)]
-    verdict_lines = (
+    overall = (
         sweep_lines
         + oracle_verdict(ocells)
-        + per_cell
-        + ([f"{len(failed)} SAE(s) failed; see the table."] if failed else [])
+        + ([f"{len(failed)} SAE(s) failed; see the SAE quality table."] if failed else [])
     )
-    sections.insert(0, ("Verdict", "\n".join(f"- {v}" for v in verdict_lines)))
+    acells = answer_cells(rows)
+    full = dict(zip((c["name"] for c in cells), verdict(cells)))
+    folded_md, folded_html = [], []
+    for c in cells:
+        summary = f"{c['name']}: the full reading"
+        short = "\n".join(f"- {v}" for v in brief(c))
+        if small or c["analysis"].get("stability"):  # a large study: finished cells only
+            folded_md.append(details(summary, f"- {full[c['name']]}" if small else short))
+        folded_html.append(details(summary, f"- {full[c['name']]}"))
+    lead = "\n".join(f"- {v}" for v in overall)
+    table = hook_tables(acells) if acells else ""
+    said = notes(acells)
+    tail = (
+        "Cells to read with care: " + " ".join(said)
+        if said
+        else (
+            f"No cell has more than {DEAD_SHARE:.0%} dead latents, and every L0 search that "
+            "ran bracketed its target."
+        )
+    )
+    head = "\n\n".join(b for b in (lead, table, tail) if b)
+    sections.insert(
+        0,
+        (
+            "Verdict, cell by cell",
+            head + "\n\n" + "\n\n".join(folded_md),
+            head + "\n\n" + "\n\n".join(folded_html),
+        ),
+    )
+
+    # the answer first, with the headline figure right under it
+    top = None
+    if acells:
+        top = (
+            rf.headline(
+                rows, {f"p = {cfg.model.p} answer classes": cfg.model.p}, figdir / "headline.png"
+            ),
+            HEADLINE_CAPTION,
+        )
+    names = {p.name for _, p, _ in figs}
+    roles = {
+        "headline": "headline.png" if top else None,
+        "levels": "stability_vs_null.png" if "stability_vs_null.png" in names else None,
+        "gap": "sweep.png" if "sweep.png" in names else None,
+    }
+    ans = answer(rows, {k: v for k, v in roles.items() if v})
+    body = answer_markdown(ans, lambda f: f"figures/{f}")
+    md_body = body + (f"\n\n![headline](figures/{top[0].name})\n\n*{top[1]}*" if top else "")
+    sections.insert(0, ("Answer", md_body, body))
 
     browser = browsable(root, cfg)
     md = ["# husai study report", ""] + (
         ["Every latent of every seed: [the feature browser](browser.html).", ""] if browser else []
     )
-    for title, body in sections:
+    for title, body, _ in sections:
         md += [f"## {title}", "", body, ""]
-    md += ["## Figures", ""] + [f"![{cap}](figures/{p.name})\n\n*{cap}*\n" for _, p, cap in figs]
+    md += ["## Figures", ""] + [f"![{p.stem}](figures/{p.name})\n\n*{cap}*\n" for _, p, cap in figs]
     atomic_write_bytes(root / "report.md", "\n".join(md).encode())
-    atomic_write_bytes(root / "report.html", _html(sections, figs, browser).encode())
+    page_html = page(
+        [(t, h) for t, _, h in sections], [(p, cap) for _, p, cap in figs], top, browser
+    )
+    atomic_write_bytes(root / "report.html", page_html.encode())
     return root / "report.html"
 
 
@@ -439,64 +510,3 @@ def _ground_truth_section(cells: list[dict]) -> str:
         "p = 113).",
     ]
     return "\n".join(lines)
-
-
-def _md_table_to_html(body: str) -> str:
-    """A section body in HTML, block by block (blocks are separated by blank lines): a markdown
-    table, a list of `- ` items, or a paragraph."""
-    out = []
-    for block in body.split("\n\n"):
-        lines = [line for line in block.splitlines() if line.strip()]
-        if not lines:
-            continue
-        if all(line.startswith("|") for line in lines):
-            cells = [
-                [c.strip() for c in line.strip("|").split("|")]
-                for line in lines
-                if not set(line) <= set("|-")
-            ]
-            out += [
-                "<table>",
-                "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>",
-            ]
-            for r in cells[1:]:
-                out.append(
-                    "<tr>"
-                    + "".join(f"<td class='{c.lower()}'>{html.escape(c)}</td>" for c in r)
-                    + "</tr>"
-                )
-            out.append("</table>")
-        elif all(line.startswith("- ") for line in lines):
-            out.append(
-                "<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in lines) + "</ul>"
-            )
-        else:
-            out.append(f"<p>{html.escape(' '.join(lines))}</p>")
-    return "\n".join(out)
-
-
-def _html(sections, figs, browsable: bool = False) -> str:
-    css = (
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-        "td.pass{background:#dfd}td.fail{background:#fdd}img{max-width:100%}figure{margin:1.5em 0}"
-    )
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>husai study "
-        f"report</title><style>{css}</style></head><body><h1>husai study report</h1>"
-    ]
-    if browsable:
-        parts.append(
-            "<p>Every latent of every seed, with its heatmap over (a, b) and its best match in the "
-            "other seeds: <a href='browser.html'>the feature browser</a> (browser.html).</p>"
-        )
-    for title, body in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2>{_md_table_to_html(body)}")
-    parts.append("<h2>Figures</h2>")
-    for _, png, cap in figs:
-        data = base64.b64encode(png.read_bytes()).decode()
-        parts.append(
-            f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(cap)}'>"
-            f"<figcaption>{html.escape(cap)}</figcaption></figure>"
-        )
-    return "\n".join(parts + ["</body></html>"])

@@ -318,3 +318,87 @@ def stability_table(cells: list[dict]) -> str:
             "chance: with data init they start from data points of the same tight clusters)."
         )
     )
+
+
+def brief(c: dict) -> list[str]:
+    """A cell's reading in a few short lines (the report.md of a large study; report.html has the
+    full paragraph of `verdict`): what the compact per-hook table leaves out."""
+    st = c["analysis"].get("stability")
+    if not st:
+        return [f"no stability result ({c['status']})"]
+    lv, out = _levels(st), []
+    for m, name in (("pw_mcc_dec", "PW-MCC"), ("act_mcc", "activation correlation")):
+        ph = (lv.get(m) or {}).get("phase")
+        if ph:
+            out.append(
+                f"{name} against a shifted copy (symmetry null {_f(ph.get('value'))}): effect "
+                f"{_f(ph.get('effect'))} {_ci(ph.get('effect_ci'))}, {reading(lv[m], 'phase')}"
+            )
+    if "shared_fraction" in lv:
+        r = lv["shared_fraction"]
+        out.append(f"shared fraction {_f(r['value'])} {_ci(r.get('ci'))}, {reading(r)} chance")
+    init = st.get("references", {}).get("shared_init", {}).get("pw_mcc_dec", {}).get("value")
+    cos = [r.get("cosine_to_init") for r in c["rows"] if r.get("cosine_to_init") is not None]
+    if init is not None:
+        out.append(
+            f"shared-init PW-MCC {_f(init)}"
+            + (f"; rows keep cosine {_f(sum(cos) / len(cos), 2)} with their init" if cos else "")
+        )
+    return out
+
+
+HOOK_TABLE_LEGEND = (
+    "One row per cell (its SAE seeds' means): L0, explained variance, the share of dead latents; "
+    "PW-MCC between seeds (the atoms, in the data metric) with its 95% bootstrap CI over seeds, "
+    "its matched-geometry null and the effect (value - null) with its CI: above 0, the seeds "
+    "agree beyond chance; the answer-class Jaccard's effect over its random-in-span null; plane "
+    "coverage of the complete truth for the SAEs, the same rows rotated at random and the oracle "
+    "tiling; the optimisation gap (oracle EV - SAE EV) with its 95% t-interval over seeds and its "
+    "reading (docs/methods.md). Each cell's full reading is folded below the tables."
+)
+
+
+def hook_tables(cs: list[dict]) -> str:
+    """The compact per-cell table, one per hook (cs: husai.study.answer.cells), then the legend
+    once."""
+    f = lambda t, nd=3: "-" if not t or t[0] is None else _f(t[0], nd)
+    ci = lambda t: "" if not t or t[1] is None or t[2] is None else f" [{_f(t[1])}, {_f(t[2])}]"
+    head = [
+        "cell",
+        "model seed",
+        "L0",
+        "EV",
+        "dead",
+        "PW-MCC [95% CI]",
+        "null",
+        "effect [95% CI]",
+        "class Jaccard effect",
+        "plane coverage (random; oracle)",
+        "gap [95% CI], reading",
+    ]
+    out = []
+    for hook in sorted({c["hook"] for c in cs}):
+        lines = [f"At {hook}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for c in (c for c in cs if c["hook"] == hook):
+            cov = c["coverage"]
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        f"{c['architecture']} {c['knob']}, {c['latents']} latents",
+                        str(c["model_seed"]),
+                        _f(c["l0"], 1),
+                        _f(c["ev"]),
+                        _f(c["frac_dead"], 2),
+                        f(c["pw"]) + ci(c["pw"]),
+                        _f(c["pw_null"]),
+                        f(c["pw_effect"]) + ci(c["pw_effect"]),
+                        f(c["cj_effect"]) + ci(c["cj_effect"]),
+                        f"{f(cov, 2)} ({_f(c['coverage_ref'], 2)}; {_f(c['coverage_oracle'], 2)})",
+                        f"{f(c['gap'])}{ci(c['gap'])}, {c['reading'] or '-'}",
+                    ]
+                )
+                + " |"
+            )
+        out.append("\n".join(lines))
+    return "\n\n".join(out + [HOOK_TABLE_LEGEND])

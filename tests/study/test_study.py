@@ -34,8 +34,8 @@ def test_report_has_every_section(finished):
     ):
         assert section in html
     assert (
-        html.count("data:image/png;base64,") == 5
-    )  # curves, spectrum, heatmaps, vs-null, coverage
+        html.count("data:image/png;base64,") == 6
+    )  # headline, curves, spectrum, heatmaps, vs-null, coverage
     md = (out / "report.md").read_text()
     assert "PASS" in md and "FAIL" in md and "z = " not in md  # no z-against-every-null rule
     # the verdict reads every level against chance with a CI (3 seeds: the pairs' range), and says
@@ -65,8 +65,8 @@ def test_report_has_every_section(finished):
         and "cannot be met by sparse latents" in html
     )
     assert (
-        html.count("<table>") == 6
-    )  # oracle, quality, stability, controls, latent types, per-plane coverage
+        html.count("<table>") == 7
+    )  # per-hook cells, oracle, quality, stability, controls, latent types, per-plane coverage
     # the oracle: one row per analysed cell, with its reading, and a verdict sentence per
     # architecture
     oracle = md.split("## Why the SAEs miss the truth: the oracle")[1].split("## ")[0]
