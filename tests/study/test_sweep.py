@@ -5,6 +5,8 @@ set."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from husai.io import write_json
@@ -141,7 +143,7 @@ def test_points_are_the_seeds_means_and_recovery_uses_the_hooks_atoms(table):
     )  # answer share 0.1: the neurons
 
 
-def test_curves_average_model_seeds_with_their_range(table):
+def test_curves_average_model_seeds_with_their_t_interval(table):
     root, rows = table
     by_width = curves(sweep_points(root, rows), "knob", "latents")
     c = by_width[("resid", "topk", "k 8")]
@@ -149,7 +151,11 @@ def test_curves_average_model_seeds_with_their_range(table):
     assert c[0]["n_models"] == 2 and c[0]["stability_effect"] == pytest.approx(
         0.15
     )  # (0.1 + 0.2) / 2
-    assert (c[0]["stability_effect_lo"], c[0]["stability_effect_hi"]) == pytest.approx((0.1, 0.2))
+    # 95% t-interval of the mean of 0.1 and 0.2: sd 0.05 sqrt(2), t(0.975, 1 df) = 12.706
+    half = 12.7062047 * (0.05 * math.sqrt(2)) / math.sqrt(2)
+    assert (c[0]["stability_effect_lo"], c[0]["stability_effect_hi"]) == pytest.approx(
+        (0.15 - half, 0.15 + half), abs=1e-6
+    )
     by_l0 = curves(sweep_points(root, rows), "latents", "l0")
     assert set(by_l0) == {("resid", "topk", 64), ("resid", "topk", 256), ("mlp", "relu", 64)}
 
@@ -185,3 +191,22 @@ def test_knob_names():
     assert knob(dict(architecture="relu", k=None, target_l0=16.0)) == "target L0 16"
     assert knob(dict(architecture="relu", k=None, target_l0=None, l1_coeff=2.5)) == "weight 2.5"
     assert knob(dict(architecture="jumprelu", target_l0=None, l0_coeff=4.0)) == "weight 4"
+
+
+def test_a_cell_whose_l0_search_did_not_land_is_left_out_of_curves_and_trends(tmp_path):
+    """l0_bracketed false: it trained at another L0 than its target, so no curve or trend holds it,
+    and the table says why; the same cell with the search landed is a point of its curve."""
+    rows = []
+    for latents, landed in ((64, True), (256, False)):
+        cell = _cell(
+            tmp_path, f"m0/mlp/relu_n{latents}", "mlp", "relu", latents, 0, [8, 9], 0.7, 0.1,
+            0.8, (0.5, 0.6), target_l0=8,
+        )  # fmt: skip
+        rows += [dict(r, l0_bracketed=landed) for r in cell]
+    pts = sweep_points(tmp_path, rows)
+    out = {p["latents"]: p["left_out"] for p in pts}
+    assert out[64] is None and out[256] == "left out: the L0 search did not reach target L0 8"
+    c = curves(pts, "knob", "latents")[("mlp", "relu", "target L0 8")]
+    assert [r["latents"] for r in c] == [64]
+    assert headline(pts) == []  # one cell left in: no sweep to report
+    assert "left out: the L0 search did not reach target L0 8" in sweep_table(pts)
