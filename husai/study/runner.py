@@ -102,8 +102,8 @@ def run_cell(spec: dict, threads: int | None = None) -> dict:
                 progress=False,
             )
         dirs = [folder / f"seed_{s}" for s in spec["seeds"]] if len(spec["seeds"]) > 1 else [folder]
-        # no per-cell PNGs: the report draws every cell's heatmap in one figure, and a cell's own
-        # figures cost 1.4-1.8 s of its ~15 s of analysis (BENCHMARKS.md, "Where a study's time goes")
+        # no per-cell PNGs: the report draws every cell's heatmap in one figure, and a cell's
+        # own figures cost 1.4-1.8 s of its ~15 s of analysis (BENCHMARKS.md, study time)
         result = (
             compare_saes(dirs, Path(spec["model_dir"]), threshold=spec["threshold"], plots=None)
             if len(dirs) > 1
