@@ -41,14 +41,14 @@ def test_shipped_studies_are_package_files_and_the_clone_links_them():
 
 
 def test_study_without_config_plans_the_default_from_any_folder(tmp_path):
-    """From a folder that is not the clone: the default study is found (its 48 cells over three
+    """From a folder that is not the clone: the default study is found (its 42 cells over three
     models), `--config full` is the full grid, and nothing is written (no runs/x, no lock file)."""
     r = _plan(HUSAI, tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == f"config: {shipped_config('default')}"
     assert "models: 3 (preset fast, seeds 0, 1, 2)" in lines[1]
-    assert lines[3].startswith("SAE cells: 48 (relu, topk), 3 SAE seeds each; 0 already done")
+    assert lines[3].startswith("SAE cells: 42 (relu, topk), 3 SAE seeds each; 0 already done")
     full = subprocess.run(
         HUSAI + ["study", "--plan", "--config", "full"],
         cwd=tmp_path,
@@ -155,7 +155,7 @@ def test_an_installed_wheel_runs_the_default_study(tmp_path):
     assert r.returncode == 0, r.stderr
     installed = site / "husai" / "study" / "configs" / "study.yaml"
     assert r.stdout.splitlines()[0] == f"config: {installed}"
-    assert "SAE cells: 48 " in r.stdout
+    assert "SAE cells: 42 " in r.stdout
     assert (site / "husai" / "sae" / "kernels.c").is_file() and (
         site / "husai" / "sae" / "kernels.h"
     ).is_file()
