@@ -41,6 +41,11 @@ def model_dir(out: Path, seed: int) -> Path:
     return out / "models" / f"seed{seed}"
 
 
+def model_ready(out: Path, seed: int) -> bool:
+    d = model_dir(out, seed)
+    return (d / "model.safetensors").is_file() and (d / "metrics.json").is_file()
+
+
 def ensure_model(cfg: StudyConfig, out: Path, seed: int, progress: bool = True) -> Path:
     """Train the model for `seed`, resume it if a killed run left a checkpoint, or reuse it."""
     from dataclasses import replace
@@ -48,7 +53,7 @@ def ensure_model(cfg: StudyConfig, out: Path, seed: int, progress: bool = True) 
     from husai.model.train import train_model
 
     d = model_dir(out, seed)
-    if (d / "model.safetensors").is_file() and (d / "metrics.json").is_file():
+    if model_ready(out, seed):
         return d
     # a run killed before its first checkpoint resumes from epoch 0: the same seeded run
     train_model(
@@ -160,8 +165,18 @@ def cell_timing(t0: float) -> dict:
     return dict(stages=stages, other=max(0.0, wall - sum(stages.values())), wall_seconds=wall)
 
 
-def execute(specs: list[dict], executor: str, workers: int, address: str | None, on_done) -> None:
-    """Run cells locally, in a process pool, or as Ray tasks; on_done(result) as each finishes."""
+def execute(
+    specs: list[dict],
+    executor: str,
+    workers: int,
+    address: str | None,
+    on_done,
+    models: list[tuple] = (),
+    on_model=None,
+) -> None:
+    """Run cells locally, in a process pool, or as Ray tasks; on_done(result) as each finishes.
+    models: (study config, out, seed) of models still to train, in the process pool with the cells
+    (the process executor only): a cell is submitted once its model is there, on_model(seed)."""
     if executor == "local":
         for s in specs:
             on_done(run_cell(s))
@@ -180,15 +195,34 @@ def execute(specs: list[dict], executor: str, workers: int, address: str | None,
         try:
             old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                futures = [
-                    pool.submit(run_cell, s, threads) for s in specs
-                ]  # spawns every worker now
+                # a model trains on one thread (husai.model.train: its batches are small), so the
+                # models train side by side with each other and with the cells of those already
+                # there (the default study's three took 66 s one after the other, a core idle)
+                futures = {pool.submit(ensure_model, *m, False): m[2] for m in models}
+                later: dict[str, list[dict]] = {}
+                for m in models:
+                    later[str(model_dir(m[1], m[2]))] = []
+                for s in specs:
+                    if s["model_dir"] in later:
+                        later[s["model_dir"]].append(s)
+                    else:
+                        futures[pool.submit(run_cell, s, threads)] = None  # spawns the workers
             finally:
                 signal.pthread_sigmask(
                     signal.SIG_SETMASK, old
                 )  # a Ctrl-C held back arrives here, inside the try
-            for fut in cf.as_completed(futures):
-                on_done(fut.result())
+            while futures:
+                finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    seed = futures.pop(fut)
+                    if seed is None:
+                        on_done(fut.result())
+                        continue
+                    ready = fut.result()  # a model that failed stops the study, as in this process
+                    if on_model is not None:
+                        on_model(seed)
+                    for s in later.pop(str(ready), []):
+                        futures[pool.submit(run_cell, s, threads)] = None
                 raise_if_interrupted()
         except BaseException:
             for proc in list(
@@ -333,9 +367,18 @@ def _run_study(
         f"husai study: {len(cfg.model_seeds)} model(s), {len(runs)} SAE cell(s) x {len(cfg.seeds)} "
         "seeds"
     )
+    to_train = [s for s in cfg.model_seeds if not model_ready(out, s)]
+    pooled = executor == "process" and workers > 1 and len(to_train) > 1
     for i, s in enumerate(cfg.model_seeds, 1):
+        if pooled and s in to_train:
+            continue
         console.print(f"[bold]stage 1/5[/] model {i}/{len(cfg.model_seeds)} (seed {s})")
         ensure_model(cfg, out, s, progress)
+    if pooled:
+        console.print(
+            f"[bold]stage 1/5[/] models (seeds {', '.join(map(str, to_train))}) trained in the "
+            "worker pool, each model's cells started once it is there"
+        )
     if retry_failed:
         for r in runs:
             if (r.folder(out) / "failed.json").is_file():
@@ -358,7 +401,15 @@ def _run_study(
         console.status("training and analysing SAE cells") if progress else contextlib.nullcontext()
     ):
         t_cells = time.perf_counter()
-        execute([cell_spec(r, out, cfg) for r in todo], executor, workers, address, on_done)
+        execute(
+            [cell_spec(r, out, cfg) for r in todo],
+            executor,
+            workers,
+            address,
+            on_done,
+            models=[(cfg, out, s) for s in to_train] if pooled else [],
+            on_model=lambda s: console.print(f"  model seed {s} trained"),
+        )
         t_cells = time.perf_counter() - t_cells
     console.print("[bold]stage 3/5[/] results table")
     rows = build_table(out, cfg)

@@ -9,6 +9,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 
 from study_harness import CONFIG, ENV, HUSAI, assert_one_cell_failed, reuse_model, study  # noqa: F401
@@ -210,3 +211,31 @@ def test_ray_executor_writes_the_same_layout(finished, tmp_path):
             x["explained_variance"] == pytest.approx(y["explained_variance"], abs=1e-6)
             or x["status"] == "failed"
         )
+
+
+@pytest.mark.slow
+def test_process_executor_trains_the_models_beside_the_cells(finished, tmp_path):
+    """With more than one model to train, the process executor trains them in its pool and starts
+    each model's cells once it is there: every cell runs on its own model, and a model trained in
+    a worker is the one the study trains in its own process (the fixture's seed 0, bit for bit)."""
+    from safetensors.torch import load_file
+
+    _, ref, _ = finished
+    cfg = tmp_path / "two.yaml"  # at p 47, model seed 3 groks in 5 s as 0 does (seed 1: 200 s)
+    two = {**CONFIG, "model": {**CONFIG["model"], "seeds": [0, 3]}, "saes": CONFIG["saes"][:1]}
+    two["stability"] = {"threshold": 0.7, "controls": []}
+    cfg.write_text(yaml.safe_dump(two))
+    out = tmp_path / "P"
+    r = study(cfg, out, "--executor", "process", "--workers", "2", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "trained in the worker pool" in r.stdout
+    assert "model seed 0 trained" in r.stdout and "model seed 3 trained" in r.stdout
+    ours, theirs = (load_file(d / "models" / "seed0" / "model.safetensors") for d in (out, ref))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    seed3 = load_file(out / "models" / "seed3" / "model.safetensors")
+    assert not all(torch.equal(ours[k], seed3[k]) for k in ours)  # two models, not one twice
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted({(row["model_seed"], row["status"]) for row in rows}) == [(0, "ok"), (3, "ok")]
+    for row in rows:  # each cell analysed its own model's activations
+        assert f"model_seed{row['model_seed']}" in row["run"]
