@@ -29,8 +29,9 @@ The rules, one per sentence:
    closer than chance": the interval of coverage - reference is not above 0. Otherwise "partly".
    Without plane columns (oracle off), the centroid MCC over the better no-learning reference, by
    the same chance rule.
-4. Why not? The optimisation gap (oracle EV - SAE EV at the cell's width and L0): the reading most
-   cells have (optimisation, objective, neither; husai.analysis.optimisation_gap), the mean gap
+4. Why not? The optimisation gap (oracle EV - SAE EV at the cell's width and L0): the reading more
+   than MAJORITY of the cells have (optimisation, objective, neither; husai.analysis
+   .optimisation_gap), else each architecture's most common reading with its count; the mean gap
    against 0, and how many optimisation cells were still raising their EV (under-trained).
 5. Width: along each series (hook, architecture, sparsity, model seed) with two or more widths, the
    PW-MCC effect at the widest minus at the narrowest, and the same for plane coverage. It "rises"
@@ -71,8 +72,8 @@ FLAT = 0.02
 """A change with width or L0 smaller than this (in PW-MCC effect or coverage) is "no clear
 change"."""
 DEAD_SHARE = 0.10
-"""A cell whose seeds have more than this share of dead latents after converged training is said to
-be the architecture's at that width and L0, not under-training."""
+"""A cell whose seeds have more than this share of dead latents is named; after converged training
+it is the recipe's converged state at that width and L0, not under-training."""
 
 
 @dataclass
@@ -338,6 +339,27 @@ def _gap(cs, fig) -> Sentence | None:
     counts["neither"] = len(read) - counts["optimisation"] - counts["objective"]
     top = max(counts, key=counts.get)
     rising = sum(c["reading"] == "optimisation" and c["still_rising"] for c in read)
+    if counts[top] <= MAJORITY * len(read):  # no reading holds most cells: say it per architecture
+        by = defaultdict(lambda: defaultdict(int))
+        for c in read:
+            by[c["architecture"]][c["reading"]] += 1
+        parts = []
+        for arch in sorted(by):
+            n = sum(by[arch].values())
+            r = max(by[arch], key=by[arch].get)
+            parts.append(f"{r} for {arch} ({by[arch][r]} of {n} cells)")
+        return Sentence(
+            "gap",
+            "What keeps them from the truth differs by architecture: "
+            + ", ".join(parts)
+            + f"; over all cells the optimisation gap (oracle EV minus SAE EV) is "
+            f"{_f(s[0], sign=True)} {_ci(s)} against 0"
+            + (f", the EV still rising in {rising} optimisation cells" if rising else "")
+            + ".",
+            fig,
+            s[0],
+            (s[1], s[2]),
+        )
     lead = {
         "optimisation": "What keeps them from the truth is optimisation: a dictionary of the "
         "model's features reconstructs better at the same width and L0, and training does not "
@@ -495,7 +517,8 @@ def notes(cs: list[dict]) -> list[str]:
         if c["converged"] is True:
             out.append(
                 f"{name(c)}: {c['frac_dead']:.0%} of the latents are dead after training "
-                f"converged; this is {c['architecture']} at this width and L0, not under-training."
+                f"converged (the stopping rule met, so not under-training): the converged state "
+                f"of this {c['architecture']} recipe at this width and L0."
             )
         else:
             out.append(

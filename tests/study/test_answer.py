@@ -187,7 +187,10 @@ def test_architectures_hooks_and_the_cells_to_read_with_care():
     assert "relu at hook_resid_post (+0.075" in others
     said = " ".join(notes(cells(rows)))
     assert f"{0.3:.0%} of the latents are dead after training converged" in said
-    assert "this is relu at this width and L0, not under-training" in said
+    assert (
+        "(the stopping rule met, so not under-training): the converged state of this relu "
+        "recipe at this width and L0" in said
+    )
     assert "20% of the latents are dead, but training had not converged" in said
     assert "2%" not in said and DEAD_SHARE == 0.10
     assert "relu target L0 8 at 512 latents" in said and "left out of matched-L0" in said
@@ -226,3 +229,20 @@ def test_the_answer_of_a_real_study(finished_study):
     assert md.split("\n## ")[1].startswith("Answer\n")
     assert answer_markdown(a, lambda f: f"figures/{f}") in md
     assert "![headline](figures/headline.png)" in md
+
+
+def test_a_split_reading_is_said_per_architecture_not_as_the_studys():
+    """Half the cells read "objective" (TopK), half "optimisation" (ReLU): no reading holds most
+    cells, so the sentence names each architecture's and never says what keeps "them" overall."""
+    rows = []
+    for w in (64, 256):
+        rows += _cell(f"t{w}", latents=w, reading="objective", gap=-0.03)
+        rows += _cell(f"r{w}", arch="relu", k=None, latents=w, reading="optimisation", gap=0.05)
+    text = _text(answer(rows, FIGS), "gap")
+    assert text.startswith("What keeps them from the truth differs by architecture")
+    assert "optimisation for relu (2 of 2 cells), objective for topk (2 of 2 cells)" in text
+    assert "+0.010" in text  # the mean gap over all four cells
+    rows += _cell("t1024", latents=1024, reading="objective", gap=-0.03)  # 3 of 5: the study's
+    assert _text(answer(rows, FIGS), "gap").startswith(
+        "What keeps them from the truth is the objective"
+    )
