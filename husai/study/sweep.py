@@ -191,8 +191,9 @@ def headline(points: list[dict]) -> list[str]:
     found = [p for p in points if (p["recovery"] or 0) > 0]
     lines = [
         f"Across the sweep's {len(points)} cells, the seeds agree beyond chance (PW-MCC's effect "
-        f"over its matched-geometry null, CI above 0) in {len(agree)}, and the SAEs recover the "
-        f"ground-truth atoms beyond the better no-learning reference in {len(found)}."
+        f"over its matched-geometry null, CI above 0) in {len(agree)}, and the SAEs' rows match "
+        f"the hook's reference atoms (answer-class centroids, or single-frequency neurons at "
+        f"mlp.hook_post; atom MCC) beyond the better no-learning reference in {len(found)}."
     ]
     by_width = curves(points, "knob", "latents")
     by_l0 = curves(points, "latents", "l0")
@@ -205,14 +206,14 @@ def headline(points: list[dict]) -> list[str]:
                 w = f"{c[0]['latents']:.0f} -> {c[-1]['latents']:.0f} latents ({s})"
                 parts.append(
                     f"{w}: stability over chance {_trend(c, 'stability_effect') or '-'}, "
-                    f"recovery over the no-learning reference {_trend(c, 'recovery') or '-'}"
+                    f"atom MCC over the no-learning reference {_trend(c, 'recovery') or '-'}"
                 )
             for (h, a, s), c in sorted(by_l0.items(), key=lambda kv: str(kv[0])):
                 if (h, a) != (hook, arch) or len(c) < 2:
                     continue
                 parts.append(
                     f"L0 {c[0]['l0']:.1f} -> {c[-1]['l0']:.1f} at {s:.0f} latents: stability over "
-                    f"chance {_trend(c, 'stability_effect') or '-'}, recovery "
+                    f"chance {_trend(c, 'stability_effect') or '-'}, atom MCC "
                     f"{_trend(c, 'recovery') or '-'}"
                 )
             if parts:

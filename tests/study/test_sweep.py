@@ -173,7 +173,7 @@ def test_headline_names_the_trend_and_the_table_every_cell(table):
     lines = headline(pts)
     assert len(lines) == 2 and lines[1].startswith("Sweep, topk at resid")
     assert "64 -> 256 latents (k 8): stability over chance 0.150 -> 0.100" in lines[1]
-    assert "recovery over the no-learning reference 0.200 -> 0.050" in lines[1]
+    assert "atom MCC over the no-learning reference 0.200 -> 0.050" in lines[1]
     # every cell's effect CI lies above 0 (effect - 0.02 > 0); recovery > 0 in all but none
     assert (
         lines[0].startswith("Across the sweep's 6 cells, the seeds agree beyond chance")
