@@ -60,6 +60,13 @@ def check_whole(path: Path) -> None:
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and data[-12:-4] == b"\x00\x00\x00\x00IEND", (
             path
         )
+    elif name.endswith(".js"):  # a browser cell file: its tag line, then one whole register call
+        from husai.browse.page import FILE_TAG
+
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith(FILE_TAG.split("{")[0]) and len(lines) == 2, path
+        assert lines[1].startswith("HB.register(") and lines[1].endswith(");"), path
+        json.loads(lines[1][lines[1].index(", ") + 2 : -2])
     elif name.endswith((".md", ".html")):
         text = path.read_text()
         assert text.strip(), path
@@ -78,6 +85,9 @@ def check_tree(root: Path) -> list[Path]:
         if is_stray_tmp(p):
             strays.append(p)
             continue
+        if any(part.startswith(".browser_data.partial-") for part in p.parts):
+            continue  # the browser's cell files being staged: no page reads them; the next run
+            # removes them (the study's end state is checked to hold no staging folder)
         # a hidden staging folder of train-sae (renamed into place when finished) may hold anything
         # whole
         try:

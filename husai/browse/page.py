@@ -297,6 +297,11 @@ def _write_cell_files(folder: Path, files: dict[str, str], tag: str) -> None:
                 f"{folder} holds files husai browse did not write; the page's cell files go "
                 "there: move them, or write the page elsewhere (--out)"
             )
+    for stale in (
+        *folder.parent.glob(f".{folder.name}.partial-*"),
+        *folder.parent.glob(f".{folder.name}.old-*"),
+    ):  # what a run killed while writing the cell files left (no page reads it)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
     try:
         for name, text in files.items():

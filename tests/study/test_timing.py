@@ -107,12 +107,12 @@ def test_a_real_cell_records_its_stages(grokked_run, tmp_path):
         "writing",
         "stability",
         "ground_truth",
-        "figures",
         "controls",
         "oracle_score",
         "oracle_training",
     ):
         assert t["stages"].get(name, 0) > 0, name
+    assert "figures" not in t["stages"]  # a study cell draws no PNG: the report draws them all
     assert sum(t["stages"].values()) <= t["wall_seconds"]
     assert t["other"] == pytest.approx(t["wall_seconds"] - sum(t["stages"].values()))
 
