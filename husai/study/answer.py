@@ -51,7 +51,7 @@ A sentence whose inputs the grid lacks (one width, no oracle) is left out and na
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from husai.analysis.optimisation_gap import t_interval
@@ -339,27 +339,23 @@ def _gap(cs, fig) -> Sentence | None:
     counts["neither"] = len(read) - counts["optimisation"] - counts["objective"]
     top = max(counts, key=counts.get)
     rising = sum(c["reading"] == "optimisation" and c["still_rising"] for c in read)
+    gap = f"{_f(s[0], sign=True)} {_ci(s)} against 0"
     if counts[top] <= MAJORITY * len(read):  # no reading holds most cells: say it per architecture
-        by = defaultdict(lambda: defaultdict(int))
+        by = defaultdict(Counter)
         for c in read:
             by[c["architecture"]][c["reading"]] += 1
         parts = []
         for arch in sorted(by):
-            n = sum(by[arch].values())
-            r = max(by[arch], key=by[arch].get)
-            parts.append(f"{r} for {arch} ({by[arch][r]} of {n} cells)")
-        return Sentence(
-            "gap",
+            r, n_r = by[arch].most_common(1)[0]
+            parts.append(f"{r} for {arch} ({n_r} of {by[arch].total()} cells)")
+        text = (
             "What keeps them from the truth differs by architecture: "
             + ", ".join(parts)
-            + f"; over all cells the optimisation gap (oracle EV minus SAE EV) is "
-            f"{_f(s[0], sign=True)} {_ci(s)} against 0"
+            + f"; over all cells the optimisation gap (oracle EV minus SAE EV) is {gap}"
             + (f", the EV still rising in {rising} optimisation cells" if rising else "")
-            + ".",
-            fig,
-            s[0],
-            (s[1], s[2]),
+            + "."
         )
+        return Sentence("gap", text, fig, s[0], (s[1], s[2]))
     lead = {
         "optimisation": "What keeps them from the truth is optimisation: a dictionary of the "
         "model's features reconstructs better at the same width and L0, and training does not "
@@ -369,10 +365,8 @@ def _gap(cs, fig) -> Sentence | None:
         "neither": "The oracle does not say what keeps them from the truth: its gap holds 0",
     }[top]
     text = (
-        f"{lead} (optimisation gap, oracle EV minus SAE EV, {_f(s[0], sign=True)} {_ci(s)} "
-        f"against 0; {top} in {counts[top]} of {len(read)} cells"
-        + (f", the EV still rising in {rising}" if rising else "")
-        + ")."
+        f"{lead} (optimisation gap, oracle EV minus SAE EV, {gap}; {top} in {counts[top]} of "
+        f"{len(read)} cells" + (f", the EV still rising in {rising}" if rising else "") + ")."
     )
     return Sentence("gap", text, fig, s[0], (s[1], s[2]))
 

@@ -199,9 +199,7 @@ def execute(
                 # models train side by side with each other and with the cells of those already
                 # there (the default study's three took 66 s one after the other, a core idle)
                 futures = {pool.submit(ensure_model, *m, False): m[2] for m in models}
-                later: dict[str, list[dict]] = {}
-                for m in models:
-                    later[str(model_dir(m[1], m[2]))] = []
+                later = {str(model_dir(out, seed)): [] for _, out, seed in models}
                 for s in specs:
                     if s["model_dir"] in later:
                         later[s["model_dir"]].append(s)
